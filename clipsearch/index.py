@@ -1,0 +1,197 @@
+"""FAISS indices over unit vectors: build (exact or IVF), measure recall, save atomically, load.
+
+All indices score by inner product, which on unit vectors is cosine similarity, and map their
+rows to the items' int64 ids (IndexIDMap2), so the same ids reach FAISS and the metadata store.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+from clipsearch.errors import BundleError
+
+EXACT_FACTORY = "Flat"
+DEFAULT_FLAT_THRESHOLD = 1_000_000
+"""Exact search up to here. Generous on purpose: cross-modal queries (text against an image
+index) are out of distribution for ANN structures and lose much more recall than same-modality
+queries do, so approximate search should only start where exact search is really too slow."""
+RECALL_TARGET = 0.95
+RECALL_QUERIES = 1000
+TRAINING_POINTS_PER_LIST = 64
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class IndexSpec:
+    """How an index was built and how well it does: recorded in the bundle manifest."""
+
+    factory: str
+    exact: bool
+    params: dict[str, Any] = field(default_factory=dict)
+    recall_at_10: float | None = None
+    recall_queries: str | None = None
+    """Where the recall queries came from, e.g. 'text (cross-modal)'."""
+
+
+def gpu_available() -> bool:
+    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
+def default_factory(count: int, flat_threshold: int = DEFAULT_FLAT_THRESHOLD) -> str:
+    """Flat (exact) up to `flat_threshold` vectors, else an IVF with about 4·√n lists."""
+    if count <= flat_threshold:
+        return EXACT_FACTORY
+    return f"IVF{1 << round(math.log2(4 * math.sqrt(count)))},Flat"
+
+
+def build_index(vectors: np.ndarray, ids: np.ndarray, factory: str,
+                recall_queries: np.ndarray | None = None, queries_label: str | None = None,
+                use_gpu: bool = False) -> tuple[faiss.Index, IndexSpec]:
+    """Build an inner-product index over `vectors` (float32, (n, d), unit rows) keyed by `ids` (int64, (n,)).
+
+    Approximate indices are trained on a fixed-seed sample, then their nprobe (for IVF) is raised
+    until recall@10 against exact search reaches RECALL_TARGET on `recall_queries` (float32,
+    (m, d)); both the parameter and the recall reached are returned in the spec.
+    """
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    ids = np.ascontiguousarray(ids, dtype=np.int64)
+    dim = vectors.shape[1]
+    try:
+        index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as error:
+        raise BundleError(f"index factory {factory!r} is not valid for FAISS: {error}") from error
+    exact = isinstance(index, faiss.IndexFlat)
+    index = faiss.IndexIDMap2(index)
+    params: dict[str, Any] = {}
+    ivf = _ivf_of(index)
+    if ivf is not None and ivf.nlist > max(1, len(vectors)):
+        raise BundleError(f"index factory {factory!r} asks for {ivf.nlist} lists but there are "
+                          f"only {len(vectors)} vectors; use fewer lists or the exact 'Flat' index")
+    work_index = _to_gpu(index) if use_gpu else index
+    if not index.is_trained:
+        sample = _training_sample(vectors, ivf.nlist if ivf is not None else 256)
+        work_index.train(sample)
+        params["trained_on"] = len(sample)
+    if len(vectors):
+        work_index.add_with_ids(vectors, ids)
+    if use_gpu:
+        index = faiss.index_gpu_to_cpu(work_index)
+        ivf = _ivf_of(index)
+    if ivf is not None:
+        ivf.make_direct_map()  # lets a stored item's vector be read back by id
+        params["nlist"] = ivf.nlist
+    if exact or len(vectors) == 0:
+        return index, IndexSpec(factory, exact=exact, params=params)
+    if recall_queries is None or len(recall_queries) == 0:
+        recall_queries, queries_label = _sample(vectors, RECALL_QUERIES), "same modality (no other corpus)"
+    recall = _tune(index, ivf, vectors, ids, np.ascontiguousarray(recall_queries[:RECALL_QUERIES], dtype=np.float32),
+                   params)
+    log.info("index %s: recall@10 %.3f with %s queries, params %s", factory, recall, queries_label, params)
+    return index, IndexSpec(factory, exact=False, params=params, recall_at_10=round(recall, 4),
+                            recall_queries=queries_label)
+
+
+def apply_params(index: faiss.Index, params: dict[str, Any]) -> None:
+    """Restore the search-time parameters recorded at build time (nprobe for IVF)."""
+    ivf = _ivf_of(index)
+    if ivf is not None and "nprobe" in params:
+        ivf.nprobe = int(params["nprobe"])
+
+
+def search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k by inner product: (scores float32 (n, k'), ids int64 (n, k')) with k' = min(k, size).
+
+    Rows are best-first; an approximate index may return id -1 (no result) at the tail.
+    """
+    k = min(k, index.ntotal)
+    if k == 0:
+        empty = np.zeros((len(queries), 0))
+        return empty.astype(np.float32), empty.astype(np.int64)
+    scores, ids = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+    return scores, ids
+
+
+def reconstruct(index: faiss.Index, item_id: int) -> np.ndarray | None:
+    """The stored vector (float32, (d,)) of `item_id`, or None if the index has no such id."""
+    try:
+        return np.asarray(index.reconstruct(int(item_id)), dtype=np.float32)
+    except RuntimeError:
+        return None
+
+
+def save_index(index: faiss.Index, path: Path) -> None:
+    """Write to a temporary file beside `path`, then rename: a crash never leaves half an index."""
+    temporary = path.with_name(path.name + ".tmp")
+    faiss.write_index(index, str(temporary))
+    with temporary.open("rb") as file:
+        os.fsync(file.fileno())
+    os.replace(temporary, path)
+
+
+def load_index(path: Path) -> faiss.Index:
+    """Read an index read-only, memory-mapped where the index type allows it."""
+    try:
+        return faiss.read_index(str(path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
+    except RuntimeError:
+        # Not every index type can be memory-mapped; those are read into memory instead.
+        return faiss.read_index(str(path))
+
+
+def _ivf_of(index: faiss.Index) -> Any:
+    try:
+        return faiss.extract_index_ivf(index)
+    except RuntimeError:
+        return None
+
+
+def _to_gpu(index: faiss.Index) -> faiss.Index:
+    resources = faiss.StandardGpuResources()
+    gpu_index = faiss.index_cpu_to_gpu(resources, 0, index)
+    gpu_index.referenced_resources = resources  # keep the resources alive as long as the index
+    return gpu_index
+
+
+def _sample(vectors: np.ndarray, count: int, seed: int = 1234) -> np.ndarray:
+    if len(vectors) <= count:
+        return vectors
+    chosen = np.random.default_rng(seed).choice(len(vectors), size=count, replace=False)
+    return vectors[np.sort(chosen)]
+
+
+def _training_sample(vectors: np.ndarray, lists: int) -> np.ndarray:
+    return np.ascontiguousarray(_sample(vectors, lists * TRAINING_POINTS_PER_LIST))
+
+
+def _tune(index: faiss.Index, ivf: Any, vectors: np.ndarray, ids: np.ndarray, queries: np.ndarray,
+          params: dict[str, Any]) -> float:
+    """Recall@10 against exact search; for IVF, the smallest power-of-two nprobe reaching the target."""
+    k = min(10, len(vectors))
+    exact = faiss.IndexFlatIP(vectors.shape[1])
+    exact.add(vectors)
+    _, truth_rows = exact.search(queries, k)
+    truth = ids[truth_rows]
+
+    def recall() -> float:
+        _, found = index.search(queries, k)
+        hits = sum(len(np.intersect1d(found_row, truth_row)) for found_row, truth_row in zip(found, truth))
+        return hits / truth.size
+
+    if ivf is None:
+        return recall()
+    nprobe = 1
+    while True:
+        ivf.nprobe = nprobe
+        reached = recall()
+        if reached >= RECALL_TARGET or nprobe >= ivf.nlist:
+            params["nprobe"] = nprobe
+            return reached
+        nprobe = min(nprobe * 2, ivf.nlist)

@@ -1,0 +1,114 @@
+"""Command line of the indexer: parse_args(argv) and main(argv)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from clipsearch.build import BuildConfig, build, work_dir_for
+from clipsearch.encoder import DEFAULT_MODEL, DEFAULT_PRETRAINED, OFFLINE_MODEL
+from clipsearch.errors import ClipSearchError
+from clipsearch.images import DEFAULT_MAX_PIXELS
+from clipsearch.index import DEFAULT_FLAT_THRESHOLD
+from clipsearch.sources import Columns
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m indexer",
+                                     description="Embed image and text corpora into a searchable bundle.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    command = commands.add_parser("build", help="build (or resume building) a bundle",
+                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    command.add_argument("--images", type=Path,
+                         help="a folder of images (searched recursively; name.txt / name.json beside an image "
+                              "are its caption / metadata) or a CSV, JSONL or Parquet manifest with an image column")
+    command.add_argument("--texts", type=Path,
+                         help="a text corpus: .txt (one text per line), or JSONL / CSV with a text column")
+    command.add_argument("--out", type=Path, required=True,
+                         help="the bundle directory to write (an existing bundle there is replaced when done)")
+    command.add_argument("--model", default=DEFAULT_MODEL,
+                         help=f"open_clip model name; {OFFLINE_MODEL!r} is a tiny random-weight model that needs "
+                              "no download")
+    command.add_argument("--pretrained", default=None,
+                         help=f"open_clip pretrained tag (default {DEFAULT_PRETRAINED} for {DEFAULT_MODEL}, none for "
+                              "other models); 'none' for random weights")
+    command.add_argument("--checkpoint", type=Path, default=None,
+                         help="a local checkpoint file to load instead of a pretrained tag")
+    command.add_argument("--device", default="auto", help="'auto' (CUDA if available), 'cpu', 'cuda' or 'cuda:N'")
+    command.add_argument("--batch-size", type=_positive_int, default=256, help="items encoded per forward pass")
+    command.add_argument("--workers", type=_non_negative_int, default=min(8, os.cpu_count() or 1),
+                         help="image decoding worker processes (0 decodes in the main process)")
+    command.add_argument("--index-factory", default=None,
+                         help="a FAISS index factory string (e.g. 'IVF4096,Flat' or 'HNSW32'); by default exact "
+                              "'Flat' up to --flat-threshold items, IVF above")
+    command.add_argument("--flat-threshold", type=_positive_int, default=DEFAULT_FLAT_THRESHOLD,
+                         help="largest corpus indexed exactly when no --index-factory is given")
+    command.add_argument("--keep-duplicates", action="store_true",
+                         help="index files with identical content once each (default: only the first)")
+    command.add_argument("--batches-per-shard", type=_positive_int, default=32,
+                         help="batches written per resumable shard")
+    command.add_argument("--max-pixels", type=_positive_int, default=DEFAULT_MAX_PIXELS,
+                         help="images declaring more pixels are skipped (decompression-bomb guard)")
+    command.add_argument("--image-column", default="image", help="image path column of a manifest")
+    command.add_argument("--caption-column", default="caption", help="caption column of a manifest")
+    command.add_argument("--text-column", default="text", help="text column of a JSONL / CSV text corpus")
+    command.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    if args.images is None and args.texts is None:
+        parser.error("give --images, --texts or both")
+    if args.checkpoint is not None and args.pretrained not in (None, "none"):
+        parser.error("give either --pretrained or --checkpoint, not both")
+    return args
+
+
+def config_from_args(args: argparse.Namespace) -> BuildConfig:
+    if args.checkpoint is not None or args.pretrained == "none":
+        pretrained = None
+    elif args.pretrained is not None:
+        pretrained = args.pretrained
+    else:
+        pretrained = DEFAULT_PRETRAINED if args.model == DEFAULT_MODEL else None
+    return BuildConfig(
+        out=args.out, images=args.images, texts=args.texts, model=args.model, pretrained=pretrained,
+        checkpoint=args.checkpoint, device=args.device, batch_size=args.batch_size, workers=args.workers,
+        index_factory=args.index_factory, flat_threshold=args.flat_threshold, keep_duplicates=args.keep_duplicates,
+        batches_per_shard=args.batches_per_shard, max_pixels=args.max_pixels,
+        columns=Columns(image=args.image_column, caption=args.caption_column, text=args.text_column),
+        progress=not args.no_progress)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("clipsearch").setLevel(logging.INFO)
+    config = config_from_args(args)
+    try:
+        summary = build(config)
+    except ClipSearchError as error:
+        print(f"error: {error}", file=sys.stderr)
+        print(f"(finished shards, if any, are kept in {work_dir_for(config.out)} for a rerun)", file=sys.stderr)
+        return 2
+    print(summary.describe())
+    for entry in summary.report["skipped"][:20]:
+        print(f"  skipped {entry['uri']}: {entry['reason']}")
+    if summary.skipped > 20:
+        print(f"  … and {summary.skipped - 20} more, listed in {config.out / 'report.json'}")
+    return 0
