@@ -60,7 +60,7 @@ class BuildConfig:
     keep_duplicates: bool = False
     batches_per_shard: int = 32
     max_pixels: int = DEFAULT_MAX_PIXELS
-    columns: Columns = Columns()
+    columns: Columns = field(default_factory=Columns)
     progress: bool = True
 
 
@@ -141,7 +141,8 @@ def _prepare_work_dir(config: BuildConfig, encoder: ClipEncoder, sources: dict[M
     if fingerprint_path.is_file():
         found = json.loads(fingerprint_path.read_text())
         if found != fingerprint:
-            differing = sorted(key for key in fingerprint.keys() | found.keys() if fingerprint.get(key) != found.get(key))
+            differing = sorted(key for key in fingerprint.keys() | found.keys()
+                               if fingerprint.get(key) != found.get(key))
             raise ResumeMismatch(
                 f"an unfinished build at {work} was started with different {', '.join(differing)}; "
                 f"run again with the same arguments to resume it, or delete that folder to start over")
@@ -167,7 +168,7 @@ def _encode_into_shards(config: BuildConfig, encoder: ClipEncoder, modality: Mod
     while done < shard_count and _shard_path(work, modality, done).is_file():
         done += 1
     seen = _hashes_in_shards(work, modality, done)
-    start = done * shard_size
+    start = min(done * shard_size, len(items))
     bar = tqdm(total=len(items), initial=start, unit=modality.value, desc=f"encoding {modality.value}s",
                disable=not config.progress, smoothing=0.1, dynamic_ncols=True)
     batches = _image_batches(config, encoder, items, start) if modality is Modality.IMAGE \
@@ -209,7 +210,7 @@ def _encode_batch(encoder: ClipEncoder, modality: Modality, batch: list[_Outcome
         vectors = encoder.encode_images(torch.stack([outcome.payload for outcome in usable]))
     else:
         vectors = encoder.encode_texts([outcome.payload for outcome in usable])
-    for outcome, vector in zip(usable, vectors):
+    for outcome, vector in zip(usable, vectors, strict=True):
         outcome.payload = vector
 
 
@@ -291,8 +292,10 @@ def _write_shard(path: Path, shard: list[_Outcome], first_id: int, dim: int) -> 
     os.replace(temporary, path)
 
 
-def _read_shards(work: Path, modality: Modality, count: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray,
-                                                                                             list[dict[str, Any]]]]:
+_Shard = tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]
+
+
+def _read_shards(work: Path, modality: Modality, count: int | None = None) -> Iterator[_Shard]:
     number = 0
     while (count is None or number < count) and (path := _shard_path(work, modality, number)).is_file():
         with np.load(path, allow_pickle=False) as shard:

@@ -32,8 +32,14 @@ import faiss
 
 from clipsearch import index as faiss_index
 from clipsearch.encoder import ModelRef, file_sha256
-from clipsearch.errors import (BundleError, BundleFileMissing, ChecksumMismatch, ManifestInvalid, ModelMismatch,
-                               UnsupportedFormatVersion)
+from clipsearch.errors import (
+    BundleError,
+    BundleFileMissing,
+    ChecksumMismatch,
+    ManifestInvalid,
+    ModelMismatch,
+    UnsupportedFormatVersion,
+)
 from clipsearch.index import IndexSpec
 from clipsearch.modality import Modality
 
@@ -197,14 +203,14 @@ def load_bundle(path: Path, verify_checksums: bool = True) -> Bundle:
     naming the file and the problem.
     """
     manifest = read_manifest(path)
-    for name, record in manifest.files.items():
+    for name, file_record in manifest.files.items():
         file_path = path / name
         if not file_path.is_file():
             raise BundleFileMissing(f"{name}: listed in {MANIFEST_FILE} but missing from the bundle at {path}")
-        if file_path.stat().st_size != record.bytes:
+        if file_path.stat().st_size != file_record.bytes:
             raise ChecksumMismatch(f"{name}: size is {file_path.stat().st_size} bytes, the manifest "
-                                   f"recorded {record.bytes}; the file was altered or truncated")
-        if verify_checksums and file_sha256(file_path) != record.sha256:
+                                   f"recorded {file_record.bytes}; the file was altered or truncated")
+        if verify_checksums and file_sha256(file_path) != file_record.sha256:
             raise ChecksumMismatch(f"{name}: sha256 does not match the manifest; the file was altered")
     for required in (ITEMS_FILE, *(record.index_file for record in manifest.modalities.values())):
         if required not in manifest.files:

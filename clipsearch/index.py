@@ -93,8 +93,8 @@ def build_index(vectors: np.ndarray, ids: np.ndarray, factory: str,
         return index, IndexSpec(factory, exact=exact, params=params)
     if recall_queries is None or len(recall_queries) == 0:
         recall_queries, queries_label = _sample(vectors, RECALL_QUERIES), "same modality (no other corpus)"
-    recall = _tune(index, ivf, vectors, ids, np.ascontiguousarray(recall_queries[:RECALL_QUERIES], dtype=np.float32),
-                   params)
+    queries = np.ascontiguousarray(recall_queries[:RECALL_QUERIES], dtype=np.float32)
+    recall = _tune(index, ivf, vectors, ids, queries, params)
     log.info("index %s: recall@10 %.3f with %s queries, params %s", factory, recall, queries_label, params)
     return index, IndexSpec(factory, exact=False, params=params, recall_at_10=round(recall, 4),
                             recall_queries=queries_label)
@@ -156,7 +156,7 @@ def _ivf_of(index: faiss.Index) -> Any:
 def _to_gpu(index: faiss.Index) -> faiss.Index:
     resources = faiss.StandardGpuResources()
     gpu_index = faiss.index_cpu_to_gpu(resources, 0, index)
-    gpu_index.referenced_resources = resources  # keep the resources alive as long as the index
+    gpu_index.referenced_resources = resources  # type: ignore[attr-defined]  # keep the resources alive as long as the index
     return gpu_index
 
 
@@ -182,7 +182,7 @@ def _tune(index: faiss.Index, ivf: Any, vectors: np.ndarray, ids: np.ndarray, qu
 
     def recall() -> float:
         _, found = index.search(queries, k)
-        hits = sum(len(np.intersect1d(found_row, truth_row)) for found_row, truth_row in zip(found, truth))
+        hits = sum(len(np.intersect1d(row, truth_row)) for row, truth_row in zip(found, truth, strict=True))
         return hits / truth.size
 
     if ivf is None:

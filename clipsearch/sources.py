@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -140,14 +140,16 @@ def _read_rows(source: Path, required_column: str) -> list[_Row]:
     return rows
 
 
-def _require_column(source: Path, column: str, present: list[str]) -> None:
+def _require_column(source: Path, column: str, present: Sequence[str]) -> None:
     if column not in present:
         raise SourceError(f"{source}: no column {column!r} (columns: {', '.join(present) or 'none'})")
 
 
 def _extra(values: dict[str, Any], used: set[str]) -> dict[str, Any]:
     # Round-trip through JSON so dates, decimals and other Parquet types are stored as plain values.
-    return json.loads(json.dumps({key: value for key, value in values.items() if key not in used}, default=str))
+    kept: dict[str, Any] = json.loads(json.dumps({key: value for key, value in values.items() if key not in used},
+                                                 default=str))
+    return kept
 
 
 def _image_row(row: _Row, base: Path, columns: Columns) -> SourceItem:

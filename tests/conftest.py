@@ -1,0 +1,73 @@
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from clipsearch.build import BuildConfig, build
+from clipsearch.bundle import Bundle, load_bundle
+from clipsearch.encoder import OFFLINE_MODEL, ClipEncoder, load_encoder
+from tests.imagefiles import image_bytes, noise_image, save
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
+    skip_network = pytest.mark.skip(reason="downloads pretrained weights; set CLIPSEARCH_NETWORK_TESTS=1 to run")
+    for item in items:
+        if "gpu" in item.keywords and not torch.cuda.is_available():
+            item.add_marker(skip_gpu)
+        if "network" in item.keywords and os.environ.get("CLIPSEARCH_NETWORK_TESTS") != "1":
+            item.add_marker(skip_network)
+
+
+@pytest.fixture(scope="session")
+def encoder() -> ClipEncoder:
+    return load_encoder(OFFLINE_MODEL, pretrained=None, device="cpu")
+
+
+def make_image_corpus(folder: Path, count: int, seed: int = 0) -> Path:
+    """`count` distinct noise images in a nested folder, every third with a caption and metadata."""
+    for number in range(count):
+        sub = folder / ("nested" if number % 2 else "")
+        path = save(sub / f"picture_{number:03d}.png", image_bytes(noise_image(seed * 10_000 + number)))
+        if number % 3 == 0:
+            path.with_suffix(".txt").write_text(f"caption of picture {number}")
+            path.with_suffix(".json").write_text(f'{{"number": {number}}}')
+    return folder
+
+
+def make_text_corpus(path: Path, count: int) -> Path:
+    path.write_text("".join(f"a sentence about thing number {number}\n" for number in range(count)))
+    return path
+
+
+def tiny_config(out: Path, **overrides: object) -> BuildConfig:
+    settings: dict[str, object] = dict(out=out, model=OFFLINE_MODEL, pretrained=None, device="cpu", batch_size=8,
+                                       workers=0, batches_per_shard=2, progress=False)
+    settings.update(overrides)
+    return BuildConfig(**settings)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session")
+def corpus_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("corpus")
+    make_image_corpus(root / "images", 30)
+    make_text_corpus(root / "texts.txt", 25)
+    return root
+
+
+@pytest.fixture(scope="session")
+def bundle_path(corpus_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("bundles") / "bundle"
+    build(tiny_config(out, images=corpus_dir / "images", texts=corpus_dir / "texts.txt"))
+    return out
+
+
+@pytest.fixture()
+def bundle(bundle_path: Path) -> Iterator[Bundle]:
+    opened = load_bundle(bundle_path)
+    yield opened
+    opened.close()

@@ -1,0 +1,91 @@
+"""Generate the image files the tests need, good and bad, with Pillow."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def noise_image(seed: int, size: tuple[int, int] = (48, 40)) -> Image.Image:
+    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    return Image.fromarray(pixels)
+
+
+def image_bytes(image: Image.Image, format: str = "PNG", **options: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=format, **options)
+    return buffer.getvalue()
+
+
+def save(path: Path, data: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def png_declaring_size(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims width×height pixels: a decompression bomb's calling card."""
+    data = bytearray(image_bytes(Image.new("L", (1, 1))))
+    header = struct.pack(">II", width, height) + bytes(data[24:29])
+    data[16:29] = header
+    data[29:33] = struct.pack(">I", zlib.crc32(b"IHDR" + header) & 0xFFFFFFFF)
+    return bytes(data)
+
+
+def exif_rotated_jpeg(size: tuple[int, int] = (40, 20)) -> bytes:
+    """A JPEG stored `size` wide whose EXIF orientation (6) says: rotate 90° clockwise to view."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    return image_bytes(noise_image(1, size), "JPEG", exif=exif.tobytes())
+
+
+def animated_gif(first: tuple[int, int, int] = (255, 0, 0), second: tuple[int, int, int] = (0, 0, 255)) -> bytes:
+    frames = [Image.new("RGB", (16, 16), first), Image.new("RGB", (16, 16), second)]
+    return image_bytes(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
+
+
+def sixteen_bit_png(value: int = 40000) -> bytes:
+    return image_bytes(Image.fromarray(np.full((16, 16), value, dtype=np.uint16)))
+
+
+def transparent_palette_png() -> bytes:
+    image = Image.new("P", (16, 16), 0)
+    image.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
+    image.paste(1, (0, 0, 8, 16))
+    return image_bytes(image, transparency=0)
+
+
+def good_and_bad_files(folder: Path) -> dict[str, Path]:
+    """A corpus of every kind of file an indexer meets: the ones it must index and the ones it must skip."""
+    files = {
+        "rgb.jpg": image_bytes(noise_image(10), "JPEG"),
+        "UPPER.PNG": image_bytes(noise_image(11)),
+        "cmyk.jpg": image_bytes(noise_image(12).convert("CMYK"), "JPEG"),
+        "gray.png": image_bytes(noise_image(13).convert("L")),
+        "sixteen.png": sixteen_bit_png(),
+        "palette.png": transparent_palette_png(),
+        "rgba.webp": image_bytes(noise_image(14).convert("RGBA"), "WEBP"),
+        "animated.gif": animated_gif(),
+        "rotated.jpeg": exif_rotated_jpeg(),
+        "bitmap.bmp": image_bytes(noise_image(15), "BMP"),
+        "one_pixel.png": image_bytes(Image.new("RGB", (1, 1), (9, 9, 9))),
+        "zero.jpg": b"",
+        "not_an_image.jpg": b"this is plain text renamed to .jpg\n",
+        "page.png": b"<!doctype html><html><body>hello</body></html>",
+        "truncated.jpg": image_bytes(noise_image(16, (64, 64)), "JPEG")[:300],
+        "truncated.png": image_bytes(noise_image(17, (64, 64)))[:200],
+        "bomb.png": png_declaring_size(100_000, 100_000),
+        "rgb_copy.jpg": image_bytes(noise_image(10), "JPEG"),
+    }
+    return {name: save(folder / name, data) for name, data in files.items()}
+
+
+GOOD_FILES = {"rgb.jpg", "UPPER.PNG", "cmyk.jpg", "gray.png", "sixteen.png", "palette.png", "rgba.webp",
+              "animated.gif", "rotated.jpeg", "bitmap.bmp", "one_pixel.png"}
+BAD_FILES = {"zero.jpg", "not_an_image.jpg", "page.png", "truncated.jpg", "truncated.png", "bomb.png"}
+DUPLICATE_FILES = {"rgb_copy.jpg"}

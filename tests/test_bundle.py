@@ -1,0 +1,122 @@
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from clipsearch.bundle import ITEMS_FILE, MANIFEST_FILE, Bundle, check_model, load_bundle, read_manifest, write_bundle
+from clipsearch.encoder import ModelRef
+from clipsearch.errors import (
+    BundleError,
+    BundleFileMissing,
+    ChecksumMismatch,
+    ManifestInvalid,
+    ModelMismatch,
+    UnsupportedFormatVersion,
+)
+from clipsearch.modality import Modality
+
+
+@pytest.fixture()
+def copy(bundle_path: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(bundle_path, tmp_path / "copy"))
+
+
+def rewrite_manifest(path: Path, change: dict[str, object]) -> None:
+    data = json.loads((path / MANIFEST_FILE).read_text())
+    data.update(change)
+    (path / MANIFEST_FILE).write_text(json.dumps(data))
+
+
+def test_a_bundle_round_trips_items_and_vectors(bundle: Bundle) -> None:
+    manifest = bundle.manifest
+    assert manifest.model == ModelRef("tiny")
+    assert manifest.modalities[Modality.IMAGE].count == 30 and manifest.modalities[Modality.TEXT].count == 25
+    items = list(bundle.items)
+    assert len(items) == 55
+    assert {item.modality for item in items} == {Modality.IMAGE, Modality.TEXT}
+    first_text = next(item for item in items if item.modality is Modality.TEXT)
+    assert first_text.id == 30 and first_text.text == "a sentence about thing number 0"
+    captioned = next(item for item in items if item.uri.endswith("picture_000.png"))
+    assert bundle.items.get(captioned.id) == captioned
+    assert captioned.text == "caption of picture 0" and captioned.extra == {"number": 0}
+    vector = bundle.indices[Modality.IMAGE].reconstruct(0)
+    assert np.linalg.norm(vector) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_a_missing_file_is_named(copy: Path) -> None:
+    (copy / ITEMS_FILE).unlink()
+    with pytest.raises(BundleFileMissing, match=ITEMS_FILE):
+        load_bundle(copy)
+
+
+def test_a_missing_manifest_means_no_bundle(copy: Path) -> None:
+    (copy / MANIFEST_FILE).unlink()
+    with pytest.raises(BundleFileMissing, match=MANIFEST_FILE):
+        load_bundle(copy)
+
+
+def test_an_altered_file_fails_its_checksum(copy: Path) -> None:
+    index_file = copy / "image.faiss"
+    data = bytearray(index_file.read_bytes())
+    data[-1] ^= 0xFF
+    index_file.write_bytes(bytes(data))
+    with pytest.raises(ChecksumMismatch, match="image.faiss"):
+        load_bundle(copy)
+
+
+def test_a_truncated_file_fails_its_size_check(copy: Path) -> None:
+    (copy / "text.faiss").write_bytes((copy / "text.faiss").read_bytes()[:100])
+    with pytest.raises(ChecksumMismatch, match="text.faiss"):
+        load_bundle(copy)
+
+
+def test_an_unsupported_format_version_is_refused_with_both_versions(copy: Path) -> None:
+    rewrite_manifest(copy, {"format_version": 99})
+    with pytest.raises(UnsupportedFormatVersion, match="99.*version 1"):
+        load_bundle(copy)
+
+
+def test_a_manifest_missing_a_field_names_it(copy: Path) -> None:
+    data = json.loads((copy / MANIFEST_FILE).read_text())
+    del data["embedding_dim"]
+    (copy / MANIFEST_FILE).write_text(json.dumps(data))
+    with pytest.raises(ManifestInvalid, match="embedding_dim"):
+        load_bundle(copy)
+
+
+def test_a_manifest_that_is_not_json_is_refused(copy: Path) -> None:
+    (copy / MANIFEST_FILE).write_text("{")
+    with pytest.raises(ManifestInvalid, match="not valid JSON"):
+        load_bundle(copy)
+
+
+def test_a_dimension_that_disagrees_with_the_index_is_refused(copy: Path) -> None:
+    rewrite_manifest(copy, {"embedding_dim": 64})
+    with pytest.raises(BundleError, match="dimension 32"):
+        load_bundle(copy)
+
+
+def test_another_model_is_refused_naming_both(bundle: Bundle) -> None:
+    with pytest.raises(ModelMismatch, match="ViT-B-32.*laion"):
+        check_model(bundle.manifest, ModelRef("ViT-B-32", pretrained="laion2b_s34b_b79k"), 512)
+    with pytest.raises(ModelMismatch, match="64-d"):
+        check_model(bundle.manifest, ModelRef("tiny"), 64)
+    check_model(bundle.manifest, ModelRef("tiny"), 32)
+
+
+def test_writing_replaces_an_old_bundle_but_never_a_foreign_folder(bundle: Bundle, copy: Path, tmp_path: Path) -> None:
+    old = read_manifest(copy)
+    content = {}  # an empty bundle is still a complete one
+    write_bundle(copy, bundle.manifest.model, 32, content, [], {"skipped": []}, {})
+    assert read_manifest(copy).created_at >= old.created_at and read_manifest(copy).modalities == {}
+    assert not [path for path in tmp_path.iterdir() if path.name.startswith(".copy")]
+    foreign = tmp_path / "documents"
+    foreign.mkdir()
+    (foreign / "thesis.tex").write_text("precious")
+    with pytest.raises(BundleError, match="not a bundle"):
+        write_bundle(foreign, bundle.manifest.model, 32, content, [], {}, {})
+    assert (foreign / "thesis.tex").read_text() == "precious"

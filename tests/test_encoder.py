@@ -1,0 +1,91 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from clipsearch.encoder import OFFLINE_MODEL, ClipEncoder, load_encoder
+from clipsearch.errors import ModelLoadError
+from tests.imagefiles import noise_image
+
+
+def assert_unit_float32(vectors: np.ndarray, rows: int, dim: int) -> None:
+    assert vectors.dtype == np.float32
+    assert vectors.shape == (rows, dim)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+
+def test_image_embeddings_are_unit_float32_rows(encoder: ClipEncoder) -> None:
+    vectors = encoder.encode_images([noise_image(seed) for seed in range(3)])
+    assert_unit_float32(vectors, 3, encoder.embedding_dim)
+
+
+def test_text_embeddings_are_unit_float32_rows(encoder: ClipEncoder) -> None:
+    vectors = encoder.encode_texts(["a dog", "a cat on a mat"])
+    assert_unit_float32(vectors, 2, encoder.embedding_dim)
+
+
+def test_preprocessed_batches_embed_like_pil_images(encoder: ClipEncoder) -> None:
+    images = [noise_image(seed) for seed in range(2)]
+    batch = torch.stack([encoder.preprocess(image) for image in images])
+    np.testing.assert_allclose(encoder.encode_images(batch), encoder.encode_images(images), atol=1e-6)
+
+
+def test_empty_input_gives_an_empty_matrix(encoder: ClipEncoder) -> None:
+    assert encoder.encode_texts([]).shape == (0, encoder.embedding_dim)
+    assert encoder.encode_images([]).shape == (0, encoder.embedding_dim)
+
+
+def test_text_longer_than_the_context_is_truncated_not_refused(encoder: ClipEncoder) -> None:
+    long_text = "word " * 500
+    assert encoder.is_truncated(long_text)
+    assert not encoder.is_truncated("short")
+    assert_unit_float32(encoder.encode_texts([long_text]), 1, encoder.embedding_dim)
+
+
+def test_random_weights_are_the_same_on_every_load(encoder: ClipEncoder) -> None:
+    again = load_encoder(OFFLINE_MODEL, pretrained=None, device="cpu")
+    np.testing.assert_array_equal(again.encode_texts(["same"]), encoder.encode_texts(["same"]))
+    assert again.ref == encoder.ref
+
+
+def test_a_local_checkpoint_file_loads_and_is_identified_by_its_hash(encoder: ClipEncoder, tmp_path: Path) -> None:
+    checkpoint = tmp_path / "weights.pt"
+    state = {name: tensor * 0.5 for name, tensor in encoder.model.state_dict().items()}
+    torch.save({"state_dict": state}, checkpoint)
+    loaded = load_encoder(OFFLINE_MODEL, pretrained=None, checkpoint=checkpoint, device="cpu")
+    assert loaded.ref.checkpoint_sha256 is not None and loaded.ref.pretrained is None
+    assert not np.allclose(loaded.encode_texts(["x"]), encoder.encode_texts(["x"]))
+
+
+def test_unknown_model_names_are_refused_with_the_name(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match="no-such-model"):
+        load_encoder("no-such-model", pretrained=None, device="cpu")
+
+
+def test_a_missing_checkpoint_file_is_refused_with_its_path(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match="missing.pt"):
+        load_encoder(OFFLINE_MODEL, pretrained=None, checkpoint=tmp_path / "missing.pt", device="cpu")
+
+
+def test_cuda_is_refused_clearly_when_there_is_no_gpu() -> None:
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(ModelLoadError, match="no CUDA GPU"):
+        load_encoder(OFFLINE_MODEL, pretrained=None, device="cuda")
+
+
+@pytest.mark.gpu
+def test_on_gpu_the_encoder_runs_fp16_and_still_returns_unit_float32() -> None:
+    gpu = load_encoder(OFFLINE_MODEL, pretrained=None, device="cuda")
+    assert next(gpu.model.parameters()).dtype == torch.float16
+    assert_unit_float32(gpu.encode_texts(["a", "b"]), 2, gpu.embedding_dim)
+    assert_unit_float32(gpu.encode_images([noise_image(0)]), 1, gpu.embedding_dim)
+
+
+@pytest.mark.network
+def test_the_default_pretrained_model_loads() -> None:
+    default = load_encoder(device="cpu")
+    assert default.embedding_dim == 512

@@ -1,0 +1,80 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from clipsearch.errors import ImageDecodeError, ImageTooLarge
+from clipsearch.images import decode_image
+from tests.imagefiles import (
+    animated_gif,
+    exif_rotated_jpeg,
+    image_bytes,
+    noise_image,
+    png_declaring_size,
+    sixteen_bit_png,
+    transparent_palette_png,
+)
+
+
+def test_exif_orientation_is_applied() -> None:
+    assert decode_image(exif_rotated_jpeg((40, 20))).size == (20, 40)
+
+
+def test_an_animated_gif_gives_its_first_frame() -> None:
+    image = decode_image(animated_gif(first=(255, 0, 0), second=(0, 0, 255)))
+    red, _green, blue = image.getpixel((8, 8))  # type: ignore[misc]
+    assert red > 200 and blue < 50
+
+
+def test_sixteen_bit_images_are_scaled_not_clipped_to_white() -> None:
+    pixel = decode_image(sixteen_bit_png(40000)).getpixel((0, 0))
+    assert pixel == (155, 155, 155)
+
+
+def test_transparency_is_composited_on_white() -> None:
+    image = decode_image(transparent_palette_png())
+    assert image.getpixel((0, 0)) == (255, 0, 0)  # the opaque half keeps its colour
+    assert image.getpixel((12, 0)) == (255, 255, 255)  # the transparent half turns white
+
+
+@pytest.mark.parametrize("mode", ["CMYK", "L", "P", "RGBA", "LA", "1"])
+def test_every_colour_mode_becomes_rgb(mode: str) -> None:
+    format = "JPEG" if mode in ("CMYK", "L") else "PNG"
+    image = decode_image(image_bytes(noise_image(3).convert(mode), format))
+    assert image.mode == "RGB"
+    assert image.size == (48, 40)
+
+
+def test_a_one_pixel_image_decodes() -> None:
+    assert decode_image(image_bytes(Image.new("RGB", (1, 1), (1, 2, 3)))).getpixel((0, 0)) == (1, 2, 3)
+
+
+@pytest.mark.parametrize(("data", "reason"), [
+    (b"", "empty file"),
+    (b"plain text renamed .jpg", "not a recognised image"),
+    (b"<html><body>hi</body></html>", "not a recognised image"),
+    (image_bytes(noise_image(4, (64, 64)), "JPEG")[:300], "truncated"),
+    (image_bytes(noise_image(5, (64, 64)))[:200], "truncated"),
+])
+def test_broken_files_fail_with_a_reason(data: bytes, reason: str) -> None:
+    with pytest.raises(ImageDecodeError, match=reason):
+        decode_image(data)
+
+
+def test_huge_declared_dimensions_are_refused_before_decoding() -> None:
+    with pytest.raises(ImageTooLarge, match="pixels"):
+        decode_image(png_declaring_size(100_000, 100_000))
+
+
+def test_the_pixel_limit_is_configurable() -> None:
+    data = image_bytes(noise_image(6, (100, 100)))
+    with pytest.raises(ImageTooLarge):
+        decode_image(data, max_pixels=5_000)
+    assert decode_image(data, max_pixels=10_000).size == (100, 100)
+
+
+def test_jpeg_draft_mode_keeps_at_least_the_requested_size() -> None:
+    data = image_bytes(Image.fromarray(np.zeros((800, 1200, 3), np.uint8)), "JPEG")
+    width, height = decode_image(data, draft_size=224).size
+    assert min(width, height) >= 224 and width < 1200
