@@ -60,6 +60,10 @@ class InvalidQuery(ClipSearchError):
         self.reason = reason
 
 
+class QueryImageTooLarge(InvalidQuery):
+    """A query image has more pixels than the server accepts."""
+
+
 class ModalityUnavailable(InvalidQuery):
     """The query targets a modality the bundle has no items of."""
 
@@ -67,8 +71,8 @@ class ModalityUnavailable(InvalidQuery):
 class ItemNotFound(ClipSearchError):
     """No item in the bundle has the requested id."""
 
-    def __init__(self, item_id: int) -> None:
-        super().__init__(f"no item with id {item_id}")
+    def __init__(self, item_id: int, reason: str = "no such item in the bundle") -> None:
+        super().__init__(f"item {item_id}: {reason}")
         self.item_id = item_id
 
 

@@ -76,7 +76,7 @@ def build_index(vectors: np.ndarray, ids: np.ndarray, factory: str,
     if ivf is not None and ivf.nlist > max(1, len(vectors)):
         raise BundleError(f"index factory {factory!r} asks for {ivf.nlist} lists but there are "
                           f"only {len(vectors)} vectors; use fewer lists or the exact 'Flat' index")
-    work_index = _to_gpu(index) if use_gpu else index
+    work_index = to_gpu(index) if use_gpu else index
     if not index.is_trained:
         sample = _training_sample(vectors, ivf.nlist if ivf is not None else 256)
         work_index.train(sample)
@@ -153,7 +153,8 @@ def _ivf_of(index: faiss.Index) -> Any:
         return None
 
 
-def _to_gpu(index: faiss.Index) -> faiss.Index:
+def to_gpu(index: faiss.Index) -> faiss.Index:
+    """A copy of `index` on GPU 0 (faiss-gpu only)."""
     resources = faiss.StandardGpuResources()
     gpu_index = faiss.index_cpu_to_gpu(resources, 0, index)
     gpu_index.referenced_resources = resources  # type: ignore[attr-defined]  # keep the resources alive as long as the index

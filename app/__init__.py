@@ -1,0 +1,1 @@
+"""The HTTP search service: a thin FastAPI layer over the clipsearch core."""

@@ -1,0 +1,58 @@
+"""The app factory: wires settings, state, routers, middleware and error handlers; nothing else."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib import metadata
+
+from fastapi import FastAPI
+from starlette.formparsers import MultiPartParser
+
+from app.errors import install_error_handlers
+from app.limits import BodySizeLimit
+from app.metrics import RequestMetricsMiddleware
+from app.routes import embed, health, items, search
+from app.settings import Settings
+from app.state import ServiceState
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    state = ServiceState(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Load in a thread so the server answers /health and /ready (503) while the model loads.
+        loading = asyncio.create_task(asyncio.to_thread(state.load))
+        yield
+        await loading
+        state.close()
+
+    app = FastAPI(title="clipsearch", version=_version(), lifespan=lifespan,
+                  description="Search your own images and texts with a CLIP model: text→image, image→text, "
+                              "image→image and weighted composed queries.")
+    app.state.service_state = state
+    install_error_handlers(app)
+    for module in (search, items, embed, health):
+        app.include_router(module.router)
+    app.add_middleware(RequestMetricsMiddleware, metrics=state.metrics)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
+    # Keep whole uploads in memory (the body limit bounds them) instead of spooling them to disk.
+    MultiPartParser.spool_max_size = max(MultiPartParser.spool_max_size, settings.max_upload_bytes + 1)
+    return app
+
+
+def _version() -> str:
+    try:
+        return metadata.version("clipsearch")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def __getattr__(name: str) -> FastAPI:
+    # `uvicorn app.main:app` works without building an app at import time.
+    if name == "app":
+        return create_app()
+    raise AttributeError(name)

@@ -1,0 +1,65 @@
+"""Prometheus metrics: requests and latency per endpoint, encode and search time apart."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Metrics:
+    """One registry per app, so several apps (tests) never share counters."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("clipsearch_http_requests_total", "HTTP requests served",
+                                ["method", "endpoint", "status"], registry=self.registry)
+        self.latency = Histogram("clipsearch_http_request_duration_seconds", "HTTP request latency",
+                                 ["method", "endpoint"], buckets=_LATENCY_BUCKETS, registry=self.registry)
+        self.encode = Histogram("clipsearch_encode_duration_seconds", "Time to embed a query",
+                                ["modality"], buckets=_LATENCY_BUCKETS, registry=self.registry)
+        self.search = Histogram("clipsearch_search_duration_seconds", "Time to search an index",
+                                ["target"], buckets=_LATENCY_BUCKETS, registry=self.registry)
+
+    @contextmanager
+    def time_encode(self, modality: str) -> Iterator[None]:
+        with self.encode.labels(modality).time():
+            yield
+
+    @contextmanager
+    def time_search(self, target: str) -> Iterator[None]:
+        with self.search.labels(target).time():
+            yield
+
+
+class RequestMetricsMiddleware:
+    """Counts and times every HTTP request by its route template (/items/{item_id}, not /items/7)."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_and_note_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note_status)
+        finally:
+            route = scope.get("route")
+            endpoint = getattr(route, "path", "unmatched")
+            self.metrics.requests.labels(scope["method"], endpoint, str(status)).inc()
+            self.metrics.latency.labels(scope["method"], endpoint).observe(time.perf_counter() - started)

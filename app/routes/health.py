@@ -1,0 +1,44 @@
+"""Liveness, readiness, what is served, and Prometheus metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from app.deps import ServiceDep, StateDep
+from app.errors import ServiceNotReady
+from app.schemas import ErrorResponse, InfoResponse
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/health")
+def health() -> dict[str, str]:
+    """The process is alive (says nothing about the model or the bundle)."""
+    return {"status": "ok"}
+
+
+@router.get("/ready", responses={503: {"model": ErrorResponse, "description": "Not ready, and why."}})
+def ready(state: StateDep) -> dict[str, str]:
+    """200 once the model and the indices are loaded; 503 until then, or with the reason the bundle is unusable."""
+    if state.service is None:
+        raise ServiceNotReady(f"not ready: {state.problem}")
+    return {"status": "ready"}
+
+
+@router.get("/info", responses={503: {"model": ErrorResponse}})
+def info(service: ServiceDep) -> InfoResponse:
+    """The model, the bundle's contents and indices, and the device in use."""
+    manifest = service.bundle.manifest
+    return InfoResponse(
+        model=manifest.model.name, pretrained=manifest.model.pretrained,
+        checkpoint_sha256=manifest.model.checkpoint_sha256, embedding_dim=manifest.embedding_dim,
+        counts={modality: record.count for modality, record in manifest.modalities.items()},
+        indices={modality: record.index for modality, record in manifest.modalities.items()},
+        device=str(service.encoder.device), bundle_created_at=manifest.created_at)
+
+
+@router.get("/metrics", response_class=Response)
+def metrics(state: StateDep) -> Response:
+    """Prometheus text format: requests and latency per endpoint, encode and search time."""
+    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

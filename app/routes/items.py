@@ -1,0 +1,29 @@
+"""Items of the bundle: their metadata and, for images, the image itself."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import FileResponse
+from PIL import Image
+
+from app.deps import ServiceDep
+from app.routes.search import ERRORS
+from app.schemas import ItemModel
+
+router = APIRouter(prefix="/items", tags=["items"])
+
+
+@router.get("/{item_id}", responses=ERRORS)
+def get_item(item_id: int, service: ServiceDep) -> ItemModel:
+    """An item's metadata."""
+    return ItemModel.of(service.item(item_id))
+
+
+@router.get("/{item_id}/image", response_class=FileResponse, responses={
+    200: {"content": {"image/*": {}}, "description": "The image file, as indexed."}, **ERRORS})
+def get_item_image(item_id: int, service: ServiceDep) -> FileResponse:
+    """The image file of an image item. Only files recorded in the bundle are ever served."""
+    path = service.image_path(item_id)
+    with Image.open(path) as image:  # reads the header only, to name the real format
+        media_type = Image.MIME.get(image.format or "", "application/octet-stream")
+    return FileResponse(path, media_type=media_type, headers={"Cache-Control": "public, max-age=3600"})

@@ -1,0 +1,67 @@
+"""Searches: by text, by an uploaded image, and by a weighted mix of texts, images and items."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Form, UploadFile
+
+from app.deps import MetricsDep, ServiceDep
+from app.metrics import Metrics
+from app.schemas import ComposedSearchRequest, ErrorResponse, HitModel, SearchResponse, TextSearchRequest
+from clipsearch.modality import Modality
+from clipsearch.search import QueryVector, SearchService
+
+router = APIRouter(tags=["search"])
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": description} for status, description in (
+        (404, "An item the query names does not exist."),
+        (413, "The request or its image is too large."),
+        (422, "A field is invalid; `field` names it and `reason` says why."),
+        (503, "The model or the bundle is not loaded."))}
+
+
+def _respond(service: SearchService, metrics: Metrics, query: QueryVector, target: Modality, k: int,
+             started: float) -> SearchResponse:
+    with metrics.time_search(target.value):
+        hits = service.search(query.vector, target, k)
+    return SearchResponse(results=[HitModel.of(hit) for hit in hits], truncated=list(query.truncated),
+                          took_ms=round((time.perf_counter() - started) * 1000, 3))
+
+
+@router.post("/search/text", responses=ERRORS)
+def search_text(request: TextSearchRequest, service: ServiceDep, metrics: MetricsDep) -> SearchResponse:
+    """Find the items most similar to a text: text→image, or text→text with `target: "text"`."""
+    started = time.perf_counter()
+    service.check_target(request.target, request.k)
+    with metrics.time_encode("text"):
+        query = service.embed_text(request.text)
+    return _respond(service, metrics, query, request.target, request.k, started)
+
+
+@router.post("/search/image", responses=ERRORS)
+def search_image(file: UploadFile, service: ServiceDep, metrics: MetricsDep,
+                 target: Annotated[Modality, Form()] = Modality.IMAGE,
+                 k: Annotated[int, Form()] = 10) -> SearchResponse:
+    """Find the items most similar to an uploaded image (multipart field `file`): image→image or image→text."""
+    started = time.perf_counter()
+    service.check_target(target, k)
+    data = file.file.read()  # held in memory: the multipart parser is told not to spool uploads to disk
+    with metrics.time_encode("image"):
+        query = service.embed_image(data, "file")
+    return _respond(service, metrics, query, target, k, started)
+
+
+@router.post("/search", responses=ERRORS)
+def search_composed(request: ComposedSearchRequest, service: ServiceDep, metrics: MetricsDep) -> SearchResponse:
+    """Search with the renormalised weighted sum of several terms' embeddings.
+
+    For example an image, plus "at night", minus "people". Weights may be negative.
+    """
+    started = time.perf_counter()
+    service.check_target(request.target, request.k)
+    with metrics.time_encode("composed"):
+        query = service.embed_terms([term.to_term() for term in request.queries])
+    return _respond(service, metrics, query, request.target, request.k, started)

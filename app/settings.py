@@ -1,0 +1,30 @@
+"""All server settings, read from CLIPSEARCH_* environment variables; built in the app factory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from clipsearch.images import DEFAULT_MAX_PIXELS
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CLIPSEARCH_", frozen=True)
+
+    bundle_path: Path = Field(Path("bundle"), description="The bundle directory the indexer wrote.")
+    device: str = Field("auto", description="'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'.")
+    checkpoint: Path | None = Field(None, description="The local checkpoint file, for bundles built from one.")
+    verify_checksums: bool = Field(True, description="Hash every bundle file at start-up (slower on huge bundles).")
+    max_k: int = Field(100, ge=1, description="Most results one query may ask for.")
+    max_upload_mb: float = Field(20.0, gt=0, description="Largest request body, uploads included (413 above).")
+    max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="Largest query image, in pixels.")
+    max_query_terms: int = Field(16, ge=1, description="Most terms in one composed query.")
+    max_text_chars: int = Field(10_000, ge=1, description="Longest query text, in characters.")
+    host: str = Field("127.0.0.1", description="Address `python -m app` listens on.")
+    port: int = Field(8000, ge=1, le=65535, description="Port `python -m app` listens on.")
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)

@@ -1,0 +1,142 @@
+"""A small typed Python client for the search service (httpx).
+
+    with ClipSearchClient("http://localhost:8000") as client:
+        for hit in client.search_text("a dog on the beach").results:
+            print(hit.score, hit.uri)
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+from clipsearch.modality import Modality
+
+
+class ClipSearchAPIError(Exception):
+    """The server refused a request; `field` and `reason` come from its error body."""
+
+    def __init__(self, status_code: int, detail: str, field: str | None = None, reason: str | None = None) -> None:
+        super().__init__(f"HTTP {status_code}: {detail}")
+        self.status_code, self.detail, self.field, self.reason = status_code, detail, field, reason
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    id: int
+    score: float
+    modality: Modality
+    uri: str
+    caption: str | None = None
+    text: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    results: list[SearchHit]
+    took_ms: float
+    truncated: list[str]
+
+    @property
+    def ids(self) -> list[int]:
+        return [hit.id for hit in self.results]
+
+
+@dataclass(frozen=True)
+class Query:
+    """One term of a composed query: exactly one of text, image (path or bytes) and item_id."""
+
+    text: str | None = None
+    image: Path | bytes | None = None
+    item_id: int | None = None
+    weight: float = 1.0
+
+    def to_json(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"weight": self.weight}
+        if self.text is not None:
+            body["text"] = self.text
+        if self.image is not None:
+            body["image_b64"] = base64.b64encode(_image_bytes(self.image)).decode("ascii")
+        if self.item_id is not None:
+            body["item_id"] = self.item_id
+        return body
+
+
+ImageInput = Path | str | bytes
+
+
+def _image_bytes(image: ImageInput) -> bytes:
+    return image if isinstance(image, bytes) else Path(image).read_bytes()
+
+
+class ClipSearchClient:
+    def __init__(self, base_url: str = "http://localhost:8000", timeout: float = 30.0,
+                 http: httpx.Client | None = None) -> None:
+        self._http = http or httpx.Client(base_url=base_url, timeout=timeout)
+
+    def __enter__(self) -> ClipSearchClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def search_text(self, text: str, target: Modality | str = Modality.IMAGE, k: int = 10) -> SearchResult:
+        return _search_result(self._post("/search/text", json={"text": text, "target": str(target), "k": k}))
+
+    def search_image(self, image: ImageInput, target: Modality | str = Modality.IMAGE, k: int = 10) -> SearchResult:
+        """Search with an image file's path or its bytes."""
+        files = {"file": ("query", _image_bytes(image), "application/octet-stream")}
+        return _search_result(self._post("/search/image", files=files, data={"target": str(target), "k": str(k)}))
+
+    def search(self, queries: list[Query], target: Modality | str = Modality.IMAGE, k: int = 10) -> SearchResult:
+        """A composed query: the weighted sum of the terms' embeddings."""
+        body = {"queries": [query.to_json() for query in queries], "target": str(target), "k": k}
+        return _search_result(self._post("/search", json=body))
+
+    def embed_text(self, text: str) -> np.ndarray:
+        """float32 (d,), unit length."""
+        return np.asarray(self._post("/embed/text", json={"text": text})["embedding"], dtype=np.float32)
+
+    def embed_image(self, image: ImageInput) -> np.ndarray:
+        """float32 (d,), unit length."""
+        files = {"file": ("query", _image_bytes(image), "application/octet-stream")}
+        return np.asarray(self._post("/embed/image", files=files)["embedding"], dtype=np.float32)
+
+    def item(self, item_id: int) -> dict[str, Any]:
+        return self._get(f"/items/{item_id}")
+
+    def info(self) -> dict[str, Any]:
+        return self._get("/info")
+
+    def _get(self, path: str) -> dict[str, Any]:
+        return _json_or_raise(self._http.get(path))
+
+    def _post(self, path: str, **request: Any) -> dict[str, Any]:
+        return _json_or_raise(self._http.post(path, **request))
+
+
+def _json_or_raise(response: httpx.Response) -> dict[str, Any]:
+    if response.is_error:
+        try:
+            body = response.json()
+        except ValueError:
+            body = {"detail": response.text}
+        raise ClipSearchAPIError(response.status_code, str(body.get("detail")), body.get("field"), body.get("reason"))
+    result: dict[str, Any] = response.json()
+    return result
+
+
+def _search_result(body: dict[str, Any]) -> SearchResult:
+    hits = [SearchHit(id=hit["id"], score=hit["score"], modality=Modality(hit["modality"]), uri=hit["uri"],
+                      caption=hit.get("caption"), text=hit.get("text"), metadata=hit.get("metadata") or {})
+            for hit in body["results"]]
+    return SearchResult(results=hits, took_ms=body["took_ms"], truncated=body.get("truncated", []))
