@@ -23,7 +23,7 @@ class ServiceNotReady(Exception):
 
 
 class PayloadTooLarge(Exception):
-    """The request body is over the configured limit."""
+    """The request body is over the configured limit (answered by app.limits.BodySizeLimit)."""
 
     def __init__(self, limit_bytes: int) -> None:
         super().__init__(f"request body is over the limit of {limit_bytes} bytes")
@@ -55,10 +55,6 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceNotReady)
     async def not_ready(request: Request, error: ServiceNotReady) -> JSONResponse:
         return error_body(503, error.reason)
-
-    @app.exception_handler(PayloadTooLarge)
-    async def too_large(request: Request, error: PayloadTooLarge) -> JSONResponse:
-        return error_body(413, str(error))
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:

@@ -1,4 +1,4 @@
-"""A request body limit enforced before and while the body is read."""
+"""A request body limit, enforced before the app reads any of the body."""
 
 from __future__ import annotations
 
@@ -8,7 +8,11 @@ from app.errors import PayloadTooLarge, error_body
 
 
 class BodySizeLimit:
-    """413 for a declared Content-Length over the limit; PayloadTooLarge when a body grows past it."""
+    """413 for a body over `max_bytes`, whether its Content-Length says so or it is streamed (chunked).
+
+    A declared length is trusted (the HTTP server enforces framing); a body without one is read
+    into memory here, up to the limit, and then handed on to the app.
+    """
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app, self.max_bytes = app, max_bytes
@@ -18,19 +22,35 @@ class BodySizeLimit:
             await self.app(scope, receive, send)
             return
         declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            response = error_body(413, str(PayloadTooLarge(self.max_bytes)))
-            await response(scope, receive, send)
+        if declared is not None:
+            if declared.isdigit() and int(declared) > self.max_bytes:
+                await self._refuse(scope, receive, send)
+                return
+            await self.app(scope, receive, send)
             return
+        chunks: list[bytes] = []
         received = 0
-
-        async def counting_receive() -> Message:
-            nonlocal received
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise PayloadTooLarge(self.max_bytes)
-            return message
+            if message["type"] != "http.request":
+                break  # the client went away; let the app see it
+            chunks.append(message.get("body", b""))
+            received += len(chunks[-1])
+            if received > self.max_bytes:
+                await self._refuse(scope, receive, send)
+                return
+            if not message.get("more_body", False):
+                break
+        replayed = False
 
-        await self.app(scope, counting_receive, send)
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await error_body(413, str(PayloadTooLarge(self.max_bytes)))(scope, receive, send)

@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+
+from app.main import create_app
+from app.settings import Settings
+from clipsearch.client import ClipSearchClient
+
+LIMITS = dict(max_k=50, max_upload_mb=1.0, max_pixels=1_000_000, max_query_terms=4, max_text_chars=2_000)
+
+
+@contextmanager
+def serve(settings: Settings) -> Iterator[str]:
+    """Run the real app under uvicorn on a free loopback port until the block ends; yields its URL."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/ready", timeout=5).status_code != 503 or "loading" not in \
+                    httpx.get(f"{url}/ready", timeout=5).text:
+                break
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    try:
+        yield url
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        listener.close()
+
+
+@pytest.fixture(scope="session")
+def server_url(bundle_path: Path) -> Iterator[str]:
+    with serve(Settings(bundle_path=bundle_path, device="cpu", **LIMITS)) as url:  # type: ignore[arg-type]
+        yield url
+
+
+@pytest.fixture()
+def http(server_url: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server_url, timeout=30) as client:
+        yield client
+
+
+@pytest.fixture()
+def client(server_url: str) -> Iterator[ClipSearchClient]:
+    with ClipSearchClient(server_url) as search_client:
+        yield search_client

@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import httpx
+
+from app.main import create_app
+from app.settings import Settings
+
+
+def test_health_and_ready_once_loaded(http: httpx.Client) -> None:
+    assert http.get("/health").json() == {"status": "ok"}
+    assert http.get("/ready").json() == {"status": "ready"}
+
+
+def test_ready_is_503_until_the_model_and_bundle_are_loaded(bundle_path: Path) -> None:
+    app = create_app(Settings(bundle_path=bundle_path, device="cpu"))  # type: ignore[call-arg]
+
+    async def ask() -> httpx.Response:
+        # No lifespan runs here, so nothing gets loaded: the state before loading finishes.
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+            return await client.get("/ready")
+
+    response = asyncio.run(ask())
+    assert response.status_code == 503 and "loading" in response.json()["reason"]
+
+
+def test_info_describes_model_bundle_and_device(http: httpx.Client) -> None:
+    info = http.get("/info").json()
+    assert info["model"] == "tiny" and info["pretrained"] is None and info["embedding_dim"] == 32
+    assert info["counts"] == {"image": 30, "text": 25}
+    assert info["indices"]["image"]["factory"] == "Flat" and info["indices"]["image"]["exact"] is True
+    assert info["device"] == "cpu"
+
+
+def test_metrics_count_requests_and_time_encode_and_search_apart(http: httpx.Client) -> None:
+    http.post("/search/text", json={"text": "metrics please"})
+    text = http.get("/metrics").text
+    assert 'clipsearch_http_requests_total{endpoint="/search/text",method="POST",status="200"}' in text
+    assert 'clipsearch_http_request_duration_seconds_bucket{endpoint="/search/text"' in text
+    assert 'clipsearch_encode_duration_seconds_count{modality="text"}' in text
+    assert 'clipsearch_search_duration_seconds_count{target="image"}' in text
+
+
+def test_the_openapi_schema_documents_every_endpoint_with_examples(http: httpx.Client) -> None:
+    schema = http.get("/openapi.json").json()
+    for path in ("/search/text", "/search/image", "/search", "/items/{item_id}", "/items/{item_id}/image",
+                 "/embed/text", "/embed/image", "/health", "/ready", "/info", "/metrics"):
+        assert path in schema["paths"], path
+    assert schema["components"]["schemas"]["TextSearchRequest"]["examples"]
+    assert schema["components"]["schemas"]["ComposedSearchRequest"]["examples"]
+    assert http.get("/docs").status_code == 200
+
+
+def test_settings_come_from_prefixed_environment_variables(monkeypatch: object, tmp_path: Path) -> None:
+    import pytest
+
+    patch = pytest.MonkeyPatch()
+    try:
+        patch.setenv("CLIPSEARCH_BUNDLE_PATH", str(tmp_path))
+        patch.setenv("CLIPSEARCH_MAX_K", "7")
+        settings = Settings()  # type: ignore[call-arg]
+    finally:
+        patch.undo()
+    assert settings.bundle_path == tmp_path and settings.max_k == 7

@@ -1,0 +1,116 @@
+from __future__ import annotations
+
+import base64
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from clipsearch.bundle import Bundle
+from clipsearch.client import ClipSearchClient, Query
+from clipsearch.encoder import ClipEncoder
+from clipsearch.modality import Modality
+from tests.imagefiles import image_bytes, noise_image
+
+
+def brute_force_ids(bundle: Bundle, target: Modality, query: np.ndarray, k: int) -> list[int]:
+    ids = [item.id for item in bundle.items if item.modality is target]
+    vectors = np.stack([bundle.indices[target].reconstruct(item_id) for item_id in ids])
+    scores = vectors @ query
+    return [ids[row] for row in np.argsort(-scores, kind="stable")[:k]]
+
+
+def unit(vector: np.ndarray) -> np.ndarray:
+    return (vector / np.linalg.norm(vector)).astype(np.float32)
+
+
+def test_text_to_image_equals_exact_search(client: ClipSearchClient, bundle: Bundle, encoder: ClipEncoder) -> None:
+    result = client.search_text("a photo of noise", k=7)
+    assert result.ids == brute_force_ids(bundle, Modality.IMAGE, encoder.encode_texts(["a photo of noise"])[0], 7)
+    assert all(hit.modality is Modality.IMAGE for hit in result.results)
+    assert [hit.score for hit in result.results] == sorted((hit.score for hit in result.results), reverse=True)
+    assert result.took_ms > 0 and result.truncated == []
+
+
+def test_text_to_text_finds_the_identical_sentence_first(client: ClipSearchClient) -> None:
+    result = client.search_text("a sentence about thing number 7", target="text", k=3)
+    assert result.results[0].text == "a sentence about thing number 7"
+    assert result.results[0].score == pytest.approx(1.0, abs=1e-5)
+
+
+def test_image_to_image_finds_the_same_picture_first(client: ClipSearchClient, corpus_dir: Path) -> None:
+    picture = corpus_dir / "images" / "picture_000.png"
+    result = client.search_image(picture, k=5)
+    assert result.results[0].uri == str(picture.resolve())
+    assert result.results[0].caption == "caption of picture 0"
+    assert result.results[0].metadata == {"number": 0}
+
+
+def test_image_to_text_equals_exact_search(client: ClipSearchClient, bundle: Bundle, encoder: ClipEncoder) -> None:
+    image = noise_image(77)
+    result = client.search_image(image_bytes(image), target="text", k=5)
+    assert result.ids == brute_force_ids(bundle, Modality.TEXT, encoder.encode_images([image])[0], 5)
+
+
+def test_a_composed_query_searches_the_renormalised_weighted_sum(client: ClipSearchClient, bundle: Bundle,
+                                                                  encoder: ClipEncoder) -> None:
+    image = noise_image(5)
+    result = client.search([Query(item_id=3, weight=1.0), Query(text="at night", weight=0.8),
+                            Query(image=image_bytes(image), weight=-0.5)], k=6)
+    expected = unit(bundle.indices[Modality.IMAGE].reconstruct(3) + 0.8 * encoder.encode_texts(["at night"])[0]
+                    - 0.5 * encoder.encode_images([image])[0])
+    assert result.ids == brute_force_ids(bundle, Modality.IMAGE, expected, 6)
+
+
+def test_one_composed_term_equals_the_plain_search(client: ClipSearchClient) -> None:
+    plain = client.search_text("a sentence", target="text", k=5)
+    composed = client.search([Query(text="a sentence", weight=2.5)], target="text", k=5)
+    assert composed.ids == plain.ids
+
+
+def test_a_negative_weight_steers_away_from_the_term(client: ClipSearchClient) -> None:
+    towards = client.search([Query(text="a sentence about thing number 4")], target="text", k=1)
+    away = client.search([Query(text="a sentence about thing number 4", weight=-1)], target="text", k=1)
+    assert towards.results[0].text == "a sentence about thing number 4"
+    assert away.results[0].id != towards.results[0].id
+
+
+def test_text_longer_than_the_context_is_truncated_and_said_so(client: ClipSearchClient) -> None:
+    result = client.search_text("many words " * 100)
+    assert result.truncated == ["text"] and len(result.results) == 10
+    composed = client.search([Query(item_id=1), Query(text="many words " * 100)])
+    assert composed.truncated == ["queries[1].text"]
+
+
+def test_k_larger_than_the_corpus_returns_every_item(client: ClipSearchClient) -> None:
+    assert len(client.search_text("anything", target="text", k=50).results) == 25
+
+
+def test_embeddings_match_the_model_in_process(client: ClipSearchClient, encoder: ClipEncoder) -> None:
+    np.testing.assert_allclose(client.embed_text("a red bicycle"), encoder.encode_texts(["a red bicycle"])[0],
+                               atol=1e-5)
+    image = noise_image(3)
+    np.testing.assert_allclose(client.embed_image(image_bytes(image)), encoder.encode_images([image])[0], atol=1e-5)
+
+
+def test_many_parallel_requests_all_get_their_own_correct_answer(client: ClipSearchClient, server_url: str) -> None:
+    texts = [f"a sentence about thing number {number % 25}" for number in range(64)]
+    expected = {text: client.search_text(text, target="text", k=3).ids for text in set(texts)}
+    images = [image_bytes(noise_image(number)) for number in range(8)]
+    expected_images = {number: client.search_image(data, k=3).ids for number, data in enumerate(images)}
+
+    def ask(number: int) -> bool:
+        with ClipSearchClient(server_url) as own:
+            if number % 4 == 3:
+                return own.search_image(images[number % 8], k=3).ids == expected_images[number % 8]
+            return own.search_text(texts[number], target="text", k=3).ids == expected[texts[number]]
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        assert all(pool.map(ask, range(64)))
+
+
+def test_base64_images_in_a_composed_query_equal_uploads(client: ClipSearchClient) -> None:
+    data = image_bytes(noise_image(8))
+    assert client.search([Query(image=data)], k=4).ids == client.search_image(data, k=4).ids
+    assert base64.b64decode(Query(image=data).to_json()["image_b64"]) == data
