@@ -8,12 +8,13 @@ from contextlib import asynccontextmanager
 from importlib import metadata
 
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 from starlette.formparsers import MultiPartParser
 
 from app.errors import install_error_handlers
 from app.limits import BodySizeLimit
 from app.metrics import RequestMetricsMiddleware
-from app.routes import embed, health, items, search
+from app.routes import embed, health, items, page, search
 from app.settings import Settings
 from app.state import ServiceState
 
@@ -35,8 +36,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                               "image→image and weighted composed queries.")
     app.state.service_state = state
     install_error_handlers(app)
-    for module in (search, items, embed, health):
+    for module in (search, items, embed, health, page):
         app.include_router(module.router)
+    app.mount("/static", StaticFiles(directory=page.STATIC_DIR), name="static")
     app.add_middleware(RequestMetricsMiddleware, metrics=state.metrics)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
     # Keep whole uploads in memory (the body limit bounds them) instead of spooling them to disk.

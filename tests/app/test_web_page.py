@@ -1,0 +1,129 @@
+"""The search page in a real browser: Debian's Chromium driven by Playwright (no browser download)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+CHROMIUM = os.environ.get("CLIPSEARCH_CHROMIUM", "/usr/bin/chromium")
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+
+sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed (pip install '.[dev]')")
+if not Path(CHROMIUM).is_file():
+    pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium); browser tests not run",
+                allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    with sync_api.sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"])
+        yield launched
+        launched.close()
+
+
+@pytest.fixture()
+def page(browser: Any, server_url: str) -> Iterator[Any]:
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    opened = context.new_page()
+    opened.goto(server_url)
+    sync_api.expect(opened.locator("#info")).to_contain_text("30 images")
+    yield opened
+    context.close()
+
+
+def status(page: Any) -> Any:
+    return page.locator("#status")
+
+
+def test_a_text_search_shows_result_cards_with_thumbnails(page: Any) -> None:
+    page.fill("#query-text", "a photo of noise")
+    page.press("#query-text", "Enter")
+    sync_api.expect(status(page)).to_contain_text("12 results")
+    cards = page.locator(".card")
+    sync_api.expect(cards).to_have_count(12)
+    first_image = cards.first.locator("img")
+    sync_api.expect(first_image).to_have_attribute("src", f"/items/{cards.first.get_attribute('data-id')}/image")
+    page.wait_for_function("document.querySelector('.card img').naturalWidth > 0")
+    sync_api.expect(cards.first.locator(".score")).to_contain_text("score ")
+
+
+def test_an_uploaded_image_finds_itself_first(page: Any, corpus_dir: Path) -> None:
+    page.set_input_files("#query-file", str(corpus_dir / "images" / "picture_000.png"))
+    sync_api.expect(status(page)).to_contain_text("results in")
+    sync_api.expect(page.locator("#image-query")).to_be_visible()
+    first = page.locator(".card").first
+    sync_api.expect(first.locator(".source")).to_contain_text("picture_000.png")
+    sync_api.expect(first.locator(".caption")).to_have_text("caption of picture 0")
+
+
+def test_clicking_a_result_searches_for_more_like_it(page: Any) -> None:
+    page.fill("#query-text", "anything")
+    page.press("#query-text", "Enter")
+    sync_api.expect(status(page)).to_contain_text("results in")
+    chosen = page.locator(".card").nth(3)
+    chosen_id = chosen.get_attribute("data-id")
+    chosen.locator("button.thumb").click()
+    sync_api.expect(page.locator("#image-query-label")).to_have_text(f"More like item {chosen_id}")
+    sync_api.expect(page.locator(".card").first).to_have_attribute("data-id", chosen_id)
+    sync_api.expect(page.locator(".card").first.locator(".score")).to_have_text("score 1.000")
+
+
+def test_an_image_query_can_be_refined_with_weighted_text(page: Any, corpus_dir: Path) -> None:
+    page.set_input_files("#query-file", str(corpus_dir / "images" / "picture_002.png"))
+    sync_api.expect(status(page)).to_contain_text("results in")
+    sync_api.expect(page.locator("#text-weight")).to_be_visible()
+    with page.expect_request(lambda request: request.url.endswith("/search") and request.method == "POST") as sent:
+        page.fill("#query-text", "at night")
+        page.press("#query-text", "Enter")
+    body = sent.value.post_data_json
+    assert [sorted(term) for term in body["queries"]] == [["image_b64", "weight"], ["text", "weight"]]
+    assert body["queries"][1] == {"text": "at night", "weight": 0.5}
+    sync_api.expect(status(page)).to_contain_text("results in")
+
+
+def test_texts_can_be_found_instead_of_images(page: Any) -> None:
+    page.check("input[name=target][value=text]")
+    page.fill("#query-text", "a sentence about thing number 4")
+    page.press("#query-text", "Enter")
+    sync_api.expect(page.locator(".card").first.locator(".snippet")).to_have_text("a sentence about thing number 4")
+
+
+def test_an_invalid_upload_shows_the_servers_error(page: Any) -> None:
+    page.set_input_files("#query-file", files=[{"name": "notes.jpg", "mimeType": "image/jpeg",
+                                                "buffer": b"these are notes, not a picture"}])
+    sync_api.expect(status(page)).to_have_text("Search failed: file: not a recognised image format")
+    sync_api.expect(status(page)).to_have_class("error")
+    sync_api.expect(page.locator(".card")).to_have_count(0)
+
+
+def test_an_empty_search_asks_for_input_instead_of_calling_the_server(page: Any) -> None:
+    page.press("#query-text", "Enter")
+    sync_api.expect(status(page)).to_contain_text("Type something")
+
+
+def test_the_page_fits_a_phone_and_a_screenshot_is_kept(browser: Any, server_url: str) -> None:
+    context = browser.new_context(viewport={"width": 375, "height": 800}, device_scale_factor=2)
+    phone = context.new_page()
+    phone.goto(server_url)
+    phone.fill("#query-text", "a photo of noise")
+    phone.press("#query-text", "Enter")
+    sync_api.expect(status(phone)).to_contain_text("results in")
+    phone.wait_for_function("[...document.querySelectorAll('.card img')].every(img => img.complete)")
+    assert phone.evaluate("document.documentElement.scrollWidth") <= 375
+    ARTIFACTS.mkdir(exist_ok=True)
+    phone.screenshot(path=str(ARTIFACTS / "web-page-phone.png"), full_page=False)
+    context.close()
+
+
+def test_every_control_has_a_label(page: Any) -> None:
+    unlabelled = page.evaluate("""[...document.querySelectorAll('input, button')].filter(el =>
+        !(el.labels && el.labels.length) && !el.getAttribute('aria-label') && !el.textContent.trim()
+        && !el.closest('label')).map(el => el.id || el.name)""")
+    assert unlabelled == []
