@@ -100,11 +100,7 @@ class _Outcome:
 def build(config: BuildConfig, on_shard_written: Callable[[Path], None] | None = None) -> BuildSummary:
     """Read, encode and write: the whole build, resumable shard by shard."""
     started = time.perf_counter()
-    sources: dict[Modality, list[SourceItem]] = {}
-    if config.images is not None:
-        sources[Modality.IMAGE] = read_image_source(config.images, config.columns)
-    if config.texts is not None:
-        sources[Modality.TEXT] = read_text_source(config.texts, config.columns)
+    sources = read_sources(config)
     if not sources:
         raise ValueError("give --images, --texts or both")
     encoder = load_encoder(config.model, config.pretrained, config.checkpoint, config.device)
@@ -117,6 +113,37 @@ def build(config: BuildConfig, on_shard_written: Callable[[Path], None] | None =
     summary.resumed_shards = resumed
     shutil.rmtree(work, ignore_errors=True)
     return summary
+
+
+def corpus_fingerprint(config: BuildConfig, sources: dict[Modality, list[SourceItem]] | None = None) -> str:
+    """A hash of what decides the bundle: the content settings, and every corpus file's name, size and mtime."""
+    sources = sources if sources is not None else read_sources(config)
+    digest = hashlib.sha256()
+    settings = {"model": config.model, "pretrained": config.pretrained, "checkpoint": _stat(config.checkpoint),
+                "index_factory": config.index_factory, "flat_threshold": config.flat_threshold,
+                "keep_duplicates": config.keep_duplicates, "max_pixels": config.max_pixels,
+                "columns": asdict(config.columns), "images": _stat(config.images), "texts": _stat(config.texts)}
+    digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
+    for modality, items in sources.items():
+        for item in items:
+            digest.update(f"{modality}\0{item.uri}\0{_stat(item.path)}\0{item.text}\0{item.extra}\n".encode())
+    return digest.hexdigest()
+
+
+def read_sources(config: BuildConfig) -> dict[Modality, list[SourceItem]]:
+    sources: dict[Modality, list[SourceItem]] = {}
+    if config.images is not None:
+        sources[Modality.IMAGE] = read_image_source(config.images, config.columns)
+    if config.texts is not None:
+        sources[Modality.TEXT] = read_text_source(config.texts, config.columns)
+    return sources
+
+
+def _stat(path: Path | None) -> str | None:
+    if path is None or not path.is_file():
+        return None
+    status = path.stat()
+    return f"{path}:{status.st_size}:{status.st_mtime_ns}"
 
 
 def work_dir_for(out: Path) -> Path:
@@ -344,7 +371,8 @@ def _finish(config: BuildConfig, encoder: ClipEncoder, sources: dict[Modality, l
             use_gpu=use_gpu)
         content[modality] = ModalityContent(index=index, spec=spec)
     report = {"skipped": skipped, "duplicates": duplicates}
-    write_bundle(config.out, encoder.ref, encoder.embedding_dim, content, items, report, _versions())
+    write_bundle(config.out, encoder.ref, encoder.embedding_dim, content, items, report, _versions(),
+                 corpus_fingerprint(config, sources))
     return BuildSummary(out=config.out, indexed={modality.value: len(ids[modality]) for modality in sources},
                         skipped=len(skipped), duplicates=len(duplicates),
                         elapsed_s=time.perf_counter() - started, resumed_shards=0, report=report)

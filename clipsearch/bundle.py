@@ -80,6 +80,8 @@ class Manifest:
     skipped: int
     created_at: str
     versions: dict[str, str] = field(default_factory=dict)
+    corpus_fingerprint: str | None = None
+    """Hash of the build's settings and its corpus files' names, sizes and times (for --if-changed)."""
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -104,7 +106,8 @@ class Manifest:
                        modalities=modalities,
                        files={name: FileRecord(**record) for name, record in data["files"].items()},
                        skipped=int(data["skipped"]), created_at=str(data["created_at"]),
-                       versions=dict(data.get("versions", {})))
+                       versions=dict(data.get("versions", {})),
+                       corpus_fingerprint=data.get("corpus_fingerprint"))
         except UnsupportedFormatVersion:
             raise
         except json.JSONDecodeError as error:
@@ -246,7 +249,8 @@ def check_model(manifest: Manifest, model: ModelRef, embedding_dim: int) -> None
 
 
 def write_bundle(out: Path, model: ModelRef, embedding_dim: int, content: dict[Modality, ModalityContent],
-                 items: Iterable[Item], report: dict[str, Any], versions: dict[str, str]) -> Manifest:
+                 items: Iterable[Item], report: dict[str, Any], versions: dict[str, str],
+                 corpus_fingerprint: str | None = None) -> Manifest:
     """Write a complete bundle at `out`, replacing an earlier bundle there, all or nothing."""
     if out.exists() and not (out / MANIFEST_FILE).is_file() and any(out.iterdir()):
         raise BundleError(f"{out} exists and is not a bundle; refusing to overwrite it")
@@ -267,7 +271,8 @@ def write_bundle(out: Path, model: ModelRef, embedding_dim: int, content: dict[M
         manifest = Manifest(format_version=FORMAT_VERSION, model=model, embedding_dim=embedding_dim,
                             metric=METRIC, modalities=modalities, files=files,
                             skipped=len(report.get("skipped", [])),
-                            created_at=datetime.now(UTC).isoformat(timespec="seconds"), versions=versions)
+                            created_at=datetime.now(UTC).isoformat(timespec="seconds"), versions=versions,
+                            corpus_fingerprint=corpus_fingerprint)
         _write_text_atomically(staging / MANIFEST_FILE, manifest.to_json())
         _swap_into_place(staging, out)
     except BaseException:

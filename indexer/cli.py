@@ -9,7 +9,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from clipsearch.build import BuildConfig, build, work_dir_for
+from clipsearch.build import BuildConfig, build, corpus_fingerprint, work_dir_for
+from clipsearch.bundle import read_manifest
 from clipsearch.encoder import DEFAULT_MODEL, DEFAULT_PRETRAINED, OFFLINE_MODEL
 from clipsearch.errors import ClipSearchError
 from clipsearch.images import DEFAULT_MAX_PIXELS
@@ -71,16 +72,22 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     command.add_argument("--caption-column", default="caption", help="caption column of a manifest")
     command.add_argument("--text-column", default="text", help="text column of a JSONL / CSV text corpus")
     command.add_argument("--no-progress", action="store_true", help="no progress bar")
+    command.add_argument("--if-changed", action="store_true",
+                         help="do nothing when the bundle at --out was built from the same files and settings")
+    demo = commands.add_parser("demo-data", help="write a small public-domain demo corpus (needs scikit-image)")
+    demo.add_argument("--out", type=Path, required=True, help="folder to write images/ and texts.txt into")
     args = parser.parse_args(argv)
+    if args.command == "demo-data":
+        return args
     if args.images is None and args.texts is None:
         parser.error("give --images, --texts or both")
-    if args.checkpoint is not None and args.pretrained not in (None, "none"):
+    if args.checkpoint is not None and args.pretrained not in (None, "none", ""):
         parser.error("give either --pretrained or --checkpoint, not both")
     return args
 
 
 def config_from_args(args: argparse.Namespace) -> BuildConfig:
-    if args.checkpoint is not None or args.pretrained == "none":
+    if args.checkpoint is not None or args.pretrained in ("none", ""):
         pretrained = None
     elif args.pretrained is not None:
         pretrained = args.pretrained
@@ -95,12 +102,29 @@ def config_from_args(args: argparse.Namespace) -> BuildConfig:
         progress=not args.no_progress)
 
 
+def _up_to_date(config: BuildConfig) -> bool:
+    try:
+        manifest = read_manifest(config.out)
+    except ClipSearchError:
+        return False
+    return manifest.corpus_fingerprint == corpus_fingerprint(config)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("clipsearch").setLevel(logging.INFO)
+    if args.command == "demo-data":
+        from indexer.demo import write_demo_corpus
+
+        images, texts = write_demo_corpus(args.out)
+        print(f"wrote {images} images with captions and {texts} texts to {args.out}")
+        return 0
     config = config_from_args(args)
     try:
+        if args.if_changed and _up_to_date(config):
+            print(f"{config.out} is up to date with its corpus and settings; nothing to do")
+            return 0
         summary = build(config)
     except ClipSearchError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -83,3 +83,14 @@ def test_python_dash_m_indexer_runs_with_a_progress_bar(tmp_path: Path) -> None:
                               capture_output=True, text=True, cwd=Path(__file__).parent.parent)
     assert finished.returncode == 0, finished.stderr
     assert "text/s" in finished.stderr and "indexed 3 texts" in finished.stdout
+
+
+def test_if_changed_skips_an_up_to_date_bundle_and_rebuilds_after_a_change(tmp_path: Path,
+                                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "texts.txt").write_text("one\ntwo\n")
+    arguments = ["build", "--texts", str(tmp_path / "texts.txt"), "--out", str(tmp_path / "bundle"), "--if-changed",
+                 *TINY]
+    assert main(arguments) == 0 and "indexed 2 texts" in capsys.readouterr().out
+    assert main(arguments) == 0 and "up to date" in capsys.readouterr().out
+    (tmp_path / "texts.txt").write_text("one\ntwo\nthree\n")
+    assert main(arguments) == 0 and "indexed 3 texts" in capsys.readouterr().out

@@ -1,0 +1,57 @@
+"""A small demo corpus: the public-domain / CC0 sample photos that scikit-image ships, with captions."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+# (scikit-image function, file name, caption, licence as scikit-image documents it)
+SAMPLES = [
+    ("astronaut", "astronaut.jpg", "an astronaut in a white spacesuit posing in front of an american flag",
+     "public domain (NASA)"),
+    ("camera", "cameraman.png", "a black and white photo of a man with a film camera on a tripod", "CC0"),
+    ("chelsea", "cat.jpg", "a tabby cat looking to the side", "CC0"),
+    ("coffee", "coffee.jpg", "a cup of coffee on a saucer seen from above", "CC0"),
+    ("rocket", "rocket.jpg", "a rocket on the launch pad under a blue sky", "public domain (SpaceX)"),
+    ("hubble_deep_field", "deep_field.jpg", "thousands of distant galaxies in the night sky", "public domain (NASA)"),
+    ("horse", "horse.png", "the silhouette of a horse", "CC0"),
+    ("coins", "coins.png", "old coins lying on a dark background", "no known copyright restrictions"),
+    ("brick", "brick.png", "a red brick wall texture", "CC0"),
+    ("grass", "grass.png", "a close-up of green grass", "CC0"),
+    ("gravel", "gravel.png", "grey gravel stones on the ground", "CC0"),
+    ("text", "text.png", "printed handwritten text on paper", "public domain"),
+    ("cell", "cell.png", "a microscope image of a cell", "CC0"),
+    ("retina", "retina.jpg", "a photograph of the retina of a human eye", "CC0"),
+    ("microaneurysms", "microaneurysms.png", "a grayscale close-up of blood vessels in the eye", "CC0"),
+]
+
+EXTRA_TEXTS = [
+    "a pet sleeping on the sofa",
+    "a spacecraft launching into orbit",
+    "a hot drink on a cafe table",
+    "stars and galaxies far away",
+    "a farm animal in a field",
+    "money and loose change",
+    "a wall made of stone",
+    "a photographer at work",
+    "medical imaging of the human body",
+    "a page from an old book",
+]
+
+
+def write_demo_corpus(out: Path) -> tuple[int, int]:
+    """Write images/ (each with a .txt caption and .json licence) and texts.txt under `out`."""
+    from PIL import Image
+    from skimage import data
+
+    images = out / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    for function, name, caption, licence in SAMPLES:
+        path = images / name
+        Image.fromarray(getattr(data, function)()).save(path, quality=92)
+        path.with_suffix(".txt").write_text(caption + "\n", encoding="utf-8")
+        path.with_suffix(".json").write_text(json.dumps({"source": f"scikit-image data.{function}",
+                                                         "licence": licence}), encoding="utf-8")
+    texts = [caption for _, _, caption, _ in SAMPLES] + EXTRA_TEXTS
+    (out / "texts.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
+    return len(SAMPLES), len(texts)
