@@ -24,6 +24,9 @@ def get_item(item_id: int, service: ServiceDep) -> ItemModel:
 def get_item_image(item_id: int, service: ServiceDep) -> FileResponse:
     """The image file of an image item. Only files recorded in the bundle are ever served."""
     path = service.image_path(item_id)
-    with Image.open(path) as image:  # reads the header only, to name the real format
-        media_type = Image.MIME.get(image.format or "", "application/octet-stream")
+    try:
+        with Image.open(path) as image:  # reads the header only, to name the real format
+            media_type = Image.MIME.get(image.format or "", "application/octet-stream")
+    except (OSError, SyntaxError, ValueError):  # the file changed since indexing; still serve its bytes
+        media_type = "application/octet-stream"
     return FileResponse(path, media_type=media_type, headers={"Cache-Control": "public, max-age=3600"})

@@ -1,0 +1,51 @@
+"""With an approximate (IVF) bundle, the served results are measured against exact search."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from app.settings import Settings
+from clipsearch.build import build
+from clipsearch.bundle import load_bundle
+from clipsearch.client import ClipSearchClient
+from clipsearch.encoder import ClipEncoder
+from clipsearch.modality import Modality
+from tests.app.conftest import serve
+from tests.app.test_search import brute_force_ids
+from tests.conftest import make_image_corpus, make_text_corpus, tiny_config
+
+
+@pytest.fixture(scope="module")
+def ivf_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("ivf")
+    build(tiny_config(root / "bundle", images=make_image_corpus(root / "images", 160, seed=3),
+                      texts=make_text_corpus(root / "texts.txt", 60), index_factory="IVF8,Flat"))
+    return root / "bundle"
+
+
+@pytest.fixture(scope="module")
+def ivf_client(ivf_bundle: Path) -> Iterator[ClipSearchClient]:
+    with serve(Settings(bundle_path=ivf_bundle, device="cpu")) as url, ClipSearchClient(url) as client:  # type: ignore[call-arg]
+        yield client
+
+
+def test_served_ivf_recall_at_10_matches_what_the_manifest_promises(ivf_client: ClipSearchClient, ivf_bundle: Path,
+                                                                     encoder: ClipEncoder) -> None:
+    bundle = load_bundle(ivf_bundle)
+    spec = bundle.manifest.modalities[Modality.IMAGE].index
+    assert ivf_client.info()["indices"]["image"]["factory"] == "IVF8,Flat"
+    texts = [f"a query about subject {number}" for number in range(40)]
+    recalls = []
+    for text in texts:
+        served = ivf_client.search_text(text, k=10).ids
+        exact = brute_force_ids(bundle, Modality.IMAGE, encoder.encode_texts([text])[0], 10)
+        recalls.append(len(set(served) & set(exact)) / 10)
+    recall = float(np.mean(recalls))
+    print(f"served IVF8 recall@10 over {len(texts)} text queries: {recall:.3f} (manifest: {spec.recall_at_10})")
+    assert spec.recall_at_10 is not None and spec.recall_at_10 >= 0.95
+    # Other queries than the build's, so not to the digit; but what is served is what was promised.
+    assert recall == pytest.approx(spec.recall_at_10, abs=0.1)
