@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -97,3 +98,22 @@ def test_the_demo_corpus_has_captioned_images_and_texts(tmp_path: Path) -> None:
     items = read_image_source(tmp_path / "images")
     assert len(items) == images >= 10 and all(item.text and item.extra["licence"] for item in items)
     assert len(read_text_source(tmp_path / "texts.txt")) == texts
+
+
+def test_every_package_is_found_by_a_non_editable_install() -> None:
+    from setuptools import find_packages
+
+    found = set(find_packages(ROOT, include=["clipsearch*", "app*", "indexer*"]))
+    assert {"clipsearch", "app", "app.routes", "indexer"} <= found
+
+
+def test_the_client_imports_without_torch() -> None:
+    code = "import sys, clipsearch.client; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0
+
+
+def test_the_public_api_is_reexported() -> None:
+    import clipsearch
+
+    assert clipsearch.load_bundle.__module__ == "clipsearch.bundle"
+    assert set(clipsearch.__all__) >= {"build", "load_encoder", "SearchService", "ClipSearchClient"}

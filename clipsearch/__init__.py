@@ -1,0 +1,26 @@
+"""clipsearch: the shared core of the indexer and the server. It never imports FastAPI.
+
+The public API (build a bundle, load one, search it) is re-exported here lazily, so that
+`from clipsearch.client import ClipSearchClient` does not pull in torch and FAISS.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "BuildConfig": "clipsearch.build", "BuildSummary": "clipsearch.build", "build": "clipsearch.build",
+    "Bundle": "clipsearch.bundle", "Item": "clipsearch.bundle", "Manifest": "clipsearch.bundle",
+    "load_bundle": "clipsearch.bundle", "ClipEncoder": "clipsearch.encoder", "ModelRef": "clipsearch.encoder",
+    "load_encoder": "clipsearch.encoder", "ClipSearchError": "clipsearch.errors", "Modality": "clipsearch.modality",
+    "Hit": "clipsearch.search", "QueryLimits": "clipsearch.search", "SearchService": "clipsearch.search",
+    "ClipSearchClient": "clipsearch.client",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'clipsearch' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)
