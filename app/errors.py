@@ -9,7 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from clipsearch.errors import InvalidQuery, ItemNotFound, QueryImageTooLarge
+from clipsearch.errors import InvalidQuery, ItemNotFound, QueryImageTooLarge, ServiceBusy
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +22,10 @@ class ServiceNotReady(Exception):
         self.reason = reason
 
 
+class NotAuthenticated(Exception):
+    """The API key is required and was missing or wrong."""
+
+
 class PayloadTooLarge(Exception):
     """The request body is over the configured limit (answered by app.limits.BodySizeLimit)."""
 
@@ -30,9 +34,10 @@ class PayloadTooLarge(Exception):
         self.limit_bytes = limit_bytes
 
 
-def error_body(status: int, reason: str, field: str | None = None) -> JSONResponse:
+def error_body(status: int, reason: str, field: str | None = None,
+               headers: dict[str, str] | None = None) -> JSONResponse:
     detail = f"{field}: {reason}" if field else reason
-    return JSONResponse({"detail": detail, "field": field, "reason": reason}, status_code=status)
+    return JSONResponse({"detail": detail, "field": field, "reason": reason}, status_code=status, headers=headers)
 
 
 def _field_of(location: tuple[int | str, ...]) -> str:
@@ -51,6 +56,14 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ItemNotFound)
     async def item_not_found(request: Request, error: ItemNotFound) -> JSONResponse:
         return error_body(404, str(error), "id")
+
+    @app.exception_handler(ServiceBusy)
+    async def busy(request: Request, error: ServiceBusy) -> JSONResponse:
+        return error_body(503, str(error), headers={"Retry-After": "1"})
+
+    @app.exception_handler(NotAuthenticated)
+    async def not_authenticated(request: Request, error: NotAuthenticated) -> JSONResponse:
+        return error_body(401, "missing or wrong API key", "X-API-Key", headers={"WWW-Authenticate": "X-API-Key"})
 
     @app.exception_handler(ServiceNotReady)
     async def not_ready(request: Request, error: ServiceNotReady) -> JSONResponse:

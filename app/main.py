@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from importlib import metadata
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 from starlette.formparsers import MultiPartParser
 
@@ -39,6 +40,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (search, items, embed, health, page):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=page.STATIC_DIR), name="static")
+    if settings.allowed_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.allowed_origins, allow_methods=["GET", "POST"],
+                           allow_headers=["Content-Type", "X-API-Key"])
     app.add_middleware(RequestMetricsMiddleware, metrics=state.metrics)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
     # Keep whole uploads in memory (the body limit bounds them) instead of spooling them to disk.

@@ -13,6 +13,9 @@ from clipsearch.index import IndexSpec
 from clipsearch.modality import Modality
 from clipsearch.search import Hit, ImageTerm, ItemTerm, Term, TextTerm
 
+MAX_ITEM_ID = 2**63 - 1  # ids are SQLite / FAISS int64
+MAX_ABS_WEIGHT = 1000.0
+
 
 class TextSearchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={
@@ -30,8 +33,9 @@ class QueryTermModel(BaseModel):
 
     text: str | None = None
     image_b64: str | None = Field(None, description="An image file, base64-encoded.")
-    item_id: int | None = Field(None, description="An item of the bundle, by id.")
-    weight: float = Field(1.0, description="Multiplies this term's unit embedding; negative steers away.")
+    item_id: int | None = Field(None, ge=0, le=MAX_ITEM_ID, description="An item of the bundle, by id.")
+    weight: float = Field(1.0, ge=-MAX_ABS_WEIGHT, le=MAX_ABS_WEIGHT,
+                          description="Multiplies this term's unit embedding; negative steers away.")
 
     @field_validator("image_b64")
     @classmethod

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from clipsearch.images import DEFAULT_MAX_PIXELS
@@ -22,8 +22,24 @@ class Settings(BaseSettings):
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="Largest query image, in pixels.")
     max_query_terms: int = Field(16, ge=1, description="Most terms in one composed query.")
     max_text_chars: int = Field(10_000, ge=1, description="Longest query text, in characters.")
+    decode_timeout_s: float = Field(10.0, gt=0, description="Longest a query image may take to decode (422).")
+    encode_timeout_s: float = Field(30.0, gt=0, description="Longest a query may wait for the model (503).")
+    api_key: SecretStr | None = Field(None, description="When set, required in the X-API-Key header on every "
+                                                        "endpoint but /health, /ready and the page itself.")
+    cors_origins: str = Field("", description="Comma-separated origins allowed to call the API from a browser; "
+                                              "none by default.")
     host: str = Field("127.0.0.1", description="Address `python -m app` listens on.")
     port: int = Field(8000, ge=1, le=65535, description="Port `python -m app` listens on.")
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _empty_key_means_none(cls, value: object) -> object:
+        # Compose passes unset variables as empty strings; an empty key must not lock everyone out.
+        return None if value == "" else value
+
+    @property
+    def allowed_origins(self) -> list[str]:
+        return [origin.strip() for origin in self.cors_origins.split(",") if origin.strip()]
 
     @property
     def max_upload_bytes(self) -> int:

@@ -40,7 +40,9 @@ class ServiceState:
             bundle = load_bundle(settings.bundle_path, verify_checksums=settings.verify_checksums)
             check_model(bundle.manifest, encoder.ref, encoder.embedding_dim)
             limits = QueryLimits(max_k=settings.max_k, max_terms=settings.max_query_terms,
-                                 max_text_chars=settings.max_text_chars, max_pixels=settings.max_pixels)
+                                 max_text_chars=settings.max_text_chars, max_pixels=settings.max_pixels,
+                                 decode_timeout_s=settings.decode_timeout_s,
+                                 encode_timeout_s=settings.encode_timeout_s)
             use_gpu = encoder.device.type == "cuda" and faiss_index.gpu_available()
             self.service = SearchService(encoder, bundle, limits, use_gpu=use_gpu)
             self.problem = None
@@ -64,4 +66,5 @@ class ServiceState:
 
     def close(self) -> None:
         if self.service is not None:
+            self.service.close()
             self.service.bundle.close()

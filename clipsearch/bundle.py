@@ -254,6 +254,7 @@ def write_bundle(out: Path, model: ModelRef, embedding_dim: int, content: dict[M
     """Write a complete bundle at `out`, replacing an earlier bundle there, all or nothing."""
     if out.exists() and not (out / MANIFEST_FILE).is_file() and any(out.iterdir()):
         raise BundleError(f"{out} exists and is not a bundle; refusing to overwrite it")
+    _remove_debris_of_dead_builds(out)
     staging = out.with_name(f".{out.name}.staging-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
@@ -304,6 +305,20 @@ def _write_text_atomically(path: Path, text: str) -> None:
         file.flush()
         os.fsync(file.fileno())
     os.replace(temporary, path)
+
+
+def _remove_debris_of_dead_builds(out: Path) -> None:
+    """Delete staging and retired folders left by builds that were killed (their process is gone)."""
+    for debris in out.parent.glob(f".{out.name}.*-*"):
+        kind, _, pid = debris.name.rpartition("-")
+        if not kind.endswith((".staging", ".retired")) or not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(debris, ignore_errors=True)
+        except PermissionError:
+            pass  # a live process of another user
 
 
 def _swap_into_place(staging: Path, out: Path) -> None:

@@ -68,6 +68,10 @@ class ModalityUnavailable(InvalidQuery):
     """The query targets a modality the bundle has no items of."""
 
 
+class ServiceBusy(ClipSearchError):
+    """The model did not finish a query within the time limit (queued behind others, or too slow)."""
+
+
 class ItemNotFound(ClipSearchError):
     """No item in the bundle has the requested id."""
 

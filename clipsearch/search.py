@@ -7,8 +7,9 @@ raise InvalidQuery naming the field (as the API spells it) and the reason.
 from __future__ import annotations
 
 import math
-import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from clipsearch.errors import (
     ItemNotFound,
     ModalityUnavailable,
     QueryImageTooLarge,
+    ServiceBusy,
 )
 from clipsearch.images import DEFAULT_MAX_PIXELS, decode_image
 from clipsearch.modality import Modality
@@ -35,6 +37,8 @@ class QueryLimits:
     max_terms: int = 16
     max_text_chars: int = 10_000
     max_pixels: int = DEFAULT_MAX_PIXELS
+    decode_timeout_s: float = 10.0
+    encode_timeout_s: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -84,8 +88,14 @@ class SearchService:
         self._searchable = dict(bundle.indices)
         if use_gpu:
             self._searchable = {modality: faiss_index.to_gpu(index) for modality, index in bundle.indices.items()}
-        # One forward pass at a time: concurrent passes on one device only compete for it.
-        self._encode_lock = threading.Lock()
+        # One forward pass at a time (concurrent passes on one device only compete for it), and
+        # a few decodes at a time; both waited on with a time limit.
+        self._encoding = ThreadPoolExecutor(max_workers=1, thread_name_prefix="encode")
+        self._decoding = ThreadPoolExecutor(max_workers=4, thread_name_prefix="decode")
+
+    def close(self) -> None:
+        self._encoding.shutdown(wait=False, cancel_futures=True)
+        self._decoding.shutdown(wait=False, cancel_futures=True)
 
     @property
     def modalities(self) -> set[Modality]:
@@ -93,19 +103,22 @@ class SearchService:
 
     def embed_text(self, text: str, field: str = "text") -> QueryVector:
         self._check_text(text, field)
-        with self._encode_lock:
-            vector = self.encoder.encode_texts([text])[0]
+        vector = self._encode(lambda: self.encoder.encode_texts([text])[0])
         return QueryVector(vector, (field,) if self.encoder.is_truncated(text) else ())
 
     def embed_image(self, data: bytes, field: str = "file") -> QueryVector:
+        decoding = self._decoding.submit(decode_image, data, self.limits.max_pixels)
         try:
-            image = decode_image(data, self.limits.max_pixels)
+            image = decoding.result(timeout=self.limits.decode_timeout_s)
+        except FutureTimeout:
+            decoding.cancel()
+            limit = self.limits.decode_timeout_s
+            raise InvalidQuery(field, f"the image took longer than {limit:g} s to decode") from None
         except ImageTooLarge as error:
             raise QueryImageTooLarge(field, error.reason) from error
         except ImageDecodeError as error:
             raise InvalidQuery(field, error.reason) from error
-        with self._encode_lock:
-            return QueryVector(self.encoder.encode_images([image])[0])
+        return QueryVector(self._encode(lambda: self.encoder.encode_images([image])[0]))
 
     def embed_terms(self, terms: Sequence[Term], field: str = "queries") -> QueryVector:
         """The weighted sum of the terms' unit embeddings, renormalised to unit length."""
@@ -127,6 +140,8 @@ class SearchService:
             total += term.weight * embedded.vector
             truncated.extend(embedded.truncated)
         norm = float(np.linalg.norm(total))
+        if not math.isfinite(norm):
+            raise InvalidQuery(field, "the weights are too large to combine")
         if norm < 1e-6:
             raise InvalidQuery(field, "the weighted terms cancel each other out; nothing is left to search for")
         return QueryVector((total / norm).astype(np.float32), tuple(truncated))
@@ -166,7 +181,20 @@ class SearchService:
         path = Path(item.uri)
         if not path.is_file():
             raise ItemNotFound(item_id, "its image file is no longer at the path recorded in the bundle")
+        # The indexer records fully resolved paths. If that no longer resolves to itself, a symbolic
+        # link was put in its place (or above it) since: it may point anywhere, so nothing is served.
+        if path.resolve() != path:
+            raise ItemNotFound(item_id, "its recorded path now passes through a symbolic link; not served")
         return path
+
+    def _encode(self, work: Callable[[], np.ndarray]) -> np.ndarray:
+        encoding = self._encoding.submit(work)
+        try:
+            return encoding.result(timeout=self.limits.encode_timeout_s)
+        except FutureTimeout:
+            encoding.cancel()
+            raise ServiceBusy(f"the model did not finish within {self.limits.encode_timeout_s:g} s; "
+                              "the server is overloaded, try again") from None
 
     def _embed_term(self, term: Term, field: str) -> QueryVector:
         if isinstance(term, TextTerm):

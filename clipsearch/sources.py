@@ -61,7 +61,7 @@ def read_text_source(source: Path, columns: Columns = Columns()) -> list[SourceI
     suffix = source.suffix.lower()
     if suffix == ".txt":
         with source.open(encoding="utf-8", errors="replace") as file:
-            return [SourceItem(uri=f"{source}#L{number}", text=line.strip())
+            return [_text_item(f"{source}#L{number}", line.strip(), {}, number)
                     for number, line in enumerate(file, start=1) if line.strip()]
     if suffix in (".jsonl", ".csv"):
         return [_text_row(row, source, columns) for row in _read_rows(source, columns.text)]
@@ -93,7 +93,7 @@ def _read_sidecars(image: Path) -> tuple[str | None, dict[str, Any], str | None]
     caption = None
     extra: dict[str, Any] = {}
     if caption_file.is_file():
-        caption = caption_file.read_text(encoding="utf-8", errors="replace").strip() or None
+        caption = _clean_caption(caption_file.read_text(encoding="utf-8", errors="replace"))
     if metadata_file.is_file():
         try:
             loaded = json.loads(metadata_file.read_text(encoding="utf-8"))
@@ -103,6 +103,11 @@ def _read_sidecars(image: Path) -> tuple[str | None, dict[str, Any], str | None]
             return caption, {}, f"sidecar {metadata_file.name} must hold a JSON object"
         extra = loaded
     return caption, extra, None
+
+
+def _clean_caption(caption: str) -> str | None:
+    """A caption is metadata of an image, so a stray NUL is dropped rather than losing the image."""
+    return caption.replace("\x00", "").strip() or None
 
 
 def _read_rows(source: Path, required_column: str) -> list[_Row]:
@@ -158,7 +163,7 @@ def _image_row(row: _Row, base: Path, columns: Columns) -> SourceItem:
     location = row.values.get(columns.image)
     caption = row.values.get(columns.caption)
     extra = _extra(row.values, {columns.image, columns.caption})
-    caption = str(caption).strip() or None if caption is not None else None
+    caption = _clean_caption(str(caption)) if caption is not None else None
     if not isinstance(location, str) or not location.strip():
         return SourceItem(uri=f"line {row.line}", problem=f"line {row.line}: empty {columns.image!r} column")
     location = location.strip()
@@ -178,4 +183,11 @@ def _text_row(row: _Row, source: Path, columns: Columns) -> SourceItem:
     text = row.values.get(columns.text)
     if not isinstance(text, str) or not text.strip():
         return SourceItem(uri=uri, problem=f"line {row.line}: empty or missing {columns.text!r} column")
-    return SourceItem(uri=uri, text=text.strip(), extra=_extra(row.values, {columns.text}))
+    return _text_item(uri, text.strip(), _extra(row.values, {columns.text}), row.line)
+
+
+def _text_item(uri: str, text: str, extra: dict[str, Any], line: int) -> SourceItem:
+    if "\x00" in text:
+        # A NUL byte means binary data or a broken export, not prose; the server refuses them too.
+        return SourceItem(uri=uri, problem=f"line {line}: text contains NUL characters")
+    return SourceItem(uri=uri, text=text, extra=extra)

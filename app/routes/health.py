@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Depends, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from app.deps import ServiceDep, StateDep
+from app.deps import ServiceDep, StateDep, require_api_key
 from app.errors import ServiceNotReady
 from app.schemas import ErrorResponse, InfoResponse
 
@@ -26,7 +26,7 @@ def ready(state: StateDep) -> dict[str, str]:
     return {"status": "ready"}
 
 
-@router.get("/info", responses={503: {"model": ErrorResponse}})
+@router.get("/info", responses={503: {"model": ErrorResponse}}, dependencies=[Depends(require_api_key)])
 def info(service: ServiceDep) -> InfoResponse:
     """The model, the bundle's contents and indices, and the device in use."""
     manifest = service.bundle.manifest
@@ -38,7 +38,7 @@ def info(service: ServiceDep) -> InfoResponse:
         device=str(service.encoder.device), bundle_created_at=manifest.created_at)
 
 
-@router.get("/metrics", response_class=Response)
+@router.get("/metrics", response_class=Response, dependencies=[Depends(require_api_key)])
 def metrics(state: StateDep) -> Response:
     """Prometheus text format: requests and latency per endpoint, encode and search time."""
     return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -2,26 +2,30 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path
 from fastapi.responses import FileResponse
 from PIL import Image
 
-from app.deps import ServiceDep
+from app.deps import ServiceDep, require_api_key
 from app.routes.search import ERRORS
-from app.schemas import ItemModel
+from app.schemas import MAX_ITEM_ID, ItemModel
 
-router = APIRouter(prefix="/items", tags=["items"])
+ItemId = Annotated[int, Path(ge=0, le=MAX_ITEM_ID, description="An item's id, as search results give it.")]
+
+router = APIRouter(prefix="/items", tags=["items"], dependencies=[Depends(require_api_key)])
 
 
 @router.get("/{item_id}", responses=ERRORS)
-def get_item(item_id: int, service: ServiceDep) -> ItemModel:
+def get_item(item_id: ItemId, service: ServiceDep) -> ItemModel:
     """An item's metadata."""
     return ItemModel.of(service.item(item_id))
 
 
 @router.get("/{item_id}/image", response_class=FileResponse, responses={
     200: {"content": {"image/*": {}}, "description": "The image file, as indexed."}, **ERRORS})
-def get_item_image(item_id: int, service: ServiceDep) -> FileResponse:
+def get_item_image(item_id: ItemId, service: ServiceDep) -> FileResponse:
     """The image file of an image item. Only files recorded in the bundle are ever served."""
     path = service.image_path(item_id)
     try:

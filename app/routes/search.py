@@ -5,18 +5,19 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Form, UploadFile
+from fastapi import APIRouter, Depends, Form, UploadFile
 
-from app.deps import MetricsDep, ServiceDep
+from app.deps import MetricsDep, ServiceDep, require_api_key
 from app.metrics import Metrics
 from app.schemas import ComposedSearchRequest, ErrorResponse, HitModel, SearchResponse, TextSearchRequest
 from clipsearch.modality import Modality
 from clipsearch.search import QueryVector, SearchService
 
-router = APIRouter(tags=["search"])
+router = APIRouter(tags=["search"], dependencies=[Depends(require_api_key)])
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse, "description": description} for status, description in (
+        (401, "The server requires an API key (X-API-Key) and it was missing or wrong."),
         (404, "An item the query names does not exist."),
         (413, "The request or its image is too large."),
         (422, "A field is invalid; `field` names it and `reason` says why."),
