@@ -120,3 +120,16 @@ def test_writing_replaces_an_old_bundle_but_never_a_foreign_folder(bundle: Bundl
     with pytest.raises(BundleError, match="not a bundle"):
         write_bundle(foreign, bundle.manifest.model, 32, content, [], {}, {})
     assert (foreign / "thesis.tex").read_text() == "precious"
+
+
+def test_debris_of_killed_builds_is_removed_but_live_builds_are_left_alone(bundle: Bundle, tmp_path: Path) -> None:
+    import os
+
+    dead = tmp_path / ".out.staging-999999999"
+    live = tmp_path / f".out.staging-{os.getppid()}"
+    retired = tmp_path / ".out.retired-999999998"
+    for folder in (dead, live, retired):
+        folder.mkdir()
+        (folder / "manifest.json").write_text("{}")
+    write_bundle(tmp_path / "out", bundle.manifest.model, 32, {}, [], {"skipped": []}, {})
+    assert not dead.exists() and not retired.exists() and live.exists()

@@ -4,6 +4,13 @@ const form = $("search-form"), textInput = $("query-text"), fileInput = $("query
 const dropZone = $("drop-zone"), statusLine = $("status"), results = $("results");
 const weightLabel = $("text-weight-label"), weightInput = $("text-weight");
 
+// The API key, when the server asks for one (kept for this browser tab only).
+let apiKey = sessionStorage.getItem("clipsearch-api-key") || "";
+
+function withKey(options = {}) {
+  return apiKey ? { ...options, headers: { ...(options.headers || {}), "X-API-Key": apiKey } } : options;
+}
+
 // The image part of the query: an uploaded file, or an item of the bundle ("more like this").
 let imageQuery = null;
 
@@ -44,7 +51,8 @@ function base64Of(file) {
 }
 
 async function request(path, options) {
-  const response = await fetch(path, options);
+  const response = await fetch(path, withKey(options));
+  if (response.status === 401) $("key-form").hidden = false;
   let body = null;
   try { body = await response.json(); } catch { body = null; }
   if (!response.ok) {
@@ -96,6 +104,13 @@ async function search() {
   }
 }
 
+// An <img> cannot send headers: with an API key, the image is fetched and shown from a blob.
+function showImage(img, path) {
+  if (!apiKey) { img.src = path; return; }
+  fetch(path, withKey()).then((response) => (response.ok ? response.blob() : null))
+    .then((blob) => { if (blob) img.src = URL.createObjectURL(blob); });
+}
+
 function render(hits) {
   results.replaceChildren(...hits.map((hit) => {
     const card = document.createElement("article");
@@ -109,11 +124,11 @@ function render(hits) {
       thumb.setAttribute("aria-label", `More like item ${hit.id}`);
       const img = document.createElement("img");
       img.loading = "lazy";
-      img.src = `/items/${hit.id}/image`;
+      showImage(img, `/items/${hit.id}/image`);
       img.alt = hit.caption || `Image ${hit.id}`;
       thumb.append(img);
       thumb.addEventListener("click", () => {
-        setImageQuery({ kind: "item", id: hit.id, preview: img.src });
+        setImageQuery({ kind: "item", id: hit.id, preview: img.currentSrc || img.src });
         textInput.value = "";
         search();
       });
@@ -162,7 +177,17 @@ document.addEventListener("paste", (event) => {
   if (item) { event.preventDefault(); useFile(item.getAsFile()); }
 });
 
-request("/info").then((info) => {
+$("key-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  apiKey = $("api-key").value.trim();
+  sessionStorage.setItem("clipsearch-api-key", apiKey);
+  $("key-form").hidden = true;
+  loadInfo();
+});
+
+const loadInfo = () => request("/info").then((info) => {
   const counts = Object.entries(info.counts).map(([modality, count]) => `${count} ${modality}s`).join(", ");
   $("info").textContent = `${counts} · ${info.model}${info.pretrained ? ` (${info.pretrained})` : ""} on ${info.device}`;
+  setStatus("");
 }).catch((error) => setStatus(`The server is not ready: ${error.message}`, true));
+loadInfo();

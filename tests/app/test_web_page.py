@@ -127,3 +127,22 @@ def test_every_control_has_a_label(page: Any) -> None:
         !(el.labels && el.labels.length) && !el.getAttribute('aria-label') && !el.textContent.trim()
         && !el.closest('label')).map(el => el.id || el.name)""")
     assert unlabelled == []
+
+
+def test_a_locked_server_asks_for_the_key_and_then_works(browser: Any, bundle_path: Path) -> None:
+    from app.settings import Settings
+    from tests.app.conftest import serve
+
+    with serve(Settings(bundle_path=bundle_path, device="cpu", api_key="s3cret")) as url:  # type: ignore[call-arg]
+        context = browser.new_context()
+        locked = context.new_page()
+        locked.goto(url)
+        sync_api.expect(locked.locator("#key-form")).to_be_visible()
+        locked.fill("#api-key", "s3cret")
+        locked.click("#key-form button")
+        sync_api.expect(locked.locator("#info")).to_contain_text("30 images")
+        locked.fill("#query-text", "anything")
+        locked.press("#query-text", "Enter")
+        sync_api.expect(status(locked)).to_contain_text("results in")
+        locked.wait_for_function("document.querySelector('.card img').naturalWidth > 0")
+        context.close()
