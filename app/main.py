@@ -7,15 +7,17 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib import metadata
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 from starlette.formparsers import MultiPartParser
 
+from app.deps import require_api_key
 from app.errors import install_error_handlers
 from app.limits import BodySizeLimit
 from app.metrics import RequestMetricsMiddleware
 from app.routes import embed, health, items, page, search
+from app.routes.search import UNAUTHORIZED
 from app.settings import Settings
 from app.state import ServiceState
 
@@ -37,8 +39,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                               "image→image and weighted composed queries.")
     app.state.service_state = state
     install_error_handlers(app)
-    for module in (search, items, embed, health, page):
-        app.include_router(module.router)
+    # The key guards every router but liveness, readiness and the page; declared only when set, so
+    # the OpenAPI schema says exactly what the server asks for.
+    locked = settings.api_key is not None
+    for router in (search.router, items.router, embed.router, health.operations):
+        app.include_router(router, dependencies=[Depends(require_api_key)] if locked else [],
+                           responses=UNAUTHORIZED if locked else None)
+    for router in (health.router, page.router):
+        app.include_router(router)
     app.mount("/static", StaticFiles(directory=page.STATIC_DIR), name="static")
     if settings.allowed_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.allowed_origins, allow_methods=["GET", "POST"],

@@ -18,18 +18,19 @@ MAX_ABS_WEIGHT = 1000.0
 
 
 class TextSearchRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={
         "examples": [{"text": "a dog running on the beach", "target": "image", "k": 10}]})
 
     text: str = Field(description="What to look for; longer than the model's context is truncated.")
-    target: Modality = Field(Modality.IMAGE, description="Which items to return.")
-    k: int = Field(10, description="How many results (1 to the server's max_k).")
+    # Strict models refuse true for 1 and "3" for 3; the enum still has to be read from its JSON string.
+    target: Modality = Field(Modality.IMAGE, strict=False, description="Which items to return.")
+    k: int = Field(10, ge=1, description="How many results (1 to the server's max_k).")
 
 
 class QueryTermModel(BaseModel):
     """One term of a composed query: exactly one of text, image_b64 and item_id, with a weight."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     text: str | None = None
     image_b64: str | None = Field(None, description="An image file, base64-encoded.")
@@ -64,18 +65,18 @@ class QueryTermModel(BaseModel):
 
 
 class ComposedSearchRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"examples": [{
         "queries": [{"item_id": 42, "weight": 1.0}, {"text": "at night", "weight": 0.8},
                     {"text": "people", "weight": -0.5}],
         "target": "image", "k": 10}]})
 
     queries: list[QueryTermModel] = Field(description="The terms; their weighted embeddings are summed.")
-    target: Modality = Modality.IMAGE
-    k: int = 10
+    target: Modality = Field(Modality.IMAGE, strict=False, description="Which items to return.")
+    k: int = Field(10, ge=1, description="How many results (1 to the server's max_k).")
 
 
 class EmbedTextRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"text": "a red bicycle"}]})
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"examples": [{"text": "a red bicycle"}]})
 
     text: str
 

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, UploadFile
+from fastapi import APIRouter, UploadFile
 
-from app.deps import MetricsDep, ServiceDep, require_api_key
+from app.deps import MetricsDep, ServiceDep
 from app.routes.search import ERRORS
 from app.schemas import EmbeddingResponse, EmbedTextRequest
 from clipsearch.search import QueryVector, SearchService
 
-router = APIRouter(prefix="/embed", tags=["embed"], dependencies=[Depends(require_api_key)])
+router = APIRouter(prefix="/embed", tags=["embed"])
 
 
 def _respond(service: SearchService, query: QueryVector) -> EmbeddingResponse:

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from app.deps import ServiceDep, StateDep, require_api_key
+from app.deps import ServiceDep, StateDep
 from app.errors import ServiceNotReady
 from app.schemas import ErrorResponse, InfoResponse
 
-router = APIRouter(tags=["operations"])
+router = APIRouter(tags=["operations"])  # always open: probes must not need the API key
+operations = APIRouter(tags=["operations"])
 
 
 @router.get("/health")
@@ -26,7 +27,7 @@ def ready(state: StateDep) -> dict[str, str]:
     return {"status": "ready"}
 
 
-@router.get("/info", responses={503: {"model": ErrorResponse}}, dependencies=[Depends(require_api_key)])
+@operations.get("/info", responses={503: {"model": ErrorResponse}})
 def info(service: ServiceDep) -> InfoResponse:
     """The model, the bundle's contents and indices, and the device in use."""
     manifest = service.bundle.manifest
@@ -38,7 +39,7 @@ def info(service: ServiceDep) -> InfoResponse:
         device=str(service.encoder.device), bundle_created_at=manifest.created_at)
 
 
-@router.get("/metrics", response_class=Response, dependencies=[Depends(require_api_key)])
+@operations.get("/metrics", response_class=Response)
 def metrics(state: StateDep) -> Response:
     """Prometheus text format: requests and latency per endpoint, encode and search time."""
     return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

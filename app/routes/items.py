@@ -4,17 +4,17 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path
+from fastapi import APIRouter, Path
 from fastapi.responses import FileResponse
 from PIL import Image
 
-from app.deps import ServiceDep, require_api_key
+from app.deps import ServiceDep
 from app.routes.search import ERRORS
 from app.schemas import MAX_ITEM_ID, ItemModel
 
 ItemId = Annotated[int, Path(ge=0, le=MAX_ITEM_ID, description="An item's id, as search results give it.")]
 
-router = APIRouter(prefix="/items", tags=["items"], dependencies=[Depends(require_api_key)])
+router = APIRouter(prefix="/items", tags=["items"])
 
 
 @router.get("/{item_id}", responses=ERRORS)

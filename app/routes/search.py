@@ -5,23 +5,25 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Form, UploadFile
+from fastapi import APIRouter, Form, UploadFile
 
-from app.deps import MetricsDep, ServiceDep, require_api_key
+from app.deps import MetricsDep, ServiceDep
 from app.metrics import Metrics
 from app.schemas import ComposedSearchRequest, ErrorResponse, HitModel, SearchResponse, TextSearchRequest
 from clipsearch.modality import Modality
 from clipsearch.search import QueryVector, SearchService
 
-router = APIRouter(tags=["search"], dependencies=[Depends(require_api_key)])
+router = APIRouter(tags=["search"])
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse, "description": description} for status, description in (
-        (401, "The server requires an API key (X-API-Key) and it was missing or wrong."),
+        (400, "The body could not be parsed at all (broken JSON, broken multipart)."),
         (404, "An item the query names does not exist."),
         (413, "The request or its image is too large."),
         (422, "A field is invalid; `field` names it and `reason` says why."),
         (503, "The model or the bundle is not loaded."))}
+UNAUTHORIZED: dict[int | str, dict[str, Any]] = {401: {
+    "model": ErrorResponse, "description": "The server requires an API key (X-API-Key) and it was missing or wrong."}}
 
 
 def _respond(service: SearchService, metrics: Metrics, query: QueryVector, target: Modality, k: int,
@@ -45,7 +47,7 @@ def search_text(request: TextSearchRequest, service: ServiceDep, metrics: Metric
 @router.post("/search/image", responses=ERRORS)
 def search_image(file: UploadFile, service: ServiceDep, metrics: MetricsDep,
                  target: Annotated[Modality, Form()] = Modality.IMAGE,
-                 k: Annotated[int, Form()] = 10) -> SearchResponse:
+                 k: Annotated[int, Form(ge=1)] = 10) -> SearchResponse:
     """Find the items most similar to an uploaded image (multipart field `file`): image→image or image→text."""
     started = time.perf_counter()
     service.check_target(target, k)

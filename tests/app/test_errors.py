@@ -32,7 +32,7 @@ def assert_error(response: httpx.Response, status: int, field: str | None, reaso
     ({"text": "   \n\t"}, "text", "must not be empty"),
     ({"text": "a\x00b"}, "text", "NUL"),
     ({"text": "x" * 2001}, "text", "at most 2000 characters"),
-    ({"text": "dog", "k": 0}, "k", "between 1 and 50"),
+    ({"text": "dog", "k": 0}, "k", "greater than or equal to 1"),
     ({"text": "dog", "k": 51}, "k", "between 1 and 50"),
     ({"text": "dog", "k": "many"}, "k", "integer"),
     ({"text": "dog", "target": "video"}, "target", "'image' or 'text'"),
@@ -93,7 +93,7 @@ def test_an_image_over_the_pixel_limit_is_413_naming_the_field(http: httpx.Clien
     ({"queries": [{"text": " "}]}, 422, "queries[0].text", "must not be empty"),
     ({"queries": [{"text": "a"}] * 5}, 422, "queries", "at most 4 terms"),
     ({"queries": [{"item_id": 999_999}]}, 404, "id", "999999"),
-    ({"queries": [{"text": "a"}], "k": 0}, 422, "k", "between 1"),
+    ({"queries": [{"text": "a"}], "k": 0}, 422, "k", "greater than or equal to 1"),
 ])
 def test_bad_composed_queries_name_the_field(http: httpx.Client, body: dict[str, Any], status: int, field: str,
                                              reason: str) -> None:
