@@ -124,9 +124,17 @@ def corpus_fingerprint(config: BuildConfig, sources: dict[Modality, list[SourceI
                 "keep_duplicates": config.keep_duplicates, "max_pixels": config.max_pixels,
                 "columns": asdict(config.columns), "images": _stat(config.images), "texts": _stat(config.texts)}
     digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
+    digest.update(_listing_hash(sources).encode())
+    return digest.hexdigest()
+
+
+def _listing_hash(sources: dict[Modality, list[SourceItem]]) -> str:
+    """A hash of every item: where it is, its file's size and mtime, its text, metadata and problem."""
+    digest = hashlib.sha256()
     for modality, items in sources.items():
         for item in items:
-            digest.update(f"{modality}\0{item.uri}\0{_stat(item.path)}\0{item.text}\0{item.extra}\n".encode())
+            digest.update(f"{modality}\0{item.uri}\0{_stat(item.path)}\0{item.text}\0{item.extra}\0{item.problem}\n"
+                          .encode())
     return digest.hexdigest()
 
 
@@ -153,14 +161,10 @@ def work_dir_for(out: Path) -> Path:
 
 def _prepare_work_dir(config: BuildConfig, encoder: ClipEncoder, sources: dict[Modality, list[SourceItem]]) -> Path:
     """Create the work dir, or check that the one found belongs to a build with the same arguments."""
-    listing = hashlib.sha256()
-    for modality, items in sources.items():
-        for item in items:
-            listing.update(f"{modality}\0{item.uri}\0{item.text}\0{item.problem}\n".encode())
     fingerprint = {
         "model": asdict(encoder.ref), "device": encoder.device.type, "batch_size": config.batch_size,
         "batches_per_shard": config.batches_per_shard, "keep_duplicates": config.keep_duplicates,
-        "max_pixels": config.max_pixels, "corpus": listing.hexdigest(),
+        "max_pixels": config.max_pixels, "corpus": _listing_hash(sources),
         "counts": {modality.value: len(items) for modality, items in sources.items()},
     }
     work = work_dir_for(config.out)

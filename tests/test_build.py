@@ -15,7 +15,7 @@ from clipsearch.bundle import REPORT_FILE, Bundle, load_bundle
 from clipsearch.errors import ResumeMismatch
 from clipsearch.modality import Modality
 from tests.conftest import make_image_corpus, make_text_corpus, tiny_config
-from tests.imagefiles import BAD_FILES, DUPLICATE_FILES, GOOD_FILES, good_and_bad_files
+from tests.imagefiles import BAD_FILES, DUPLICATE_FILES, GOOD_FILES, good_and_bad_files, image_bytes, noise_image
 
 
 def contents(bundle: Bundle) -> dict[str, object]:
@@ -113,3 +113,15 @@ def test_image_and_text_ids_never_collide(bundle: Bundle) -> None:
     text_ids = {item.id for item in bundle.items if item.modality is Modality.TEXT}
     assert image_ids.isdisjoint(text_ids)
     assert np.array_equal(sorted(image_ids | text_ids), np.arange(55))
+
+
+def test_resuming_after_a_corpus_file_changed_is_refused(tmp_path: Path) -> None:
+    images = make_image_corpus(tmp_path / "images", 20)
+    out = tmp_path / "bundle"
+    with pytest.raises(RuntimeError):
+        build(tiny_config(out, images=images),
+              on_shard_written=lambda path: (_ for _ in ()).throw(RuntimeError("stop")))
+    changed = sorted(images.rglob("*.png"))[-1]
+    changed.write_bytes(image_bytes(noise_image(12345)))  # same name, new content: old shards are stale
+    with pytest.raises(ResumeMismatch, match="corpus"):
+        build(tiny_config(out, images=images))
