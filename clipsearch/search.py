@@ -30,6 +30,9 @@ from clipsearch.errors import (
 from clipsearch.images import DEFAULT_MAX_PIXELS, decode_image
 from clipsearch.modality import Modality
 
+DECODE_WORKERS = 4
+"""Query images decoded at once; more would only compete with the model for the CPU."""
+
 
 @dataclass(frozen=True)
 class QueryLimits:
@@ -91,7 +94,7 @@ class SearchService:
         # One forward pass at a time (concurrent passes on one device only compete for it), and
         # a few decodes at a time; both waited on with a time limit.
         self._encoding = ThreadPoolExecutor(max_workers=1, thread_name_prefix="encode")
-        self._decoding = ThreadPoolExecutor(max_workers=4, thread_name_prefix="decode")
+        self._decoding = ThreadPoolExecutor(max_workers=DECODE_WORKERS, thread_name_prefix="decode")
 
     def close(self) -> None:
         self._encoding.shutdown(wait=False, cancel_futures=True)

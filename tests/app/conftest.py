@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 import uvicorn
+from fastapi import FastAPI
 
 from app.main import create_app
 from app.settings import Settings
@@ -19,12 +20,12 @@ LIMITS = dict(max_k=50, max_upload_mb=1.0, max_pixels=1_000_000, max_query_terms
 
 
 @contextmanager
-def serve(settings: Settings) -> Iterator[str]:
-    """Run the real app under uvicorn on a free loopback port until the block ends; yields its URL."""
+def serve(settings: Settings, app: FastAPI | None = None) -> Iterator[str]:
+    """Run the real app (or `app`, made from `settings`) under uvicorn on a free loopback port; yields its URL."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     port = listener.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), log_level="warning", lifespan="on"))
+    server = uvicorn.Server(uvicorn.Config(app or create_app(settings), log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"
