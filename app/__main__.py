@@ -13,7 +13,11 @@ from app.settings import Settings
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     settings = Settings()
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port)
+    if settings.server_workers > 1:
+        # Several processes need an import path: each builds its own app from the same environment.
+        uvicorn.run("app.main:app", host=settings.host, port=settings.port, workers=settings.server_workers)
+    else:
+        uvicorn.run(create_app(settings), host=settings.host, port=settings.port)
 
 
 if __name__ == "__main__":

@@ -133,6 +133,9 @@ class InfoResponse(BaseModel):
     counts: dict[Modality, int]
     indices: dict[Modality, IndexSpec]
     device: str
+    cuda_graphs: bool = Field(description="Whether the model replays captured CUDA graphs (GPU only).")
+    mean_batch: dict[str, float] = Field(description="Queries per forward pass or search so far, by stage: how much "
+                                                     "micro-batching is happening.")
     bundle_created_at: str
 
 

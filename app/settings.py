@@ -24,6 +24,12 @@ class Settings(BaseSettings):
     max_text_chars: int = Field(10_000, ge=1, description="Longest query text, in characters.")
     decode_timeout_s: float = Field(10.0, gt=0, description="Longest a query image may take to decode (422).")
     encode_timeout_s: float = Field(30.0, gt=0, description="Longest a query may wait for the model (503).")
+    max_batch: int = Field(64, ge=1, description="Most concurrent queries batched into one forward pass or search.")
+    batch_window_ms: float = Field(0.0, ge=0, le=1000, description="How long a batch waits for more queries after "
+                                                                  "its first; 0 takes only those already waiting.")
+    cuda_graphs: bool = Field(True, description="On a GPU, replay the model from CUDA graphs captured at start-up.")
+    server_workers: int = Field(1, ge=1, description="Server processes `python -m app` starts; each loads the "
+                                                     "model and the bundle.")
     api_key: SecretStr | None = Field(None, description="When set, required in the X-API-Key header on every "
                                                         "endpoint but /health, /ready and the page itself.")
     cors_origins: str = Field("", description="Comma-separated origins allowed to call the API from a browser; "

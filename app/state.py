@@ -12,7 +12,7 @@ from clipsearch import index as faiss_index
 from clipsearch.bundle import check_model, load_bundle, read_manifest
 from clipsearch.encoder import load_encoder
 from clipsearch.errors import ClipSearchError
-from clipsearch.search import QueryLimits, SearchService
+from clipsearch.search import Batching, QueryLimits, SearchService
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,12 @@ class ServiceState:
                                  decode_timeout_s=settings.decode_timeout_s,
                                  encode_timeout_s=settings.encode_timeout_s)
             use_gpu = encoder.device.type == "cuda" and faiss_index.gpu_available()
-            self.service = SearchService(encoder, bundle, limits, use_gpu=use_gpu)
+            batching = Batching(max_batch=settings.max_batch, window_s=settings.batch_window_ms / 1000)
+            if settings.cuda_graphs:
+                encoder.enable_cuda_graphs(settings.max_batch)
+            service = SearchService(encoder, bundle, limits, use_gpu=use_gpu, batching=batching)
+            service.warm_up()
+            self.service = service
             self.problem = None
             log.info("ready: %s over %s", encoder.ref.describe(), settings.bundle_path)
         except ClipSearchError as error:

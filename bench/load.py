@@ -1,6 +1,6 @@
 """Bounded load test on loopback: many concurrent clients mixing text and image queries.
 
-    python bench/load.py --clients 32 --duration 60
+    python -m bench.load --clients 32 --duration 60
 
 Starts `python -m app` on a free loopback port over a bundle (a generated one with the tiny model
 unless --bundle is given), measures an empty endpoint (/health) at the same concurrency as the
@@ -14,10 +14,8 @@ import argparse
 import asyncio
 import io
 import json
-import os
 import random
 import resource
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,9 +27,7 @@ import httpx
 import numpy as np
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parent.parent
-WORDS = ["dog", "cat", "beach", "night", "city", "red", "blue", "car", "tree", "house", "mountain", "river",
-         "people", "food", "street", "sky"]
+from bench.common import ROOT, WORDS, served
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -56,12 +52,6 @@ def make_bundle(folder: Path) -> Path:
                     str(folder / "texts.txt"), "--out", str(folder / "bundle"), "--model", "tiny", "--device", "cpu",
                     "--no-progress"], check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
     return folder / "bundle"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def resident_mb(pid: int) -> float:
@@ -122,32 +112,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     with tempfile.TemporaryDirectory() as scratch:
         bundle = args.bundle or make_bundle(Path(scratch))
-        port = free_port()
-        environment = {**os.environ, "CLIPSEARCH_BUNDLE_PATH": str(bundle), "CLIPSEARCH_PORT": str(port),
-                       "CLIPSEARCH_DEVICE": os.environ.get("CLIPSEARCH_DEVICE", "auto")}
-        server = subprocess.Popen([sys.executable, "-m", "app"], cwd=ROOT, env=environment,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        try:
-            return measure(args, f"http://127.0.0.1:{port}", server)
-        finally:
-            server.terminate()
-            try:
-                server.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                server.kill()
+        with served(bundle, ready_within_s=120) as (url, server):
+            return measure(args, url, server)
 
 
 def measure(args: argparse.Namespace, url: str, server: subprocess.Popen[bytes]) -> int:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if server.poll() is not None:
-            raise SystemExit(f"the server exited: {server.stderr.read().decode()[-2000:] if server.stderr else ''}")
-        time.sleep(0.1)
     rng = np.random.default_rng(1)
     images = []
     for _ in range(8):

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from clipsearch import index as faiss_index
 from clipsearch.bundle import Item, ModalityContent, write_bundle
-from clipsearch.encoder import DEFAULT_MODEL, DEFAULT_PRETRAINED, ClipEncoder, load_encoder
+from clipsearch.encoder import DEFAULT_MODEL, DEFAULT_PRETRAINED, ClipEncoder, ImagePreparer, load_encoder
 from clipsearch.errors import ImageDecodeError, ResumeMismatch
 from clipsearch.images import DEFAULT_MAX_PIXELS, decode_image
 from clipsearch.modality import Modality
@@ -202,15 +202,15 @@ def _encode_into_shards(config: BuildConfig, encoder: ClipEncoder, modality: Mod
     start = min(done * shard_size, len(items))
     bar = tqdm(total=len(items), initial=start, unit=modality.value, desc=f"encoding {modality.value}s",
                disable=not config.progress, smoothing=0.1, dynamic_ncols=True)
-    batches = _image_batches(config, encoder, items, start) if modality is Modality.IMAGE \
+    batches = image_batches(config, encoder, items, start) if modality is Modality.IMAGE \
         else _text_batches(config, items, start)
     shard: list[_Outcome] = []
     for batch in batches:
-        _dedupe(batch, seen, first_id, config.keep_duplicates)
-        _encode_batch(encoder, modality, batch)
-        shard.extend(batch)
-        bar.update(len(batch))
-        if len(shard) == shard_size or batch[-1].position == len(items) - 1:
+        _dedupe(batch.outcomes, seen, first_id, config.keep_duplicates)
+        _encode_batch(encoder, batch)
+        shard.extend(batch.outcomes)
+        bar.update(len(batch.outcomes))
+        if len(shard) == shard_size or batch.outcomes[-1].position == len(items) - 1:
             path = _shard_path(work, modality, shard[0].position // shard_size)
             _write_shard(path, shard, first_id, encoder.embedding_dim)
             shard = []
@@ -232,20 +232,40 @@ def _dedupe(batch: list[_Outcome], seen: dict[str, int], first_id: int, keep_dup
             seen.setdefault(outcome.content_hash, first_id + outcome.position)
 
 
-def _encode_batch(encoder: ClipEncoder, modality: Modality, batch: list[_Outcome]) -> None:
-    """Replace each usable outcome's payload (preprocessed image or text) by its embedding."""
-    usable = [outcome for outcome in batch if outcome.problem is None]
-    if not usable:
+@dataclass
+class _Batch:
+    """One batch of outcomes; for images, the decoded ones' pixels stacked in the loader worker."""
+
+    outcomes: list[_Outcome]
+    pixels: torch.Tensor | None = None
+    """uint8 (m, 3, H, W) (float32 for models whose preprocessing cannot be split), one row per `decoded`."""
+    decoded: list[_Outcome] = field(default_factory=list)
+
+    def pin_memory(self) -> _Batch:
+        """Called by the DataLoader's pinning thread: page-locked pixels copy to the GPU asynchronously."""
+        if self.pixels is not None:
+            self.pixels = self.pixels.pin_memory()
+        return self
+
+
+def _encode_batch(encoder: ClipEncoder, batch: _Batch) -> None:
+    """Set each usable outcome's payload (its text, or nothing for an image) to its embedding."""
+    if batch.pixels is not None:
+        # Rows of items found to be duplicates after decoding are encoded too, then dropped: cheaper
+        # than restacking the batch.
+        vectors = encoder.encode_images(batch.pixels)
+        for outcome, vector in zip(batch.decoded, vectors, strict=True):
+            if outcome.problem is None:
+                outcome.payload = vector
         return
-    if modality is Modality.IMAGE:
-        vectors = encoder.encode_images(torch.stack([outcome.payload for outcome in usable]))
-    else:
+    usable = [outcome for outcome in batch.outcomes if outcome.problem is None and isinstance(outcome.payload, str)]
+    if usable:
         vectors = encoder.encode_texts([outcome.payload for outcome in usable])
-    for outcome, vector in zip(usable, vectors, strict=True):
-        outcome.payload = vector
+        for outcome, vector in zip(usable, vectors, strict=True):
+            outcome.payload = vector
 
 
-def _text_batches(config: BuildConfig, items: list[SourceItem], start: int) -> Iterator[list[_Outcome]]:
+def _text_batches(config: BuildConfig, items: list[SourceItem], start: int) -> Iterator[_Batch]:
     for batch_start in range(start, len(items), config.batch_size):
         batch = []
         for position in range(batch_start, min(batch_start + config.batch_size, len(items))):
@@ -253,13 +273,13 @@ def _text_batches(config: BuildConfig, items: list[SourceItem], start: int) -> I
             text = item.text or ""
             batch.append(_Outcome(position, item, content_hash=_sha256(text.encode()), payload=text,
                                   problem=item.problem))
-        yield batch
+        yield _Batch(batch)
 
 
 class _ImageDataset(Dataset[_Outcome]):
-    """Reads, hashes, decodes and preprocesses one image; runs in DataLoader worker processes."""
+    """Reads, hashes, decodes and prepares one image's pixels; runs in DataLoader worker processes."""
 
-    def __init__(self, items: Sequence[SourceItem], start: int, preprocess: Callable[[Any], torch.Tensor],
+    def __init__(self, items: Sequence[SourceItem], start: int, preprocess: ImagePreparer,
                  image_size: int, max_pixels: int) -> None:
         self.items, self.start, self.preprocess = items, start, preprocess
         self.image_size, self.max_pixels = image_size, max_pixels
@@ -286,14 +306,20 @@ class _ImageDataset(Dataset[_Outcome]):
         return _Outcome(position, item, content_hash=_sha256(data), payload=tensor)
 
 
-def _as_list(batch: list[_Outcome]) -> list[_Outcome]:
-    return batch
+def _stack_pixels(outcomes: list[_Outcome]) -> _Batch:
+    """The loader's collate function: runs in the worker, so the main process gets one tensor per batch."""
+    decoded = [outcome for outcome in outcomes if outcome.problem is None]
+    pixels = torch.stack([outcome.payload for outcome in decoded]) if decoded else None
+    for outcome in decoded:
+        outcome.payload = None
+    return _Batch(outcomes, pixels, decoded)
 
 
-def _image_batches(config: BuildConfig, encoder: ClipEncoder, items: list[SourceItem],
-                   start: int) -> Iterator[list[_Outcome]]:
-    dataset = _ImageDataset(items, start, encoder.preprocess, encoder.image_size, config.max_pixels)
-    loader = DataLoader(dataset, batch_size=config.batch_size, num_workers=config.workers, collate_fn=_as_list,
+def image_batches(config: BuildConfig, encoder: ClipEncoder, items: list[SourceItem],
+                  start: int = 0) -> Iterator[_Batch]:
+    """Batches of `items` from `start` on, read, decoded and prepared in `config.workers` processes."""
+    dataset = _ImageDataset(items, start, encoder.prepare_image, encoder.image_size, config.max_pixels)
+    loader = DataLoader(dataset, batch_size=config.batch_size, num_workers=config.workers, collate_fn=_stack_pixels,
                         pin_memory=encoder.device.type == "cuda",
                         prefetch_factor=4 if config.workers > 0 else None,
                         persistent_workers=False)

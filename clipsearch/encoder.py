@@ -17,6 +17,7 @@ import numpy as np
 import open_clip
 import torch
 from PIL import Image
+from torchvision.transforms import Compose, Normalize, ToTensor
 
 from clipsearch.errors import ModelLoadError
 
@@ -84,8 +85,17 @@ class ClipEncoder:
         self.ref = ref
         self.device = device
         self.context_length: int = int(getattr(tokenizer, "context_length", 77))
-        self._dtype = next(model.parameters()).dtype
+        self.dtype: torch.dtype = next(model.parameters()).dtype  # fp16 on CUDA, fp32 on the CPU
+        self.prepare_image = ImagePreparer(preprocess)
+        self._mean: torch.Tensor | None = None
+        self._std: torch.Tensor | None = None
+        if self.prepare_image.normalisation is not None:
+            self._mean, self._std = (torch.tensor(values, dtype=torch.float32, device=device).view(3, 1, 1)
+                                     for values in self.prepare_image.normalisation)
+        self._image_forward: Callable[[torch.Tensor], torch.Tensor] = model.encode_image
+        self._text_forward: Callable[[torch.Tensor], torch.Tensor] = model.encode_text
         self.embedding_dim: int = int(self.encode_texts(["probe"]).shape[1])
+        self.cuda_graphs = False
 
     @property
     def image_size(self) -> int:
@@ -93,7 +103,7 @@ class ClipEncoder:
         return int(size[0] if isinstance(size, tuple | list) else size)
 
     def encode_images(self, images: Sequence[Image.Image] | torch.Tensor) -> np.ndarray:
-        """Embed RGB images, or a batch already preprocessed to shape (n, 3, H, W).
+        """Embed RGB images, or a batch from prepare_image stacked to shape (n, 3, H, W).
 
         Returns float32 (n, d), unit-norm rows.
         """
@@ -102,19 +112,48 @@ class ClipEncoder:
         else:
             if not images:
                 return np.zeros((0, self.embedding_dim), dtype=np.float32)
-            batch = torch.stack([self.preprocess(image) for image in images])
+            batch = torch.stack([self.prepare_image(image) for image in images])
         with torch.inference_mode():
-            batch = batch.to(self.device, dtype=self._dtype, non_blocking=True)
-            features = self.model.encode_image(batch)
-            return _normalised_float32(features)
+            batch = batch.to(self.device, non_blocking=True)
+            if batch.dtype == torch.uint8:
+                if self._mean is None or self._std is None:
+                    raise ValueError("uint8 pixels given to a model whose preprocessing cannot be split")
+                # The same operations, in the same order and precision, as torchvision's ToTensor + Normalize.
+                batch = batch.to(torch.float32).div_(255).sub_(self._mean).div_(self._std)
+            return _normalised_float32(self._image_forward(batch.to(self.dtype)))
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         """Embed texts; those longer than the context are truncated. Returns float32 (n, d), unit-norm."""
         if not texts:
             return np.zeros((0, self.embedding_dim), dtype=np.float32)
-        tokens = self.tokenizer(list(texts)).to(self.device)
+        tokens = self.tokenizer(list(texts))
         with torch.inference_mode():
-            return _normalised_float32(self.model.encode_text(tokens))
+            return _normalised_float32(self._text_forward(tokens.to(self.device)))
+
+    def enable_cuda_graphs(self, max_batch: int) -> bool:
+        """Replay both towers from CUDA graphs for batches up to `max_batch`; True if that worked.
+
+        One eager forward pass of a small batch costs milliseconds of kernel launches on the CPU;
+        a graph replays the same kernels in a fraction of that. Any failure to capture leaves the
+        eager path in place (and is logged): slower, never wrong. Each tower's graphs must then be
+        replayed from one thread at a time (the search service's batchers do that).
+        """
+        if self.device.type != "cuda" or self.cuda_graphs:
+            return self.cuda_graphs
+        try:
+            with torch.inference_mode():
+                size = self.image_size
+                example_image = torch.zeros((1, 3, size, size), dtype=self.dtype, device=self.device)
+                example_tokens = self.tokenizer(["a photo"]).to(self.device)
+                image_graphs = GraphedForward(self.model.encode_image, example_image, max_batch)
+                text_graphs = GraphedForward(self.model.encode_text, example_tokens, max_batch)
+        except Exception:  # capture is best effort: eager inference must keep working whatever failed
+            log.warning("CUDA graph capture failed; the model runs eagerly", exc_info=True)
+            return False
+        self._image_forward, self._text_forward = image_graphs, text_graphs
+        self.cuda_graphs = True
+        log.info("CUDA graphs captured for batches of up to %d", max_batch)
+        return True
 
     def is_truncated(self, text: str) -> bool:
         """Whether `text` has more tokens than fit in the context (start and end tokens included)."""
@@ -122,6 +161,80 @@ class ClipEncoder:
         if encode is None:
             return False  # tokenizers without a plain encode() (HF ones) truncate silently
         return len(encode(text)) + 2 > self.context_length
+
+
+class ImagePreparer:
+    """The CPU half of image preprocessing: resized and cropped uint8 pixels, shape (3, H, W).
+
+    Scaling to [0, 1] and normalising happen on the model's device in ClipEncoder.encode_images,
+    so a quarter of the bytes travel between processes and to the GPU, with the same result as
+    the model's own preprocessing. Models whose preprocessing cannot be split that way get their
+    full preprocessing here (float32). Picklable without the model, for DataLoader workers.
+    """
+
+    def __init__(self, preprocess: Callable[[Image.Image], torch.Tensor]) -> None:
+        self.preprocess = preprocess
+        self.pixel_steps, self.normalisation = _split_preprocess(preprocess)
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        if self.pixel_steps is None:
+            return self.preprocess(image)
+        pixels = np.array(self.pixel_steps(image), dtype=np.uint8)  # a writable copy, as torch wants
+        return torch.from_numpy(pixels).permute(2, 0, 1)
+
+
+class GraphedForward:
+    """A forward pass replayed from CUDA graphs captured at power-of-two batch sizes up to `max_batch`.
+
+    A batch is copied into the smallest captured size that holds it; the rows past it keep
+    whatever an earlier batch left there (every row is computed independently, so they cannot
+    affect the real ones). Larger batches run eagerly. Not thread-safe: one caller at a time.
+    """
+
+    def __init__(self, forward: Callable[[torch.Tensor], torch.Tensor], example: torch.Tensor,
+                 max_batch: int) -> None:
+        self.forward = forward
+        self.sizes = [1 << power for power in range(max(1, max_batch - 1).bit_length() + 1)]
+        self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
+        pool = torch.cuda.graph_pool_handle()
+        # Largest first, so the smaller graphs fit in the memory the largest one reserved.
+        for size in reversed(self.sizes):
+            static_input = example[:1].expand(size, *example.shape[1:]).clone()
+            warmup = torch.cuda.Stream()  # type: ignore[no-untyped-call]
+            warmup.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(warmup):
+                for _ in range(2):  # lets lazy initialisation (cuBLAS handles, autotuning) happen outside capture
+                    forward(static_input)
+            torch.cuda.current_stream().wait_stream(warmup)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=pool):
+                static_output = forward(static_input)
+            self._graphs[size] = (graph, static_input, static_output)
+        replayed, eager = self(example[:1]).float(), forward(example[:1]).float()
+        if not torch.allclose(replayed, eager, atol=1e-2, rtol=1e-2):
+            raise RuntimeError(f"a replayed graph differs from eager by {(replayed - eager).abs().max():.3g}")
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        count = len(batch)
+        size = next((size for size in self.sizes if size >= count), None)
+        if size is None:
+            return self.forward(batch)
+        graph, static_input, static_output = self._graphs[size]
+        static_input[:count].copy_(batch)
+        graph.replay()
+        return static_output[:count]
+
+
+def _split_preprocess(preprocess: Callable[[Image.Image], torch.Tensor]
+                      ) -> tuple[Callable[[Image.Image], Image.Image] | None,
+                                 tuple[tuple[float, ...], tuple[float, ...]] | None]:
+    """Split open_clip's Compose(PIL steps…, ToTensor, Normalize) into the PIL steps and (mean, std)."""
+    steps = list(getattr(preprocess, "transforms", []))
+    cut = next((number for number, step in enumerate(steps) if isinstance(step, ToTensor)), None)
+    if cut is None or len(steps) != cut + 2 or not isinstance(steps[-1], Normalize):
+        return None, None
+    normalise = steps[-1]
+    return Compose(steps[:cut]), (tuple(normalise.mean), tuple(normalise.std))
 
 
 def _normalised_float32(features: torch.Tensor) -> np.ndarray:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from clipsearch.encoder import OFFLINE_MODEL, ClipEncoder, load_encoder
+from clipsearch.encoder import OFFLINE_MODEL, ClipEncoder, ImagePreparer, load_encoder
 from clipsearch.errors import ModelLoadError
 from tests.imagefiles import noise_image
 
@@ -31,6 +31,27 @@ def test_preprocessed_batches_embed_like_pil_images(encoder: ClipEncoder) -> Non
     images = [noise_image(seed) for seed in range(2)]
     batch = torch.stack([encoder.preprocess(image) for image in images])
     np.testing.assert_allclose(encoder.encode_images(batch), encoder.encode_images(images), atol=1e-6)
+
+
+def test_uint8_pixels_normalised_on_the_device_equal_the_models_own_preprocessing_exactly(
+        encoder: ClipEncoder) -> None:
+    images = [noise_image(seed) for seed in range(3)]
+    pixels = torch.stack([encoder.prepare_image(image) for image in images])
+    assert pixels.dtype == torch.uint8 and pixels.shape == (3, 3, encoder.image_size, encoder.image_size)
+    full = torch.stack([encoder.preprocess(image) for image in images])
+    np.testing.assert_array_equal(encoder.encode_images(pixels), encoder.encode_images(full))
+
+
+def test_a_preprocessing_that_cannot_be_split_is_applied_whole(encoder: ClipEncoder) -> None:
+    def unusual(image: object) -> torch.Tensor:
+        return torch.zeros(3, encoder.image_size, encoder.image_size)
+    preparer = ImagePreparer(unusual)
+    assert preparer.normalisation is None
+    assert preparer(noise_image(0)).dtype == torch.float32
+
+
+def test_cuda_graphs_are_not_used_on_the_cpu(encoder: ClipEncoder) -> None:
+    assert not encoder.enable_cuda_graphs(8) and not encoder.cuda_graphs
 
 
 def test_empty_input_gives_an_empty_matrix(encoder: ClipEncoder) -> None:
@@ -83,6 +104,28 @@ def test_on_gpu_the_encoder_runs_fp16_and_still_returns_unit_float32() -> None:
     assert next(gpu.model.parameters()).dtype == torch.float16
     assert_unit_float32(gpu.encode_texts(["a", "b"]), 2, gpu.embedding_dim)
     assert_unit_float32(gpu.encode_images([noise_image(0)]), 1, gpu.embedding_dim)
+
+
+@pytest.mark.gpu
+def test_cuda_graph_replays_equal_eager_passes_for_every_batch_size() -> None:
+    gpu = load_encoder(OFFLINE_MODEL, pretrained=None, device="cuda")
+    texts = [f"text number {number}" for number in range(100)]
+    images = [noise_image(seed) for seed in range(100)]
+    eager_texts, eager_images = gpu.encode_texts(texts), gpu.encode_images(images)
+    assert gpu.enable_cuda_graphs(64) and gpu.cuda_graphs
+    for count in (1, 3, 64, 100):  # a captured size, a padded one, the largest, and one run eagerly
+        np.testing.assert_allclose(gpu.encode_texts(texts[:count]), eager_texts[:count], atol=2e-3)
+        np.testing.assert_allclose(gpu.encode_images(images[:count]), eager_images[:count], atol=2e-3)
+    # A smaller batch after a larger one is not disturbed by the rows the larger one left behind.
+    np.testing.assert_allclose(gpu.encode_texts(texts[5:6]), eager_texts[5:6], atol=2e-3)
+
+
+@pytest.mark.gpu
+def test_gpu_embeddings_match_cpu_embeddings_within_fp16_precision(encoder: ClipEncoder) -> None:
+    gpu = load_encoder(OFFLINE_MODEL, pretrained=None, device="cuda")
+    images = [noise_image(seed) for seed in range(4)]
+    np.testing.assert_allclose(gpu.encode_images(images), encoder.encode_images(images), atol=1e-2)
+    np.testing.assert_allclose(gpu.encode_texts(["a dog"]), encoder.encode_texts(["a dog"]), atol=1e-2)
 
 
 @pytest.mark.network

@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
 import numpy as np
 import pytest
 
@@ -7,12 +11,65 @@ from clipsearch.bundle import Bundle
 from clipsearch.encoder import ClipEncoder
 from clipsearch.errors import InvalidQuery, ItemNotFound, ModalityUnavailable
 from clipsearch.modality import Modality
-from clipsearch.search import ItemTerm, QueryLimits, SearchService, TextTerm
+from clipsearch.search import Batching, ItemTerm, QueryLimits, SearchService, TextTerm
+from tests.imagefiles import image_bytes, noise_image
+
+Result = TypeVar("Result")
 
 
 @pytest.fixture()
-def service(encoder: ClipEncoder, bundle: Bundle) -> SearchService:
-    return SearchService(encoder, bundle, QueryLimits(max_k=20))
+def service(encoder: ClipEncoder, bundle: Bundle) -> Iterator[SearchService]:
+    opened = SearchService(encoder, bundle, QueryLimits(max_k=20))
+    yield opened
+    opened.close()
+
+
+@pytest.fixture()
+def batching_service(encoder: ClipEncoder, bundle: Bundle) -> Iterator[SearchService]:
+    # A wide window, so that queries sent together are sure to share batches.
+    opened = SearchService(encoder, bundle, QueryLimits(max_k=20), batching=Batching(max_batch=64, window_s=0.3))
+    yield opened
+    opened.close()
+
+
+def in_parallel(work: Callable[[int], Result], count: int) -> list[Result]:
+    with ThreadPoolExecutor(max_workers=count) as pool:
+        return list(pool.map(work, range(count)))
+
+
+def test_concurrent_text_queries_share_forward_passes_and_each_gets_its_own_vector(
+        batching_service: SearchService, encoder: ClipEncoder) -> None:
+    texts = [f"a photo of thing {number}" for number in range(24)]
+    vectors = in_parallel(lambda number: batching_service.embed_text(texts[number]).vector, len(texts))
+    np.testing.assert_allclose(np.stack(vectors), encoder.encode_texts(texts), atol=1e-5)
+    assert batching_service._text_batches.mean_batch > 1
+
+
+def test_concurrent_uploads_share_forward_passes_and_each_gets_its_own_vector(
+        batching_service: SearchService, encoder: ClipEncoder) -> None:
+    images = [noise_image(seed) for seed in range(12)]
+    vectors = in_parallel(lambda number: batching_service.embed_image(image_bytes(images[number])).vector,
+                          len(images))
+    np.testing.assert_allclose(np.stack(vectors), encoder.encode_images(images), atol=1e-5)
+    assert batching_service._image_batches.mean_batch > 1
+
+
+def test_concurrent_searches_with_different_k_each_get_their_own_top_k(batching_service: SearchService,
+                                                                       service: SearchService) -> None:
+    queries = service.encoder.encode_texts([f"query {number}" for number in range(16)])
+
+    def ids(source: SearchService, number: int) -> list[int]:
+        return [hit.item.id for hit in source.search(queries[number], Modality.IMAGE, 1 + number % 7)]
+    batched = in_parallel(lambda number: ids(batching_service, number), len(queries))
+    assert batched == [ids(service, number) for number in range(len(queries))]
+    assert [len(found) for found in batched] == [1 + number % 7 for number in range(len(queries))]
+    assert batching_service._search_batches[Modality.IMAGE].mean_batch > 1
+
+
+def test_warming_up_runs_every_stage_once(service: SearchService) -> None:
+    service.warm_up()
+    assert service._text_batches.batches == 1 and service._image_batches.batches == 1
+    assert all(batcher.batches == 2 for batcher in service._search_batches.values())
 
 
 def test_batched_search_equals_brute_force_row_by_row(service: SearchService, bundle: Bundle) -> None:
@@ -47,5 +104,7 @@ def test_limits_and_unknown_items_raise_domain_errors(service: SearchService) ->
 
 def test_an_empty_modality_cannot_be_targeted(encoder: ClipEncoder, bundle: Bundle) -> None:
     images_only = Bundle(bundle.path, bundle.manifest, {Modality.IMAGE: bundle.indices[Modality.IMAGE]}, bundle.items)
+    service = SearchService(encoder, images_only)
     with pytest.raises(ModalityUnavailable, match="no text items"):
-        SearchService(encoder, images_only).check_target(Modality.TEXT, 5)
+        service.check_target(Modality.TEXT, 5)
+    service.close()

@@ -36,7 +36,8 @@ def info(service: ServiceDep) -> InfoResponse:
         checkpoint_sha256=manifest.model.checkpoint_sha256, embedding_dim=manifest.embedding_dim,
         counts={modality: record.count for modality, record in manifest.modalities.items()},
         indices={modality: record.index for modality, record in manifest.modalities.items()},
-        device=str(service.encoder.device), bundle_created_at=manifest.created_at)
+        device=str(service.encoder.device), cuda_graphs=service.encoder.cuda_graphs,
+        mean_batch=service.mean_batches(), bundle_created_at=manifest.created_at)
 
 
 @operations.get("/metrics", response_class=Response)

@@ -31,7 +31,10 @@ def test_info_describes_model_bundle_and_device(http: httpx.Client) -> None:
     assert info["model"] == "tiny" and info["pretrained"] is None and info["embedding_dim"] == 32
     assert info["counts"] == {"image": 30, "text": 25}
     assert info["indices"]["image"]["factory"] == "Flat" and info["indices"]["image"]["exact"] is True
-    assert info["device"] == "cpu"
+    assert info["device"] == "cpu" and info["cuda_graphs"] is False
+    # The start-up warm-up already ran one query of each kind through every stage.
+    assert set(info["mean_batch"]) == {"encode-text", "encode-image", "search-image", "search-text"}
+    assert all(mean >= 1 for mean in info["mean_batch"].values())
 
 
 def test_metrics_count_requests_and_time_encode_and_search_apart(http: httpx.Client) -> None:

@@ -4,13 +4,16 @@ import base64
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 
+from app.settings import Settings
 from clipsearch.bundle import Bundle
 from clipsearch.client import ClipSearchClient, Query
 from clipsearch.encoder import ClipEncoder
 from clipsearch.modality import Modality
+from tests.app.conftest import serve
 from tests.imagefiles import image_bytes, noise_image
 
 
@@ -114,3 +117,17 @@ def test_base64_images_in_a_composed_query_equal_uploads(client: ClipSearchClien
     data = image_bytes(noise_image(8))
     assert client.search([Query(image=data)], k=4).ids == client.search_image(data, k=4).ids
     assert base64.b64decode(Query(image=data).to_json()["image_b64"]) == data
+
+
+@pytest.mark.gpu
+def test_on_a_gpu_concurrent_queries_are_batched_and_equal_exact_search_on_their_own_vectors(
+        bundle_path: Path, bundle: Bundle) -> None:
+    settings = Settings(bundle_path=bundle_path, device="cuda", batch_window_ms=20)  # type: ignore[call-arg]
+    texts = [f"a photo of thing {number}" for number in range(48)]
+    with serve(settings) as url, ClipSearchClient(url) as gpu_client, ThreadPoolExecutor(max_workers=48) as pool:
+        info = httpx.get(f"{url}/info").json()
+        results = list(pool.map(lambda text: gpu_client.search_text(text, k=5), texts))
+        vectors = list(pool.map(gpu_client.embed_text, texts))
+    assert info["device"].startswith("cuda")
+    for result, vector in zip(results, vectors, strict=True):
+        assert result.ids == brute_force_ids(bundle, Modality.IMAGE, vector, 5)

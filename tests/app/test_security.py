@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 
 from app.main import create_app
@@ -117,11 +118,17 @@ def test_a_query_stuck_behind_the_model_longer_than_the_limit_answers_503(bundle
     app = create_app(Settings(bundle_path=bundle_path, device="cpu", encode_timeout_s=0.2))  # type: ignore[call-arg]
     with serve(Settings(), app=app) as url:  # type: ignore[call-arg]
         service = app.state.service_state.require()
-        release = threading.Event()
-        service._encoding.submit(release.wait)  # another request holding the model (one pass at a time)
+        release, encode_texts = threading.Event(), service.encoder.encode_texts
+
+        def slow_encode(texts: Sequence[str]) -> np.ndarray:
+            release.wait()
+            return encode_texts(texts)
+        service.encoder.encode_texts = slow_encode  # type: ignore[method-assign]
+        service._text_batches.submit("another request")  # holds the text tower (one pass at a time)
         try:
             response = httpx.post(f"{url}/search/text", json={"text": "dog"}, timeout=30)
         finally:
+            service.encoder.encode_texts = encode_texts  # type: ignore[method-assign]
             release.set()
         assert response.status_code == 503 and response.headers["retry-after"] == "1"
         assert "did not finish within 0.2 s" in response.json()["reason"]

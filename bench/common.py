@@ -1,0 +1,113 @@
+"""What the benchmark scripts share: synthetic data, timing, a served bundle, one JSON line per figure."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+WORDS = ["dog", "cat", "beach", "night", "city", "red", "blue", "car", "tree", "house", "mountain", "river",
+         "people", "food", "street", "sky", "snow", "boat", "bridge", "garden"]
+"""Query texts are made of these."""
+
+
+def emit(figure: str, **fields: Any) -> None:
+    """Print one figure as a JSON line (rounded, so lines stay readable)."""
+    rounded = {name: round(value, 4) if isinstance(value, float) else value for name, value in fields.items()}
+    print(json.dumps({"figure": figure, **rounded}), flush=True)
+
+
+def unit_vectors(count: int, dim: int, seed: int = 0, chunk: int = 1 << 18) -> np.ndarray:
+    """Random unit rows, float32 (count, dim); generated in chunks so a million rows stay cheap."""
+    rng = np.random.default_rng(seed)
+    vectors = np.empty((count, dim), dtype=np.float32)
+    for start in range(0, count, chunk):
+        part = rng.standard_normal((min(chunk, count - start), dim), dtype=np.float32)
+        vectors[start:start + len(part)] = part / np.linalg.norm(part, axis=1, keepdims=True)
+    return vectors
+
+
+def synthetic_photo(seed: int, width: int = 640, height: int = 480, quality: int = 85) -> bytes:
+    """A JPEG that compresses like a photo (about 55 KB at 640×480): smooth colour blobs plus grain."""
+    rng = np.random.default_rng(seed)
+    blobs = Image.fromarray(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)).resize((width, height),
+                                                                                  Image.Resampling.BICUBIC)
+    pixels = np.asarray(blobs, dtype=np.int16) + rng.integers(-12, 13, (height, width, 3), dtype=np.int16)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(buffer, "JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def time_calls(call: Callable[[], object], repeats: int, warmup: int = 3, min_seconds: float = 0.0) -> list[float]:
+    """Seconds per call, `repeats` times (more while under `min_seconds` in all), after `warmup` calls."""
+    for _ in range(warmup):
+        call()
+    times: list[float] = []
+    started = time.perf_counter()
+    while len(times) < repeats or time.perf_counter() - started < min_seconds:
+        begin = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - begin)
+    return times
+
+
+def latency_summary(seconds: list[float]) -> dict[str, float]:
+    """p50, p90, p99 and mean in milliseconds."""
+    millis = np.array(seconds) * 1000 if seconds else np.array([float("nan")])
+    return {"p50_ms": float(np.percentile(millis, 50)), "p90_ms": float(np.percentile(millis, 90)),
+            "p99_ms": float(np.percentile(millis, 99)), "mean_ms": float(statistics.fmean(millis))}
+
+
+def ratio(numerator: float, denominator: float) -> float | None:
+    return numerator / denominator if denominator else None
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@contextmanager
+def served(bundle: Path, environment: Mapping[str, str] | None = None,
+           ready_within_s: float = 600) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """`python -m app` over `bundle` on a free loopback port, until the block ends; yields (url, process)."""
+    port = free_port()
+    settings = {"CLIPSEARCH_BUNDLE_PATH": str(bundle), "CLIPSEARCH_PORT": str(port),
+                "CLIPSEARCH_DEVICE": os.environ.get("CLIPSEARCH_DEVICE", "auto"), **(environment or {})}
+    server = subprocess.Popen([sys.executable, "-m", "app"], cwd=ROOT, env={**os.environ, **settings},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + ready_within_s
+        while True:
+            try:
+                if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                log = server.stderr.read().decode()[-3000:] if server.stderr and server.poll() is not None else ""
+                raise SystemExit(f"the server did not become ready: {log}")
+            time.sleep(0.2)
+        yield url, server
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()

@@ -1,0 +1,141 @@
+"""Exact top-k search over a resident matrix: one GEMM and one top-k, on the GPU or the CPU.
+
+A FAISS Flat index stays the bundle's format; this is how the server searches it. On a GPU the
+matrix is scanned in fp16, which halves the bytes read (the scan is bound by memory bandwidth),
+and the fp16 candidates are then rescored in fp32 so that the answer is the exact fp32 answer:
+
+* the scan keeps `k + margin` candidates per query by fp16 score;
+* every fp16 score is within ERROR_BOUND of its fp32 value (unit vectors; see below), so an item
+  outside the candidates scores at most `last candidate's fp16 score + ERROR_BOUND` in fp32;
+* when the k-th best fp32 score among the candidates is above that, no item outside them can be
+  in the top k, and the candidates' fp32 order is the answer. Rows where it is not (many items
+  within ERROR_BOUND of each other, e.g. near-duplicates) are searched again in fp32.
+
+On the CPU the scan is fp32 already and no rescoring is needed.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import faiss
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+ERROR_BOUND = 4e-3
+"""Largest |fp16 score − fp32 score| allowed for on unit vectors. Rounding both vectors to fp16
+moves their inner product by at most 2·2⁻¹¹ ≈ 1e-3; rounding the score itself and reduced-precision
+partial sums in the GEMM add a few more fp16 ulps of a number ≤ 1. 4e-3 leaves room for all of it."""
+
+CANDIDATE_MARGIN = 16
+"""Extra candidates kept by the fp16 scan, beyond k (at least k more)."""
+
+SCORE_BUDGET = 1 << 27
+"""Most query×item scores held at once (256 MB in fp16); larger searches go block by block."""
+
+
+@dataclass(frozen=True)
+class ExactResult:
+    """Best-first scores (float32, (n, k)) and ids (int64, (n, k)); k is min(k asked, size)."""
+
+    scores: np.ndarray
+    ids: np.ndarray
+
+
+class ExactIndex:
+    """All vectors of a Flat index held as one matrix on `device`, searched by inner product.
+
+    `scan_dtype` defaults to fp16 on CUDA and fp32 elsewhere; fp16 on the CPU works too (slowly)
+    and exists so the rescoring logic can be tested without a GPU.
+    """
+
+    def __init__(self, vectors: np.ndarray, ids: np.ndarray, device: torch.device | str = "cpu",
+                 scan_dtype: torch.dtype | None = None) -> None:
+        self.device = torch.device(device)
+        self.scan_dtype = scan_dtype or (torch.float16 if self.device.type == "cuda" else torch.float32)
+        if self.scan_dtype not in (torch.float16, torch.float32):
+            raise ValueError(f"scan_dtype must be float16 or float32 (ERROR_BOUND is for fp16), not {self.scan_dtype}")
+        self.ntotal, self.dim = vectors.shape
+        # On the CPU this is a view of the caller's array (the FAISS index's own memory): no copy.
+        with warnings.catch_warnings():
+            # A read-only array (a memory-mapped index) is fine: nothing here ever writes to it.
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            host = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32))
+        self._exact = host.to(self.device)
+        self._scan = self._exact if self.scan_dtype == torch.float32 else self._exact.to(self.scan_dtype)
+        self._ids = np.ascontiguousarray(ids, dtype=np.int64)
+        self.rescans = 0
+        """Rows searched again in fp32 because the fp16 candidates could not be proven complete."""
+
+    @property
+    def scanned(self) -> torch.Tensor:
+        """The matrix every search reads in full, (ntotal, d) in scan_dtype on the device."""
+        return self._scan
+
+    @classmethod
+    def from_faiss(cls, index: faiss.Index, device: torch.device | str = "cpu",
+                   scan_dtype: torch.dtype | None = None) -> ExactIndex:
+        """Wrap an IndexIDMap(2) over an IndexFlat (how bundles store exact indices)."""
+        wrapper: Any = index  # the SWIG wrapper's attributes are not in FAISS's type hints
+        mapped = hasattr(wrapper, "id_map")
+        flat = faiss.downcast_index(wrapper.index if mapped else index)
+        if not isinstance(flat, faiss.IndexFlat):
+            raise TypeError(f"not a Flat index: {type(flat).__name__}")
+        count, dim = flat.ntotal, flat.d
+        vectors = faiss.rev_swig_ptr(flat.get_xb(), count * dim).reshape(count, dim) if count \
+            else np.zeros((0, dim), dtype=np.float32)
+        ids = faiss.vector_to_array(wrapper.id_map) if mapped else np.arange(count, dtype=np.int64)
+        return cls(vectors, ids, device, scan_dtype)
+
+    def search(self, queries: np.ndarray, k: int) -> ExactResult:
+        """Top-k of each row of `queries` (float32, (n, d)) by inner product, best first."""
+        k = min(k, self.ntotal)
+        count = len(queries)
+        if k == 0 or count == 0:
+            return ExactResult(np.zeros((count, k), np.float32), np.zeros((count, k), np.int64))
+        with torch.inference_mode():
+            exact_queries = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32)).to(self.device)
+            if self._scan is self._exact:
+                scores, rows = self._top_k(exact_queries, self._exact, k)
+            else:
+                scores, rows = self._scan_and_rescore(exact_queries, k)
+            scores_out, rows_out = scores.cpu().numpy(), rows.cpu().numpy()
+        return ExactResult(scores_out.astype(np.float32, copy=False), self._ids[rows_out])
+
+    def _scan_and_rescore(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        wanted = min(self.ntotal, k + max(k, CANDIDATE_MARGIN))
+        scan_scores, candidates = self._top_k(queries.to(self.scan_dtype), self._scan, wanted)
+        # Rescore the candidates exactly: (n, wanted, d) · (n, d) → (n, wanted).
+        exact = torch.einsum("nwd,nd->nw", self._exact[candidates], queries)
+        exact, order = exact.sort(dim=1, descending=True)
+        candidates = candidates.gather(1, order)
+        scores, rows = exact[:, :k], candidates[:, :k]
+        if wanted == self.ntotal:
+            return scores, rows  # every item was a candidate: nothing can be missing
+        lowest_scanned = scan_scores[:, -1].float()
+        unproven = (scores[:, -1] <= lowest_scanned + ERROR_BOUND).nonzero().flatten()
+        if len(unproven):
+            self.rescans += len(unproven)
+            rescanned_scores, rescanned_rows = self._top_k(queries[unproven], self._exact, k)
+            scores[unproven], rows[unproven] = rescanned_scores, rescanned_rows
+        return scores, rows
+
+    def _top_k(self, queries: torch.Tensor, matrix: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-k by one GEMM per block of the matrix, blocks sized to keep SCORE_BUDGET scores at once."""
+        block = max(k, SCORE_BUDGET // max(1, len(queries)))
+        if block >= len(matrix):
+            scores, rows = torch.topk(queries @ matrix.T, k, dim=1)
+            return scores.float(), rows
+        best_scores, best_rows = [], []
+        for start in range(0, len(matrix), block):
+            part = matrix[start:start + block]
+            scores, rows = torch.topk(queries @ part.T, min(k, len(part)), dim=1)
+            best_scores.append(scores.float())
+            best_rows.append(rows + start)
+        merged_scores, where = torch.topk(torch.cat(best_scores, dim=1), k, dim=1)
+        return merged_scores, torch.cat(best_rows, dim=1).gather(1, where)

@@ -1,0 +1,58 @@
+"""Each benchmark script runs end to end at a tiny size on the CPU and prints its figures as JSON lines."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_bench(module: str, *arguments: str) -> dict[str, dict[str, Any]]:
+    finished = subprocess.run([sys.executable, "-m", module, *arguments], cwd=ROOT, capture_output=True, text=True,
+                              timeout=600)
+    assert finished.returncode == 0, finished.stdout + finished.stderr[-3000:]
+    return {line["figure"]: line for line in map(json.loads, finished.stdout.splitlines())}
+
+
+def test_the_search_bench_compares_with_faiss_and_finds_the_same_ids() -> None:
+    figures = run_bench("bench.search", "--items", "3000", "--dim", "32", "--batches", "1", "16", "--repeats", "3",
+                        "--min-seconds", "0", "--device", "cpu")
+    assert figures["setup"]["baseline"] == "faiss IndexFlatIP (CPU)"
+    search = figures["exact search"]  # the last batch size
+    assert search["batch"] == 16 and search["same_id_sets"] == 1.0 and search["max_score_difference"] < 1e-5
+    assert search["speedup"] == pytest.approx(search["baseline_ms"] / search["clipsearch_ms"], rel=1e-2)
+    assert figures["memory read floor"]["ms"] > 0
+
+
+def test_the_indexing_bench_indexes_every_generated_jpeg_and_relates_it_to_the_tower() -> None:
+    figures = run_bench("bench.indexing", "--images", "40", "--model", "tiny", "--batch-size", "16", "--workers", "1",
+                        "--device", "cpu")
+    assert figures["generated"]["images"] == 40
+    end_to_end = figures["indexing end to end"]
+    assert end_to_end["images"] == 40 and end_to_end["skipped"] == 0
+    assert end_to_end["vs_tower"] > 0 and figures["image tower alone"]["images_per_s"] > 0
+
+
+def test_the_http_bench_measures_one_client_many_clients_and_the_unbatched_baseline() -> None:
+    figures = run_bench("bench.http", "--items", "2000", "--texts", "100", "--model", "tiny", "--device", "cpu",
+                        "--requests", "20", "--clients", "4", "--client-processes", "2", "--duration", "1",
+                        "--compare-unbatched")
+    for figure in ("health, one client", "text query, one client", "image upload, one client",
+                   "text queries, 4 clients", "unbatched text queries, 4 clients"):
+        assert figures[figure]["errors"] == 0 and figures[figure]["requests"] > 0, figure
+    assert figures["text query, one client"]["vs_direct"] > 0
+    assert figures["micro-batching effect"]["throughput_ratio"] > 0
+
+
+def test_a_short_bounded_load_has_no_errors_and_keeps_memory_flat() -> None:
+    figures = run_bench("bench.load", "--clients", "8", "--duration", "4", "--warmup", "1")
+    load = figures["mixed search load"]
+    assert load["errors"] == 0 and load["requests"] > 0 and load["p50_ms"] <= load["p99_ms"]
+    assert figures["baseline /health"]["errors"] == 0
+    assert figures["server memory"]["growth"] <= 0.10
