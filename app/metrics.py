@@ -36,6 +36,11 @@ class Metrics:
         with self.search.labels(target).time():
             yield
 
+    def observe(self, modality: str, target: str, encode_s: float, search_s: float) -> None:
+        """Record a query embedded and searched in one batch (the batch's times, shared by its queries)."""
+        self.encode.labels(modality).observe(encode_s)
+        self.search.labels(target).observe(search_s)
+
 
 class RequestMetricsMiddleware:
     """Counts and times every HTTP request by its route template (/items/{item_id}, not /items/7)."""

@@ -178,11 +178,7 @@ def run_clients(url: str, kind: str, jpeg: bytes, clients: int, processes: int, 
                 duration: float | None = None) -> Tally:
     """`clients` keep-alive connections, in this process (processes=0) or spread over `processes`."""
     if processes == 0:
-        cpu = resource.getrusage(resource.RUSAGE_SELF)
-        tally = _client_threads(url, kind, jpeg, clients, requests, duration, seed=0)
-        after = resource.getrusage(resource.RUSAGE_SELF)
-        tally.client_cpu_s = after.ru_utime + after.ru_stime - cpu.ru_utime - cpu.ru_stime
-        return tally
+        return _client_process(url, kind, jpeg, clients, requests, duration, seed=0)
     shares = [clients // processes + (number < clients % processes) for number in range(processes)]
     context = multiprocessing.get_context("spawn")
     with context.Pool(processes) as pool:

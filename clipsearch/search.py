@@ -6,13 +6,16 @@ raise InvalidQuery naming the field (as the API spells it) and the reason.
 
 from __future__ import annotations
 
+import logging
 import math
+import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import faiss
 import numpy as np
@@ -35,6 +38,8 @@ from clipsearch.errors import (
 from clipsearch.exact import ExactIndex
 from clipsearch.images import DEFAULT_MAX_PIXELS, decode_image
 from clipsearch.modality import Modality
+
+log = logging.getLogger(__name__)
 
 DECODE_WORKERS = 4
 """Query images decoded at once; more would only compete with the model for the CPU."""
@@ -96,11 +101,44 @@ class Hit:
     score: float
 
 
+@dataclass(frozen=True)
+class Answer:
+    """A query's vector and hits, with the time its batch spent in the model and in the search."""
+
+    query: QueryVector
+    hits: list[Hit]
+    encode_s: float
+    search_s: float
+
+
+@dataclass(frozen=True)
+class _Pending:
+    """A query waiting for its tower's next batch: what to embed and, if `target` is set, where to search it."""
+
+    payload: str | torch.Tensor
+    target: Modality | None = None
+    k: int = 0
+
+
+_Found = tuple[np.ndarray, np.ndarray]
+"""One query's best-first scores (float32 (k,)) and ids (int64 (k,))."""
+
+
+@dataclass(frozen=True)
+class _Embedded:
+    vector: np.ndarray
+    found: _Found | None
+    encode_s: float
+    search_s: float
+
+
 class SearchService:
     """Embeds queries with the bundle's model and searches the bundle's indices; thread-safe.
 
-    Concurrent queries are micro-batched: texts share one forward pass of the text tower, images
-    one of the image tower, and query vectors one search per target modality. Exact (Flat)
+    Concurrent queries are micro-batched: texts share one forward pass of the text tower and
+    images one of the image tower, and the plain queries among them (search_text, search_image)
+    are then searched together in that same step, one search per target modality. Composed
+    queries are searched in batches of their own. Exact (Flat)
     indices are searched as a resident matrix on the model's device (clipsearch.exact); others
     with FAISS, on the GPU when `use_gpu`.
     """
@@ -116,8 +154,8 @@ class SearchService:
         # Each batcher owns one thread: one forward pass per tower at a time (concurrent passes on
         # one device only compete for it, and CUDA graphs need it) and one search per index.
         size, window = batching.max_batch, batching.window_s
-        self._text_batches = MicroBatcher(self._encode_texts, size, window, name="encode-text")
-        self._image_batches = MicroBatcher(self._encode_images, size, window, name="encode-image")
+        self._text_batches = MicroBatcher(self._embed_text_batch, size, window, name="encode-text")
+        self._image_batches = MicroBatcher(self._embed_image_batch, size, window, name="encode-image")
         self._search_batches = {
             modality: MicroBatcher(self._searcher_batch(modality), size, window, name=f"search-{modality.value}")
             for modality in self._searchers}
@@ -126,23 +164,36 @@ class SearchService:
     def _searcher(self, index: faiss.Index, exact: bool, use_gpu: bool
                   ) -> Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]:
         if exact and index.ntotal > 0:
-            resident = ExactIndex.from_faiss(index, self.encoder.device)
+            try:
+                resident = ExactIndex.from_faiss(index, self.encoder.device)
+            except torch.OutOfMemoryError:
+                # Six bytes per dimension per item must fit on the GPU; when they do not, FAISS on
+                # the CPU still answers exactly, only slower.
+                log.warning("the exact index (%d vectors) does not fit on %s; searching it with FAISS on the CPU",
+                            index.ntotal, self.encoder.device)
+                return lambda queries, k: faiss_index.search(index, queries, k)
 
             def search_exact(queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
                 found = resident.search(queries, k)
                 return found.scores, found.ids
             return search_exact
         searchable = faiss_index.to_gpu(index) if use_gpu else index
-        return lambda queries, k: faiss_index.search(searchable, queries, k)
+        # Text, image and composed batches search from their own threads; a FAISS GPU index must
+        # not be searched from two threads at once (its resources are not thread-safe).
+        lock = threading.Lock()
+
+        def search_faiss(queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+            with lock:
+                return faiss_index.search(searchable, queries, k)
+        return search_faiss
 
     def warm_up(self) -> None:
         """Run one query of each kind through every stage, so the first real one is not slow."""
-        gray = Image.new("RGB", (self.encoder.image_size,) * 2, (127, 127, 127))
-        vectors = [self.embed_text("a photo of a dog").vector,
-                   self._wait(self._image_batches.submit(self.encoder.prepare_image(gray)), "the model")]
+        gray = self.encoder.prepare_image(Image.new("RGB", (self.encoder.image_size,) * 2, (127, 127, 127)))
         for modality in self.modalities:
-            for vector in vectors:
-                self.search(vector, modality, 1)
+            self._wait(self._text_batches.submit(_Pending("a photo of a dog", modality, 1)), "the model")
+            image = self._wait(self._image_batches.submit(_Pending(gray, modality, 1)), "the model")
+            self.search(image.vector, modality, 1)
 
     def close(self) -> None:
         self._text_batches.close()
@@ -162,11 +213,28 @@ class SearchService:
         return {modality for modality, index in self._stored.items() if index.ntotal > 0}
 
     def embed_text(self, text: str, field: str = "text") -> QueryVector:
-        self._check_text(text, field)
-        vector = self._wait(self._text_batches.submit(text), "the model")
-        return QueryVector(vector, (field,) if self.encoder.is_truncated(text) else ())
+        return self._embed_text(text, field, None, 0)[0]
 
     def embed_image(self, data: bytes, field: str = "file") -> QueryVector:
+        return self._embed_image(data, field, None, 0)[0]
+
+    def search_text(self, text: str, target: Modality, k: int, field: str = "text") -> Answer:
+        """Embed `text` and search `target` for it, both in the batch of the text tower's next pass."""
+        self.check_target(target, k)
+        return self._answer(*self._embed_text(text, field, target, k))
+
+    def search_image(self, data: bytes, target: Modality, k: int, field: str = "file") -> Answer:
+        """Decode and embed the image `data` and search `target` for it, batched like search_text."""
+        self.check_target(target, k)
+        return self._answer(*self._embed_image(data, field, target, k))
+
+    def _embed_text(self, text: str, field: str, target: Modality | None, k: int) -> tuple[QueryVector, _Embedded]:
+        self._check_text(text, field)
+        embedded = self._wait(self._text_batches.submit(_Pending(text, target, k)), "the model")
+        return QueryVector(embedded.vector, (field,) if self.encoder.is_truncated(text) else ()), embedded
+
+    def _embed_image(self, data: bytes, field: str, target: Modality | None, k: int
+                     ) -> tuple[QueryVector, _Embedded]:
         decoding = self._decoding.submit(self._decode_and_prepare, data)
         try:
             pixels = decoding.result(timeout=self.limits.decode_timeout_s)
@@ -178,7 +246,12 @@ class SearchService:
             raise QueryImageTooLarge(field, error.reason) from error
         except ImageDecodeError as error:
             raise InvalidQuery(field, error.reason) from error
-        return QueryVector(self._wait(self._image_batches.submit(pixels), "the model"))
+        embedded = self._wait(self._image_batches.submit(_Pending(pixels, target, k)), "the model")
+        return QueryVector(embedded.vector), embedded
+
+    def _answer(self, query: QueryVector, embedded: _Embedded) -> Answer:
+        assert embedded.found is not None  # a target was given
+        return Answer(query, self._hits([embedded.found])[0], embedded.encode_s, embedded.search_s)
 
     def embed_terms(self, terms: Sequence[Term], field: str = "queries") -> QueryVector:
         """The weighted sum of the terms' unit embeddings, renormalised to unit length."""
@@ -222,7 +295,11 @@ class SearchService:
         """Top-k for each row of `queries` (float32 (n, d)); scores are cosine similarities."""
         self.check_target(target, k)
         batcher = self._search_batches[target]
-        found = [self._wait(future, "the search") for future in [batcher.submit((query, k)) for query in queries]]
+        return self._hits([self._wait(future, "the search") for future in
+                           [batcher.submit((query, k)) for query in queries]])
+
+    def _hits(self, found: list[_Found]) -> list[list[Hit]]:
+        """Search results as hits: ids resolved to items (no result, id -1, is left out)."""
         items = self.bundle.items.get_many([int(item_id) for _, ids in found for item_id in ids if item_id >= 0])
         return [[Hit(items[int(item_id)], float(score)) for score, item_id in zip(scores, ids, strict=True)
                  if item_id >= 0 and int(item_id) in items]
@@ -262,11 +339,28 @@ class SearchService:
         image = decode_image(data, self.limits.max_pixels, draft_size=self.encoder.image_size)
         return self.encoder.prepare_image(image)
 
-    def _encode_texts(self, texts: list[str]) -> list[np.ndarray]:
-        return list(self.encoder.encode_texts(texts))
+    def _embed_text_batch(self, pending: list[_Pending]) -> list[_Embedded]:
+        started = time.perf_counter()
+        vectors = self.encoder.encode_texts([cast(str, query.payload) for query in pending])
+        return self._search_pending(vectors, pending, time.perf_counter() - started)
 
-    def _encode_images(self, pixels: list[torch.Tensor]) -> list[np.ndarray]:
-        return list(self.encoder.encode_images(torch.stack(pixels)))
+    def _embed_image_batch(self, pending: list[_Pending]) -> list[_Embedded]:
+        started = time.perf_counter()
+        vectors = self.encoder.encode_images(torch.stack([cast(torch.Tensor, query.payload) for query in pending]))
+        return self._search_pending(vectors, pending, time.perf_counter() - started)
+
+    def _search_pending(self, vectors: np.ndarray, pending: list[_Pending], encode_s: float) -> list[_Embedded]:
+        """One search per target for the batch's queries that have one, at the largest k among them."""
+        found: list[_Found | None] = [None] * len(pending)
+        started = time.perf_counter()
+        for target in {query.target for query in pending if query.target is not None}:
+            rows = [row for row, query in enumerate(pending) if query.target is target]
+            scores, ids = self._searchers[target](vectors[rows], max(pending[row].k for row in rows))
+            for number, row in enumerate(rows):
+                found[row] = (scores[number, :pending[row].k], ids[number, :pending[row].k])
+        search_s = time.perf_counter() - started
+        return [_Embedded(vector, row_found, encode_s, search_s)
+                for vector, row_found in zip(vectors, found, strict=True)]
 
     def _searcher_batch(self, target: Modality
                         ) -> Callable[[list[tuple[np.ndarray, int]]], list[tuple[np.ndarray, np.ndarray]]]:

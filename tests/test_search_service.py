@@ -2,10 +2,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
 import pytest
+import torch
 
 from clipsearch.bundle import Bundle
 from clipsearch.encoder import ClipEncoder
@@ -66,10 +68,33 @@ def test_concurrent_searches_with_different_k_each_get_their_own_top_k(batching_
     assert batching_service._search_batches[Modality.IMAGE].mean_batch > 1
 
 
-def test_warming_up_runs_every_stage_once(service: SearchService) -> None:
+def test_warming_up_runs_every_stage_for_every_target(service: SearchService) -> None:
     service.warm_up()
-    assert service._text_batches.batches == 1 and service._image_batches.batches == 1
-    assert all(batcher.batches == 2 for batcher in service._search_batches.values())
+    assert service._text_batches.batches == 2 and service._image_batches.batches == 2
+    assert all(batcher.batches == 1 for batcher in service._search_batches.values())
+
+
+def test_plain_queries_to_both_targets_with_different_k_share_one_batch_and_get_their_own_hits(
+        batching_service: SearchService, service: SearchService) -> None:
+    asks = [(f"a photo of thing {number}", Modality.IMAGE if number % 2 else Modality.TEXT, 1 + number % 5)
+            for number in range(20)]
+
+    def ids(source: SearchService, number: int) -> list[int]:
+        text, target, k = asks[number]
+        return [hit.item.id for hit in source.search_text(text, target, k).hits]
+    batched = in_parallel(lambda number: ids(batching_service, number), len(asks))
+    assert batched == [ids(service, number) for number in range(len(asks))]
+    assert [len(found) for found in batched] == [k for _, _, k in asks]
+    assert batching_service._text_batches.mean_batch > 1
+
+
+def test_an_uploaded_image_is_searched_in_its_encode_batch_with_the_batch_times(service: SearchService,
+                                                                              corpus_dir: Path) -> None:
+    picture = corpus_dir / "images" / "picture_000.png"
+    answer = service.search_image(picture.read_bytes(), Modality.IMAGE, 3)
+    assert answer.hits[0].item.uri == str(picture.resolve())
+    assert answer.hits[0].score == pytest.approx(1.0, abs=1e-5)
+    assert answer.encode_s > 0 and answer.search_s > 0
 
 
 def test_batched_search_equals_brute_force_row_by_row(service: SearchService, bundle: Bundle) -> None:
@@ -108,3 +133,15 @@ def test_an_empty_modality_cannot_be_targeted(encoder: ClipEncoder, bundle: Bund
     with pytest.raises(ModalityUnavailable, match="no text items"):
         service.check_target(Modality.TEXT, 5)
     service.close()
+
+
+def test_an_exact_index_too_big_for_the_device_is_searched_with_faiss_instead(
+        encoder: ClipEncoder, bundle: Bundle, service: SearchService, monkeypatch: pytest.MonkeyPatch) -> None:
+    def out_of_memory(*_: object) -> None:
+        raise torch.OutOfMemoryError("CUDA out of memory")
+    monkeypatch.setattr("clipsearch.search.ExactIndex.from_faiss", out_of_memory)
+    fallback = SearchService(encoder, bundle, QueryLimits(max_k=20))
+    query = encoder.encode_texts(["a photo"])[0]
+    assert [hit.item.id for hit in fallback.search(query, Modality.IMAGE, 8)] == \
+        [hit.item.id for hit in service.search(query, Modality.IMAGE, 8)]
+    fallback.close()

@@ -8,10 +8,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Form, UploadFile
 
 from app.deps import MetricsDep, ServiceDep
-from app.metrics import Metrics
 from app.schemas import ComposedSearchRequest, ErrorResponse, HitModel, SearchResponse, TextSearchRequest
 from clipsearch.modality import Modality
-from clipsearch.search import QueryVector, SearchService
+from clipsearch.search import Hit, QueryVector
 
 router = APIRouter(tags=["search"])
 
@@ -26,10 +25,7 @@ UNAUTHORIZED: dict[int | str, dict[str, Any]] = {401: {
     "model": ErrorResponse, "description": "The server requires an API key (X-API-Key) and it was missing or wrong."}}
 
 
-def _respond(service: SearchService, metrics: Metrics, query: QueryVector, target: Modality, k: int,
-             started: float) -> SearchResponse:
-    with metrics.time_search(target.value):
-        hits = service.search(query.vector, target, k)
+def _respond(hits: list[Hit], query: QueryVector, started: float) -> SearchResponse:
     return SearchResponse(results=[HitModel.of(hit) for hit in hits], truncated=list(query.truncated),
                           took_ms=round((time.perf_counter() - started) * 1000, 3))
 
@@ -38,10 +34,9 @@ def _respond(service: SearchService, metrics: Metrics, query: QueryVector, targe
 def search_text(request: TextSearchRequest, service: ServiceDep, metrics: MetricsDep) -> SearchResponse:
     """Find the items most similar to a text: text→image, or text→text with `target: "text"`."""
     started = time.perf_counter()
-    service.check_target(request.target, request.k)
-    with metrics.time_encode("text"):
-        query = service.embed_text(request.text)
-    return _respond(service, metrics, query, request.target, request.k, started)
+    answer = service.search_text(request.text, request.target, request.k)
+    metrics.observe("text", request.target.value, answer.encode_s, answer.search_s)
+    return _respond(answer.hits, answer.query, started)
 
 
 @router.post("/search/image", responses=ERRORS)
@@ -50,11 +45,11 @@ def search_image(file: UploadFile, service: ServiceDep, metrics: MetricsDep,
                  k: Annotated[int, Form(ge=1)] = 10) -> SearchResponse:
     """Find the items most similar to an uploaded image (multipart field `file`): image→image or image→text."""
     started = time.perf_counter()
-    service.check_target(target, k)
+    service.check_target(target, k)  # before reading the upload
     data = file.file.read()  # held in memory: the multipart parser is told not to spool uploads to disk
-    with metrics.time_encode("image"):
-        query = service.embed_image(data, "file")
-    return _respond(service, metrics, query, target, k, started)
+    answer = service.search_image(data, target, k, "file")
+    metrics.observe("image", target.value, answer.encode_s, answer.search_s)
+    return _respond(answer.hits, answer.query, started)
 
 
 @router.post("/search", responses=ERRORS)
@@ -67,4 +62,6 @@ def search_composed(request: ComposedSearchRequest, service: ServiceDep, metrics
     service.check_target(request.target, request.k)
     with metrics.time_encode("composed"):
         query = service.embed_terms([term.to_term() for term in request.queries])
-    return _respond(service, metrics, query, request.target, request.k, started)
+    with metrics.time_search(request.target.value):
+        hits = service.search(query.vector, request.target, request.k)
+    return _respond(hits, query, started)
