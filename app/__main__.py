@@ -15,9 +15,11 @@ def main() -> None:
     settings = Settings()
     if settings.server_workers > 1:
         # Several processes need an import path: each builds its own app from the same environment.
-        uvicorn.run("app.main:app", host=settings.host, port=settings.port, workers=settings.server_workers)
+        uvicorn.run("app.main:app", host=settings.host, port=settings.port, workers=settings.server_workers,
+                    timeout_keep_alive=int(settings.keep_alive_s))
     else:
-        uvicorn.run(create_app(settings), host=settings.host, port=settings.port)
+        uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
+                    timeout_keep_alive=int(settings.keep_alive_s))
 
 
 if __name__ == "__main__":

@@ -34,6 +34,10 @@ class Settings(BaseSettings):
                                                         "endpoint but /health, /ready and the page itself.")
     cors_origins: str = Field("", description="Comma-separated origins allowed to call the API from a browser; "
                                               "none by default.")
+    keep_alive_s: float = Field(75.0, gt=0, description="How long an idle keep-alive connection stays open. Longer "
+                                                         "than a proxy's idle timeout (60 s on common load "
+                                                         "balancers), so the server never closes a connection "
+                                                         "the proxy is about to reuse.")
     host: str = Field("127.0.0.1", description="Address `python -m app` listens on.")
     port: int = Field(8000, ge=1, le=65535, description="Port `python -m app` listens on.")
 

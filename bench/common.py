@@ -9,6 +9,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -85,12 +86,18 @@ def free_port() -> int:
 @contextmanager
 def served(bundle: Path, environment: Mapping[str, str] | None = None,
            ready_within_s: float = 600) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """`python -m app` over `bundle` on a free loopback port, until the block ends; yields (url, process)."""
+    """`python -m app` over `bundle` on a free loopback port, until the block ends; yields (url, process).
+
+    The server's log goes to a file (CLIPSEARCH_BENCH_SERVER_LOG, or a temporary one) rather than a
+    pipe nobody reads, which would stall the server once full; its tail is shown if it fails to start.
+    """
     port = free_port()
     settings = {"CLIPSEARCH_BUNDLE_PATH": str(bundle), "CLIPSEARCH_PORT": str(port),
                 "CLIPSEARCH_DEVICE": os.environ.get("CLIPSEARCH_DEVICE", "auto"), **(environment or {})}
-    server = subprocess.Popen([sys.executable, "-m", "app"], cwd=ROOT, env={**os.environ, **settings},
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    log_path = Path(os.environ.get("CLIPSEARCH_BENCH_SERVER_LOG") or tempfile.mkstemp(suffix=".log")[1])
+    with log_path.open("ab") as log:
+        server = subprocess.Popen([sys.executable, "-m", "app"], cwd=ROOT, env={**os.environ, **settings},
+                                  stdout=subprocess.DEVNULL, stderr=log)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + ready_within_s
@@ -101,8 +108,7 @@ def served(bundle: Path, environment: Mapping[str, str] | None = None,
             except httpx.TransportError:
                 pass
             if server.poll() is not None or time.monotonic() > deadline:
-                log = server.stderr.read().decode()[-3000:] if server.stderr and server.poll() is not None else ""
-                raise SystemExit(f"the server did not become ready: {log}")
+                raise SystemExit(f"the server did not become ready; its log ends:\n{log_path.read_text()[-3000:]}")
             time.sleep(0.2)
         yield url, server
     finally:

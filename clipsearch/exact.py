@@ -28,9 +28,10 @@ import torch
 log = logging.getLogger(__name__)
 
 ERROR_BOUND = 4e-3
-"""Largest |fp16 score − fp32 score| allowed for on unit vectors. Rounding both vectors to fp16
-moves their inner product by at most 2·2⁻¹¹ ≈ 1e-3; rounding the score itself and reduced-precision
-partial sums in the GEMM add a few more fp16 ulps of a number ≤ 1. 4e-3 leaves room for all of it."""
+"""Largest |fp16 score − fp32 score| allowed for between unit vectors (scaled by the norms otherwise).
+Rounding both vectors to fp16 moves their inner product by at most 2·2⁻¹¹ ≈ 1e-3; rounding the
+score itself and reduced-precision partial sums in the GEMM add a few more fp16 ulps of a number
+≤ 1. 4e-3 leaves room for all of it."""
 
 CANDIDATE_MARGIN = 16
 """Extra candidates kept by the fp16 scan, beyond k (at least k more)."""
@@ -69,6 +70,8 @@ class ExactIndex:
         self._exact = host.to(self.device)
         self._scan = self._exact if self.scan_dtype == torch.float32 else self._exact.to(self.scan_dtype)
         self._ids = np.ascontiguousarray(ids, dtype=np.int64)
+        # Bundles hold unit vectors; the bound still holds for any others, scaled by their norms.
+        self._largest_norm = float(self._exact.norm(dim=1).max()) if self.ntotal else 0.0
         self.rescans = 0
         """Rows searched again in fp32 because the fp16 candidates could not be proven complete."""
 
@@ -117,8 +120,8 @@ class ExactIndex:
         scores, rows = exact[:, :k], candidates[:, :k]
         if wanted == self.ntotal:
             return scores, rows  # every item was a candidate: nothing can be missing
-        lowest_scanned = scan_scores[:, -1].float()
-        unproven = (scores[:, -1] <= lowest_scanned + ERROR_BOUND).nonzero().flatten()
+        bound = ERROR_BOUND * self._largest_norm * queries.norm(dim=1)
+        unproven = (scores[:, -1] <= scan_scores[:, -1].float() + bound).nonzero().flatten()
         if len(unproven):
             self.rescans += len(unproven)
             rescanned_scores, rescanned_rows = self._top_k(queries[unproven], self._exact, k)

@@ -111,3 +111,20 @@ def test_on_a_gpu_the_fp16_scan_equals_faiss_exact_search() -> None:
         found = resident.search(queries, 10)
         np.testing.assert_array_equal(found.ids, expected_ids)
         np.testing.assert_allclose(found.scores, expected_scores, atol=1e-5)
+
+
+def test_vectors_that_are_not_unit_length_still_get_the_exact_answer() -> None:
+    # Long vectors make long scores (about 100 here), where fp16 steps are 0.06 apart: the error
+    # bound must grow with the norms, or the fp16 candidates would be trusted when they are wrong.
+    rng = np.random.default_rng(8)
+    base = unit_vectors(1, dim=32, seed=10)
+    copies = base + rng.standard_normal((300, 32)).astype(np.float32) * 1e-2
+    vectors = np.concatenate([copies / np.linalg.norm(copies, axis=1, keepdims=True), unit_vectors(700, dim=32)]) * 20
+    ids = np.arange(len(vectors), dtype=np.int64)
+    queries = (base + unit_vectors(5, dim=32, seed=11)) * 7
+    index = ExactIndex(vectors, ids, scan_dtype=torch.float16)
+    found = index.search(queries, 10)
+    expected_scores, expected_ids = brute_force(vectors, ids, queries, 10)
+    np.testing.assert_array_equal(found.ids, expected_ids)
+    np.testing.assert_allclose(found.scores, expected_scores, rtol=1e-5)
+    assert index.rescans > 0
