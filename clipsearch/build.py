@@ -233,7 +233,7 @@ def _dedupe(batch: list[_Outcome], seen: dict[str, int], first_id: int, keep_dup
 
 
 @dataclass
-class _Batch:
+class LoadedBatch:
     """One batch of outcomes; for images, the decoded ones' pixels stacked in the loader worker."""
 
     outcomes: list[_Outcome]
@@ -241,14 +241,14 @@ class _Batch:
     """uint8 (m, 3, H, W) (float32 for models whose preprocessing cannot be split), one row per `decoded`."""
     decoded: list[_Outcome] = field(default_factory=list)
 
-    def pin_memory(self) -> _Batch:
+    def pin_memory(self) -> LoadedBatch:
         """Called by the DataLoader's pinning thread: page-locked pixels copy to the GPU asynchronously."""
         if self.pixels is not None:
             self.pixels = self.pixels.pin_memory()
         return self
 
 
-def _encode_batch(encoder: ClipEncoder, batch: _Batch) -> None:
+def _encode_batch(encoder: ClipEncoder, batch: LoadedBatch) -> None:
     """Set each usable outcome's payload (its text, or nothing for an image) to its embedding."""
     if batch.pixels is not None:
         # Rows of items found to be duplicates after decoding are encoded too, then dropped: cheaper
@@ -265,7 +265,7 @@ def _encode_batch(encoder: ClipEncoder, batch: _Batch) -> None:
             outcome.payload = vector
 
 
-def _text_batches(config: BuildConfig, items: list[SourceItem], start: int) -> Iterator[_Batch]:
+def _text_batches(config: BuildConfig, items: list[SourceItem], start: int) -> Iterator[LoadedBatch]:
     for batch_start in range(start, len(items), config.batch_size):
         batch = []
         for position in range(batch_start, min(batch_start + config.batch_size, len(items))):
@@ -273,15 +273,15 @@ def _text_batches(config: BuildConfig, items: list[SourceItem], start: int) -> I
             text = item.text or ""
             batch.append(_Outcome(position, item, content_hash=_sha256(text.encode()), payload=text,
                                   problem=item.problem))
-        yield _Batch(batch)
+        yield LoadedBatch(batch)
 
 
 class _ImageDataset(Dataset[_Outcome]):
     """Reads, hashes, decodes and prepares one image's pixels; runs in DataLoader worker processes."""
 
-    def __init__(self, items: Sequence[SourceItem], start: int, preprocess: ImagePreparer,
+    def __init__(self, items: Sequence[SourceItem], start: int, prepare: ImagePreparer,
                  image_size: int, max_pixels: int) -> None:
-        self.items, self.start, self.preprocess = items, start, preprocess
+        self.items, self.start, self.prepare = items, start, prepare
         self.image_size, self.max_pixels = image_size, max_pixels
 
     def __len__(self) -> int:
@@ -298,7 +298,7 @@ class _ImageDataset(Dataset[_Outcome]):
             return _Outcome(position, item, problem=f"cannot read file: {error.strerror or error}")
         try:
             image = decode_image(data, self.max_pixels, draft_size=self.image_size)
-            tensor = self.preprocess(image)
+            tensor = self.prepare(image)
         except ImageDecodeError as error:
             return _Outcome(position, item, content_hash=_sha256(data), problem=error.reason)
         except Exception as error:  # a preprocessing failure must skip the file, not stop the build
@@ -306,17 +306,17 @@ class _ImageDataset(Dataset[_Outcome]):
         return _Outcome(position, item, content_hash=_sha256(data), payload=tensor)
 
 
-def _stack_pixels(outcomes: list[_Outcome]) -> _Batch:
+def _stack_pixels(outcomes: list[_Outcome]) -> LoadedBatch:
     """The loader's collate function: runs in the worker, so the main process gets one tensor per batch."""
     decoded = [outcome for outcome in outcomes if outcome.problem is None]
     pixels = torch.stack([outcome.payload for outcome in decoded]) if decoded else None
     for outcome in decoded:
         outcome.payload = None
-    return _Batch(outcomes, pixels, decoded)
+    return LoadedBatch(outcomes, pixels, decoded)
 
 
 def image_batches(config: BuildConfig, encoder: ClipEncoder, items: list[SourceItem],
-                  start: int = 0) -> Iterator[_Batch]:
+                  start: int = 0) -> Iterator[LoadedBatch]:
     """Batches of `items` from `start` on, read, decoded and prepared in `config.workers` processes."""
     dataset = _ImageDataset(items, start, encoder.prepare_image, encoder.image_size, config.max_pixels)
     loader = DataLoader(dataset, batch_size=config.batch_size, num_workers=config.workers, collate_fn=_stack_pixels,

@@ -138,9 +138,9 @@ class SearchService:
     Concurrent queries are micro-batched: texts share one forward pass of the text tower and
     images one of the image tower, and the plain queries among them (search_text, search_image)
     are then searched together in that same step, one search per target modality. Composed
-    queries are searched in batches of their own. Exact (Flat)
-    indices are searched as a resident matrix on the model's device (clipsearch.exact); others
-    with FAISS, on the GPU when `use_gpu`.
+    queries are searched in batches of their own. Exact (Flat) indices are searched as a
+    resident matrix on the model's device (clipsearch.exact); others with FAISS, on the GPU
+    when `use_gpu`.
     """
 
     def __init__(self, encoder: ClipEncoder, bundle: Bundle, limits: QueryLimits = QueryLimits(),
@@ -161,8 +161,7 @@ class SearchService:
             for modality in self._searchers}
         self._decoding = ThreadPoolExecutor(max_workers=DECODE_WORKERS, thread_name_prefix="decode")
 
-    def _searcher(self, index: faiss.Index, exact: bool, use_gpu: bool
-                  ) -> Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]:
+    def _searcher(self, index: faiss.Index, exact: bool, use_gpu: bool) -> Callable[[np.ndarray, int], _Found]:
         if exact and index.ntotal > 0:
             try:
                 resident = ExactIndex.from_faiss(index, self.encoder.device)
@@ -173,7 +172,7 @@ class SearchService:
                             index.ntotal, self.encoder.device)
                 return lambda queries, k: faiss_index.search(index, queries, k)
 
-            def search_exact(queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+            def search_exact(queries: np.ndarray, k: int) -> _Found:
                 found = resident.search(queries, k)
                 return found.scores, found.ids
             return search_exact
@@ -182,7 +181,7 @@ class SearchService:
         # not be searched from two threads at once (its resources are not thread-safe).
         lock = threading.Lock()
 
-        def search_faiss(queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        def search_faiss(queries: np.ndarray, k: int) -> _Found:
             with lock:
                 return faiss_index.search(searchable, queries, k)
         return search_faiss
@@ -362,11 +361,10 @@ class SearchService:
         return [_Embedded(vector, row_found, encode_s, search_s)
                 for vector, row_found in zip(vectors, found, strict=True)]
 
-    def _searcher_batch(self, target: Modality
-                        ) -> Callable[[list[tuple[np.ndarray, int]]], list[tuple[np.ndarray, np.ndarray]]]:
+    def _searcher_batch(self, target: Modality) -> Callable[[list[tuple[np.ndarray, int]]], list[_Found]]:
         searcher = self._searchers[target]
 
-        def search_batch(queries: list[tuple[np.ndarray, int]]) -> list[tuple[np.ndarray, np.ndarray]]:
+        def search_batch(queries: list[tuple[np.ndarray, int]]) -> list[_Found]:
             # One search at the largest k asked for; each query keeps its own first k.
             scores, ids = searcher(np.stack([vector for vector, _ in queries]), max(k for _, k in queries))
             return [(scores[row, :k], ids[row, :k]) for row, (_, k) in enumerate(queries)]

@@ -125,3 +125,18 @@ def test_resuming_after_a_corpus_file_changed_is_refused(tmp_path: Path) -> None
     changed.write_bytes(image_bytes(noise_image(12345)))  # same name, new content: old shards are stale
     with pytest.raises(ResumeMismatch, match="corpus"):
         build(tiny_config(out, images=images))
+
+
+@pytest.mark.gpu
+def test_a_gpu_build_with_pinned_workers_matches_the_cpu_bundle_within_fp16(corpus_dir: Path, bundle: Bundle,
+                                                                           tmp_path: Path) -> None:
+    build(tiny_config(tmp_path / "gpu", images=corpus_dir / "images", texts=corpus_dir / "texts.txt",
+                      device="cuda", workers=2))
+    gpu = load_bundle(tmp_path / "gpu")
+    for modality in (Modality.IMAGE, Modality.TEXT):
+        ids = sorted(item.id for item in bundle.items if item.modality is modality)
+        assert ids == sorted(item.id for item in gpu.items if item.modality is modality)
+        for item_id in ids:
+            np.testing.assert_allclose(gpu.indices[modality].reconstruct(item_id),
+                                       bundle.indices[modality].reconstruct(item_id), atol=1e-2)
+    gpu.close()
