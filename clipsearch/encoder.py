@@ -196,6 +196,8 @@ class GraphedForward:
         self.forward = forward
         self.sizes = [1 << power for power in range(max(1, max_batch - 1).bit_length() + 1)]
         self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
+        # One memory pool for all sizes: safe because the graphs never run concurrently and none
+        # reads another's output, whatever order they are replayed in (pytorch/pytorch#166975).
         pool = torch.cuda.graph_pool_handle()
         # Largest first, so the smaller graphs fit in the memory the largest one reserved.
         for size in reversed(self.sizes):
