@@ -3,20 +3,45 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
+BatchCounts = Callable[[], dict[str, tuple[int, int]]]
+"""(batches, queries) so far by batching stage; empty until the service is loaded."""
+
+
+class BatchCollector(Collector):
+    """Exports the search service's batch counters; rate(queries) / rate(batches) is the mean batch size."""
+
+    def __init__(self, counts: BatchCounts) -> None:
+        self.counts = counts
+
+    def collect(self) -> Iterator[Metric]:
+        batches = CounterMetricFamily("clipsearch_batches", "Forward passes or searches run, by stage",
+                                      labels=["stage"])
+        queries = CounterMetricFamily("clipsearch_batched_queries", "Queries those batches held, by stage",
+                                      labels=["stage"])
+        for stage, (batch_count, query_count) in self.counts().items():
+            batches.add_metric([stage], batch_count)
+            queries.add_metric([stage], query_count)
+        yield batches
+        yield queries
+
+
 class Metrics:
     """One registry per app, so several apps (tests) never share counters."""
 
-    def __init__(self) -> None:
+    def __init__(self, batch_counts: BatchCounts = dict) -> None:
         self.registry = CollectorRegistry()
+        self.registry.register(BatchCollector(batch_counts))
         self.requests = Counter("clipsearch_http_requests_total", "HTTP requests served",
                                 ["method", "endpoint", "status"], registry=self.registry)
         self.latency = Histogram("clipsearch_http_request_duration_seconds", "HTTP request latency",

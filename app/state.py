@@ -22,8 +22,8 @@ class ServiceState:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.metrics = Metrics()
         self.service: SearchService | None = None
+        self.metrics = Metrics(lambda: self.service.batch_counts() if self.service is not None else {})
         self.problem: str | None = "loading the model and the bundle"
         self._loaded = threading.Event()
 

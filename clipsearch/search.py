@@ -201,11 +201,16 @@ class SearchService:
             batcher.close()
         self._decoding.shutdown(wait=False, cancel_futures=True)
 
+    def batch_counts(self) -> dict[str, tuple[int, int]]:
+        """(batches, queries) processed so far, by stage ('encode-text', 'encode-image', 'search-image', …)."""
+        towers = (self._text_batches, self._image_batches)
+        return {batcher.name: (batcher.batches, batcher.items) for batcher in towers} | \
+            {batcher.name: (batcher.batches, batcher.items) for batcher in self._search_batches.values()}
+
     def mean_batches(self) -> dict[str, float]:
-        """Items per batch so far, by stage ('encode-text', 'encode-image', 'search-image', …)."""
-        means = {batcher.name: batcher.mean_batch for batcher in (self._text_batches, self._image_batches)}
-        means.update({batcher.name: batcher.mean_batch for batcher in self._search_batches.values()})
-        return {name: round(mean, 3) for name, mean in means.items()}
+        """Queries per batch so far, by stage."""
+        return {stage: round(items / batches, 3) if batches else 0.0
+                for stage, (batches, items) in self.batch_counts().items()}
 
     @property
     def modalities(self) -> set[Modality]:

@@ -43,6 +43,8 @@ def test_metrics_count_requests_and_time_encode_and_search_apart(http: httpx.Cli
     assert 'clipsearch_http_requests_total{endpoint="/search/text",method="POST",status="200"}' in text
     assert 'clipsearch_http_request_duration_seconds_bucket{endpoint="/search/text"' in text
     assert 'clipsearch_encode_duration_seconds_count{modality="text"}' in text
+    assert 'clipsearch_batches_total{stage="encode-text"}' in text
+    assert 'clipsearch_batched_queries_total{stage="search-image"}' in text
     assert 'clipsearch_search_duration_seconds_count{target="image"}' in text
 
 
