@@ -25,8 +25,9 @@ import numpy as np
 import torch
 
 from bench.common import emit, ratio, synthetic_photo, time_calls
-from clipsearch.build import BuildConfig, build, image_batches, read_sources
+from clipsearch.build import BuildConfig, build, read_sources
 from clipsearch.encoder import ClipEncoder, load_encoder
+from clipsearch.loading import image_batches
 from clipsearch.modality import Modality
 
 
@@ -111,7 +112,8 @@ def tower_images_per_s(encoder: ClipEncoder, batch_size: int, images: int) -> fl
 def loader_images_per_s(config: BuildConfig, encoder: ClipEncoder) -> float:
     items = read_sources(config)[Modality.IMAGE]
     started = time.perf_counter()
-    count = sum(len(batch.outcomes) for batch in image_batches(config, encoder, items))
+    batches = image_batches(items, encoder, 0, config.batch_size, config.workers, config.max_pixels)
+    count = sum(len(batch.outcomes) for batch in batches)
     return count / (time.perf_counter() - started)
 
 

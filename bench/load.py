@@ -27,7 +27,7 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from bench.common import ROOT, WORDS, served
+from bench.common import ROOT, WORDS, latency_summary, served
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -100,12 +100,10 @@ async def run_phase(url: str, clients: int, seconds: float, share: float, images
 
 
 def percentiles(tally: Tally, seconds: float) -> dict[str, float]:
-    latencies = np.array(tally.latencies_ms or [float("nan")])
+    summary = latency_summary([latency / 1000 for latency in tally.latencies_ms])
     return {"requests": len(tally.latencies_ms), "requests_per_s": round(len(tally.latencies_ms) / seconds, 1),
-            "p50_ms": round(float(np.percentile(latencies, 50)), 2),
-            "p90_ms": round(float(np.percentile(latencies, 90)), 2),
-            "p99_ms": round(float(np.percentile(latencies, 99)), 2), "max_ms": round(float(latencies.max()), 2),
-            "errors": len(tally.errors)}
+            **{name: round(summary[name], 2) for name in ("p50_ms", "p90_ms", "p99_ms")},
+            "max_ms": round(max(tally.latencies_ms, default=float("nan")), 2), "errors": len(tally.errors)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,7 +16,7 @@ import os
 import platform
 import shutil
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -24,15 +24,14 @@ from typing import Any
 
 import faiss
 import numpy as np
-import torch
-from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from clipsearch import index as faiss_index
 from clipsearch.bundle import Item, ModalityContent, write_bundle
-from clipsearch.encoder import DEFAULT_MODEL, DEFAULT_PRETRAINED, ClipEncoder, ImagePreparer, load_encoder
-from clipsearch.errors import ImageDecodeError, ResumeMismatch
-from clipsearch.images import DEFAULT_MAX_PIXELS, decode_image
+from clipsearch.encoder import DEFAULT_MODEL, DEFAULT_PRETRAINED, ClipEncoder, load_encoder
+from clipsearch.errors import ResumeMismatch
+from clipsearch.images import DEFAULT_MAX_PIXELS
+from clipsearch.loading import LoadedBatch, Outcome, image_batches, text_batches
 from clipsearch.modality import Modality
 from clipsearch.sources import Columns, SourceItem, read_image_source, read_text_source
 
@@ -83,18 +82,6 @@ class BuildSummary:
         resumed = f", resumed after {self.resumed_shards} finished shards" if self.resumed_shards else ""
         return (f"indexed {counts or 'nothing'}; skipped {self.skipped}, duplicates {self.duplicates}; "
                 f"{self.elapsed_s:.1f} s, {self.items_per_s:.1f} items/s{resumed} → {self.out}")
-
-
-@dataclass
-class _Outcome:
-    """What became of one source item: a vector, or the reason it was left out."""
-
-    position: int
-    source: SourceItem
-    content_hash: str | None = None
-    payload: Any = None
-    problem: str | None = None
-    duplicate_of: int | None = None
 
 
 def build(config: BuildConfig, on_shard_written: Callable[[Path], None] | None = None) -> BuildSummary:
@@ -202,9 +189,9 @@ def _encode_into_shards(config: BuildConfig, encoder: ClipEncoder, modality: Mod
     start = min(done * shard_size, len(items))
     bar = tqdm(total=len(items), initial=start, unit=modality.value, desc=f"encoding {modality.value}s",
                disable=not config.progress, smoothing=0.1, dynamic_ncols=True)
-    batches = image_batches(config, encoder, items, start) if modality is Modality.IMAGE \
-        else _text_batches(config, items, start)
-    shard: list[_Outcome] = []
+    batches = image_batches(items, encoder, start, config.batch_size, config.workers, config.max_pixels) \
+        if modality is Modality.IMAGE else text_batches(items, start, config.batch_size)
+    shard: list[Outcome] = []
     for batch in batches:
         _dedupe(batch.outcomes, seen, first_id, config.keep_duplicates)
         _encode_batch(encoder, batch)
@@ -220,7 +207,7 @@ def _encode_into_shards(config: BuildConfig, encoder: ClipEncoder, modality: Mod
     return done
 
 
-def _dedupe(batch: list[_Outcome], seen: dict[str, int], first_id: int, keep_duplicates: bool) -> None:
+def _dedupe(batch: list[Outcome], seen: dict[str, int], first_id: int, keep_duplicates: bool) -> None:
     for outcome in batch:
         if outcome.problem is not None or outcome.content_hash is None:
             continue
@@ -230,22 +217,6 @@ def _dedupe(batch: list[_Outcome], seen: dict[str, int], first_id: int, keep_dup
             outcome.payload = None
         else:
             seen.setdefault(outcome.content_hash, first_id + outcome.position)
-
-
-@dataclass
-class LoadedBatch:
-    """One batch of outcomes; for images, the decoded ones' pixels stacked in the loader worker."""
-
-    outcomes: list[_Outcome]
-    pixels: torch.Tensor | None = None
-    """uint8 (m, 3, H, W) (float32 for models whose preprocessing cannot be split), one row per `decoded`."""
-    decoded: list[_Outcome] = field(default_factory=list)
-
-    def pin_memory(self) -> LoadedBatch:
-        """Called by the DataLoader's pinning thread: page-locked pixels copy to the GPU asynchronously."""
-        if self.pixels is not None:
-            self.pixels = self.pixels.pin_memory()
-        return self
 
 
 def _encode_batch(encoder: ClipEncoder, batch: LoadedBatch) -> None:
@@ -265,72 +236,7 @@ def _encode_batch(encoder: ClipEncoder, batch: LoadedBatch) -> None:
             outcome.payload = vector
 
 
-def _text_batches(config: BuildConfig, items: list[SourceItem], start: int) -> Iterator[LoadedBatch]:
-    for batch_start in range(start, len(items), config.batch_size):
-        batch = []
-        for position in range(batch_start, min(batch_start + config.batch_size, len(items))):
-            item = items[position]
-            text = item.text or ""
-            batch.append(_Outcome(position, item, content_hash=_sha256(text.encode()), payload=text,
-                                  problem=item.problem))
-        yield LoadedBatch(batch)
-
-
-class _ImageDataset(Dataset[_Outcome]):
-    """Reads, hashes, decodes and prepares one image's pixels; runs in DataLoader worker processes."""
-
-    def __init__(self, items: Sequence[SourceItem], start: int, prepare: ImagePreparer,
-                 image_size: int, max_pixels: int) -> None:
-        self.items, self.start, self.prepare = items, start, prepare
-        self.image_size, self.max_pixels = image_size, max_pixels
-
-    def __len__(self) -> int:
-        return len(self.items) - self.start
-
-    def __getitem__(self, offset: int) -> _Outcome:
-        position = self.start + offset
-        item = self.items[position]
-        if item.problem is not None or item.path is None:
-            return _Outcome(position, item, problem=item.problem or "no file")
-        try:
-            data = item.path.read_bytes()
-        except OSError as error:
-            return _Outcome(position, item, problem=f"cannot read file: {error.strerror or error}")
-        try:
-            image = decode_image(data, self.max_pixels, draft_size=self.image_size)
-            tensor = self.prepare(image)
-        except ImageDecodeError as error:
-            return _Outcome(position, item, content_hash=_sha256(data), problem=error.reason)
-        except Exception as error:  # a preprocessing failure must skip the file, not stop the build
-            return _Outcome(position, item, content_hash=_sha256(data), problem=f"cannot preprocess: {error}")
-        return _Outcome(position, item, content_hash=_sha256(data), payload=tensor)
-
-
-def _stack_pixels(outcomes: list[_Outcome]) -> LoadedBatch:
-    """The loader's collate function: runs in the worker, so the main process gets one tensor per batch."""
-    decoded = [outcome for outcome in outcomes if outcome.problem is None]
-    pixels = torch.stack([outcome.payload for outcome in decoded]) if decoded else None
-    for outcome in decoded:
-        outcome.payload = None
-    return LoadedBatch(outcomes, pixels, decoded)
-
-
-def image_batches(config: BuildConfig, encoder: ClipEncoder, items: list[SourceItem],
-                  start: int = 0) -> Iterator[LoadedBatch]:
-    """Batches of `items` from `start` on, read, decoded and prepared in `config.workers` processes."""
-    dataset = _ImageDataset(items, start, encoder.prepare_image, encoder.image_size, config.max_pixels)
-    loader = DataLoader(dataset, batch_size=config.batch_size, num_workers=config.workers, collate_fn=_stack_pixels,
-                        pin_memory=encoder.device.type == "cuda",
-                        prefetch_factor=4 if config.workers > 0 else None,
-                        persistent_workers=False)
-    yield from loader
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def _write_shard(path: Path, shard: list[_Outcome], first_id: int, dim: int) -> None:
+def _write_shard(path: Path, shard: list[Outcome], first_id: int, dim: int) -> None:
     encoded = [outcome for outcome in shard if outcome.problem is None]
     vectors = np.stack([outcome.payload for outcome in encoded]).astype(np.float32) if encoded \
         else np.zeros((0, dim), dtype=np.float32)
