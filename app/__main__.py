@@ -3,23 +3,27 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import uvicorn
 
-from app.main import create_app
+from app.protocol import guarded_protocol
 from app.settings import Settings
+
+
+def server_options(settings: Settings) -> dict[str, Any]:
+    """How uvicorn serves the app: keep-alive, read time limits for slow clients, connection limit."""
+    return {"timeout_keep_alive": int(settings.keep_alive_s), "limit_concurrency": settings.max_connections,
+            "http": guarded_protocol(settings.header_timeout_s, settings.body_timeout_s)}
 
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     settings = Settings()
-    if settings.server_workers > 1:
-        # Several processes need an import path: each builds its own app from the same environment.
-        uvicorn.run("app.main:app", host=settings.host, port=settings.port, workers=settings.server_workers,
-                    timeout_keep_alive=int(settings.keep_alive_s))
-    else:
-        uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
-                    timeout_keep_alive=int(settings.keep_alive_s))
+    # Factory mode: each worker process builds its own app (and loads its own model) from the
+    # same environment.
+    uvicorn.run("app.main:create_app", factory=True, host=settings.host, port=settings.port,
+                workers=settings.server_workers, **server_options(settings))
 
 
 if __name__ == "__main__":

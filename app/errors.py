@@ -1,37 +1,69 @@
-"""The one place where errors become HTTP responses: {"detail": "<field>: <reason>", "field", "reason"}."""
+"""The one place where errors become HTTP responses: {"detail": "<field>: <reason>", "field", "reason"}.
+
+Every error the core raises on purpose is a ClipSearchError; one handler answers them all, with
+the status STATUS gives for the nearest class in the error's hierarchy (clipsearch/errors.py
+draws it). Errors of the web layer itself (validation, routing, Starlette's own plain-text
+answers) are given the same JSON shape here too.
+"""
 
 from __future__ import annotations
 
 import logging
+from http import HTTPStatus
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from clipsearch.errors import InvalidQuery, ItemNotFound, QueryImageTooLarge, ServiceBusy
+from clipsearch.errors import (
+    BundleError,
+    ClipSearchError,
+    ImageDecodeError,
+    ImageTooLarge,
+    InvalidQuery,
+    ItemNotFound,
+    ModelLoadError,
+    QueryImageTooLarge,
+    ServiceBusy,
+)
 
 log = logging.getLogger(__name__)
 
 
-class ServiceNotReady(Exception):
-    """The model or the bundle is not loaded (yet, or at all); `reason` says which."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
+class ServiceNotReady(ClipSearchError):
+    """The model or the bundle is not loaded (yet, or at all); the reason says which."""
 
 
-class NotAuthenticated(Exception):
+class NotAuthenticated(ClipSearchError):
     """The API key is required and was missing or wrong."""
 
+    def __init__(self) -> None:
+        super().__init__("missing or wrong API key", "X-API-Key")
 
-class PayloadTooLarge(Exception):
-    """The request body is over the configured limit (answered by app.limits.BodySizeLimit)."""
 
-    def __init__(self, limit_bytes: int) -> None:
-        super().__init__(f"request body is over the limit of {limit_bytes} bytes")
-        self.limit_bytes = limit_bytes
+STATUS: dict[type[ClipSearchError], int] = {
+    ClipSearchError: 500,
+    BundleError: 503,
+    ModelLoadError: 503,
+    ServiceNotReady: 503,
+    ServiceBusy: 503,
+    ImageDecodeError: 422,
+    ImageTooLarge: 413,
+    InvalidQuery: 422,
+    QueryImageTooLarge: 413,
+    ItemNotFound: 404,
+    NotAuthenticated: 401,
+}
+HEADERS: dict[type[ClipSearchError], dict[str, str]] = {
+    ServiceBusy: {"Retry-After": "1"},
+    NotAuthenticated: {"WWW-Authenticate": "X-API-Key"},
+}
+
+
+def status_of(error: ClipSearchError) -> int:
+    """The status of the nearest class in `error`'s hierarchy that STATUS names."""
+    return next(STATUS[cls] for cls in type(error).__mro__ if cls in STATUS)
 
 
 def error_body(status: int, reason: str, field: str | None = None,
@@ -49,25 +81,13 @@ def _field_of(location: tuple[int | str, ...]) -> str:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(InvalidQuery)
-    async def invalid_query(request: Request, error: InvalidQuery) -> JSONResponse:
-        return error_body(413 if isinstance(error, QueryImageTooLarge) else 422, error.reason, error.field)
-
-    @app.exception_handler(ItemNotFound)
-    async def item_not_found(request: Request, error: ItemNotFound) -> JSONResponse:
-        return error_body(404, str(error), "id")
-
-    @app.exception_handler(ServiceBusy)
-    async def busy(request: Request, error: ServiceBusy) -> JSONResponse:
-        return error_body(503, str(error), headers={"Retry-After": "1"})
-
-    @app.exception_handler(NotAuthenticated)
-    async def not_authenticated(request: Request, error: NotAuthenticated) -> JSONResponse:
-        return error_body(401, "missing or wrong API key", "X-API-Key", headers={"WWW-Authenticate": "X-API-Key"})
-
-    @app.exception_handler(ServiceNotReady)
-    async def not_ready(request: Request, error: ServiceNotReady) -> JSONResponse:
-        return error_body(503, error.reason)
+    @app.exception_handler(ClipSearchError)
+    async def domain_error(request: Request, error: ClipSearchError) -> JSONResponse:
+        status = status_of(error)
+        if status >= 500 and not isinstance(error, ServiceBusy | ServiceNotReady):
+            log.error("%s on %s %s: %s", type(error).__name__, request.method, request.url.path, error)
+        headers = next((HEADERS[cls] for cls in type(error).__mro__ if cls in HEADERS), None)
+        return error_body(status, error.reason, error.field, headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
@@ -84,3 +104,9 @@ def install_error_handlers(app: FastAPI) -> None:
     async def unexpected(request: Request, error: Exception) -> JSONResponse:
         log.exception("unexpected error on %s %s", request.method, request.url.path)
         return error_body(500, "internal error; the server log has the details")
+
+
+def plain_error_reason(status: int, body: bytes) -> str:
+    """The reason of a plain-text error answer Starlette wrote itself (a bad Range header, say)."""
+    text = body.decode("utf-8", "replace").strip().removeprefix("Range header: ")
+    return text or HTTPStatus(status).phrase

@@ -1,8 +1,10 @@
-"""The app factory: wires settings, state, routers, middleware and error handlers; nothing else."""
+"""The app factory: wires settings, state, routers, middleware and error handlers; nothing else.
+
+Serve it with `python -m app`, or `uvicorn --factory app.main:create_app`.
+"""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib import metadata
@@ -15,9 +17,9 @@ from starlette.formparsers import MultiPartParser
 
 from app.deps import require_api_key
 from app.errors import install_error_handlers
-from app.limits import BodySizeLimit
 from app.metrics import RequestMetricsMiddleware
-from app.routes import embed, health, items, page, search
+from app.middleware import BodySizeLimit, HeadAsGet, JSONErrors
+from app.routes import docs, embed, health, items, page, search
 from app.routes.search import UNAUTHORIZED
 from app.settings import Settings
 from app.state import ServiceState
@@ -32,30 +34,39 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # Routes run in threads; with too few, concurrent queries could not fill a batch.
         limiter = anyio.to_thread.current_default_thread_limiter()
         limiter.total_tokens = max(limiter.total_tokens, 2 * settings.max_batch)
-        # Load in a thread so the server answers /health and /ready (503) while the model loads.
-        loading = asyncio.create_task(asyncio.to_thread(state.load))
-        yield
-        await loading
-        state.close()
+        state.start_loading()
+        try:
+            yield
+        finally:
+            state.close()  # a load still under way is abandoned, not waited for
 
+    locked = settings.api_key is not None
+    docs_locked = locked and not settings.public_docs
     app = FastAPI(title="clipsearch", version=_version(), lifespan=lifespan,
                   description="Search your own images and texts with a CLIP model: text→image, image→text, "
-                              "image→image and weighted composed queries.")
+                              "image→image and weighted composed queries.",
+                  # Locked docs are served by app.routes.docs, behind the key, instead.
+                  openapi_url=None if docs_locked else "/openapi.json",
+                  docs_url=None if docs_locked else "/docs", redoc_url=None if docs_locked else "/redoc")
     app.state.service_state = state
     install_error_handlers(app)
     # The key guards every router but liveness, readiness and the page; declared only when set, so
     # the OpenAPI schema says exactly what the server asks for.
-    locked = settings.api_key is not None
+    guarded = [Depends(require_api_key)] if locked else []
     for router in (search.router, items.router, embed.router, health.operations):
-        app.include_router(router, dependencies=[Depends(require_api_key)] if locked else [],
-                           responses=UNAUTHORIZED if locked else None)
+        app.include_router(router, dependencies=guarded, responses=UNAUTHORIZED if locked else None)
+    if docs_locked:
+        app.include_router(docs.router, dependencies=guarded)
     for router in (health.router, page.router):
         app.include_router(router)
     app.mount("/static", StaticFiles(directory=page.STATIC_DIR), name="static")
+    # Added innermost first: a request meets BodySizeLimit, HeadAsGet, JSONErrors, metrics, CORS.
     if settings.allowed_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.allowed_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Content-Type", "X-API-Key"])
     app.add_middleware(RequestMetricsMiddleware, metrics=state.metrics)
+    app.add_middleware(JSONErrors)
+    app.add_middleware(HeadAsGet)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
     # Keep whole uploads in memory (the body limit bounds them) instead of spooling them to disk.
     MultiPartParser.spool_max_size = max(MultiPartParser.spool_max_size, settings.max_upload_bytes + 1)
@@ -67,10 +78,3 @@ def _version() -> str:
         return metadata.version("clipsearch")
     except metadata.PackageNotFoundError:
         return "unknown"
-
-
-def __getattr__(name: str) -> FastAPI:
-    # `uvicorn app.main:app` works without building an app at import time.
-    if name == "app":
-        return create_app()
-    raise AttributeError(name)

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from clipsearch.modality import Modality
+from clipsearch.query import QueryVector
+from clipsearch.search import Answer
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -46,25 +49,23 @@ class Metrics:
                                 ["method", "endpoint", "status"], registry=self.registry)
         self.latency = Histogram("clipsearch_http_request_duration_seconds", "HTTP request latency",
                                  ["method", "endpoint"], buckets=_LATENCY_BUCKETS, registry=self.registry)
-        self.encode = Histogram("clipsearch_encode_duration_seconds", "Time to embed a query",
-                                ["modality"], buckets=_LATENCY_BUCKETS, registry=self.registry)
-        self.search = Histogram("clipsearch_search_duration_seconds", "Time to search an index",
+        self.encode = Histogram("clipsearch_encode_duration_seconds",
+                                "Seconds in the model of the forward pass (the whole batch) that embedded a query "
+                                "or a query term, by tower", ["modality"], buckets=_LATENCY_BUCKETS,
+                                registry=self.registry)
+        self.search = Histogram("clipsearch_search_duration_seconds",
+                                "Seconds of the index search (the whole batch) that answered a query, by target",
                                 ["target"], buckets=_LATENCY_BUCKETS, registry=self.registry)
 
-    @contextmanager
-    def time_encode(self, modality: str) -> Iterator[None]:
-        with self.encode.labels(modality).time():
-            yield
+    def observe_encodings(self, query: QueryVector) -> None:
+        """Record the forward passes that embedded a query: each its whole batch's seconds in the model."""
+        for encoding in query.encodings:
+            self.encode.labels(encoding.tower.value).observe(encoding.seconds)
 
-    @contextmanager
-    def time_search(self, target: str) -> Iterator[None]:
-        with self.search.labels(target).time():
-            yield
-
-    def observe(self, modality: str, target: str, encode_s: float, search_s: float) -> None:
-        """Record a query embedded and searched in one batch (the batch's times, shared by its queries)."""
-        self.encode.labels(modality).observe(encode_s)
-        self.search.labels(target).observe(search_s)
+    def observe_answer(self, answer: Answer, target: Modality) -> None:
+        """Record a searched query: its forward passes, and the seconds its batch's search took."""
+        self.observe_encodings(answer.query)
+        self.search.labels(target.value).observe(answer.search_s)
 
 
 class RequestMetricsMiddleware:

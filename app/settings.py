@@ -7,7 +7,12 @@ from pathlib import Path
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from clipsearch.images import DEFAULT_MAX_PIXELS
+from clipsearch.pipeline import Batching
+from clipsearch.query import QueryLimits
+
+# The defaults of the limits and of batching are the core's own: no number is written twice.
+_LIMITS = QueryLimits()
+_BATCHING = Batching()
 
 
 class Settings(BaseSettings):
@@ -17,16 +22,20 @@ class Settings(BaseSettings):
     device: str = Field("auto", description="'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'.")
     checkpoint: Path | None = Field(None, description="The local checkpoint file, for bundles built from one.")
     verify_checksums: bool = Field(True, description="Hash every bundle file at start-up (slower on huge bundles).")
-    max_k: int = Field(100, ge=1, description="Most results one query may ask for.")
+    max_k: int = Field(_LIMITS.max_k, ge=1, description="Most results one query may ask for.")
     max_upload_mb: float = Field(20.0, gt=0, description="Largest request body, uploads included (413 above).")
-    max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="Largest query image, in pixels.")
-    max_query_terms: int = Field(16, ge=1, description="Most terms in one composed query.")
-    max_text_chars: int = Field(10_000, ge=1, description="Longest query text, in characters.")
-    decode_timeout_s: float = Field(10.0, gt=0, description="Longest a query image may take to decode (422).")
-    encode_timeout_s: float = Field(30.0, gt=0, description="Longest a query may wait for the model (503).")
-    max_batch: int = Field(64, ge=1, description="Most concurrent queries batched into one forward pass or search.")
-    batch_window_ms: float = Field(0.0, ge=0, le=1000, description="How long a batch waits for more queries after "
-                                                                  "its first; 0 takes only those already waiting.")
+    max_pixels: int = Field(_LIMITS.max_pixels, ge=1, description="Largest query image, in pixels.")
+    max_query_terms: int = Field(_LIMITS.max_terms, ge=1, description="Most terms in one composed query.")
+    max_text_chars: int = Field(_LIMITS.max_text_chars, ge=1, description="Longest query text, in characters.")
+    decode_timeout_s: float = Field(_LIMITS.decode_timeout_s, gt=0,
+                                    description="Longest a query image may take to decode (422).")
+    encode_timeout_s: float = Field(_LIMITS.encode_timeout_s, gt=0,
+                                    description="Longest a query may wait for the model (503).")
+    max_batch: int = Field(_BATCHING.max_batch, ge=1,
+                           description="Most concurrent queries batched into one forward pass or search.")
+    batch_window_ms: float = Field(_BATCHING.window_s * 1000, ge=0, le=1000,
+                                   description="How long a batch waits for more queries after its first; 0 takes "
+                                               "only those already waiting.")
     cuda_graphs: bool = Field(True, description="On a GPU, replay the model from CUDA graphs captured at start-up.")
     server_workers: int = Field(1, ge=1, description="Server processes `python -m app` starts; each loads the "
                                                      "model and the bundle.")
@@ -38,6 +47,14 @@ class Settings(BaseSettings):
                                                          "than a proxy's idle timeout (60 s on common load "
                                                          "balancers), so the server never closes a connection "
                                                          "the proxy is about to reuse.")
+    public_docs: bool = Field(False, description="With an API key set, serve /docs, /redoc and /openapi.json "
+                                                 "without it (the schema holds no data, only the API's shape).")
+    header_timeout_s: float = Field(10.0, gt=0, description="Longest a client may take to send a request's line and "
+                                                            "headers, from their first byte (408 above).")
+    body_timeout_s: float = Field(30.0, gt=0, description="Longest a client may pause while sending a request body "
+                                                          "(408 above).")
+    max_connections: int = Field(1000, ge=1, description="Most open connections and requests in progress; more are "
+                                                         "answered 503 at once.")
     host: str = Field("127.0.0.1", description="Address `python -m app` listens on.")
     port: int = Field(8000, ge=1, le=65535, description="Port `python -m app` listens on.")
 
@@ -54,3 +71,13 @@ class Settings(BaseSettings):
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 1024 * 1024)
+
+    @property
+    def limits(self) -> QueryLimits:
+        return QueryLimits(max_k=self.max_k, max_terms=self.max_query_terms, max_text_chars=self.max_text_chars,
+                           max_pixels=self.max_pixels, decode_timeout_s=self.decode_timeout_s,
+                           encode_timeout_s=self.encode_timeout_s)
+
+    @property
+    def batching(self) -> Batching:
+        return Batching(max_batch=self.max_batch, window_s=self.batch_window_ms / 1000)

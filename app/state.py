@@ -9,10 +9,11 @@ from app.errors import ServiceNotReady
 from app.metrics import Metrics
 from app.settings import Settings
 from clipsearch import index as faiss_index
-from clipsearch.bundle import check_model, load_bundle, read_manifest
+from clipsearch.bundle import load_bundle
 from clipsearch.encoder import load_encoder
-from clipsearch.errors import ClipSearchError
-from clipsearch.search import Batching, QueryLimits, SearchService
+from clipsearch.errors import CheckpointRequired, ClipSearchError
+from clipsearch.manifest import check_model, read_manifest
+from clipsearch.search import SearchService
 
 log = logging.getLogger(__name__)
 
@@ -23,34 +24,38 @@ class ServiceState:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.service: SearchService | None = None
-        self.metrics = Metrics(lambda: self.service.batch_counts() if self.service is not None else {})
+        self.metrics = Metrics(lambda: self.service.pipeline.batch_counts() if self.service is not None else {})
         self.problem: str | None = "loading the model and the bundle"
-        self._loaded = threading.Event()
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def start_loading(self) -> None:
+        """Load in a daemon thread: the server answers /health and /ready (503) meanwhile, and a
+        shutdown never has to wait for a model that is still loading."""
+        threading.Thread(target=self.load, name="load", daemon=True).start()
 
     def load(self) -> None:
         settings = self.settings
         try:
             manifest = read_manifest(settings.bundle_path)  # fail fast, before loading a model
             if manifest.model.checkpoint_sha256 and settings.checkpoint is None:
-                raise ClipSearchError("the bundle was built from a checkpoint file; set CLIPSEARCH_CHECKPOINT "
-                                      "to that file's path")
+                raise CheckpointRequired("the bundle was built from a checkpoint file; set CLIPSEARCH_CHECKPOINT "
+                                         "to that file's path")
             encoder = load_encoder(manifest.model.name, manifest.model.pretrained,
                                    settings.checkpoint if manifest.model.checkpoint_sha256 else None,
                                    settings.device)
             bundle = load_bundle(settings.bundle_path, verify_checksums=settings.verify_checksums)
             check_model(bundle.manifest, encoder.ref, encoder.embedding_dim)
-            limits = QueryLimits(max_k=settings.max_k, max_terms=settings.max_query_terms,
-                                 max_text_chars=settings.max_text_chars, max_pixels=settings.max_pixels,
-                                 decode_timeout_s=settings.decode_timeout_s,
-                                 encode_timeout_s=settings.encode_timeout_s)
-            use_gpu = encoder.device.type == "cuda" and faiss_index.gpu_available()
-            batching = Batching(max_batch=settings.max_batch, window_s=settings.batch_window_ms / 1000)
             if settings.cuda_graphs:
                 encoder.enable_cuda_graphs(settings.max_batch)
-            service = SearchService(encoder, bundle, limits, use_gpu=use_gpu, batching=batching)
+            use_gpu = encoder.device.type == "cuda" and faiss_index.gpu_available()
+            service = SearchService(encoder, bundle, settings.limits, use_gpu=use_gpu, batching=settings.batching)
             service.warm_up()
-            self.service = service
-            self.problem = None
+            with self._lock:
+                if self._closed:  # the server stopped while this was loading
+                    _close(service)
+                    return
+                self.service, self.problem = service, None
             log.info("ready: %s over %s", encoder.ref.describe(), settings.bundle_path)
         except ClipSearchError as error:
             self.problem = f"bundle {settings.bundle_path} cannot be served: {error}"
@@ -58,11 +63,6 @@ class ServiceState:
         except Exception as error:  # anything else still must leave a server that says why it is not ready
             self.problem = f"loading failed: {type(error).__name__}: {error}"
             log.exception("loading failed")
-        finally:
-            self._loaded.set()
-
-    def wait_until_loaded(self, timeout: float | None = None) -> bool:
-        return self._loaded.wait(timeout)
 
     def require(self) -> SearchService:
         if self.service is None:
@@ -70,6 +70,13 @@ class ServiceState:
         return self.service
 
     def close(self) -> None:
-        if self.service is not None:
-            self.service.close()
-            self.service.bundle.close()
+        with self._lock:
+            self._closed = True
+            service, self.service = self.service, None
+        if service is not None:
+            _close(service)
+
+
+def _close(service: SearchService) -> None:
+    service.close()
+    service.bundle.close()

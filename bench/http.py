@@ -35,8 +35,10 @@ import torch
 
 from bench.common import WORDS, emit, latency_summary, ratio, served, synthetic_photo, time_calls, unit_vectors
 from clipsearch import index as faiss_index
-from clipsearch.bundle import Item, ModalityContent, load_bundle, write_bundle
-from clipsearch.encoder import ModelRef, load_encoder
+from clipsearch.bundle import ModalityContent, load_bundle, write_bundle
+from clipsearch.encoder import load_encoder
+from clipsearch.item_store import Item
+from clipsearch.manifest import ModelRef
 from clipsearch.modality import Modality
 from clipsearch.search import SearchService
 

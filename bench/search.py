@@ -24,6 +24,7 @@ from bench.common import emit, latency_summary, ratio, time_calls, unit_vectors
 from clipsearch import index as faiss_index
 from clipsearch.encoder import resolve_device
 from clipsearch.exact import ExactIndex
+from clipsearch.topk import TopK
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -57,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
         ours = time_calls(partial(resident.search, queries, args.k), args.repeats, min_seconds=args.min_seconds)
         theirs = time_calls(partial(baseline, queries, args.k), args.repeats, min_seconds=args.min_seconds)
         found = resident.search(queries, args.k)
-        expected_scores, expected_ids = baseline(queries, args.k)
+        expected = baseline(queries, args.k)
+        expected_scores, expected_ids = expected.scores, expected.ids
         same_rows = float(np.mean([set(a) == set(b) for a, b in zip(found.ids, expected_ids, strict=True)]))
         same_order = float(np.mean((found.ids == expected_ids).all(axis=1)))
         failures += same_rows < 1.0
@@ -75,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _baseline(index: faiss.Index, device: torch.device
-              ) -> tuple[str, Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]]:
+              ) -> tuple[str, Callable[[np.ndarray, int], TopK]]:
     if device.type == "cuda" and faiss_index.gpu_available():
         gpu_index = faiss_index.to_gpu(index)
         return "faiss GpuIndexFlatIP", lambda queries, k: faiss_index.search(gpu_index, queries, k)

@@ -11,10 +11,10 @@ from typing import Any
 
 _EXPORTS = {
     "BuildConfig": "clipsearch.build", "BuildSummary": "clipsearch.build", "build": "clipsearch.build",
-    "Bundle": "clipsearch.bundle", "Item": "clipsearch.bundle", "Manifest": "clipsearch.bundle",
-    "load_bundle": "clipsearch.bundle", "ClipEncoder": "clipsearch.encoder", "ModelRef": "clipsearch.encoder",
+    "Bundle": "clipsearch.bundle", "Item": "clipsearch.item_store", "Manifest": "clipsearch.manifest",
+    "load_bundle": "clipsearch.bundle", "ClipEncoder": "clipsearch.encoder", "ModelRef": "clipsearch.manifest",
     "load_encoder": "clipsearch.encoder", "ClipSearchError": "clipsearch.errors", "Modality": "clipsearch.modality",
-    "Hit": "clipsearch.search", "QueryLimits": "clipsearch.search", "SearchService": "clipsearch.search",
+    "Hit": "clipsearch.search", "QueryLimits": "clipsearch.query", "SearchService": "clipsearch.search",
     "ClipSearchClient": "clipsearch.client",
 }
 __all__ = sorted(_EXPORTS)

@@ -1,23 +1,19 @@
-"""Build a bundle: read the corpora, encode them in batches, write shards, then the bundle.
+"""Build a bundle: read the corpora, encode them in batches into shards, then write the bundle.
 
-Embeddings are written in shards of fixed positions as the build goes. A build that dies (even
-kill -9) and is started again with the same arguments continues after its last finished shard
-and ends with the same bundle as an uninterrupted one: batches never cross shard boundaries, so
-every item is encoded in exactly the same batch either way.
+A build that dies (even kill -9) and is started again with the same settings continues after
+its last finished shard (clipsearch.shards) and ends with the same bundle as an uninterrupted
+one: batches never cross shard boundaries, so every item is encoded in exactly the same batch
+either way.
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
-import json
 import logging
 import os
 import platform
-import shutil
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -27,23 +23,26 @@ import numpy as np
 from tqdm import tqdm
 
 from clipsearch import index as faiss_index
-from clipsearch.bundle import Item, ModalityContent, write_bundle
+from clipsearch.bundle import ModalityContent, write_bundle
 from clipsearch.encoder import DEFAULT_MODEL, DEFAULT_PRETRAINED, ClipEncoder, load_encoder
-from clipsearch.errors import ResumeMismatch
+from clipsearch.errors import NoSources
+from clipsearch.fingerprint import corpus_fingerprint, resume_fingerprint
 from clipsearch.images import DEFAULT_MAX_PIXELS
+from clipsearch.item_store import Item
 from clipsearch.loading import LoadedBatch, Outcome, image_batches, text_batches
 from clipsearch.modality import Modality
+from clipsearch.shards import Shard, ShardStore
 from clipsearch.sources import Columns, SourceItem, read_image_source, read_text_source
 
 log = logging.getLogger(__name__)
 
-SHARDS_DIR = "shards"
-FINGERPRINT_FILE = "build.json"
-
 
 @dataclass(frozen=True)
 class BuildConfig:
-    """Everything that decides a bundle's content, plus how fast it is made (workers, device)."""
+    """Everything that decides a bundle's content, plus how fast it is made (workers, device).
+
+    The indexer's command line takes its defaults from here.
+    """
 
     out: Path
     images: Path | None = None
@@ -51,7 +50,7 @@ class BuildConfig:
     model: str = DEFAULT_MODEL
     pretrained: str | None = DEFAULT_PRETRAINED
     checkpoint: Path | None = None
-    device: str | None = None
+    device: str | None = "auto"
     batch_size: int = 256
     workers: int = min(8, os.cpu_count() or 1)
     index_factory: str | None = None
@@ -89,40 +88,16 @@ def build(config: BuildConfig, on_shard_written: Callable[[Path], None] | None =
     started = time.perf_counter()
     sources = read_sources(config)
     if not sources:
-        raise ValueError("give --images, --texts or both")
+        raise NoSources("give images, texts or both to index")
     encoder = load_encoder(config.model, config.pretrained, config.checkpoint, config.device)
-    work = _prepare_work_dir(config, encoder, sources)
+    store = ShardStore.open(config.out, resume_fingerprint(config, encoder.ref, encoder.device.type, sources))
     first_id = {Modality.IMAGE: 0, Modality.TEXT: len(sources.get(Modality.IMAGE, []))}
-    resumed = 0
-    for modality, items in sources.items():
-        resumed += _encode_into_shards(config, encoder, modality, items, first_id[modality], work, on_shard_written)
-    summary = _finish(config, encoder, sources, work, started)
+    resumed = sum(_encode_into_shards(config, encoder, modality, items, first_id[modality], store, on_shard_written)
+                  for modality, items in sources.items())
+    summary = _finish(config, encoder, sources, store, started)
     summary.resumed_shards = resumed
-    shutil.rmtree(work, ignore_errors=True)
+    store.remove()
     return summary
-
-
-def corpus_fingerprint(config: BuildConfig, sources: dict[Modality, list[SourceItem]] | None = None) -> str:
-    """A hash of what decides the bundle: the content settings, and every corpus file's name, size and mtime."""
-    sources = sources if sources is not None else read_sources(config)
-    digest = hashlib.sha256()
-    settings = {"model": config.model, "pretrained": config.pretrained, "checkpoint": _stat(config.checkpoint),
-                "index_factory": config.index_factory, "flat_threshold": config.flat_threshold,
-                "keep_duplicates": config.keep_duplicates, "max_pixels": config.max_pixels,
-                "columns": asdict(config.columns), "images": _stat(config.images), "texts": _stat(config.texts)}
-    digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
-    digest.update(_listing_hash(sources).encode())
-    return digest.hexdigest()
-
-
-def _listing_hash(sources: dict[Modality, list[SourceItem]]) -> str:
-    """A hash of every item: where it is, its file's size and mtime, its text, metadata and problem."""
-    digest = hashlib.sha256()
-    for modality, items in sources.items():
-        for item in items:
-            digest.update(f"{modality}\0{item.uri}\0{_stat(item.path)}\0{item.text}\0{item.extra}\0{item.problem}\n"
-                          .encode())
-    return digest.hexdigest()
 
 
 def read_sources(config: BuildConfig) -> dict[Modality, list[SourceItem]]:
@@ -134,58 +109,17 @@ def read_sources(config: BuildConfig) -> dict[Modality, list[SourceItem]]:
     return sources
 
 
-def _stat(path: Path | None) -> str | None:
-    if path is None or not path.is_file():
-        return None
-    status = path.stat()
-    return f"{path}:{status.st_size}:{status.st_mtime_ns}"
-
-
-def work_dir_for(out: Path) -> Path:
-    """Where an unfinished build keeps its shards: a hidden sibling of the bundle."""
-    return out.with_name(f".{out.name}.partial")
-
-
-def _prepare_work_dir(config: BuildConfig, encoder: ClipEncoder, sources: dict[Modality, list[SourceItem]]) -> Path:
-    """Create the work dir, or check that the one found belongs to a build with the same arguments."""
-    fingerprint = {
-        "model": asdict(encoder.ref), "device": encoder.device.type, "batch_size": config.batch_size,
-        "batches_per_shard": config.batches_per_shard, "keep_duplicates": config.keep_duplicates,
-        "max_pixels": config.max_pixels, "corpus": _listing_hash(sources),
-        "counts": {modality.value: len(items) for modality, items in sources.items()},
-    }
-    work = work_dir_for(config.out)
-    fingerprint_path = work / FINGERPRINT_FILE
-    if fingerprint_path.is_file():
-        found = json.loads(fingerprint_path.read_text())
-        if found != fingerprint:
-            differing = sorted(key for key in fingerprint.keys() | found.keys()
-                               if fingerprint.get(key) != found.get(key))
-            raise ResumeMismatch(
-                f"an unfinished build at {work} was started with different {', '.join(differing)}; "
-                f"run again with the same arguments to resume it, or delete that folder to start over")
-        log.info("resuming the unfinished build in %s", work)
-        return work
-    (work / SHARDS_DIR).mkdir(parents=True, exist_ok=True)
-    temporary = fingerprint_path.with_name(FINGERPRINT_FILE + ".tmp")
-    temporary.write_text(json.dumps(fingerprint, indent=2, sort_keys=True))
-    os.replace(temporary, fingerprint_path)
-    return work
-
-
-def _shard_path(work: Path, modality: Modality, number: int) -> Path:
-    return work / SHARDS_DIR / f"{modality.value}-{number:06d}.npz"
+def is_up_to_date(config: BuildConfig, recorded_fingerprint: str | None) -> bool:
+    """Whether a bundle recorded with `recorded_fingerprint` was built from these settings and files."""
+    return recorded_fingerprint == corpus_fingerprint(config, read_sources(config))
 
 
 def _encode_into_shards(config: BuildConfig, encoder: ClipEncoder, modality: Modality, items: list[SourceItem],
-                        first_id: int, work: Path, on_shard_written: Callable[[Path], None] | None) -> int:
+                        first_id: int, store: ShardStore, on_shard_written: Callable[[Path], None] | None) -> int:
     """Encode `items` from the first unfinished shard on; returns how many shards were already done."""
     shard_size = config.batch_size * config.batches_per_shard
-    shard_count = -(-len(items) // shard_size)
-    done = 0
-    while done < shard_count and _shard_path(work, modality, done).is_file():
-        done += 1
-    seen = _hashes_in_shards(work, modality, done)
+    done = store.finished(modality, -(-len(items) // shard_size))
+    seen = store.content_hashes(modality, done)
     start = min(done * shard_size, len(items))
     bar = tqdm(total=len(items), initial=start, unit=modality.value, desc=f"encoding {modality.value}s",
                disable=not config.progress, smoothing=0.1, dynamic_ncols=True)
@@ -198,8 +132,8 @@ def _encode_into_shards(config: BuildConfig, encoder: ClipEncoder, modality: Mod
         shard.extend(batch.outcomes)
         bar.update(len(batch.outcomes))
         if len(shard) == shard_size or batch.outcomes[-1].position == len(items) - 1:
-            path = _shard_path(work, modality, shard[0].position // shard_size)
-            _write_shard(path, shard, first_id, encoder.embedding_dim)
+            path = store.write(modality, shard[0].position // shard_size,
+                               _shard_of(shard, first_id, encoder.embedding_dim))
             shard = []
             if on_shard_written is not None:
                 on_shard_written(path)
@@ -236,47 +170,19 @@ def _encode_batch(encoder: ClipEncoder, batch: LoadedBatch) -> None:
             outcome.payload = vector
 
 
-def _write_shard(path: Path, shard: list[Outcome], first_id: int, dim: int) -> None:
-    encoded = [outcome for outcome in shard if outcome.problem is None]
+def _shard_of(outcomes: list[Outcome], first_id: int, dim: int) -> Shard:
+    encoded = [outcome for outcome in outcomes if outcome.problem is None]
     vectors = np.stack([outcome.payload for outcome in encoded]).astype(np.float32) if encoded \
         else np.zeros((0, dim), dtype=np.float32)
     records = [{"id": first_id + outcome.position, "uri": outcome.source.uri, "text": outcome.source.text,
                 "extra": outcome.source.extra, "hash": outcome.content_hash, "problem": outcome.problem,
                 "duplicate_of": outcome.duplicate_of}
-               for outcome in shard]
-    buffer = io.BytesIO()
-    np.savez(buffer, ids=np.array([first_id + outcome.position for outcome in encoded], dtype=np.int64),
-             vectors=vectors, records=np.array(json.dumps(records, ensure_ascii=False)))
-    temporary = path.with_name(path.name + ".tmp")
-    with temporary.open("wb") as file:
-        file.write(buffer.getvalue())
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(temporary, path)
+               for outcome in outcomes]
+    return Shard(np.array([first_id + outcome.position for outcome in encoded], dtype=np.int64), vectors, records)
 
 
-_Shard = tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]
-
-
-def _read_shards(work: Path, modality: Modality, count: int | None = None) -> Iterator[_Shard]:
-    number = 0
-    while (count is None or number < count) and (path := _shard_path(work, modality, number)).is_file():
-        with np.load(path, allow_pickle=False) as shard:
-            yield shard["ids"], shard["vectors"], json.loads(str(shard["records"]))
-        number += 1
-
-
-def _hashes_in_shards(work: Path, modality: Modality, count: int) -> dict[str, int]:
-    seen: dict[str, int] = {}
-    for _, _, records in _read_shards(work, modality, count):
-        for record in records:
-            if record["problem"] is None:
-                seen.setdefault(record["hash"], record["id"])
-    return seen
-
-
-def _finish(config: BuildConfig, encoder: ClipEncoder, sources: dict[Modality, list[SourceItem]], work: Path,
-            started: float) -> BuildSummary:
+def _finish(config: BuildConfig, encoder: ClipEncoder, sources: dict[Modality, list[SourceItem]],
+            store: ShardStore, started: float) -> BuildSummary:
     """Gather the shards, build one index per modality and write the bundle."""
     vectors: dict[Modality, np.ndarray] = {}
     ids: dict[Modality, np.ndarray] = {}
@@ -284,18 +190,17 @@ def _finish(config: BuildConfig, encoder: ClipEncoder, sources: dict[Modality, l
     skipped: list[dict[str, Any]] = []
     duplicates: list[dict[str, Any]] = []
     for modality in sources:
-        parts = list(_read_shards(work, modality))
-        ids[modality] = np.concatenate([part[0] for part in parts]) if parts else np.zeros(0, np.int64)
-        vectors[modality] = np.concatenate([part[1] for part in parts]) if parts \
+        shards = list(store.read(modality))
+        ids[modality] = np.concatenate([shard.ids for shard in shards]) if shards else np.zeros(0, np.int64)
+        vectors[modality] = np.concatenate([shard.vectors for shard in shards]) if shards \
             else np.zeros((0, encoder.embedding_dim), np.float32)
-        for _, _, records in parts:
-            for record in records:
-                if record["problem"] is None:
-                    items.append(Item(id=record["id"], modality=modality, uri=record["uri"], text=record["text"],
-                                      extra=record["extra"], content_hash=record["hash"]))
-                else:
-                    entry = {"modality": modality.value, "uri": record["uri"], "reason": record["problem"]}
-                    (skipped if record["duplicate_of"] is None else duplicates).append(entry)
+        for record in (record for shard in shards for record in shard.records):
+            if record["problem"] is None:
+                items.append(Item(id=record["id"], modality=modality, uri=record["uri"], text=record["text"],
+                                  extra=record["extra"], content_hash=record["hash"]))
+            else:
+                entry = {"modality": modality.value, "uri": record["uri"], "reason": record["problem"]}
+                (skipped if record["duplicate_of"] is None else duplicates).append(entry)
     content = {}
     use_gpu = encoder.device.type == "cuda" and faiss_index.gpu_available()
     for modality in sources:

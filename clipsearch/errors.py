@@ -1,10 +1,45 @@
-"""Domain errors of the core. The server maps them to HTTP in exactly one place (app/errors.py)."""
+"""Domain errors of the core. The server maps them to HTTP in exactly one place (app/errors.py).
+
+Every error carries a short user-facing `reason` and, where one input is at fault, the `field`
+that holds it. The HTTP status each class is answered with (looked up through the class
+hierarchy, so a subclass inherits its parent's status unless it has its own):
+
+    ClipSearchError                 500  base class; never raised bare
+    ├── BundleError                 503  a bundle cannot be served or written as asked
+    │   ├── BundleFileMissing       503
+    │   ├── ChecksumMismatch        503
+    │   ├── UnsupportedFormatVersion 503
+    │   ├── ManifestInvalid         503
+    │   ├── ModelMismatch           503
+    │   └── CheckpointRequired      503
+    ├── BuildError                   —   indexer only: the build cannot start or go on
+    │   ├── NoSources
+    │   ├── IndexSettingsInvalid
+    │   └── ResumeMismatch
+    ├── SourceError                  —   indexer only: a corpus cannot be read at all
+    ├── ModelLoadError              503
+    ├── ImageDecodeError            422  bytes that should be an image are not a usable one
+    │   └── ImageTooLarge           413
+    ├── InvalidQuery                422  a query field has a value the search cannot use
+    │   ├── QueryImageTooLarge      413
+    │   └── ModalityUnavailable     422
+    ├── ItemNotFound                404
+    └── ServiceBusy                 503  (with Retry-After)
+
+The server adds two of its own beside these: ServiceNotReady (503) and NotAuthenticated (401).
+Messages speak of the core's own terms; the entry points add CLI flags or HTTP field names.
+"""
 
 from __future__ import annotations
 
 
 class ClipSearchError(Exception):
     """Base class of every error the core raises on purpose."""
+
+    def __init__(self, reason: str, field: str | None = None) -> None:
+        super().__init__(f"{field}: {reason}" if field else reason)
+        self.reason = reason
+        self.field = field
 
 
 class BundleError(ClipSearchError):
@@ -31,8 +66,28 @@ class ModelMismatch(BundleError):
     """The model loaded does not match the one the bundle was built with."""
 
 
-class ResumeMismatch(ClipSearchError):
+class CheckpointRequired(BundleError):
+    """The bundle was built from a local checkpoint file and none was given to load."""
+
+
+class BuildError(ClipSearchError):
+    """A build cannot start or go on as configured."""
+
+
+class NoSources(BuildError):
+    """A build was given neither images nor texts."""
+
+
+class IndexSettingsInvalid(BuildError):
+    """The index factory string is not valid for FAISS, or does not fit the corpus."""
+
+
+class ResumeMismatch(BuildError):
     """An unfinished build exists at the output path, made with different arguments."""
+
+
+class SourceError(ClipSearchError):
+    """A corpus cannot be read at all (missing path, unknown format, missing column)."""
 
 
 class ModelLoadError(ClipSearchError):
@@ -40,11 +95,7 @@ class ModelLoadError(ClipSearchError):
 
 
 class ImageDecodeError(ClipSearchError):
-    """Bytes that should be an image cannot be decoded; `reason` is short and user-facing."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
+    """Bytes that should be an image cannot be decoded or prepared for the model."""
 
 
 class ImageTooLarge(ImageDecodeError):
@@ -55,9 +106,7 @@ class InvalidQuery(ClipSearchError):
     """A query field has a value the search cannot use; `field` names it, `reason` says why."""
 
     def __init__(self, field: str, reason: str) -> None:
-        super().__init__(f"{field}: {reason}")
-        self.field = field
-        self.reason = reason
+        super().__init__(reason, field)
 
 
 class QueryImageTooLarge(InvalidQuery):
@@ -68,17 +117,13 @@ class ModalityUnavailable(InvalidQuery):
     """The query targets a modality the bundle has no items of."""
 
 
-class ServiceBusy(ClipSearchError):
-    """The model did not finish a query within the time limit (queued behind others, or too slow)."""
-
-
 class ItemNotFound(ClipSearchError):
-    """No item in the bundle has the requested id."""
+    """No item in the bundle has the requested id (or its file is gone); `field` names where the id was given."""
 
-    def __init__(self, item_id: int, reason: str = "no such item in the bundle") -> None:
-        super().__init__(f"item {item_id}: {reason}")
+    def __init__(self, item_id: int, field: str = "id", reason: str = "no such item in the bundle") -> None:
+        super().__init__(f"item {item_id}: {reason}", field)
         self.item_id = item_id
 
 
-class SourceError(ClipSearchError):
-    """A corpus cannot be read at all (missing path, unknown format, missing column)."""
+class ServiceBusy(ClipSearchError):
+    """The model did not finish a query within the time limit (queued behind others, or too slow)."""

@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import logging
 import warnings
-from dataclasses import dataclass
 from typing import Any
 
 import faiss
 import numpy as np
 import torch
+
+from clipsearch.topk import TopK
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +39,6 @@ CANDIDATE_MARGIN = 16
 
 SCORE_BUDGET = 1 << 27
 """Most query×item scores held at once (256 MB in fp16); larger searches go block by block."""
-
-
-@dataclass(frozen=True)
-class ExactResult:
-    """Best-first scores (float32, (n, k)) and ids (int64, (n, k)); k is min(k asked, size)."""
-
-    scores: np.ndarray
-    ids: np.ndarray
 
 
 class ExactIndex:
@@ -95,12 +88,12 @@ class ExactIndex:
         ids = faiss.vector_to_array(wrapper.id_map) if mapped else np.arange(count, dtype=np.int64)
         return cls(vectors, ids, device, scan_dtype)
 
-    def search(self, queries: np.ndarray, k: int) -> ExactResult:
+    def search(self, queries: np.ndarray, k: int) -> TopK:
         """Top-k of each row of `queries` (float32, (n, d)) by inner product, best first."""
         k = min(k, self.ntotal)
         count = len(queries)
         if k == 0 or count == 0:
-            return ExactResult(np.zeros((count, k), np.float32), np.zeros((count, k), np.int64))
+            return TopK.empty(count)
         with torch.inference_mode():
             exact_queries = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32)).to(self.device)
             if self._scan is self._exact:
@@ -108,7 +101,7 @@ class ExactIndex:
             else:
                 scores, rows = self._scan_and_rescore(exact_queries, k)
             scores_out, rows_out = scores.cpu().numpy(), rows.cpu().numpy()
-        return ExactResult(scores_out.astype(np.float32, copy=False), self._ids[rows_out])
+        return TopK(scores_out.astype(np.float32, copy=False), self._ids[rows_out])
 
     def _scan_and_rescore(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         wanted = min(self.ntotal, k + max(k, CANDIDATE_MARGIN))

@@ -18,6 +18,11 @@ from clipsearch.errors import ImageDecodeError, ImageTooLarge
 DEFAULT_MAX_PIXELS = 64_000_000
 """About 8000×8000: larger than any camera photo, far below what would exhaust memory."""
 
+ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF")
+"""The only formats decoded, by their content (never by name): what cameras, phones and the web produce.
+Pillow opens many more (TIFF, DDS, AVIF, PSD, ICO, …); each is more decoder code reachable by an
+upload, for pictures nobody uploads as a photo, so they are refused."""
+
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"})
 
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
@@ -30,7 +35,8 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, draft_size: 
     images are converted rather than clipped. `draft_size` lets JPEG decode at a reduced scale
     that is still at least that many pixels on each side (much faster for large photos).
     Raises ImageTooLarge past `max_pixels` (checked before any pixel is decoded) and
-    ImageDecodeError for anything that is not a complete, supported image.
+    ImageDecodeError for anything that is not a complete image in one of ACCEPTED_FORMATS:
+    whatever fails inside decoding or orientation is the file's fault, never the caller's.
     """
     if not data:
         raise ImageDecodeError("empty file (0 bytes)")
@@ -38,7 +44,7 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, draft_size: 
         with warnings.catch_warnings():
             # Pillow warns (instead of failing) between its own limit and twice it; make that fail.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
             width, height = image.size
             if width * height > max_pixels:
                 raise ImageTooLarge(f"image is {width}x{height} pixels, over the limit of {max_pixels} pixels")
@@ -53,9 +59,11 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, draft_size: 
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise ImageTooLarge(f"image rejected as a decompression bomb: {error}") from error
     except UnidentifiedImageError:
-        raise ImageDecodeError("not a recognised image format") from None
+        raise ImageDecodeError(f"not an image in an accepted format ({', '.join(ACCEPTED_FORMATS)})") from None
     except (OSError, SyntaxError, ValueError, EOFError) as error:
         raise ImageDecodeError(f"corrupt or truncated image: {error}") from error
+    except Exception as error:  # Pillow's decoders and EXIF parsing raise many kinds on hostile input
+        raise ImageDecodeError(f"cannot decode the image ({type(error).__name__}: {error})") from error
 
 
 def read_image_file(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,9 @@ from typing import Any
 import faiss
 import numpy as np
 
-from clipsearch.errors import BundleError
+from clipsearch.errors import IndexSettingsInvalid
+from clipsearch.files import atomic_path
+from clipsearch.topk import TopK
 
 EXACT_FACTORY = "Flat"
 DEFAULT_FLAT_THRESHOLD = 1_000_000
@@ -68,13 +69,13 @@ def build_index(vectors: np.ndarray, ids: np.ndarray, factory: str,
     try:
         index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as error:
-        raise BundleError(f"index factory {factory!r} is not valid for FAISS: {error}") from error
+        raise IndexSettingsInvalid(f"index factory {factory!r} is not valid for FAISS: {error}") from error
     exact = isinstance(index, faiss.IndexFlat)
     index = faiss.IndexIDMap2(index)
     params: dict[str, Any] = {}
     ivf = _ivf_of(index)
     if ivf is not None and ivf.nlist > max(1, len(vectors)):
-        raise BundleError(f"index factory {factory!r} asks for {ivf.nlist} lists but there are "
+        raise IndexSettingsInvalid(f"index factory {factory!r} asks for {ivf.nlist} lists but there are "
                           f"only {len(vectors)} vectors; use fewer lists or the exact 'Flat' index")
     work_index = to_gpu(index) if use_gpu else index
     if not index.is_trained:
@@ -107,17 +108,13 @@ def apply_params(index: faiss.Index, params: dict[str, Any]) -> None:
         ivf.nprobe = int(params["nprobe"])
 
 
-def search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k by inner product: (scores float32 (n, k'), ids int64 (n, k')) with k' = min(k, size).
-
-    Rows are best-first; an approximate index may return id -1 (no result) at the tail.
-    """
+def search(index: faiss.Index, queries: np.ndarray, k: int) -> TopK:
+    """Top-k of each row of `queries` (float32, (n, d)) by inner product, best first."""
     k = min(k, index.ntotal)
     if k == 0:
-        empty = np.zeros((len(queries), 0))
-        return empty.astype(np.float32), empty.astype(np.int64)
+        return TopK.empty(len(queries))
     scores, ids = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
-    return scores, ids
+    return TopK(scores, ids)
 
 
 def reconstruct(index: faiss.Index, item_id: int) -> np.ndarray | None:
@@ -130,11 +127,8 @@ def reconstruct(index: faiss.Index, item_id: int) -> np.ndarray | None:
 
 def save_index(index: faiss.Index, path: Path) -> None:
     """Write to a temporary file beside `path`, then rename: a crash never leaves half an index."""
-    temporary = path.with_name(path.name + ".tmp")
-    faiss.write_index(index, str(temporary))
-    with temporary.open("rb") as file:
-        os.fsync(file.fileno())
-    os.replace(temporary, path)
+    with atomic_path(path) as temporary:
+        faiss.write_index(index, str(temporary))
 
 
 def load_index(path: Path) -> faiss.Index:

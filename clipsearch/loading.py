@@ -7,7 +7,6 @@ arrive stacked in one tensor, pinned for the GPU when there is one.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,9 +14,11 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from clipsearch.encoder import ClipEncoder, ImagePreparer
+from clipsearch.encoder import ClipEncoder
 from clipsearch.errors import ImageDecodeError
+from clipsearch.files import sha256_hex
 from clipsearch.images import decode_image
+from clipsearch.preprocess import ImagePreparer
 from clipsearch.sources import SourceItem
 
 
@@ -109,6 +110,3 @@ def image_batches(items: Sequence[SourceItem], encoder: ClipEncoder, start: int,
                         persistent_workers=False)
     yield from loader
 
-
-def sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()

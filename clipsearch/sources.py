@@ -49,15 +49,15 @@ def read_image_source(source: Path, columns: Columns = Columns()) -> list[Source
     if source.is_file() and source.suffix.lower() in MANIFEST_SUFFIXES:
         return [_image_row(row, source.parent, columns) for row in _read_rows(source, columns.image)]
     if source.is_file():
-        raise SourceError(f"--images: {source} is neither a folder nor a manifest "
-                          f"({', '.join(sorted(MANIFEST_SUFFIXES))})")
-    raise SourceError(f"--images: no folder or file at {source}")
+        raise SourceError(f"{source} is neither a folder nor a manifest "
+                          f"({', '.join(sorted(MANIFEST_SUFFIXES))})", "images")
+    raise SourceError(f"no folder or file at {source}", "images")
 
 
 def read_text_source(source: Path, columns: Columns = Columns()) -> list[SourceItem]:
     """List the texts of a .txt file (one per non-blank line) or of a JSONL or CSV file with a text column."""
     if not source.is_file():
-        raise SourceError(f"--texts: no file at {source}")
+        raise SourceError(f"no file at {source}", "texts")
     suffix = source.suffix.lower()
     if suffix == ".txt":
         with source.open(encoding="utf-8", errors="replace") as file:
@@ -65,7 +65,7 @@ def read_text_source(source: Path, columns: Columns = Columns()) -> list[SourceI
                     for number, line in enumerate(file, start=1) if line.strip()]
     if suffix in (".jsonl", ".csv"):
         return [_text_row(row, source, columns) for row in _read_rows(source, columns.text)]
-    raise SourceError(f"--texts: {source} must be .txt, .jsonl or .csv")
+    raise SourceError(f"{source} must be .txt, .jsonl or .csv", "texts")
 
 
 @dataclass(frozen=True)

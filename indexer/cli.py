@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from clipsearch.build import BuildConfig, build, corpus_fingerprint, work_dir_for
-from clipsearch.bundle import read_manifest
+from clipsearch.build import BuildConfig, build, is_up_to_date
 from clipsearch.encoder import DEFAULT_MODEL, DEFAULT_PRETRAINED, OFFLINE_MODEL
 from clipsearch.errors import ClipSearchError
-from clipsearch.images import DEFAULT_MAX_PIXELS
-from clipsearch.index import DEFAULT_FLAT_THRESHOLD
+from clipsearch.manifest import read_manifest
+from clipsearch.shards import work_dir_for
 from clipsearch.sources import Columns
+
+DEFAULTS = BuildConfig(out=Path("bundle"))
+"""The indexer's defaults are BuildConfig's: no number is written twice."""
 
 
 def _positive_int(text: str) -> int:
@@ -45,7 +46,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                          help="a text corpus: .txt (one text per line), or JSONL / CSV with a text column")
     command.add_argument("--out", type=Path, required=True,
                          help="the bundle directory to write (an existing bundle there is replaced when done)")
-    command.add_argument("--model", default=DEFAULT_MODEL,
+    command.add_argument("--model", default=DEFAULTS.model,
                          help=f"open_clip model name; {OFFLINE_MODEL!r} is a tiny random-weight model that needs "
                               "no download")
     command.add_argument("--pretrained", default=None,
@@ -53,24 +54,27 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                               "other models); 'none' for random weights")
     command.add_argument("--checkpoint", type=Path, default=None,
                          help="a local checkpoint file to load instead of a pretrained tag")
-    command.add_argument("--device", default="auto", help="'auto' (CUDA if available), 'cpu', 'cuda' or 'cuda:N'")
-    command.add_argument("--batch-size", type=_positive_int, default=256, help="items encoded per forward pass")
-    command.add_argument("--workers", type=_non_negative_int, default=min(8, os.cpu_count() or 1),
+    command.add_argument("--device", default=DEFAULTS.device,
+                         help="'auto' (CUDA if available), 'cpu', 'cuda' or 'cuda:N'")
+    command.add_argument("--batch-size", type=_positive_int, default=DEFAULTS.batch_size,
+                         help="items encoded per forward pass")
+    command.add_argument("--workers", type=_non_negative_int, default=DEFAULTS.workers,
                          help="image decoding worker processes (0 decodes in the main process)")
     command.add_argument("--index-factory", default=None,
                          help="a FAISS index factory string (e.g. 'IVF4096,Flat' or 'HNSW32'); by default exact "
                               "'Flat' up to --flat-threshold items, IVF above")
-    command.add_argument("--flat-threshold", type=_positive_int, default=DEFAULT_FLAT_THRESHOLD,
+    command.add_argument("--flat-threshold", type=_positive_int, default=DEFAULTS.flat_threshold,
                          help="largest corpus indexed exactly when no --index-factory is given")
     command.add_argument("--keep-duplicates", action="store_true",
                          help="index files with identical content once each (default: only the first)")
-    command.add_argument("--batches-per-shard", type=_positive_int, default=32,
+    command.add_argument("--batches-per-shard", type=_positive_int, default=DEFAULTS.batches_per_shard,
                          help="batches written per resumable shard")
-    command.add_argument("--max-pixels", type=_positive_int, default=DEFAULT_MAX_PIXELS,
+    command.add_argument("--max-pixels", type=_positive_int, default=DEFAULTS.max_pixels,
                          help="images declaring more pixels are skipped (decompression-bomb guard)")
-    command.add_argument("--image-column", default="image", help="image path column of a manifest")
-    command.add_argument("--caption-column", default="caption", help="caption column of a manifest")
-    command.add_argument("--text-column", default="text", help="text column of a JSONL / CSV text corpus")
+    command.add_argument("--image-column", default=DEFAULTS.columns.image, help="image path column of a manifest")
+    command.add_argument("--caption-column", default=DEFAULTS.columns.caption, help="caption column of a manifest")
+    command.add_argument("--text-column", default=DEFAULTS.columns.text,
+                         help="text column of a JSONL / CSV text corpus")
     command.add_argument("--no-progress", action="store_true", help="no progress bar")
     command.add_argument("--if-changed", action="store_true",
                          help="do nothing when the bundle at --out was built from the same files and settings")
@@ -107,7 +111,12 @@ def _up_to_date(config: BuildConfig) -> bool:
         manifest = read_manifest(config.out)
     except ClipSearchError:
         return False
-    return manifest.corpus_fingerprint == corpus_fingerprint(config)
+    return is_up_to_date(config, manifest.corpus_fingerprint)
+
+
+def describe_error(error: ClipSearchError) -> str:
+    """The core's message, with the field it names spelled as this command's flag."""
+    return f"--{error.field.replace('_', '-')}: {error.reason}" if error.field else str(error)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -127,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         summary = build(config)
     except ClipSearchError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {describe_error(error)}", file=sys.stderr)
         print(f"(finished shards, if any, are kept in {work_dir_for(config.out)} for a rerun)", file=sys.stderr)
         return 2
     print(summary.describe())

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from clipsearch.build import BuildConfig, build
+from clipsearch.build import build
 from clipsearch.bundle import Bundle, load_bundle
 from clipsearch.encoder import OFFLINE_MODEL, ClipEncoder, load_encoder
-from tests.imagefiles import image_bytes, noise_image, save
+from tests.corpora import make_image_corpus, make_text_corpus, tiny_config
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -26,29 +26,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(scope="session")
 def encoder() -> ClipEncoder:
     return load_encoder(OFFLINE_MODEL, pretrained=None, device="cpu")
-
-
-def make_image_corpus(folder: Path, count: int, seed: int = 0) -> Path:
-    """`count` distinct noise images in a nested folder, every third with a caption and metadata."""
-    for number in range(count):
-        sub = folder / ("nested" if number % 2 else "")
-        path = save(sub / f"picture_{number:03d}.png", image_bytes(noise_image(seed * 10_000 + number)))
-        if number % 3 == 0:
-            path.with_suffix(".txt").write_text(f"caption of picture {number}")
-            path.with_suffix(".json").write_text(f'{{"number": {number}}}')
-    return folder
-
-
-def make_text_corpus(path: Path, count: int) -> Path:
-    path.write_text("".join(f"a sentence about thing number {number}\n" for number in range(count)))
-    return path
-
-
-def tiny_config(out: Path, **overrides: object) -> BuildConfig:
-    settings: dict[str, object] = dict(out=out, model=OFFLINE_MODEL, pretrained=None, device="cpu", batch_size=8,
-                                       workers=0, batches_per_shard=2, progress=False)
-    settings.update(overrides)
-    return BuildConfig(**settings)  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="session")

@@ -10,21 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clipsearch.build import build, work_dir_for
+from clipsearch.build import build
 from clipsearch.bundle import REPORT_FILE, Bundle, load_bundle
 from clipsearch.errors import ResumeMismatch
 from clipsearch.modality import Modality
-from tests.conftest import make_image_corpus, make_text_corpus, tiny_config
+from clipsearch.shards import work_dir_for
+from tests.corpora import make_image_corpus, make_text_corpus, tiny_config
 from tests.imagefiles import BAD_FILES, DUPLICATE_FILES, GOOD_FILES, good_and_bad_files, image_bytes, noise_image
-
-
-def contents(bundle: Bundle) -> dict[str, object]:
-    """Everything a bundle serves, for comparing two builds."""
-    vectors = {modality.value: {item_id: bundle.indices[modality].reconstruct(item_id).tolist()
-                                for item_id in (item.id for item in bundle.items if item.modality is modality)}
-               for modality in bundle.indices}
-    return {"items": [vars(item) for item in bundle.items], "vectors": vectors,
-            "modalities": bundle.manifest.modalities, "model": bundle.manifest.model}
+from tests.reference import bundle_contents
 
 
 def test_every_good_file_is_indexed_and_every_bad_one_reported(tmp_path: Path) -> None:
@@ -49,7 +42,7 @@ def test_duplicates_can_be_kept(tmp_path: Path) -> None:
 def test_decoding_in_worker_processes_gives_the_same_bundle(corpus_dir: Path, bundle: Bundle, tmp_path: Path) -> None:
     build(tiny_config(tmp_path / "parallel", images=corpus_dir / "images", texts=corpus_dir / "texts.txt",
                       workers=2))
-    assert contents(load_bundle(tmp_path / "parallel")) == contents(bundle)
+    assert bundle_contents(load_bundle(tmp_path / "parallel")) == bundle_contents(bundle)
 
 
 def test_an_ivf_index_records_its_cross_modal_recall(tmp_path: Path) -> None:
@@ -67,7 +60,7 @@ CRASHING_BUILD = textwrap.dedent("""
     import os, signal, sys
     from pathlib import Path
     from clipsearch.build import build
-    from tests.conftest import tiny_config
+    from tests.corpora import tiny_config
 
     images, texts, out, crash_after = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4])
     written = []
@@ -95,7 +88,7 @@ def test_a_build_killed_midway_resumes_to_the_same_bundle(corpus_dir: Path, bund
     (shards[-1].with_name("text-999999.npz.tmp")).write_bytes(b"half a shard")  # debris of a killed write
     summary = build(tiny_config(out, images=corpus_dir / "images", texts=corpus_dir / "texts.txt"))
     assert summary.resumed_shards >= min(crash_after, 2)
-    assert contents(load_bundle(out)) == contents(bundle)
+    assert bundle_contents(load_bundle(out)) == bundle_contents(bundle)
     assert not work_dir_for(out).exists()
 
 

@@ -7,8 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clipsearch.bundle import ITEMS_FILE, MANIFEST_FILE, Bundle, check_model, load_bundle, read_manifest, write_bundle
-from clipsearch.encoder import ModelRef
+from clipsearch.bundle import Bundle, load_bundle, write_bundle
 from clipsearch.errors import (
     BundleError,
     BundleFileMissing,
@@ -17,6 +16,8 @@ from clipsearch.errors import (
     ModelMismatch,
     UnsupportedFormatVersion,
 )
+from clipsearch.item_store import ITEMS_FILE
+from clipsearch.manifest import MANIFEST_FILE, ModelRef, check_model, read_manifest
 from clipsearch.modality import Modality
 
 

@@ -9,11 +9,13 @@ import sys
 import time
 from pathlib import Path
 
-from clipsearch.build import build, work_dir_for
-from clipsearch.bundle import MANIFEST_FILE, load_bundle
+from clipsearch.build import build
+from clipsearch.bundle import load_bundle
+from clipsearch.manifest import MANIFEST_FILE
+from clipsearch.shards import work_dir_for
 from indexer.cli import main
-from tests.conftest import make_image_corpus, make_text_corpus, tiny_config
-from tests.test_build import contents
+from tests.corpora import make_image_corpus, make_text_corpus, tiny_config
+from tests.reference import bundle_contents
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARDS = 30 + 20  # 120 images and 80 texts, 4 items a shard
@@ -56,6 +58,6 @@ def test_random_kills_then_a_rerun_give_the_uninterrupted_bundle(tmp_path: Path)
     print("kill points (target, exit code, shards on disk):", killed_at)
     assert sum(code == -9 for _, code, _ in killed_at) >= 3, killed_at
     assert main(arguments) == 0
-    assert contents(load_bundle(out)) == contents(load_bundle(tmp_path / "reference"))
+    assert bundle_contents(load_bundle(out)) == bundle_contents(load_bundle(tmp_path / "reference"))
     assert not work_dir_for(out).exists()
     assert [path.name for path in tmp_path.iterdir() if path.name.startswith(".bundle")] == []

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from clipsearch.encoder import OFFLINE_MODEL, ClipEncoder, ImagePreparer, load_encoder
+from clipsearch.encoder import OFFLINE_MODEL, ClipEncoder, load_encoder
 from clipsearch.errors import ModelLoadError
 from tests.imagefiles import noise_image
 
@@ -27,27 +27,11 @@ def test_text_embeddings_are_unit_float32_rows(encoder: ClipEncoder) -> None:
     assert_unit_float32(vectors, 2, encoder.embedding_dim)
 
 
-def test_preprocessed_batches_embed_like_pil_images(encoder: ClipEncoder) -> None:
+def test_prepared_pixel_batches_embed_like_pil_images(encoder: ClipEncoder) -> None:
     images = [noise_image(seed) for seed in range(2)]
-    batch = torch.stack([encoder.preprocess(image) for image in images])
-    np.testing.assert_allclose(encoder.encode_images(batch), encoder.encode_images(images), atol=1e-6)
-
-
-def test_uint8_pixels_normalised_on_the_device_equal_the_models_own_preprocessing_exactly(
-        encoder: ClipEncoder) -> None:
-    images = [noise_image(seed) for seed in range(3)]
-    pixels = torch.stack([encoder.prepare_image(image) for image in images])
-    assert pixels.dtype == torch.uint8 and pixels.shape == (3, 3, encoder.image_size, encoder.image_size)
-    full = torch.stack([encoder.preprocess(image) for image in images])
-    np.testing.assert_array_equal(encoder.encode_images(pixels), encoder.encode_images(full))
-
-
-def test_a_preprocessing_that_cannot_be_split_is_applied_whole(encoder: ClipEncoder) -> None:
-    def unusual(image: object) -> torch.Tensor:
-        return torch.zeros(3, encoder.image_size, encoder.image_size)
-    preparer = ImagePreparer(unusual)
-    assert preparer.normalisation is None
-    assert preparer(noise_image(0)).dtype == torch.float32
+    batch = torch.stack([encoder.prepare_image(image) for image in images])
+    assert batch.dtype == torch.uint8 and batch.shape == (2, 3, encoder.image_size, encoder.image_size)
+    np.testing.assert_array_equal(encoder.encode_images(batch), encoder.encode_images(images))
 
 
 def test_cuda_graphs_are_not_used_on_the_cpu(encoder: ClipEncoder) -> None:

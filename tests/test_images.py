@@ -52,8 +52,8 @@ def test_a_one_pixel_image_decodes() -> None:
 
 @pytest.mark.parametrize(("data", "reason"), [
     (b"", "empty file"),
-    (b"plain text renamed .jpg", "not a recognised image"),
-    (b"<html><body>hi</body></html>", "not a recognised image"),
+    (b"plain text renamed .jpg", "not an image in an accepted format"),
+    (b"<html><body>hi</body></html>", "not an image in an accepted format"),
     (image_bytes(noise_image(4, (64, 64)), "JPEG")[:300], "truncated"),
     (image_bytes(noise_image(5, (64, 64)))[:200], "truncated"),
 ])

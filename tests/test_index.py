@@ -5,36 +5,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clipsearch.errors import BundleError
+from clipsearch.errors import IndexSettingsInvalid
 from clipsearch.index import RECALL_TARGET, build_index, default_factory, load_index, reconstruct, save_index, search
-
-
-def unit_vectors(count: int, dim: int = 32, seed: int = 0) -> np.ndarray:
-    vectors = np.random.default_rng(seed).standard_normal((count, dim)).astype(np.float32)
-    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
-
-
-def brute_force(vectors: np.ndarray, ids: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    scores = queries @ vectors.T
-    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-    return np.take_along_axis(scores, order, axis=1), ids[order]
+from tests.reference import assert_same_top_k, brute_force, unit_vectors
 
 
 def test_exact_search_equals_brute_force() -> None:
     vectors, queries = unit_vectors(2000), unit_vectors(50, seed=1)
     ids = np.arange(1000, 3000, dtype=np.int64)[::-1].copy()
     index, spec = build_index(vectors, ids, "Flat")
-    scores, found = search(index, queries, 10)
-    expected_scores, expected_ids = brute_force(vectors, ids, queries, 10)
     assert spec.exact
-    np.testing.assert_array_equal(found, expected_ids)
-    np.testing.assert_allclose(scores, expected_scores, atol=1e-5)
+    assert_same_top_k(brute_force(vectors, ids, queries, 10), search(index, queries, 10))
 
 
 def test_k_larger_than_the_index_returns_every_item() -> None:
     index, _ = build_index(unit_vectors(5), np.arange(5, dtype=np.int64), "Flat")
-    _scores, found = search(index, unit_vectors(1, seed=2), 10)
-    assert sorted(found[0].tolist()) == [0, 1, 2, 3, 4]
+    found = search(index, unit_vectors(1, seed=2), 10)
+    assert sorted(found.ids[0].tolist()) == [0, 1, 2, 3, 4]
 
 
 def test_the_default_is_exact_up_to_the_threshold_and_ivf_above() -> None:
@@ -53,19 +40,19 @@ def test_ivf_reaches_the_recall_target_on_cross_modal_queries_and_records_it() -
     assert spec.recall_at_10 is not None and spec.recall_at_10 >= RECALL_TARGET
     assert spec.recall_queries == "text (cross-modal)"
     assert spec.params["nlist"] == 64 and 1 <= spec.params["nprobe"] <= 64
-    _, found = search(index, queries, 10)
-    _, expected = brute_force(vectors, np.arange(5000), queries, 10)
+    found = search(index, queries, 10).ids
+    expected = brute_force(vectors, np.arange(5000), queries, 10).ids
     measured = np.mean([len(np.intersect1d(a, b)) / 10 for a, b in zip(found, expected, strict=True)])
     assert measured == pytest.approx(spec.recall_at_10, abs=1e-4)
 
 
 def test_an_invalid_factory_string_is_refused_by_name() -> None:
-    with pytest.raises(BundleError, match="NotAnIndex"):
+    with pytest.raises(IndexSettingsInvalid, match="NotAnIndex"):
         build_index(unit_vectors(10), np.arange(10, dtype=np.int64), "NotAnIndex")
 
 
 def test_more_ivf_lists_than_vectors_is_refused_clearly() -> None:
-    with pytest.raises(BundleError, match="only 10 vectors"):
+    with pytest.raises(IndexSettingsInvalid, match="only 10 vectors"):
         build_index(unit_vectors(10), np.arange(10, dtype=np.int64), "IVF64,Flat")
 
 
@@ -75,7 +62,7 @@ def test_a_saved_index_loads_with_the_same_results_and_vectors(tmp_path: Path) -
     save_index(index, tmp_path / "index.faiss")
     loaded = load_index(tmp_path / "index.faiss")
     queries = unit_vectors(5, seed=3)
-    np.testing.assert_array_equal(search(loaded, queries, 5)[1], search(index, queries, 5)[1])
+    np.testing.assert_array_equal(search(loaded, queries, 5).ids, search(index, queries, 5).ids)
     np.testing.assert_array_equal(reconstruct(loaded, 7 * 12), vectors[12])
     assert reconstruct(loaded, 5) is None
     assert not (tmp_path / "index.faiss.tmp").exists()

@@ -10,8 +10,8 @@ import pytest
 from clipsearch.bundle import load_bundle
 from clipsearch.encoder import DEFAULT_PRETRAINED
 from indexer.cli import config_from_args, main, parse_args
+from tests.corpora import write_manifest
 from tests.imagefiles import image_bytes, noise_image, save
-from tests.test_sources import write_manifest
 
 TINY = ["--model", "tiny", "--device", "cpu", "--workers", "0", "--no-progress"]
 

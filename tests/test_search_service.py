@@ -13,8 +13,12 @@ from clipsearch.bundle import Bundle
 from clipsearch.encoder import ClipEncoder
 from clipsearch.errors import InvalidQuery, ItemNotFound, ModalityUnavailable
 from clipsearch.modality import Modality
-from clipsearch.search import Batching, ItemTerm, QueryLimits, SearchService, TextTerm
+from clipsearch.pipeline import Batching
+from clipsearch.query import ItemTerm, QueryLimits, TextTerm
+from clipsearch.search import SearchService
+from clipsearch.topk import TopK
 from tests.imagefiles import image_bytes, noise_image
+from tests.reference import assert_same_top_k, brute_force, stored_vectors
 
 Result = TypeVar("Result")
 
@@ -44,7 +48,7 @@ def test_concurrent_text_queries_share_forward_passes_and_each_gets_its_own_vect
     texts = [f"a photo of thing {number}" for number in range(24)]
     vectors = in_parallel(lambda number: batching_service.embed_text(texts[number]).vector, len(texts))
     np.testing.assert_allclose(np.stack(vectors), encoder.encode_texts(texts), atol=1e-5)
-    assert batching_service._text_batches.mean_batch > 1
+    assert batching_service.mean_batches()["encode-text"] > 1
 
 
 def test_concurrent_uploads_share_forward_passes_and_each_gets_its_own_vector(
@@ -53,7 +57,7 @@ def test_concurrent_uploads_share_forward_passes_and_each_gets_its_own_vector(
     vectors = in_parallel(lambda number: batching_service.embed_image(image_bytes(images[number])).vector,
                           len(images))
     np.testing.assert_allclose(np.stack(vectors), encoder.encode_images(images), atol=1e-5)
-    assert batching_service._image_batches.mean_batch > 1
+    assert batching_service.mean_batches()["encode-image"] > 1
 
 
 def test_concurrent_searches_with_different_k_each_get_their_own_top_k(batching_service: SearchService,
@@ -65,13 +69,13 @@ def test_concurrent_searches_with_different_k_each_get_their_own_top_k(batching_
     batched = in_parallel(lambda number: ids(batching_service, number), len(queries))
     assert batched == [ids(service, number) for number in range(len(queries))]
     assert [len(found) for found in batched] == [1 + number % 7 for number in range(len(queries))]
-    assert batching_service._search_batches[Modality.IMAGE].mean_batch > 1
+    assert batching_service.mean_batches()["search-image"] > 1
 
 
 def test_warming_up_runs_every_stage_for_every_target(service: SearchService) -> None:
     service.warm_up()
-    assert service._text_batches.batches == 2 and service._image_batches.batches == 2
-    assert all(batcher.batches == 1 for batcher in service._search_batches.values())
+    batches = {stage: count for stage, (count, _) in service.pipeline.batch_counts().items()}
+    assert batches == {"encode-text": 2, "encode-image": 2, "search-image": 1, "search-text": 1}
 
 
 def test_plain_queries_to_both_targets_with_different_k_share_one_batch_and_get_their_own_hits(
@@ -85,7 +89,7 @@ def test_plain_queries_to_both_targets_with_different_k_share_one_batch_and_get_
     batched = in_parallel(lambda number: ids(batching_service, number), len(asks))
     assert batched == [ids(service, number) for number in range(len(asks))]
     assert [len(found) for found in batched] == [k for _, _, k in asks]
-    assert batching_service._text_batches.mean_batch > 1
+    assert batching_service.mean_batches()["encode-text"] > 1
 
 
 def test_an_uploaded_image_is_searched_in_its_encode_batch_with_the_batch_times(service: SearchService,
@@ -94,17 +98,17 @@ def test_an_uploaded_image_is_searched_in_its_encode_batch_with_the_batch_times(
     answer = service.search_image(picture.read_bytes(), Modality.IMAGE, 3)
     assert answer.hits[0].item.uri == str(picture.resolve())
     assert answer.hits[0].score == pytest.approx(1.0, abs=1e-5)
-    assert answer.encode_s > 0 and answer.search_s > 0
+    [encoding] = answer.query.encodings
+    assert encoding.tower is Modality.IMAGE and encoding.seconds > 0 and answer.search_s > 0
 
 
 def test_batched_search_equals_brute_force_row_by_row(service: SearchService, bundle: Bundle) -> None:
     queries = service.encoder.encode_texts([f"query {number}" for number in range(6)])
-    text_ids = np.array([item.id for item in bundle.items if item.modality is Modality.TEXT])
-    vectors = np.stack([bundle.indices[Modality.TEXT].reconstruct(int(item_id)) for item_id in text_ids])
-    for row, hits in zip(queries, service.search_many(queries, Modality.TEXT, 5), strict=True):
-        scores = vectors @ row
-        assert [hit.item.id for hit in hits] == text_ids[np.argsort(-scores, kind="stable")[:5]].tolist()
-        np.testing.assert_allclose([hit.score for hit in hits], np.sort(scores)[::-1][:5], atol=1e-5)
+    hits = service.search_many(queries, Modality.TEXT, 5)
+    found = TopK(np.array([[hit.score for hit in row] for row in hits], np.float32),
+                 np.array([[hit.item.id for hit in row] for row in hits], np.int64))
+    ids, vectors = stored_vectors(bundle, Modality.TEXT)
+    assert_same_top_k(brute_force(vectors, ids, queries, 5), found)
 
 
 def test_a_stored_item_used_as_a_query_finds_itself_first(service: SearchService) -> None:
@@ -139,7 +143,7 @@ def test_an_exact_index_too_big_for_the_device_is_searched_with_faiss_instead(
         encoder: ClipEncoder, bundle: Bundle, service: SearchService, monkeypatch: pytest.MonkeyPatch) -> None:
     def out_of_memory(*_: object) -> None:
         raise torch.OutOfMemoryError("CUDA out of memory")
-    monkeypatch.setattr("clipsearch.search.ExactIndex.from_faiss", out_of_memory)
+    monkeypatch.setattr("clipsearch.searchers.ExactIndex.from_faiss", out_of_memory)
     fallback = SearchService(encoder, bundle, QueryLimits(max_k=20))
     query = encoder.encode_texts(["a photo"])[0]
     assert [hit.item.id for hit in fallback.search(query, Modality.IMAGE, 8)] == \

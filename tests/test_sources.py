@@ -1,14 +1,12 @@
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from clipsearch.errors import SourceError
 from clipsearch.sources import Columns, read_image_source, read_text_source
+from tests.corpora import write_manifest
 from tests.imagefiles import image_bytes, noise_image, save
 
 
@@ -37,19 +35,6 @@ def test_a_symlink_out_of_the_corpus_folder_is_not_followed(tmp_path: Path) -> N
     (tmp_path / "corpus" / "link.png").symlink_to(outside)
     [item] = read_image_source(tmp_path / "corpus")
     assert item.problem is not None and "leaves the corpus" in item.problem
-
-
-def write_manifest(folder: Path, kind: str, rows: list[dict[str, object]]) -> Path:
-    path = folder / f"manifest.{kind}"
-    if kind == "jsonl":
-        path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    elif kind == "csv":
-        columns = list(rows[0])
-        path.write_text(",".join(columns) + "\n" + "".join(",".join(str(row[c]) for c in columns) + "\n"
-                                                           for row in rows))
-    else:
-        pq.write_table(pa.Table.from_pylist(rows), path)
-    return path
 
 
 @pytest.mark.parametrize("kind", ["csv", "jsonl", "parquet"])
@@ -100,8 +85,9 @@ def test_csv_texts_use_the_text_column(tmp_path: Path) -> None:
     assert item.text == "hello there" and item.extra == {"id": "1"}
 
 
-def test_missing_sources_are_refused_with_the_flag_name(tmp_path: Path) -> None:
-    with pytest.raises(SourceError, match="--images"):
+def test_missing_sources_are_refused_naming_which_source(tmp_path: Path) -> None:
+    with pytest.raises(SourceError, match="no folder or file") as images:
         read_image_source(tmp_path / "nope")
-    with pytest.raises(SourceError, match="--texts"):
+    with pytest.raises(SourceError, match="no file") as texts:
         read_text_source(tmp_path / "nope.txt")
+    assert (images.value.field, texts.value.field) == ("images", "texts")

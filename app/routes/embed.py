@@ -7,7 +7,8 @@ from fastapi import APIRouter, UploadFile
 from app.deps import MetricsDep, ServiceDep
 from app.routes.search import ERRORS
 from app.schemas import EmbeddingResponse, EmbedTextRequest
-from clipsearch.search import QueryVector, SearchService
+from clipsearch.query import QueryVector
+from clipsearch.search import SearchService
 
 router = APIRouter(prefix="/embed", tags=["embed"])
 
@@ -20,12 +21,14 @@ def _respond(service: SearchService, query: QueryVector) -> EmbeddingResponse:
 @router.post("/text", responses=ERRORS)
 def embed_text(request: EmbedTextRequest, service: ServiceDep, metrics: MetricsDep) -> EmbeddingResponse:
     """The unit embedding of a text, in the bundle's vector space."""
-    with metrics.time_encode("text"):
-        return _respond(service, service.embed_text(request.text))
+    query = service.embed_text(request.text, "text")
+    metrics.observe_encodings(query)
+    return _respond(service, query)
 
 
 @router.post("/image", responses=ERRORS)
 def embed_image(file: UploadFile, service: ServiceDep, metrics: MetricsDep) -> EmbeddingResponse:
     """The unit embedding of an uploaded image (multipart field `file`)."""
-    with metrics.time_encode("image"):
-        return _respond(service, service.embed_image(file.file.read(), "file"))
+    query = service.embed_image(file.file.read(), "file")
+    metrics.observe_encodings(query)
+    return _respond(service, query)

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Form, UploadFile
 from app.deps import MetricsDep, ServiceDep
 from app.schemas import ComposedSearchRequest, ErrorResponse, HitModel, SearchResponse, TextSearchRequest
 from clipsearch.modality import Modality
-from clipsearch.search import Hit, QueryVector
+from clipsearch.search import Answer
 
 router = APIRouter(tags=["search"])
 
@@ -25,8 +25,8 @@ UNAUTHORIZED: dict[int | str, dict[str, Any]] = {401: {
     "model": ErrorResponse, "description": "The server requires an API key (X-API-Key) and it was missing or wrong."}}
 
 
-def _respond(hits: list[Hit], query: QueryVector, started: float) -> SearchResponse:
-    return SearchResponse(results=[HitModel.of(hit) for hit in hits], truncated=list(query.truncated),
+def _respond(answer: Answer, started: float) -> SearchResponse:
+    return SearchResponse(results=[HitModel.of(hit) for hit in answer.hits], truncated=list(answer.query.truncated),
                           took_ms=round((time.perf_counter() - started) * 1000, 3))
 
 
@@ -35,8 +35,8 @@ def search_text(request: TextSearchRequest, service: ServiceDep, metrics: Metric
     """Find the items most similar to a text: text→image, or text→text with `target: "text"`."""
     started = time.perf_counter()
     answer = service.search_text(request.text, request.target, request.k)
-    metrics.observe("text", request.target.value, answer.encode_s, answer.search_s)
-    return _respond(answer.hits, answer.query, started)
+    metrics.observe_answer(answer, request.target)
+    return _respond(answer, started)
 
 
 @router.post("/search/image", responses=ERRORS)
@@ -47,8 +47,8 @@ def search_image(file: UploadFile, service: ServiceDep, metrics: MetricsDep,
     started = time.perf_counter()
     data = file.file.read()  # held in memory: the multipart parser is told not to spool uploads to disk
     answer = service.search_image(data, target, k, "file")
-    metrics.observe("image", target.value, answer.encode_s, answer.search_s)
-    return _respond(answer.hits, answer.query, started)
+    metrics.observe_answer(answer, target)
+    return _respond(answer, started)
 
 
 @router.post("/search", responses=ERRORS)
@@ -59,8 +59,7 @@ def search_composed(request: ComposedSearchRequest, service: ServiceDep, metrics
     """
     started = time.perf_counter()
     service.check_target(request.target, request.k)
-    with metrics.time_encode("composed"):
-        query = service.embed_terms([term.to_term() for term in request.queries])
-    with metrics.time_search(request.target.value):
-        hits = service.search(query.vector, request.target, request.k)
-    return _respond(hits, query, started)
+    query = service.embed_terms([term.to_term() for term in request.queries], "queries")
+    answer = service.search_vector(query, request.target, request.k)
+    metrics.observe_answer(answer, request.target)
+    return _respond(answer, started)

@@ -12,8 +12,8 @@ import pytest
 from app.settings import Settings
 from clipsearch.build import build
 from clipsearch.client import ClipSearchAPIError, ClipSearchClient
-from tests.app.conftest import LIMITS, serve
-from tests.conftest import make_image_corpus, tiny_config
+from tests.app.serving import LIMITS, serve
+from tests.corpora import make_image_corpus, tiny_config
 from tests.imagefiles import image_bytes, noise_image, png_declaring_size
 
 PNG = image_bytes(noise_image(1))
@@ -50,8 +50,8 @@ def test_a_body_that_is_not_json_is_refused(http: httpx.Client) -> None:
 
 @pytest.mark.parametrize(("data", "reason"), [
     (b"", "empty file"),
-    (b"just some text", "not a recognised image"),
-    (b"<html><body>no</body></html>", "not a recognised image"),
+    (b"just some text", "not an image in an accepted format"),
+    (b"<html><body>no</body></html>", "not an image in an accepted format"),
     (image_bytes(noise_image(2, (64, 64)), "JPEG")[:300], "truncated"),
 ])
 def test_uploads_that_are_not_whole_images_are_refused(http: httpx.Client, data: bytes, reason: str) -> None:
@@ -87,12 +87,13 @@ def test_an_image_over_the_pixel_limit_is_413_naming_the_field(http: httpx.Clien
     ({"queries": [{"text": "a", "weight": 0}, {"item_id": 1, "weight": 0}]}, 422, "queries", "all weights are zero"),
     ({"queries": [{"text": "same"}, {"text": "same", "weight": -1}]}, 422, "queries", "cancel"),
     ({"queries": [{"image_b64": "not base64!"}]}, 422, "queries[0].image_b64", "not valid base64"),
-    ({"queries": [{"image_b64": "aGVsbG8="}]}, 422, "queries[0].image_b64", "not a recognised image"),
+    ({"queries": [{"image_b64": "aGVsbG8="}]}, 422, "queries[0].image_b64", "not an image in an accepted format"),
     ({"queries": [{"text": "a", "item_id": 2}]}, 422, "queries[0]", "exactly one"),
     ({"queries": [{"weight": 1}]}, 422, "queries[0]", "exactly one"),
     ({"queries": [{"text": " "}]}, 422, "queries[0].text", "must not be empty"),
     ({"queries": [{"text": "a"}] * 5}, 422, "queries", "at most 4 terms"),
-    ({"queries": [{"item_id": 999_999}]}, 404, "id", "999999"),
+    ({"queries": [{"item_id": 999_999}]}, 404, "queries[0].item_id", "999999"),
+    ({"queries": [{"text": "a"}, {"item_id": 999_999, "weight": 2}]}, 404, "queries[1].item_id", "no such item"),
     ({"queries": [{"text": "a"}], "k": 0}, 422, "k", "greater than or equal to 1"),
 ])
 def test_bad_composed_queries_name_the_field(http: httpx.Client, body: dict[str, Any], status: int, field: str,

@@ -14,9 +14,9 @@ from clipsearch.bundle import load_bundle
 from clipsearch.client import ClipSearchClient
 from clipsearch.encoder import ClipEncoder
 from clipsearch.modality import Modality
-from tests.app.conftest import serve
-from tests.app.test_search import brute_force_ids
-from tests.conftest import make_image_corpus, make_text_corpus, tiny_config
+from tests.app.serving import serve
+from tests.corpora import make_image_corpus, make_text_corpus, tiny_config
+from tests.reference import brute_force_bundle
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +42,7 @@ def test_served_ivf_recall_at_10_matches_what_the_manifest_promises(ivf_client: 
     recalls = []
     for text in texts:
         served = ivf_client.search_text(text, k=10).ids
-        exact = brute_force_ids(bundle, Modality.IMAGE, encoder.encode_texts([text])[0], 10)
+        exact = brute_force_bundle(bundle, Modality.IMAGE, encoder.encode_texts([text])[0], 10).ids[0].tolist()
         recalls.append(len(set(served) & set(exact)) / 10)
     recall = float(np.mean(recalls))
     print(f"served IVF8 recall@10 over {len(texts)} text queries: {recall:.3f} (manifest: {spec.recall_at_10})")

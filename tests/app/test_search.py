@@ -13,15 +13,9 @@ from clipsearch.bundle import Bundle
 from clipsearch.client import ClipSearchClient, Query
 from clipsearch.encoder import ClipEncoder
 from clipsearch.modality import Modality
-from tests.app.conftest import serve
+from tests.app.serving import serve
 from tests.imagefiles import image_bytes, noise_image
-
-
-def brute_force_ids(bundle: Bundle, target: Modality, query: np.ndarray, k: int) -> list[int]:
-    ids = [item.id for item in bundle.items if item.modality is target]
-    vectors = np.stack([bundle.indices[target].reconstruct(item_id) for item_id in ids])
-    scores = vectors @ query
-    return [ids[row] for row in np.argsort(-scores, kind="stable")[:k]]
+from tests.reference import brute_force_bundle
 
 
 def unit(vector: np.ndarray) -> np.ndarray:
@@ -30,7 +24,8 @@ def unit(vector: np.ndarray) -> np.ndarray:
 
 def test_text_to_image_equals_exact_search(client: ClipSearchClient, bundle: Bundle, encoder: ClipEncoder) -> None:
     result = client.search_text("a photo of noise", k=7)
-    assert result.ids == brute_force_ids(bundle, Modality.IMAGE, encoder.encode_texts(["a photo of noise"])[0], 7)
+    expected = brute_force_bundle(bundle, Modality.IMAGE, encoder.encode_texts(["a photo of noise"])[0], 7)
+    assert result.ids == expected.ids[0].tolist()
     assert all(hit.modality is Modality.IMAGE for hit in result.results)
     assert [hit.score for hit in result.results] == sorted((hit.score for hit in result.results), reverse=True)
     assert result.took_ms > 0 and result.truncated == []
@@ -53,7 +48,7 @@ def test_image_to_image_finds_the_same_picture_first(client: ClipSearchClient, c
 def test_image_to_text_equals_exact_search(client: ClipSearchClient, bundle: Bundle, encoder: ClipEncoder) -> None:
     image = noise_image(77)
     result = client.search_image(image_bytes(image), target="text", k=5)
-    assert result.ids == brute_force_ids(bundle, Modality.TEXT, encoder.encode_images([image])[0], 5)
+    assert result.ids == brute_force_bundle(bundle, Modality.TEXT, encoder.encode_images([image])[0], 5).ids[0].tolist()
 
 
 def test_a_composed_query_searches_the_renormalised_weighted_sum(client: ClipSearchClient, bundle: Bundle,
@@ -63,7 +58,7 @@ def test_a_composed_query_searches_the_renormalised_weighted_sum(client: ClipSea
                             Query(image=image_bytes(image), weight=-0.5)], k=6)
     expected = unit(bundle.indices[Modality.IMAGE].reconstruct(3) + 0.8 * encoder.encode_texts(["at night"])[0]
                     - 0.5 * encoder.encode_images([image])[0])
-    assert result.ids == brute_force_ids(bundle, Modality.IMAGE, expected, 6)
+    assert result.ids == brute_force_bundle(bundle, Modality.IMAGE, expected, 6).ids[0].tolist()
 
 
 def test_one_composed_term_equals_the_plain_search(client: ClipSearchClient) -> None:
@@ -130,4 +125,4 @@ def test_on_a_gpu_concurrent_queries_are_batched_and_equal_exact_search_on_their
         vectors = list(pool.map(gpu_client.embed_text, texts))
     assert info["device"].startswith("cuda")
     for result, vector in zip(results, vectors, strict=True):
-        assert result.ids == brute_force_ids(bundle, Modality.IMAGE, vector, 5)
+        assert result.ids == brute_force_bundle(bundle, Modality.IMAGE, vector, 5).ids[0].tolist()

@@ -14,9 +14,11 @@ from app.main import create_app
 from app.settings import Settings
 from clipsearch.build import build
 from clipsearch.bundle import load_bundle
-from clipsearch.search import DECODE_WORKERS
-from tests.app.conftest import serve
-from tests.conftest import make_image_corpus, tiny_config
+from clipsearch.modality import Modality
+from clipsearch.pipeline import Pending
+from clipsearch.uploads import DECODE_WORKERS
+from tests.app.serving import serve
+from tests.corpora import make_image_corpus, tiny_config
 from tests.imagefiles import BAD_FILES, GOOD_FILES, good_and_bad_files, image_bytes, noise_image
 
 KEY = "correct horse battery staple"
@@ -48,13 +50,29 @@ def test_with_a_key_set_every_api_endpoint_requires_it(locked_url: str, method: 
     assert allowed.status_code != 401
 
 
-@pytest.mark.parametrize("path", ["/health", "/ready", "/", "/static/app.js", "/docs", "/openapi.json"])
+@pytest.mark.parametrize("path", ["/health", "/ready", "/", "/static/app.js"])
 def test_health_readiness_and_the_page_stay_open(locked_url: str, path: str) -> None:
     assert httpx.get(locked_url + path).status_code == 200
+    assert httpx.head(locked_url + path).status_code == 200
+
+
+@pytest.mark.parametrize("path", ["/docs", "/redoc", "/openapi.json"])
+def test_with_a_key_set_the_api_docs_require_it_too(locked_url: str, path: str) -> None:
+    refused = httpx.get(locked_url + path)
+    assert refused.status_code == 401 and refused.json()["field"] == "X-API-Key"
+    assert httpx.get(locked_url + path, headers={"X-API-Key": KEY}).status_code == 200
+
+
+@pytest.mark.parametrize("path", ["/docs", "/redoc", "/openapi.json"])
+def test_public_docs_serve_the_api_docs_without_the_key(bundle_path: Path, path: str) -> None:
+    settings = Settings(bundle_path=bundle_path, device="cpu", api_key=KEY, public_docs=True)  # type: ignore[call-arg]
+    with serve(settings) as url:
+        assert httpx.get(url + path).status_code == 200
+        assert httpx.post(f"{url}/search/text", json={"text": "dog"}).status_code == 401
 
 
 def test_the_openapi_schema_documents_the_key(locked_url: str) -> None:
-    schema = httpx.get(f"{locked_url}/openapi.json").json()
+    schema = httpx.get(f"{locked_url}/openapi.json", headers={"X-API-Key": KEY}).json()
     assert schema["components"]["securitySchemes"]["APIKeyHeader"] == {
         "type": "apiKey", "in": "header", "name": "X-API-Key",
         "description": "Required when the server sets CLIPSEARCH_API_KEY."}
@@ -104,7 +122,7 @@ def test_an_image_stuck_longer_than_the_decode_limit_is_refused(bundle_path: Pat
         service = app.state.service_state.require()
         release = threading.Event()
         for _ in range(DECODE_WORKERS):
-            service._decoding.submit(release.wait)  # every decoder busy with other uploads
+            service.uploads._pool.submit(release.wait)  # every decoder busy with other uploads
         try:
             response = httpx.post(f"{url}/search/image", files={"file": ("a.png", image_bytes(noise_image(3)))},
                                   timeout=30)
@@ -124,7 +142,7 @@ def test_a_query_stuck_behind_the_model_longer_than_the_limit_answers_503(bundle
             release.wait()
             return encode_texts(texts)
         service.encoder.encode_texts = slow_encode  # type: ignore[method-assign]
-        service._text_batches.submit("another request")  # holds the text tower (one pass at a time)
+        service.pipeline.embed(Modality.TEXT, Pending("another request"))  # holds the text tower (one pass at a time)
         try:
             response = httpx.post(f"{url}/search/text", json={"text": "dog"}, timeout=30)
         finally:

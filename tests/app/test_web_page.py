@@ -98,7 +98,7 @@ def test_texts_can_be_found_instead_of_images(page: Any) -> None:
 def test_an_invalid_upload_shows_the_servers_error(page: Any) -> None:
     page.set_input_files("#query-file", files=[{"name": "notes.jpg", "mimeType": "image/jpeg",
                                                 "buffer": b"these are notes, not a picture"}])
-    sync_api.expect(status(page)).to_have_text("Search failed: file: not a recognised image format")
+    sync_api.expect(status(page)).to_have_text("Search failed: file: not an image in an accepted format format")
     sync_api.expect(status(page)).to_have_class("error")
     sync_api.expect(page.locator(".card")).to_have_count(0)
 
@@ -131,7 +131,7 @@ def test_every_control_has_a_label(page: Any) -> None:
 
 def test_a_locked_server_asks_for_the_key_and_then_works(browser: Any, bundle_path: Path) -> None:
     from app.settings import Settings
-    from tests.app.conftest import serve
+    from tests.app.serving import serve
 
     with serve(Settings(bundle_path=bundle_path, device="cpu", api_key="s3cret")) as url:  # type: ignore[call-arg]
         context = browser.new_context()

@@ -1,0 +1,127 @@
+"""manifest.json: what a bundle holds and which model made it. Needs neither torch nor open_clip.
+
+The manifest is the bundle's table of contents: format version, model, dimension, metric,
+per-modality counts and index descriptions, package versions, creation time, and the sha256 and
+size of every other file. clipsearch/bundle.py writes and checks it; nothing else defines it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from clipsearch.errors import BundleFileMissing, ManifestInvalid, ModelMismatch, UnsupportedFormatVersion
+from clipsearch.index import IndexSpec
+from clipsearch.modality import Modality
+
+FORMAT_VERSION = 1
+MANIFEST_FILE = "manifest.json"
+METRIC = "inner_product"
+RANDOM_WEIGHTS_SEED = 0
+"""Models loaded without pretrained weights or a checkpoint are initialised from this seed."""
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """Which weights produced a set of embeddings: what a bundle records and a server checks.
+
+    Exactly one of `pretrained` (an open_clip tag) and `checkpoint_sha256` (a local file's hash)
+    is set, or neither for random weights (seeded with RANDOM_WEIGHTS_SEED).
+    """
+
+    name: str
+    pretrained: str | None = None
+    checkpoint_sha256: str | None = None
+
+    def describe(self) -> str:
+        if self.pretrained:
+            return f"{self.name} ({self.pretrained})"
+        if self.checkpoint_sha256:
+            return f"{self.name} (checkpoint sha256 {self.checkpoint_sha256[:12]}…)"
+        return f"{self.name} (random weights, seed {RANDOM_WEIGHTS_SEED})"
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    sha256: str
+    bytes: int
+
+
+@dataclass(frozen=True)
+class ModalityRecord:
+    count: int
+    index_file: str
+    index: IndexSpec
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """manifest.json, read into a frozen value."""
+
+    format_version: int
+    model: ModelRef
+    embedding_dim: int
+    metric: str
+    modalities: dict[Modality, ModalityRecord]
+    files: dict[str, FileRecord]
+    skipped: int
+    created_at: str
+    versions: dict[str, str] = field(default_factory=dict)
+    corpus_fingerprint: str | None = None
+    """Hash of the build's settings and its corpus files' names, sizes and times: an unchanged
+    corpus is not built again."""
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["modalities"] = {modality.value: asdict(record) for modality, record in self.modalities.items()}
+        return json.dumps(data, indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Manifest:
+        try:
+            data = json.loads(text)
+            version = data["format_version"]
+            if version != FORMAT_VERSION:
+                raise UnsupportedFormatVersion(
+                    f"{MANIFEST_FILE}: format version {version!r} is not supported; this server reads "
+                    f"version {FORMAT_VERSION} (rebuild the bundle with this version of the indexer)")
+            modalities = {
+                Modality(name): ModalityRecord(count=int(record["count"]), index_file=str(record["index_file"]),
+                                               index=IndexSpec(**record["index"]))
+                for name, record in data["modalities"].items()}
+            return cls(format_version=version, model=ModelRef(**data["model"]),
+                       embedding_dim=int(data["embedding_dim"]), metric=str(data["metric"]),
+                       modalities=modalities,
+                       files={name: FileRecord(**record) for name, record in data["files"].items()},
+                       skipped=int(data["skipped"]), created_at=str(data["created_at"]),
+                       versions=dict(data.get("versions", {})),
+                       corpus_fingerprint=data.get("corpus_fingerprint"))
+        except UnsupportedFormatVersion:
+            raise
+        except json.JSONDecodeError as error:
+            raise ManifestInvalid(f"{MANIFEST_FILE}: not valid JSON ({error})") from error
+        except KeyError as error:
+            raise ManifestInvalid(f"{MANIFEST_FILE}: missing field {error}") from error
+        except (TypeError, ValueError, AttributeError) as error:
+            raise ManifestInvalid(f"{MANIFEST_FILE}: malformed ({error})") from error
+
+
+def read_manifest(path: Path) -> Manifest:
+    """The manifest of the bundle directory `path`."""
+    manifest_path = path / MANIFEST_FILE
+    if not path.is_dir():
+        raise BundleFileMissing(f"no bundle directory at {path}")
+    if not manifest_path.is_file():
+        raise BundleFileMissing(f"{MANIFEST_FILE}: missing from {path} (not a bundle, or its build never finished)")
+    return Manifest.from_json(manifest_path.read_text(encoding="utf-8"))
+
+
+def check_model(manifest: Manifest, model: ModelRef, embedding_dim: int) -> None:
+    """Refuse to serve a bundle with a model other than the one that built it."""
+    if model != manifest.model:
+        raise ModelMismatch(f"the bundle was built with {manifest.model.describe()}, "
+                            f"but the model loaded is {model.describe()}")
+    if embedding_dim != manifest.embedding_dim:
+        raise ModelMismatch(f"the model gives {embedding_dim}-d embeddings, the bundle holds "
+                            f"{manifest.embedding_dim}-d vectors")

@@ -1,0 +1,129 @@
+"""The batching pipeline: concurrent queries share forward passes and searches.
+
+Texts share one pass of the text tower and images one of the image tower; the queries among them
+that also want a search (a plain text or image search) are searched in that same step, one search
+per target modality, at the largest k asked. Vectors that are already embedded (composed queries)
+are searched in batches of their own. Each stage is a MicroBatcher with one thread: one forward
+pass per tower at a time (concurrent passes on one device only compete for it, and CUDA graphs
+need it) and one search per index.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from clipsearch.batching import MicroBatcher
+from clipsearch.encoder import ClipEncoder
+from clipsearch.modality import Modality
+from clipsearch.searchers import Searcher
+from clipsearch.topk import TopK
+
+
+@dataclass(frozen=True)
+class Batching:
+    """How concurrent queries are grouped: at most `max_batch` per forward pass or search, gathered
+    for up to `window_s` after the first (0: only those already waiting, so a lone query never waits)."""
+
+    max_batch: int = 64
+    window_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A query waiting for its tower's next batch: what to embed and, if `target` is set, where to search it."""
+
+    payload: str | torch.Tensor
+    target: Modality | None = None
+    k: int = 0
+
+
+@dataclass(frozen=True)
+class Embedded:
+    """A query's unit vector (float32 (d,)), its results if it asked for a search, and its batch's times."""
+
+    vector: np.ndarray
+    found: TopK | None
+    encode_s: float
+    search_s: float
+
+
+@dataclass(frozen=True)
+class Searched:
+    found: TopK
+    search_s: float
+
+
+class QueryPipeline:
+    """The batchers of one search service, and the fused encode-and-search steps they run."""
+
+    def __init__(self, encoder: ClipEncoder, searchers: Mapping[Modality, Searcher], batching: Batching) -> None:
+        self.encoder = encoder
+        self.searchers = searchers
+        size, window = batching.max_batch, batching.window_s
+        self._towers = {
+            Modality.TEXT: MicroBatcher(self._embed_texts, size, window, name="encode-text"),
+            Modality.IMAGE: MicroBatcher(self._embed_images, size, window, name="encode-image")}
+        self._searches = {modality: MicroBatcher(self._search_vectors(modality), size, window,
+                                                 name=f"search-{modality.value}")
+                          for modality in searchers}
+
+    def embed(self, tower: Modality, pending: Pending) -> Future[Embedded]:
+        """Queue a text (TEXT) or prepared pixels (IMAGE) for its tower's next batch."""
+        return self._towers[tower].submit(pending)
+
+    def search(self, vector: np.ndarray, target: Modality, k: int) -> Future[Searched]:
+        """Queue an embedded vector (float32 (d,)) for the next search of `target`."""
+        return self._searches[target].submit((vector, k))
+
+    def batch_counts(self) -> dict[str, tuple[int, int]]:
+        """(batches, queries) processed so far, by stage ('encode-text', 'encode-image', 'search-image', …)."""
+        return {batcher.name: (batcher.batches, batcher.items) for batcher in self._batchers()}
+
+    def close(self) -> None:
+        for batcher in self._batchers():
+            batcher.close()
+
+    def _batchers(self) -> list[MicroBatcher[Any, Any]]:
+        return [*self._towers.values(), *self._searches.values()]
+
+    def _embed_texts(self, pending: list[Pending]) -> list[Embedded]:
+        started = time.perf_counter()
+        vectors = self.encoder.encode_texts([str(query.payload) for query in pending])
+        return self._search_embedded(vectors, pending, time.perf_counter() - started)
+
+    def _embed_images(self, pending: list[Pending]) -> list[Embedded]:
+        started = time.perf_counter()
+        pixels = [query.payload for query in pending if isinstance(query.payload, torch.Tensor)]
+        vectors = self.encoder.encode_images(torch.stack(pixels))
+        return self._search_embedded(vectors, pending, time.perf_counter() - started)
+
+    def _search_embedded(self, vectors: np.ndarray, pending: list[Pending], encode_s: float) -> list[Embedded]:
+        """One search per target for the batch's queries that have one, at the largest k among them."""
+        found: list[TopK | None] = [None] * len(pending)
+        started = time.perf_counter()
+        for target in {query.target for query in pending if query.target is not None}:
+            rows = [row for row, query in enumerate(pending) if query.target is target]
+            results = self.searchers[target].search(vectors[rows], max(pending[row].k for row in rows))
+            for number, row in enumerate(rows):
+                found[row] = results.row(number, pending[row].k)
+        search_s = time.perf_counter() - started
+        return [Embedded(vector, row_found, encode_s, search_s)
+                for vector, row_found in zip(vectors, found, strict=True)]
+
+    def _search_vectors(self, target: Modality) -> Callable[[list[tuple[np.ndarray, int]]], list[Searched]]:
+        searcher = self.searchers[target]
+
+        def search_batch(queries: list[tuple[np.ndarray, int]]) -> list[Searched]:
+            # One search at the largest k asked for; each query keeps its own first k.
+            started = time.perf_counter()
+            results = searcher.search(np.stack([vector for vector, _ in queries]), max(k for _, k in queries))
+            search_s = time.perf_counter() - started
+            return [Searched(results.row(row, k), search_s) for row, (_, k) in enumerate(queries)]
+        return search_batch

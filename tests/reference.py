@@ -1,0 +1,61 @@
+"""The one brute-force reference every fast path is checked against, and its tie-tolerant comparison."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from clipsearch.bundle import Bundle
+from clipsearch.modality import Modality
+from clipsearch.topk import TopK
+
+
+def unit_vectors(count: int, dim: int = 32, seed: int = 0) -> np.ndarray:
+    """`count` random unit rows, float32 (count, dim)."""
+    vectors = np.random.default_rng(seed).standard_normal((count, dim)).astype(np.float32)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def brute_force(vectors: np.ndarray, ids: np.ndarray, queries: np.ndarray, k: int) -> TopK:
+    """Exact top-k by inner product, scored in float64: every query against every vector, sorted."""
+    scores = np.atleast_2d(queries).astype(np.float64) @ vectors.astype(np.float64).T
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return TopK(np.take_along_axis(scores, order, axis=1).astype(np.float32), np.asarray(ids)[order])
+
+
+def stored_vectors(bundle: Bundle, modality: Modality) -> tuple[np.ndarray, np.ndarray]:
+    """The ids (int64 (n,)) and vectors (float32 (n, d)) a bundle holds for one modality."""
+    ids = np.array([item.id for item in bundle.items if item.modality is modality], dtype=np.int64)
+    return ids, np.stack([bundle.indices[modality].reconstruct(int(item_id)) for item_id in ids])
+
+
+def brute_force_bundle(bundle: Bundle, target: Modality, query: np.ndarray, k: int) -> TopK:
+    ids, vectors = stored_vectors(bundle, target)
+    return brute_force(vectors, ids, query, k)
+
+
+def assert_same_top_k(expected: TopK, found: TopK, atol: float = 1e-5) -> None:
+    """Scores equal within `atol`; ids equal, except that items whose scores tie (within `atol`) may
+    come in any order, and a tie across the k-th place may be cut differently (after FAISS's
+    contrib.evaluation.check_ref_knn_with_draws)."""
+    assert found.ids.shape == expected.ids.shape, (found.ids.shape, expected.ids.shape)
+    np.testing.assert_allclose(found.scores, expected.scores, atol=atol)
+    for row, (scores, expected_ids, found_ids) in enumerate(zip(expected.scores, expected.ids, found.ids,
+                                                                strict=True)):
+        start = 0
+        while start < len(scores):
+            end = start + 1
+            while end < len(scores) and abs(scores[end] - scores[end - 1]) <= atol:
+                end += 1
+            if end < len(scores):  # a tie group cut by k can hold other equally good ids
+                assert set(found_ids[start:end]) == set(expected_ids[start:end]), \
+                    f"row {row}, places {start}–{end - 1}: {found_ids[start:end]} != {expected_ids[start:end]}"
+            start = end
+
+
+def bundle_contents(bundle: Bundle) -> dict[str, object]:
+    """Everything a bundle serves (items, vectors, index descriptions, model), for comparing two builds."""
+    vectors = {modality.value: {item_id: bundle.indices[modality].reconstruct(item_id).tolist()
+                                for item_id in (item.id for item in bundle.items if item.modality is modality)}
+               for modality in bundle.indices}
+    return {"items": [vars(item) for item in bundle.items], "vectors": vectors,
+            "modalities": bundle.manifest.modalities, "model": bundle.manifest.model}
