@@ -9,6 +9,7 @@ answers) are given the same JSON shape here too.
 from __future__ import annotations
 
 import logging
+import re
 from http import HTTPStatus
 
 from fastapi import FastAPI, Request
@@ -61,9 +62,24 @@ HEADERS: dict[type[ClipSearchError], dict[str, str]] = {
 }
 
 
-def status_of(error: ClipSearchError) -> int:
-    """The status of the nearest class in `error`'s hierarchy that STATUS names."""
-    return next(STATUS[cls] for cls in type(error).__mro__ if cls in STATUS)
+API_FIELD_NAMES = [(re.compile(r"^data$"), "file"), (re.compile(r"^terms(?=\[|$)"), "queries"),
+                   (re.compile(r"\.data$"), ".image_b64")]
+"""How the API spells the core's fields: an upload is `file`, composed terms are `queries`, and an
+image term's bytes arrive base64-encoded in `image_b64`."""
+
+
+def api_field(field: str | None) -> str | None:
+    """The API's name for a field the core named after its own parameters."""
+    if field is None:
+        return None
+    for pattern, replacement in API_FIELD_NAMES:
+        field = pattern.sub(replacement, field)
+    return field
+
+
+def status_of(error_class: type[ClipSearchError]) -> int:
+    """The status of the nearest class in `error_class`'s hierarchy that STATUS names."""
+    return next(STATUS[cls] for cls in error_class.__mro__ if cls in STATUS)
 
 
 def error_body(status: int, reason: str, field: str | None = None,
@@ -83,11 +99,11 @@ def _field_of(location: tuple[int | str, ...]) -> str:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ClipSearchError)
     async def domain_error(request: Request, error: ClipSearchError) -> JSONResponse:
-        status = status_of(error)
+        status = status_of(type(error))
         if status >= 500 and not isinstance(error, ServiceBusy | ServiceNotReady):
             log.error("%s on %s %s: %s", type(error).__name__, request.method, request.url.path, error)
         headers = next((HEADERS[cls] for cls in type(error).__mro__ if cls in HEADERS), None)
-        return error_body(status, error.reason, error.field, headers)
+        return error_body(status, error.reason, api_field(error.field), headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:

@@ -8,11 +8,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from clipsearch.collection import Hit
 from clipsearch.index import IndexSpec
 from clipsearch.item_store import Item
 from clipsearch.modality import Modality
 from clipsearch.query import ImageTerm, ItemTerm, Term, TextTerm
-from clipsearch.search import Hit
 
 MAX_ITEM_ID = 2**63 - 1  # ids are SQLite / FAISS int64
 MAX_ABS_WEIGHT = 1000.0

@@ -13,9 +13,9 @@ hierarchy, so a subclass inherits its parent's status unless it has its own):
     │   ├── ModelMismatch           503
     │   └── CheckpointRequired      503
     ├── BuildError                   —   indexer only: the build cannot start or go on
-    │   ├── NoSources
-    │   ├── IndexSettingsInvalid
-    │   └── ResumeMismatch
+    │   ├── NoSources                —
+    │   ├── IndexSettingsInvalid     —
+    │   └── ResumeMismatch           —
     ├── SourceError                  —   indexer only: a corpus cannot be read at all
     ├── ModelLoadError              503
     ├── ImageDecodeError            422  bytes that should be an image are not a usable one

@@ -11,7 +11,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from clipsearch.errors import ImageDecodeError, ImageTooLarge
 
@@ -26,6 +26,12 @@ upload, for pictures nobody uploads as a photo, so they are refused."""
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"})
 
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
+
+_ORIENTATION_TAG = 0x0112
+_UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+            5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+            8: Image.Transpose.ROTATE_90}
+"""EXIF orientation → the transposition that shows the picture upright (as ImageOps.exif_transpose does)."""
 
 
 def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, draft_size: int | None = None) -> Image.Image:
@@ -76,7 +82,12 @@ def read_image_file(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.I
 
 
 def _to_upright_rgb(image: Image.Image) -> Image.Image:
-    image = ImageOps.exif_transpose(image) or image
+    # Only the orientation tag is read. ImageOps.exif_transpose also rewrites the rest of the EXIF
+    # block, and fails on tags of the wrong type (a resolution stored as text) that cameras and
+    # editors do write; the pixels need none of it.
+    orientation = image.getexif().get(_ORIENTATION_TAG)
+    if isinstance(orientation, int) and orientation in _UPRIGHT:
+        image = image.transpose(_UPRIGHT[orientation])
     if image.mode in _SIXTEEN_BIT_MODES:
         # Pillow's own conversion clips 16-bit values at 255, which turns most photos white.
         pixels = np.asarray(image, dtype=np.uint32)

@@ -86,6 +86,11 @@ class QueryPipeline:
         """(batches, queries) processed so far, by stage ('encode-text', 'encode-image', 'search-image', …)."""
         return {batcher.name: (batcher.batches, batcher.items) for batcher in self._batchers()}
 
+    def mean_batches(self) -> dict[str, float]:
+        """Queries per batch so far, by stage."""
+        return {stage: round(items / batches, 3) if batches else 0.0
+                for stage, (batches, items) in self.batch_counts().items()}
+
     def close(self) -> None:
         for batcher in self._batchers():
             batcher.close()

@@ -89,3 +89,48 @@ GOOD_FILES = {"rgb.jpg", "UPPER.PNG", "cmyk.jpg", "gray.png", "sixteen.png", "pa
               "animated.gif", "rotated.jpeg", "bitmap.bmp", "one_pixel.png"}
 BAD_FILES = {"zero.jpg", "not_an_image.jpg", "page.png", "truncated.jpg", "truncated.png", "bomb.png"}
 DUPLICATE_FILES = {"rgb_copy.jpg"}
+
+
+def jpeg_with_exif(entries: list[tuple[int, int, int, bytes]], size: tuple[int, int] = (40, 20)) -> bytes:
+    """A JPEG whose EXIF block holds these raw big-endian IFD entries: (tag, type, count, 4 value bytes).
+
+    Pillow will not write ill-typed tags itself, so the block is assembled here by hand.
+    """
+    ifd = struct.pack(">H", len(entries)) + b"".join(struct.pack(">HHI", tag, kind, count) + value
+                                                      for tag, kind, count, value in entries) + struct.pack(">I", 0)
+    return image_bytes(noise_image(2, size), "JPEG", exif=b"Exif\x00\x00MM\x00\x2a" + struct.pack(">I", 8) + ifd)
+
+
+def rotated_jpeg_with_a_text_resolution() -> bytes:
+    """Orientation 6 (rotate to view) beside an XResolution stored as ASCII text instead of a rational:
+    ImageOps.exif_transpose raises TypeError on it."""
+    return jpeg_with_exif([(0x0112, 3, 1, b"\x00\x06\x00\x00"), (0x011A, 2, 4, b"7x2\x00")])
+
+
+OTHER_FORMATS = ("TIFF", "ICO", "DDS", "AVIF", "PCX", "TGA", "PPM", "SGI", "QOI", "JPEG2000")
+"""Formats Pillow opens (and writes) that are not accepted."""
+
+ACCEPTED_SAMPLES = {"JPEG": {}, "PNG": {}, "WEBP": {}, "BMP": {}, "GIF": {"save_all": True}}
+
+
+def mutations(data: bytes, count: int, seed: int) -> list[bytes]:
+    """`count` damaged copies of `data`: bytes flipped, runs zeroed or repeated, cut short, all from one seed."""
+    rng = np.random.default_rng(seed)
+    damaged = []
+    for _ in range(count):
+        copy = bytearray(data)
+        for _ in range(int(rng.integers(1, 6))):
+            at = int(rng.integers(0, len(copy)))
+            match int(rng.integers(0, 4)):
+                case 0:
+                    copy[at] ^= 1 << int(rng.integers(0, 8))
+                case 1:
+                    copy[at:at + int(rng.integers(1, 16))] = bytes(int(rng.integers(1, 16)))
+                case 2:
+                    copy[at:at] = copy[at:at + int(rng.integers(1, 64))]
+                case _:
+                    copy[at] = int(rng.integers(0, 256))
+        if rng.random() < 0.2:
+            copy = copy[:int(rng.integers(1, len(copy)))]
+        damaged.append(bytes(copy))
+    return damaged

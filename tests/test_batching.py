@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -24,6 +25,14 @@ class Recorder:
         self.gate.wait()
         self.batches.append(items)
         return [item * item for item in items]
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    """Return once `condition()` holds (checked every millisecond); fail after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "the condition never came true"
+        time.sleep(0.001)
 
 
 def test_a_lone_item_is_processed_as_a_batch_of_one() -> None:
@@ -54,7 +63,7 @@ def test_a_wait_window_gathers_items_that_arrive_soon_after_the_first() -> None:
     # The window is far longer than the 0.05 s gap below; the batch closes when full (3), not after it.
     batcher = MicroBatcher(recorder, max_batch=3, window_s=30.0)
     futures = [batcher.submit(1)]
-    time.sleep(0.05)
+    wait_until(batcher._queue.empty)  # the batcher has taken the first item and is gathering more
     futures += [batcher.submit(number) for number in (2, 3)]
     assert [future.result(timeout=5) for future in futures] == [1, 4, 9]
     assert recorder.batches == [[1, 2, 3]]
@@ -104,7 +113,7 @@ def test_closing_finishes_what_was_submitted_and_refuses_new_items() -> None:
     waiting = batcher.submit(2)
     closing = threading.Thread(target=batcher.close)
     closing.start()
-    time.sleep(0.05)
+    wait_until(lambda: batcher._closed)  # close() has been called while the first item still runs
     recorder.gate.set()
     closing.join(5)
     assert running.result(timeout=5) == 1 and waiting.result(timeout=5) == 4

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from clipsearch.exact import CANDIDATE_MARGIN, SCORE_BUDGET, ExactIndex
+from clipsearch.exact import CANDIDATE_MARGIN, ExactIndex
 from clipsearch.index import build_index, load_index, save_index, search
 from tests.reference import assert_same_top_k, brute_force, unit_vectors
 
@@ -59,7 +59,6 @@ def test_searching_block_by_block_merges_to_the_same_answer(corpus: tuple[np.nda
     blocked = ExactIndex(vectors, ids).search(queries, 7)
     np.testing.assert_array_equal(blocked.ids, whole.ids)
     np.testing.assert_allclose(blocked.scores, whole.scores, atol=1e-6)
-    assert SCORE_BUDGET > 30 * 333
 
 
 def test_k_beyond_the_size_returns_every_item_and_empty_inputs_return_empty_rows() -> None:

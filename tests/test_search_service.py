@@ -48,7 +48,7 @@ def test_concurrent_text_queries_share_forward_passes_and_each_gets_its_own_vect
     texts = [f"a photo of thing {number}" for number in range(24)]
     vectors = in_parallel(lambda number: batching_service.embed_text(texts[number]).vector, len(texts))
     np.testing.assert_allclose(np.stack(vectors), encoder.encode_texts(texts), atol=1e-5)
-    assert batching_service.mean_batches()["encode-text"] > 1
+    assert batching_service.pipeline.mean_batches()["encode-text"] > 1
 
 
 def test_concurrent_uploads_share_forward_passes_and_each_gets_its_own_vector(
@@ -57,7 +57,7 @@ def test_concurrent_uploads_share_forward_passes_and_each_gets_its_own_vector(
     vectors = in_parallel(lambda number: batching_service.embed_image(image_bytes(images[number])).vector,
                           len(images))
     np.testing.assert_allclose(np.stack(vectors), encoder.encode_images(images), atol=1e-5)
-    assert batching_service.mean_batches()["encode-image"] > 1
+    assert batching_service.pipeline.mean_batches()["encode-image"] > 1
 
 
 def test_concurrent_searches_with_different_k_each_get_their_own_top_k(batching_service: SearchService,
@@ -69,7 +69,7 @@ def test_concurrent_searches_with_different_k_each_get_their_own_top_k(batching_
     batched = in_parallel(lambda number: ids(batching_service, number), len(queries))
     assert batched == [ids(service, number) for number in range(len(queries))]
     assert [len(found) for found in batched] == [1 + number % 7 for number in range(len(queries))]
-    assert batching_service.mean_batches()["search-image"] > 1
+    assert batching_service.pipeline.mean_batches()["search-image"] > 1
 
 
 def test_warming_up_runs_every_stage_for_every_target(service: SearchService) -> None:
@@ -89,7 +89,7 @@ def test_plain_queries_to_both_targets_with_different_k_share_one_batch_and_get_
     batched = in_parallel(lambda number: ids(batching_service, number), len(asks))
     assert batched == [ids(service, number) for number in range(len(asks))]
     assert [len(found) for found in batched] == [k for _, _, k in asks]
-    assert batching_service.mean_batches()["encode-text"] > 1
+    assert batching_service.pipeline.mean_batches()["encode-text"] > 1
 
 
 def test_an_uploaded_image_is_searched_in_its_encode_batch_with_the_batch_times(service: SearchService,
@@ -128,7 +128,7 @@ def test_limits_and_unknown_items_raise_domain_errors(service: SearchService) ->
     with pytest.raises(ItemNotFound):
         service.embed_terms([ItemTerm(10_000)])
     with pytest.raises(ItemNotFound):
-        service.item(-1)
+        service.collection.item(-1)
 
 
 def test_an_empty_modality_cannot_be_targeted(encoder: ClipEncoder, bundle: Bundle) -> None:

@@ -21,7 +21,7 @@ def _respond(service: SearchService, query: QueryVector) -> EmbeddingResponse:
 @router.post("/text", responses=ERRORS)
 def embed_text(request: EmbedTextRequest, service: ServiceDep, metrics: MetricsDep) -> EmbeddingResponse:
     """The unit embedding of a text, in the bundle's vector space."""
-    query = service.embed_text(request.text, "text")
+    query = service.embed_text(request.text)
     metrics.observe_encodings(query)
     return _respond(service, query)
 
@@ -29,6 +29,6 @@ def embed_text(request: EmbedTextRequest, service: ServiceDep, metrics: MetricsD
 @router.post("/image", responses=ERRORS)
 def embed_image(file: UploadFile, service: ServiceDep, metrics: MetricsDep) -> EmbeddingResponse:
     """The unit embedding of an uploaded image (multipart field `file`)."""
-    query = service.embed_image(file.file.read(), "file")
+    query = service.embed_image(file.file.read())
     metrics.observe_encodings(query)
     return _respond(service, query)

@@ -37,7 +37,7 @@ def info(service: ServiceDep) -> InfoResponse:
         counts={modality: record.count for modality, record in manifest.modalities.items()},
         indices={modality: record.index for modality, record in manifest.modalities.items()},
         device=str(service.encoder.device), cuda_graphs=service.encoder.cuda_graphs,
-        mean_batch=service.mean_batches(), bundle_created_at=manifest.created_at)
+        mean_batch=service.pipeline.mean_batches(), bundle_created_at=manifest.created_at)
 
 
 @operations.get("/metrics", response_class=Response)

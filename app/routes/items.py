@@ -20,14 +20,14 @@ router = APIRouter(prefix="/items", tags=["items"])
 @router.get("/{item_id}", responses=ERRORS)
 def get_item(item_id: ItemId, service: ServiceDep) -> ItemModel:
     """An item's metadata."""
-    return ItemModel.of(service.item(item_id))
+    return ItemModel.of(service.collection.item(item_id))
 
 
 @router.get("/{item_id}/image", response_class=FileResponse, responses={
     200: {"content": {"image/*": {}}, "description": "The image file, as indexed."}, **ERRORS})
 def get_item_image(item_id: ItemId, service: ServiceDep) -> FileResponse:
     """The image file of an image item. Only files recorded in the bundle are ever served."""
-    path = service.image_path(item_id)
+    path = service.collection.image_path(item_id)
     try:
         with Image.open(path) as image:  # reads the header only, to name the real format
             media_type = Image.MIME.get(image.format or "", "application/octet-stream")

@@ -46,7 +46,7 @@ def search_image(file: UploadFile, service: ServiceDep, metrics: MetricsDep,
     """Find the items most similar to an uploaded image (multipart field `file`): image→image or image→text."""
     started = time.perf_counter()
     data = file.file.read()  # held in memory: the multipart parser is told not to spool uploads to disk
-    answer = service.search_image(data, target, k, "file")
+    answer = service.search_image(data, target, k)
     metrics.observe_answer(answer, target)
     return _respond(answer, started)
 
@@ -59,7 +59,7 @@ def search_composed(request: ComposedSearchRequest, service: ServiceDep, metrics
     """
     started = time.perf_counter()
     service.check_target(request.target, request.k)
-    query = service.embed_terms([term.to_term() for term in request.queries], "queries")
+    query = service.embed_terms([term.to_term() for term in request.queries])
     answer = service.search_vector(query, request.target, request.k)
     metrics.observe_answer(answer, request.target)
     return _respond(answer, started)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -9,7 +10,9 @@ from typing import Any
 import httpx
 import pytest
 
+from app.errors import NotAuthenticated, status_of
 from app.settings import Settings
+from clipsearch import errors
 from clipsearch.build import build
 from clipsearch.client import ClipSearchAPIError, ClipSearchClient
 from tests.app.serving import LIMITS, serve
@@ -160,3 +163,23 @@ def test_a_missing_bundle_is_not_served_and_ready_says_why(tmp_path: Path) -> No
     with serve(Settings(bundle_path=tmp_path / "nowhere", device="cpu")) as url:  # type: ignore[call-arg]
         ready = httpx.get(f"{url}/ready")
         assert ready.status_code == 503 and "no bundle directory" in ready.json()["reason"]
+
+
+def test_every_core_error_is_answered_with_the_status_its_docstring_draws() -> None:
+    drawn = {}
+    for line in (errors.__doc__ or "").splitlines():
+        if match := re.match(r"^[\s│├└─]*([A-Z]\w+)\s+(\d{3}|—)", line):
+            drawn[match.group(1)] = match.group(2)
+    classes = {name: value for name, value in vars(errors).items()
+               if isinstance(value, type) and issubclass(value, errors.ClipSearchError)}
+    assert set(drawn) == set(classes), "the drawing names every error class, and only those"
+    for name, status in drawn.items():
+        if status != "—":  # indexer-only errors never reach the server
+            assert status_of(classes[name]) == int(status), name
+
+
+def test_a_subclass_without_its_own_entry_takes_its_parents_status() -> None:
+    class Unforeseen(errors.InvalidQuery):
+        """Not in the table."""
+
+    assert status_of(Unforeseen) == 422 and status_of(NotAuthenticated) == 401

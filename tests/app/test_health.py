@@ -1,12 +1,20 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import re
+import threading
 from pathlib import Path
+from typing import Any
 
 import httpx
+import pytest
+import uvicorn
 
+from app import state as state_module
 from app.main import create_app
 from app.settings import Settings
+from tests.imagefiles import image_bytes, noise_image
 
 
 def test_health_and_ready_once_loaded(http: httpx.Client) -> None:
@@ -69,3 +77,51 @@ def test_settings_come_from_prefixed_environment_variables(monkeypatch: object, 
     finally:
         patch.undo()
     assert settings.bundle_path == tmp_path and settings.max_k == 7
+
+
+def sample(metrics_text: str, name: str, label: str) -> float:
+    """One sample's value from Prometheus text, 0 when absent: e.g. ('…_count', 'modality="text"')."""
+    match = re.search(rf"^{name}{{{label}}} (\S+)$", metrics_text, re.MULTILINE)
+    return float(match.group(1)) if match else 0.0
+
+
+def test_the_encode_metric_counts_one_forward_pass_per_embedded_term_on_every_route(http: httpx.Client) -> None:
+    def counts() -> tuple[float, float, float]:
+        text = http.get("/metrics").text
+        return (sample(text, "clipsearch_encode_duration_seconds_count", 'modality="text"'),
+                sample(text, "clipsearch_encode_duration_seconds_count", 'modality="image"'),
+                sample(text, "clipsearch_search_duration_seconds_count", 'target="image"'))
+
+    before = counts()
+    image = base64.b64encode(image_bytes(noise_image(4))).decode()
+    assert http.post("/search", json={"queries": [{"text": "a"}, {"image_b64": image}, {"item_id": 0}]}).is_success
+    assert http.post("/embed/text", json={"text": "b"}).is_success
+    assert http.post("/search/image", files={"file": ("x.png", image_bytes(noise_image(5)))}).is_success
+    after = counts()
+    # text: the composed term and the embed; image: the composed term and the upload (the stored
+    # item needs no pass); searches: the composed query and the upload.
+    assert tuple(b - a for a, b in zip(before, after, strict=True)) == (2.0, 2.0, 2.0)
+
+
+def test_stopping_the_server_does_not_wait_for_a_model_still_loading(bundle_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    release, loading = threading.Event(), threading.Event()
+    load_encoder = state_module.load_encoder
+
+    def slow_load(*arguments: Any, **options: Any) -> Any:
+        loading.set()
+        release.wait()
+        return load_encoder(*arguments, **options)
+    monkeypatch.setattr(state_module, "load_encoder", slow_load)
+    application = create_app(Settings(bundle_path=bundle_path, device="cpu"))  # type: ignore[call-arg]
+    server = uvicorn.Server(uvicorn.Config(application, port=0, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    assert loading.wait(30)
+    server.should_exit = True
+    thread.join(timeout=15)
+    stopped = not thread.is_alive()
+    state = application.state.service_state
+    release.set()  # the load now finishes, finds the server gone and closes what it loaded
+    assert stopped
+    assert state.service is None

@@ -1,4 +1,5 @@
-"""Each benchmark script runs end to end at a tiny size on the CPU and prints its figures as JSON lines."""
+"""Smoke tests of the benchmark scripts: each runs end to end at a tiny size on the CPU and prints its figures
+as JSON lines. They check that the scripts work and report consistent numbers, not how fast anything is."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ def run_bench(module: str, *arguments: str) -> dict[str, dict[str, Any]]:
     return {line["figure"]: line for line in map(json.loads, finished.stdout.splitlines())}
 
 
-def test_the_search_bench_compares_with_faiss_and_finds_the_same_ids() -> None:
+def test_smoke_the_search_bench_compares_with_faiss_and_finds_the_same_ids() -> None:
     figures = run_bench("bench.search", "--items", "3000", "--dim", "32", "--batches", "1", "16", "--repeats", "3",
                         "--min-seconds", "0", "--device", "cpu")
     assert figures["setup"]["baseline"] == "faiss IndexFlatIP (CPU)"
@@ -30,7 +31,7 @@ def test_the_search_bench_compares_with_faiss_and_finds_the_same_ids() -> None:
     assert figures["memory read floor"]["ms"] > 0
 
 
-def test_the_indexing_bench_indexes_every_generated_jpeg_and_relates_it_to_the_tower() -> None:
+def test_smoke_the_indexing_bench_indexes_every_generated_jpeg_and_relates_it_to_the_tower() -> None:
     figures = run_bench("bench.indexing", "--images", "40", "--model", "tiny", "--batch-size", "16", "--workers", "1",
                         "--device", "cpu")
     assert figures["generated"]["images"] == 40
@@ -39,7 +40,7 @@ def test_the_indexing_bench_indexes_every_generated_jpeg_and_relates_it_to_the_t
     assert end_to_end["vs_tower"] > 0 and figures["image tower alone"]["images_per_s"] > 0
 
 
-def test_the_http_bench_measures_one_client_many_clients_and_the_unbatched_baseline() -> None:
+def test_smoke_the_http_bench_measures_one_client_many_clients_and_the_unbatched_baseline() -> None:
     figures = run_bench("bench.http", "--items", "2000", "--texts", "100", "--model", "tiny", "--device", "cpu",
                         "--requests", "20", "--clients", "4", "--client-processes", "2", "--duration", "1",
                         "--compare-unbatched")
@@ -50,7 +51,7 @@ def test_the_http_bench_measures_one_client_many_clients_and_the_unbatched_basel
     assert figures["micro-batching effect"]["throughput_ratio"] > 0
 
 
-def test_a_short_bounded_load_has_no_errors_and_keeps_memory_flat() -> None:
+def test_smoke_a_short_bounded_load_has_no_errors_and_keeps_memory_flat() -> None:
     figures = run_bench("bench.load", "--clients", "8", "--duration", "4", "--warmup", "1")
     load = figures["mixed search load"]
     assert load["errors"] == 0 and load["requests"] > 0 and load["p50_ms"] <= load["p99_ms"]
