@@ -60,13 +60,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in (health.router, page.router):
         app.include_router(router)
     app.mount("/static", StaticFiles(directory=page.STATIC_DIR), name="static")
-    # Added innermost first: a request meets BodySizeLimit, HeadAsGet, JSONErrors, metrics, CORS.
+    # Added innermost first: a request meets BodySizeLimit, JSONErrors, the metrics (which count a
+    # HEAD as a HEAD), HeadAsGet, then CORS.
     if settings.allowed_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.allowed_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Content-Type", "X-API-Key"])
+    app.add_middleware(HeadAsGet)
     app.add_middleware(RequestMetricsMiddleware, metrics=state.metrics)
     app.add_middleware(JSONErrors)
-    app.add_middleware(HeadAsGet)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
     # Keep whole uploads in memory (the body limit bounds them) instead of spooling them to disk.
     MultiPartParser.spool_max_size = max(MultiPartParser.spool_max_size, settings.max_upload_bytes + 1)

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -100,13 +100,12 @@ class QueryPipeline:
 
     def _embed_texts(self, pending: list[Pending]) -> list[Embedded]:
         started = time.perf_counter()
-        vectors = self.encoder.encode_texts([str(query.payload) for query in pending])
+        vectors = self.encoder.encode_texts([cast(str, query.payload) for query in pending])
         return self._search_embedded(vectors, pending, time.perf_counter() - started)
 
     def _embed_images(self, pending: list[Pending]) -> list[Embedded]:
         started = time.perf_counter()
-        pixels = [query.payload for query in pending if isinstance(query.payload, torch.Tensor)]
-        vectors = self.encoder.encode_images(torch.stack(pixels))
+        vectors = self.encoder.encode_images(torch.stack([cast(torch.Tensor, query.payload) for query in pending]))
         return self._search_embedded(vectors, pending, time.perf_counter() - started)
 
     def _search_embedded(self, vectors: np.ndarray, pending: list[Pending], encode_s: float) -> list[Embedded]:

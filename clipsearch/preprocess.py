@@ -27,6 +27,8 @@ from open_clip.transform import CenterCropOrPad, ResizeKeepRatio
 from PIL import Image
 from torchvision.transforms import InterpolationMode
 
+from clipsearch.errors import ModelLoadError
+
 MAX_INTERMEDIATE_FACTOR = 4
 """Largest resized image, as a multiple of the model input's pixels, before the crop is resampled alone
 (so aspect ratios up to 4:1 take open_clip's exact path unchanged)."""
@@ -59,7 +61,7 @@ class PreprocessConfig:
         if interpolation not in _INTERPOLATIONS:
             interpolation = "bicubic"  # open_clip's own rule: 'random' (training only) means bicubic at inference
         if resize_mode not in _RESIZE_MODES:
-            raise ValueError(f"unknown resize mode {resize_mode!r} in the model's preprocessing configuration")
+            raise ModelLoadError(f"unknown resize mode {resize_mode!r} in the model's preprocessing configuration")
         return cls(size=(height, width), mean=_three(mean), std=_three(std), interpolation=interpolation,
                    resize_mode=resize_mode, fill_color=int(config.get("fill_color", 0)))
 

@@ -95,9 +95,10 @@ def check_terms(terms: Sequence[Term], field: str, limits: QueryLimits) -> None:
 def weighted_sum(parts: Sequence[tuple[float, QueryVector]], field: str) -> QueryVector:
     """The sum of weight × unit vector over `parts`, renormalised to unit length (float32 (d,))."""
     total = np.zeros(len(parts[0][1].vector), dtype=np.float64)
-    for weight, part in parts:
-        total += weight * part.vector
-    norm = float(np.linalg.norm(total))
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow is caught just below, by name
+        for weight, part in parts:
+            total += weight * part.vector.astype(np.float64)
+        norm = float(np.linalg.norm(total))
     if not math.isfinite(norm):
         raise InvalidQuery(field, "the weights are too large to combine")
     if norm < 1e-6:
