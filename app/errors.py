@@ -68,10 +68,8 @@ API_FIELD_NAMES = [(re.compile(r"^data$"), "file"), (re.compile(r"^terms(?=\[|$)
 image term's bytes arrive base64-encoded in `image_b64`."""
 
 
-def api_field(field: str | None) -> str | None:
+def api_field(field: str) -> str:
     """The API's name for a field the core named after its own parameters."""
-    if field is None:
-        return None
     for pattern, replacement in API_FIELD_NAMES:
         field = pattern.sub(replacement, field)
     return field
@@ -103,7 +101,7 @@ def install_error_handlers(app: FastAPI) -> None:
         if status >= 500 and not isinstance(error, ServiceBusy | ServiceNotReady):
             log.error("%s on %s %s: %s", type(error).__name__, request.method, request.url.path, error)
         headers = next((HEADERS[cls] for cls in type(error).__mro__ if cls in HEADERS), None)
-        return error_body(status, error.reason, api_field(error.field), headers)
+        return error_body(status, error.reason, api_field(error.field) if error.field else None, headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Form, UploadFile
 
 from app.deps import MetricsDep, ServiceDep
+from app.errors import api_field
 from app.schemas import ComposedSearchRequest, ErrorResponse, HitModel, SearchResponse, TextSearchRequest
 from clipsearch.modality import Modality
 from clipsearch.search import Answer
@@ -26,7 +27,8 @@ UNAUTHORIZED: dict[int | str, dict[str, Any]] = {401: {
 
 
 def _respond(answer: Answer, started: float) -> SearchResponse:
-    return SearchResponse(results=[HitModel.of(hit) for hit in answer.hits], truncated=list(answer.query.truncated),
+    truncated = [api_field(name) for name in answer.query.truncated]
+    return SearchResponse(results=[HitModel.of(hit) for hit in answer.hits], truncated=truncated,
                           took_ms=round((time.perf_counter() - started) * 1000, 3))
 
 

@@ -98,7 +98,8 @@ def test_texts_can_be_found_instead_of_images(page: Any) -> None:
 def test_an_invalid_upload_shows_the_servers_error(page: Any) -> None:
     page.set_input_files("#query-file", files=[{"name": "notes.jpg", "mimeType": "image/jpeg",
                                                 "buffer": b"these are notes, not a picture"}])
-    sync_api.expect(status(page)).to_have_text("Search failed: file: not an image in an accepted format (JPEG, PNG, WEBP, BMP, GIF)")
+    sync_api.expect(status(page)).to_have_text(
+        "Search failed: file: not an image in an accepted format (JPEG, PNG, WEBP, BMP, GIF)")
     sync_api.expect(status(page)).to_have_class("error")
     sync_api.expect(page.locator(".card")).to_have_count(0)
 
