@@ -2,6 +2,12 @@
 # One Dockerfile, two images:
 #   GPU (default): docker build -t clipsearch:gpu .            CUDA runtime base, torch CUDA build, faiss-gpu
 #   CPU:           docker build --build-arg VARIANT=cpu -t clipsearch:cpu .   slim base, torch CPU build, faiss-cpu
+# Where no image registry or PyTorch index can be reached, the bases and the torch source are build
+# arguments (scripts/compose-smoke builds the CPU image this way; docs/deployment.md says why):
+#   --build-arg PYTHON_IMAGE=localhost/clipsearch-base:bookworm      a local Debian + python3 base
+#   --build-arg TORCH_INDEX=pypi --build-arg TORCH_PACKAGES="torch==2.14.1 torchvision==0.29.1"
+#   --build-arg PIP_OPTIONS="--no-index --find-links /wheelhouse"   (a wheel folder mounted with -v)
+#   --build-arg BUILD_PACKAGES=""                                     no compilers: every package has a wheel
 ARG VARIANT=gpu
 ARG CUDA_IMAGE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
 ARG PYTHON_IMAGE=python:3.12-slim-bookworm
@@ -10,25 +16,37 @@ ARG PYTHON_IMAGE=python:3.12-slim-bookworm
 FROM ${CUDA_IMAGE} AS base-gpu
 RUN apt-get update && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates \
     && rm -rf /var/lib/apt/lists/* && ln -sf /usr/bin/python3 /usr/local/bin/python
-ENV FAISS_EXTRA=gpu TORCH_INDEX=https://download.pytorch.org/whl/cu128
+ENV FAISS_EXTRA=gpu DEFAULT_TORCH_INDEX=https://download.pytorch.org/whl/cu128
 
 FROM ${PYTHON_IMAGE} AS base-cpu
-ENV FAISS_EXTRA=cpu TORCH_INDEX=https://download.pytorch.org/whl/cpu
+ENV FAISS_EXTRA=cpu DEFAULT_TORCH_INDEX=https://download.pytorch.org/whl/cpu
 
 FROM base-${VARIANT} AS base
 
 # ---- builder: the virtual environment, with build tools that stay behind ---------------------
 FROM base AS builder
-RUN if command -v apt-get >/dev/null; then apt-get update && apt-get install -y --no-install-recommends \
-        build-essential python3-dev && rm -rf /var/lib/apt/lists/*; fi
-RUN python -m venv /opt/venv
+# Build tools, in case a dependency has no wheel for the platform.
+ARG BUILD_PACKAGES="build-essential python3-dev"
+# Where torch comes from: "default" (PyTorch's index for the variant), "pypi", or an index URL.
+ARG TORCH_INDEX=default
+ARG TORCH_PACKAGES="torch torchvision"
+# Extra pip options for every install (a CA bundle, local wheel folders).
+ARG PIP_OPTIONS=""
+RUN if [ -n "$BUILD_PACKAGES" ] && command -v apt-get >/dev/null; then apt-get update \
+        && apt-get install -y --no-install-recommends $BUILD_PACKAGES && rm -rf /var/lib/apt/lists/*; fi
+RUN python3 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
-RUN pip install torch torchvision --index-url "${TORCH_INDEX}"
+RUN case "$TORCH_INDEX" in \
+        default) index="--index-url $DEFAULT_TORCH_INDEX" ;; \
+        pypi) index="" ;; \
+        *) index="--index-url $TORCH_INDEX" ;; \
+    esac \
+    && pip install $PIP_OPTIONS $index $TORCH_PACKAGES
 COPY pyproject.toml README.md ./src/
 COPY clipsearch ./src/clipsearch
 COPY app ./src/app
 COPY indexer ./src/indexer
-RUN pip install "./src[${FAISS_EXTRA},demo]"
+RUN pip install $PIP_OPTIONS "./src[${FAISS_EXTRA},demo]"
 
 # ---- runtime: the environment and a non-root user, nothing else ------------------------------
 FROM base AS runtime
