@@ -63,5 +63,5 @@ ENV PATH=/opt/venv/bin:$PATH \
 VOLUME ["/cache"]
 EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \
-    CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/ready', timeout=4).status != 200)"]
+    CMD ["python", "-m", "app.healthcheck"]
 CMD ["python", "-m", "app"]

@@ -34,7 +34,7 @@ def test_compose_indexes_then_serves_on_port_8000() -> None:
     assert services["api"]["depends_on"] == {"indexer": {"condition": "service_completed_successfully"}}
     assert services["api"]["ports"] == ["${CLIPSEARCH_PUBLISH_PORT:-8000}:8000"]
     assert services["api"]["restart"] == "unless-stopped" and services["indexer"]["restart"] == "no"
-    assert "/ready" in " ".join(services["api"]["healthcheck"]["test"])
+    assert services["api"]["healthcheck"]["test"] == ["CMD", "python", "-m", "app.healthcheck"]
     assert "--if-changed" in services["indexer"]["command"][-1]
 
 
@@ -75,7 +75,7 @@ def test_the_dockerfile_builds_gpu_and_cpu_images_without_build_tools_at_runtime
     runtime = built["runtime"]
     assert re.search(r"^USER clipsearch$", runtime, flags=re.MULTILINE)
     assert "HF_HOME=/cache/huggingface" in runtime and 'VOLUME ["/cache"]' in runtime
-    assert "HEALTHCHECK" in runtime and "/ready" in runtime
+    assert "HEALTHCHECK" in runtime and 'CMD ["python", "-m", "app.healthcheck"]' in runtime
     assert runtime.rstrip().endswith('CMD ["python", "-m", "app"]')
 
 

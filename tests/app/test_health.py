@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import re
+import socket
 import threading
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ import httpx
 import pytest
 import uvicorn
 
+from app import healthcheck
 from app import state as state_module
 from app.main import create_app
 from app.settings import Settings
@@ -125,3 +127,13 @@ def test_stopping_the_server_does_not_wait_for_a_model_still_loading(bundle_path
     release.set()  # the load now finishes, finds the server gone and closes what it loaded
     assert stopped
     assert state.service is None
+
+
+def test_the_container_healthcheck_passes_once_ready_and_fails_when_nothing_answers(
+        server_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CLIPSEARCH_PORT", server_url.rsplit(":", 1)[1])
+    assert healthcheck.main() == 0
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        monkeypatch.setenv("CLIPSEARCH_PORT", str(unused.getsockname()[1]))  # bound, never listening
+        assert healthcheck.main() == 1
