@@ -21,11 +21,16 @@ from clipsearch.files import file_sha256
 from clipsearch.graphs import GraphedForward
 from clipsearch.manifest import RANDOM_WEIGHTS_SEED, ModelRef
 from clipsearch.preprocess import ImagePreparer, PreprocessConfig
+from clipsearch.text_trim import TextTrimmer
 
 DEFAULT_MODEL = "ViT-B-32"
 DEFAULT_PRETRAINED = "laion2b_s34b_b79k"
 OFFLINE_MODEL = "tiny"
 """A tiny architecture shipped in model_configs/: random weights, no download, for tests and demos."""
+
+TEXT_GRAPH_LENGTHS = (16, 32)
+"""Token lengths, besides the full context, at which trimmed text towers are captured as CUDA graphs:
+a batch runs at the smallest one that holds its longest text."""
 
 _CONFIG_DIR = Path(__file__).parent / "model_configs"
 open_clip.add_model_config(_CONFIG_DIR)
@@ -60,8 +65,11 @@ class ClipEncoder:
         self.prepare_image = ImagePreparer(self.preprocess_config)
         self._mean, self._std = (torch.tensor(values, dtype=torch.float32, device=device).view(3, 1, 1)
                                  for values in (self.preprocess_config.mean, self.preprocess_config.std))
+        # The text tower runs on each batch's real length wherever that is exact (clipsearch.text_trim).
+        self.text_trim = TextTrimmer(model) if TextTrimmer.supports(model) else None
         self._image_forward: Callable[[torch.Tensor], torch.Tensor] = model.encode_image
-        self._text_forward: Callable[[torch.Tensor], torch.Tensor] = model.encode_text
+        self._text_forward: Callable[[torch.Tensor], torch.Tensor] = self.text_trim or model.encode_text
+        self._text_graphs: dict[int, Callable[[torch.Tensor], torch.Tensor]] = {}
         self.embedding_dim: int = int(self.encode_texts(["probe"]).shape[1])
         self.cuda_graphs = False
 
@@ -91,8 +99,17 @@ class ClipEncoder:
         if not texts:
             return np.zeros((0, self.embedding_dim), dtype=np.float32)
         tokens = self.tokenizer(list(texts))
+        forward = self._text_forward
+        if self.text_trim is not None:
+            length = TextTrimmer.real_length(tokens)  # on the CPU tokens: no device round trip
+            if self._text_graphs:
+                length = min(captured for captured in self._text_graphs if captured >= length)
+                forward = self._text_graphs[length]
+            tokens = tokens[:, :length]
+        elif self._text_graphs:
+            forward = self._text_graphs[tokens.shape[1]]
         with torch.inference_mode():
-            return _normalised_float32(self._text_forward(tokens.to(self.device)))
+            return _normalised_float32(forward(tokens.to(self.device)))
 
     def enable_cuda_graphs(self, max_batch: int) -> bool:
         """Replay both towers from CUDA graphs for batches up to `max_batch`; True if that worked.
@@ -109,11 +126,16 @@ class ClipEncoder:
                 example_image = torch.zeros((1, 3, height, width), dtype=self.dtype, device=self.device)
                 example_tokens = self.tokenizer(["a photo"]).to(self.device)
                 image_graphs = GraphedForward(self.model.encode_image, example_image, max_batch)
-                text_graphs = GraphedForward(self.model.encode_text, example_tokens, max_batch)
+                context = example_tokens.shape[1]
+                lengths = sorted({*(length for length in TEXT_GRAPH_LENGTHS if length < context), context}) \
+                    if self.text_trim is not None else [context]
+                text_graphs: dict[int, Callable[[torch.Tensor], torch.Tensor]] = {
+                    length: GraphedForward(self._text_forward, example_tokens[:, :length], max_batch)
+                    for length in lengths}
         except Exception:  # capture is best effort: eager inference must keep working whatever failed
             log.warning("CUDA graph capture failed; the model runs eagerly", exc_info=True)
             return False
-        self._image_forward, self._text_forward = image_graphs, text_graphs
+        self._image_forward, self._text_graphs = image_graphs, text_graphs
         self.cuda_graphs = True
         log.info("CUDA graphs captured for batches of up to %d", max_batch)
         return True

@@ -57,3 +57,12 @@ def test_smoke_a_short_bounded_load_has_no_errors_and_keeps_memory_flat() -> Non
     assert load["errors"] == 0 and load["requests"] > 0 and load["p50_ms"] <= load["p99_ms"]
     assert figures["baseline /health"]["errors"] == 0
     assert figures["server memory"]["growth"] <= 0.10
+
+
+def test_smoke_the_encode_bench_compares_trimmed_with_full_context_and_finds_the_same_vectors() -> None:
+    figures = run_bench("bench.encode", "--model", "tiny", "--words", "3", "--batches", "2", "--repeats", "3",
+                        "--min-seconds", "0")
+    assert figures["setup"]["trimmed"] is True
+    tower = figures["text tower"]
+    assert tower["batch"] == 2 and tower["tokens"] == 5 and tower["max_difference"] < 1e-5
+    assert tower["speedup"] == pytest.approx(tower["full_context_ms"] / tower["trimmed_ms"], rel=1e-2)
