@@ -125,8 +125,11 @@ def test_stopping_the_server_does_not_wait_for_a_model_still_loading(bundle_path
     stopped = not thread.is_alive()
     state = application.state.service_state
     release.set()  # the load now finishes, finds the server gone and closes what it loaded
+    for loader in [thread for thread in threading.enumerate() if thread.name == "load"]:
+        loader.join(timeout=60)
+        assert not loader.is_alive()
     assert stopped
-    assert state.service is None
+    assert state.service is None and "loading" in (state.problem or "")
 
 
 def test_the_container_healthcheck_passes_once_ready_and_fails_when_nothing_answers(
