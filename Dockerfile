@@ -1,7 +1,8 @@
 # syntax=docker/dockerfile:1
 # One Dockerfile, two images:
 #   GPU (default): docker build -t clipsearch:gpu .            CUDA runtime base, torch CUDA build, faiss-gpu
-#   CPU:           docker build --build-arg VARIANT=cpu -t clipsearch:cpu .   slim base, torch CPU build, faiss-cpu
+#   CPU:           docker build --build-arg VARIANT=cpu -t clipsearch:cpu .   slim base, torch CPU build, faiss-cpu,
+#                  ONNX Runtime (the model runs on it: CLIPSEARCH_BACKEND=auto)
 # Where no image registry or PyTorch index can be reached, the bases and the torch source are build
 # arguments (scripts/compose-smoke builds the CPU image this way; docs/deployment.md says why):
 #   --build-arg PYTHON_IMAGE=localhost/clipsearch-base:bookworm      a local Debian + python3 base
@@ -16,10 +17,10 @@ ARG PYTHON_IMAGE=python:3.12-slim-bookworm
 FROM ${CUDA_IMAGE} AS base-gpu
 RUN apt-get update && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates \
     && rm -rf /var/lib/apt/lists/* && ln -sf /usr/bin/python3 /usr/local/bin/python
-ENV FAISS_EXTRA=gpu DEFAULT_TORCH_INDEX=https://download.pytorch.org/whl/cu128
+ENV EXTRAS=gpu DEFAULT_TORCH_INDEX=https://download.pytorch.org/whl/cu128
 
 FROM ${PYTHON_IMAGE} AS base-cpu
-ENV FAISS_EXTRA=cpu DEFAULT_TORCH_INDEX=https://download.pytorch.org/whl/cpu
+ENV EXTRAS=cpu,onnx DEFAULT_TORCH_INDEX=https://download.pytorch.org/whl/cpu
 
 FROM base-${VARIANT} AS base
 
@@ -46,7 +47,7 @@ COPY pyproject.toml README.md ./src/
 COPY clipsearch ./src/clipsearch
 COPY app ./src/app
 COPY indexer ./src/indexer
-RUN pip install $PIP_OPTIONS "./src[${FAISS_EXTRA},demo]"
+RUN pip install $PIP_OPTIONS "./src[${EXTRAS},demo]"
 
 # ---- runtime: the environment and a non-root user, nothing else ------------------------------
 FROM base AS runtime
@@ -57,6 +58,7 @@ USER clipsearch
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     HF_HOME=/cache/huggingface \
+    CLIPSEARCH_ONNX_CACHE=/cache/onnx \
     CLIPSEARCH_BUNDLE_PATH=/bundle/current \
     CLIPSEARCH_HOST=0.0.0.0 \
     CLIPSEARCH_PORT=8000

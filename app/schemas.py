@@ -135,6 +135,10 @@ class InfoResponse(BaseModel):
     indices: dict[Modality, IndexSpec]
     device: str
     cuda_graphs: bool = Field(description="Whether the model replays captured CUDA graphs (GPU only).")
+    backend: str = Field(description="What runs the model: 'torch', 'onnx' or 'onnx-int8'.")
+    threads: int = Field(description="Intra-op threads of each forward pass, in this worker.")
+    text_trim: bool = Field(description="Whether the text tower runs on each batch's real length (exact for this "
+                                        "model).")
     mean_batch: dict[str, float] = Field(description="Queries per forward pass or search so far, by stage: how much "
                                                      "micro-batching is happening.")
     bundle_created_at: str

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -36,6 +38,16 @@ class Settings(BaseSettings):
     batch_window_ms: float = Field(_BATCHING.window_s * 1000, ge=0, le=1000,
                                    description="How long a batch waits for more queries after its first; 0 takes "
                                                "only those already waiting.")
+    backend: Literal["auto", "torch", "onnx", "onnx-int8"] = Field(
+        "auto", description="What runs the model: 'onnx' (ONNX Runtime, CPU only, needs the [onnx] extra), "
+                            "'onnx-int8' (the same, quantised: faster, less exact), 'torch', or 'auto' (onnx on a "
+                            "CPU when installed, else torch).")
+    onnx_cache: Path | None = Field(None, description="Where ONNX exports are cached (default "
+                                                      "~/.cache/clipsearch/onnx).")
+    threads: int | None = Field(None, ge=1, description="Threads per forward pass; by default the cores available "
+                                                        "divided by server_workers.")
+    text_trim: bool = Field(True, description="Run the text tower on each batch's real length where that is exact "
+                                              "(off only to compare speeds).")
     cuda_graphs: bool = Field(True, description="On a GPU, replay the model from CUDA graphs captured at start-up.")
     server_workers: int = Field(1, ge=1, description="Server processes `python -m app` starts; each loads the "
                                                      "model and the bundle.")
@@ -67,6 +79,15 @@ class Settings(BaseSettings):
     @property
     def allowed_origins(self) -> list[str]:
         return [origin.strip() for origin in self.cors_origins.split(",") if origin.strip()]
+
+    @property
+    def intra_op_threads(self) -> int:
+        """`threads`, or the cores this process may run on shared among the workers, so that two
+        workers on two cores do not fight over four threads."""
+        if self.threads is not None:
+            return self.threads
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        return max(1, cores // self.server_workers)
 
     @property
     def max_upload_bytes(self) -> int:

@@ -43,7 +43,8 @@ class ServiceState:
                                          "to that file's path")
             encoder = load_encoder(manifest.model.name, manifest.model.pretrained,
                                    settings.checkpoint if manifest.model.checkpoint_sha256 else None,
-                                   settings.device)
+                                   settings.device, backend=settings.backend, onnx_cache=settings.onnx_cache,
+                                   threads=settings.intra_op_threads, text_trim=settings.text_trim)
             bundle = load_bundle(settings.bundle_path, verify_checksums=settings.verify_checksums)
             check_model(bundle.manifest, encoder.ref, encoder.embedding_dim)
             if settings.cuda_graphs:

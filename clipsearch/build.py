@@ -51,6 +51,10 @@ class BuildConfig:
     pretrained: str | None = DEFAULT_PRETRAINED
     checkpoint: Path | None = None
     device: str | None = "auto"
+    backend: str = "auto"
+    """clipsearch.onnx_backend.BACKENDS: ONNX Runtime on a CPU where the [onnx] extra is installed."""
+    onnx_cache: Path | None = None
+    """Where ONNX exports are cached (default: onnx_backend.default_cache_dir())."""
     batch_size: int = 256
     workers: int = min(8, os.cpu_count() or 1)
     index_factory: str | None = None
@@ -89,8 +93,10 @@ def build(config: BuildConfig, on_shard_written: Callable[[Path], None] | None =
     sources = read_sources(config)
     if not sources:
         raise NoSources("give images, texts or both to index")
-    encoder = load_encoder(config.model, config.pretrained, config.checkpoint, config.device)
-    store = ShardStore.open(config.out, resume_fingerprint(config, encoder.ref, encoder.device.type, sources))
+    encoder = load_encoder(config.model, config.pretrained, config.checkpoint, config.device, backend=config.backend,
+                           onnx_cache=config.onnx_cache)
+    store = ShardStore.open(config.out, resume_fingerprint(config, encoder.ref, encoder.device.type, sources,
+                                                           backend=encoder.backend))
     first_id = {Modality.IMAGE: 0, Modality.TEXT: len(sources.get(Modality.IMAGE, []))}
     resumed = sum(_encode_into_shards(config, encoder, modality, items, first_id[modality], store, on_shard_written)
                   for modality, items in sources.items())

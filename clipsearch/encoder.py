@@ -20,6 +20,7 @@ from clipsearch.errors import ModelLoadError
 from clipsearch.files import file_sha256
 from clipsearch.graphs import GraphedForward
 from clipsearch.manifest import RANDOM_WEIGHTS_SEED, ModelRef
+from clipsearch.onnx_backend import resolve_backend, use_onnx
 from clipsearch.preprocess import ImagePreparer, PreprocessConfig
 from clipsearch.text_trim import TextTrimmer
 
@@ -36,6 +37,8 @@ _CONFIG_DIR = Path(__file__).parent / "model_configs"
 open_clip.add_model_config(_CONFIG_DIR)
 
 log = logging.getLogger(__name__)
+
+Tower = Callable[[torch.Tensor], torch.Tensor]
 
 
 def resolve_device(device: str | None) -> torch.device:
@@ -54,7 +57,7 @@ def resolve_device(device: str | None) -> torch.device:
 class ClipEncoder:
     """An open_clip model with its image preparation and tokenizer, ready for inference."""
 
-    def __init__(self, model: Any, tokenizer: Any, ref: ModelRef, device: torch.device) -> None:
+    def __init__(self, model: Any, tokenizer: Any, ref: ModelRef, device: torch.device, text_trim: bool = True) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.ref = ref
@@ -66,12 +69,30 @@ class ClipEncoder:
         self._mean, self._std = (torch.tensor(values, dtype=torch.float32, device=device).view(3, 1, 1)
                                  for values in (self.preprocess_config.mean, self.preprocess_config.std))
         # The text tower runs on each batch's real length wherever that is exact (clipsearch.text_trim).
-        self.text_trim = TextTrimmer(model) if TextTrimmer.supports(model) else None
-        self._image_forward: Callable[[torch.Tensor], torch.Tensor] = model.encode_image
-        self._text_forward: Callable[[torch.Tensor], torch.Tensor] = self.text_trim or model.encode_text
-        self._text_graphs: dict[int, Callable[[torch.Tensor], torch.Tensor]] = {}
+        self.text_trim = TextTrimmer(model) if text_trim and TextTrimmer.supports(model) else None
+        self._image_forward: Tower = model.encode_image
+        self._text_forward: Tower = self.text_trim or model.encode_text
+        self._text_graphs: dict[int, Tower] = {}
+        self.backend = "torch"
+        self.threads = torch.get_num_threads()
+        """Intra-op threads of a forward pass (torch's, and ONNX Runtime's sessions')."""
+        """What runs the towers: 'torch', or 'onnx' / 'onnx-int8' after clipsearch.onnx_backend.use_onnx."""
         self.embedding_dim: int = int(self.encode_texts(["probe"]).shape[1])
         self.cuda_graphs = False
+
+    @property
+    def towers(self) -> tuple[Tower, Tower]:
+        """The image and text forward passes in use: prepared pixels → features, tokens → features."""
+        return self._image_forward, self._text_forward
+
+    def set_towers(self, image: Tower, text: Tower, backend: str) -> None:
+        """Run the towers through other implementations of the same functions (ONNX Runtime's).
+
+        The text forward receives tokens cut to the batch's real length wherever trimming is exact.
+        """
+        if self.cuda_graphs:
+            raise ModelLoadError("the towers cannot be replaced once CUDA graphs are captured", "backend")
+        self._image_forward, self._text_forward, self.backend = image, text, backend
 
     @property
     def image_size(self) -> int:
@@ -118,7 +139,7 @@ class ClipEncoder:
         Each tower's graphs must then be replayed from one thread at a time (the search service's
         batchers do that).
         """
-        if self.device.type != "cuda" or self.cuda_graphs:
+        if self.device.type != "cuda" or self.cuda_graphs or self.backend != "torch":
             return self.cuda_graphs
         try:
             with torch.inference_mode():
@@ -129,7 +150,7 @@ class ClipEncoder:
                 context = example_tokens.shape[1]
                 lengths = sorted({*(length for length in TEXT_GRAPH_LENGTHS if length < context), context}) \
                     if self.text_trim is not None else [context]
-                text_graphs: dict[int, Callable[[torch.Tensor], torch.Tensor]] = {
+                text_graphs: dict[int, Tower] = {
                     length: GraphedForward(self._text_forward, example_tokens[:, :length], max_batch)
                     for length in lengths}
         except Exception:  # capture is best effort: eager inference must keep working whatever failed
@@ -156,11 +177,15 @@ def _normalised_float32(features: torch.Tensor) -> np.ndarray:
 
 
 def load_encoder(model_name: str = DEFAULT_MODEL, pretrained: str | None = DEFAULT_PRETRAINED,
-                 checkpoint: Path | None = None, device: str | None = None) -> ClipEncoder:
+                 checkpoint: Path | None = None, device: str | None = None, backend: str = "torch",
+                 onnx_cache: Path | None = None, threads: int | None = None, text_trim: bool = True) -> ClipEncoder:
     """Build an encoder from an open_clip model name plus a pretrained tag or a local checkpoint file.
 
     With neither (the `tiny` model, typically) the weights are random but seeded, so two loads
     give the same embeddings. The model runs on CUDA when available (in fp16), else on the CPU.
+    `backend` (clipsearch.onnx_backend.BACKENDS) may move the towers to ONNX Runtime on the CPU,
+    exported into `onnx_cache`; `threads` sets the intra-op threads of either backend. `text_trim`
+    False runs the text tower on its full context even where trimming is exact (for comparisons).
     """
     if model_name not in open_clip.list_models() and not model_name.startswith(("hf-hub:", "local-dir:")):
         raise ModelLoadError(f"unknown model {model_name!r}; open_clip knows e.g. "
@@ -168,6 +193,9 @@ def load_encoder(model_name: str = DEFAULT_MODEL, pretrained: str | None = DEFAU
     if checkpoint is not None and pretrained:
         raise ModelLoadError("give either a pretrained tag or a checkpoint file, not both")
     torch_device = resolve_device(device)
+    backend = resolve_backend(backend, torch_device)
+    if threads is not None:
+        torch.set_num_threads(threads)
     weights: str | None = pretrained or None
     ref = ModelRef(model_name, pretrained=weights)
     if checkpoint is not None:
@@ -187,4 +215,7 @@ def load_encoder(model_name: str = DEFAULT_MODEL, pretrained: str | None = DEFAU
         raise ModelLoadError(f"cannot load {ref.describe()}: {error}") from error
     model.eval()
     log.info("loaded %s on %s", ref.describe(), torch_device)
-    return ClipEncoder(model, tokenizer, ref, torch_device)
+    encoder = ClipEncoder(model, tokenizer, ref, torch_device, text_trim=text_trim)
+    if backend != "torch":
+        use_onnx(encoder, backend, onnx_cache, threads)
+    return encoder

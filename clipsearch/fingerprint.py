@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 def embedding_settings(config: BuildConfig) -> dict[str, Any]:
     """Every setting that decides which items are embedded and how."""
     return {"model": config.model, "pretrained": config.pretrained, "checkpoint": file_stat(config.checkpoint),
-            "keep_duplicates": config.keep_duplicates, "max_pixels": config.max_pixels,
+            "backend": config.backend, "keep_duplicates": config.keep_duplicates, "max_pixels": config.max_pixels,
             "columns": asdict(config.columns), "images": file_stat(config.images), "texts": file_stat(config.texts)}
 
 
@@ -37,11 +37,12 @@ def corpus_fingerprint(config: BuildConfig, sources: dict[Modality, list[SourceI
 
 
 def resume_fingerprint(config: BuildConfig, model: ModelRef, device: str,
-                       sources: dict[Modality, list[SourceItem]]) -> dict[str, Any]:
+                       sources: dict[Modality, list[SourceItem]], *, backend: str = "torch") -> dict[str, Any]:
     """What must be unchanged for a build to go on from another's shards: the embedding settings, the
-    exact weights, the device and the batching (the same batches give the same vectors), and the corpus."""
+    exact weights, the device, the backend that ran ('auto' resolved) and the batching (the same
+    batches give the same vectors), and the corpus."""
     fingerprint = embedding_settings(config) | {
-        "model": asdict(model), "device": device, "batch_size": config.batch_size,
+        "model": asdict(model), "device": device, "backend": backend, "batch_size": config.batch_size,
         "batches_per_shard": config.batches_per_shard, "corpus": listing_hash(sources),
         "counts": {modality.value: len(items) for modality, items in sources.items()}}
     # As it reads back from JSON, so that a stored fingerprint compares equal to a fresh one.

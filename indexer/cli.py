@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,6 +13,7 @@ from clipsearch.build import BuildConfig, build, is_up_to_date
 from clipsearch.encoder import DEFAULT_MODEL, DEFAULT_PRETRAINED, OFFLINE_MODEL
 from clipsearch.errors import ClipSearchError
 from clipsearch.manifest import read_manifest
+from clipsearch.onnx_backend import BACKENDS
 from clipsearch.shards import work_dir_for
 from clipsearch.sources import Columns
 
@@ -56,6 +58,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                          help="a local checkpoint file to load instead of a pretrained tag")
     command.add_argument("--device", default=DEFAULTS.device,
                          help="'auto' (CUDA if available), 'cpu', 'cuda' or 'cuda:N'")
+    command.add_argument("--backend", choices=BACKENDS, default=os.environ.get("CLIPSEARCH_BACKEND", DEFAULTS.backend),
+                         help="what runs the model: 'onnx' / 'onnx-int8' (ONNX Runtime, CPU only, needs the [onnx] "
+                              "extra), 'torch', or 'auto' (onnx on a CPU when installed, else torch); "
+                              "$CLIPSEARCH_BACKEND sets the default")
+    command.add_argument("--onnx-cache", type=Path, default=os.environ.get("CLIPSEARCH_ONNX_CACHE") or None,
+                         help="where ONNX exports are cached (default: $CLIPSEARCH_ONNX_CACHE, else "
+                              "~/.cache/clipsearch/onnx)")
     command.add_argument("--batch-size", type=_positive_int, default=DEFAULTS.batch_size,
                          help="items encoded per forward pass")
     command.add_argument("--workers", type=_non_negative_int, default=DEFAULTS.workers,
@@ -99,7 +108,8 @@ def config_from_args(args: argparse.Namespace) -> BuildConfig:
         pretrained = DEFAULT_PRETRAINED if args.model == DEFAULT_MODEL else None
     return BuildConfig(
         out=args.out, images=args.images, texts=args.texts, model=args.model, pretrained=pretrained,
-        checkpoint=args.checkpoint, device=args.device, batch_size=args.batch_size, workers=args.workers,
+        checkpoint=args.checkpoint, device=args.device, backend=args.backend, onnx_cache=args.onnx_cache,
+        batch_size=args.batch_size, workers=args.workers,
         index_factory=args.index_factory, flat_threshold=args.flat_threshold, keep_duplicates=args.keep_duplicates,
         batches_per_shard=args.batches_per_shard, max_pixels=args.max_pixels,
         columns=Columns(image=args.image_column, caption=args.caption_column, text=args.text_column),

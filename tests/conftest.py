@@ -12,6 +12,11 @@ from clipsearch.bundle import Bundle, load_bundle
 from clipsearch.encoder import OFFLINE_MODEL, ClipEncoder, load_encoder
 from tests.corpora import make_image_corpus, make_text_corpus, tiny_config
 
+# The suite's references are PyTorch's own outputs, so servers and indexer runs it starts use PyTorch
+# (with the [onnx] extra installed, 'auto' would pick ONNX Runtime). tests/test_onnx_backend.py and
+# the tests that name a backend cover ONNX Runtime.
+os.environ["CLIPSEARCH_BACKEND"] = "torch"
+
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")

@@ -44,8 +44,8 @@ def write_manifest(folder: Path, kind: str, rows: list[dict[str, object]]) -> Pa
 
 
 def tiny_config(out: Path, **overrides: object) -> BuildConfig:
-    """Build settings for the offline tiny model on the CPU: small batches and shards, no progress bar."""
-    settings: dict[str, object] = dict(out=out, model=OFFLINE_MODEL, pretrained=None, device="cpu", batch_size=8,
-                                       workers=0, batches_per_shard=2, progress=False)
+    """Build settings for the offline tiny model on PyTorch on the CPU: small batches and shards, no progress bar."""
+    settings: dict[str, object] = dict(out=out, model=OFFLINE_MODEL, pretrained=None, device="cpu", backend="torch",
+                                       batch_size=8, workers=0, batches_per_shard=2, progress=False)
     settings.update(overrides)
     return BuildConfig(**settings)  # type: ignore[arg-type]

@@ -37,6 +37,8 @@ def info(service: ServiceDep) -> InfoResponse:
         counts={modality: record.count for modality, record in manifest.modalities.items()},
         indices={modality: record.index for modality, record in manifest.modalities.items()},
         device=str(service.encoder.device), cuda_graphs=service.encoder.cuda_graphs,
+        backend=service.encoder.backend, threads=service.encoder.threads,
+        text_trim=service.encoder.text_trim is not None,
         mean_batch=service.pipeline.mean_batches(), bundle_created_at=manifest.created_at)
 
 

@@ -16,6 +16,7 @@ from app import healthcheck
 from app import state as state_module
 from app.main import create_app
 from app.settings import Settings
+from tests.app.serving import serve
 from tests.imagefiles import image_bytes, noise_image
 
 
@@ -42,6 +43,8 @@ def test_info_describes_model_bundle_and_device(http: httpx.Client) -> None:
     assert info["counts"] == {"image": 30, "text": 25}
     assert info["indices"]["image"]["factory"] == "Flat" and info["indices"]["image"]["exact"] is True
     assert info["device"] == "cpu" and info["cuda_graphs"] is False
+    assert info["backend"] == "torch" and info["text_trim"] is True
+    assert info["threads"] == Settings(bundle_path=Path("unused")).intra_op_threads >= 1
     # The start-up warm-up already ran one query of each kind through every stage.
     assert set(info["mean_batch"]) == {"encode-text", "encode-image", "search-image", "search-text"}
     assert all(mean >= 1 for mean in info["mean_batch"].values())
@@ -140,3 +143,24 @@ def test_the_container_healthcheck_passes_once_ready_and_fails_when_nothing_answ
         unused.bind(("127.0.0.1", 0))
         monkeypatch.setenv("CLIPSEARCH_PORT", str(unused.getsockname()[1]))  # bound, never listening
         assert healthcheck.main() == 1
+
+
+def test_a_server_on_onnx_runtime_says_so_and_answers_as_pytorch_does(bundle_path: Path, http: httpx.Client,
+                                                                      tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime", reason="the [onnx] extra is not installed")
+    settings = Settings(bundle_path=bundle_path, device="cpu", backend="onnx", onnx_cache=tmp_path)
+    query = {"text": "a red square", "target": "image", "k": 10}
+    with serve(settings) as url, httpx.Client(base_url=url, timeout=60) as onnx_http:
+        assert onnx_http.get("/info").json()["backend"] == "onnx"
+        found = onnx_http.post("/search/text", json=query).json()["results"]
+    expected = http.post("/search/text", json=query).json()["results"]
+    assert [hit["id"] for hit in found] == [hit["id"] for hit in expected]
+    assert [hit["score"] for hit in found] == pytest.approx([hit["score"] for hit in expected], abs=1e-5)
+
+
+def test_threads_default_to_the_cores_shared_among_the_workers(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(8)))
+    assert Settings(bundle_path=Path("b"), server_workers=1).intra_op_threads == 8
+    assert Settings(bundle_path=Path("b"), server_workers=3).intra_op_threads == 2
+    assert Settings(bundle_path=Path("b"), server_workers=16).intra_op_threads == 1
+    assert Settings(bundle_path=Path("b"), server_workers=3, threads=5).intra_op_threads == 5
