@@ -1,11 +1,16 @@
-"""Text-tower speed: each batch trimmed to its real length against the full 77-token context, same run.
+"""Tower speed on each backend, against eager PyTorch measured in the same run.
 
-    python -m bench.encode --model ViT-B-32 --words 5 15 60 --batches 1 16
+    python -m bench.encode --model ViT-B-32 --words 5 15 60 --batches 1 16 --backends torch onnx onnx-int8
 
-Loads the model with random weights (no download: speed does not depend on the weights) and, for
-each query length and batch size, times ClipEncoder.encode_texts (trimmed wherever that is exact,
-clipsearch.text_trim) against the same model's full-context encode_text, measured in the same run.
-Prints one JSON line per figure, with the largest difference between the two embeddings.
+Loads the model with random weights (no download: speed does not depend on the weights) once per
+backend (clipsearch.onnx_backend: ONNX exports are cached in --onnx-cache), then times:
+  * the text tower, for each query length and batch size: ClipEncoder.encode_texts on each backend
+    (trimmed to the batch's real length wherever that is exact, clipsearch.text_trim) against
+    PyTorch's encode_text on the full 77-token context, the baseline;
+  * the image tower, for each batch size: ClipEncoder.encode_images on prepared pixels, on each
+    backend, against the PyTorch backend.
+Each figure carries the lowest cosine between the backend's embeddings and the baseline's. One JSON
+line per figure.
 """
 
 from __future__ import annotations
@@ -13,20 +18,26 @@ from __future__ import annotations
 import argparse
 import sys
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from bench.common import WORDS, emit, latency_summary, ratio, time_calls
-from clipsearch.encoder import load_encoder
+from clipsearch.encoder import ClipEncoder, load_encoder
+from clipsearch.onnx_backend import BACKENDS, default_cache_dir
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="ViT-B-32", help="open_clip model name (random weights)")
     parser.add_argument("--device", default="cpu", help="'cpu', 'cuda' or 'auto'")
+    parser.add_argument("--backends", nargs="+", choices=[name for name in BACKENDS if name != "auto"],
+                        default=["torch", "onnx"], help="backends to time ('torch' is always timed: the baseline)")
+    parser.add_argument("--onnx-cache", type=Path, default=default_cache_dir(), help="where ONNX exports are kept")
     parser.add_argument("--words", type=int, nargs="+", default=[5, 15, 60], help="words per query text")
-    parser.add_argument("--batches", type=int, nargs="+", default=[1, 16], help="texts per forward pass")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 16], help="texts or images per forward pass")
     parser.add_argument("--repeats", type=int, default=20, help="timed calls per figure")
     parser.add_argument("--min-seconds", type=float, default=2.0, help="keep timing until this long has passed")
     return parser.parse_args(argv)
@@ -35,28 +46,53 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_grad_enabled(False)
-    encoder = load_encoder(args.model, pretrained=None, device=args.device)
-    emit("setup", model=args.model, device=str(encoder.device), trimmed=encoder.text_trim is not None,
-         threads=torch.get_num_threads())
+    backends = ["torch", *(name for name in args.backends if name != "torch")]
+    encoders = {backend: load_encoder(args.model, pretrained=None, device=args.device, backend=backend,
+                                      onnx_cache=args.onnx_cache) for backend in backends}
+    reference = encoders["torch"]
+    emit("setup", model=args.model, device=str(reference.device), trimmed=reference.text_trim is not None,
+         threads=torch.get_num_threads(), backends={name: encoder.backend for name, encoder in encoders.items()})
 
-    def full_context(texts: list[str]) -> np.ndarray:
-        with torch.inference_mode():
-            features = encoder.model.encode_text(encoder.tokenizer(texts).to(encoder.device)).float()
-        return (features / features.norm(dim=-1, keepdim=True)).cpu().numpy()  # type: ignore[no-any-return]
+    def timed(call: partial[np.ndarray]) -> float:
+        return latency_summary(time_calls(call, args.repeats, min_seconds=args.min_seconds))["p50_ms"]
 
     for words in args.words:
         for batch in args.batches:
             texts = [" ".join(WORDS[(row + word) % len(WORDS)] for word in range(words)) for row in range(batch)]
-            tokens = int(encoder.tokenizer(texts).argmax(dim=-1).max()) + 1
-            difference = float(np.abs(encoder.encode_texts(texts) - full_context(texts)).max())
-            baseline = latency_summary(time_calls(partial(full_context, texts), args.repeats,
-                                                  min_seconds=args.min_seconds))
-            mine = latency_summary(time_calls(partial(encoder.encode_texts, texts), args.repeats,
-                                              min_seconds=args.min_seconds))
-            emit("text tower", words=words, tokens=tokens, batch=batch, trimmed_ms=mine["p50_ms"],
-                 full_context_ms=baseline["p50_ms"], speedup=ratio(baseline["p50_ms"], mine["p50_ms"]),
-                 max_difference=difference)
+            tokens = int(reference.tokenizer(texts).argmax(dim=-1).max()) + 1
+            expected = full_context(reference, texts)
+            baseline = timed(partial(full_context, reference, texts))
+            for backend, encoder in encoders.items():
+                milliseconds = timed(partial(encoder.encode_texts, texts))
+                emit(f"text tower, {backend}", words=words, tokens=tokens, batch=batch, ms=milliseconds,
+                     full_context_ms=baseline, speedup=ratio(baseline, milliseconds),
+                     min_cosine=min_cosine(encoder.encode_texts(texts), expected))
+    for batch in args.batches:
+        pixels = torch.stack([reference.prepare_image(photo) for photo in photos(batch)])
+        expected = reference.encode_images(pixels)
+        baseline = timed(partial(reference.encode_images, pixels))
+        for backend, encoder in encoders.items():
+            milliseconds = timed(partial(encoder.encode_images, pixels))
+            emit(f"image tower, {backend}", batch=batch, ms=milliseconds, torch_ms=baseline,
+                 speedup=ratio(baseline, milliseconds), min_cosine=min_cosine(encoder.encode_images(pixels), expected))
     return 0
+
+
+def full_context(encoder: ClipEncoder, texts: list[str]) -> np.ndarray:
+    """The baseline: open_clip's encode_text on the whole context, in PyTorch, normalised like the encoder."""
+    with torch.inference_mode():
+        features = encoder.model.encode_text(encoder.tokenizer(texts).to(encoder.device)).float()
+    return (features / features.norm(dim=-1, keepdim=True)).cpu().numpy()  # type: ignore[no-any-return]
+
+
+def min_cosine(found: np.ndarray, expected: np.ndarray) -> float:
+    return float((found * expected).sum(axis=1).min())  # rows are unit vectors
+
+
+def photos(count: int) -> list[Image.Image]:
+    rng = np.random.default_rng(3)
+    return [Image.fromarray(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)).resize((640, 480))
+            for _ in range(count)]
 
 
 if __name__ == "__main__":

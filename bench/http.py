@@ -8,7 +8,14 @@ only, no download), then measures in the same run:
   * `python -m app` over that bundle: /health (an empty endpoint), a text query and a 640×480 JPEG
     upload from one client, then text queries from --clients concurrent clients;
   * with --compare-unbatched, the same against a server with CLIPSEARCH_MAX_BATCH=1, which shows
-    what micro-batching adds to throughput and costs (should be nothing) in one client's latency.
+    what micro-batching adds to throughput and costs (should be nothing) in one client's latency;
+  * with --variant NAME:SETTING=VALUE,..., one server per variant (settings as in README, lower
+    case, without CLIPSEARCH_), each compared with the first variant. For example, the server
+    before the CPU work of docs/benchmarks.md against today's default and two workers:
+
+        python -m bench.http --model ViT-B-32 --device cpu --clients 16 --client-processes 1 \
+            --variant before:backend=torch,text_trim=false,max_batch=1 --variant default: \
+            --variant two-workers:server_workers=2
 Clients are plain keep-alive HTTP/1.1 connections (http.client) spread over several processes, so
 the load generator is not the bottleneck; its own CPU use is reported. One JSON line per figure.
 """
@@ -29,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import httpx
 import numpy as np
 import open_clip
 import torch
@@ -58,7 +66,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of concurrent load")
     parser.add_argument("--server-workers", type=int, default=1, help="CLIPSEARCH_SERVER_WORKERS")
     parser.add_argument("--compare-unbatched", action="store_true", help="also measure a server with max batch 1")
-    return parser.parse_args(argv)
+    parser.add_argument("--variant", type=_variant, action="append", default=[],
+                        help="NAME:SETTING=VALUE,...: a server with these settings; the first is the baseline")
+    args = parser.parse_args(argv)
+    if not args.variant:
+        args.variant = [("", {})]
+    if args.compare_unbatched:
+        args.variant.append(("unbatched ", {"CLIPSEARCH_MAX_BATCH": "1"}))
+    return args
+
+
+def _variant(text: str) -> tuple[str, dict[str, str]]:
+    name, _, assignments = text.partition(":")
+    settings = {}
+    for assignment in filter(None, assignments.split(",")):
+        key, equals, value = assignment.partition("=")
+        if not equals:
+            raise argparse.ArgumentTypeError(f"{assignment!r} is not SETTING=VALUE")
+        settings[f"CLIPSEARCH_{key.strip().upper()}"] = value.strip()
+    return (f"{name} " if name else ""), settings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,21 +98,29 @@ def main(argv: list[str] | None = None) -> int:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()  # the in-process model is gone; leave the GPU to the server
         errors, outcomes = 0, {}
-        for label, max_batch in [("", None), *([("unbatched ", 1)] if args.compare_unbatched else [])]:
+        for label, settings in args.variant:
             environment = {"CLIPSEARCH_VERIFY_CHECKSUMS": "false", "CLIPSEARCH_DEVICE": args.device,
-                           "CLIPSEARCH_SERVER_WORKERS": str(args.server_workers)}
-            if max_batch is not None:
-                environment["CLIPSEARCH_MAX_BATCH"] = str(max_batch)
+                           "CLIPSEARCH_SERVER_WORKERS": str(args.server_workers), **settings}
             with served(bundle, environment) as (url, _):
-                _wait_for_every_worker(url, args.server_workers)
-                outcomes[label] = one_client, load = measure_server(url, args, jpeg, direct, label)
+                workers = int(environment["CLIPSEARCH_SERVER_WORKERS"])
+                _wait_for_every_worker(url, workers)
+                info = httpx.get(f"{url}/info", timeout=10).json()
+                emit(f"{label}server", settings=settings, workers=workers, backend=info["backend"],
+                     threads=info["threads"], text_trim=info["text_trim"])
+                outcomes[label] = one_client, load = measure_server(url, args, jpeg, direct, label, workers)
                 errors += len(one_client.errors) + len(load.errors)
-        if args.compare_unbatched:
-            (one_client, load), (unbatched_one, unbatched_load) = outcomes[""], outcomes["unbatched "]
-            emit("micro-batching effect", clients=args.clients,
-                 throughput_ratio=ratio(load.rate, unbatched_load.rate),
-                 one_client_p50_ratio=ratio(one_client.p50, unbatched_one.p50),
-                 note="batched server against CLIPSEARCH_MAX_BATCH=1, same bundle, same run")
+        (baseline, (base_one, base_load)), *others = outcomes.items()
+        for label, (one_client, load) in others:
+            if args.compare_unbatched and label == "unbatched ":
+                emit("micro-batching effect", clients=args.clients,
+                     throughput_ratio=ratio(base_load.rate, load.rate),
+                     one_client_p50_ratio=ratio(base_one.p50, one_client.p50),
+                     note="batched server against CLIPSEARCH_MAX_BATCH=1, same bundle, same run")
+            else:
+                emit(f"{label}against {baseline or 'default '}".rstrip(), clients=args.clients,
+                     one_client_text_p50_ratio=ratio(one_client.p50, base_one.p50),
+                     throughput_ratio=ratio(load.rate, base_load.rate),
+                     note="p50 ratio below 1 and throughput ratio above 1 are better; same bundle, same run")
     return 1 if errors else 0
 
 
@@ -110,7 +144,8 @@ def write_synthetic_bundle(out: Path, model: str, images: int, texts: int) -> Pa
 
 def measure_direct(bundle_path: Path, args: argparse.Namespace, jpeg: bytes) -> dict[str, float]:
     """One query at a time through SearchService in this process: what HTTP adds is measured against it."""
-    encoder = load_encoder(args.model, None, None, args.device)
+    # The backend the default server picks ('auto', or CLIPSEARCH_BACKEND), so that vs_direct compares like with like.
+    encoder = load_encoder(args.model, None, None, args.device, backend=os.environ.get("CLIPSEARCH_BACKEND", "auto"))
     if encoder.device.type == "cuda":
         encoder.enable_cuda_graphs(64)
     bundle = load_bundle(bundle_path, verify_checksums=False)
@@ -124,7 +159,7 @@ def measure_direct(bundle_path: Path, args: argparse.Namespace, jpeg: bytes) -> 
     text = latency_summary(time_calls(lambda: text_query(next(counter)), args.requests, warmup=10))
     image = latency_summary(time_calls(lambda: service.search(service.embed_image(jpeg).vector, Modality.IMAGE, 10),
                                        max(20, args.requests // 5), warmup=5))
-    emit("direct call (in process)", device=str(encoder.device),
+    emit("direct call (in process)", device=str(encoder.device), backend=encoder.backend,
          gpu=torch.cuda.get_device_name(encoder.device) if encoder.device.type == "cuda" else None,
          model=args.model, items=args.items, cuda_graphs=encoder.cuda_graphs,
          text_p50_ms=text["p50_ms"], text_p99_ms=text["p99_ms"], image_p50_ms=image["p50_ms"],
@@ -135,7 +170,7 @@ def measure_direct(bundle_path: Path, args: argparse.Namespace, jpeg: bytes) -> 
 
 
 def measure_server(url: str, args: argparse.Namespace, jpeg: bytes, direct: dict[str, float],
-                   label: str) -> tuple[Tally, Tally]:
+                   label: str, workers: int) -> tuple[Tally, Tally]:
     """The one-client figures and the concurrent one; returns the one-client text and the concurrent tallies."""
     health = run_clients(url, "health", jpeg, clients=1, processes=0, requests=args.requests)
     emit(f"{label}health, one client", **health.figures())
@@ -149,7 +184,7 @@ def measure_server(url: str, args: argparse.Namespace, jpeg: bytes, direct: dict
     load = run_clients(url, "text", jpeg, clients=args.clients, processes=args.client_processes,
                        duration=args.duration)
     emit(f"{label}text queries, {args.clients} clients", **load.figures(), client_processes=args.client_processes,
-         server_workers=args.server_workers, vs_one_client_rate=ratio(load.rate, text.rate))
+         server_workers=workers, vs_one_client_rate=ratio(load.rate, text.rate))
     for error in (health.errors + text.errors + image.errors + load.errors)[:5]:
         emit("error", detail=error)
     text.errors += health.errors + image.errors

@@ -51,6 +51,17 @@ def test_smoke_the_http_bench_measures_one_client_many_clients_and_the_unbatched
     assert figures["micro-batching effect"]["throughput_ratio"] > 0
 
 
+def test_smoke_the_http_bench_compares_server_variants_with_the_first() -> None:
+    figures = run_bench("bench.http", "--items", "2000", "--texts", "100", "--model", "tiny", "--device", "cpu",
+                        "--requests", "10", "--clients", "2", "--client-processes", "1", "--duration", "1",
+                        "--variant", "before:backend=torch,text_trim=false,max_batch=1",
+                        "--variant", "after:backend=torch")
+    assert figures["before server"]["text_trim"] is False and figures["after server"]["text_trim"] is True
+    assert figures["before server"]["settings"]["CLIPSEARCH_MAX_BATCH"] == "1"
+    comparison = figures["after against before"]
+    assert comparison["one_client_text_p50_ratio"] > 0 and comparison["throughput_ratio"] > 0
+
+
 def test_smoke_a_short_bounded_load_has_no_errors_and_keeps_memory_flat() -> None:
     figures = run_bench("bench.load", "--clients", "8", "--duration", "4", "--warmup", "1")
     load = figures["mixed search load"]
@@ -59,10 +70,15 @@ def test_smoke_a_short_bounded_load_has_no_errors_and_keeps_memory_flat() -> Non
     assert figures["server memory"]["growth"] <= 0.10
 
 
-def test_smoke_the_encode_bench_compares_trimmed_with_full_context_and_finds_the_same_vectors() -> None:
+def test_smoke_the_encode_bench_times_each_backend_against_pytorch_and_finds_the_same_vectors(tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime", reason="the [onnx] extra is not installed")
     figures = run_bench("bench.encode", "--model", "tiny", "--words", "3", "--batches", "2", "--repeats", "3",
-                        "--min-seconds", "0")
-    assert figures["setup"]["trimmed"] is True
-    tower = figures["text tower"]
-    assert tower["batch"] == 2 and tower["tokens"] == 5 and tower["max_difference"] < 1e-5
-    assert tower["speedup"] == pytest.approx(tower["full_context_ms"] / tower["trimmed_ms"], rel=1e-2)
+                        "--min-seconds", "0", "--backends", "torch", "onnx", "--onnx-cache", str(tmp_path))
+    assert figures["setup"]["trimmed"] is True and figures["setup"]["backends"] == {"torch": "torch", "onnx": "onnx"}
+    for backend in ("torch", "onnx"):
+        text = figures[f"text tower, {backend}"]
+        assert text["batch"] == 2 and text["tokens"] == 5 and text["min_cosine"] > 0.99999
+        assert text["speedup"] == pytest.approx(text["full_context_ms"] / text["ms"], rel=1e-2)
+        image = figures[f"image tower, {backend}"]
+        assert image["batch"] == 2 and image["min_cosine"] > 0.99999
+        assert image["speedup"] == pytest.approx(image["torch_ms"] / image["ms"], rel=1e-2)
