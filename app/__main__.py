@@ -7,14 +7,20 @@ from typing import Any
 
 import uvicorn
 
-from app.protocol import guarded_protocol
+from app.protocol import ENVIRONMENT_PROTOCOL, guarded_protocol
 from app.settings import Settings
 
 
 def server_options(settings: Settings) -> dict[str, Any]:
-    """How uvicorn serves the app: keep-alive, read time limits for slow clients, connection limit."""
+    """How uvicorn serves the app: keep-alive, read time limits for slow clients, connection limit.
+
+    With several workers `settings` must be the environment's (as in main): each worker process
+    reads its settings, the protocol's time limits included, from the environment.
+    """
+    protocol = ENVIRONMENT_PROTOCOL if settings.server_workers > 1 else \
+        guarded_protocol(settings.header_timeout_s, settings.body_timeout_s)
     return {"timeout_keep_alive": int(settings.keep_alive_s), "limit_concurrency": settings.max_connections,
-            "http": guarded_protocol(settings.header_timeout_s, settings.body_timeout_s)}
+            "http": protocol}
 
 
 def main() -> None:

@@ -15,6 +15,7 @@ slow or hostile client can hold, and for how long.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from typing import Any
 
@@ -23,9 +24,14 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 
 def guarded_protocol(header_timeout_s: float, body_timeout_s: float) -> type[H11Protocol]:
-    """The protocol class to give uvicorn (`http=`), with these time limits."""
+    """The protocol class to give uvicorn (`http=`) in this process, with these time limits."""
     return type("GuardedH11Protocol", (GuardedH11Protocol,),
                 {"header_timeout_s": header_timeout_s, "body_timeout_s": body_timeout_s})
+
+
+ENVIRONMENT_PROTOCOL = "app.protocol:EnvironmentGuardedH11Protocol"
+"""What to give uvicorn when it starts worker processes: they import the protocol by name (a class
+made by guarded_protocol cannot be pickled to them), and read its limits from the environment."""
 
 
 class GuardedH11Protocol(H11Protocol):
@@ -86,3 +92,19 @@ class GuardedH11Protocol(H11Protocol):
                                  b"content-length: " + str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n"
                                  + body)
         self.transport.close()
+
+
+class EnvironmentGuardedH11Protocol(GuardedH11Protocol):
+    """GuardedH11Protocol with the time limits of the CLIPSEARCH_* environment, as the worker's app reads them."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.header_timeout_s, self.body_timeout_s = _environment_limits()
+        super().__init__(*args, **kwargs)
+
+
+@functools.cache
+def _environment_limits() -> tuple[float, float]:
+    from app.settings import Settings
+
+    settings = Settings()
+    return settings.header_timeout_s, settings.body_timeout_s
