@@ -125,13 +125,28 @@ class ExactIndex:
         """Top-k by one GEMM per block of the matrix, blocks sized to keep SCORE_BUDGET scores at once."""
         block = max(k, SCORE_BUDGET // max(1, len(queries)))
         if block >= len(matrix):
-            scores, rows = torch.topk(queries @ matrix.T, k, dim=1)
-            return scores.float(), rows
+            return _block_top_k(queries, matrix, k)
         best_scores, best_rows = [], []
         for start in range(0, len(matrix), block):
-            part = matrix[start:start + block]
-            scores, rows = torch.topk(queries @ part.T, min(k, len(part)), dim=1)
-            best_scores.append(scores.float())
+            scores, rows = _block_top_k(queries, matrix[start:start + block], min(k, len(matrix) - start))
+            best_scores.append(scores)
             best_rows.append(rows + start)
         merged_scores, where = torch.topk(torch.cat(best_scores, dim=1), k, dim=1)
         return merged_scores, torch.cat(best_rows, dim=1).gather(1, where)
+
+
+def _block_top_k(queries: torch.Tensor, matrix: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k of `queries` (n, d) against all of `matrix` (N, d): fp32 scores (n, k) and rows (n, k)."""
+    if matrix.device.type != "cpu":
+        scores, rows = torch.topk(queries @ matrix.T, k, dim=1)
+        return scores.float(), rows
+    # On the CPU the product is computed item-major, (N, d)·(d, n): MKL threads that shape but runs
+    # (n, d)·(d, N) on one thread for small n, which made it 2-3× slower for n from 2 to 32. One
+    # fp32 query is a matrix-vector product, which torch's MKL also runs on one thread and numpy's
+    # BLAS on all cores: about 2× faster at 100k × 512 (docs/benchmarks.md, "exact search").
+    if len(queries) == 1 and matrix.dtype == torch.float32:
+        item_scores = torch.from_numpy(matrix.numpy() @ queries[0].numpy())[:, None]
+    else:
+        item_scores = matrix @ queries.T
+    scores, rows = torch.topk(item_scores, k, dim=0)
+    return scores.T.float(), rows.T

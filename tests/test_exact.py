@@ -25,6 +25,23 @@ def test_fp32_search_equals_brute_force_ids_and_scores(corpus: tuple[np.ndarray,
     assert found.scores.dtype == np.float32 and found.ids.dtype == np.int64
 
 
+@pytest.mark.parametrize("count", [1, 2, 3, 17])
+def test_any_number_of_queries_gets_each_querys_own_answer(corpus: tuple[np.ndarray, np.ndarray], count: int,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    # One query takes the matrix-vector path, several the item-major product; blocks split both.
+    vectors, ids = corpus
+    queries = unit_vectors(count, dim=64, seed=10 + count)
+    index = ExactIndex(vectors, ids)
+    together = index.search(queries, 10)
+    assert_same_top_k(brute_force(vectors, ids, queries, 10), together)
+    for row, query in enumerate(queries):
+        alone = index.search(query[None], 10)
+        np.testing.assert_array_equal(alone.ids[0], together.ids[row])
+        np.testing.assert_allclose(alone.scores[0], together.scores[row], atol=1e-6)
+    monkeypatch.setattr("clipsearch.exact.SCORE_BUDGET", 333 * count)  # blocks of 333 rows
+    assert_same_top_k(together, ExactIndex(vectors, ids).search(queries, 10))
+
+
 def test_an_fp16_scan_with_rescoring_gives_the_fp32_ids_and_fp32_scores(corpus: tuple[np.ndarray, np.ndarray]) -> None:
     vectors, ids = corpus
     queries = unit_vectors(40, dim=64, seed=2)
