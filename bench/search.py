@@ -6,7 +6,9 @@ Makes random unit vectors, builds the bundle's exact index (IndexIDMap2 over Ind
 for each batch size times clipsearch.exact.ExactIndex and the FAISS baseline measured in the same
 run: GpuIndexFlatIP on a GPU (when faiss has GPU support), IndexFlatIP on the CPU otherwise. Also
 measures how long merely reading the matrix once takes (a device copy of it): the memory-bandwidth
-floor for one query. Prints one JSON line per figure, with whether both returned the same ids.
+floor for one query, and the query-major product (n, d)·(d, N) with one top-k per query, the CPU
+layout before the item-major one. Prints one JSON line per figure, with whether both returned the
+same ids.
 """
 
 from __future__ import annotations
@@ -57,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
         queries = unit_vectors(batch, args.dim, seed=batch)
         ours = time_calls(partial(resident.search, queries, args.k), args.repeats, min_seconds=args.min_seconds)
         theirs = time_calls(partial(baseline, queries, args.k), args.repeats, min_seconds=args.min_seconds)
+        query_major = time_calls(partial(_query_major, resident.scanned, queries, args.k), args.repeats,
+                                 min_seconds=args.min_seconds)
         found = resident.search(queries, args.k)
         expected = baseline(queries, args.k)
         expected_scores, expected_ids = expected.scores, expected.ids
@@ -69,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
              baseline=baseline_name, baseline_ms=base["p50_ms"],
              baseline_queries_per_s=batch / (base["p50_ms"] / 1000),
              speedup=ratio(base["p50_ms"], mine["p50_ms"]),
+             query_major_ms=latency_summary(query_major)["p50_ms"],
+             vs_query_major=ratio(latency_summary(query_major)["p50_ms"], mine["p50_ms"]),
              vs_memory_floor=ratio(mine["p50_ms"], floor * 1000) if batch == 1 else None,
              same_id_sets=same_rows, same_id_order=same_order,
              max_score_difference=float(np.abs(found.scores - expected_scores).max()),
@@ -82,6 +88,14 @@ def _baseline(index: faiss.Index, device: torch.device
         gpu_index = faiss_index.to_gpu(index)
         return "faiss GpuIndexFlatIP", lambda queries, k: faiss_index.search(gpu_index, queries, k)
     return "faiss IndexFlatIP (CPU)", lambda queries, k: faiss_index.search(index, queries, k)
+
+
+def _query_major(matrix: torch.Tensor, queries: np.ndarray, k: int) -> None:
+    with torch.inference_mode():
+        batch = torch.from_numpy(queries).to(matrix.device, matrix.dtype)
+        torch.topk(batch @ matrix.T, k, dim=1)
+        if matrix.device.type == "cuda":
+            torch.cuda.synchronize(matrix.device)
 
 
 def _read_floor_s(resident: ExactIndex, device: torch.device) -> float:
