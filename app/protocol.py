@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import socket
 from typing import Any
 
 import h11
@@ -34,6 +35,20 @@ ENVIRONMENT_PROTOCOL = "app.protocol:EnvironmentGuardedH11Protocol"
 made by guarded_protocol cannot be pickled to them), and read its limits from the environment."""
 
 
+def send_without_delay(transport: asyncio.BaseTransport) -> None:
+    """Turn Nagle's algorithm off on a TCP connection, as asyncio does only for sockets it made.
+
+    asyncio sets TCP_NODELAY only where the socket object says IPPROTO_TCP. A listening socket made
+    with socket.socket() says 0, and so do the connections accepted from it: uvicorn's own, with
+    several workers, and any passed in with `sockets=`. Without TCP_NODELAY a response written in
+    two parts (headers, then body) waits for the client's delayed ACK: 40 ms on Linux, which made
+    every request to two workers take 44 ms at least (docs/benchmarks.md).
+    """
+    connection = transport.get_extra_info("socket")
+    if connection is not None and connection.family in (socket.AF_INET, socket.AF_INET6):
+        connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
 class GuardedH11Protocol(H11Protocol):
     header_timeout_s: float = 10.0
     body_timeout_s: float = 30.0
@@ -45,6 +60,7 @@ class GuardedH11Protocol(H11Protocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        send_without_delay(transport)
         # A connection that never sends a byte is held to the same limit as one that sends slowly.
         self._start_timer(self.header_timeout_s, "the request headers")
         self._timing_headers = True

@@ -14,6 +14,7 @@ import httpx
 import pytest
 from PIL import Image
 
+from app.protocol import send_without_delay
 from app.settings import Settings
 from tests.app.serving import serve
 from tests.imagefiles import (
@@ -169,3 +170,25 @@ def connect_past_the_limit(host: str, port: int, limit: int) -> tuple[httpx.Resp
         if (answer := httpx.get(f"http://{host}:{port}/health")).status_code == 200:
             break
     return refused, answer
+
+
+class SocketOnly:
+    """The one part of an asyncio transport send_without_delay reads."""
+
+    def __init__(self, connection: socket.socket) -> None:
+        self.connection = connection
+
+    def get_extra_info(self, name: str) -> socket.socket | None:
+        return self.connection if name == "socket" else None
+
+
+def test_connections_accepted_from_a_plain_listening_socket_send_without_delay() -> None:
+    # uvicorn's workers and serve() listen on socket.socket(), whose protocol number reads 0, so
+    # asyncio leaves Nagle's algorithm on for every connection accepted from it.
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        with socket.create_connection(listener.getsockname()), listener.accept()[0] as accepted:
+            assert accepted.proto == 0 and accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 0
+            send_without_delay(SocketOnly(accepted))  # type: ignore[arg-type]
+            assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
