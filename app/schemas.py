@@ -142,6 +142,8 @@ class InfoResponse(BaseModel):
     mean_batch: dict[str, float] = Field(description="Queries per forward pass or search so far, by stage: how much "
                                                      "micro-batching is happening.")
     bundle_created_at: str
+    evaluations: list[dict[str, Any]] = Field(description="Retrieval quality of the model, one record per "
+                                                          "`indexer eval --bundle` run, oldest first.")
 
 
 class ErrorResponse(BaseModel):

@@ -74,9 +74,9 @@ class ClipEncoder:
         self._text_forward: Tower = self.text_trim or model.encode_text
         self._text_graphs: dict[int, Tower] = {}
         self.backend = "torch"
+        """What runs the towers: 'torch', or 'onnx' / 'onnx-int8' after clipsearch.onnx_backend.use_onnx."""
         self.threads = torch.get_num_threads()
         """Intra-op threads of a forward pass (torch's, and ONNX Runtime's sessions')."""
-        """What runs the towers: 'torch', or 'onnx' / 'onnx-int8' after clipsearch.onnx_backend.use_onnx."""
         self.embedding_dim: int = int(self.encode_texts(["probe"]).shape[1])
         self.cuda_graphs = False
 

@@ -7,11 +7,15 @@ size of every other file. clipsearch/bundle.py writes and checks it; nothing els
 
 from __future__ import annotations
 
+import fcntl
 import json
-from dataclasses import asdict, dataclass, field
+import os
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from clipsearch.errors import BundleFileMissing, ManifestInvalid, ModelMismatch, UnsupportedFormatVersion
+from clipsearch.files import atomic_write_text
 from clipsearch.index import IndexSpec
 from clipsearch.modality import Modality
 
@@ -71,6 +75,9 @@ class Manifest:
     corpus_fingerprint: str | None = None
     """Hash of the build's settings and its corpus files' names, sizes and times: an unchanged
     corpus is not built again."""
+    evaluations: list[dict[str, Any]] = field(default_factory=list)
+    """Retrieval quality of this bundle's model, one record per `indexer eval --bundle` run, oldest
+    first (clipsearch.evaluate)."""
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -96,7 +103,8 @@ class Manifest:
                        files={name: FileRecord(**record) for name, record in data["files"].items()},
                        skipped=int(data["skipped"]), created_at=str(data["created_at"]),
                        versions=dict(data.get("versions", {})),
-                       corpus_fingerprint=data.get("corpus_fingerprint"))
+                       corpus_fingerprint=data.get("corpus_fingerprint"),
+                       evaluations=list(data.get("evaluations", [])))
         except UnsupportedFormatVersion:
             raise
         except json.JSONDecodeError as error:
@@ -115,6 +123,25 @@ def read_manifest(path: Path) -> Manifest:
     if not manifest_path.is_file():
         raise BundleFileMissing(f"{MANIFEST_FILE}: missing from {path} (not a bundle, or its build never finished)")
     return Manifest.from_json(manifest_path.read_text(encoding="utf-8"))
+
+
+def record_evaluation(path: Path, record: dict[str, Any]) -> Manifest:
+    """Append `record` to the evaluations in the manifest of the bundle at `path`, atomically.
+
+    Only manifest.json changes (it holds no checksum of itself), so the bundle stays valid. An
+    exclusive lock on the bundle directory (not on the manifest, which the write replaces) keeps two
+    evaluations from losing one another's record.
+    """
+    read_manifest(path)  # the clear errors for a missing or unreadable bundle
+    directory = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(directory, fcntl.LOCK_EX)
+        manifest = read_manifest(path)
+        updated = replace(manifest, evaluations=[*manifest.evaluations, record])
+        atomic_write_text(path / MANIFEST_FILE, updated.to_json())
+    finally:
+        os.close(directory)  # releases the lock
+    return updated
 
 
 def check_model(manifest: Manifest, model: ModelRef, embedding_dim: int) -> None:

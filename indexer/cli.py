@@ -48,9 +48,58 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                          help="a text corpus: .txt (one text per line), or JSONL / CSV with a text column")
     command.add_argument("--out", type=Path, required=True,
                          help="the bundle directory to write (an existing bundle there is replaced when done)")
-    command.add_argument("--model", default=DEFAULTS.model,
-                         help=f"open_clip model name; {OFFLINE_MODEL!r} is a tiny random-weight model that needs "
-                              "no download")
+    _add_model_arguments(command, DEFAULTS.model)
+    _add_speed_arguments(command)
+    command.add_argument("--index-factory", default=None,
+                         help="a FAISS index factory string (e.g. 'IVF4096,Flat' or 'HNSW32'); by default exact "
+                              "'Flat' up to --flat-threshold items, IVF above")
+    command.add_argument("--flat-threshold", type=_positive_int, default=DEFAULTS.flat_threshold,
+                         help="largest corpus indexed exactly when no --index-factory is given")
+    command.add_argument("--keep-duplicates", action="store_true",
+                         help="index files with identical content once each (default: only the first)")
+    command.add_argument("--batches-per-shard", type=_positive_int, default=DEFAULTS.batches_per_shard,
+                         help="batches written per resumable shard")
+    _add_image_arguments(command)
+    command.add_argument("--text-column", default=DEFAULTS.columns.text,
+                         help="text column of a JSONL / CSV text corpus")
+    command.add_argument("--no-progress", action="store_true", help="no progress bar")
+    command.add_argument("--if-changed", action="store_true",
+                         help="do nothing when the bundle at --out was built from the same files and settings")
+    evaluation = commands.add_parser(
+        "eval", help="retrieval quality (recall@1/5/10 both ways, mean rank) of a model on image-caption pairs",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    evaluation.add_argument("--pairs", type=Path, required=True,
+                            help="a folder whose name.txt beside each image holds its captions, one per line, or a "
+                                 "CSV, JSONL or Parquet manifest with image and caption columns (one row per pair)")
+    evaluation.add_argument("--bundle", type=Path, default=None,
+                            help="evaluate the model of this bundle, and record the figures in its manifest")
+    _add_model_arguments(evaluation, None)
+    _add_speed_arguments(evaluation)
+    _add_image_arguments(evaluation)
+    evaluation.add_argument("--json", action="store_true", help="print the figures as one JSON object")
+    evaluation.add_argument("--no-progress", action="store_true", help="no progress bar")
+    demo = commands.add_parser("demo-data", help="write a small public-domain demo corpus (needs scikit-image)")
+    demo.add_argument("--out", type=Path, required=True, help="folder to write images/ and texts.txt into")
+    args = parser.parse_args(argv)
+    if args.command == "demo-data":
+        return args
+    if args.checkpoint is not None and args.pretrained not in (None, "none", ""):
+        parser.error("give either --pretrained or --checkpoint, not both")
+    if args.command == "eval":
+        if args.bundle is not None and (args.model is not None or args.pretrained is not None):
+            parser.error("--bundle names the model: leave out --model and --pretrained")
+        if args.bundle is None and args.model is None:
+            args.model = DEFAULT_MODEL
+        return args
+    if args.images is None and args.texts is None:
+        parser.error("give --images, --texts or both")
+    return args
+
+
+def _add_model_arguments(command: argparse.ArgumentParser, default_model: str | None) -> None:
+    command.add_argument("--model", default=default_model,
+                         help=f"open_clip model name (default {DEFAULT_MODEL}); {OFFLINE_MODEL!r} is a tiny "
+                              "random-weight model that needs no download")
     command.add_argument("--pretrained", default=None,
                          help=f"open_clip pretrained tag (default {DEFAULT_PRETRAINED} for {DEFAULT_MODEL}, none for "
                               "other models); 'none' for random weights")
@@ -65,49 +114,34 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     command.add_argument("--onnx-cache", type=Path, default=os.environ.get("CLIPSEARCH_ONNX_CACHE") or None,
                          help="where ONNX exports are cached (default: $CLIPSEARCH_ONNX_CACHE, else "
                               "~/.cache/clipsearch/onnx)")
+
+
+def _add_speed_arguments(command: argparse.ArgumentParser) -> None:
     command.add_argument("--batch-size", type=_positive_int, default=DEFAULTS.batch_size,
                          help="items encoded per forward pass")
     command.add_argument("--workers", type=_non_negative_int, default=DEFAULTS.workers,
                          help="image decoding worker processes (0 decodes in the main process)")
-    command.add_argument("--index-factory", default=None,
-                         help="a FAISS index factory string (e.g. 'IVF4096,Flat' or 'HNSW32'); by default exact "
-                              "'Flat' up to --flat-threshold items, IVF above")
-    command.add_argument("--flat-threshold", type=_positive_int, default=DEFAULTS.flat_threshold,
-                         help="largest corpus indexed exactly when no --index-factory is given")
-    command.add_argument("--keep-duplicates", action="store_true",
-                         help="index files with identical content once each (default: only the first)")
-    command.add_argument("--batches-per-shard", type=_positive_int, default=DEFAULTS.batches_per_shard,
-                         help="batches written per resumable shard")
+
+
+def _add_image_arguments(command: argparse.ArgumentParser) -> None:
     command.add_argument("--max-pixels", type=_positive_int, default=DEFAULTS.max_pixels,
                          help="images declaring more pixels are skipped (decompression-bomb guard)")
     command.add_argument("--image-column", default=DEFAULTS.columns.image, help="image path column of a manifest")
     command.add_argument("--caption-column", default=DEFAULTS.columns.caption, help="caption column of a manifest")
-    command.add_argument("--text-column", default=DEFAULTS.columns.text,
-                         help="text column of a JSONL / CSV text corpus")
-    command.add_argument("--no-progress", action="store_true", help="no progress bar")
-    command.add_argument("--if-changed", action="store_true",
-                         help="do nothing when the bundle at --out was built from the same files and settings")
-    demo = commands.add_parser("demo-data", help="write a small public-domain demo corpus (needs scikit-image)")
-    demo.add_argument("--out", type=Path, required=True, help="folder to write images/ and texts.txt into")
-    args = parser.parse_args(argv)
-    if args.command == "demo-data":
-        return args
-    if args.images is None and args.texts is None:
-        parser.error("give --images, --texts or both")
-    if args.checkpoint is not None and args.pretrained not in (None, "none", ""):
-        parser.error("give either --pretrained or --checkpoint, not both")
-    return args
+
+
+def pretrained_of(args: argparse.Namespace) -> str | None:
+    """The pretrained tag the arguments ask for: the default model's default tag unless told otherwise."""
+    if args.checkpoint is not None or args.pretrained in ("none", ""):
+        return None
+    if args.pretrained is not None:
+        return str(args.pretrained)
+    return DEFAULT_PRETRAINED if args.model == DEFAULT_MODEL else None
 
 
 def config_from_args(args: argparse.Namespace) -> BuildConfig:
-    if args.checkpoint is not None or args.pretrained in ("none", ""):
-        pretrained = None
-    elif args.pretrained is not None:
-        pretrained = args.pretrained
-    else:
-        pretrained = DEFAULT_PRETRAINED if args.model == DEFAULT_MODEL else None
     return BuildConfig(
-        out=args.out, images=args.images, texts=args.texts, model=args.model, pretrained=pretrained,
+        out=args.out, images=args.images, texts=args.texts, model=args.model, pretrained=pretrained_of(args),
         checkpoint=args.checkpoint, device=args.device, backend=args.backend, onnx_cache=args.onnx_cache,
         batch_size=args.batch_size, workers=args.workers,
         index_factory=args.index_factory, flat_threshold=args.flat_threshold, keep_duplicates=args.keep_duplicates,
@@ -139,6 +173,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         images, texts = write_demo_corpus(args.out)
         print(f"wrote {images} images with captions and {texts} texts to {args.out}")
         return 0
+    if args.command == "eval":
+        from indexer.evaluation import run_eval
+
+        return run_eval(args)
     config = config_from_args(args)
     try:
         if args.if_changed and _up_to_date(config):

@@ -24,6 +24,15 @@ def make_image_corpus(folder: Path, count: int, seed: int = 0) -> Path:
     return folder
 
 
+def make_paired_corpus(folder: Path, count: int, captions_per_image: int = 2, seed: int = 0) -> Path:
+    """`count` noise images, each with a sidecar of `captions_per_image` captions, one per line."""
+    for number in range(count):
+        path = save(folder / f"pair_{number:03d}.png", image_bytes(noise_image(seed * 10_000 + 5_000 + number)))
+        path.with_suffix(".txt").write_text("".join(f"caption {line} of pair {number}\n"
+                                                    for line in range(captions_per_image)))
+    return folder
+
+
 def make_text_corpus(path: Path, count: int) -> Path:
     path.write_text("".join(f"a sentence about thing number {number}\n" for number in range(count)))
     return path

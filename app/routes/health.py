@@ -39,7 +39,8 @@ def info(service: ServiceDep) -> InfoResponse:
         device=str(service.encoder.device), cuda_graphs=service.encoder.cuda_graphs,
         backend=service.encoder.backend, threads=service.encoder.threads,
         text_trim=service.encoder.text_trim is not None,
-        mean_batch=service.pipeline.mean_batches(), bundle_created_at=manifest.created_at)
+        mean_batch=service.pipeline.mean_batches(), bundle_created_at=manifest.created_at,
+        evaluations=manifest.evaluations)
 
 
 @operations.get("/metrics", response_class=Response)
