@@ -77,8 +77,9 @@ def _image_bytes(image: ImageInput) -> bytes:
 
 class ClipSearchClient:
     def __init__(self, base_url: str = "http://localhost:8000", timeout: float = 30.0,
-                 http: httpx.Client | None = None) -> None:
-        self._http = http or httpx.Client(base_url=base_url, timeout=timeout)
+                 http: httpx.Client | None = None, api_key: str | None = None) -> None:
+        headers = {"X-API-Key": api_key} if api_key else {}
+        self._http = http or httpx.Client(base_url=base_url, timeout=timeout, headers=headers)
 
     def __enter__(self) -> ClipSearchClient:
         return self

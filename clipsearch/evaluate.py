@@ -23,9 +23,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from clipsearch.client import ClipSearchClient
 from clipsearch.encoder import ClipEncoder
 from clipsearch.errors import SourceError
 from clipsearch.loading import image_batches
+from clipsearch.modality import Modality
 from clipsearch.sources import Columns, SourceItem, read_image_source
 
 RECALL_AT = (1, 5, 10)
@@ -101,8 +103,10 @@ class RetrievalScores:
     text_to_image: dict[int, float]
     """R@k of text→image, by k."""
     image_to_text: dict[int, float]
-    text_to_image_mean_rank: float
-    image_to_text_mean_rank: float
+    """R@k of image→text, by k (empty when a server was evaluated that holds no texts)."""
+    text_to_image_mean_rank: float | None
+    """None when only the top max(RECALL_AT) were seen (through a server)."""
+    image_to_text_mean_rank: float | None
 
     def as_dict(self) -> dict[str, Any]:
         record = asdict(self)
@@ -111,13 +115,18 @@ class RetrievalScores:
         return record
 
     @classmethod
-    def of_ranks(cls, text_ranks: np.ndarray, image_ranks: np.ndarray) -> RetrievalScores:
-        """From each caption's image's 0-based rank and each image's best caption's 0-based rank."""
-        return cls(images=len(image_ranks), captions=len(text_ranks),
+    def of_ranks(cls, text_ranks: np.ndarray, image_ranks: np.ndarray | None, images: int | None = None,
+                 complete: bool = True) -> RetrievalScores:
+        """From each caption's image's 0-based rank and each image's best caption's 0-based rank (None: not
+        measured). `complete` False: ranks past the top max(RECALL_AT) are unknown, so no mean rank."""
+        return cls(images=images if images is not None else len(image_ranks) if image_ranks is not None else 0,
+                   captions=len(text_ranks),
                    text_to_image={k: float(np.mean(text_ranks < k)) for k in RECALL_AT},
-                   image_to_text={k: float(np.mean(image_ranks < k)) for k in RECALL_AT},
-                   text_to_image_mean_rank=float(np.mean(text_ranks + 1)),
-                   image_to_text_mean_rank=float(np.mean(image_ranks + 1)))
+                   image_to_text={k: float(np.mean(image_ranks < k)) for k in RECALL_AT}
+                   if image_ranks is not None else {},
+                   text_to_image_mean_rank=float(np.mean(text_ranks + 1)) if complete else None,
+                   image_to_text_mean_rank=float(np.mean(image_ranks + 1))
+                   if complete and image_ranks is not None else None)
 
 
 def retrieval_ranks(image_vectors: np.ndarray, caption_vectors: np.ndarray, caption_image: np.ndarray,
@@ -203,3 +212,33 @@ def encoder_functions(encoder: ClipEncoder, batch_size: int, workers: int, max_p
         return np.concatenate(parts)
 
     return encode_images, encode_texts
+
+
+def served_ranks(corpus: PairedCorpus, client: ClipSearchClient, progress: bool = True
+                 ) -> tuple[np.ndarray, np.ndarray | None]:
+    """The ranks as a running server gives them, through its search endpoints; max(RECALL_AT) stands
+    for "not in the top max(RECALL_AT)".
+
+    Text→image matches a hit to the caption's image by its uri (the server's bundle must have been
+    built from the same files). Image→text is measured only when the server holds texts, and
+    matches a hit by its text, one of the image's captions.
+    """
+    depth = max(RECALL_AT)
+    text_ranks = []
+    for caption, owner in tqdm(zip(corpus.captions, corpus.caption_image, strict=True), total=len(corpus.captions),
+                               unit="caption", desc="text → image via the server", disable=not progress):
+        hits = client.search_text(caption, target=Modality.IMAGE, k=depth).results
+        wanted = corpus.images[owner].uri
+        text_ranks.append(next((rank for rank, hit in enumerate(hits) if hit.uri == wanted), depth))
+    if not client.info()["counts"].get(Modality.TEXT.value):
+        return np.array(text_ranks), None
+    captions_of: dict[int, set[str]] = {}
+    for caption, owner in zip(corpus.captions, corpus.caption_image, strict=True):
+        captions_of.setdefault(int(owner), set()).add(caption)
+    image_ranks = []
+    for position, item in enumerate(tqdm(corpus.images, unit="image", desc="image → text via the server",
+                                         disable=not progress)):
+        assert item.path is not None  # read_pairs keeps only images with a file
+        hits = client.search_image(item.path, target=Modality.TEXT, k=depth).results
+        image_ranks.append(next((rank for rank, hit in enumerate(hits) if hit.text in captions_of[position]), depth))
+    return np.array(text_ranks), np.array(image_ranks)

@@ -73,6 +73,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                                  "CSV, JSONL or Parquet manifest with image and caption columns (one row per pair)")
     evaluation.add_argument("--bundle", type=Path, default=None,
                             help="evaluate the model of this bundle, and record the figures in its manifest")
+    evaluation.add_argument("--through", metavar="URL", default=None,
+                            help="also evaluate a running server over HTTP (its bundle built from the same --pairs "
+                                 "images, and their captions as texts for image → text), against its model's exact "
+                                 "figures")
+    evaluation.add_argument("--api-key", default=None, help="the server's API key (default: $CLIPSEARCH_API_KEY)")
     _add_model_arguments(evaluation, None)
     _add_speed_arguments(evaluation)
     _add_image_arguments(evaluation)
@@ -86,8 +91,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.checkpoint is not None and args.pretrained not in (None, "none", ""):
         parser.error("give either --pretrained or --checkpoint, not both")
     if args.command == "eval":
-        if args.bundle is not None and (args.model is not None or args.pretrained is not None):
-            parser.error("--bundle names the model: leave out --model and --pretrained")
+        if args.bundle is not None and args.through is not None:
+            parser.error("give --bundle or --through, not both")
+        if (args.bundle or args.through) is not None and (args.model is not None or args.pretrained is not None):
+            parser.error("--bundle and --through name the model: leave out --model and --pretrained")
         if args.bundle is None and args.model is None:
             args.model = DEFAULT_MODEL
         return args

@@ -1,65 +1,121 @@
-"""`python -m indexer eval`: retrieval quality of a model (or of a bundle's model) on image-caption pairs."""
+"""`python -m indexer eval`: retrieval quality of a model, a bundle's model or a server, on image-caption pairs."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from datetime import UTC, datetime
 from typing import Any
 
-from clipsearch.encoder import load_encoder
+import httpx
+
+from clipsearch.client import ClipSearchAPIError, ClipSearchClient
+from clipsearch.encoder import ClipEncoder, load_encoder
 from clipsearch.errors import CheckpointRequired, ClipSearchError
-from clipsearch.evaluate import RECALL_AT, RetrievalScores, encoder_functions, evaluate, read_pairs
-from clipsearch.manifest import check_model, read_manifest, record_evaluation
+from clipsearch.evaluate import (
+    RECALL_AT,
+    PairedCorpus,
+    RetrievalScores,
+    encoder_functions,
+    evaluate,
+    read_pairs,
+    served_ranks,
+)
+from clipsearch.manifest import ModelRef, check_model, read_manifest, record_evaluation
 from clipsearch.sources import Columns
 from indexer.cli import describe_error, pretrained_of
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    client = ClipSearchClient(args.through, timeout=120, api_key=args.api_key or
+                              os.environ.get("CLIPSEARCH_API_KEY")) if args.through else None
     try:
         corpus = read_pairs(args.pairs, Columns(image=args.image_column, caption=args.caption_column))
-        if args.bundle is not None:
-            manifest = read_manifest(args.bundle)
-            if manifest.model.checkpoint_sha256 and args.checkpoint is None:
-                raise CheckpointRequired("the bundle was built from a checkpoint file; give it with --checkpoint")
-            model, pretrained = manifest.model.name, manifest.model.pretrained
-        else:
-            model, pretrained = args.model, pretrained_of(args)
-        encoder = load_encoder(model, pretrained, args.checkpoint, args.device, backend=args.backend,
-                               onnx_cache=args.onnx_cache)
-        if args.bundle is not None:
-            check_model(manifest, encoder.ref, encoder.embedding_dim)
+        encoder = _encoder(args, client)
         scores, scored = evaluate(corpus, *encoder_functions(encoder, args.batch_size, args.workers, args.max_pixels,
                                                              progress=not args.no_progress), device=encoder.device)
-        record = {"model": encoder.ref.describe(), "backend": encoder.backend, "pairs": str(args.pairs),
-                  "skipped": len(scored.skipped), "evaluated_at": datetime.now(UTC).isoformat(timespec="seconds"),
-                  **scores.as_dict()}
+        record: dict[str, Any] = {
+            "model": encoder.ref.describe(), "backend": encoder.backend, "pairs": str(args.pairs),
+            "skipped": len(scored.skipped), "evaluated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            **scores.as_dict()}
+        served = None
+        if client is not None:
+            served = _served_scores(scored, client, progress=not args.no_progress)
+            record["through"] = {"url": args.through, **served.as_dict(),
+                                 "loss": _loss(scores, served)}
         if args.bundle is not None:
             record_evaluation(args.bundle, record)
     except ClipSearchError as error:
         print(f"error: {describe_error(error)}", file=sys.stderr)
         return 2
+    except (ClipSearchAPIError, httpx.HTTPError) as error:  # the server refused, or could not be reached
+        print(f"error: --through: {error}", file=sys.stderr)
+        return 2
+    finally:
+        if client is not None:
+            client.close()
     if args.json:
         print(json.dumps(record, indent=2))
-    else:
-        print(describe(record, scores))
-        for uri, reason in scored.skipped[:20]:
-            print(f"  skipped {uri}: {reason}")
-        if len(scored.skipped) > 20:
-            print(f"  … and {len(scored.skipped) - 20} more")
-        if args.bundle is not None:
-            print(f"recorded in {args.bundle / 'manifest.json'}")
+        return 0
+    print(describe(record, scores, served))
+    for uri, reason in scored.skipped[:20]:
+        print(f"  skipped {uri}: {reason}")
+    if len(scored.skipped) > 20:
+        print(f"  … and {len(scored.skipped) - 20} more")
+    if args.bundle is not None:
+        print(f"recorded in {args.bundle / 'manifest.json'}")
     return 0
 
 
-def describe(record: dict[str, Any], scores: RetrievalScores) -> str:
+def _encoder(args: argparse.Namespace, client: ClipSearchClient | None) -> ClipEncoder:
+    """The model to evaluate: the bundle's, the server's, or the one the arguments name."""
+    expected: ModelRef | None = None
+    if args.bundle is not None:
+        manifest = read_manifest(args.bundle)
+        expected = manifest.model
+    elif client is not None:
+        info = client.info()
+        expected = ModelRef(info["model"], info["pretrained"], info["checkpoint_sha256"])
+    if expected is not None and expected.checkpoint_sha256 and args.checkpoint is None:
+        raise CheckpointRequired("the model was loaded from a checkpoint file; give it with --checkpoint")
+    model, pretrained = (expected.name, expected.pretrained) if expected is not None \
+        else (args.model, pretrained_of(args))
+    encoder = load_encoder(model, pretrained, args.checkpoint, args.device, backend=args.backend,
+                           onnx_cache=args.onnx_cache)
+    if args.bundle is not None:
+        check_model(manifest, encoder.ref, encoder.embedding_dim)
+    return encoder
+
+
+def _served_scores(scored: PairedCorpus, client: ClipSearchClient, progress: bool) -> RetrievalScores:
+    text_ranks, image_ranks = served_ranks(scored, client, progress)
+    return RetrievalScores.of_ranks(text_ranks, image_ranks, images=len(scored.images), complete=False)
+
+
+def _loss(exact: RetrievalScores, served: RetrievalScores) -> dict[str, dict[str, float]]:
+    """How much recall the server loses against exact search with the same model, by direction and k."""
+    return {direction: {f"R@{k}": round(getattr(exact, direction)[k] - getattr(served, direction)[k], 6)
+                        for k in RECALL_AT if k in getattr(served, direction)}
+            for direction in ("text_to_image", "image_to_text")}
+
+
+def describe(record: dict[str, Any], scores: RetrievalScores, served: RetrievalScores | None) -> str:
     """The figures as a table for people."""
     header = "".join(f"{f'R@{k}':>8}" for k in RECALL_AT) + f"{'mean rank':>11}"
-    rows = [("text → image", scores.text_to_image, scores.text_to_image_mean_rank),
-            ("image → text", scores.image_to_text, scores.image_to_text_mean_rank)]
+    rows: list[tuple[str, dict[int, float], float | None]] = [
+        ("text → image", scores.text_to_image, scores.text_to_image_mean_rank)]
+    if served is not None:
+        rows.append(("  via server", served.text_to_image, None))
+    rows.append(("image → text", scores.image_to_text, scores.image_to_text_mean_rank))
+    if served is not None and served.image_to_text:
+        rows.append(("  via server", served.image_to_text, None))
     lines = [f"{record['model']} on {record['backend']}: {scores.images} images, {scores.captions} captions"
-             f" ({record['skipped']} images skipped)", f"{'':14}{header}"]
-    lines += [f"{name:14}" + "".join(f"{recall[k]:8.4f}" for k in RECALL_AT) + f"{mean_rank:11.2f}"
-              for name, recall, mean_rank in rows]
+             f" ({record['skipped']} images skipped)", f"{'':16}{header}"]
+    for name, recall, mean_rank in rows:
+        lines.append(f"{name:16}" + "".join(f"{recall[k]:8.4f}" for k in RECALL_AT)
+                     + (f"{mean_rank:11.2f}" if mean_rank is not None else f"{'-':>11}"))
+    if served is not None and not served.image_to_text:
+        lines.append("(the server holds no texts: image → text was not measured through it)")
     return "\n".join(lines)

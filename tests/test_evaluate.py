@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from app.settings import Settings
 from clipsearch import evaluate as evaluation
 from clipsearch.bundle import load_bundle
 from clipsearch.encoder import ClipEncoder
@@ -18,6 +19,7 @@ from clipsearch.errors import SourceError
 from clipsearch.evaluate import PairedCorpus, RetrievalScores, encoder_functions, read_pairs, retrieval_ranks
 from clipsearch.manifest import read_manifest, record_evaluation
 from indexer.cli import main
+from tests.app.serving import serve
 from tests.corpora import make_paired_corpus, write_manifest
 from tests.imagefiles import image_bytes, noise_image, save
 from tests.reference import unit_vectors
@@ -159,3 +161,30 @@ def test_concurrent_records_are_all_kept(bundle_path: Path, tmp_path: Path) -> N
 def test_without_is_the_identity_when_nothing_is_unusable() -> None:
     corpus = PairedCorpus(images=[], captions=[], caption_image=np.zeros(0, dtype=np.int64))
     assert corpus.without({}) is corpus
+
+
+def test_a_flat_index_served_over_http_loses_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pairs = make_paired_corpus(tmp_path / "pairs", 12)
+    corpus = read_pairs(pairs)
+    captions = tmp_path / "captions.txt"
+    captions.write_text("".join(f"{caption}\n" for caption in corpus.captions))
+    bundle = tmp_path / "bundle"
+    assert main(["build", "--images", str(pairs), "--texts", str(captions), "--out", str(bundle), *TINY]) == 0
+    untitled = [argument for argument in TINY if argument not in ("--model", "tiny")]
+    capsys.readouterr()
+    with serve(Settings(bundle_path=bundle, device="cpu")) as url:  # type: ignore[call-arg]
+        assert main(["eval", "--pairs", str(pairs), "--through", url, *untitled, "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    served = record["through"]
+    assert served["url"] == url and served["images"] == 12 and served["captions"] == 24
+    assert served["text_to_image"] == record["text_to_image"] and served["image_to_text"] == record["image_to_text"]
+    assert served["loss"] == {"text_to_image": {"R@1": 0.0, "R@5": 0.0, "R@10": 0.0},
+                              "image_to_text": {"R@1": 0.0, "R@5": 0.0, "R@10": 0.0}}
+    assert served["text_to_image_mean_rank"] is None  # only the top 10 are seen through the server
+
+
+def test_through_a_server_that_cannot_be_reached_is_a_clear_error(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    pairs = make_paired_corpus(tmp_path / "pairs", 2)
+    assert main(["eval", "--pairs", str(pairs), "--through", "http://127.0.0.1:9", "--no-progress"]) == 2
+    assert "--through" in capsys.readouterr().err
