@@ -111,9 +111,13 @@ class ClipEncoder:
                 return np.zeros((0, self.embedding_dim), dtype=np.float32)
             batch = torch.stack([self.prepare_image(image) for image in images])
         with torch.inference_mode():
-            # The same operations, in the same order and precision, as torchvision's ToTensor + Normalize.
-            pixels = batch.to(self.device, non_blocking=True).to(torch.float32).div_(255)
-            return _normalised_float32(self._image_forward(pixels.sub_(self._mean).div_(self._std).to(self.dtype)))
+            return _normalised_float32(self._image_forward(self.model_input(batch)))
+
+    def model_input(self, batch: torch.Tensor) -> torch.Tensor:
+        """A uint8 batch from prepare_image (or float pixels in [0, 255]), scaled and normalised on the device."""
+        # The same operations, in the same order and precision, as torchvision's ToTensor + Normalize.
+        pixels = batch.to(self.device, non_blocking=True).to(torch.float32).div_(255)
+        return pixels.sub_(self._mean).div_(self._std).to(self.dtype)
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         """Embed texts; those longer than the context are truncated. Returns float32 (n, d), unit-norm."""
@@ -178,7 +182,8 @@ def _normalised_float32(features: torch.Tensor) -> np.ndarray:
 
 def load_encoder(model_name: str = DEFAULT_MODEL, pretrained: str | None = DEFAULT_PRETRAINED,
                  checkpoint: Path | None = None, device: str | None = None, backend: str = "torch",
-                 onnx_cache: Path | None = None, threads: int | None = None, text_trim: bool = True) -> ClipEncoder:
+                 onnx_cache: Path | None = None, threads: int | None = None, text_trim: bool = True,
+                 precision: str | None = None) -> ClipEncoder:
     """Build an encoder from an open_clip model name plus a pretrained tag or a local checkpoint file.
 
     With neither (the `tiny` model, typically) the weights are random but seeded, so two loads
@@ -186,6 +191,7 @@ def load_encoder(model_name: str = DEFAULT_MODEL, pretrained: str | None = DEFAU
     `backend` (clipsearch.onnx_backend.BACKENDS) may move the towers to ONNX Runtime on the CPU,
     exported into `onnx_cache`; `threads` sets the intra-op threads of either backend. `text_trim`
     False runs the text tower on its full context even where trimming is exact (for comparisons).
+    `precision` 'fp32' keeps fp32 weights on a GPU too (for training).
     """
     if model_name not in open_clip.list_models() and not model_name.startswith(("hf-hub:", "local-dir:")):
         raise ModelLoadError(f"unknown model {model_name!r}; open_clip knows e.g. "
@@ -209,7 +215,7 @@ def load_encoder(model_name: str = DEFAULT_MODEL, pretrained: str | None = DEFAU
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(RANDOM_WEIGHTS_SEED)
             model = open_clip.create_model(model_name, pretrained=weights, device=torch_device,
-                                           precision="fp16" if torch_device.type == "cuda" else "fp32")
+                                           precision=precision or ("fp16" if torch_device.type == "cuda" else "fp32"))
         tokenizer = open_clip.get_tokenizer(model_name)
     except Exception as error:  # open_clip raises many kinds (RuntimeError, HTTP errors, KeyError)
         raise ModelLoadError(f"cannot load {ref.describe()}: {error}") from error

@@ -17,6 +17,7 @@ hierarchy, so a subclass inherits its parent's status unless it has its own):
     │   ├── IndexSettingsInvalid     —
     │   └── ResumeMismatch           —
     ├── SourceError                  —   indexer only: a corpus cannot be read at all
+    ├── FinetuneError                —   indexer only: the model or settings cannot be fine-tuned as asked
     ├── ModelLoadError              503
     ├── ImageDecodeError            422  bytes that should be an image are not a usable one
     │   └── ImageTooLarge           413
@@ -88,6 +89,10 @@ class ResumeMismatch(BuildError):
 
 class SourceError(ClipSearchError):
     """A corpus cannot be read at all (missing path, unknown format, missing column)."""
+
+
+class FinetuneError(ClipSearchError):
+    """The model or the settings cannot be fine-tuned as asked."""
 
 
 class ModelLoadError(ClipSearchError):

@@ -12,13 +12,15 @@ from pathlib import Path
 from clipsearch.build import BuildConfig, build, is_up_to_date
 from clipsearch.encoder import DEFAULT_MODEL, DEFAULT_PRETRAINED, OFFLINE_MODEL
 from clipsearch.errors import ClipSearchError
+from clipsearch.finetune import FinetuneConfig
 from clipsearch.manifest import read_manifest
 from clipsearch.onnx_backend import BACKENDS
 from clipsearch.shards import work_dir_for
 from clipsearch.sources import Columns
 
 DEFAULTS = BuildConfig(out=Path("bundle"))
-"""The indexer's defaults are BuildConfig's: no number is written twice."""
+"""The indexer's defaults are BuildConfig's (and FinetuneConfig's): no number is written twice."""
+TUNING = FinetuneConfig()
 
 
 def _positive_int(text: str) -> int:
@@ -83,8 +85,45 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     _add_image_arguments(evaluation)
     evaluation.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     evaluation.add_argument("--no-progress", action="store_true", help="no progress bar")
-    demo = commands.add_parser("demo-data", help="write a small public-domain demo corpus (needs scikit-image)")
-    demo.add_argument("--out", type=Path, required=True, help="folder to write images/ and texts.txt into")
+    tuning = commands.add_parser(
+        "finetune", help="fine-tune a model on image-caption pairs; writes a checkpoint for --checkpoint",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    tuning.add_argument("--pairs", type=Path, required=True, help="the same inputs as eval's --pairs")
+    tuning.add_argument("--out", type=Path, required=True, help="the checkpoint file to write")
+    _add_model_arguments(tuning, DEFAULTS.model)
+    tuning.add_argument("--loss", choices=["contrastive", "triplet"], default=TUNING.loss,
+                        help="CLIP's symmetric InfoNCE, or a margin loss against the hardest in-batch negatives")
+    tuning.add_argument("--margin", type=float, default=TUNING.margin, help="the triplet loss's margin")
+    tuning.add_argument("--lock-image", action="store_true", help="train the text tower only (LiT-style)")
+    tuning.add_argument("--lock-text", action="store_true", help="train the image tower only")
+    tuning.add_argument("--lr", type=float, default=TUNING.learning_rate, help="peak learning rate")
+    tuning.add_argument("--warmup", type=_non_negative_int, default=TUNING.warmup_steps,
+                        help="optimiser steps of linear warmup, before the cosine decay")
+    tuning.add_argument("--weight-decay", type=float, default=TUNING.weight_decay, help="AdamW's weight decay")
+    tuning.add_argument("--epochs", type=_positive_int, default=TUNING.epochs, help="most passes over the pairs")
+    tuning.add_argument("--batch-size", type=_positive_int, default=TUNING.batch_size, help="pairs per batch")
+    tuning.add_argument("--accumulate", type=_positive_int, default=TUNING.accumulate,
+                        help="batches per optimiser step (gradient accumulation)")
+    tuning.add_argument("--held-out", type=float, default=TUNING.held_out,
+                        help="images kept out for evaluation: a share below 1, or a count")
+    tuning.add_argument("--patience", type=_positive_int, default=TUNING.patience,
+                        help="epochs without a better held-out text→image R@5 before stopping")
+    tuning.add_argument("--max-minutes", type=float, default=None, help="stop training after this long")
+    tuning.add_argument("--seed", type=int, default=TUNING.seed, help="the split, the order and the captions drawn")
+    tuning.add_argument("--workers", type=_non_negative_int, default=TUNING.workers,
+                        help="image decoding worker processes")
+    _add_image_arguments(tuning)
+    tuning.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    tuning.add_argument("--no-progress", action="store_true", help="no progress bar")
+    demo = commands.add_parser("demo-data", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                               help="write a demo corpus: public-domain photos (needs scikit-image) or rendered "
+                                    "shapes with captions")
+    demo.add_argument("--out", type=Path, required=True, help="folder to write images/ (and texts.txt) into")
+    demo.add_argument("--kind", choices=["photos", "shapes"], default="photos",
+                      help="photos: scikit-image's sample photos and captions; shapes: generated scenes of coloured "
+                           "shapes, three captions each (a paired corpus for eval and finetune)")
+    demo.add_argument("--count", type=_positive_int, default=3000, help="scenes to render (shapes)")
+    demo.add_argument("--seed", type=int, default=0, help="the scenes follow from it (shapes)")
     args = parser.parse_args(argv)
     if args.command == "demo-data":
         return args
@@ -97,6 +136,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             parser.error("--bundle and --through name the model: leave out --model and --pretrained")
         if args.bundle is None and args.model is None:
             args.model = DEFAULT_MODEL
+        return args
+    if args.command == "finetune":
+        if args.lock_image and args.lock_text:
+            parser.error("--lock-image and --lock-text together leave nothing to train")
         return args
     if args.images is None and args.texts is None:
         parser.error("give --images, --texts or both")
@@ -174,6 +217,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("clipsearch").setLevel(logging.INFO)
+    if args.command == "demo-data" and args.kind == "shapes":
+        from indexer.shapes import write_shapes_corpus
+
+        count = write_shapes_corpus(args.out, args.count, args.seed)
+        print(f"wrote {count} scenes with captions to {args.out / 'images'}")
+        return 0
     if args.command == "demo-data":
         from indexer.demo import write_demo_corpus
 
@@ -184,6 +233,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from indexer.evaluation import run_eval
 
         return run_eval(args)
+    if args.command == "finetune":
+        from indexer.tuning import run_finetune
+
+        return run_finetune(args)
     config = config_from_args(args)
     try:
         if args.if_changed and _up_to_date(config):

@@ -1,0 +1,105 @@
+"""A synthetic paired corpus: rendered scenes of coloured shapes, each with captions in several phrasings.
+
+Every scene is drawn from the seed alone, so the same (count, seed) gives the same files. A scene
+has one shape, or (every third scene) two, each with a colour, a size and a position, on a plain
+background. Each image gets a sidecar `name.txt` with CAPTIONS_PER_IMAGE captions, one per line,
+the format `indexer eval` and `indexer finetune` read. Two objects make the task harder than
+naming one: the captions bind each colour to its shape and its side.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+SIZE = 128
+COLOURS = {"red": (220, 30, 30), "green": (30, 170, 50), "blue": (40, 70, 220), "yellow": (240, 210, 30),
+           "purple": (140, 50, 170), "orange": (245, 130, 20)}
+BACKGROUNDS = {"white": (245, 245, 245), "black": (15, 15, 15), "grey": (128, 128, 128)}
+SHAPES = ("circle", "square", "triangle")
+SIZES = {"small": 0.16, "large": 0.3}
+POSITIONS = {"on the left": (0.27, 0.5), "on the right": (0.73, 0.5), "at the top": (0.5, 0.27),
+             "at the bottom": (0.5, 0.73), "in the middle": (0.5, 0.5)}
+PAIRED_POSITIONS = (("on the left", "on the right"), ("at the top", "at the bottom"))
+CAPTIONS_PER_IMAGE = 3
+
+
+@dataclass(frozen=True)
+class Shape:
+    kind: str
+    colour: str
+    size: str
+    position: str
+
+    def phrase(self, with_size: bool = True) -> str:
+        return f"{article(self.size if with_size else self.colour)} {self.size + ' ' if with_size else ''}" \
+               f"{self.colour} {self.kind} {self.position}"
+
+
+def article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
+
+
+@dataclass(frozen=True)
+class Scene:
+    shapes: tuple[Shape, ...]
+    background: str
+
+    def captions(self) -> list[str]:
+        """CAPTIONS_PER_IMAGE phrasings of the same scene."""
+        if len(self.shapes) == 1:
+            [shape] = self.shapes
+            return [shape.phrase(),
+                    f"{shape.phrase(with_size=False)} on a {self.background} background",
+                    f"a picture of one {shape.colour} {shape.kind}, {shape.size}, {shape.position}"]
+        first, second = self.shapes
+        return [f"{first.phrase()} and {second.phrase()}",
+                f"{second.phrase(with_size=False)} and {first.phrase(with_size=False)}",
+                f"two shapes on {self.background}: {article(first.colour)} {first.colour} {first.kind} and "
+                f"{article(second.colour)} {second.colour} {second.kind}"]
+
+    def render(self) -> Image.Image:
+        image = Image.new("RGB", (SIZE, SIZE), BACKGROUNDS[self.background])
+        draw = ImageDraw.Draw(image)
+        for shape in self.shapes:
+            centre_x, centre_y = (fraction * SIZE for fraction in POSITIONS[shape.position])
+            radius = SIZES[shape.size] * SIZE / 2 * 1.4
+            box = (centre_x - radius, centre_y - radius, centre_x + radius, centre_y + radius)
+            colour = COLOURS[shape.colour]
+            if shape.kind == "circle":
+                draw.ellipse(box, fill=colour)
+            elif shape.kind == "square":
+                draw.rectangle(box, fill=colour)
+            else:
+                draw.polygon([(centre_x, box[1]), (box[2], box[3]), (box[0], box[3])], fill=colour)
+        return image
+
+
+def random_scene(rng: np.random.Generator) -> Scene:
+    def pick(options: tuple[str, ...] | list[str]) -> str:
+        return str(options[int(rng.integers(len(options)))])
+
+    background = pick(list(BACKGROUNDS))
+    if rng.random() < 1 / 3:
+        positions = PAIRED_POSITIONS[int(rng.integers(len(PAIRED_POSITIONS)))]
+        colours = rng.choice(list(COLOURS), size=2, replace=False)
+        shapes = tuple(Shape(pick(SHAPES), str(colour), "small", position)
+                       for colour, position in zip(colours, positions, strict=True))
+        return Scene(shapes, background)
+    return Scene((Shape(pick(SHAPES), pick(list(COLOURS)), pick(list(SIZES)), pick(list(POSITIONS))),), background)
+
+
+def write_shapes_corpus(out: Path, count: int = 3000, seed: int = 0) -> int:
+    """Write `count` scenes as out/images/shape_NNNNN.png, each with its captions in a .txt beside it."""
+    images = out / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for number in range(count):
+        scene = random_scene(rng)
+        path = images / f"shape_{number:05d}.png"
+        scene.render().save(path)
+        path.with_suffix(".txt").write_text("\n".join(scene.captions()) + "\n", encoding="utf-8")
+    return count

@@ -1,0 +1,62 @@
+"""`python -m indexer finetune`: tune a model on image-caption pairs and write a checkpoint for --checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import UTC, datetime
+
+from clipsearch.encoder import load_encoder
+from clipsearch.errors import ClipSearchError
+from clipsearch.evaluate import RECALL_AT, read_pairs
+from clipsearch.finetune import EpochRecord, FinetuneConfig, finetune, save_checkpoint
+from clipsearch.sources import Columns
+from indexer.cli import describe_error, pretrained_of
+
+
+def config_of(args: argparse.Namespace) -> FinetuneConfig:
+    return FinetuneConfig(loss=args.loss, margin=args.margin, lock_image=args.lock_image, lock_text=args.lock_text,
+                          learning_rate=args.lr, warmup_steps=args.warmup, weight_decay=args.weight_decay,
+                          epochs=args.epochs, batch_size=args.batch_size, accumulate=args.accumulate,
+                          seed=args.seed, held_out=args.held_out, patience=args.patience,
+                          max_minutes=args.max_minutes, workers=args.workers, max_pixels=args.max_pixels)
+
+
+def run_finetune(args: argparse.Namespace) -> int:
+    config = config_of(args)
+    progress = not args.no_progress and not args.json
+
+    def report(record: EpochRecord) -> None:
+        if progress:
+            recall = record.scores["text_to_image"]
+            print(f"epoch {record.epoch}: loss {record.loss:.4f}, {record.pairs_per_s:.0f} pairs/s, held-out "
+                  f"text → image {', '.join(f'{name} {value:.4f}' for name, value in recall.items())}",
+                  file=sys.stderr)
+
+    try:
+        corpus = read_pairs(args.pairs, Columns(image=args.image_column, caption=args.caption_column))
+        # fp32 weights on a GPU too: mixed precision trains in fp16 on top of them.
+        encoder = load_encoder(args.model, pretrained_of(args), args.checkpoint, args.device, backend="torch",
+                               precision="fp32")
+        result = finetune(encoder, corpus, config, progress=progress, on_epoch=report)
+        metadata = {"base_model": encoder.ref.describe(), "model": encoder.ref.name, "pairs": str(args.pairs),
+                    "arguments": {name: str(value) if value is not None else None
+                                  for name, value in sorted(vars(args).items())},
+                    "trained_at": datetime.now(UTC).isoformat(timespec="seconds"), **result.as_dict()}
+        save_checkpoint(encoder, args.out, metadata)
+    except ClipSearchError as error:
+        print(f"error: {describe_error(error)}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(metadata, indent=2))
+        return 0
+    before, after = result.before.text_to_image, result.after.text_to_image
+    print(f"{result.train_images} images trained on, {result.held_out_images} held out; stopped: {result.stopped}; "
+          f"kept epoch {result.best_epoch}")
+    for label, recall in (("before", before), ("after", after)):
+        print(f"  held-out text → image {label:6}" + "".join(f"  R@{k} {recall[k]:.4f}" for k in RECALL_AT))
+    print(f"  chance: R@10 {min(1.0, 10 / result.held_out_images):.4f}")
+    print(f"wrote {args.out}; use it with: python -m indexer build --model {encoder.ref.name} "
+          f"--checkpoint {args.out} …")
+    return 0
