@@ -2,9 +2,11 @@
 
 Every scene is drawn from the seed alone, so the same (count, seed) gives the same files. A scene
 has one shape, or (every third scene) two, each with a colour, a size and a position, on a plain
-background. Each image gets a sidecar `name.txt` with CAPTIONS_PER_IMAGE captions, one per line,
-the format `indexer eval` and `indexer finetune` read. Two objects make the task harder than
-naming one: the captions bind each colour to its shape and its side.
+background; each shape is shifted, scaled and shaded a little at random, so that no two scenes
+render alike and a held-out scene is never a copy of a training one. Each image gets a sidecar
+`name.txt` with CAPTIONS_PER_IMAGE captions, one per line, the format `indexer eval` and
+`indexer finetune` read. Two objects make the task harder than naming one: the captions bind
+each colour to its shape and its side.
 """
 
 from __future__ import annotations
@@ -33,6 +35,11 @@ class Shape:
     colour: str
     size: str
     position: str
+    offset: tuple[float, float] = (0.0, 0.0)
+    """A small shift from the named position, in fractions of the image: no two scenes are identical."""
+    scale: float = 1.0
+    shade: tuple[int, int, int] = (0, 0, 0)
+    """Added to the colour's RGB: a red is never quite the same red twice."""
 
     def phrase(self, with_size: bool = True) -> str:
         return f"{article(self.size if with_size else self.colour)} {self.size + ' ' if with_size else ''}" \
@@ -65,10 +72,12 @@ class Scene:
         image = Image.new("RGB", (SIZE, SIZE), BACKGROUNDS[self.background])
         draw = ImageDraw.Draw(image)
         for shape in self.shapes:
-            centre_x, centre_y = (fraction * SIZE for fraction in POSITIONS[shape.position])
-            radius = SIZES[shape.size] * SIZE / 2 * 1.4
+            centre_x, centre_y = ((fraction + shift) * SIZE
+                                  for fraction, shift in zip(POSITIONS[shape.position], shape.offset, strict=True))
+            radius = SIZES[shape.size] * SIZE / 2 * 1.4 * shape.scale
             box = (centre_x - radius, centre_y - radius, centre_x + radius, centre_y + radius)
-            colour = COLOURS[shape.colour]
+            colour = tuple(min(255, max(0, base + shift))
+                           for base, shift in zip(COLOURS[shape.colour], shape.shade, strict=True))
             if shape.kind == "circle":
                 draw.ellipse(box, fill=colour)
             elif shape.kind == "square":
@@ -82,14 +91,19 @@ def random_scene(rng: np.random.Generator) -> Scene:
     def pick(options: tuple[str, ...] | list[str]) -> str:
         return str(options[int(rng.integers(len(options)))])
 
+    def shape(kind: str, colour: str, size: str, position: str) -> Shape:
+        offset = (float(rng.uniform(-0.05, 0.05)), float(rng.uniform(-0.05, 0.05)))
+        shade = (int(rng.integers(-20, 21)), int(rng.integers(-20, 21)), int(rng.integers(-20, 21)))
+        return Shape(kind, colour, size, position, offset, float(rng.uniform(0.85, 1.15)), shade)
+
     background = pick(list(BACKGROUNDS))
     if rng.random() < 1 / 3:
         positions = PAIRED_POSITIONS[int(rng.integers(len(PAIRED_POSITIONS)))]
         colours = rng.choice(list(COLOURS), size=2, replace=False)
-        shapes = tuple(Shape(pick(SHAPES), str(colour), "small", position)
+        shapes = tuple(shape(pick(SHAPES), str(colour), "small", position)
                        for colour, position in zip(colours, positions, strict=True))
         return Scene(shapes, background)
-    return Scene((Shape(pick(SHAPES), pick(list(COLOURS)), pick(list(SIZES)), pick(list(POSITIONS))),), background)
+    return Scene((shape(pick(SHAPES), pick(list(COLOURS)), pick(list(SIZES)), pick(list(POSITIONS))),), background)
 
 
 def write_shapes_corpus(out: Path, count: int = 3000, seed: int = 0) -> int:
