@@ -148,3 +148,11 @@ def test_the_command_writes_a_checkpoint_that_build_eval_and_the_server_load(
     assert main(["eval", "--pairs", str(shapes), *tiny, "--checkpoint", str(checkpoint), "--backend", "torch",
                  "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["model"].startswith("tiny (checkpoint sha256")
+
+
+@pytest.mark.gpu
+def test_on_a_gpu_mixed_precision_training_beats_the_untrained_model(shapes: Path) -> None:
+    encoder = load_encoder(OFFLINE_MODEL, pretrained=None, device="cuda", backend="torch", precision="fp32")
+    result = finetune(encoder, read_pairs(shapes), SHORT_RUN, progress=False)
+    assert encoder.dtype == torch.float32, "autocast trains in fp16 over fp32 weights"
+    assert result.after.text_to_image[10] > result.before.text_to_image[10]
