@@ -123,6 +123,11 @@ def use_onnx(encoder: ClipEncoder, backend: str, cache_dir: Path | None = None, 
     except Exception:  # an exporter or runtime failure must not stop the service: PyTorch still works
         log.warning("the ONNX backend could not be prepared; the model runs on PyTorch", exc_info=True)
         return False
+    if worst < MIN_COSINE[backend] and backend == "onnx-int8":
+        # Quantisation costs some models more than others: the fp32 export is still exact and fast.
+        log.warning("int8 quantisation of %s agrees with PyTorch only to cosine %.6f (< %s); running the fp32 "
+                    "ONNX export instead", encoder.ref.describe(), worst, MIN_COSINE[backend])
+        return use_onnx(encoder, "onnx", cache_dir, threads)
     if worst < MIN_COSINE[backend]:
         log.warning("the ONNX export of %s agrees with PyTorch only to cosine %.6f (< %s); the model runs on "
                     "PyTorch. Delete %s to export it again.", encoder.ref.describe(), worst, MIN_COSINE[backend],

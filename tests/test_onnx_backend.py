@@ -118,6 +118,17 @@ def test_a_failed_self_check_keeps_pytorch_with_a_warning(onnx_cache: Path, enco
     np.testing.assert_array_equal(fallen_back.encode_texts(texts), encoder.encode_texts(texts))
 
 
+def test_int8_that_costs_too_much_accuracy_runs_the_fp32_export_instead(onnx_cache: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch,
+                                                                         caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setitem(onnx_backend.MIN_COSINE, "onnx-int8", 0.999999)  # int8 cannot reach it
+    with caplog.at_level(logging.WARNING, logger="clipsearch"):
+        encoder = load_encoder(OFFLINE_MODEL, pretrained=None, device="cpu", backend="onnx-int8",
+                               onnx_cache=onnx_cache)
+    assert encoder.backend == "onnx"
+    assert "running the fp32 ONNX export instead" in caplog.text
+
+
 def test_a_failed_export_keeps_pytorch_and_leaves_no_cache_entry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                  caplog: pytest.LogCaptureFixture) -> None:
     def broken_exporter(*args: object) -> None:
