@@ -37,7 +37,7 @@ from clipsearch.errors import FinetuneError, SourceError
 from clipsearch.evaluate import PairedCorpus, RetrievalScores, encoder_functions, evaluate
 from clipsearch.files import atomic_path
 from clipsearch.images import DEFAULT_MAX_PIXELS
-from clipsearch.loading import image_batches
+from clipsearch.loading import LoadedBatch, image_batches
 
 LOSSES = ("contrastive", "triplet")
 SELECTION_METRIC = "text_to_image R@5"
@@ -135,14 +135,20 @@ def finetune(encoder: ClipEncoder, corpus: PairedCorpus, config: FinetuneConfig,
     for epoch in range(1, config.epochs + 1):
         model.train()
         losses, seen, epoch_started = [], 0, time.monotonic()
-        batches = list(_batches(rng, len(captions_of), config.batch_size))
+        order = rng.permutation(len(captions_of))
+        batches = [rows for rows in np.array_split(order, range(config.batch_size, len(order), config.batch_size))
+                   if len(rows) >= 2]  # a lone pair has no negative
+        # Not cached: one loader streams the epoch's images in this order, decoded in the workers.
+        stream = None if pixels is not None else image_batches(
+            [train.images[int(row)] for row in order], encoder, 0, config.batch_size, config.workers,
+            config.max_pixels)
         bar = tqdm(batches, desc=f"epoch {epoch}/{config.epochs}", unit="batch", disable=not progress,
                    dynamic_ncols=True)
         for step, rows in enumerate(bar, start=1):
             texts = [captions_of[row][int(rng.integers(len(captions_of[row])))] for row in rows]
             with torch.autocast("cuda", enabled=encoder.device.type == "cuda"):
-                image_features = model.encode_image(encoder.model_input(_pixels(pixels, train, encoder, rows,
-                                                                                config)), normalize=True)
+                batch_pixels = pixels[torch.from_numpy(rows)] if pixels is not None else _streamed(stream, encoder)
+                image_features = model.encode_image(encoder.model_input(batch_pixels), normalize=True)
                 text_features = model.encode_text(encoder.tokenizer(texts).to(encoder.device), normalize=True)
                 loss = loss_of(image_features.float(), text_features.float(), model.logit_scale.exp())
             scaler.scale(loss / config.accumulate).backward()  # type: ignore[no-untyped-call]
@@ -233,26 +239,16 @@ def _training_data(encoder: ClipEncoder, train: PairedCorpus, config: FinetuneCo
     return torch.cat(decoded), [captions_of[position] for position in kept]
 
 
-def _pixels(cache: torch.Tensor | None, train: PairedCorpus, encoder: ClipEncoder, rows: np.ndarray,
-            config: FinetuneConfig) -> torch.Tensor:
-    if cache is not None:
-        return cache[torch.from_numpy(rows)]
-    # Not cached: decode this batch's images now (a failed one is replaced by a blank image).
-    items = [train.images[int(row)] for row in rows]
-    [batch] = list(image_batches(items, encoder, 0, len(items), config.workers, config.max_pixels))
+def _streamed(stream: Iterator[LoadedBatch] | None, encoder: ClipEncoder) -> torch.Tensor:
+    """The next batch of the epoch's stream as uint8 pixels; an image that failed to decode is left blank."""
+    assert stream is not None  # only called when the pixels are not cached
+    loaded = next(stream)
     height, width = encoder.preprocess_config.size
-    pixels = torch.zeros((len(items), 3, height, width), dtype=torch.uint8)
-    if batch.pixels is not None:
-        pixels[[outcome.position for outcome in batch.decoded]] = batch.pixels
+    pixels = torch.zeros((len(loaded.outcomes), 3, height, width), dtype=torch.uint8)
+    if loaded.pixels is not None:
+        first = loaded.outcomes[0].position
+        pixels[[outcome.position - first for outcome in loaded.decoded]] = loaded.pixels
     return pixels
-
-
-def _batches(rng: np.random.Generator, count: int, batch_size: int) -> Iterator[np.ndarray]:
-    order = rng.permutation(count)
-    for start in range(0, count, batch_size):
-        rows = order[start:start + batch_size]
-        if len(rows) >= 2:  # a lone pair has no negative
-            yield rows
 
 
 def _optimizer(model: torch.nn.Module, config: FinetuneConfig, steps_per_epoch: int

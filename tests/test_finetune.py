@@ -156,3 +156,14 @@ def test_on_a_gpu_mixed_precision_training_beats_the_untrained_model(shapes: Pat
     result = finetune(encoder, read_pairs(shapes), SHORT_RUN, progress=False)
     assert encoder.dtype == torch.float32, "autocast trains in fp16 over fp32 weights"
     assert result.after.text_to_image[10] > result.before.text_to_image[10]
+
+
+def test_images_streamed_each_epoch_train_exactly_as_cached_ones(shapes: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Past PIXEL_CACHE_BYTES the images are decoded again every epoch, in the same order.
+    config = FinetuneConfig(epochs=2, batch_size=32, held_out=100, patience=5)
+    cached = finetune(fresh_encoder(), read_pairs(shapes), config, progress=False)
+    monkeypatch.setattr("clipsearch.finetune.PIXEL_CACHE_BYTES", 0)
+    streamed = finetune(fresh_encoder(), read_pairs(shapes), config, progress=False)
+    assert [epoch.loss for epoch in streamed.epochs] == pytest.approx([epoch.loss for epoch in cached.epochs],
+                                                                       rel=1e-5)
+    assert streamed.after == cached.after
