@@ -19,7 +19,7 @@ from app.deps import require_api_key
 from app.errors import install_error_handlers
 from app.metrics import RequestMetricsMiddleware
 from app.middleware import BodySizeLimit, HeadAsGet, JSONErrors
-from app.routes import docs, embed, health, items, page, search
+from app.routes import captions, classify, docs, embed, explain, health, items, page, search
 from app.routes.search import UNAUTHORIZED
 from app.settings import Settings
 from app.state import ServiceState
@@ -53,7 +53,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # The key guards every router but liveness, readiness and the page; declared only when set, so
     # the OpenAPI schema says exactly what the server asks for.
     guarded = [Depends(require_api_key)] if locked else []
-    for router in (search.router, items.router, embed.router, health.operations):
+    for router in (search.router, items.router, embed.router, classify.router, explain.router, captions.router,
+                   health.operations):
         app.include_router(router, dependencies=guarded, responses=UNAUTHORIZED if locked else None)
     if docs_locked:
         app.include_router(docs.router, dependencies=guarded)

@@ -9,12 +9,14 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from clipsearch.captions import DEFAULT_CAPTION_MODEL, DEFAULT_CAPTION_PRETRAINED, GENERATION_TYPES, CaptionConfig
 from clipsearch.pipeline import Batching
 from clipsearch.query import QueryLimits
 
 # The defaults of the limits and of batching are the core's own: no number is written twice.
 _LIMITS = QueryLimits()
 _BATCHING = Batching()
+_CAPTIONS = CaptionConfig()
 
 
 class Settings(BaseSettings):
@@ -29,6 +31,21 @@ class Settings(BaseSettings):
     max_pixels: int = Field(_LIMITS.max_pixels, ge=1, description="Largest query image, in pixels.")
     max_query_terms: int = Field(_LIMITS.max_terms, ge=1, description="Most terms in one composed query.")
     max_text_chars: int = Field(_LIMITS.max_text_chars, ge=1, description="Longest query text, in characters.")
+    max_labels: int = Field(_LIMITS.max_labels, ge=1, description="Most labels one /classify request may score.")
+    max_templates: int = Field(_LIMITS.max_templates, ge=1, description="Most prompt templates per /classify "
+                                                                        "request.")
+    max_explained: int = Field(_LIMITS.max_explained, ge=1, description="Most items one /explain request may "
+                                                                        "explain.")
+    caption_model: str = Field(DEFAULT_CAPTION_MODEL, description="The open_clip CoCa model /caption uses; loaded "
+                                                                  "on the first request (needs the [caption] extra).")
+    caption_pretrained: str | None = Field(DEFAULT_CAPTION_PRETRAINED, description="Its pretrained tag; empty with "
+                                                                                   "caption_checkpoint.")
+    caption_checkpoint: Path | None = Field(None, description="A local checkpoint file for the caption model.")
+    caption_generation: Literal["beam_search", "top_k", "top_p"] = Field(
+        "beam_search", description=f"How captions are decoded: {', '.join(GENERATION_TYPES)}.")
+    caption_max_tokens: int = Field(_CAPTIONS.max_tokens, ge=7, le=76, description="Longest caption, in tokens.")
+    caption_timeout_s: float = Field(120.0, gt=0, description="Longest a /caption request may wait for its caption "
+                                                              "(503).")
     decode_timeout_s: float = Field(_LIMITS.decode_timeout_s, gt=0,
                                     description="Longest a query image may take to decode (422).")
     encode_timeout_s: float = Field(_LIMITS.encode_timeout_s, gt=0,
@@ -70,9 +87,9 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Address `python -m app` listens on.")
     port: int = Field(8000, ge=1, le=65535, description="Port `python -m app` listens on.")
 
-    @field_validator("api_key", mode="before")
+    @field_validator("api_key", "caption_pretrained", "caption_checkpoint", mode="before")
     @classmethod
-    def _empty_key_means_none(cls, value: object) -> object:
+    def _empty_means_none(cls, value: object) -> object:
         # Compose passes unset variables as empty strings; an empty key must not lock everyone out.
         return None if value == "" else value
 
@@ -97,7 +114,14 @@ class Settings(BaseSettings):
     def limits(self) -> QueryLimits:
         return QueryLimits(max_k=self.max_k, max_terms=self.max_query_terms, max_text_chars=self.max_text_chars,
                            max_pixels=self.max_pixels, decode_timeout_s=self.decode_timeout_s,
-                           encode_timeout_s=self.encode_timeout_s)
+                           encode_timeout_s=self.encode_timeout_s, max_labels=self.max_labels,
+                           max_templates=self.max_templates, max_explained=self.max_explained)
+
+    @property
+    def captions(self) -> CaptionConfig:
+        return CaptionConfig(model=self.caption_model, pretrained=self.caption_pretrained,
+                             checkpoint=self.caption_checkpoint, device=self.device,
+                             generation=self.caption_generation, max_tokens=self.caption_max_tokens)
 
     @property
     def batching(self) -> Batching:

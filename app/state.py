@@ -10,6 +10,7 @@ from app.metrics import Metrics
 from app.settings import Settings
 from clipsearch import index as faiss_index
 from clipsearch.bundle import load_bundle
+from clipsearch.captions import CaptionService
 from clipsearch.encoder import load_encoder
 from clipsearch.errors import CheckpointRequired, ClipSearchError
 from clipsearch.manifest import check_model, read_manifest
@@ -26,6 +27,9 @@ class ServiceState:
         self.service: SearchService | None = None
         self.metrics = Metrics(lambda: self.service.pipeline.batch_counts() if self.service is not None else {})
         self.problem: str | None = "loading the model and the bundle"
+        self.captions = CaptionService(settings.captions, max_batch=min(settings.max_batch, 8),
+                                       timeout_s=settings.caption_timeout_s)
+        """Loads its own model on the first /caption request."""
         self._lock = threading.Lock()
         self._closed = False
 
@@ -76,6 +80,7 @@ class ServiceState:
             service, self.service = self.service, None
         if service is not None:
             _close(service)
+        self.captions.close()
 
 
 def _close(service: SearchService) -> None:

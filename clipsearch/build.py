@@ -13,21 +13,23 @@ import os
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import faiss
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from clipsearch import index as faiss_index
 from clipsearch.bundle import ModalityContent, write_bundle
+from clipsearch.captions import CaptionConfig, Captioner, load_captioner
 from clipsearch.encoder import DEFAULT_MODEL, DEFAULT_PRETRAINED, ClipEncoder, load_encoder
-from clipsearch.errors import NoSources
+from clipsearch.errors import ImageDecodeError, NoSources
 from clipsearch.fingerprint import corpus_fingerprint, resume_fingerprint
-from clipsearch.images import DEFAULT_MAX_PIXELS
+from clipsearch.images import DEFAULT_MAX_PIXELS, read_image_file
 from clipsearch.item_store import Item
 from clipsearch.loading import LoadedBatch, Outcome, image_batches, text_batches
 from clipsearch.modality import Modality
@@ -64,6 +66,8 @@ class BuildConfig:
     max_pixels: int = DEFAULT_MAX_PIXELS
     columns: Columns = field(default_factory=Columns)
     progress: bool = True
+    caption: CaptionConfig | None = None
+    """Generate captions for images without one, with this CoCa model (clipsearch.captions)."""
 
 
 @dataclass
@@ -75,6 +79,8 @@ class BuildSummary:
     elapsed_s: float
     resumed_shards: int
     report: dict[str, Any] = field(repr=False, default_factory=dict)
+    captioned: int = 0
+    """Images given a generated caption (in this run; resumed shards not counted)."""
 
     @property
     def items_per_s(self) -> float:
@@ -83,7 +89,8 @@ class BuildSummary:
     def describe(self) -> str:
         counts = ", ".join(f"{count} {modality}s" for modality, count in self.indexed.items())
         resumed = f", resumed after {self.resumed_shards} finished shards" if self.resumed_shards else ""
-        return (f"indexed {counts or 'nothing'}; skipped {self.skipped}, duplicates {self.duplicates}; "
+        captioned = f", captioned {self.captioned}" if self.captioned else ""
+        return (f"indexed {counts or 'nothing'}; skipped {self.skipped}, duplicates {self.duplicates}{captioned}; "
                 f"{self.elapsed_s:.1f} s, {self.items_per_s:.1f} items/s{resumed} → {self.out}")
 
 
@@ -95,13 +102,16 @@ def build(config: BuildConfig, on_shard_written: Callable[[Path], None] | None =
         raise NoSources("give images, texts or both to index")
     encoder = load_encoder(config.model, config.pretrained, config.checkpoint, config.device, backend=config.backend,
                            onnx_cache=config.onnx_cache)
+    captioner = load_captioner(config.caption) if config.caption is not None and Modality.IMAGE in sources else None
     store = ShardStore.open(config.out, resume_fingerprint(config, encoder.ref, encoder.device.type, sources,
                                                            backend=encoder.backend))
     first_id = {Modality.IMAGE: 0, Modality.TEXT: len(sources.get(Modality.IMAGE, []))}
-    resumed = sum(_encode_into_shards(config, encoder, modality, items, first_id[modality], store, on_shard_written)
-                  for modality, items in sources.items())
+    counts = [_encode_into_shards(config, encoder, modality, items, first_id[modality], store, on_shard_written,
+                                  captioner if modality is Modality.IMAGE else None)
+              for modality, items in sources.items()]
     summary = _finish(config, encoder, sources, store, started)
-    summary.resumed_shards = resumed
+    summary.resumed_shards = sum(resumed for resumed, _ in counts)
+    summary.captioned = sum(captioned for _, captioned in counts)
     store.remove()
     return summary
 
@@ -121,8 +131,12 @@ def is_up_to_date(config: BuildConfig, recorded_fingerprint: str | None) -> bool
 
 
 def _encode_into_shards(config: BuildConfig, encoder: ClipEncoder, modality: Modality, items: list[SourceItem],
-                        first_id: int, store: ShardStore, on_shard_written: Callable[[Path], None] | None) -> int:
-    """Encode `items` from the first unfinished shard on; returns how many shards were already done."""
+                        first_id: int, store: ShardStore, on_shard_written: Callable[[Path], None] | None,
+                        captioner: Captioner | None = None) -> tuple[int, int]:
+    """Encode (and caption) `items` from the first unfinished shard on.
+
+    Returns how many shards were already done, and how many images were captioned.
+    """
     shard_size = config.batch_size * config.batches_per_shard
     done = store.finished(modality, -(-len(items) // shard_size))
     seen = store.content_hashes(modality, done)
@@ -132,9 +146,12 @@ def _encode_into_shards(config: BuildConfig, encoder: ClipEncoder, modality: Mod
     batches = image_batches(items, encoder, start, config.batch_size, config.workers, config.max_pixels) \
         if modality is Modality.IMAGE else text_batches(items, start, config.batch_size)
     shard: list[Outcome] = []
+    captioned = 0
     for batch in batches:
         _dedupe(batch.outcomes, seen, first_id, config.keep_duplicates)
         _encode_batch(encoder, batch)
+        if captioner is not None:
+            captioned += _caption_missing(captioner, encoder, batch, config.max_pixels)
         shard.extend(batch.outcomes)
         bar.update(len(batch.outcomes))
         if len(shard) == shard_size or batch.outcomes[-1].position == len(items) - 1:
@@ -144,7 +161,7 @@ def _encode_into_shards(config: BuildConfig, encoder: ClipEncoder, modality: Mod
             if on_shard_written is not None:
                 on_shard_written(path)
     bar.close()
-    return done
+    return done, captioned
 
 
 def _dedupe(batch: list[Outcome], seen: dict[str, int], first_id: int, keep_duplicates: bool) -> None:
@@ -174,6 +191,37 @@ def _encode_batch(encoder: ClipEncoder, batch: LoadedBatch) -> None:
         vectors = encoder.encode_texts([outcome.payload for outcome in usable])
         for outcome, vector in zip(usable, vectors, strict=True):
             outcome.payload = vector
+
+
+def _caption_missing(captioner: Captioner, encoder: ClipEncoder, batch: LoadedBatch, max_pixels: int) -> int:
+    """Give every usable image of the batch that has no caption a generated one; returns how many.
+
+    The generated caption is the item's caption, and its metadata says so (`caption_generated`,
+    `caption_model`). The batch's pixels are reused when both models prepare images alike;
+    otherwise the files are read again for the caption model.
+    """
+    wanting = [(row, outcome) for row, outcome in enumerate(batch.decoded)
+               if outcome.problem is None and not (outcome.source.text or "").strip()]
+    if not wanting or batch.pixels is None:
+        return 0
+    same_input = captioner.preprocess_config == encoder.preprocess_config
+    rows: list[tuple[Outcome, torch.Tensor]] = []
+    for row, outcome in wanting:
+        if same_input:
+            rows.append((outcome, batch.pixels[row]))
+        elif outcome.source.path is not None:
+            try:
+                rows.append((outcome, captioner.prepare_image(read_image_file(outcome.source.path, max_pixels))))
+            except (OSError, ImageDecodeError):  # changed since it was read: indexed without a caption
+                log.warning("could not read %s again to caption it", outcome.source.uri)
+    size = captioner.config.batch_size
+    for start in range(0, len(rows), size):
+        chunk = rows[start:start + size]
+        for (outcome, _), caption in zip(chunk, captioner.caption(torch.stack([pixels for _, pixels in chunk])),
+                                         strict=True):
+            outcome.source = replace(outcome.source, text=caption, extra={
+                **outcome.source.extra, "caption_generated": True, "caption_model": captioner.ref.describe()})
+    return len(rows)
 
 
 def _shard_of(outcomes: list[Outcome], first_id: int, dim: int) -> Shard:

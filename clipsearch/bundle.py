@@ -13,7 +13,8 @@ A bundle is one directory holding everything a server needs:
 
 A bundle is written in a staging directory beside its final path and renamed into place only
 once complete, and the manifest (written last) holds checksums of all other files, so nothing
-half-written ever loads.
+half-written ever loads. Changes to a bundle in place (new item metadata, evaluation records) hold
+an exclusive lock on `.NAME.lock` beside it (clipsearch.manifest.bundle_lock).
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,7 @@ from clipsearch.manifest import (
     Manifest,
     ModalityRecord,
     ModelRef,
+    bundle_lock,
     read_manifest,
 )
 from clipsearch.modality import Modality
@@ -129,11 +131,52 @@ def write_bundle(out: Path, model: ModelRef, embedding_dim: int, content: dict[M
                             created_at=datetime.now(UTC).isoformat(timespec="seconds"), versions=versions,
                             corpus_fingerprint=corpus_fingerprint)
         atomic_write_text(staging / MANIFEST_FILE, manifest.to_json())
-        _swap_into_place(staging, out)
+        with bundle_lock(out):  # not while `indexer classify` rewrites the bundle being replaced
+            _swap_into_place(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return manifest
+
+
+def rewrite_items(path: Path, change: Callable[[Item], Item]) -> Manifest:
+    """Replace every item of the bundle at `path` by `change(item)`, all or nothing.
+
+    The other files are hard-linked (or copied) into a staging directory beside the bundle, a new
+    items.sqlite and manifest are written there, and the whole is swapped into place as a build's
+    is: a crash at any point leaves either the old bundle or the new one. Ids and vectors never change.
+    """
+    manifest = read_manifest(path)
+    with bundle_lock(path):
+        manifest = read_manifest(path)  # as it is now that no one else changes it
+        store = ItemStore(path / ITEMS_FILE)
+        try:
+            items = [change(item) for item in store]
+        finally:
+            store.close()
+        staging = path.with_name(f".{path.name}.staging-{os.getpid()}")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
+        try:
+            for name in manifest.files:
+                if name != ITEMS_FILE:
+                    _link_or_copy(path / name, staging / name)
+            write_items(staging / ITEMS_FILE, items)
+            record = FileRecord(sha256=file_sha256(staging / ITEMS_FILE), bytes=(staging / ITEMS_FILE).stat().st_size)
+            updated = replace(manifest, files={**manifest.files, ITEMS_FILE: record})
+            atomic_write_text(staging / MANIFEST_FILE, updated.to_json())
+            _swap_into_place(staging, path)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+    return updated
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)  # the bundle's files are never written in place, so sharing them is safe
+    except OSError:
+        shutil.copy2(source, target)
 
 
 def _remove_debris_of_dead_builds(out: Path) -> None:

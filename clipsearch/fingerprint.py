@@ -24,7 +24,9 @@ def embedding_settings(config: BuildConfig) -> dict[str, Any]:
     """Every setting that decides which items are embedded and how."""
     return {"model": config.model, "pretrained": config.pretrained, "checkpoint": file_stat(config.checkpoint),
             "backend": config.backend, "keep_duplicates": config.keep_duplicates, "max_pixels": config.max_pixels,
-            "columns": asdict(config.columns), "images": file_stat(config.images), "texts": file_stat(config.texts)}
+            "columns": asdict(config.columns), "images": file_stat(config.images), "texts": file_stat(config.texts),
+            "caption": None if config.caption is None else
+            asdict(config.caption) | {"checkpoint": file_stat(config.caption.checkpoint), "device": None}}
 
 
 def corpus_fingerprint(config: BuildConfig, sources: dict[Modality, list[SourceItem]]) -> str:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -125,22 +127,32 @@ def read_manifest(path: Path) -> Manifest:
     return Manifest.from_json(manifest_path.read_text(encoding="utf-8"))
 
 
+@contextmanager
+def bundle_lock(path: Path) -> Iterator[None]:
+    """Hold the exclusive lock that serialises changes to the bundle at `path`.
+
+    The lock is a file beside the bundle, not the bundle directory or its manifest, because changes
+    replace both: a lock on a replaced file would no longer exclude anyone.
+    """
+    descriptor = os.open(path.parent / f".{path.name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)  # releases the lock
+
+
 def record_evaluation(path: Path, record: dict[str, Any]) -> Manifest:
     """Append `record` to the evaluations in the manifest of the bundle at `path`, atomically.
 
-    Only manifest.json changes (it holds no checksum of itself), so the bundle stays valid. An
-    exclusive lock on the bundle directory (not on the manifest, which the write replaces) keeps two
-    evaluations from losing one another's record.
+    Only manifest.json changes (it holds no checksum of itself), so the bundle stays valid. The
+    bundle's lock keeps two changes from losing one another's.
     """
     read_manifest(path)  # the clear errors for a missing or unreadable bundle
-    directory = os.open(path, os.O_RDONLY)
-    try:
-        fcntl.flock(directory, fcntl.LOCK_EX)
+    with bundle_lock(path):
         manifest = read_manifest(path)
         updated = replace(manifest, evaluations=[*manifest.evaluations, record])
         atomic_write_text(path / MANIFEST_FILE, updated.to_json())
-    finally:
-        os.close(directory)  # releases the lock
     return updated
 
 

@@ -21,6 +21,12 @@ class QueryLimits:
     max_pixels: int = DEFAULT_MAX_PIXELS
     decode_timeout_s: float = 10.0
     encode_timeout_s: float = 30.0
+    max_labels: int = 100
+    """Most labels one zero-shot classification may score."""
+    max_templates: int = 32
+    """Most prompt templates per label."""
+    max_explained: int = 16
+    """Most items one heatmap request may explain."""
 
 
 @dataclass(frozen=True)
@@ -53,13 +59,25 @@ class Encoding:
 
 
 @dataclass(frozen=True)
+class WeightedPart:
+    """One term of a composed query: its weight, its unit vector, and its share's divisor (the
+    norm of the weighted sum before renormalisation)."""
+
+    weight: float
+    vector: np.ndarray
+    norm: float
+
+
+@dataclass(frozen=True)
 class QueryVector:
     """A unit query vector, float32 (d,); the fields whose text was cut to the model's context; the
-    forward passes that made it (none for a stored item's vector)."""
+    forward passes that made it (none for a stored item's vector); for a weighted sum, its terms,
+    in the order given, zero weights left out."""
 
     vector: np.ndarray
     truncated: tuple[str, ...] = ()
     encodings: tuple[Encoding, ...] = ()
+    parts: tuple[WeightedPart, ...] = ()
 
 
 def check_text(text: str, field: str, limits: QueryLimits) -> None:
@@ -105,4 +123,5 @@ def weighted_sum(parts: Sequence[tuple[float, QueryVector]], field: str) -> Quer
         raise InvalidQuery(field, "the weighted terms cancel each other out; nothing is left to search for")
     return QueryVector((total / norm).astype(np.float32),
                        tuple(name for _, part in parts for name in part.truncated),
-                       tuple(encoding for _, part in parts for encoding in part.encodings))
+                       tuple(encoding for _, part in parts for encoding in part.encodings),
+                       tuple(WeightedPart(weight, part.vector, norm) for weight, part in parts))

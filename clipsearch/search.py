@@ -18,10 +18,13 @@ import numpy as np
 import torch
 from PIL import Image
 
+from clipsearch import explain
+from clipsearch.batching import MicroBatcher
 from clipsearch.bundle import Bundle
 from clipsearch.collection import Collection, Hit
 from clipsearch.encoder import ClipEncoder
-from clipsearch.errors import ModalityUnavailable, ServiceBusy
+from clipsearch.errors import InvalidQuery, ModalityUnavailable, ServiceBusy
+from clipsearch.images import read_image_file
 from clipsearch.modality import Modality
 from clipsearch.pipeline import Batching, Embedded, Pending, QueryPipeline
 from clipsearch.query import (
@@ -31,6 +34,7 @@ from clipsearch.query import (
     QueryVector,
     Term,
     TextTerm,
+    WeightedPart,
     check_k,
     check_terms,
     check_text,
@@ -38,6 +42,7 @@ from clipsearch.query import (
 )
 from clipsearch.searchers import searcher_for
 from clipsearch.uploads import UploadDecoder
+from clipsearch.zero_shot import LabelScore, ZeroShotClassifier
 
 __all__ = ["Answer", "Hit", "SearchService"]
 
@@ -72,6 +77,12 @@ class SearchService:
         self.pipeline = QueryPipeline(encoder, searchers, batching)
         self.uploads = UploadDecoder(encoder.prepare_image, encoder.image_size, limits.max_pixels,
                                      limits.decode_timeout_s)
+        self.classifier = ZeroShotClassifier(encoder.model, self._embed_prompts, limits)
+        self._patches: explain.PatchFeatures | None = None
+        # Heatmaps take one extra image forward per item: their own batcher, so a burst of them
+        # queues there and never ahead of searches in the model's batchers.
+        self._heatmaps: MicroBatcher[tuple[torch.Tensor, np.ndarray], np.ndarray] = MicroBatcher(
+            self._heatmap_batch, batching.max_batch, name="explain")
 
     @property
     def modalities(self) -> set[Modality]:
@@ -88,6 +99,7 @@ class SearchService:
     def close(self) -> None:
         self.pipeline.close()
         self.uploads.close()
+        self._heatmaps.close()
 
     def embed_text(self, text: str, field: str = "text") -> QueryVector:
         return self._text_vector(self._wait(self._submit_text(text, field), "the model"), text, field)
@@ -147,6 +159,40 @@ class SearchService:
         futures = [self.pipeline.search(query, target, k) for query in queries]
         return self.collection.hits([self._wait(future, "the search").found for future in futures])
 
+    def classify(self, image_vector: np.ndarray, labels: Sequence[str], templates: Sequence[str] | None = None,
+                 multi_label: bool = False) -> list[LabelScore]:
+        """Zero-shot labels for one unit image embedding, best first (clipsearch.zero_shot)."""
+        return self.classifier.classify(image_vector[None, :], labels, templates, multi_label)[0]
+
+    def image_item_vector(self, item_id: int, field: str = "item_id") -> np.ndarray:
+        """The stored vector of an image item; a text item is refused, naming `field`."""
+        item = self.collection.item(item_id, field)
+        if item.modality is not Modality.IMAGE:
+            raise InvalidQuery(field, f"item {item_id} is a {item.modality.value}, not an image")
+        return self.collection.stored_vector(item_id, field)
+
+    def term_shares(self, query: QueryVector, hits: Sequence[Hit]) -> np.ndarray:
+        """Each term's share of each hit's score, float64 (hits, terms): see clipsearch.explain."""
+        vectors = np.stack([self.collection.stored_vector(hit.item.id) for hit in hits]) if hits \
+            else np.zeros((0, self.encoder.embedding_dim), np.float32)
+        return explain.term_shares(query.parts or (WeightedPart(1.0, query.vector, 1.0),), vectors)
+
+    def heatmaps(self, query: QueryVector, item_ids: Sequence[int], field: str = "item_ids") -> list[explain.Heatmap]:
+        """Where in each image item the query lights up, one patch grid per item (clipsearch.explain)."""
+        if not item_ids:
+            raise InvalidQuery(field, "give at least one item to explain")
+        if len(item_ids) > self.limits.max_explained:
+            raise InvalidQuery(field, f"at most {self.limits.max_explained} items, got {len(item_ids)}")
+        if self._patches is None:
+            self._patches = explain.PatchFeatures(self.encoder.model)
+        views = [self.encoder.prepare_image(read_image_file(self.collection.image_path(item_id, f"{field}[{number}]"),
+                                                            self.limits.max_pixels))
+                 for number, item_id in enumerate(item_ids)]
+        futures = [self._heatmaps.submit((view, query.vector)) for view in views]
+        grids = [self._wait(future, "the model") for future in futures]
+        return [explain.Heatmap(grid, view.permute(1, 2, 0).numpy(), self._patches.method)
+                for grid, view in zip(grids, views, strict=True)]
+
     def check_target(self, target: Modality, k: int) -> None:
         """Refuse a k out of range or a target modality the bundle lacks, before any work is done."""
         check_k(k, self.limits)
@@ -171,6 +217,17 @@ class SearchService:
     def _answer(self, query: QueryVector, embedded: Embedded) -> Answer:
         assert embedded.found is not None  # a target was given
         return Answer(query, self.collection.hits([embedded.found])[0], embedded.search_s)
+
+    def _embed_prompts(self, prompts: list[str]) -> np.ndarray:
+        """Unit embeddings of label prompts, through the text tower's batcher like any query."""
+        futures = [self._submit_text(prompt, "labels") for prompt in prompts]
+        return np.stack([self._wait(future, "the model").vector for future in futures])
+
+    def _heatmap_batch(self, batch: list[tuple[torch.Tensor, np.ndarray]]) -> list[np.ndarray]:
+        assert self._patches is not None  # set before anything is submitted
+        patches = self._patches(self.encoder.model_input(torch.stack([view for view, _ in batch])))
+        return [explain.similarity_grids(patches[number:number + 1], query)[0]
+                for number, (_, query) in enumerate(batch)]
 
     def _wait(self, future: Future[Result], waiting_for: str) -> Result:
         try:

@@ -9,14 +9,18 @@ from __future__ import annotations
 import logging
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
+from typing import TypeVar
 
 import torch
+from PIL import Image
 
 from clipsearch.errors import ImageDecodeError, ImageTooLarge, InvalidQuery, QueryImageTooLarge
 from clipsearch.images import decode_image
 from clipsearch.preprocess import ImagePreparer
 
 log = logging.getLogger(__name__)
+
+Decoded = TypeVar("Decoded")
 
 DECODE_WORKERS = 4
 """Query images decoded at once; more would only compete with the model for the CPU."""
@@ -34,7 +38,7 @@ class UploadDecoder:
         """Start decoding `data`; pass the future to `result`."""
         return self._pool.submit(self._decode_and_prepare, data)
 
-    def result(self, decoding: Future[torch.Tensor], field: str) -> torch.Tensor:
+    def result(self, decoding: Future[Decoded], field: str) -> Decoded:
         """The pixels of a decoding started by `submit`, or InvalidQuery naming `field`."""
         try:
             return decoding.result(timeout=self.timeout_s)
@@ -48,6 +52,11 @@ class UploadDecoder:
 
     def decode(self, data: bytes, field: str) -> torch.Tensor:
         return self.result(self.submit(data), field)
+
+    def image(self, data: bytes, field: str) -> Image.Image:
+        """The decoded RGB image itself, not prepared for the model (for other models), with the same
+        limits and errors; no draft decoding, since its consumer's input size is not known here."""
+        return self.result(self._pool.submit(decode_image, data, self.max_pixels), field)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

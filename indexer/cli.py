@@ -10,6 +10,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from clipsearch.build import BuildConfig, build, is_up_to_date
+from clipsearch.captions import (
+    DEFAULT_CAPTION_MODEL,
+    DEFAULT_CAPTION_PRETRAINED,
+    GENERATION_TYPES,
+    OFFLINE_CAPTION_MODEL,
+    CaptionConfig,
+)
 from clipsearch.encoder import DEFAULT_MODEL, DEFAULT_PRETRAINED, OFFLINE_MODEL
 from clipsearch.errors import ClipSearchError
 from clipsearch.finetune import FinetuneConfig
@@ -21,6 +28,7 @@ from clipsearch.sources import Columns
 DEFAULTS = BuildConfig(out=Path("bundle"))
 """The indexer's defaults are BuildConfig's (and FinetuneConfig's): no number is written twice."""
 TUNING = FinetuneConfig()
+CAPTIONS = CaptionConfig()
 
 
 def _positive_int(text: str) -> int:
@@ -67,6 +75,38 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     command.add_argument("--no-progress", action="store_true", help="no progress bar")
     command.add_argument("--if-changed", action="store_true",
                          help="do nothing when the bundle at --out was built from the same files and settings")
+    command.add_argument("--caption-model", default=None,
+                         help=f"generate captions for images that have none with this open_clip CoCa model (e.g. "
+                              f"{DEFAULT_CAPTION_MODEL}; {OFFLINE_CAPTION_MODEL!r} is tiny and random); needs the "
+                              "[caption] extra")
+    command.add_argument("--caption-pretrained", default=None,
+                         help=f"its pretrained tag (default {DEFAULT_CAPTION_PRETRAINED} for {DEFAULT_CAPTION_MODEL}, "
+                              "none for other models)")
+    command.add_argument("--caption-checkpoint", type=Path, default=None, help="a local checkpoint for it instead")
+    command.add_argument("--caption-generation", choices=GENERATION_TYPES, default=CAPTIONS.generation,
+                         help="how captions are decoded")
+    command.add_argument("--caption-max-tokens", type=_positive_int, default=CAPTIONS.max_tokens,
+                         help="longest caption, in tokens")
+    command.add_argument("--caption-batch-size", type=_positive_int, default=CAPTIONS.batch_size,
+                         help="images captioned per generation call")
+    labelling = commands.add_parser(
+        "classify", help="zero-shot label every image of a bundle and store the label and its probability in "
+                         "each item's metadata", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    labelling.add_argument("--bundle", type=Path, required=True, help="the bundle to label (rewritten in place, "
+                                                                      "atomically)")
+    labelling.add_argument("--labels", required=True, help="the labels, comma-separated: 'beach,mountains,city'")
+    labelling.add_argument("--template", action="append", default=None,
+                           help="a prompt template with {} for the label, e.g. 'a photo of a {}.'; repeat for an "
+                                "ensemble (default: a small built-in ensemble)")
+    labelling.add_argument("--field", default="label",
+                           help="the metadata field for the label; its probability goes in FIELD_score "
+                                "(FIELD_scores with --multi-label)")
+    labelling.add_argument("--multi-label", action="store_true",
+                           help="score each label on its own and store every label at or above --threshold")
+    labelling.add_argument("--threshold", type=float, default=0.5, help="with --multi-label, the probability a "
+                                                                       "label needs to be stored in FIELD")
+    _add_model_arguments(labelling, None)
+    labelling.add_argument("--no-progress", action="store_true", help="no progress bar")
     evaluation = commands.add_parser(
         "eval", help="retrieval quality (recall@1/5/10 both ways, mean rank) of a model on image-caption pairs",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -137,6 +177,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         if args.bundle is None and args.model is None:
             args.model = DEFAULT_MODEL
         return args
+    if args.command == "classify":
+        if args.model is not None or args.pretrained is not None:
+            parser.error("--bundle names the model: leave out --model and --pretrained")
+        if not args.field.strip():
+            parser.error("--field must not be empty")
+        return args
     if args.command == "finetune":
         if args.lock_image and args.lock_text:
             parser.error("--lock-image and --lock-text together leave nothing to train")
@@ -197,7 +243,18 @@ def config_from_args(args: argparse.Namespace) -> BuildConfig:
         index_factory=args.index_factory, flat_threshold=args.flat_threshold, keep_duplicates=args.keep_duplicates,
         batches_per_shard=args.batches_per_shard, max_pixels=args.max_pixels,
         columns=Columns(image=args.image_column, caption=args.caption_column, text=args.text_column),
-        progress=not args.no_progress)
+        progress=not args.no_progress, caption=_caption_config(args))
+
+
+def _caption_config(args: argparse.Namespace) -> CaptionConfig | None:
+    if args.caption_model is None:
+        return None
+    pretrained = None if args.caption_checkpoint is not None or args.caption_pretrained in ("none", "") \
+        else args.caption_pretrained or (DEFAULT_CAPTION_PRETRAINED if args.caption_model == DEFAULT_CAPTION_MODEL
+                                         else None)
+    return CaptionConfig(model=args.caption_model, pretrained=pretrained, checkpoint=args.caption_checkpoint,
+                         device=args.device, generation=args.caption_generation, max_tokens=args.caption_max_tokens,
+                         batch_size=args.caption_batch_size)
 
 
 def _up_to_date(config: BuildConfig) -> bool:
@@ -233,6 +290,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from indexer.evaluation import run_eval
 
         return run_eval(args)
+    if args.command == "classify":
+        from indexer.labelling import run_classify
+
+        return run_classify(args)
     if args.command == "finetune":
         from indexer.tuning import run_finetune
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -94,3 +95,37 @@ def test_if_changed_skips_an_up_to_date_bundle_and_rebuilds_after_a_change(tmp_p
     assert main(arguments) == 0 and "up to date" in capsys.readouterr().out
     (tmp_path / "texts.txt").write_text("one\ntwo\nthree\n")
     assert main(arguments) == 0 and "indexed 3 texts" in capsys.readouterr().out
+
+
+def test_classify_stores_each_images_best_label_and_keeps_the_bundle_loadable(bundle_path: Path, tmp_path: Path,
+                                                                              capsys: pytest.CaptureFixture[str]
+                                                                              ) -> None:
+    copy = Path(shutil.copytree(bundle_path, tmp_path / "bundle"))
+    assert main(["classify", "--bundle", str(copy), "--labels", "cat, dog,boat", "--device", "cpu",
+                 "--backend", "torch", "--no-progress"]) == 0
+    bundle = load_bundle(copy)
+    images = sum(item.modality.value == "image" for item in bundle.items)
+    assert f"labelled {images} images" in capsys.readouterr().out
+    try:
+        for item in bundle.items:
+            if item.modality.value == "image":
+                assert item.extra["label"] in {"cat", "dog", "boat"} and 0 < item.extra["label_score"] <= 1
+            else:
+                assert "label" not in item.extra
+    finally:
+        bundle.close()
+    assert main(["classify", "--bundle", str(copy), "--labels", "cat,dog", "--multi-label", "--threshold", "0",
+                 "--field", "tags", "--backend", "torch", "--no-progress"]) == 0
+    bundle = load_bundle(copy)
+    try:
+        image = next(item for item in bundle.items if item.modality.value == "image")
+        assert sorted(image.extra["tags"]) == ["cat", "dog"] and set(image.extra["tags_scores"]) == {"cat", "dog"}
+        assert "label" in image.extra, "other fields are kept"
+    finally:
+        bundle.close()
+
+
+def test_classify_refuses_repeated_labels_before_loading_a_model(bundle_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["classify", "--bundle", str(bundle_path), "--labels", "cat,Cat", "--no-progress"]) == 2
+    assert "--labels[1]: repeats labels[0]" in capsys.readouterr().err

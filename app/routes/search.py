@@ -26,9 +26,11 @@ UNAUTHORIZED: dict[int | str, dict[str, Any]] = {401: {
     "model": ErrorResponse, "description": "The server requires an API key (X-API-Key) and it was missing or wrong."}}
 
 
-def _respond(answer: Answer, started: float) -> SearchResponse:
+def _respond(answer: Answer, started: float, shares: list[list[float]] | None = None) -> SearchResponse:
     truncated = [api_field(name) for name in answer.query.truncated]
-    return SearchResponse(results=[HitModel.of(hit) for hit in answer.hits], truncated=truncated,
+    results = [HitModel.of(hit, shares[number] if shares is not None else None)
+               for number, hit in enumerate(answer.hits)]
+    return SearchResponse(results=results, truncated=truncated,
                           took_ms=round((time.perf_counter() - started) * 1000, 3))
 
 
@@ -64,4 +66,10 @@ def search_composed(request: ComposedSearchRequest, service: ServiceDep, metrics
     query = service.embed_terms([term.to_term() for term in request.queries])
     answer = service.search_vector(query, request.target, request.k)
     metrics.observe_answer(answer, request.target)
-    return _respond(answer, started)
+    shares = None
+    if request.explain:
+        # One share per term as given; a zero-weight term was never embedded and contributes 0.
+        computed = iter(service.term_shares(query, answer.hits).T.tolist())
+        by_term = [next(computed) if term.weight != 0 else [0.0] * len(answer.hits) for term in request.queries]
+        shares = [list(row) for row in zip(*by_term, strict=True)] if answer.hits else []
+    return _respond(answer, started, shares)

@@ -1,0 +1,114 @@
+"""`python -m indexer classify`: zero-shot labels for every image item of a bundle, stored in its metadata."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import Counter
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from clipsearch import index as faiss_index
+from clipsearch.bundle import load_bundle, rewrite_items
+from clipsearch.encoder import load_encoder
+from clipsearch.errors import BundleError, CheckpointRequired, ClipSearchError
+from clipsearch.item_store import Item
+from clipsearch.manifest import check_model, read_manifest
+from clipsearch.modality import Modality
+from clipsearch.query import QueryLimits
+from clipsearch.zero_shot import DEFAULT_TEMPLATES, LabelScore, ZeroShotClassifier, check_labels
+from indexer.cli import describe_error
+
+LIMITS = QueryLimits(max_labels=10_000, max_templates=1_000)
+"""The server's limits guard it against costly requests; a labelling run is its user's own choice."""
+CHUNK = 4096
+"""Image vectors scored at once: bounds memory on huge bundles."""
+
+
+def run_classify(args: argparse.Namespace) -> int:
+    labels = [label.strip() for label in args.labels.split(",")]
+    templates = args.template or None
+    try:
+        check_labels(labels, templates or DEFAULT_TEMPLATES, LIMITS)  # before a model is loaded for nothing
+        manifest = read_manifest(args.bundle)
+        if manifest.model.checkpoint_sha256 and args.checkpoint is None:
+            raise CheckpointRequired("the bundle was built from a checkpoint file; give it with --checkpoint")
+        encoder = load_encoder(manifest.model.name, manifest.model.pretrained,
+                               args.checkpoint if manifest.model.checkpoint_sha256 else None, args.device,
+                               backend=args.backend, onnx_cache=args.onnx_cache)
+        check_model(manifest, encoder.ref, encoder.embedding_dim)
+        classifier = ZeroShotClassifier(encoder.model, lambda prompts: encoder.encode_texts(prompts), LIMITS)
+        scored = _score_images(args, classifier, labels, templates)
+        fields = _fields(args.field, args.multi_label)
+
+        def labelled(item: Item) -> Item:
+            ranked = scored.get(item.id)
+            if ranked is None:
+                return item
+            extra = {key: value for key, value in item.extra.items() if key not in fields}
+            return replace(item, extra={**extra, **_metadata(ranked, args)})
+
+        rewrite_items(args.bundle, labelled)
+    except ClipSearchError as error:
+        print(f"error: {describe_error(error)}", file=sys.stderr)
+        return 2
+    print(_summary(scored, args))
+    return 0
+
+
+def _score_images(args: argparse.Namespace, classifier: ZeroShotClassifier, labels: list[str],
+                  templates: list[str] | None) -> dict[int, list[LabelScore]]:
+    """Every image item's ranked labels, by id, from the vectors the bundle stores (nothing re-embedded)."""
+    bundle = load_bundle(args.bundle, verify_checksums=False)  # only read, and rewritten under a lock after
+    try:
+        if Modality.IMAGE not in bundle.indices:
+            raise BundleError("the bundle has no image items to label", "bundle")
+        index = bundle.indices[Modality.IMAGE]
+        ids = [item.id for item in bundle.items if item.modality is Modality.IMAGE]
+        scored: dict[int, list[LabelScore]] = {}
+        with tqdm(total=len(ids), unit="image", desc="labelling", disable=args.no_progress) as bar:
+            for start in range(0, len(ids), CHUNK):
+                chunk = ids[start:start + CHUNK]
+                vectors = np.stack([_stored(index, item_id) for item_id in chunk])
+                for item_id, ranked in zip(chunk, classifier.classify(vectors, labels, templates, args.multi_label,
+                                                                      field="labels"), strict=True):
+                    scored[item_id] = ranked
+                bar.update(len(chunk))
+        return scored
+    finally:
+        bundle.close()
+
+
+def _stored(index: Any, item_id: int) -> np.ndarray:
+    vector = faiss_index.reconstruct(index, item_id)
+    if vector is None:
+        raise BundleError(f"item {item_id} has no stored vector in the image index", "bundle")
+    return vector
+
+
+def _fields(field: str, multi_label: bool) -> tuple[str, str]:
+    return (field, f"{field}_scores") if multi_label else (field, f"{field}_score")
+
+
+def _metadata(ranked: list[LabelScore], args: argparse.Namespace) -> dict[str, Any]:
+    """Single-label: the best label and its probability. Multi-label: every label at or above the
+    threshold (best first) and every label's probability."""
+    if args.multi_label:
+        return {args.field: [score.label for score in ranked if score.probability >= args.threshold],
+                f"{args.field}_scores": {score.label: round(score.probability, 6) for score in ranked}}
+    return {args.field: ranked[0].label, f"{args.field}_score": round(ranked[0].probability, 6)}
+
+
+def _summary(scored: dict[int, list[LabelScore]], args: argparse.Namespace) -> str:
+    counts: Counter[str] = Counter()
+    for ranked in scored.values():
+        chosen = [score.label for score in ranked if score.probability >= args.threshold] if args.multi_label \
+            else [ranked[0].label]
+        counts.update(chosen)
+    fields = " and ".join(f"'{name}'" for name in _fields(args.field, args.multi_label))
+    lines = [f"labelled {len(scored)} images of {args.bundle} (metadata {fields})"]
+    lines += [f"  {label}: {count}" for label, count in counts.most_common()]
+    return "\n".join(lines)
