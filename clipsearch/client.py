@@ -35,6 +35,24 @@ class SearchHit:
     caption: str | None = None
     text: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    shares: list[float] | None = None
+    """With explain=True: each query term's share of the score, in the order of the terms."""
+
+
+@dataclass(frozen=True)
+class LabelProbability:
+    label: str
+    probability: float
+    cosine: float
+
+
+@dataclass(frozen=True)
+class Heatmap:
+    item_id: int
+    score: float
+    grid: np.ndarray
+    """The query's cosine with each image patch, float32 (rows, columns)."""
+    overlay_png: bytes | None
 
 
 @dataclass(frozen=True)
@@ -98,10 +116,30 @@ class ClipSearchClient:
         files = {"file": ("query", _image_bytes(image), "application/octet-stream")}
         return _search_result(self._post("/search/image", files=files, data={"target": str(target), "k": str(k)}))
 
-    def search(self, queries: list[Query], target: Modality | str = Modality.IMAGE, k: int = 10) -> SearchResult:
-        """A composed query: the weighted sum of the terms' embeddings."""
-        body = {"queries": [query.to_json() for query in queries], "target": str(target), "k": k}
+    def search(self, queries: list[Query], target: Modality | str = Modality.IMAGE, k: int = 10,
+               explain: bool = False) -> SearchResult:
+        """A composed query: the weighted sum of the terms' embeddings; `explain` fills each hit's `shares`."""
+        body = {"queries": [query.to_json() for query in queries], "target": str(target), "k": k, "explain": explain}
         return _search_result(self._post("/search", json=body))
+
+    def classify(self, image: ImageInput | int, labels: list[str], templates: list[str] | None = None,
+                 multi_label: bool = False) -> list[LabelProbability]:
+        """Zero-shot labels, most probable first, for an image (path or bytes) or an image item (its id)."""
+        body: dict[str, Any] = {"labels": labels, "templates": templates, "multi_label": multi_label,
+                                **_image_source(image)}
+        return [LabelProbability(**label) for label in self._post("/classify", json=body)["labels"]]
+
+    def explain(self, queries: list[Query], item_ids: list[int], overlay: bool = True) -> list[Heatmap]:
+        """Where in each image item the query lights up: one patch grid (and PNG overlay) per item."""
+        body = {"queries": [query.to_json() for query in queries], "item_ids": item_ids, "overlay": overlay}
+        return [Heatmap(item_id=result["item_id"], score=result["score"],
+                        grid=np.asarray(result["grid"], dtype=np.float32),
+                        overlay_png=base64.b64decode(result["overlay_png_b64"]) if result["overlay_png_b64"] else None)
+                for result in self._post("/explain", json=body)["results"]]
+
+    def caption(self, image: ImageInput | int) -> str:
+        """A generated caption for an image (path or bytes) or an image item (its id)."""
+        return str(self._post("/caption", json=_image_source(image))["caption"])
 
     def embed_text(self, text: str) -> np.ndarray:
         """float32 (d,), unit length."""
@@ -125,6 +163,12 @@ class ClipSearchClient:
         return _json_or_raise(self._http.post(path, **request))
 
 
+def _image_source(image: ImageInput | int) -> dict[str, Any]:
+    if isinstance(image, int):
+        return {"item_id": image}
+    return {"image_b64": base64.b64encode(_image_bytes(image)).decode("ascii")}
+
+
 def _json_or_raise(response: httpx.Response) -> dict[str, Any]:
     if response.is_error:
         try:
@@ -138,6 +182,7 @@ def _json_or_raise(response: httpx.Response) -> dict[str, Any]:
 
 def _search_result(body: dict[str, Any]) -> SearchResult:
     hits = [SearchHit(id=hit["id"], score=hit["score"], modality=Modality(hit["modality"]), uri=hit["uri"],
-                      caption=hit.get("caption"), text=hit.get("text"), metadata=hit.get("metadata") or {})
+                      caption=hit.get("caption"), text=hit.get("text"), metadata=hit.get("metadata") or {},
+                      shares=hit.get("shares"))
             for hit in body["results"]]
     return SearchResult(results=hits, took_ms=body["took_ms"], truncated=body.get("truncated", []))

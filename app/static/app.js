@@ -65,9 +65,19 @@ function postJson(path, body) {
   return request(path, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
 }
 
+// The current query as composed-query terms (for /explain, and for /search with an image), with names
+// for the page to show each term's share of a score.
+async function queryTerms() {
+  const text = textInput.value.trim();
+  if (!imageQuery) return { queries: [{ text }], names: [`“${text}”`] };
+  const imageTerm = imageQuery.kind === "item"
+    ? { item_id: imageQuery.id, weight: 1 } : { image_b64: await base64Of(imageQuery.file), weight: 1 };
+  if (!text) return { queries: [imageTerm], names: ["image"] };
+  return { queries: [imageTerm, { text, weight: Number(weightInput.value) }], names: ["image", `“${text}”`] };
+}
+
 async function runQuery() {
   const text = textInput.value.trim();
-  const weight = Number(weightInput.value);
   if (!imageQuery) return postJson("/search/text", { text, target: target(), k: k() });
   if (!text && imageQuery.kind === "upload") {
     const data = new FormData();
@@ -76,10 +86,56 @@ async function runQuery() {
     data.append("k", String(k()));
     return request("/search/image", { method: "POST", body: data });
   }
-  const imageTerm = imageQuery.kind === "item"
-    ? { item_id: imageQuery.id, weight: 1 } : { image_b64: await base64Of(imageQuery.file), weight: 1 };
-  const queries = text ? [imageTerm, { text, weight }] : [imageTerm];
-  return postJson("/search", { queries, target: target(), k: k() });
+  const { queries, names } = await queryTerms();
+  const body = await postJson("/search", { queries, target: target(), k: k(), explain: queries.length > 1 });
+  body.termNames = names;
+  return body;
+}
+
+function labels() {
+  return $("labels").value.split(",").map((label) => label.trim()).filter((label) => label);
+}
+
+// Zero-shot labels for each image result, from the labels typed in the page.
+async function showLabels(hit, body) {
+  const wanted = labels();
+  if (!wanted.length || hit.modality !== "image") return;
+  const line = document.createElement("span");
+  line.className = "labels";
+  body.append(line);
+  try {
+    const answer = await postJson("/classify", { item_id: hit.id, labels: wanted });
+    line.textContent = answer.labels.slice(0, 3)
+      .map((label) => `${label.label} ${(100 * label.probability).toFixed(0)}%`).join(" · ");
+  } catch (error) {
+    line.textContent = `labels: ${error.message}`;
+    line.classList.add("error");
+  }
+}
+
+// "Why?": where in the image the query lights up, as a heat map over the picture.
+async function explain(hit, card, button) {
+  const shown = card.querySelector(".explanation");
+  if (shown) { shown.remove(); button.setAttribute("aria-expanded", "false"); return; }
+  button.disabled = true;
+  try {
+    const { queries } = await queryTerms();
+    const answer = await postJson("/explain", { queries, item_ids: [hit.id] });
+    const figure = document.createElement("figure");
+    figure.className = "explanation";
+    const img = document.createElement("img");
+    img.src = `data:image/png;base64,${answer.results[0].overlay_png_b64}`;
+    img.alt = `Where item ${hit.id} matches the query: red is the best match within the image`;
+    const caption = document.createElement("figcaption");
+    caption.textContent = "Red: where the image matches your query best.";
+    figure.append(img, caption);
+    card.append(figure);
+    button.setAttribute("aria-expanded", "true");
+  } catch (error) {
+    setStatus(`Explaining failed: ${error.message}`, true);
+  } finally {
+    button.disabled = false;
+  }
 }
 
 async function search() {
@@ -91,7 +147,7 @@ async function search() {
   results.setAttribute("aria-busy", "true");
   try {
     const body = await runQuery();
-    render(body.results);
+    render(body.results, body.termNames);
     const truncated = body.truncated && body.truncated.length ? " (your text was too long and was shortened)" : "";
     setStatus(body.results.length
       ? `${body.results.length} results in ${body.took_ms.toFixed(1)} ms${truncated}`
@@ -111,7 +167,7 @@ function showImage(img, path) {
     .then((blob) => { if (blob) img.src = URL.createObjectURL(blob); });
 }
 
-function render(hits) {
+function render(hits, termNames) {
   results.replaceChildren(...hits.map((hit) => {
     const card = document.createElement("article");
     card.className = "card";
@@ -140,6 +196,24 @@ function render(hits) {
     score.className = "score";
     score.textContent = `score ${hit.score.toFixed(3)}`;
     body.append(score);
+    if (hit.shares && termNames) {
+      const shares = document.createElement("span");
+      shares.className = "shares";
+      shares.textContent = hit.shares.map((share, number) => `${termNames[number]} ${share.toFixed(3)}`).join(" + ");
+      shares.title = "Each part of the query's share of the score";
+      body.append(shares);
+    }
+    if (hit.modality === "image") {
+      const why = document.createElement("button");
+      why.type = "button";
+      why.className = "why";
+      why.textContent = "why?";
+      why.setAttribute("aria-expanded", "false");
+      why.setAttribute("aria-label", `Why item ${hit.id} matched`);
+      why.addEventListener("click", () => explain(hit, card, why));
+      body.append(why);
+      showLabels(hit, body);
+    }
     const words = hit.modality === "image" ? hit.caption : hit.text;
     if (words) {
       const snippet = document.createElement("span");

@@ -14,6 +14,7 @@ from PIL import Image
 from app.main import create_app
 from app.settings import Settings
 from clipsearch.bundle import Bundle
+from clipsearch.client import ClipSearchAPIError, ClipSearchClient, Query
 from clipsearch.modality import Modality
 from tests.app.serving import LIMITS, serve
 from tests.imagefiles import image_bytes, noise_image
@@ -161,3 +162,19 @@ def test_without_the_caption_extra_caption_answers_503_naming_it(bundle_path: Pa
     with serve(settings) as url:
         response = httpx.post(f"{url}/caption", json={"image_b64": b64(noise_image(1))}, timeout=30)
     assert response.status_code == 503 and "[caption] extra" in response.json()["reason"]
+
+
+def test_the_python_client_classifies_explains_and_captions(captioning: tuple[str, object], bundle: Bundle) -> None:
+    image = image_ids(bundle)[0]
+    with ClipSearchClient(captioning[0], timeout=60) as client:
+        labels = client.classify(image, LABELS)
+        assert sum(label.probability for label in labels) == pytest.approx(1.0)
+        assert [label.label for label in client.classify(image_bytes(noise_image(3)), LABELS, multi_label=True)]
+        found = client.search([Query(text="a photo"), Query(item_id=image, weight=0.5)], k=3, explain=True)
+        assert all(sum(hit.shares or []) == pytest.approx(hit.score, abs=1e-5) for hit in found.results)
+        heatmap = client.explain([Query(text="a photo")], [image])[0]
+        assert heatmap.grid.shape == (4, 4) and heatmap.overlay_png is not None
+        assert isinstance(client.caption(image), str)
+        with pytest.raises(ClipSearchAPIError) as refused:
+            client.classify(image, [])
+        assert refused.value.field == "labels"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -86,6 +87,37 @@ def test_an_image_query_can_be_refined_with_weighted_text(page: Any, corpus_dir:
     assert [sorted(term) for term in body["queries"]] == [["image_b64", "weight"], ["text", "weight"]]
     assert body["queries"][1] == {"text": "at night", "weight": 0.5}
     sync_api.expect(status(page)).to_contain_text("results in")
+
+
+def test_why_shows_a_heatmap_over_the_result(page: Any) -> None:
+    page.fill("#query-text", "a photo of noise")
+    page.press("#query-text", "Enter")
+    sync_api.expect(status(page)).to_contain_text("results in")
+    card = page.locator(".card").first
+    card.locator("button.why").click()
+    overlay = card.locator(".explanation img")
+    sync_api.expect(overlay).to_have_attribute("src", re.compile(r"^data:image/png;base64,"))
+    page.wait_for_function("document.querySelector('.explanation img').naturalWidth >= 224")
+    sync_api.expect(card.locator("button.why")).to_have_attribute("aria-expanded", "true")
+    card.locator("button.why").click()
+    sync_api.expect(card.locator(".explanation")).to_have_count(0)
+
+
+def test_a_refined_image_query_shows_each_parts_share_of_the_score(page: Any, corpus_dir: Path) -> None:
+    page.set_input_files("#query-file", str(corpus_dir / "images" / "picture_002.png"))
+    sync_api.expect(status(page)).to_contain_text("results in")
+    page.fill("#query-text", "at night")
+    page.press("#query-text", "Enter")
+    sync_api.expect(page.locator(".card").first.locator(".shares")).to_contain_text("image ")
+    sync_api.expect(page.locator(".card").first.locator(".shares")).to_contain_text("“at night”")
+
+
+def test_typed_labels_show_on_each_image_result(page: Any) -> None:
+    page.fill("#labels", "noise, a cat")
+    page.fill("#query-text", "a photo of noise")
+    page.press("#query-text", "Enter")
+    sync_api.expect(status(page)).to_contain_text("results in")
+    sync_api.expect(page.locator(".card").first.locator(".labels")).to_contain_text("%")
 
 
 def test_texts_can_be_found_instead_of_images(page: Any) -> None:
