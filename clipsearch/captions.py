@@ -113,6 +113,18 @@ def decode_caption(tokens: torch.Tensor) -> str:
     return " ".join(text.split())
 
 
+def _initialise_decoder_projection(model: Any) -> None:
+    """Give random-weight CoCa models a seeded text-decoder projection.
+
+    open_clip allocates it with torch.empty and leaves it to pretrained weights to fill, so without
+    them it holds whatever memory it got: captions would differ run to run, or come out NaN.
+    """
+    projection = getattr(getattr(model, "text_decoder", None), "text_projection", None)
+    if isinstance(projection, torch.nn.Parameter):
+        with torch.no_grad():
+            torch.nn.init.normal_(projection, std=projection.shape[0] ** -0.5)
+
+
 def load_captioner(config: CaptionConfig) -> Captioner:
     """Load the caption model; ModelLoadError names what is wrong (the extra, the model, the file)."""
     config.check()
@@ -138,6 +150,8 @@ def load_captioner(config: CaptionConfig) -> Captioner:
             torch.manual_seed(RANDOM_WEIGHTS_SEED)
             model = open_clip.create_model(config.model, pretrained=weights, device=device,
                                            precision="fp16" if device.type == "cuda" else "fp32")
+            if weights is None:
+                _initialise_decoder_projection(model)
     except Exception as error:  # open_clip raises many kinds (RuntimeError, HTTP errors, KeyError)
         raise ModelLoadError(f"cannot load {ref.describe()}: {error}", "caption_model") from error
     model.eval()
@@ -148,15 +162,19 @@ def load_captioner(config: CaptionConfig) -> Captioner:
 class CaptionService:
     """Captions for the server: the model loads on the first request, and runs in its own batcher.
 
+    The first request starts loading the model in a background thread and waits for it up to the
+    timeout; a request that finds it still loading (a large download) is answered ServiceBusy, to
+    retry. A load that failed is tried again by the next request: settings that can never work (no
+    transformers, not a CoCa model) fail at once, before any download, and a network failure may pass.
     Generation is slow (a forward pass per token), so it has its own thread and queue: it never
-    holds up the search model's batchers. A failed load is remembered and reported to every later
-    request, so a missing extra does not cost a load attempt per request.
+    holds up the search model's batchers.
     """
 
     def __init__(self, config: CaptionConfig, max_batch: int = 8, timeout_s: float = 120.0) -> None:
         self.config, self.max_batch, self.timeout_s = config, max_batch, timeout_s
         self._captioner: Captioner | None = None
         self._batcher: MicroBatcher[torch.Tensor, str] | None = None
+        self._loading: threading.Thread | None = None
         self._failure: ModelLoadError | None = None
         self._lock = threading.Lock()
 
@@ -167,17 +185,27 @@ class CaptionService:
     def captioner(self) -> Captioner:
         """The loaded captioner, loading it first if this is the first request."""
         with self._lock:
-            if self._failure is not None:
-                raise self._failure
-            if self._captioner is None:
-                try:
-                    captioner = load_captioner(self.config)
-                except ModelLoadError as error:
-                    self._failure = error
-                    raise
-                self._batcher = MicroBatcher(captioner.caption_stacked, self.max_batch, name="caption")
-                self._captioner = captioner
-            return self._captioner
+            if self._captioner is None and (self._loading is None or not self._loading.is_alive()):
+                self._failure = None
+                self._loading = threading.Thread(target=self._load, name="load-captions", daemon=True)
+                self._loading.start()
+            loading = self._loading
+        if loading is not None:
+            loading.join(timeout=self.timeout_s)
+        if self._failure is not None:
+            raise self._failure
+        if self._captioner is None:
+            raise ServiceBusy(f"the caption model {self.config.model} is still loading; try again shortly")
+        return self._captioner
+
+    def _load(self) -> None:
+        try:
+            captioner = load_captioner(self.config)
+        except ModelLoadError as error:
+            self._failure = error
+            return
+        self._batcher = MicroBatcher(captioner.caption_stacked, self.max_batch, name="caption")
+        self._captioner = captioner
 
     def caption(self, images: Sequence[Image.Image]) -> list[str]:
         captioner = self.captioner()

@@ -7,10 +7,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from clipsearch import index as faiss_index
 from clipsearch.bundle import Bundle
-from clipsearch.errors import InvalidQuery, ItemNotFound
+from clipsearch.errors import ImageDecodeError, InvalidQuery, ItemNotFound
+from clipsearch.images import DEFAULT_MAX_PIXELS, read_image_file
 from clipsearch.item_store import Item
 from clipsearch.modality import Modality
 from clipsearch.topk import TopK
@@ -60,6 +62,14 @@ class Collection:
         if path.resolve() != path:
             raise ItemNotFound(item_id, field, "its recorded path now passes through a symbolic link; not served")
         return path
+
+    def read_image(self, item_id: int, field: str = "id", max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+        """An image item's picture, decoded; a file that no longer decodes is an item gone, naming `field`."""
+        path = self.image_path(item_id, field)
+        try:
+            return read_image_file(path, max_pixels)
+        except ImageDecodeError as error:
+            raise ItemNotFound(item_id, field, f"its image file no longer decodes ({error.reason})") from error
 
     def hits(self, found: list[TopK]) -> list[list[Hit]]:
         """One-row search results as hits: ids resolved to items (no result, id -1, is left out)."""

@@ -24,7 +24,6 @@ from clipsearch.bundle import Bundle
 from clipsearch.collection import Collection, Hit
 from clipsearch.encoder import ClipEncoder
 from clipsearch.errors import InvalidQuery, ModalityUnavailable, ServiceBusy
-from clipsearch.images import read_image_file
 from clipsearch.modality import Modality
 from clipsearch.pipeline import Batching, Embedded, Pending, QueryPipeline
 from clipsearch.query import (
@@ -185,8 +184,8 @@ class SearchService:
             raise InvalidQuery(field, f"at most {self.limits.max_explained} items, got {len(item_ids)}")
         if self._patches is None:
             self._patches = explain.PatchFeatures(self.encoder.model)
-        views = [self.encoder.prepare_image(read_image_file(self.collection.image_path(item_id, f"{field}[{number}]"),
-                                                            self.limits.max_pixels))
+        views = [self.encoder.prepare_image(self.collection.read_image(item_id, f"{field}[{number}]",
+                                                                       self.limits.max_pixels))
                  for number, item_id in enumerate(item_ids)]
         futures = [self._heatmaps.submit((view, query.vector)) for view in views]
         grids = [self._wait(future, "the model") for future in futures]

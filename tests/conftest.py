@@ -16,6 +16,9 @@ from tests.corpora import make_image_corpus, make_text_corpus, tiny_config
 # (with the [onnx] extra installed, 'auto' would pick ONNX Runtime). tests/test_onnx_backend.py and
 # the tests that name a backend cover ONNX Runtime.
 os.environ["CLIPSEARCH_BACKEND"] = "torch"
+# Servers the tests start caption with the tiny offline CoCa: tests never download weights.
+os.environ.update(CLIPSEARCH_CAPTION_MODEL="tiny-coca", CLIPSEARCH_CAPTION_PRETRAINED="",
+                  CLIPSEARCH_CAPTION_GENERATION="top_k")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -82,3 +82,9 @@ def test_smoke_the_encode_bench_times_each_backend_against_pytorch_and_finds_the
         image = figures[f"image tower, {backend}"]
         assert image["batch"] == 2 and image["min_cosine"] > 0.99999
         assert image["speedup"] == pytest.approx(image["torch_ms"] / image["ms"], rel=1e-2)
+
+
+def test_smoke_the_explain_bench_scores_both_patch_feature_methods_on_every_colour_pair() -> None:
+    figures = run_bench("bench.explain", "--scenes", "150", "--epochs", "1", "--repeats", "2")
+    assert figures["localisation"]["pairs"] == 15 and 0 <= figures["localisation"]["localised"] <= 15
+    assert figures["cost"]["heatmap_ms"] > 0 and figures["cost"]["batch"] == 15

@@ -90,3 +90,20 @@ def test_a_caption_model_changes_the_corpus_fingerprint(tmp_path: Path) -> None:
     plain, captioned = tiny_config(tmp_path / "b", images=images), tiny_config(tmp_path / "b", images=images,
                                                                                caption=TINY)
     assert corpus_fingerprint(plain, {}) != corpus_fingerprint(captioned, {})
+
+
+@pytest.mark.gpu
+def test_on_a_gpu_captions_are_generated_in_fp16() -> None:
+    gpu = load_captioner(CaptionConfig(model=OFFLINE_CAPTION_MODEL, pretrained=None, device="cuda",
+                                       generation="beam_search", max_tokens=10))
+    assert next(gpu.model.parameters()).dtype == torch.float16
+    texts = gpu.caption_images([noise_image(seed) for seed in range(4)])
+    assert len(texts) == 4 and all(isinstance(text, str) for text in texts)
+
+
+def test_random_weights_follow_from_the_seed_whatever_memory_held_before() -> None:
+    first = load_captioner(TINY).model.text_decoder.text_projection.detach().clone()
+    garbage = [torch.full((512, 512), float("nan")) for _ in range(50)]  # what torch.empty may hand out next
+    del garbage
+    second = load_captioner(TINY).model.text_decoder.text_projection.detach()
+    assert torch.equal(first, second) and torch.isfinite(second).all()

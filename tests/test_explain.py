@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from clipsearch.bundle import Bundle
+from clipsearch.build import build
+from clipsearch.bundle import Bundle, load_bundle
 from clipsearch.encoder import OFFLINE_MODEL, ClipEncoder, load_encoder
-from clipsearch.errors import InvalidQuery
+from clipsearch.errors import InvalidQuery, ItemNotFound
 from clipsearch.evaluate import read_pairs
 from clipsearch.explain import RAW_TOKENS, VALUE_PATH, PatchFeatures, overlay_png, similarity_grids, term_shares
 from clipsearch.finetune import FinetuneConfig, finetune
@@ -20,6 +22,7 @@ from clipsearch.modality import Modality
 from clipsearch.query import ItemTerm, QueryLimits, TextTerm, WeightedPart
 from clipsearch.search import SearchService
 from indexer.shapes import COLOURS, write_shapes_corpus
+from tests.corpora import make_image_corpus, tiny_config
 from tests.reference import stored_vectors
 
 COLOUR_TRAINING = FinetuneConfig(epochs=40, batch_size=32, learning_rate=2e-3, warmup_steps=20, held_out=100,
@@ -106,6 +109,21 @@ def test_explaining_too_many_items_or_a_text_item_is_refused(service: SearchServ
     assert refused.value.field == "item_ids[0]"
 
 
+def test_an_image_file_that_no_longer_decodes_is_an_item_gone(encoder: ClipEncoder, tmp_path: Path) -> None:
+    images = make_image_corpus(tmp_path / "images", 2)
+    build(tiny_config(tmp_path / "bundle", images=images))
+    bundle = load_bundle(tmp_path / "bundle")
+    service = SearchService(encoder, bundle)
+    try:
+        Path(bundle.items.get(0).uri).write_bytes(b"overwritten since")  # type: ignore[union-attr]
+        with pytest.raises(ItemNotFound, match="no longer decodes") as gone:
+            service.heatmaps(service.embed_terms([TextTerm("a photo")]), [1, 0])
+        assert gone.value.field == "item_ids[1]"
+    finally:
+        service.close()
+        bundle.close()
+
+
 def test_heatmaps_batch_patch_features_like_one_image_at_a_time(encoder: ClipEncoder) -> None:
     patches = PatchFeatures(encoder.model)
     views = torch.stack([encoder.prepare_image(halves("red", "blue")), encoder.prepare_image(halves("green", "red"))])
@@ -138,3 +156,14 @@ def test_raw_tokens_remain_available_for_comparison(encoder: ClipEncoder) -> Non
     raw = patches(encoder.model_input(encoder.prepare_image(halves("red", "blue"))[None]), RAW_TOKENS)
     assert raw.shape == (1, 4, 4, encoder.embedding_dim)
     assert torch.allclose(raw.norm(dim=-1), torch.ones(1, 4, 4), atol=1e-5)
+
+
+@pytest.mark.gpu
+def test_on_a_gpu_heatmaps_match_the_cpus_within_fp16(encoder: ClipEncoder) -> None:
+    gpu = load_encoder(OFFLINE_MODEL, pretrained=None, device="cuda")
+    gpu.enable_cuda_graphs(8)  # eager heatmaps must still work beside captured towers
+    view = encoder.prepare_image(halves("red", "blue"))[None]
+    query = encoder.encode_texts(["red"])[0]
+    on_cpu = similarity_grids(PatchFeatures(encoder.model)(encoder.model_input(view)), query)
+    on_gpu = similarity_grids(PatchFeatures(gpu.model)(gpu.model_input(view)), query)
+    assert np.allclose(on_cpu, on_gpu, atol=2e-2)

@@ -11,7 +11,6 @@ from app.deps import ServiceDep, StateDep
 from app.routes.search import ERRORS
 from app.schemas import CaptionRequest, CaptionResponse
 from app.state import ServiceState
-from clipsearch.images import read_image_file
 
 router = APIRouter(prefix="/caption", tags=["caption"])
 
@@ -35,7 +34,7 @@ def caption(request: CaptionRequest, service: ServiceDep, state: StateDep) -> Ca
     data = request.image_bytes
     if data is None:
         assert request.item_id is not None
-        image = read_image_file(service.collection.image_path(request.item_id, "item_id"), limits.max_pixels)
+        image = service.collection.read_image(request.item_id, "item_id", limits.max_pixels)
     else:
         image = service.uploads.image(data, "image_b64")
     return _respond(state, image, started)
