@@ -9,8 +9,8 @@
   gradient accumulation, mixed precision on CUDA, one seed for the split, the order and the
   captions drawn.
 - A held-out split of the images is evaluated (clipsearch.evaluate) before training and after
-  each epoch; the weights of the best epoch by text→image R@5 are kept, and training stops after
-  `patience` epochs without improvement, or when `max_minutes` have passed.
+  each epoch; the weights of the best epoch by text→image R@5 (ties broken by mean rank) are kept,
+  and training stops after `patience` epochs without improvement, or when `max_minutes` have passed.
 
 Each epoch draws one of each image's captions, so a batch never holds the same image twice (a
 second copy would be a false negative for the contrastive loss).
@@ -40,7 +40,7 @@ from clipsearch.images import DEFAULT_MAX_PIXELS
 from clipsearch.loading import LoadedBatch, image_batches
 
 LOSSES = ("contrastive", "triplet")
-SELECTION_METRIC = "text_to_image R@5"
+SELECTION_METRIC = "text_to_image R@5 (ties: lower mean rank)"
 PIXEL_CACHE_BYTES = 1 << 30
 """Training images are decoded once and kept in memory when they fit in this; else every epoch
 decodes them again in the worker processes."""
@@ -125,7 +125,7 @@ def finetune(encoder: ClipEncoder, corpus: PairedCorpus, config: FinetuneConfig,
                             train_images=len(train.images), held_out_images=len(held.images))
     pixels, captions_of = _training_data(encoder, train, config)
     best_state = copy.deepcopy(model.state_dict())
-    best = scores.text_to_image[5]
+    best = _selection_key(scores)
     started = time.monotonic()
     deadline = started + config.max_minutes * 60 if config.max_minutes is not None else math.inf
     optimizer, schedule = _optimizer(model, config, steps_per_epoch=len(captions_of) // config.batch_size)
@@ -171,8 +171,8 @@ def finetune(encoder: ClipEncoder, corpus: PairedCorpus, config: FinetuneConfig,
         result.epochs.append(record)
         if on_epoch is not None:
             on_epoch(record)
-        if scores.text_to_image[5] > best:
-            best, since_best, result.best_epoch, result.after = scores.text_to_image[5], 0, epoch, scores
+        if _selection_key(scores) > best:
+            best, since_best, result.best_epoch, result.after = _selection_key(scores), 0, epoch, scores
             best_state = copy.deepcopy(model.state_dict())
         else:
             since_best += 1
@@ -208,6 +208,13 @@ def _check(encoder: ClipEncoder, config: FinetuneConfig) -> None:
         raise FinetuneError("a batch needs at least 2 pairs: the other pairs are the negatives", "batch_size")
     if not hasattr(encoder.model, "lock_image_tower"):
         raise FinetuneError(f"{type(encoder.model).__name__} is not a dual-tower open_clip model", "model")
+
+
+def _selection_key(scores: RetrievalScores) -> tuple[float, float]:
+    """Higher is better: R@5, then the mean rank, which keeps improving after R@5 saturates at 1 (a
+    small held-out set reaches it early, and the epochs after it still learn)."""
+    mean_rank = scores.text_to_image_mean_rank
+    return scores.text_to_image[5], -mean_rank if mean_rank is not None else -math.inf
 
 
 def _held_out_scores(encoder: ClipEncoder, held: PairedCorpus, config: FinetuneConfig) -> RetrievalScores:

@@ -147,7 +147,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     tuning.add_argument("--held-out", type=float, default=TUNING.held_out,
                         help="images kept out for evaluation: a share below 1, or a count")
     tuning.add_argument("--patience", type=_positive_int, default=TUNING.patience,
-                        help="epochs without a better held-out text→image R@5 before stopping")
+                        help="epochs without a better held-out text→image R@5 (or, at equal R@5, mean rank) before "
+                             "stopping")
     tuning.add_argument("--max-minutes", type=float, default=None, help="stop training after this long")
     tuning.add_argument("--seed", type=int, default=TUNING.seed, help="the split, the order and the captions drawn")
     tuning.add_argument("--workers", type=_non_negative_int, default=TUNING.workers,

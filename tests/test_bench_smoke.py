@@ -88,3 +88,12 @@ def test_smoke_the_explain_bench_scores_both_patch_feature_methods_on_every_colo
     figures = run_bench("bench.explain", "--scenes", "150", "--epochs", "1", "--repeats", "2")
     assert figures["localisation"]["pairs"] == 15 and 0 <= figures["localisation"]["localised"] <= 15
     assert figures["cost"]["heatmap_ms"] > 0 and figures["cost"]["batch"] == 15
+
+
+def test_smoke_the_demo_queries_bench_scores_all_ninety_queries(tmp_path: Path) -> None:
+    from indexer.shapes import write_shapes_corpus
+
+    write_shapes_corpus(tmp_path, count=40, seed=1)
+    figure = run_bench("bench.demo_queries", "--images", str(tmp_path / "images"))["demo queries"]
+    assert figure["queries"] == 90 and figure["scenes"] == 40
+    assert 0 <= figure["colour_shape_and_position"] <= figure["colour_and_shape"] <= 1

@@ -73,7 +73,11 @@ def test_a_short_run_beats_the_untrained_model_on_held_out_images(tuned: tuple[C
     assert result.after.text_to_image[10] > result.before.text_to_image[10]
     assert result.best_epoch >= 1 and len(result.epochs) == SHORT_RUN.epochs
     best = result.epochs[result.best_epoch - 1]
-    assert best.scores["text_to_image"]["R@5"] == max(epoch.scores["text_to_image"]["R@5"] for epoch in result.epochs)
+    top = max(epoch.scores["text_to_image"]["R@5"] for epoch in result.epochs)
+    assert best.scores["text_to_image"]["R@5"] == top
+    tied = [epoch.scores["text_to_image_mean_rank"] for epoch in result.epochs
+            if epoch.scores["text_to_image"]["R@5"] == top]
+    assert best.scores["text_to_image_mean_rank"] == min(tied), "equal R@5: the lower mean rank wins"
     assert result.after.as_dict() == best.scores, "the weights kept are the best epoch's"
 
 
