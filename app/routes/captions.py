@@ -27,7 +27,8 @@ def _respond(state: ServiceState, image: Image.Image, started: float) -> Caption
 def caption(request: CaptionRequest, service: ServiceDep, state: StateDep) -> CaptionResponse:
     """A generated caption for an image (`image_b64`, or an image item's `item_id`).
 
-    The caption model loads on the first request, which waits for it.
+    The caption model loads on the first request, which waits for it up to the caption timeout; a
+    request that finds it still loading (a first download) is answered 503, to retry.
     """
     started = time.perf_counter()
     limits = service.limits
