@@ -9,10 +9,12 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from clipsearch.collection import Hit
+from clipsearch.dedup import DEFAULT_THRESHOLD as DEFAULT_DEDUP_THRESHOLD
+from clipsearch.filters import parse_filter
 from clipsearch.index import IndexSpec
 from clipsearch.item_store import Item
 from clipsearch.modality import Modality
-from clipsearch.query import ImageTerm, ItemTerm, Term, TextTerm
+from clipsearch.query import ImageTerm, ItemTerm, ResultOptions, Term, TextTerm
 
 MAX_ITEM_ID = 2**63 - 1  # ids are SQLite / FAISS int64
 MAX_ABS_WEIGHT = 1000.0
@@ -27,9 +29,39 @@ def _decodable_base64(value: str | None) -> str | None:
     return value
 
 
-class TextSearchRequest(BaseModel):
+class ResultOptionsModel(BaseModel):
+    """Which results come back: filtered, paged, near-duplicates collapsed (every search takes these)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    filter: dict[str, Any] | None = Field(None, description=(
+        "Only items passing this filter, in Qdrant's style: a condition {'key', 'match' | 'range' | 'exists'} "
+        "or clauses {'must', 'should', 'must_not'} of them. Keys: id, modality, uri, caption, text, or any "
+        "metadata key (dots go into nested objects; 'metadata.NAME' always means metadata)."),
+        examples=[{"must": [{"key": "album", "match": {"value": "Paris"}}, {"key": "year", "range": {"gte": 2020}}]}])
+    offset: int = Field(0, ge=0, description="Skip this many results first (up to the server's max_offset): "
+                                             "the next page starts at offset + k.")
+    dedup: bool | float | None = Field(None, description=(
+        "Collapse near-duplicates into the best-ranked of each group: true for a cosine of "
+        f"{DEFAULT_DEDUP_THRESHOLD} or more, or a threshold in (0, 1]. Each result lists the ids it absorbed "
+        "in `duplicates`."))
+
+    def options(self) -> ResultOptions:
+        return result_options(self.filter, self.offset, self.dedup)
+
+
+def result_options(filter: Any, offset: int, dedup: bool | float | None) -> ResultOptions:
+    """ResultOptions from the API's fields; a bad filter raises InvalidQuery naming its path."""
+    threshold = DEFAULT_DEDUP_THRESHOLD if dedup is True else None if dedup is False else dedup
+    return ResultOptions(filter=None if filter is None else parse_filter(filter, "filter"), offset=offset,
+                         dedup=threshold)
+
+
+class TextSearchRequest(ResultOptionsModel):
     model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={
-        "examples": [{"text": "a dog running on the beach", "target": "image", "k": 10}]})
+        "examples": [{"text": "a dog running on the beach", "target": "image", "k": 10},
+                     {"text": "a dog", "k": 10, "filter": {"key": "album", "match": {"value": "Paris"}},
+                      "dedup": True, "offset": 10}]})
 
     text: str = Field(description="What to look for; longer than the model's context is truncated.")
     # Strict models refuse true for 1 and "3" for 3; the enum still has to be read from its JSON string.
@@ -69,7 +101,7 @@ class QueryTermModel(BaseModel):
         return ItemTerm(self.item_id, self.weight)
 
 
-class ComposedSearchRequest(BaseModel):
+class ComposedSearchRequest(ResultOptionsModel):
     model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"examples": [{
         "queries": [{"item_id": 42, "weight": 1.0}, {"text": "at night", "weight": 0.8},
                     {"text": "people", "weight": -0.5}],
@@ -190,10 +222,13 @@ class HitModel(BaseModel):
     metadata: dict[str, Any] = Field(default_factory=dict)
     shares: list[float] | None = Field(None, description="With `explain`: each query term's share of the score, "
                                                          "in the order of `queries`; they add up to the score.")
+    duplicates: list[int] | None = Field(None, description="With `dedup`: ids of the lower-ranked near-duplicates "
+                                                           "collapsed into this result.")
 
     @classmethod
-    def of(cls, hit: Hit, shares: list[float] | None = None) -> HitModel:
-        return cls(score=hit.score, shares=shares, **ItemModel.of(hit.item).model_dump())
+    def of(cls, hit: Hit, shares: list[float] | None = None, deduplicated: bool = False) -> HitModel:
+        return cls(score=hit.score, shares=shares, duplicates=list(hit.duplicates) if deduplicated else None,
+                   **ItemModel.of(hit.item).model_dump())
 
 
 class ItemModel(BaseModel):
@@ -213,6 +248,9 @@ class ItemModel(BaseModel):
 
 class SearchResponse(BaseModel):
     results: list[HitModel]
+    matched: int = Field(description="How many items of the target passed the filter (all of them without one). "
+                                     "Fewer results than k means fewer remain past the offset.")
+    more: bool = Field(description="Whether results go on past this page (ask again with offset + k).")
     took_ms: float
     truncated: list[str] = Field(default_factory=list,
                                  description="Query fields whose text was longer than the model's context "

@@ -34,6 +34,10 @@ class Settings(BaseSettings):
     max_labels: int = Field(_LIMITS.max_labels, ge=1, description="Most labels one /classify request may score.")
     max_templates: int = Field(_LIMITS.max_templates, ge=1, description="Most prompt templates per /classify "
                                                                         "request.")
+    max_offset: int = Field(_LIMITS.max_offset, ge=0, le=100_000, description="Deepest page a search may ask for "
+                            "(offset); results up to offset + k are fetched for it.")
+    filter_cache_size: int = Field(64, ge=1, description="Filters whose matching items are kept, per worker (least "
+                                   "recently used dropped first).")
     max_explained: int = Field(_LIMITS.max_explained, ge=1, description="Most items one /explain request may "
                                                                         "explain.")
     caption_model: str = Field(DEFAULT_CAPTION_MODEL, description="The open_clip CoCa model /caption uses; loaded "
@@ -115,7 +119,8 @@ class Settings(BaseSettings):
         return QueryLimits(max_k=self.max_k, max_terms=self.max_query_terms, max_text_chars=self.max_text_chars,
                            max_pixels=self.max_pixels, decode_timeout_s=self.decode_timeout_s,
                            encode_timeout_s=self.encode_timeout_s, max_labels=self.max_labels,
-                           max_templates=self.max_templates, max_explained=self.max_explained)
+                           max_templates=self.max_templates, max_explained=self.max_explained,
+                           max_offset=self.max_offset)
 
     @property
     def captions(self) -> CaptionConfig:

@@ -54,7 +54,8 @@ class ServiceState:
             if settings.cuda_graphs:
                 encoder.enable_cuda_graphs(settings.max_batch)
             use_gpu = encoder.device.type == "cuda" and faiss_index.gpu_available()
-            service = SearchService(encoder, bundle, settings.limits, use_gpu=use_gpu, batching=settings.batching)
+            service = SearchService(encoder, bundle, settings.limits, use_gpu=use_gpu, batching=settings.batching,
+                                    filter_cache_size=settings.filter_cache_size)
             service.warm_up()
             with self._lock:
                 if self._closed:  # the server stopped while this was loading

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import base64
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,8 @@ class SearchHit:
     metadata: dict[str, Any] = field(default_factory=dict)
     shares: list[float] | None = None
     """With explain=True: each query term's share of the score, in the order of the terms."""
+    duplicates: list[int] | None = None
+    """With dedup: ids of the lower-ranked near-duplicates collapsed into this hit."""
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,10 @@ class SearchResult:
     results: list[SearchHit]
     took_ms: float
     truncated: list[str]
+    matched: int = 0
+    """Items of the target that passed the filter (all of them without one)."""
+    more: bool = False
+    """Whether results go on past this page: ask again with offset + k."""
 
     @property
     def ids(self) -> list[int]:
@@ -108,18 +115,33 @@ class ClipSearchClient:
     def close(self) -> None:
         self._http.close()
 
-    def search_text(self, text: str, target: Modality | str = Modality.IMAGE, k: int = 10) -> SearchResult:
-        return _search_result(self._post("/search/text", json={"text": text, "target": str(target), "k": k}))
+    def search_text(self, text: str, target: Modality | str = Modality.IMAGE, k: int = 10, *,
+                    filter: dict[str, Any] | None = None, offset: int = 0,
+                    dedup: bool | float | None = None) -> SearchResult:
+        """Search with a text. `filter` is the server's filter JSON (e.g. {"key": "album", "match":
+        {"value": "Paris"}}), `offset` skips that many results, `dedup` collapses near-duplicates."""
+        body = {"text": text, "target": str(target), "k": k, **_options(filter, offset, dedup)}
+        return _search_result(self._post("/search/text", json=body))
 
-    def search_image(self, image: ImageInput, target: Modality | str = Modality.IMAGE, k: int = 10) -> SearchResult:
-        """Search with an image file's path or its bytes."""
+    def search_image(self, image: ImageInput, target: Modality | str = Modality.IMAGE, k: int = 10, *,
+                     filter: dict[str, Any] | None = None, offset: int = 0,
+                     dedup: bool | float | None = None) -> SearchResult:
+        """Search with an image file's path or its bytes; options as in search_text."""
         files = {"file": ("query", _image_bytes(image), "application/octet-stream")}
-        return _search_result(self._post("/search/image", files=files, data={"target": str(target), "k": str(k)}))
+        form = {"target": str(target), "k": str(k), "offset": str(offset)}
+        if filter is not None:
+            form["filter"] = json.dumps(filter)
+        if dedup is not None:
+            form["dedup"] = str(dedup).lower()
+        return _search_result(self._post("/search/image", files=files, data=form))
 
     def search(self, queries: list[Query], target: Modality | str = Modality.IMAGE, k: int = 10,
-               explain: bool = False) -> SearchResult:
-        """A composed query: the weighted sum of the terms' embeddings; `explain` fills each hit's `shares`."""
-        body = {"queries": [query.to_json() for query in queries], "target": str(target), "k": k, "explain": explain}
+               explain: bool = False, *, filter: dict[str, Any] | None = None, offset: int = 0,
+               dedup: bool | float | None = None) -> SearchResult:
+        """A composed query: the weighted sum of the terms' embeddings; `explain` fills each hit's
+        `shares`; options as in search_text."""
+        body = {"queries": [query.to_json() for query in queries], "target": str(target), "k": k, "explain": explain,
+                **_options(filter, offset, dedup)}
         return _search_result(self._post("/search", json=body))
 
     def classify(self, image: ImageInput | int, labels: list[str], templates: list[str] | None = None,
@@ -163,6 +185,11 @@ class ClipSearchClient:
         return _json_or_raise(self._http.post(path, **request))
 
 
+def _options(filter: dict[str, Any] | None, offset: int, dedup: bool | float | None) -> dict[str, Any]:
+    given = {"filter": filter, "offset": offset or None, "dedup": dedup}
+    return {name: value for name, value in given.items() if value is not None}
+
+
 def _image_source(image: ImageInput | int) -> dict[str, Any]:
     if isinstance(image, int):
         return {"item_id": image}
@@ -183,6 +210,7 @@ def _json_or_raise(response: httpx.Response) -> dict[str, Any]:
 def _search_result(body: dict[str, Any]) -> SearchResult:
     hits = [SearchHit(id=hit["id"], score=hit["score"], modality=Modality(hit["modality"]), uri=hit["uri"],
                       caption=hit.get("caption"), text=hit.get("text"), metadata=hit.get("metadata") or {},
-                      shares=hit.get("shares"))
+                      shares=hit.get("shares"), duplicates=hit.get("duplicates"))
             for hit in body["results"]]
-    return SearchResult(results=hits, took_ms=body["took_ms"], truncated=body.get("truncated", []))
+    return SearchResult(results=hits, took_ms=body["took_ms"], truncated=body.get("truncated", []),
+                        matched=body.get("matched", 0), more=body.get("more", False))

@@ -22,6 +22,8 @@ from clipsearch.topk import TopK
 class Hit:
     item: Item
     score: float
+    duplicates: tuple[int, ...] = ()
+    """Ids of lower-ranked near-duplicates collapsed into this hit (with dedup)."""
 
 
 class Collection:
@@ -34,6 +36,14 @@ class Collection:
     def modalities(self) -> set[Modality]:
         """The modalities with at least one item."""
         return {modality for modality, index in self.bundle.indices.items() if index.ntotal > 0}
+
+    def count(self, modality: Modality) -> int:
+        index = self.bundle.indices.get(modality)
+        return 0 if index is None else int(index.ntotal)
+
+    def stored_vectors(self, modality: Modality, item_ids: np.ndarray) -> np.ndarray:
+        """The vectors (float32 (m, d)) the bundle holds for `item_ids` (int64 (m,)), all of `modality`."""
+        return faiss_index.reconstruct_many(self.bundle.indices[modality], item_ids)
 
     def item(self, item_id: int, field: str = "id") -> Item:
         found = self.bundle.items.get(item_id)

@@ -108,13 +108,44 @@ def apply_params(index: faiss.Index, params: dict[str, Any]) -> None:
         ivf.nprobe = int(params["nprobe"])
 
 
-def search(index: faiss.Index, queries: np.ndarray, k: int) -> TopK:
-    """Top-k of each row of `queries` (float32, (n, d)) by inner product, best first."""
+def search(index: faiss.Index, queries: np.ndarray, k: int, selector: Any = None, fraction: float = 1.0) -> TopK:
+    """Top-k of each row of `queries` (float32, (n, d)) by inner product, best first.
+
+    With a `selector` (see `selector`), only the items it selects are returned; `fraction` is the
+    share of the index they make up. An IVF index then probes 1/fraction times as many lists as
+    recorded, so that it visits about as many selected vectors as an unfiltered search visits
+    vectors (and recall stays near what was measured at build time). Rows may end in id -1 when
+    too few selected items were visited.
+    """
     k = min(k, index.ntotal)
     if k == 0:
         return TopK.empty(len(queries))
-    scores, ids = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    if selector is None:
+        scores, ids = index.search(queries, k)
+        return TopK(scores, ids)
+    ivf = _ivf_of(index)
+    if ivf is not None:
+        params: Any = faiss.SearchParametersIVF()
+        params.nprobe = min(ivf.nlist, math.ceil(ivf.nprobe / max(fraction, 1e-9)))
+    else:
+        params = faiss.SearchParameters()
+    params.sel = selector
+    scores, ids = index.search(queries, k, params=params)
     return TopK(scores, ids)
+
+
+def selector(ids: np.ndarray) -> Any:
+    """A FAISS ID selector for `ids` (int64 (m,)); it copies them into a hash set of its own."""
+    ids = np.ascontiguousarray(ids, dtype=np.int64)
+    return faiss.IDSelectorBatch(len(ids), faiss.swig_ptr(ids))
+
+
+def reconstruct_many(index: faiss.Index, ids: np.ndarray) -> np.ndarray:
+    """The stored vectors (float32 (m, d)) of `ids` (int64 (m,)), which must all be in the index."""
+    if len(ids) == 0:
+        return np.zeros((0, index.d), dtype=np.float32)
+    return np.asarray(index.reconstruct_batch(np.ascontiguousarray(ids, dtype=np.int64)), dtype=np.float32)
 
 
 def reconstruct(index: faiss.Index, item_id: int) -> np.ndarray | None:

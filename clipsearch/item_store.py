@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from clipsearch.files import atomic_path
 from clipsearch.modality import Modality
 
@@ -65,6 +67,14 @@ class ItemStore:
             rows = self._connection.execute(f"SELECT {_COLUMNS} FROM items WHERE id IN ({placeholders})",
                                             wanted).fetchall()
         return {row[0]: _item_from_row(row) for row in rows}
+
+    def matching_ids(self, modality: Modality, condition: str = "1", params: Sequence[Any] = ()) -> np.ndarray:
+        """The ids (int64 (n,), ascending) of `modality`'s items where the SQL `condition` holds
+        (clipsearch.filters compiles one)."""
+        with self._lock:
+            cursor = self._connection.execute(
+                f"SELECT id FROM items WHERE modality = ? AND ({condition}) ORDER BY id", (modality.value, *params))
+            return np.fromiter((row[0] for row in cursor), dtype=np.int64)
 
     def __iter__(self) -> Iterator[Item]:
         with self._lock:

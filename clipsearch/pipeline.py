@@ -2,7 +2,7 @@
 
 Texts share one pass of the text tower and images one of the image tower; the queries among them
 that also want a search (a plain text or image search) are searched in that same step, one search
-per target modality, at the largest k asked. Vectors that are already embedded (composed queries)
+per target modality and filter, at the largest k asked. Vectors that are already embedded (composed queries)
 are searched in batches of their own. Each stage is a MicroBatcher with one thread: one forward
 pass per tower at a time (concurrent passes on one device only compete for it, and CUDA graphs
 need it) and one search per index.
@@ -22,7 +22,7 @@ import torch
 from clipsearch.batching import MicroBatcher
 from clipsearch.encoder import ClipEncoder
 from clipsearch.modality import Modality
-from clipsearch.searchers import Searcher
+from clipsearch.searchers import Allowed, Searcher
 from clipsearch.topk import TopK
 
 
@@ -37,11 +37,13 @@ class Batching:
 
 @dataclass(frozen=True)
 class Pending:
-    """A query waiting for its tower's next batch: what to embed and, if `target` is set, where to search it."""
+    """A query waiting for its tower's next batch: what to embed and, if `target` is set, where to
+    search it (among the `allowed` items only, when given)."""
 
     payload: str | torch.Tensor
     target: Modality | None = None
     k: int = 0
+    allowed: Allowed | None = None
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,10 @@ class Embedded:
 class Searched:
     found: TopK
     search_s: float
+
+
+SearchRequest = tuple[np.ndarray, int, Allowed | None]
+"""An embedded vector, its k, and the items it may find (None: all)."""
 
 
 class QueryPipeline:
@@ -78,9 +84,9 @@ class QueryPipeline:
         """Queue a text (TEXT) or prepared pixels (IMAGE) for its tower's next batch."""
         return self._towers[tower].submit(pending)
 
-    def search(self, vector: np.ndarray, target: Modality, k: int) -> Future[Searched]:
-        """Queue an embedded vector (float32 (d,)) for the next search of `target`."""
-        return self._searches[target].submit((vector, k))
+    def search(self, vector: np.ndarray, target: Modality, k: int, allowed: Allowed | None = None) -> Future[Searched]:
+        """Queue an embedded vector (float32 (d,)) for the next search of `target`, among `allowed` if given."""
+        return self._searches[target].submit((vector, k, allowed))
 
     def batch_counts(self) -> dict[str, tuple[int, int]]:
         """(batches, queries) processed so far, by stage ('encode-text', 'encode-image', 'search-image', …)."""
@@ -109,25 +115,42 @@ class QueryPipeline:
         return self._search_embedded(vectors, pending, time.perf_counter() - started)
 
     def _search_embedded(self, vectors: np.ndarray, pending: list[Pending], encode_s: float) -> list[Embedded]:
-        """One search per target for the batch's queries that have one, at the largest k among them."""
+        """One search per target and filter for the batch's queries that have one, at the largest k among them."""
         found: list[TopK | None] = [None] * len(pending)
         started = time.perf_counter()
-        for target in {query.target for query in pending if query.target is not None}:
-            rows = [row for row, query in enumerate(pending) if query.target is target]
-            results = self.searchers[target].search(vectors[rows], max(pending[row].k for row in rows))
+        for (target, _), rows in _groups([(query.target, query.allowed) for query in pending]).items():
+            if target is None:
+                continue
+            results = self.searchers[target].search(vectors[rows], max(pending[row].k for row in rows),
+                                                    pending[rows[0]].allowed)
             for number, row in enumerate(rows):
                 found[row] = results.row(number, pending[row].k)
         search_s = time.perf_counter() - started
         return [Embedded(vector, row_found, encode_s, search_s)
                 for vector, row_found in zip(vectors, found, strict=True)]
 
-    def _search_vectors(self, target: Modality) -> Callable[[list[tuple[np.ndarray, int]]], list[Searched]]:
+    def _search_vectors(self, target: Modality) -> Callable[[list[SearchRequest]], list[Searched]]:
         searcher = self.searchers[target]
 
-        def search_batch(queries: list[tuple[np.ndarray, int]]) -> list[Searched]:
-            # One search at the largest k asked for; each query keeps its own first k.
+        def search_batch(queries: list[SearchRequest]) -> list[Searched]:
+            # One search per filter at the largest k asked for; each query keeps its own first k.
+            found: list[TopK | None] = [None] * len(queries)
             started = time.perf_counter()
-            results = searcher.search(np.stack([vector for vector, _ in queries]), max(k for _, k in queries))
+            for (allowed,), rows in _groups([(allowed,) for _, _, allowed in queries]).items():
+                results = searcher.search(np.stack([queries[row][0] for row in rows]),
+                                          max(queries[row][1] for row in rows), allowed)
+                for number, row in enumerate(rows):
+                    found[row] = results.row(number, queries[row][1])
             search_s = time.perf_counter() - started
-            return [Searched(results.row(row, k), search_s) for row, (_, k) in enumerate(queries)]
+            return [Searched(cast(TopK, row_found), search_s) for row_found in found]
         return search_batch
+
+
+
+
+def _groups(keys: list[tuple[Any, ...]]) -> dict[tuple[Any, ...], list[int]]:
+    """The positions of each distinct key, in first-seen order (Allowed compares by identity)."""
+    grouped: dict[tuple[Any, ...], list[int]] = {}
+    for position, key in enumerate(keys):
+        grouped.setdefault(key, []).append(position)
+    return grouped

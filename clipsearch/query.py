@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from clipsearch.errors import InvalidQuery
+from clipsearch.filters import Filter
 from clipsearch.images import DEFAULT_MAX_PIXELS
 from clipsearch.modality import Modality
 
@@ -27,6 +28,18 @@ class QueryLimits:
     """Most prompt templates per label."""
     max_explained: int = 16
     """Most items one heatmap request may explain."""
+    max_offset: int = 1000
+    """Deepest a search may page: results past offset + k are never fetched."""
+
+
+@dataclass(frozen=True)
+class ResultOptions:
+    """Which of a search's results come back: those passing `filter`, with near-duplicates (cosine
+    ≥ `dedup`) collapsed into the best-ranked of each group, from `offset` on."""
+
+    filter: Filter | None = None
+    offset: int = 0
+    dedup: float | None = None
 
 
 @dataclass(frozen=True)
@@ -92,6 +105,13 @@ def check_text(text: str, field: str, limits: QueryLimits) -> None:
 def check_k(k: int, limits: QueryLimits) -> None:
     if not 1 <= k <= limits.max_k:
         raise InvalidQuery("k", f"must be between 1 and {limits.max_k}, got {k}")
+
+
+def check_options(options: ResultOptions, limits: QueryLimits) -> None:
+    if not 0 <= options.offset <= limits.max_offset:
+        raise InvalidQuery("offset", f"must be between 0 and {limits.max_offset}, got {options.offset}")
+    if options.dedup is not None and not 0 < options.dedup <= 1:
+        raise InvalidQuery("dedup", f"a cosine threshold must be above 0 and at most 1, got {options.dedup}")
 
 
 def check_terms(terms: Sequence[Term], field: str, limits: QueryLimits) -> None:

@@ -8,22 +8,25 @@ Items by id, and the image files that may be served, are the collection's (clips
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TypeVar
 
 import numpy as np
 import torch
 from PIL import Image
 
-from clipsearch import explain
+from clipsearch import dedup, explain
 from clipsearch.batching import MicroBatcher
 from clipsearch.bundle import Bundle
 from clipsearch.collection import Collection, Hit
 from clipsearch.encoder import ClipEncoder
 from clipsearch.errors import InvalidQuery, ModalityUnavailable, ServiceBusy
+from clipsearch.filters import Filter
 from clipsearch.modality import Modality
 from clipsearch.pipeline import Batching, Embedded, Pending, QueryPipeline
 from clipsearch.query import (
@@ -31,15 +34,18 @@ from clipsearch.query import (
     ImageTerm,
     QueryLimits,
     QueryVector,
+    ResultOptions,
     Term,
     TextTerm,
     WeightedPart,
     check_k,
+    check_options,
     check_terms,
     check_text,
     weighted_sum,
 )
-from clipsearch.searchers import searcher_for
+from clipsearch.searchers import Allowed, searcher_for
+from clipsearch.topk import TopK
 from clipsearch.uploads import UploadDecoder
 from clipsearch.zero_shot import LabelScore, ZeroShotClassifier
 
@@ -47,14 +53,25 @@ __all__ = ["Answer", "Hit", "SearchService"]
 
 Result = TypeVar("Result")
 
+NO_OPTIONS = ResultOptions()
+DEDUP_OVERFETCH = 4
+"""With dedup, results are fetched this many times over (and again as often as needed), so that
+k remain after collapsing when they exist."""
+DEDUP_MAX_FETCHED = 4096
+"""Most results one deduplicated search compares (their pairwise cosines take 64 MB)."""
+
 
 @dataclass(frozen=True)
 class Answer:
-    """A query's vector (with the forward passes that made it), its hits, and its batch's search time."""
+    """A query's vector (with the forward passes that made it), its hits, and its batch's search
+    time; how many items of the target passed the filter (all of them without one), and whether
+    results go on past these."""
 
     query: QueryVector
     hits: list[Hit]
     search_s: float
+    matched: int = 0
+    more: bool = False
 
 
 class SearchService:
@@ -66,7 +83,7 @@ class SearchService:
     """
 
     def __init__(self, encoder: ClipEncoder, bundle: Bundle, limits: QueryLimits | None = None,
-                 use_gpu: bool = False, batching: Batching | None = None) -> None:
+                 use_gpu: bool = False, batching: Batching | None = None, filter_cache_size: int = 64) -> None:
         limits, batching = limits or QueryLimits(), batching or Batching()
         self.encoder, self.bundle, self.limits = encoder, bundle, limits
         self.collection = Collection(bundle)
@@ -82,6 +99,11 @@ class SearchService:
         # queues there and never ahead of searches in the model's batchers.
         self._heatmaps: MicroBatcher[tuple[torch.Tensor, np.ndarray], np.ndarray] = MicroBatcher(
             self._heatmap_batch, batching.max_batch, name="explain")
+        # The items each recent filter allows, per target. The bundle never changes under a running
+        # service, so an entry stays right until it is evicted.
+        self._allowed: OrderedDict[tuple[Modality, str], Allowed] = OrderedDict()
+        self._allowed_lock = threading.Lock()
+        self._filter_cache_size = filter_cache_size
 
     @property
     def modalities(self) -> set[Modality]:
@@ -106,17 +128,22 @@ class SearchService:
     def embed_image(self, data: bytes, field: str = "data") -> QueryVector:
         return self._image_vector(self._wait(self._submit_image(self.uploads.decode(data, field)), "the model"))
 
-    def search_text(self, text: str, target: Modality, k: int, field: str = "text") -> Answer:
+    def search_text(self, text: str, target: Modality, k: int, field: str = "text",
+                    options: ResultOptions = NO_OPTIONS) -> Answer:
         """Embed `text` and search `target` for it, both in the batch of the text tower's next pass."""
-        self.check_target(target, k)
-        embedded = self._wait(self._submit_text(text, field, target, k), "the model")
-        return self._answer(self._text_vector(embedded, text, field), embedded)
+        self.check_target(target, k, options)
+        allowed = self.allowed(target, options.filter)
+        embedded = self._wait(self._submit_text(text, field, target, _fetch_size(k, options), allowed), "the model")
+        return self._answer(self._text_vector(embedded, text, field), embedded, target, k, options, allowed)
 
-    def search_image(self, data: bytes, target: Modality, k: int, field: str = "data") -> Answer:
+    def search_image(self, data: bytes, target: Modality, k: int, field: str = "data",
+                     options: ResultOptions = NO_OPTIONS) -> Answer:
         """Decode and embed the image `data` and search `target` for it, batched like search_text."""
-        self.check_target(target, k)
-        embedded = self._wait(self._submit_image(self.uploads.decode(data, field), target, k), "the model")
-        return self._answer(self._image_vector(embedded), embedded)
+        self.check_target(target, k, options)
+        allowed = self.allowed(target, options.filter)
+        pixels = self.uploads.decode(data, field)
+        embedded = self._wait(self._submit_image(pixels, target, _fetch_size(k, options), allowed), "the model")
+        return self._answer(self._image_vector(embedded), embedded, target, k, options, allowed)
 
     def embed_terms(self, terms: Sequence[Term], field: str = "terms") -> QueryVector:
         """The weighted sum of the terms' unit embeddings, renormalised to unit length.
@@ -147,10 +174,30 @@ class SearchService:
         """The k items of `target` modality most similar to `query` (float32 (d,)), best first."""
         return self.search_vector(QueryVector(query), target, k).hits
 
-    def search_vector(self, query: QueryVector, target: Modality, k: int) -> Answer:
-        self.check_target(target, k)
-        searched = self._wait(self.pipeline.search(query.vector, target, k), "the search")
-        return Answer(query, self.collection.hits([searched.found])[0], searched.search_s)
+    def search_vector(self, query: QueryVector, target: Modality, k: int,
+                      options: ResultOptions = NO_OPTIONS) -> Answer:
+        self.check_target(target, k, options)
+        allowed = self.allowed(target, options.filter)
+        searched = self._wait(self.pipeline.search(query.vector, target, _fetch_size(k, options), allowed),
+                              "the search")
+        return self._page(query, searched.found, searched.search_s, target, k, options, allowed)
+
+    def allowed(self, target: Modality, filter: Filter | None) -> Allowed | None:
+        """The `target` items that pass `filter`, prepared for its searcher (None: no filter); cached."""
+        if filter is None:
+            return None
+        key = (target, filter.canonical)
+        with self._allowed_lock:
+            if key in self._allowed:
+                self._allowed.move_to_end(key)
+                return self._allowed[key]
+        ids = self.bundle.items.matching_ids(target, filter.sql, filter.params)
+        made = self.pipeline.searchers[target].allow(ids)
+        with self._allowed_lock:
+            self._allowed[key] = made
+            while len(self._allowed) > self._filter_cache_size:
+                self._allowed.popitem(last=False)
+        return made
 
     def search_many(self, queries: np.ndarray, target: Modality, k: int) -> list[list[Hit]]:
         """Top-k for each row of `queries` (float32 (n, d)); scores are cosine similarities."""
@@ -192,19 +239,22 @@ class SearchService:
         return [explain.Heatmap(grid, view.permute(1, 2, 0).numpy(), self._patches.method)
                 for grid, view in zip(grids, views, strict=True)]
 
-    def check_target(self, target: Modality, k: int) -> None:
-        """Refuse a k out of range or a target modality the bundle lacks, before any work is done."""
+    def check_target(self, target: Modality, k: int, options: ResultOptions = NO_OPTIONS) -> None:
+        """Refuse a k or options out of range or a target modality the bundle lacks, before any work is done."""
         check_k(k, self.limits)
+        check_options(options, self.limits)
         if target not in self.modalities:
             present = ", ".join(sorted(self.modalities)) or "none"
             raise ModalityUnavailable("target", f"the bundle has no {target.value} items (it has: {present})")
 
-    def _submit_text(self, text: str, field: str, target: Modality | None = None, k: int = 0) -> Future[Embedded]:
+    def _submit_text(self, text: str, field: str, target: Modality | None = None, k: int = 0,
+                     allowed: Allowed | None = None) -> Future[Embedded]:
         check_text(text, field, self.limits)
-        return self.pipeline.embed(Modality.TEXT, Pending(text, target, k))
+        return self.pipeline.embed(Modality.TEXT, Pending(text, target, k, allowed))
 
-    def _submit_image(self, pixels: torch.Tensor, target: Modality | None = None, k: int = 0) -> Future[Embedded]:
-        return self.pipeline.embed(Modality.IMAGE, Pending(pixels, target, k))
+    def _submit_image(self, pixels: torch.Tensor, target: Modality | None = None, k: int = 0,
+                      allowed: Allowed | None = None) -> Future[Embedded]:
+        return self.pipeline.embed(Modality.IMAGE, Pending(pixels, target, k, allowed))
 
     def _text_vector(self, embedded: Embedded, text: str, field: str) -> QueryVector:
         truncated = (field,) if self.encoder.is_truncated(text) else ()
@@ -213,9 +263,35 @@ class SearchService:
     def _image_vector(self, embedded: Embedded) -> QueryVector:
         return QueryVector(embedded.vector, (), (Encoding(Modality.IMAGE, embedded.encode_s),))
 
-    def _answer(self, query: QueryVector, embedded: Embedded) -> Answer:
+    def _answer(self, query: QueryVector, embedded: Embedded, target: Modality, k: int, options: ResultOptions,
+                allowed: Allowed | None) -> Answer:
         assert embedded.found is not None  # a target was given
-        return Answer(query, self.collection.hits([embedded.found])[0], embedded.search_s)
+        return self._page(query, embedded.found, embedded.search_s, target, k, options, allowed)
+
+    def _page(self, query: QueryVector, found: TopK, search_s: float, target: Modality, k: int,
+              options: ResultOptions, allowed: Allowed | None) -> Answer:
+        """The k hits after `options.offset` of a search that fetched `found`, duplicates collapsed
+        (searching again, deeper, while too few groups remain and more items exist)."""
+        matched = len(allowed) if allowed is not None else self.collection.count(target)
+        hits = self.collection.hits([found])[0]
+        if options.dedup is not None:
+            wanted, fetched = _fetch_size(k, ResultOptions(offset=options.offset)), found.ids.shape[1]
+            groups = self._collapse(hits, target, options.dedup)
+            # A search that gave fewer hits than it fetched has given every hit it can.
+            while len(groups) < wanted and len(hits) == fetched < min(matched, DEDUP_MAX_FETCHED):
+                fetched = min(matched, DEDUP_MAX_FETCHED, fetched * DEDUP_OVERFETCH)
+                searched = self._wait(self.pipeline.search(query.vector, target, fetched, allowed), "the search")
+                search_s += searched.search_s
+                hits = self.collection.hits([searched.found])[0]
+                groups = self._collapse(hits, target, options.dedup)
+            hits = [replace(hits[group[0]], duplicates=tuple(hits[member].item.id for member in group[1:]))
+                    for group in groups]
+        return Answer(query, hits[options.offset:options.offset + k], search_s, matched,
+                      more=len(hits) > options.offset + k)
+
+    def _collapse(self, hits: list[Hit], target: Modality, threshold: float) -> list[list[int]]:
+        ids = np.array([hit.item.id for hit in hits], dtype=np.int64)
+        return dedup.collapse(self.collection.stored_vectors(target, ids), threshold)
 
     def _embed_prompts(self, prompts: list[str]) -> np.ndarray:
         """Unit embeddings of label prompts, through the text tower's batcher like any query."""
@@ -235,3 +311,10 @@ class SearchService:
             future.cancel()  # still queued: the batcher drops it; already running: it finishes unused
             raise ServiceBusy(f"{waiting_for} did not finish within {self.limits.encode_timeout_s:g} s; "
                               "the server is overloaded, try again") from None
+
+
+def _fetch_size(k: int, options: ResultOptions) -> int:
+    """How many results to fetch for k after `options.offset`: one more than shown, which tells
+    whether a next page exists, and with dedup DEDUP_OVERFETCH times that."""
+    wanted = options.offset + k + 1
+    return max(wanted, min(wanted * DEDUP_OVERFETCH, DEDUP_MAX_FETCHED)) if options.dedup is not None else wanted

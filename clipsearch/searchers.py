@@ -9,49 +9,107 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import faiss
 import numpy as np
 import torch
 
 from clipsearch import index as faiss_index
-from clipsearch.exact import ExactIndex
+from clipsearch.exact import ExactIndex, RowSubset
 from clipsearch.topk import TopK
 
 log = logging.getLogger(__name__)
 
+DIRECT_MAX_IDS = 65_536
+"""A filtered FAISS search over at most this many items (and at most an eighth of the index)
+reads their stored vectors and scores them all: exact, and faster than an IVF scan that skips
+most of what it visits."""
+
+GPU_MAX_K = 2048
+"""Most results a FAISS GPU index returns per query; deeper searches (deduplicated pages) use the CPU copy."""
+
+
+@dataclass(frozen=True, eq=False)
+class Allowed:
+    """The items a filtered search may return (`ids`, int64 (m,), ascending), prepared for one searcher:
+    rows of a resident matrix, or a FAISS ID selector. Made once per filter and reused."""
+
+    ids: np.ndarray
+    rows: RowSubset | None = None
+    selector: Any = None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
 
 class Searcher(Protocol):
-    """Top-k by inner product of each row of `queries` (float32, (n, d)); safe to call from several threads."""
+    """Top-k by inner product of each row of `queries` (float32, (n, d)), among the `allowed` items
+    when given; safe to call from several threads."""
 
-    def search(self, queries: np.ndarray, k: int) -> TopK: ...
+    def allow(self, ids: np.ndarray) -> Allowed: ...
+
+    def search(self, queries: np.ndarray, k: int, allowed: Allowed | None = None) -> TopK: ...
 
 
 class ExactSearcher:
-    """A Flat index held as one matrix on `device` and searched with one GEMM plus top-k."""
+    """A Flat index held as one matrix on `device` and searched with one GEMM plus top-k; a filter
+    becomes a mask over its rows (FAISS's GPU indices ignore ID selectors, so this is ours)."""
 
     def __init__(self, index: ExactIndex) -> None:
         self.index = index
 
-    def search(self, queries: np.ndarray, k: int) -> TopK:
-        return self.index.search(queries, k)
+    def allow(self, ids: np.ndarray) -> Allowed:
+        rows = self.index.subset(ids)
+        return Allowed(self.index.ids_of(rows), rows=rows)
+
+    def search(self, queries: np.ndarray, k: int, allowed: Allowed | None = None) -> TopK:
+        return self.index.search(queries, k, None if allowed is None else allowed.rows)
 
 
 class FaissSearcher:
     """A FAISS index searched by FAISS, one search at a time.
 
     A FAISS GPU index must not be searched from two threads at once (its resources are not
-    thread-safe), and text, image and composed batches search from threads of their own.
+    thread-safe), and text, image and composed batches search from threads of their own. Filtered
+    searches run on `cpu_index` (the same index when it is on the CPU), because FAISS's GPU
+    indices ignore ID selectors.
     """
 
-    def __init__(self, index: faiss.Index) -> None:
+    def __init__(self, index: faiss.Index, cpu_index: faiss.Index | None = None) -> None:
         self.index = index
+        self.cpu_index = index if cpu_index is None else cpu_index
         self._lock = threading.Lock()
 
-    def search(self, queries: np.ndarray, k: int) -> TopK:
+    def allow(self, ids: np.ndarray) -> Allowed:
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        return Allowed(ids, selector=None if self._direct(len(ids)) else faiss_index.selector(ids))
+
+    def search(self, queries: np.ndarray, k: int, allowed: Allowed | None = None) -> TopK:
+        if allowed is None:
+            with self._lock:
+                return faiss_index.search(self.index if k <= GPU_MAX_K else self.cpu_index, queries, k)
+        if allowed.selector is None:
+            return _score_all(faiss_index.reconstruct_many(self.cpu_index, allowed.ids), allowed.ids, queries, k)
         with self._lock:
-            return faiss_index.search(self.index, queries, k)
+            return faiss_index.search(self.cpu_index, queries, k, allowed.selector,
+                                      fraction=len(allowed) / max(1, self.cpu_index.ntotal))
+
+    def _direct(self, count: int) -> bool:
+        return count <= min(DIRECT_MAX_IDS, self.cpu_index.ntotal // 8)
+
+
+def _score_all(vectors: np.ndarray, ids: np.ndarray, queries: np.ndarray, k: int) -> TopK:
+    """Exact top-k of `queries` (n, d) over `vectors` (m, d) keyed by `ids` (m,)."""
+    k = min(k, len(ids))
+    if k == 0:
+        return TopK.empty(len(queries))
+    scores = np.ascontiguousarray(queries, dtype=np.float32) @ vectors.T
+    best = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    order = np.argsort(-np.take_along_axis(scores, best, axis=1), axis=1, kind="stable")
+    best = np.take_along_axis(best, order, axis=1)
+    return TopK(np.take_along_axis(scores, best, axis=1).astype(np.float32), ids[best])
 
 
 def searcher_for(index: faiss.Index, exact: bool, device: torch.device, use_gpu: bool) -> Searcher:
@@ -65,4 +123,4 @@ def searcher_for(index: faiss.Index, exact: bool, device: torch.device, use_gpu:
             log.warning("the exact index (%d vectors) does not fit on %s; searching it with FAISS on the CPU",
                         index.ntotal, device)
             return FaissSearcher(index)
-    return FaissSearcher(faiss_index.to_gpu(index) if use_gpu else index)
+    return FaissSearcher(faiss_index.to_gpu(index), cpu_index=index) if use_gpu else FaissSearcher(index)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from clipsearch.bundle import Bundle
+from clipsearch.item_store import Item
 from clipsearch.modality import Modality
 from clipsearch.topk import TopK
 
@@ -59,3 +62,54 @@ def bundle_contents(bundle: Bundle) -> dict[str, object]:
                for modality in bundle.indices}
     return {"items": [vars(item) for item in bundle.items], "vectors": vectors,
             "modalities": bundle.manifest.modalities, "model": bundle.manifest.model}
+
+
+def filter_matches(raw: dict[str, Any], item: Item) -> bool:
+    """Whether `item` passes the filter `raw` (clipsearch.filters' JSON), decided in plain Python."""
+    if "key" not in raw:
+        must = all(filter_matches(member, item) for member in raw.get("must", []))
+        should = "should" not in raw or any(filter_matches(member, item) for member in raw["should"])
+        must_not = not any(filter_matches(member, item) for member in raw.get("must_not", []))
+        return must and should and must_not
+    present, values = _filter_values(raw["key"], item)
+    if "exists" in raw:
+        return present == raw["exists"]
+    if "range" in raw:
+        return any(all(_compare(value, bound, name) for name, bound in raw["range"].items())
+                   for value in values if _same_kind(value, next(iter(raw["range"].values()))))
+    match = raw["match"]
+    if "prefix" in match:
+        return any(isinstance(value, str) and value.startswith(match["prefix"]) for value in values)
+    wanted = [match["value"]] if "value" in match else match["any"]
+    return any(_same_kind(value, candidate) and value == candidate for value in values for candidate in wanted)
+
+
+def _filter_values(key: str, item: Item) -> tuple[bool, list[Any]]:
+    """Whether `key` has a value on `item` (for `exists`), and the scalars a match compares."""
+    columns = {"id": item.id, "modality": item.modality.value, "uri": item.uri,
+               "caption": item.text if item.modality is Modality.IMAGE else None,
+               "text": item.text if item.modality is Modality.TEXT else None}
+    if key in columns:
+        return columns[key] is not None, [] if columns[key] is None else [columns[key]]
+    value: Any = item.extra
+    for segment in key.removeprefix("metadata.").split("."):
+        if not isinstance(value, dict) or segment not in value:
+            return False, []
+        value = value[segment]
+    present = value is not None and value != []
+    if isinstance(value, dict):
+        return present, []
+    return present, [element for element in (value if isinstance(value, list) else [value])
+                     if element is not None and not isinstance(element, dict | list)]
+
+
+def _kind(value: Any) -> str:
+    return "boolean" if isinstance(value, bool) else "string" if isinstance(value, str) else "number"
+
+
+def _same_kind(value: Any, other: Any) -> bool:
+    return _kind(value) == _kind(other)
+
+
+def _compare(value: Any, bound: Any, name: str) -> bool:
+    return {"gt": value > bound, "gte": value >= bound, "lt": value < bound, "lte": value <= bound}[name]

@@ -97,3 +97,15 @@ def test_smoke_the_demo_queries_bench_scores_all_ninety_queries(tmp_path: Path) 
     figure = run_bench("bench.demo_queries", "--images", str(tmp_path / "images"))["demo queries"]
     assert figure["queries"] == 90 and figure["scenes"] == 40
     assert 0 <= figure["colour_shape_and_position"] <= figure["colour_and_shape"] <= 1
+
+
+def test_smoke_the_filters_bench_finds_brute_forces_answer_on_every_path() -> None:
+    finished = subprocess.run([sys.executable, "-m", "bench.filters", "--items", "4000", "--dim", "32", "--ivf",
+                               "IVF16,Flat", "--shares", "0.5", "0.01", "--queries", "5", "--repeats", "3"],
+                              cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert finished.returncode == 0, finished.stdout + finished.stderr[-3000:]
+    searches = [line for line in map(json.loads, finished.stdout.splitlines()) if line["figure"] == "filtered search"]
+    assert [(line["index"], line["path"]) for line in searches] == [
+        ("exact", "mask"), ("ivf", "selector"), ("exact", "direct"), ("ivf", "direct")]
+    assert [line["matching"] for line in searches] == [2000, 2000, 40, 40]
+    assert all(line["recall_at_k"] == 1.0 for line in searches if line["index"] == "exact" or line["path"] == "direct")

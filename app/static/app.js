@@ -17,6 +17,77 @@ let imageQuery = null;
 function target() { return form.querySelector("input[name=target]:checked").value; }
 function k() { return Number($("k").value) || 10; }
 
+// Metadata filters, one chip each ("album=Paris", "year>=2020"), all of which must hold.
+let filters = [];
+let nextOffset = 0;
+
+const FILTER_PATTERN = /^\s*([^=<>!\s][^=<>!]*?)\s*(>=|<=|!=|=|>|<)\s*(.+?)\s*$/;
+const RANGES = { ">": "gt", ">=": "gte", "<": "lt", "<=": "lte" };
+
+// A typed value matches only the same type on the server, so "2020" is tried as a number and a string.
+function matchValues(text) {
+  if (/^(true|false)$/i.test(text)) return [text.toLowerCase() === "true", text];
+  if (text.trim() !== "" && !Number.isNaN(Number(text))) return [Number(text), text];
+  return [text];
+}
+
+function parseFilter(text) {
+  const parts = FILTER_PATTERN.exec(text);
+  if (!parts) return null;
+  const [, key, operator, value] = parts;
+  if (RANGES[operator]) {
+    const bound = Number.isNaN(Number(value)) ? value : Number(value);
+    return { text: `${key} ${operator} ${value}`, condition: { key, range: { [RANGES[operator]]: bound } } };
+  }
+  const condition = { key, match: { any: matchValues(value) } };
+  return operator === "!="
+    ? { text: `${key} ≠ ${value}`, negated: true, condition }
+    : { text: `${key} = ${value}`, condition };
+}
+
+function filterJson() {
+  if (!filters.length) return null;
+  const must = filters.filter((chip) => !chip.negated).map((chip) => chip.condition);
+  const mustNot = filters.filter((chip) => chip.negated).map((chip) => chip.condition);
+  return { ...(must.length ? { must } : {}), ...(mustNot.length ? { must_not: mustNot } : {}) };
+}
+
+function resultOptions(offset) {
+  const options = { offset };
+  const filter = filterJson();
+  if (filter) options.filter = filter;
+  if ($("dedup").checked) options.dedup = true;
+  return options;
+}
+
+function renderChips() {
+  $("filter-chips").replaceChildren(...filters.map((chip, number) => {
+    const item = document.createElement("li");
+    const remove = document.createElement("button");
+    remove.type = "button";
+    remove.className = "chip";
+    remove.textContent = `${chip.text} ×`;
+    remove.setAttribute("aria-label", `Remove filter ${chip.text}`);
+    remove.addEventListener("click", () => { filters.splice(number, 1); renderChips(); search(); });
+    item.append(remove);
+    return item;
+  }));
+}
+
+function addFilter() {
+  const input = $("filter-input");
+  if (!input.value.trim()) return;
+  const added = input.value.split(",").map(parseFilter);
+  if (added.some((chip) => !chip)) {
+    setStatus("A filter looks like key=value, key!=value, key>=value or key<value.", true);
+    return;
+  }
+  filters.push(...added);
+  input.value = "";
+  renderChips();
+  search();
+}
+
 function setStatus(message, isError = false) {
   statusLine.textContent = message;
   statusLine.classList.toggle("error", isError);
@@ -76,18 +147,23 @@ async function queryTerms() {
   return { queries: [imageTerm, { text, weight: Number(weightInput.value) }], names: ["image", `“${text}”`] };
 }
 
-async function runQuery() {
+async function runQuery(offset) {
   const text = textInput.value.trim();
-  if (!imageQuery) return postJson("/search/text", { text, target: target(), k: k() });
+  const options = resultOptions(offset);
+  if (!imageQuery) return postJson("/search/text", { text, target: target(), k: k(), ...options });
   if (!text && imageQuery.kind === "upload") {
     const data = new FormData();
     data.append("file", imageQuery.file);
     data.append("target", target());
     data.append("k", String(k()));
+    data.append("offset", String(offset));
+    if (options.filter) data.append("filter", JSON.stringify(options.filter));
+    if (options.dedup) data.append("dedup", "true");
     return request("/search/image", { method: "POST", body: data });
   }
   const { queries, names } = await queryTerms();
-  const body = await postJson("/search", { queries, target: target(), k: k(), explain: queries.length > 1 });
+  const body = await postJson("/search", { queries, target: target(), k: k(), explain: queries.length > 1,
+                                            ...options });
   body.termNames = names;
   return body;
 }
@@ -138,22 +214,29 @@ async function explain(hit, card, button) {
   }
 }
 
-async function search() {
+// A new search (more = false) replaces the results; "More results" (more = true) adds the next page.
+async function search(more = false) {
   if (!imageQuery && !textInput.value.trim()) {
     setStatus("Type something to search for, or add an image.");
     return;
   }
-  setStatus("Searching…");
+  const offset = more ? nextOffset : 0;
+  setStatus(more ? "Loading more…" : "Searching…");
   results.setAttribute("aria-busy", "true");
   try {
-    const body = await runQuery();
-    render(body.results, body.termNames);
+    const body = await runQuery(offset);
+    render(body.results, body.termNames, more);
+    nextOffset = offset + body.results.length;
+    $("more").hidden = !body.more;
     const truncated = body.truncated && body.truncated.length ? " (your text was too long and was shortened)" : "";
-    setStatus(body.results.length
-      ? `${body.results.length} results in ${body.took_ms.toFixed(1)} ms${truncated}`
-      : "No results.");
+    const shown = results.children.length;
+    const matching = filters.length ? ` of ${body.matched} matching items` : "";
+    setStatus(shown
+      ? `${shown} results${matching} in ${body.took_ms.toFixed(1)} ms${truncated}`
+      : (filters.length ? `No results: ${body.matched} items match the filters.` : "No results."));
   } catch (error) {
-    results.replaceChildren();
+    if (!more) results.replaceChildren();
+    $("more").hidden = true;
     setStatus(`Search failed: ${error.message}`, true);
   } finally {
     results.removeAttribute("aria-busy");
@@ -167,8 +250,8 @@ function showImage(img, path) {
     .then((blob) => { if (blob) img.src = URL.createObjectURL(blob); });
 }
 
-function render(hits, termNames) {
-  results.replaceChildren(...hits.map((hit) => {
+function render(hits, termNames, append = false) {
+  const cards = hits.map((hit) => {
     const card = document.createElement("article");
     card.className = "card";
     card.dataset.id = String(hit.id);
@@ -221,6 +304,12 @@ function render(hits, termNames) {
       snippet.textContent = words.length > 300 ? `${words.slice(0, 300)}…` : words;
       body.append(snippet);
     }
+    if (hit.duplicates && hit.duplicates.length) {
+      const copies = document.createElement("span");
+      copies.className = "duplicates";
+      copies.textContent = `+${hit.duplicates.length} near-duplicate${hit.duplicates.length > 1 ? "s" : ""} hidden`;
+      body.append(copies);
+    }
     const source = document.createElement("span");
     source.className = "source";
     source.textContent = hit.uri.split("/").slice(-2).join("/");
@@ -228,14 +317,22 @@ function render(hits, termNames) {
     body.append(source);
     card.append(body);
     return card;
-  }));
+  });
+  if (append) results.append(...cards); else results.replaceChildren(...cards);
 }
 
-form.addEventListener("submit", (event) => { event.preventDefault(); search(); });
+form.addEventListener("submit", (event) => {
+  event.preventDefault();
+  // Enter in the filter box adds the filter rather than searching with the text alone.
+  if (document.activeElement === $("filter-input") && $("filter-input").value.trim()) addFilter(); else search();
+});
+$("add-filter").addEventListener("click", addFilter);
+$("dedup").addEventListener("change", () => search());
+$("more").addEventListener("click", () => search(true));
 fileInput.addEventListener("change", () => { useFile(fileInput.files[0]); fileInput.value = ""; });
 $("clear-image").addEventListener("click", () => { setImageQuery(null); if (textInput.value.trim()) search(); });
 weightInput.addEventListener("input", () => { $("text-weight-value").textContent = weightInput.value; });
-for (const radio of form.querySelectorAll("input[name=target]")) radio.addEventListener("change", search);
+for (const radio of form.querySelectorAll("input[name=target]")) radio.addEventListener("change", () => search());
 dropZone.addEventListener("dragover", (event) => { event.preventDefault(); dropZone.classList.add("dragging"); });
 dropZone.addEventListener("dragleave", () => dropZone.classList.remove("dragging"));
 dropZone.addEventListener("drop", (event) => {

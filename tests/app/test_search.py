@@ -126,3 +126,60 @@ def test_on_a_gpu_concurrent_queries_are_batched_and_equal_exact_search_on_their
     assert info["device"].startswith("cuda")
     for result, vector in zip(results, vectors, strict=True):
         assert result.ids == brute_force_bundle(bundle, Modality.IMAGE, vector, 5).ids[0].tolist()
+
+
+def _nested_prefix(corpus_dir: Path) -> str:
+    return str((corpus_dir / "images" / "nested").resolve()) + "/"
+
+
+def test_every_kind_of_search_takes_a_filter_and_says_how_many_items_match(client: ClipSearchClient,
+                                                                           corpus_dir: Path) -> None:
+    nested = {"key": "uri", "match": {"prefix": _nested_prefix(corpus_dir)}}
+    results = [client.search_text("a photo", k=20, filter=nested),
+               client.search_image(corpus_dir / "images" / "picture_000.png", k=20, filter=nested),
+               client.search([Query(text="a photo"), Query(item_id=3, weight=0.5)], k=20, filter=nested)]
+    for result in results:
+        assert len(result.results) == 15 and result.matched == 15 and not result.more
+        assert all(hit.uri.startswith(_nested_prefix(corpus_dir)) for hit in result.results)
+
+
+def test_metadata_filters_reach_sidecar_fields(client: ClipSearchClient) -> None:
+    result = client.search_text("a photo", k=10, filter={"must": [{"key": "number", "range": {"gte": 9, "lt": 21}}]})
+    assert sorted(hit.metadata["number"] for hit in result.results) == [9, 12, 15, 18]
+    assert result.matched == 4
+
+
+def test_paging_walks_through_results_without_gaps_or_repeats(client: ClipSearchClient) -> None:
+    whole = client.search_text("a photo", k=30)
+    pages = [client.search_text("a photo", k=8, offset=offset) for offset in range(0, 32, 8)]
+    assert [hit.id for page in pages for hit in page.results] == whole.ids
+    assert [page.more for page in pages] == [True, True, True, False]
+
+
+def test_dedup_marks_every_result_with_the_duplicates_it_absorbed(client: ClipSearchClient) -> None:
+    result = client.search_text("a photo", k=5, dedup=True)
+    assert all(hit.duplicates is not None for hit in result.results)
+    assert client.search_text("a photo", k=5).results[0].duplicates is None
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ({"text": "x", "filter": {"must": [{"key": "a", "match": {"eq": 1}}]}}, "filter.must[0].match"),
+    ({"text": "x", "filter": {"key": "id", "range": {"gt": "7"}}}, "filter.range.gt"),
+    ({"text": "x", "offset": 5000}, "offset"),
+    ({"text": "x", "offset": -1}, "offset"),
+    ({"text": "x", "dedup": 1.5}, "dedup"),
+])
+def test_bad_options_are_422_naming_the_field(http: httpx.Client, body: dict[str, object], field: str) -> None:
+    response = http.post("/search/text", json=body)
+    assert response.status_code == 422, response.text
+    assert response.json()["field"] == field
+
+
+@pytest.mark.parametrize(("form", "field"), [({"filter": "{not json"}, "filter"), ({"dedup": "lots"}, "dedup"),
+                                             ({"filter": '{"key": "a"}'}, "filter")])
+def test_bad_upload_options_are_422_naming_the_form_field(http: httpx.Client, form: dict[str, str],
+                                                          field: str) -> None:
+    files = {"file": ("q.png", image_bytes(noise_image(5)), "image/png")}
+    response = http.post("/search/image", files=files, data=form)
+    assert response.status_code == 422, response.text
+    assert response.json()["field"] == field

@@ -136,6 +136,50 @@ def test_an_invalid_upload_shows_the_servers_error(page: Any) -> None:
     sync_api.expect(page.locator(".card")).to_have_count(0)
 
 
+def test_a_filter_chip_narrows_the_results_and_removing_it_widens_them_again(page: Any) -> None:
+    page.fill("#query-text", "a photo of noise")
+    page.fill("#filter-input", "number>=9")
+    page.press("#filter-input", "Enter")
+    chip = page.locator("#filter-chips .chip")
+    sync_api.expect(chip).to_have_text("number >= 9 ×")
+    sync_api.expect(status(page)).to_contain_text("7 results of 7 matching items")
+    captions = page.locator(".card .caption").all_text_contents()
+    assert len(captions) == 7 and all(int(caption.rsplit(" ", 1)[1]) >= 9 for caption in captions)
+    chip.click()
+    sync_api.expect(status(page)).to_contain_text("12 results in")
+
+
+def test_a_negated_filter_and_a_value_typed_as_text_both_work(page: Any) -> None:
+    page.fill("#query-text", "a photo of noise")
+    page.fill("#filter-input", "number!=0, number!=3")
+    page.click("#add-filter")
+    sync_api.expect(page.locator("#filter-chips .chip")).to_have_count(2)
+    sync_api.expect(status(page)).to_contain_text("of 28 matching items")
+
+
+def test_more_results_loads_the_next_page_until_there_are_no_more(page: Any) -> None:
+    page.fill("#query-text", "a photo of noise")
+    page.press("#query-text", "Enter")
+    sync_api.expect(page.locator(".card")).to_have_count(12)
+    page.click("#more")
+    sync_api.expect(page.locator(".card")).to_have_count(24)
+    page.click("#more")
+    sync_api.expect(page.locator(".card")).to_have_count(30)
+    sync_api.expect(page.locator("#more")).to_be_hidden()
+    ids = page.eval_on_selector_all(".card", "cards => cards.map(card => card.dataset.id)")
+    assert len(set(ids)) == 30
+
+
+def test_hiding_duplicates_collapses_them_into_their_best_result(page: Any) -> None:
+    # The tiny model's random weights see all noise pictures as near-copies (cosine above 0.94).
+    page.fill("#query-text", "a photo of noise")
+    page.press("#query-text", "Enter")
+    sync_api.expect(page.locator(".card")).to_have_count(12)
+    page.check("#dedup")
+    sync_api.expect(page.locator(".card").first.locator(".duplicates")).to_contain_text("near-duplicate")
+    assert page.locator(".card").count() < 12
+
+
 def test_an_empty_search_asks_for_input_instead_of_calling_the_server(page: Any) -> None:
     page.press("#query-text", "Enter")
     sync_api.expect(status(page)).to_contain_text("Type something")
