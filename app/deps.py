@@ -8,11 +8,12 @@ from typing import Annotated
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader
 
-from app.errors import NotAuthenticated
+from app.errors import NotAuthenticated, WritesForbidden
 from app.metrics import Metrics
 from app.settings import Settings
 from app.state import ServiceState
 from clipsearch.search import SearchService
+from clipsearch.writes import CollectionWriter
 
 
 def get_state(request: Request) -> ServiceState:
@@ -46,7 +47,26 @@ def require_api_key(state: Annotated[ServiceState, Depends(get_state)],
         raise NotAuthenticated()
 
 
+_admin_key_header = APIKeyHeader(name="X-Admin-Key", auto_error=False,
+                                 description="Required for writes; set on the server as CLIPSEARCH_ADMIN_KEY.")
+
+
+def require_admin_key(state: Annotated[ServiceState, Depends(get_state)],
+                      given: Annotated[str | None, Security(_admin_key_header)]) -> None:
+    expected = state.settings.admin_key
+    if expected is None:
+        raise WritesForbidden("writes are turned off: set CLIPSEARCH_ADMIN_KEY on the server to allow them",
+                              "X-Admin-Key")
+    if given is None or not hmac.compare_digest(given.encode(), expected.get_secret_value().encode()):
+        raise WritesForbidden("missing or wrong admin key", "X-Admin-Key")
+
+
+def get_writer(state: Annotated[ServiceState, Depends(get_state)]) -> CollectionWriter:
+    return state.require_writer()
+
+
 StateDep = Annotated[ServiceState, Depends(get_state)]
+WriterDep = Annotated[CollectionWriter, Depends(get_writer)]
 ServiceDep = Annotated[SearchService, Depends(get_service)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]

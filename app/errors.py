@@ -16,6 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from clipsearch.errors import (
     BundleError,
@@ -34,6 +35,14 @@ log = logging.getLogger(__name__)
 
 class ServiceNotReady(ClipSearchError):
     """The model or the bundle is not loaded (yet, or at all); the reason says which."""
+
+
+class WritesForbidden(ClipSearchError):
+    """A write was refused: writes are off (no admin key set), or the admin key was missing or wrong."""
+
+
+class WritesUnavailable(ClipSearchError):
+    """The bundle cannot take writes (its directory is read-only); the reason says why."""
 
 
 class NotAuthenticated(ClipSearchError):
@@ -55,6 +64,8 @@ STATUS: dict[type[ClipSearchError], int] = {
     QueryImageTooLarge: 413,
     ItemNotFound: 404,
     NotAuthenticated: 401,
+    WritesForbidden: 403,
+    WritesUnavailable: 503,
 }
 HEADERS: dict[type[ClipSearchError], dict[str, str]] = {
     ServiceBusy: {"Retry-After": "1"},
@@ -112,12 +123,24 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
-        return error_body(error.status_code, str(error.detail), headers=getattr(error, "headers", None))
+        headers = getattr(error, "headers", None)
+        if error.status_code == 405:
+            headers = {**(headers or {}), "Allow": ", ".join(_allowed_methods(request))}
+        return error_body(error.status_code, str(error.detail), headers=headers)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, error: Exception) -> JSONResponse:
         log.exception("unexpected error on %s %s", request.method, request.url.path)
         return error_body(500, "internal error; the server log has the details")
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at this path, asked of the routes themselves. Starlette's own
+    405 names only the first route that matches, but one path may have several (GET, PATCH and
+    DELETE /items/{id})."""
+    return [method for method in ("GET", "POST", "PUT", "PATCH", "DELETE")
+            if any(route.matches(dict(request.scope, method=method))[0] == Match.FULL
+                   for route in request.app.router.routes)]
 
 
 def plain_error_reason(status: int, body: bytes) -> str:

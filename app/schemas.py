@@ -269,7 +269,7 @@ class InfoResponse(BaseModel):
     pretrained: str | None
     checkpoint_sha256: str | None
     embedding_dim: int
-    counts: dict[Modality, int]
+    counts: dict[Modality, int] = Field(description="Items of each modality, live changes included.")
     indices: dict[Modality, IndexSpec]
     device: str
     cuda_graphs: bool = Field(description="Whether the model replays captured CUDA graphs (GPU only).")
@@ -282,6 +282,58 @@ class InfoResponse(BaseModel):
     bundle_created_at: str
     evaluations: list[dict[str, Any]] = Field(description="Retrieval quality of the model, one record per "
                                                           "`indexer eval --bundle` run, oldest first.")
+
+
+class TextItemModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    text: str
+    key: str | None = Field(None, description="Unique among texts; an existing key replaces that item and keeps its "
+                                              "id. Default: a new key.")
+    metadata: dict[str, Any] = Field(default_factory=dict, description="Any JSON object; filters reach its fields.")
+
+
+class AddTextsRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"examples": [{"items": [
+        {"text": "a note about Paris", "key": "notes/paris", "metadata": {"album": "Paris"}}]}]})
+
+    items: list[TextItemModel]
+
+
+class WriteResponse(BaseModel):
+    ids: list[int] = Field(description="The items' ids, in the order given (a replaced item keeps its id).")
+    took_ms: float
+
+
+class EditItemRequest(BaseModel):
+    """Only the fields given change."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"examples": [
+        {"caption": "the Eiffel tower at night", "metadata": {"album": "Paris", "year": 2024}}]})
+
+    caption: str | None = Field(None, description="An image's caption (null clears it).")
+    text: str | None = Field(None, description="A text item's text; it is embedded again.")
+    metadata: dict[str, Any] | None = Field(None, description="Replaces the item's metadata whole.")
+
+
+class DeleteItemsRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"examples": [
+        {"ids": [3, 7]}, {"filter": {"key": "album", "match": {"value": "old"}}}]})
+
+    ids: list[int] | None = Field(None, description="Items to delete (unknown ids are skipped).")
+    filter: dict[str, Any] | None = Field(None, description="Delete every item, of both modalities, passing this "
+                                                            "filter (as in /search).")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> DeleteItemsRequest:
+        if (self.ids is None) == (self.filter is None):
+            raise ValueError("give exactly one of ids and filter")
+        return self
+
+
+class DeleteResponse(BaseModel):
+    deleted: list[int] = Field(description="The ids that existed and are gone.")
+    took_ms: float
 
 
 class ErrorResponse(BaseModel):

@@ -12,6 +12,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from clipsearch.captions import DEFAULT_CAPTION_MODEL, DEFAULT_CAPTION_PRETRAINED, GENERATION_TYPES, CaptionConfig
 from clipsearch.pipeline import Batching
 from clipsearch.query import QueryLimits
+from clipsearch.writes import WriteLimits
 
 # The defaults of the limits and of batching are the core's own: no number is written twice.
 _LIMITS = QueryLimits()
@@ -72,6 +73,11 @@ class Settings(BaseSettings):
     cuda_graphs: bool = Field(True, description="On a GPU, replay the model from CUDA graphs captured at start-up.")
     server_workers: int = Field(1, ge=1, description="Server processes `python -m app` starts; each loads the "
                                                      "model and the bundle.")
+    admin_key: SecretStr | None = Field(None, description="When set, writes (POST/PATCH/DELETE /items) are allowed "
+                                        "with this key in the X-Admin-Key header; unset, every write is refused "
+                                        "(403).")
+    max_write_items: int = Field(256, ge=1, description="Most items one write request may add or delete by id.")
+    max_metadata_kb: float = Field(64.0, gt=0, description="Largest metadata object one item may carry, as JSON.")
     api_key: SecretStr | None = Field(None, description="When set, required in the X-API-Key header on every "
                                                         "endpoint but /health, /ready and the page itself.")
     cors_origins: str = Field("", description="Comma-separated origins allowed to call the API from a browser; "
@@ -91,7 +97,7 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Address `python -m app` listens on.")
     port: int = Field(8000, ge=1, le=65535, description="Port `python -m app` listens on.")
 
-    @field_validator("api_key", "caption_pretrained", "caption_checkpoint", mode="before")
+    @field_validator("api_key", "admin_key", "caption_pretrained", "caption_checkpoint", mode="before")
     @classmethod
     def _empty_means_none(cls, value: object) -> object:
         # Compose passes unset variables as empty strings; an empty key must not lock everyone out.
@@ -109,6 +115,11 @@ class Settings(BaseSettings):
             return self.threads
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         return max(1, cores // self.server_workers)
+
+    @property
+    def write_limits(self) -> WriteLimits:
+        return WriteLimits(max_items=self.max_write_items, max_key_chars=WriteLimits().max_key_chars,
+                           max_metadata_bytes=int(self.max_metadata_kb * 1024))
 
     @property
     def max_upload_bytes(self) -> int:

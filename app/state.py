@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 
-from app.errors import ServiceNotReady
+from app.errors import ServiceNotReady, WritesUnavailable
 from app.metrics import Metrics
 from app.settings import Settings
 from clipsearch import index as faiss_index
-from clipsearch.bundle import load_bundle
+from clipsearch.bundle import Bundle, load_bundle
 from clipsearch.captions import CaptionService
 from clipsearch.encoder import load_encoder
 from clipsearch.errors import CheckpointRequired, ClipSearchError
+from clipsearch.live import LIVE_FILE, LiveLog
 from clipsearch.manifest import check_model, read_manifest
 from clipsearch.search import SearchService
+from clipsearch.writes import CollectionWriter
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +33,8 @@ class ServiceState:
         self.captions = CaptionService(settings.captions, max_batch=min(settings.max_batch, 8),
                                        timeout_s=settings.caption_timeout_s)
         """Loads its own model on the first /caption request."""
+        self.writer: CollectionWriter | None = None
+        self.writes_problem = "not loaded yet"
         self._lock = threading.Lock()
         self._closed = False
 
@@ -54,8 +59,10 @@ class ServiceState:
             if settings.cuda_graphs:
                 encoder.enable_cuda_graphs(settings.max_batch)
             use_gpu = encoder.device.type == "cuda" and faiss_index.gpu_available()
+            live = self._open_live_log(bundle, encoder.embedding_dim)
             service = SearchService(encoder, bundle, settings.limits, use_gpu=use_gpu, batching=settings.batching,
-                                    filter_cache_size=settings.filter_cache_size)
+                                    filter_cache_size=settings.filter_cache_size, live=live)
+            self.writer = CollectionWriter(service, settings.write_limits) if live is not None else None
             service.warm_up()
             with self._lock:
                 if self._closed:  # the server stopped while this was loading
@@ -75,6 +82,22 @@ class ServiceState:
             raise ServiceNotReady(f"not ready: {self.problem}")
         return self.service
 
+    def require_writer(self) -> CollectionWriter:
+        self.require()
+        if self.writer is None:
+            raise WritesUnavailable(f"this bundle cannot take writes: {self.writes_problem}")
+        return self.writer
+
+    def _open_live_log(self, bundle: Bundle, dim: int) -> LiveLog | None:
+        """The bundle's live log (created on first start), or None where its directory is read-only:
+        such a bundle is served as built, and writes answer 503 saying why."""
+        try:
+            return LiveLog(bundle.path / LIVE_FILE, bundle.items, dim)
+        except (OSError, sqlite3.Error) as error:
+            self.writes_problem = f"its live log {bundle.path / LIVE_FILE} cannot be opened for writing ({error})"
+            log.warning("serving %s read-only: %s", bundle.path, self.writes_problem)
+            return None
+
     def close(self) -> None:
         with self._lock:
             self._closed = True
@@ -86,4 +109,6 @@ class ServiceState:
 
 def _close(service: SearchService) -> None:
     service.close()
+    if service.collection.live is not None:
+        service.collection.live.close()
     service.bundle.close()

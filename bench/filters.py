@@ -3,8 +3,8 @@
     python -m bench.filters --items 1000000 --shares 0.5 0.01 0.0001
 
 Makes random unit vectors and an items.sqlite whose items carry a metadata field `bucket` (0 to
-9,999, spread evenly and at random over the ids), so that `{"key": "bucket", "range": {"lt": B}}` matches a known share of
-them. For each share it times, on the exact index (the server's resident matrix) and on an IVF
+9,999, spread evenly and at random over the ids), so that `{"key": "bucket", "range": {"lt": B}}`
+matches a known share of them. For each share it times, on the exact index (the server's resident matrix) and on an IVF
 index (FAISS, with an ID selector or the stored vectors scored directly):
 
 * compiling the filter and reading the matching ids from SQLite (what the first query with a new

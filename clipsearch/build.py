@@ -62,6 +62,8 @@ class BuildConfig:
     index_factory: str | None = None
     flat_threshold: int = faiss_index.DEFAULT_FLAT_THRESHOLD
     keep_duplicates: bool = False
+    discard_live_changes: bool = False
+    """Replace a bundle at `out` even if it holds live changes (clipsearch.live), dropping them."""
     batches_per_shard: int = 32
     max_pixels: int = DEFAULT_MAX_PIXELS
     columns: Columns = field(default_factory=Columns)
@@ -149,7 +151,7 @@ def _encode_into_shards(config: BuildConfig, encoder: ClipEncoder, modality: Mod
     captioned = 0
     for batch in batches:
         _dedupe(batch.outcomes, seen, first_id, config.keep_duplicates)
-        _encode_batch(encoder, batch)
+        encode_batch(encoder, batch)
         if captioner is not None:
             captioned += _caption_missing(captioner, encoder, batch, config.max_pixels)
         shard.extend(batch.outcomes)
@@ -176,7 +178,7 @@ def _dedupe(batch: list[Outcome], seen: dict[str, int], first_id: int, keep_dupl
             seen.setdefault(outcome.content_hash, first_id + outcome.position)
 
 
-def _encode_batch(encoder: ClipEncoder, batch: LoadedBatch) -> None:
+def encode_batch(encoder: ClipEncoder, batch: LoadedBatch) -> None:
     """Set each usable outcome's payload (its text, or nothing for an image) to its embedding."""
     if batch.pixels is not None:
         # Rows of items found to be duplicates after decoding are encoded too, then dropped: cheaper
@@ -267,7 +269,7 @@ def _finish(config: BuildConfig, encoder: ClipEncoder, sources: dict[Modality, l
         content[modality] = ModalityContent(index=index, spec=spec)
     report = {"skipped": skipped, "duplicates": duplicates}
     write_bundle(config.out, encoder.ref, encoder.embedding_dim, content, items, report, _versions(),
-                 corpus_fingerprint(config, sources))
+                 corpus_fingerprint(config, sources), discard_live_changes=config.discard_live_changes)
     return BuildSummary(out=config.out, indexed={modality.value: len(ids[modality]) for modality in sources},
                         skipped=len(skipped), duplicates=len(duplicates),
                         elapsed_s=time.perf_counter() - started, resumed_shards=0, report=report)

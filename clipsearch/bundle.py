@@ -10,6 +10,9 @@ A bundle is one directory holding everything a server needs:
     items.sqlite    one row per item: id, modality, uri, text (caption or text), extra JSON,
                     content hash; ids are the same int64 ids the indices return (clipsearch.item_store)
     report.json     what the build skipped and why
+    live.sqlite     changes made since the build (items added, replaced, deleted), if the bundle
+    live-images/    was served with writes, and the files of images added (clipsearch.live); not
+                    in the manifest, which describes the base as built
 
 A bundle is written in a staging directory beside its final path and renamed into place only
 once complete, and the manifest (written last) holds checksums of all other files, so nothing
@@ -31,10 +34,11 @@ from typing import Any
 import faiss
 
 from clipsearch import index as faiss_index
-from clipsearch.errors import BundleError, BundleFileMissing, ChecksumMismatch, ManifestInvalid
+from clipsearch.errors import BundleError, BundleFileMissing, ChecksumMismatch, LiveChangesPending, ManifestInvalid
 from clipsearch.files import atomic_write_text, file_sha256, fsync_directory
 from clipsearch.index import IndexSpec
 from clipsearch.item_store import ITEMS_FILE, Item, ItemStore, write_items
+from clipsearch.live import LIVE_FILE, count_live_changes
 from clipsearch.manifest import (
     FORMAT_VERSION,
     MANIFEST_FILE,
@@ -106,8 +110,12 @@ def load_bundle(path: Path, verify_checksums: bool = True) -> Bundle:
 
 def write_bundle(out: Path, model: ModelRef, embedding_dim: int, content: dict[Modality, ModalityContent],
                  items: Iterable[Item], report: dict[str, Any], versions: dict[str, str],
-                 corpus_fingerprint: str | None = None) -> Manifest:
-    """Write a complete bundle at `out`, replacing an earlier bundle there, all or nothing."""
+                 corpus_fingerprint: str | None = None, discard_live_changes: bool = False) -> Manifest:
+    """Write a complete bundle at `out`, replacing an earlier bundle there, all or nothing.
+
+    An earlier bundle holding live changes is replaced only with `discard_live_changes`: else
+    LiveChangesPending, and nothing changes.
+    """
     if out.exists() and not (out / MANIFEST_FILE).is_file() and any(out.iterdir()):
         raise BundleError(f"{out} exists and is not a bundle; refusing to overwrite it")
     _remove_debris_of_dead_builds(out)
@@ -131,7 +139,9 @@ def write_bundle(out: Path, model: ModelRef, embedding_dim: int, content: dict[M
                             created_at=datetime.now(UTC).isoformat(timespec="seconds"), versions=versions,
                             corpus_fingerprint=corpus_fingerprint)
         atomic_write_text(staging / MANIFEST_FILE, manifest.to_json())
-        with bundle_lock(out):  # not while `indexer classify` rewrites the bundle being replaced
+        with bundle_lock(out):  # not while `indexer classify` rewrites the bundle, nor a server writes to it
+            if not discard_live_changes:
+                _refuse_live_changes(out, "a rebuild would drop them; pass --discard-live-changes to rebuild anyway")
             _swap_into_place(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -148,6 +158,7 @@ def rewrite_items(path: Path, change: Callable[[Item], Item]) -> Manifest:
     """
     manifest = read_manifest(path)
     with bundle_lock(path):
+        _refuse_live_changes(path, "relabelling works on the base as built, and would drop them")
         manifest = read_manifest(path)  # as it is now that no one else changes it
         store = ItemStore(path / ITEMS_FILE)
         try:
@@ -170,6 +181,12 @@ def rewrite_items(path: Path, change: Callable[[Item], Item]) -> Manifest:
             shutil.rmtree(staging, ignore_errors=True)
             raise
     return updated
+
+
+def _refuse_live_changes(path: Path, why: str) -> None:
+    changes = count_live_changes(path)
+    if changes:
+        raise LiveChangesPending(f"{path} holds {changes} live changes ({LIVE_FILE}) made since it was built; {why}")
 
 
 def _link_or_copy(source: Path, target: Path) -> None:

@@ -100,10 +100,29 @@ def _image_bytes(image: ImageInput) -> bytes:
     return image if isinstance(image, bytes) else Path(image).read_bytes()
 
 
+@dataclass(frozen=True)
+class NewImage:
+    """An image to add: a file's path or its bytes, with an optional key, caption and metadata."""
+
+    image: Path | str | bytes
+    key: str | None = None
+    caption: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class NewText:
+    text: str
+    key: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
 class ClipSearchClient:
     def __init__(self, base_url: str = "http://localhost:8000", timeout: float = 30.0,
-                 http: httpx.Client | None = None, api_key: str | None = None) -> None:
+                 http: httpx.Client | None = None, api_key: str | None = None, admin_key: str | None = None) -> None:
         headers = {"X-API-Key": api_key} if api_key else {}
+        if admin_key:
+            headers["X-Admin-Key"] = admin_key
         self._http = http or httpx.Client(base_url=base_url, timeout=timeout, headers=headers)
 
     def __enter__(self) -> ClipSearchClient:
@@ -174,6 +193,29 @@ class ClipSearchClient:
 
     def item(self, item_id: int) -> dict[str, Any]:
         return self._get(f"/items/{item_id}")
+
+    def add_texts(self, texts: list[NewText]) -> list[int]:
+        """Add text items (or replace them, by key); their ids. Needs the admin key."""
+        body = {"items": [{"text": text.text, "key": text.key, "metadata": text.metadata} for text in texts]}
+        return list(self._post("/items", json=body)["ids"])
+
+    def add_images(self, images: list[NewImage]) -> list[int]:
+        """Add image items (or replace them, by key); their ids. Needs the admin key."""
+        files = [("file", (f"image{number}", _image_bytes(image.image), "application/octet-stream"))
+                 for number, image in enumerate(images)]
+        form: dict[str, list[str]] = {
+            "key": [image.key or "" for image in images], "caption": [image.caption or "" for image in images],
+            "metadata": [json.dumps(image.metadata) for image in images]}
+        return list(self._post("/items", files=files, data=form)["ids"])
+
+    def edit(self, item_id: int, **changes: Any) -> dict[str, Any]:
+        """Change `caption`, `text` or `metadata` of an item; the item as it is now."""
+        return _json_or_raise(self._http.patch(f"/items/{item_id}", json=changes))
+
+    def delete(self, item_ids: list[int] | None = None, filter: dict[str, Any] | None = None) -> list[int]:
+        """Delete items by id, or every item passing `filter`; the ids deleted."""
+        body = {"ids": item_ids} if filter is None else {"filter": filter}
+        return list(self._post("/items/delete", json=body)["deleted"])
 
     def info(self) -> dict[str, Any]:
         return self._get("/info")

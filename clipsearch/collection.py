@@ -1,8 +1,11 @@
 """A loaded bundle's items as the search service sees them: lookup by id, stored vectors, the
-image files it may serve, and search results resolved to items."""
+image files it may serve, and search results resolved to items. With a live log
+(clipsearch.live), the bundle is the base and the log's latest snapshot is laid over it: live
+items first, hidden base items gone."""
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +17,7 @@ from clipsearch.bundle import Bundle
 from clipsearch.errors import ImageDecodeError, InvalidQuery, ItemNotFound
 from clipsearch.images import DEFAULT_MAX_PIXELS, read_image_file
 from clipsearch.item_store import Item
+from clipsearch.live import LiveLog, LiveState
 from clipsearch.modality import Modality
 from clipsearch.topk import TopK
 
@@ -29,35 +33,64 @@ class Hit:
 class Collection:
     """Read access to a bundle's items by id; `field` names where the caller's id came from."""
 
-    def __init__(self, bundle: Bundle) -> None:
+    def __init__(self, bundle: Bundle, live: LiveLog | None = None) -> None:
         self.bundle = bundle
+        self.live = live
+        self.state = LiveState(generation=-1)
+        self._refresh_lock = threading.Lock()
+        self.refresh()
+
+    def refresh(self) -> LiveState:
+        """The live log's latest snapshot (read again only when its generation moved)."""
+        if self.live is not None and self.live.generation() != self.state.generation:
+            with self._refresh_lock:
+                if self.live.generation() != self.state.generation:
+                    self.state = self.live.state()
+        return self.state
 
     @property
     def modalities(self) -> set[Modality]:
         """The modalities with at least one item."""
-        return {modality for modality, index in self.bundle.indices.items() if index.ntotal > 0}
+        return {modality for modality in Modality if self.count(modality) > 0}
 
-    def count(self, modality: Modality) -> int:
+    def count(self, modality: Modality, state: LiveState | None = None) -> int:
+        state = state or self.state
+        return self.base_count(modality) - len(state.removed_of(modality)) + len(state.segment(modality).ids)
+
+    def base_count(self, modality: Modality) -> int:
         index = self.bundle.indices.get(modality)
         return 0 if index is None else int(index.ntotal)
 
-    def stored_vectors(self, modality: Modality, item_ids: np.ndarray) -> np.ndarray:
-        """The vectors (float32 (m, d)) the bundle holds for `item_ids` (int64 (m,)), all of `modality`."""
-        return faiss_index.reconstruct_many(self.bundle.indices[modality], item_ids)
+    def stored_vectors(self, modality: Modality, item_ids: np.ndarray, state: LiveState | None = None) -> np.ndarray:
+        """The vectors (float32 (m, d)) held for `item_ids` (int64 (m,)), all of `modality`."""
+        state = state or self.state
+        segment = state.segment(modality)
+        live = np.isin(item_ids, segment.ids)
+        vectors = np.zeros((len(item_ids), self.bundle.manifest.embedding_dim), dtype=np.float32)
+        if live.any():
+            vectors[live] = segment.vectors[np.searchsorted(segment.ids, item_ids[live])]
+        if (~live).any():
+            vectors[~live] = faiss_index.reconstruct_many(self.bundle.indices[modality], item_ids[~live])
+        return vectors
 
-    def item(self, item_id: int, field: str = "id") -> Item:
-        found = self.bundle.items.get(item_id)
+    def item(self, item_id: int, field: str = "id", state: LiveState | None = None) -> Item:
+        state = state or self.state
+        found = state.items.get(item_id)
+        if found is None and not state.is_removed(item_id):
+            found = self.bundle.items.get(item_id)
         if found is None:
             raise ItemNotFound(item_id, field)
         return found
 
     def stored_vector(self, item_id: int, field: str = "item_id") -> np.ndarray:
-        """The vector (float32 (d,)) the bundle holds for an item."""
-        item = self.item(item_id, field)
-        vector = faiss_index.reconstruct(self.bundle.indices[item.modality], item_id)
+        """The vector (float32 (d,)) held for an item."""
+        state = self.state
+        item = self.item(item_id, field, state)
+        vector = state.segment(item.modality).vector(item_id) if item_id in state.items else \
+            faiss_index.reconstruct(self.bundle.indices[item.modality], item_id)
         if vector is None:
             raise ItemNotFound(item_id, field, "the item has no stored vector")
-        return vector
+        return np.asarray(vector, dtype=np.float32)
 
     def image_path(self, item_id: int, field: str = "id") -> Path:
         """The stored file of an image item; only paths recorded in the bundle are ever returned."""
@@ -81,10 +114,12 @@ class Collection:
         except ImageDecodeError as error:
             raise ItemNotFound(item_id, field, f"its image file no longer decodes ({error.reason})") from error
 
-    def hits(self, found: list[TopK]) -> list[list[Hit]]:
+    def hits(self, found: list[TopK], state: LiveState | None = None) -> list[list[Hit]]:
         """One-row search results as hits: ids resolved to items (no result, id -1, is left out)."""
-        items = self.bundle.items.get_many([int(item_id) for result in found for item_id in result.ids[0]
-                                            if item_id >= 0])
+        state = state or self.state
+        wanted = [int(item_id) for result in found for item_id in result.ids[0] if item_id >= 0]
+        items = self.bundle.items.get_many([item_id for item_id in wanted if item_id not in state.items])
+        items.update({item_id: state.items[item_id] for item_id in wanted if item_id in state.items})
         return [[Hit(items[int(item_id)], float(score))
                  for score, item_id in zip(result.scores[0], result.ids[0], strict=True)
                  if item_id >= 0 and int(item_id) in items]

@@ -11,7 +11,9 @@ hierarchy, so a subclass inherits its parent's status unless it has its own):
     │   ├── UnsupportedFormatVersion 503
     │   ├── ManifestInvalid         503
     │   ├── ModelMismatch           503
-    │   └── CheckpointRequired      503
+    │   ├── CheckpointRequired      503
+    │   ├── BundleReplaced          503
+    │   └── LiveChangesPending      503
     ├── BuildError                   —   indexer only: the build cannot start or go on
     │   ├── NoSources                —
     │   ├── IndexSettingsInvalid     —
@@ -69,6 +71,14 @@ class ModelMismatch(BundleError):
 
 class CheckpointRequired(BundleError):
     """The bundle was built from a local checkpoint file and none was given to load."""
+
+
+class BundleReplaced(BundleError):
+    """The bundle was rebuilt after the server loaded it; writes are refused until it restarts."""
+
+
+class LiveChangesPending(BundleError):
+    """Replacing the bundle would drop live changes that were written to it."""
 
 
 class BuildError(ClipSearchError):

@@ -141,6 +141,13 @@ def selector(ids: np.ndarray) -> Any:
     return faiss.IDSelectorBatch(len(ids), faiss.swig_ptr(ids))
 
 
+def ids_of(index: faiss.Index) -> np.ndarray:
+    """The ids an IndexIDMap(2) holds, ascending (int64 (n,))."""
+    wrapper: Any = index
+    held = faiss.vector_to_array(wrapper.id_map) if hasattr(wrapper, "id_map") else np.arange(index.ntotal)
+    return np.sort(held.astype(np.int64))
+
+
 def reconstruct_many(index: faiss.Index, ids: np.ndarray) -> np.ndarray:
     """The stored vectors (float32 (m, d)) of `ids` (int64 (m,)), which must all be in the index."""
     if len(ids) == 0:

@@ -21,12 +21,14 @@ import torch
 from PIL import Image
 
 from clipsearch import dedup, explain
+from clipsearch import index as faiss_index
 from clipsearch.batching import MicroBatcher
 from clipsearch.bundle import Bundle
 from clipsearch.collection import Collection, Hit
 from clipsearch.encoder import ClipEncoder
 from clipsearch.errors import InvalidQuery, ModalityUnavailable, ServiceBusy
 from clipsearch.filters import Filter
+from clipsearch.live import LiveLog, LiveState
 from clipsearch.modality import Modality
 from clipsearch.pipeline import Batching, Embedded, Pending, QueryPipeline
 from clipsearch.query import (
@@ -62,6 +64,19 @@ DEDUP_MAX_FETCHED = 4096
 
 
 @dataclass(frozen=True)
+class Scope:
+    """What one search may return, all from one live snapshot (`state`): base items (every one
+    when `base` is None) and live items with their vectors; `matched` counts both."""
+
+    state: LiveState
+    base: Allowed | None
+    searches_base: bool
+    live_ids: np.ndarray
+    live_vectors: np.ndarray
+    matched: int
+
+
+@dataclass(frozen=True)
 class Answer:
     """A query's vector (with the forward passes that made it), its hits, and its batch's search
     time; how many items of the target passed the filter (all of them without one), and whether
@@ -83,10 +98,11 @@ class SearchService:
     """
 
     def __init__(self, encoder: ClipEncoder, bundle: Bundle, limits: QueryLimits | None = None,
-                 use_gpu: bool = False, batching: Batching | None = None, filter_cache_size: int = 64) -> None:
+                 use_gpu: bool = False, batching: Batching | None = None, filter_cache_size: int = 64,
+                 live: LiveLog | None = None) -> None:
         limits, batching = limits or QueryLimits(), batching or Batching()
         self.encoder, self.bundle, self.limits = encoder, bundle, limits
-        self.collection = Collection(bundle)
+        self.collection = Collection(bundle, live)
         searchers = {modality: searcher_for(index, bundle.manifest.modalities[modality].index.exact,
                                             encoder.device, use_gpu)
                      for modality, index in bundle.indices.items()}
@@ -101,7 +117,7 @@ class SearchService:
             self._heatmap_batch, batching.max_batch, name="explain")
         # The items each recent filter allows, per target. The bundle never changes under a running
         # service, so an entry stays right until it is evicted.
-        self._allowed: OrderedDict[tuple[Modality, str], Allowed] = OrderedDict()
+        self._allowed: OrderedDict[tuple[Modality, str, int], Allowed] = OrderedDict()
         self._allowed_lock = threading.Lock()
         self._filter_cache_size = filter_cache_size
 
@@ -132,18 +148,31 @@ class SearchService:
                     options: ResultOptions = NO_OPTIONS) -> Answer:
         """Embed `text` and search `target` for it, both in the batch of the text tower's next pass."""
         self.check_target(target, k, options)
-        allowed = self.allowed(target, options.filter)
-        embedded = self._wait(self._submit_text(text, field, target, _fetch_size(k, options), allowed), "the model")
-        return self._answer(self._text_vector(embedded, text, field), embedded, target, k, options, allowed)
+        scope = self.scope(target, options.filter)
+        embedded = self._wait(self._submit_text(text, field, *self._base_search(scope, target, k, options)),
+                              "the model")
+        return self._answer(self._text_vector(embedded, text, field), embedded, target, k, options, scope)
 
     def search_image(self, data: bytes, target: Modality, k: int, field: str = "data",
                      options: ResultOptions = NO_OPTIONS) -> Answer:
         """Decode and embed the image `data` and search `target` for it, batched like search_text."""
         self.check_target(target, k, options)
-        allowed = self.allowed(target, options.filter)
+        scope = self.scope(target, options.filter)
         pixels = self.uploads.decode(data, field)
-        embedded = self._wait(self._submit_image(pixels, target, _fetch_size(k, options), allowed), "the model")
-        return self._answer(self._image_vector(embedded), embedded, target, k, options, allowed)
+        embedded = self._wait(self._submit_image(pixels, *self._base_search(scope, target, k, options)), "the model")
+        return self._answer(self._image_vector(embedded), embedded, target, k, options, scope)
+
+    def embed_texts(self, texts: Sequence[str], fields: Sequence[str]) -> list[np.ndarray]:
+        """Unit vectors (float32 (d,)) of several texts, all submitted to the text tower before any is awaited."""
+        futures = [self._submit_text(text, field) for text, field in zip(texts, fields, strict=True)]
+        return [self._wait(future, "the model").vector for future in futures]
+
+    def embed_images(self, images: Sequence[bytes], fields: Sequence[str]) -> list[np.ndarray]:
+        """Unit vectors of several image files, decoded and embedded side by side."""
+        decodings = [self.uploads.submit(data) for data in images]
+        futures = [self._submit_image(self.uploads.result(decoding, field))
+                   for decoding, field in zip(decodings, fields, strict=True)]
+        return [self._wait(future, "the model").vector for future in futures]
 
     def embed_terms(self, terms: Sequence[Term], field: str = "terms") -> QueryVector:
         """The weighted sum of the terms' unit embeddings, renormalised to unit length.
@@ -177,21 +206,38 @@ class SearchService:
     def search_vector(self, query: QueryVector, target: Modality, k: int,
                       options: ResultOptions = NO_OPTIONS) -> Answer:
         self.check_target(target, k, options)
-        allowed = self.allowed(target, options.filter)
-        searched = self._wait(self.pipeline.search(query.vector, target, _fetch_size(k, options), allowed),
-                              "the search")
-        return self._page(query, searched.found, searched.search_s, target, k, options, allowed)
+        scope = self.scope(target, options.filter)
+        found, search_s = self._search_scope(query.vector, target, _fetch_size(k, options), scope)
+        return self._page(query, found, search_s, target, k, options, scope)
 
-    def allowed(self, target: Modality, filter: Filter | None) -> Allowed | None:
-        """The `target` items that pass `filter`, prepared for its searcher (None: no filter); cached."""
-        if filter is None:
-            return None
-        key = (target, filter.canonical)
+    def scope(self, target: Modality, filter: Filter | None) -> Scope:
+        """What a search of `target` may return under `filter`, from the live log's latest snapshot."""
+        state = self.collection.refresh()
+        removed = state.removed_of(target)
+        base_count = self.collection.base_count(target) - len(removed)
+        base = None
+        if base_count > 0 and (filter is not None or len(removed)):
+            base = self._base_allowed(target, filter, removed)
+            base_count = len(base)
+        segment = state.segment(target)
+        live_ids, live_vectors = segment.ids, segment.vectors
+        if filter is not None and len(live_ids):
+            live_ids = state.matching_ids(target, filter)
+            live_vectors = segment.vectors[np.searchsorted(segment.ids, live_ids)]
+        return Scope(state, base, base_count > 0, live_ids, live_vectors, base_count + len(live_ids))
+
+    def _base_allowed(self, target: Modality, filter: Filter | None, removed: np.ndarray) -> Allowed:
+        """The base items of `target` that pass `filter` and are not hidden, prepared for the base's
+        searcher; cached. Hidden ids only ever grow in number, so their count versions the entry."""
+        key = (target, "" if filter is None else filter.canonical, len(removed))
         with self._allowed_lock:
             if key in self._allowed:
                 self._allowed.move_to_end(key)
                 return self._allowed[key]
-        ids = self.bundle.items.matching_ids(target, filter.sql, filter.params)
+        ids = faiss_index.ids_of(self.bundle.indices[target]) if filter is None else \
+            self.bundle.items.matching_ids(target, filter.sql, filter.params)
+        if len(removed):
+            ids = np.setdiff1d(ids, removed, assume_unique=True)
         made = self.pipeline.searchers[target].allow(ids)
         with self._allowed_lock:
             self._allowed[key] = made
@@ -263,35 +309,49 @@ class SearchService:
     def _image_vector(self, embedded: Embedded) -> QueryVector:
         return QueryVector(embedded.vector, (), (Encoding(Modality.IMAGE, embedded.encode_s),))
 
+    def _base_search(self, scope: Scope, target: Modality, k: int,
+                     options: ResultOptions) -> tuple[Modality | None, int, Allowed | None]:
+        """Where the fused encode-and-search step searches the base: nowhere when it holds nothing allowed."""
+        return (target if scope.searches_base else None), _fetch_size(k, options), scope.base
+
+    def _search_scope(self, vector: np.ndarray, target: Modality, fetch: int, scope: Scope) -> tuple[TopK, float]:
+        """The top `fetch` of the base (through the search batcher) and the live items together."""
+        found, search_s = TopK.empty(1), 0.0
+        if scope.searches_base:
+            searched = self._wait(self.pipeline.search(vector, target, fetch, scope.base), "the search")
+            found, search_s = searched.found, searched.search_s
+        return _with_live(found, scope, vector, fetch), search_s
+
     def _answer(self, query: QueryVector, embedded: Embedded, target: Modality, k: int, options: ResultOptions,
-                allowed: Allowed | None) -> Answer:
-        assert embedded.found is not None  # a target was given
-        return self._page(query, embedded.found, embedded.search_s, target, k, options, allowed)
+                scope: Scope) -> Answer:
+        base = embedded.found if embedded.found is not None else TopK.empty(1)
+        found = _with_live(base, scope, query.vector, _fetch_size(k, options))
+        return self._page(query, found, embedded.search_s, target, k, options, scope)
 
     def _page(self, query: QueryVector, found: TopK, search_s: float, target: Modality, k: int,
-              options: ResultOptions, allowed: Allowed | None) -> Answer:
+              options: ResultOptions, scope: Scope) -> Answer:
         """The k hits after `options.offset` of a search that fetched `found`, duplicates collapsed
         (searching again, deeper, while too few groups remain and more items exist)."""
-        matched = len(allowed) if allowed is not None else self.collection.count(target)
-        hits = self.collection.hits([found])[0]
+        matched = scope.matched
+        hits = self.collection.hits([found], scope.state)[0]
         if options.dedup is not None:
             wanted, fetched = _fetch_size(k, ResultOptions(offset=options.offset)), found.ids.shape[1]
-            groups = self._collapse(hits, target, options.dedup)
+            groups = self._collapse(hits, target, options.dedup, scope)
             # A search that gave fewer hits than it fetched has given every hit it can.
             while len(groups) < wanted and len(hits) == fetched < min(matched, DEDUP_MAX_FETCHED):
                 fetched = min(matched, DEDUP_MAX_FETCHED, fetched * DEDUP_OVERFETCH)
-                searched = self._wait(self.pipeline.search(query.vector, target, fetched, allowed), "the search")
-                search_s += searched.search_s
-                hits = self.collection.hits([searched.found])[0]
-                groups = self._collapse(hits, target, options.dedup)
+                deeper, seconds = self._search_scope(query.vector, target, fetched, scope)
+                search_s += seconds
+                hits = self.collection.hits([deeper], scope.state)[0]
+                groups = self._collapse(hits, target, options.dedup, scope)
             hits = [replace(hits[group[0]], duplicates=tuple(hits[member].item.id for member in group[1:]))
                     for group in groups]
         return Answer(query, hits[options.offset:options.offset + k], search_s, matched,
                       more=len(hits) > options.offset + k)
 
-    def _collapse(self, hits: list[Hit], target: Modality, threshold: float) -> list[list[int]]:
+    def _collapse(self, hits: list[Hit], target: Modality, threshold: float, scope: Scope) -> list[list[int]]:
         ids = np.array([hit.item.id for hit in hits], dtype=np.int64)
-        return dedup.collapse(self.collection.stored_vectors(target, ids), threshold)
+        return dedup.collapse(self.collection.stored_vectors(target, ids, scope.state), threshold)
 
     def _embed_prompts(self, prompts: list[str]) -> np.ndarray:
         """Unit embeddings of label prompts, through the text tower's batcher like any query."""
@@ -311,6 +371,17 @@ class SearchService:
             future.cancel()  # still queued: the batcher drops it; already running: it finishes unused
             raise ServiceBusy(f"{waiting_for} did not finish within {self.limits.encode_timeout_s:g} s; "
                               "the server is overloaded, try again") from None
+
+
+def _with_live(found: TopK, scope: Scope, query: np.ndarray, k: int) -> TopK:
+    """One row of base results merged with the live items in `scope`, best first, at most k."""
+    if not len(scope.live_ids):
+        return found
+    valid = found.ids[0] >= 0
+    scores = np.concatenate([found.scores[0][valid], scope.live_vectors @ query])
+    ids = np.concatenate([found.ids[0][valid], scope.live_ids])
+    order = np.argsort(-scores, kind="stable")[:k]
+    return TopK(scores[order][None].astype(np.float32), ids[order][None])
 
 
 def _fetch_size(k: int, options: ResultOptions) -> int:

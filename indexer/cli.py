@@ -67,6 +67,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                          help="largest corpus indexed exactly when no --index-factory is given")
     command.add_argument("--keep-duplicates", action="store_true",
                          help="index files with identical content once each (default: only the first)")
+    command.add_argument("--discard-live-changes", action="store_true",
+                         help="replace a bundle that holds live changes (items added, edited or deleted over "
+                              "HTTP since it was built), dropping them; without it such a rebuild is refused")
     command.add_argument("--batches-per-shard", type=_positive_int, default=DEFAULTS.batches_per_shard,
                          help="batches written per resumable shard")
     _add_image_arguments(command)
@@ -107,6 +110,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                                                                        "label needs to be stored in FIELD")
     _add_model_arguments(labelling, None)
     labelling.add_argument("--no-progress", action="store_true", help="no progress bar")
+    syncing = commands.add_parser(
+        "sync", help="bring a bundle up to date with its sources without a rebuild: embed new and changed files, "
+                     "drop deleted ones, keep the vectors of moved ones",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    syncing.add_argument("--bundle", type=Path, required=True, help="the bundle to update (through its live log; a "
+                                                                    "server serving it sees the changes at once)")
+    syncing.add_argument("--images", type=Path, default=None, help="the image folder or manifest it was built from")
+    syncing.add_argument("--texts", type=Path, default=None, help="the text file it was built from (the same path "
+                                                                  "as at build time: text items are named after it)")
+    syncing.add_argument("--text-column", default=DEFAULTS.columns.text, help="text column of a JSONL or CSV file")
+    _add_model_arguments(syncing, None)
+    _add_speed_arguments(syncing)
+    _add_image_arguments(syncing)
+    syncing.add_argument("--no-progress", action="store_true", help="no progress bar")
     evaluation = commands.add_parser(
         "eval", help="retrieval quality (recall@1/5/10 both ways, mean rank) of a model on image-caption pairs",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -178,6 +195,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         if args.bundle is None and args.model is None:
             args.model = DEFAULT_MODEL
         return args
+    if args.command == "sync":
+        if args.model is not None or args.pretrained is not None:
+            parser.error("--bundle names the model: leave out --model and --pretrained")
+        if args.images is None and args.texts is None:
+            parser.error("give --images, --texts or both")
+        return args
     if args.command == "classify":
         if args.model is not None or args.pretrained is not None:
             parser.error("--bundle names the model: leave out --model and --pretrained")
@@ -242,7 +265,8 @@ def config_from_args(args: argparse.Namespace) -> BuildConfig:
         checkpoint=args.checkpoint, device=args.device, backend=args.backend, onnx_cache=args.onnx_cache,
         batch_size=args.batch_size, workers=args.workers,
         index_factory=args.index_factory, flat_threshold=args.flat_threshold, keep_duplicates=args.keep_duplicates,
-        batches_per_shard=args.batches_per_shard, max_pixels=args.max_pixels,
+        discard_live_changes=args.discard_live_changes, batches_per_shard=args.batches_per_shard,
+        max_pixels=args.max_pixels,
         columns=Columns(image=args.image_column, caption=args.caption_column, text=args.text_column),
         progress=not args.no_progress, caption=_caption_config(args))
 
@@ -295,6 +319,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from indexer.labelling import run_classify
 
         return run_classify(args)
+    if args.command == "sync":
+        from indexer.syncing import run_sync
+
+        return run_sync(args)
     if args.command == "finetune":
         from indexer.tuning import run_finetune
 

@@ -85,10 +85,10 @@ def test_uploads_and_composed_queries_take_the_same_options(service: SearchServi
 
 
 def test_the_items_a_filter_allows_are_computed_once_per_filter_and_target(service: SearchService) -> None:
-    first = service.allowed(Modality.IMAGE, parse_filter({"key": "number", "exists": True}))
-    again = service.allowed(Modality.IMAGE, parse_filter({"exists": True, "key": "number"}))
-    other_target = service.allowed(Modality.TEXT, parse_filter({"key": "number", "exists": True}))
-    assert first is again and first is not other_target
+    first = service.scope(Modality.IMAGE, parse_filter({"key": "number", "exists": True})).base
+    again = service.scope(Modality.IMAGE, parse_filter({"exists": True, "key": "number"})).base
+    other_target = service.scope(Modality.TEXT, parse_filter({"key": "number", "exists": True})).base
+    assert first is not None and first is again and first is not other_target
 
 
 def test_options_out_of_range_are_refused_naming_the_field(service: SearchService) -> None:

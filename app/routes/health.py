@@ -8,6 +8,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from app.deps import ServiceDep, StateDep
 from app.errors import ServiceNotReady
 from app.schemas import ErrorResponse, InfoResponse
+from clipsearch.modality import Modality
 
 router = APIRouter(tags=["operations"])  # always open: probes must not need the API key
 operations = APIRouter(tags=["operations"])
@@ -31,10 +32,12 @@ def ready(state: StateDep) -> dict[str, str]:
 def info(service: ServiceDep) -> InfoResponse:
     """The model, the bundle's contents and indices, and the device in use."""
     manifest = service.bundle.manifest
+    state = service.collection.refresh()  # counts include live changes
     return InfoResponse(
         model=manifest.model.name, pretrained=manifest.model.pretrained,
         checkpoint_sha256=manifest.model.checkpoint_sha256, embedding_dim=manifest.embedding_dim,
-        counts={modality: record.count for modality, record in manifest.modalities.items()},
+        counts={modality: service.collection.count(modality, state) for modality in Modality
+                if modality in manifest.modalities or service.collection.count(modality, state)},
         indices={modality: record.index for modality, record in manifest.modalities.items()},
         device=str(service.encoder.device), cuda_graphs=service.encoder.cuda_graphs,
         backend=service.encoder.backend, threads=service.encoder.threads,

@@ -1,29 +1,66 @@
-"""Items of the bundle: their metadata and, for images, the image itself."""
+"""Items of the collection: their metadata and, for images, the image itself; and writes (add,
+replace by key, edit, delete), which need the admin key."""
 
 from __future__ import annotations
 
-from typing import Annotated
+import json
+import time
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, Depends, Path, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse
 from PIL import Image
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.convertors import Convertor, register_url_convertor
+from starlette.datastructures import UploadFile
 
-from app.deps import ServiceDep
+from app.deps import ServiceDep, WriterDep, require_admin_key
 from app.routes.search import ERRORS
-from app.schemas import MAX_ITEM_ID, ItemModel
+from app.schemas import (
+    MAX_ITEM_ID,
+    AddTextsRequest,
+    DeleteItemsRequest,
+    DeleteResponse,
+    EditItemRequest,
+    ErrorResponse,
+    ItemModel,
+    WriteResponse,
+)
+from clipsearch.errors import InvalidQuery
+from clipsearch.filters import parse_filter
+from clipsearch.writes import UNCHANGED, ImageEntry, TextEntry
 
 ItemId = Annotated[int, Path(ge=0, le=MAX_ITEM_ID, description="An item's id, as search results give it.")]
 
+
+
+class ItemIdSegment(Convertor[str]):
+    """An item id's path segment: anything but `delete`, which is the bulk delete's own path
+    (POST /items/delete), so that GET /items/delete is a 405 and not a malformed id. The value is
+    still validated as an integer by the route, so `/items/abc` stays a 422 naming `item_id`."""
+
+    regex = "(?!delete(?:/|$))[^/]+"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("item_id", ItemIdSegment())
 router = APIRouter(prefix="/items", tags=["items"])
 
 
-@router.get("/{item_id}", responses=ERRORS)
+@router.get("/{item_id:item_id}", responses=ERRORS)
 def get_item(item_id: ItemId, service: ServiceDep) -> ItemModel:
     """An item's metadata."""
     return ItemModel.of(service.collection.item(item_id))
 
 
-@router.get("/{item_id}/image", response_class=FileResponse, responses={
+@router.get("/{item_id:item_id}/image", response_class=FileResponse, responses={
     200: {"content": {"image/*": {}}, "description": "The image file, as indexed."}, **ERRORS})
 def get_item_image(item_id: ItemId, service: ServiceDep) -> FileResponse:
     """The image file of an image item. Only files recorded in the bundle are ever served."""
@@ -34,3 +71,104 @@ def get_item_image(item_id: ItemId, service: ServiceDep) -> FileResponse:
     except (OSError, SyntaxError, ValueError):  # the file changed since indexing; still serve its bytes
         media_type = "application/octet-stream"
     return FileResponse(path, media_type=media_type, headers={"Cache-Control": "public, max-age=3600"})
+
+
+WRITE_ERRORS: dict[int | str, dict[str, Any]] = {**ERRORS, 403: {
+    "model": ErrorResponse, "description": "Writes are off (CLIPSEARCH_ADMIN_KEY unset) or the X-Admin-Key header "
+                                           "was missing or wrong."}}
+admin = [Depends(require_admin_key)]
+
+
+@router.post("", responses=WRITE_ERRORS, dependencies=admin, openapi_extra={"requestBody": {"content": {
+    "application/json": {"schema": {"$ref": "#/components/schemas/AddTextsRequest"}},
+    "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
+        "file": {"type": "array", "items": {"type": "string", "format": "binary"}},
+        "key": {"type": "array", "items": {"type": "string"}},
+        "caption": {"type": "array", "items": {"type": "string"}},
+        "metadata": {"type": "array", "items": {"type": "string", "description": "a JSON object"}}}}}}}})
+async def add_items(request: Request, writer: WriterDep) -> WriteResponse:
+    """Add items, or replace them by key (same id, new vector and metadata).
+
+    Texts as JSON: `{"items": [{"text", "key", "metadata"}]}`. Images as multipart: one `file` field
+    per image, and optionally as many `key`, `caption` and `metadata` (JSON) fields, matched to the
+    files in order. Embedded through the model's batches like queries; applied all or nothing, and
+    answered once durable.
+    """
+    started = time.perf_counter()
+    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+        async with request.form(max_files=writer.limits.max_items + 1,
+                                max_fields=4 * writer.limits.max_items + 4) as form:  # closes the uploads after
+            entries = _image_entries(form)
+        ids = await run_in_threadpool(writer.add_images, entries, "file")
+    else:
+        try:
+            body = AddTextsRequest.model_validate_json(await request.body())
+        except ValidationError as error:
+            raise RequestValidationError([{**entry, "loc": ("body", *entry["loc"])} for entry in error.errors()]) \
+                from None
+        texts = [TextEntry(item.text, item.key, item.metadata) for item in body.items]
+        ids = await run_in_threadpool(writer.add_texts, texts)
+    return WriteResponse(ids=ids, took_ms=_since(started))
+
+
+@router.patch("/{item_id:item_id}", responses=WRITE_ERRORS, dependencies=admin)
+def edit_item(item_id: ItemId, request: EditItemRequest, writer: WriterDep) -> ItemModel:
+    """Change an image's caption, a text's text (embedded again) or any item's metadata; other fields stay."""
+    given = request.model_fields_set
+    if not given:
+        raise InvalidQuery("body", "give at least one of caption, text and metadata")
+    if "text" in given and request.text is None:
+        raise InvalidQuery("text", "a text item's text cannot be removed; delete the item instead")
+    return ItemModel.of(writer.update(
+        item_id, caption=request.caption if "caption" in given else UNCHANGED,
+        text=request.text if "text" in given and request.text is not None else UNCHANGED,
+        metadata=request.metadata if "metadata" in given and request.metadata is not None else UNCHANGED))
+
+
+@router.delete("/{item_id:item_id}", responses=WRITE_ERRORS, dependencies=admin)
+def delete_item(item_id: ItemId, writer: WriterDep) -> DeleteResponse:
+    """Delete one item; 404 if there is no such item."""
+    started = time.perf_counter()
+    deleted = writer.delete([item_id], "item_id")
+    if not deleted:
+        writer.service.collection.item(item_id, "item_id")  # raises the 404
+    return DeleteResponse(deleted=deleted, took_ms=_since(started))
+
+
+@router.post("/delete", responses=WRITE_ERRORS, dependencies=admin)
+def delete_items(request: DeleteItemsRequest, writer: WriterDep) -> DeleteResponse:
+    """Delete items by id (unknown ids skipped) or every item passing a filter."""
+    started = time.perf_counter()
+    if request.ids is not None:
+        deleted = writer.delete(request.ids, "ids")
+    else:
+        deleted = writer.delete_matching(parse_filter(request.filter, "filter"))
+    return DeleteResponse(deleted=deleted, took_ms=_since(started))
+
+
+def _image_entries(form: Any) -> list[ImageEntry]:
+    files = form.getlist("file")
+    if not files or not all(isinstance(file, UploadFile) for file in files):
+        raise InvalidQuery("file", "give one or more image files, one `file` field each")
+    columns = {name: form.getlist(name) for name in ("key", "caption", "metadata")}
+    for name, values in columns.items():
+        if values and len(values) != len(files):
+            raise InvalidQuery(name, f"give one per file ({len(files)}) or none, got {len(values)}")
+    entries = []
+    for number, file in enumerate(files):
+        metadata: Any = {}
+        if columns["metadata"]:
+            try:
+                metadata = json.loads(columns["metadata"][number])
+            except json.JSONDecodeError as error:
+                raise InvalidQuery(f"metadata[{number}]", f"not valid JSON ({error})") from None
+            if not isinstance(metadata, dict):
+                raise InvalidQuery(f"metadata[{number}]", "must be a JSON object")
+        key = columns["key"][number] if columns["key"] else None
+        caption = columns["caption"][number] if columns["caption"] else None
+        entries.append(ImageEntry(file.file.read(), key or None, caption or None, metadata))
+    return entries
+
+
+def _since(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 3)

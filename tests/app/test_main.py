@@ -48,7 +48,9 @@ def test_two_workers_serve_searches_with_the_cores_shared_between_them(two_worke
     cores = len(os.sched_getaffinity(0))
     for _ in range(6):
         with httpx.Client(base_url=two_workers, timeout=30) as http:
-            assert http.get("/info").json()["threads"] == max(1, cores // 2)
+            info = http.get("/info")
+            assert info.status_code == 200, info.text
+            assert info.json()["threads"] == max(1, cores // 2)
             hits = http.post("/search/text", json={"text": "a red square", "k": 3}).json()["results"]
             assert len(hits) == 3
 

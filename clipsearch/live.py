@@ -1,0 +1,358 @@
+"""Live changes to a served bundle: items added, replaced and deleted without a rebuild.
+
+The bundle stays the immutable base. Changes go to `live.sqlite` in the bundle directory, SQLite
+in WAL mode with a full sync on every commit, so an acknowledged write survives kill -9 and power
+loss, and a write is one transaction: it is all there or not at all.
+
+    items       items added or replaced: the same columns as the base's items.sqlite plus their
+                `key`, their vector (float32 bytes) and when they were written
+    removed     base items hidden: deleted, or replaced by a row of `items` with the same id
+    base_keys   each base item's key (its uri), so that a write by key finds a base item at once
+    state       `generation`, raised by every committed write, and `next_id`
+    file_stats  size, modification time and content hash of each source file at the last sync
+                (clipsearch.sync), so that an unchanged file is not read again
+
+A reader (every server worker) takes a `LiveState` snapshot: the live items' ids and vectors per
+modality and the hidden base ids. A search uses one snapshot from start to end, so it never sees
+half of a write. Workers compare the stored generation with their snapshot's before each search
+(one indexed read), so a write through any worker, or by another process, is seen by the next
+search everywhere.
+
+Keys are unique per modality: a write with a key that exists replaces that item and keeps its id.
+A base item's key is its uri.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterable, Sequence
+from contextlib import ExitStack, closing
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from clipsearch.errors import BundleError, BundleReplaced
+from clipsearch.filters import Filter
+from clipsearch.item_store import Item, ItemStore
+from clipsearch.manifest import bundle_lock
+from clipsearch.modality import Modality
+
+LIVE_FILE = "live.sqlite"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS items (
+    id INTEGER PRIMARY KEY,
+    key TEXT NOT NULL,
+    modality TEXT NOT NULL,
+    uri TEXT NOT NULL,
+    text TEXT,
+    extra TEXT NOT NULL,
+    content_hash TEXT NOT NULL,
+    vector BLOB NOT NULL,
+    written_at TEXT NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS items_by_key ON items (modality, key);
+CREATE TABLE IF NOT EXISTS removed (id INTEGER PRIMARY KEY, modality TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS base_keys (
+    modality TEXT NOT NULL, key TEXT NOT NULL, id INTEGER NOT NULL, PRIMARY KEY (modality, key)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS state (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS file_stats (
+    uri TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, content_hash TEXT NOT NULL
+) WITHOUT ROWID;
+"""
+_ITEM_COLUMNS = "id, modality, uri, text, extra, content_hash"
+
+
+@dataclass(frozen=True)
+class NewItem:
+    """An item to write: its key (unique per modality), what it is, and its unit vector (float32 (d,))."""
+
+    key: str
+    modality: Modality
+    uri: str
+    text: str | None
+    extra: dict[str, Any]
+    content_hash: str
+    vector: np.ndarray
+
+
+@dataclass(frozen=True)
+class Segment:
+    """The live items of one modality: ids (int64 (m,), ascending) and their vectors (float32 (m, d))."""
+
+    ids: np.ndarray
+    vectors: np.ndarray
+
+    def vector(self, item_id: int) -> np.ndarray | None:
+        row = int(np.searchsorted(self.ids, item_id))
+        return self.vectors[row] if row < len(self.ids) and self.ids[row] == item_id else None
+
+
+@dataclass(frozen=True, eq=False)
+class LiveState:
+    """One consistent view of the live changes, as of `generation`."""
+
+    generation: int
+    removed: dict[Modality, np.ndarray] = field(default_factory=dict)
+    """Hidden base ids per modality (int64, ascending). Only ever grows: a base item never comes back."""
+    segments: dict[Modality, Segment] = field(default_factory=dict)
+    items: dict[int, Item] = field(default_factory=dict)
+    """The live items themselves, so that results resolve within the same snapshot."""
+    _filtered: dict[tuple[Modality, str], np.ndarray] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def segment(self, modality: Modality) -> Segment:
+        return self.segments.get(modality) or Segment(np.zeros(0, np.int64), np.zeros((0, 0), np.float32))
+
+    def removed_of(self, modality: Modality) -> np.ndarray:
+        return self.removed.get(modality, np.zeros(0, np.int64))
+
+    def matching_ids(self, modality: Modality, filter: Filter) -> np.ndarray:
+        """This snapshot's live items of `modality` that pass `filter` (int64, ascending), computed once
+        per filter in an in-memory copy of the snapshot's items: the same SQL as the base's."""
+        key = (modality, filter.canonical)
+        with self._lock:
+            if key not in self._filtered:
+                rows = [item for item in self.items.values() if item.modality is modality]
+                with closing(sqlite3.connect(":memory:")) as memory:
+                    memory.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, modality TEXT NOT NULL, uri TEXT "
+                                   "NOT NULL, text TEXT, extra TEXT NOT NULL, content_hash TEXT NOT NULL)")
+                    memory.executemany("INSERT INTO items VALUES (?, ?, ?, ?, ?, ?)", (
+                        (item.id, item.modality.value, item.uri, item.text, json.dumps(item.extra), item.content_hash)
+                        for item in rows))
+                    found = memory.execute(f"SELECT id FROM items WHERE modality = ? AND ({filter.sql}) ORDER BY id",
+                                           (modality.value, *filter.params)).fetchall()
+                self._filtered[key] = np.array([row[0] for row in found], dtype=np.int64)
+            return self._filtered[key]
+
+    def is_removed(self, item_id: int) -> bool:
+        return any(_contains(ids, item_id) for ids in self.removed.values())
+
+    def is_live(self, item_id: int) -> bool:
+        return any(_contains(segment.ids, item_id) for segment in self.segments.values())
+
+    @property
+    def empty(self) -> bool:
+        return not any(len(ids) for ids in self.removed.values()) and \
+            not any(len(segment.ids) for segment in self.segments.values())
+
+
+def count_live_changes(bundle: Path) -> int:
+    """How many live items and hidden base items the bundle at `bundle` holds (0 without a live log)."""
+    path = bundle / LIVE_FILE
+    if not path.is_file():
+        return 0
+    try:
+        with closing(sqlite3.connect(path, timeout=30)) as connection:
+            row = connection.execute("SELECT (SELECT count(*) FROM items) + (SELECT count(*) FROM removed)").fetchone()
+    except sqlite3.Error as error:
+        raise BundleError(f"{path}: the live log cannot be read ({error})") from error
+    return int(row[0])
+
+
+class LiveLog:
+    """The write log of one bundle; safe to share between threads, and between processes through SQLite.
+
+    Every write holds the bundle's lock (clipsearch.manifest.bundle_lock), which a rebuild's swap
+    also takes, and first checks that its file is still the bundle's: a server whose bundle was
+    replaced under it refuses writes (BundleReplaced) rather than write to a retired file.
+    """
+
+    def __init__(self, path: Path, base: ItemStore, dim: int) -> None:
+        self.path, self.base, self.dim = path, base, dim
+        # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE), so two writers queue on
+        # SQLite's lock instead of failing half-way through.
+        self._connection = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+        self._lock = threading.Lock()
+        with self._lock:
+            self._connection.execute("PRAGMA journal_mode=WAL")
+            self._connection.execute("PRAGMA synchronous=FULL")
+            self._connection.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in _SCHEMA.strip().split(";"):
+                    if statement.strip():
+                        self._connection.execute(statement)
+                if self._state_value("next_id") is None:
+                    self._initialise(base)
+                self._connection.execute("COMMIT")
+            except BaseException:
+                self._connection.execute("ROLLBACK")
+                raise
+        self._identity = _identity(path)
+
+    def _initialise(self, base: ItemStore) -> None:
+        """Record the base's keys and where new ids start: once, when the log is created."""
+        largest = -1
+        rows = []
+        for item in base:
+            largest = max(largest, item.id)
+            rows.append((item.modality.value, item.uri, item.id))
+        self._connection.executemany("INSERT OR IGNORE INTO base_keys (modality, key, id) VALUES (?, ?, ?)", rows)
+        self._connection.execute("INSERT INTO state (name, value) VALUES ('next_id', ?), ('generation', 0)",
+                                 (largest + 1,))
+
+    def generation(self) -> int:
+        with self._lock:
+            value = self._state_value("generation")
+        return int(value or 0)
+
+    def state(self) -> LiveState:
+        """A snapshot of every live change, read in one transaction."""
+        with self._lock:
+            self._connection.execute("BEGIN")
+            try:
+                generation = int(self._state_value("generation") or 0)
+                removed_rows = self._connection.execute("SELECT id, modality FROM removed ORDER BY id").fetchall()
+                item_rows = self._connection.execute(
+                    f"SELECT {_ITEM_COLUMNS}, vector FROM items ORDER BY id").fetchall()
+            finally:
+                self._connection.execute("COMMIT")
+        removed = {modality: np.array([row[0] for row in removed_rows if row[1] == modality.value], dtype=np.int64)
+                   for modality in Modality}
+        segments = {}
+        for modality in Modality:
+            rows = [row for row in item_rows if row[1] == modality.value]
+            vectors = np.frombuffer(b"".join(row[6] for row in rows), dtype=np.float32).reshape(len(rows), self.dim)
+            segments[modality] = Segment(np.array([row[0] for row in rows], dtype=np.int64), vectors)
+        items = {row[0]: Item(row[0], Modality(row[1]), row[2], row[3], json.loads(row[4]), row[5])
+                 for row in item_rows}
+        return LiveState(generation, removed, segments, items)
+
+    def write(self, items: Sequence[NewItem]) -> list[int]:
+        """Add or replace `items` in one transaction; their ids, in order (a replaced item keeps its id)."""
+        with self._transaction() as connection:
+            return self._write(connection, items)
+
+    def delete(self, item_ids: Iterable[int]) -> list[int]:
+        """Delete items by id in one transaction; the ids that existed (and no longer do)."""
+        with self._transaction() as connection:
+            return self._delete(connection, item_ids)
+
+    def apply(self, writes: Sequence[NewItem], deletes: Iterable[int],
+              file_stats: dict[str, tuple[int, int, str]]) -> list[int]:
+        """Deletes, then writes, and the source files' stats, in one transaction (a sync's whole result)."""
+        with self._transaction() as connection:
+            self._delete(connection, deletes)
+            ids = self._write(connection, writes)
+            connection.executemany("INSERT OR REPLACE INTO file_stats (uri, size, mtime_ns, content_hash) "
+                                   "VALUES (?, ?, ?, ?)", ((uri, *stat) for uri, stat in file_stats.items()))
+            return ids
+
+    def file_stats(self) -> dict[str, tuple[int, int, str]]:
+        """uri → (size, mtime in ns, content hash) of source files as of the last sync."""
+        with self._lock:
+            rows = self._connection.execute("SELECT uri, size, mtime_ns, content_hash FROM file_stats").fetchall()
+        return {row[0]: (int(row[1]), int(row[2]), str(row[3])) for row in rows}
+
+    def _write(self, connection: sqlite3.Connection, items: Sequence[NewItem]) -> list[int]:
+        written_at = datetime.now(UTC).isoformat(timespec="seconds")
+        ids = []
+        for item in items:
+            item_id = self._id_for(connection, item.modality, item.key)
+            connection.execute(
+                "INSERT OR REPLACE INTO items (id, key, modality, uri, text, extra, content_hash, vector, "
+                "written_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (item_id, item.key, item.modality.value, item.uri, item.text,
+                 json.dumps(item.extra, ensure_ascii=False), item.content_hash,
+                 np.ascontiguousarray(item.vector, dtype=np.float32).tobytes(), written_at))
+            ids.append(item_id)
+        return ids
+
+    def _delete(self, connection: sqlite3.Connection, item_ids: Iterable[int]) -> list[int]:
+        deleted = []
+        for item_id in dict.fromkeys(int(item_id) for item_id in item_ids):
+            # A live row that replaced a base item leaves that item hidden when it goes.
+            live = connection.execute("DELETE FROM items WHERE id = ? RETURNING id", (item_id,)).fetchone()
+            hidden = connection.execute("SELECT 1 FROM removed WHERE id = ?", (item_id,)).fetchone()
+            if live is not None:
+                deleted.append(item_id)
+            elif hidden is None:
+                found = self.base.get(item_id)
+                if found is not None:
+                    connection.execute("INSERT INTO removed (id, modality) VALUES (?, ?)",
+                                       (item_id, found.modality.value))
+                    deleted.append(item_id)
+        return deleted
+
+    def key_of(self, item_id: int) -> str | None:
+        with self._lock:
+            row = self._connection.execute("SELECT key FROM items WHERE id = ?", (item_id,)).fetchone()
+            if row is None:
+                row = self._connection.execute("SELECT key FROM base_keys WHERE id = ?", (item_id,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def close(self) -> None:
+        self._connection.close()
+
+    def _id_for(self, connection: sqlite3.Connection, modality: Modality, key: str) -> int:
+        """The id of the item with this key (live, else base, which becomes hidden), or a new one."""
+        row = connection.execute("SELECT id FROM items WHERE modality = ? AND key = ?",
+                                 (modality.value, key)).fetchone()
+        if row is not None:
+            return int(row[0])
+        row = connection.execute("SELECT id FROM base_keys WHERE modality = ? AND key = ?",
+                                 (modality.value, key)).fetchone()
+        if row is not None:
+            connection.execute("INSERT OR IGNORE INTO removed (id, modality) VALUES (?, ?)", (row[0], modality.value))
+            return int(row[0])
+        new_id = int(self._state_value("next_id") or 0)
+        connection.execute("UPDATE state SET value = value + 1 WHERE name = 'next_id'")
+        return new_id
+
+    def _state_value(self, name: str) -> int | None:
+        row = self._connection.execute("SELECT value FROM state WHERE name = ?", (name,)).fetchone()
+        return None if row is None else int(row[0])
+
+    def _transaction(self) -> _Transaction:
+        return _Transaction(self)
+
+
+class _Transaction:
+    """BEGIN IMMEDIATE … COMMIT with the generation raised, or ROLLBACK on any error."""
+
+    def __init__(self, log: LiveLog) -> None:
+        self.log = log
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.held = ExitStack()
+        try:
+            self.held.enter_context(self.log._lock)
+            self.held.enter_context(bundle_lock(self.log.path.parent))
+            if _identity(self.log.path) != self.log._identity:
+                raise BundleReplaced(f"the bundle at {self.log.path.parent} was replaced (rebuilt) after this server "
+                                     "loaded it; nothing was written: restart the server to serve the new bundle")
+            self.log._connection.execute("BEGIN IMMEDIATE")
+        except BaseException:
+            self.held.close()
+            raise
+        return self.log._connection
+
+    def __exit__(self, error_type: type[BaseException] | None, *_: object) -> None:
+        connection = self.log._connection
+        try:
+            if error_type is None:
+                connection.execute("UPDATE state SET value = value + 1 WHERE name = 'generation'")
+                connection.execute("COMMIT")
+            else:
+                connection.execute("ROLLBACK")
+        finally:
+            self.held.close()
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """Which file is at `path` (device and inode), or None if none is."""
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    return stat.st_dev, stat.st_ino
+
+
+def _contains(ids: np.ndarray, item_id: int) -> bool:
+    row = int(np.searchsorted(ids, item_id))
+    return row < len(ids) and int(ids[row]) == item_id
