@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader
+from pydantic import SecretStr
 
 from app.errors import NotAuthenticated, WritesForbidden
 from app.metrics import Metrics
@@ -40,10 +41,7 @@ _api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False,
 def require_api_key(state: Annotated[ServiceState, Depends(get_state)],
                     given: Annotated[str | None, Security(_api_key_header)]) -> None:
     expected = state.settings.api_key
-    if expected is None:
-        return
-    # Constant-time comparison: response timing must not reveal how much of a guess was right.
-    if given is None or not hmac.compare_digest(given.encode(), expected.get_secret_value().encode()):
+    if expected is not None and not _key_matches(given, expected):
         raise NotAuthenticated()
 
 
@@ -57,8 +55,13 @@ def require_admin_key(state: Annotated[ServiceState, Depends(get_state)],
     if expected is None:
         raise WritesForbidden("writes are turned off: set CLIPSEARCH_ADMIN_KEY on the server to allow them",
                               "X-Admin-Key")
-    if given is None or not hmac.compare_digest(given.encode(), expected.get_secret_value().encode()):
+    if not _key_matches(given, expected):
         raise WritesForbidden("missing or wrong admin key", "X-Admin-Key")
+
+
+def _key_matches(given: str | None, expected: SecretStr) -> bool:
+    # Constant-time comparison: response timing must not reveal how much of a guess was right.
+    return given is not None and hmac.compare_digest(given.encode(), expected.get_secret_value().encode())
 
 
 def get_writer(state: Annotated[ServiceState, Depends(get_state)]) -> CollectionWriter:

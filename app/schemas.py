@@ -313,7 +313,7 @@ class EditItemRequest(BaseModel):
 
     caption: str | None = Field(None, description="An image's caption (null clears it).")
     text: str | None = Field(None, description="A text item's text; it is embedded again.")
-    metadata: dict[str, Any] | None = Field(None, description="Replaces the item's metadata whole.")
+    metadata: dict[str, Any] | None = Field(None, description="Replaces the item's metadata whole (null clears it).")
 
 
 class DeleteItemsRequest(BaseModel):

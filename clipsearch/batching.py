@@ -5,24 +5,28 @@ window (none by default: only what is already queued) up to the maximum batch, a
 in one call. A lone query is never held back by the default window; under load, the queries that
 queue while a batch runs form the next batch, so throughput grows with concurrency while each
 query still waits for at most one batch ahead of it.
+
+Background items (writes to a live collection) wait in a lane of their own: a batch takes every
+waiting query first and fills up with background items, and a batch of background items alone
+holds at most `max_background`, so a query that arrives during a write storm waits for at most
+one small batch of writes rather than a full one.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from typing import Generic, TypeVar, cast
+from typing import Generic, TypeVar
 
 log = logging.getLogger(__name__)
 
 In = TypeVar("In")
 Out = TypeVar("Out")
 
-_STOP = object()
 
 
 class MicroBatcher(Generic[In, Out]):
@@ -35,30 +39,38 @@ class MicroBatcher(Generic[In, Out]):
     """
 
     def __init__(self, process: Callable[[list[In]], Sequence[Out]], max_batch: int = 64,
-                 window_s: float = 0.0, name: str = "batch") -> None:
+                 window_s: float = 0.0, name: str = "batch", max_background: int = 16) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
         if window_s < 0:
             raise ValueError(f"window_s must not be negative, got {window_s}")
         self.process, self.max_batch, self.window_s, self.name = process, max_batch, window_s, name
+        self.max_background = max(1, min(max_background, max_batch))
         self.batches = 0
         self.items = 0
-        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._lanes: tuple[deque[tuple[In, Future[Out]]], deque[tuple[In, Future[Out]]]] = (deque(), deque())
+        self._ready = threading.Condition()
+        self._stopping = False
         self._closed = False
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
-    def submit(self, item: In) -> Future[Out]:
+    def submit(self, item: In, background: bool = False) -> Future[Out]:
+        """Queue `item`; a `background` one goes after every waiting query (see the module's docstring)."""
         if self._closed:
             raise RuntimeError("the batcher is closed")
         future: Future[Out] = Future()
-        self._queue.put((item, future))
+        with self._ready:
+            self._lanes[background].append((item, future))
+            self._ready.notify()
         return future
 
     def close(self) -> None:
         """Finish every item submitted so far, then stop; later submissions are refused."""
         self._closed = True
-        self._queue.put(_STOP)
+        with self._ready:
+            self._stopping = True
+            self._ready.notify()
         self._thread.join(timeout=30)
 
     @property
@@ -67,39 +79,35 @@ class MicroBatcher(Generic[In, Out]):
 
     def _run(self) -> None:
         while True:
-            batch, stop = self._collect()
+            batch = self._collect()
+            if batch is None:
+                return
+            batch = [pair for pair in batch if pair[1].set_running_or_notify_cancel()]
             if batch:
                 self._process(batch)
-            if stop:
-                self._cancel_waiting()
-                return
 
-    def _collect(self) -> tuple[list[tuple[In, Future[Out]]], bool]:
-        """Block for one item, then take more until the window closes or the batch is full."""
-        first = self._queue.get()
-        if first is _STOP:
-            return [], True
-        batch = [first]
-        deadline = time.monotonic() + self.window_s
-        while len(batch) < self.max_batch:
-            remaining = deadline - time.monotonic()
-            try:
-                entry = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if entry is _STOP:
-                return self._live(batch), True
-            batch.append(entry)
-        return self._live(batch), False
-
-    @staticmethod
-    def _live(entries: list[object]) -> list[tuple[In, Future[Out]]]:
-        live: list[tuple[In, Future[Out]]] = []
-        for entry in entries:
-            pair = cast(tuple[In, Future[Out]], entry)  # only (item, future) pairs and _STOP are queued
-            if pair[1].set_running_or_notify_cancel():
-                live.append(pair)
-        return live
+    def _collect(self) -> list[tuple[In, Future[Out]]] | None:
+        """Wait for one item, then take more until the window closes or the batch is full: queries
+        first, background items after them. None once closed and drained."""
+        queries, background = self._lanes
+        with self._ready:
+            while not queries and not background:
+                if self._stopping:
+                    return None
+                self._ready.wait()
+            deadline = time.monotonic() + self.window_s
+            while True:
+                waiting = len(queries) + min(len(background), self.max_background)
+                remaining = deadline - time.monotonic()
+                if waiting >= self.max_batch or remaining <= 0 or self._stopping:
+                    break
+                self._ready.wait(remaining)
+            batch = [queries.popleft() for _ in range(min(len(queries), self.max_batch))]
+            # Background items fill the batch, but never past max_background of them: a query that
+            # comes next waits for at most that many writes.
+            room = min(self.max_batch - len(batch), self.max_background)
+            batch.extend(background.popleft() for _ in range(min(len(background), room)))
+            return batch
 
     def _process(self, batch: list[tuple[In, Future[Out]]]) -> None:
         try:
@@ -116,11 +124,4 @@ class MicroBatcher(Generic[In, Out]):
         for (_, future), result in zip(batch, results, strict=True):
             future.set_result(result)
 
-    def _cancel_waiting(self) -> None:
-        while True:
-            try:
-                entry = self._queue.get_nowait()
-            except queue.Empty:
-                return
-            if entry is not _STOP:
-                entry[1].cancel()  # type: ignore[index]
+

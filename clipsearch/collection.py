@@ -45,7 +45,8 @@ class Collection:
         if self.live is not None and self.live.generation() != self.state.generation:
             with self._refresh_lock:
                 if self.live.generation() != self.state.generation:
-                    self.state = self.live.state()
+                    # Only the rows written since this snapshot are read (the first time, all of them).
+                    self.state = self.live.state(self.state if self.state.generation >= 0 else None)
         return self.state
 
     @property

@@ -7,13 +7,17 @@ loss, and a write is one transaction: it is all there or not at all.
     items       items added or replaced: the same columns as the base's items.sqlite plus their
                 `key`, their vector (float32 bytes) and when they were written
     removed     base items hidden: deleted, or replaced by a row of `items` with the same id
+    dropped     live items deleted since they were written
+                (every row of these three records the generation that wrote it, so a reader
+                catches up by reading only what changed since its snapshot)
     base_keys   each base item's key (its uri), so that a write by key finds a base item at once
     state       `generation`, raised by every committed write, and `next_id`
     file_stats  size, modification time and content hash of each source file at the last sync
                 (clipsearch.sync), so that an unchanged file is not read again
 
 A reader (every server worker) takes a `LiveState` snapshot: the live items' ids and vectors per
-modality and the hidden base ids. A search uses one snapshot from start to end, so it never sees
+modality and the hidden base ids; a newer snapshot is made from an older one and the rows written
+since. A search uses one snapshot from start to end, so it never sees
 half of a write. Workers compare the stored generation with their snapshot's before each search
 (one indexed read), so a write through any worker, or by another process, is seen by the next
 search everywhere.
@@ -54,10 +58,15 @@ CREATE TABLE IF NOT EXISTS items (
     extra TEXT NOT NULL,
     content_hash TEXT NOT NULL,
     vector BLOB NOT NULL,
-    written_at TEXT NOT NULL
+    written_at TEXT NOT NULL,
+    generation INTEGER NOT NULL
 );
+CREATE INDEX IF NOT EXISTS items_by_generation ON items (generation);
 CREATE UNIQUE INDEX IF NOT EXISTS items_by_key ON items (modality, key);
-CREATE TABLE IF NOT EXISTS removed (id INTEGER PRIMARY KEY, modality TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS removed (id INTEGER PRIMARY KEY, modality TEXT NOT NULL, generation INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS removed_by_generation ON removed (generation);
+CREATE TABLE IF NOT EXISTS dropped (id INTEGER PRIMARY KEY, generation INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS dropped_by_generation ON dropped (generation);
 CREATE TABLE IF NOT EXISTS base_keys (
     modality TEXT NOT NULL, key TEXT NOT NULL, id INTEGER NOT NULL, PRIMARY KEY (modality, key)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS state (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -133,14 +142,6 @@ class LiveState:
     def is_removed(self, item_id: int) -> bool:
         return any(_contains(ids, item_id) for ids in self.removed.values())
 
-    def is_live(self, item_id: int) -> bool:
-        return any(_contains(segment.ids, item_id) for segment in self.segments.values())
-
-    @property
-    def empty(self) -> bool:
-        return not any(len(ids) for ids in self.removed.values()) and \
-            not any(len(segment.ids) for segment in self.segments.values())
-
 
 def count_live_changes(bundle: Path) -> int:
     """How many live items and hidden base items the bundle at `bundle` holds (0 without a live log)."""
@@ -201,26 +202,46 @@ class LiveLog:
             value = self._state_value("generation")
         return int(value or 0)
 
-    def state(self) -> LiveState:
-        """A snapshot of every live change, read in one transaction."""
+    def state(self, since: LiveState | None = None) -> LiveState:
+        """A snapshot of every live change, read in one transaction: all of it, or only what was
+        written after `since` (an earlier snapshot of this log), laid over it."""
+        after = -1 if since is None else since.generation
         with self._lock:
             self._connection.execute("BEGIN")
             try:
                 generation = int(self._state_value("generation") or 0)
-                removed_rows = self._connection.execute("SELECT id, modality FROM removed ORDER BY id").fetchall()
+                removed_rows = self._connection.execute(
+                    "SELECT id, modality FROM removed WHERE generation > ? ORDER BY id", (after,)).fetchall()
                 item_rows = self._connection.execute(
-                    f"SELECT {_ITEM_COLUMNS}, vector FROM items ORDER BY id").fetchall()
+                    f"SELECT {_ITEM_COLUMNS}, vector, generation FROM items WHERE generation > ?", (after,)).fetchall()
+                dropped_rows = self._connection.execute(
+                    "SELECT id, generation FROM dropped WHERE generation > ?", (after,)).fetchall()
             finally:
                 self._connection.execute("COMMIT")
-        removed = {modality: np.array([row[0] for row in removed_rows if row[1] == modality.value], dtype=np.int64)
+        removed = {modality: np.union1d(since.removed_of(modality) if since is not None else np.zeros(0, np.int64),
+                                        [row[0] for row in removed_rows if row[1] == modality.value]).astype(np.int64)
                    for modality in Modality}
+        items = dict(since.items) if since is not None else {}
+        vectors: dict[int, np.ndarray] = {} if since is None else {
+            int(item_id): segment.vectors[row] for segment in since.segments.values()
+            for row, item_id in enumerate(segment.ids)}
+        # Replay in the order written: a drop after a write removes the item, a write after a drop restores it.
+        events = sorted([(row[7], 1, row) for row in item_rows] + [(row[1], 0, row) for row in dropped_rows],
+                        key=lambda event: (event[0], event[1]))
+        for _, is_write, row in events:
+            if is_write:
+                items[row[0]] = Item(row[0], Modality(row[1]), row[2], row[3], json.loads(row[4]), row[5])
+                vectors[row[0]] = np.frombuffer(row[6], dtype=np.float32)
+            else:
+                items.pop(row[0], None)
+                vectors.pop(row[0], None)
         segments = {}
         for modality in Modality:
-            rows = [row for row in item_rows if row[1] == modality.value]
-            vectors = np.frombuffer(b"".join(row[6] for row in rows), dtype=np.float32).reshape(len(rows), self.dim)
-            segments[modality] = Segment(np.array([row[0] for row in rows], dtype=np.int64), vectors)
-        items = {row[0]: Item(row[0], Modality(row[1]), row[2], row[3], json.loads(row[4]), row[5])
-                 for row in item_rows}
+            ids = np.array(sorted(item_id for item_id, item in items.items() if item.modality is modality),
+                           dtype=np.int64)
+            stacked = np.stack([vectors[int(item_id)] for item_id in ids]) if len(ids) else \
+                np.zeros((0, self.dim), np.float32)
+            segments[modality] = Segment(ids, stacked)
         return LiveState(generation, removed, segments, items)
 
     def write(self, items: Sequence[NewItem]) -> list[int]:
@@ -251,31 +272,39 @@ class LiveLog:
 
     def _write(self, connection: sqlite3.Connection, items: Sequence[NewItem]) -> list[int]:
         written_at = datetime.now(UTC).isoformat(timespec="seconds")
+        generation = self._writing_generation()
         ids = []
         for item in items:
             item_id = self._id_for(connection, item.modality, item.key)
             connection.execute(
                 "INSERT OR REPLACE INTO items (id, key, modality, uri, text, extra, content_hash, vector, "
-                "written_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "written_at, generation) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (item_id, item.key, item.modality.value, item.uri, item.text,
                  json.dumps(item.extra, ensure_ascii=False), item.content_hash,
-                 np.ascontiguousarray(item.vector, dtype=np.float32).tobytes(), written_at))
+                 np.ascontiguousarray(item.vector, dtype=np.float32).tobytes(), written_at, generation))
             ids.append(item_id)
         return ids
 
+    def _writing_generation(self) -> int:
+        """The generation the transaction under way commits as (it is raised on commit)."""
+        return int(self._state_value("generation") or 0) + 1
+
     def _delete(self, connection: sqlite3.Connection, item_ids: Iterable[int]) -> list[int]:
+        generation = self._writing_generation()
         deleted = []
         for item_id in dict.fromkeys(int(item_id) for item_id in item_ids):
             # A live row that replaced a base item leaves that item hidden when it goes.
             live = connection.execute("DELETE FROM items WHERE id = ? RETURNING id", (item_id,)).fetchone()
             hidden = connection.execute("SELECT 1 FROM removed WHERE id = ?", (item_id,)).fetchone()
             if live is not None:
+                connection.execute("INSERT OR REPLACE INTO dropped (id, generation) VALUES (?, ?)",
+                                   (item_id, generation))
                 deleted.append(item_id)
             elif hidden is None:
                 found = self.base.get(item_id)
                 if found is not None:
-                    connection.execute("INSERT INTO removed (id, modality) VALUES (?, ?)",
-                                       (item_id, found.modality.value))
+                    connection.execute("INSERT INTO removed (id, modality, generation) VALUES (?, ?, ?)",
+                                       (item_id, found.modality.value, generation))
                     deleted.append(item_id)
         return deleted
 
@@ -298,7 +327,8 @@ class LiveLog:
         row = connection.execute("SELECT id FROM base_keys WHERE modality = ? AND key = ?",
                                  (modality.value, key)).fetchone()
         if row is not None:
-            connection.execute("INSERT OR IGNORE INTO removed (id, modality) VALUES (?, ?)", (row[0], modality.value))
+            connection.execute("INSERT OR IGNORE INTO removed (id, modality, generation) VALUES (?, ?, ?)",
+                               (row[0], modality.value, self._writing_generation()))
             return int(row[0])
         new_id = int(self._state_value("next_id") or 0)
         connection.execute("UPDATE state SET value = value + 1 WHERE name = 'next_id'")

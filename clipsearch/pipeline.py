@@ -33,6 +33,8 @@ class Batching:
 
     max_batch: int = 64
     window_s: float = 0.0
+    max_background: int = 16
+    """Most background items (writes) in one forward pass: what a query may have to wait behind."""
 
 
 @dataclass(frozen=True)
@@ -74,15 +76,18 @@ class QueryPipeline:
         self.searchers = searchers
         size, window = batching.max_batch, batching.window_s
         self._towers = {
-            Modality.TEXT: MicroBatcher(self._embed_texts, size, window, name="encode-text"),
-            Modality.IMAGE: MicroBatcher(self._embed_images, size, window, name="encode-image")}
+            Modality.TEXT: MicroBatcher(self._embed_texts, size, window, name="encode-text",
+                                        max_background=batching.max_background),
+            Modality.IMAGE: MicroBatcher(self._embed_images, size, window, name="encode-image",
+                                         max_background=batching.max_background)}
         self._searches = {modality: MicroBatcher(self._search_vectors(modality), size, window,
                                                  name=f"search-{modality.value}")
                           for modality in searchers}
 
-    def embed(self, tower: Modality, pending: Pending) -> Future[Embedded]:
-        """Queue a text (TEXT) or prepared pixels (IMAGE) for its tower's next batch."""
-        return self._towers[tower].submit(pending)
+    def embed(self, tower: Modality, pending: Pending, background: bool = False) -> Future[Embedded]:
+        """Queue a text (TEXT) or prepared pixels (IMAGE) for its tower's next batch; a `background`
+        one (a write) after every waiting query."""
+        return self._towers[tower].submit(pending, background)
 
     def search(self, vector: np.ndarray, target: Modality, k: int, allowed: Allowed | None = None) -> Future[Searched]:
         """Queue an embedded vector (float32 (d,)) for the next search of `target`, among `allowed` if given."""

@@ -162,15 +162,18 @@ class SearchService:
         embedded = self._wait(self._submit_image(pixels, *self._base_search(scope, target, k, options)), "the model")
         return self._answer(self._image_vector(embedded), embedded, target, k, options, scope)
 
-    def embed_texts(self, texts: Sequence[str], fields: Sequence[str]) -> list[np.ndarray]:
-        """Unit vectors (float32 (d,)) of several texts, all submitted to the text tower before any is awaited."""
-        futures = [self._submit_text(text, field) for text, field in zip(texts, fields, strict=True)]
+    def embed_texts(self, texts: Sequence[str], fields: Sequence[str], background: bool = False) -> list[np.ndarray]:
+        """Unit vectors (float32 (d,)) of several texts, all submitted to the text tower before any
+        is awaited; `background` ones (writes) queue behind every query."""
+        futures = [self._submit_text(text, field, background=background)
+                   for text, field in zip(texts, fields, strict=True)]
         return [self._wait(future, "the model").vector for future in futures]
 
-    def embed_images(self, images: Sequence[bytes], fields: Sequence[str]) -> list[np.ndarray]:
-        """Unit vectors of several image files, decoded and embedded side by side."""
+    def embed_images(self, images: Sequence[bytes], fields: Sequence[str],
+                     background: bool = False) -> list[np.ndarray]:
+        """Unit vectors of several image files, decoded and embedded side by side (`background` as embed_texts)."""
         decodings = [self.uploads.submit(data) for data in images]
-        futures = [self._submit_image(self.uploads.result(decoding, field))
+        futures = [self._submit_image(self.uploads.result(decoding, field), background=background)
                    for decoding, field in zip(decodings, fields, strict=True)]
         return [self._wait(future, "the model").vector for future in futures]
 
@@ -294,13 +297,13 @@ class SearchService:
             raise ModalityUnavailable("target", f"the bundle has no {target.value} items (it has: {present})")
 
     def _submit_text(self, text: str, field: str, target: Modality | None = None, k: int = 0,
-                     allowed: Allowed | None = None) -> Future[Embedded]:
+                     allowed: Allowed | None = None, background: bool = False) -> Future[Embedded]:
         check_text(text, field, self.limits)
-        return self.pipeline.embed(Modality.TEXT, Pending(text, target, k, allowed))
+        return self.pipeline.embed(Modality.TEXT, Pending(text, target, k, allowed), background)
 
     def _submit_image(self, pixels: torch.Tensor, target: Modality | None = None, k: int = 0,
-                      allowed: Allowed | None = None) -> Future[Embedded]:
-        return self.pipeline.embed(Modality.IMAGE, Pending(pixels, target, k, allowed))
+                      allowed: Allowed | None = None, background: bool = False) -> Future[Embedded]:
+        return self.pipeline.embed(Modality.IMAGE, Pending(pixels, target, k, allowed), background)
 
     def _text_vector(self, embedded: Embedded, text: str, field: str) -> QueryVector:
         truncated = (field,) if self.encoder.is_truncated(text) else ()

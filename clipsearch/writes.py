@@ -1,10 +1,11 @@
 """Writes to a live collection: add or replace items by key, edit them, delete them.
 
 Every write is checked whole before anything is embedded, embedded through the search service's
-batchers like queries, then committed to the live log in one transaction (clipsearch.live): a
-write is all applied or not at all, and acknowledged only once it is durable. Uploaded image files
-are stored content-addressed in `live-images/` beside the log before the commit that names them,
-so a committed item's file is always there.
+batchers in their background lane (after every waiting query, a few at a time), then committed
+to the live log in one transaction (clipsearch.live): a write is all applied or not at all, and
+acknowledged only once it is durable. Uploaded image files are stored content-addressed in
+`live-images/` beside the log before the commit that names them, so a committed item's file is
+always there.
 """
 
 from __future__ import annotations
@@ -77,7 +78,8 @@ class CollectionWriter:
             self._check_entry(entry.key, entry.metadata, f"{field}[{number}]")
         self._check_unique_keys([entry.key for entry in entries], field)
         vectors = self.service.embed_texts([entry.text for entry in entries],
-                                           [f"{field}[{number}].text" for number in range(len(entries))])
+                                           [f"{field}[{number}].text" for number in range(len(entries))],
+                                           background=True)
         keys = [entry.key or _new_key() for entry in entries]
         # A text has no file: its key is its uri, as a base text's uri is its key.
         return self._commit([NewItem(key, Modality.TEXT, key, entry.text, entry.metadata, _sha256(entry.text.encode()),
@@ -92,7 +94,8 @@ class CollectionWriter:
                 check_text(entry.caption, f"{field}[{number}].caption", self.service.limits)
         self._check_unique_keys([entry.key for entry in entries], field)
         vectors = self.service.embed_images([entry.data for entry in entries],
-                                            [f"{field}[{number}]" for number in range(len(entries))])
+                                            [f"{field}[{number}]" for number in range(len(entries))],
+                                            background=True)
         items = []
         for entry, vector in zip(entries, vectors, strict=True):
             digest = _sha256(entry.data)
@@ -117,7 +120,7 @@ class CollectionWriter:
         new_text = item.text
         if text is not UNCHANGED:
             check_text(text, "text", self.service.limits)
-            vector = self.service.embed_texts([text], ["text"])[0]
+            vector = self.service.embed_texts([text], ["text"], background=True)[0]
             new_text = text
         elif caption is not UNCHANGED:
             new_text = caption

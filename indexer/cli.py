@@ -17,10 +17,10 @@ from clipsearch.captions import (
     OFFLINE_CAPTION_MODEL,
     CaptionConfig,
 )
-from clipsearch.encoder import DEFAULT_MODEL, DEFAULT_PRETRAINED, OFFLINE_MODEL
-from clipsearch.errors import ClipSearchError
+from clipsearch.encoder import DEFAULT_MODEL, DEFAULT_PRETRAINED, OFFLINE_MODEL, ClipEncoder, load_encoder
+from clipsearch.errors import CheckpointRequired, ClipSearchError
 from clipsearch.finetune import FinetuneConfig
-from clipsearch.manifest import read_manifest
+from clipsearch.manifest import check_model, read_manifest
 from clipsearch.onnx_backend import BACKENDS
 from clipsearch.shards import work_dir_for
 from clipsearch.sources import Columns
@@ -248,6 +248,18 @@ def _add_image_arguments(command: argparse.ArgumentParser) -> None:
                          help="images declaring more pixels are skipped (decompression-bomb guard)")
     command.add_argument("--image-column", default=DEFAULTS.columns.image, help="image path column of a manifest")
     command.add_argument("--caption-column", default=DEFAULTS.columns.caption, help="caption column of a manifest")
+
+
+def bundle_encoder(args: argparse.Namespace) -> ClipEncoder:
+    """The model `args.bundle` was built with, loaded as `args` ask (device, backend), checked against it."""
+    manifest = read_manifest(args.bundle)
+    if manifest.model.checkpoint_sha256 and args.checkpoint is None:
+        raise CheckpointRequired("the bundle was built from a checkpoint file; give it with --checkpoint")
+    encoder = load_encoder(manifest.model.name, manifest.model.pretrained,
+                           args.checkpoint if manifest.model.checkpoint_sha256 else None, args.device,
+                           backend=args.backend, onnx_cache=args.onnx_cache)
+    check_model(manifest, encoder.ref, encoder.embedding_dim)
+    return encoder
 
 
 def pretrained_of(args: argparse.Namespace) -> str | None:

@@ -13,14 +13,12 @@ from tqdm import tqdm
 
 from clipsearch import index as faiss_index
 from clipsearch.bundle import load_bundle, rewrite_items
-from clipsearch.encoder import load_encoder
-from clipsearch.errors import BundleError, CheckpointRequired, ClipSearchError
+from clipsearch.errors import BundleError, ClipSearchError
 from clipsearch.item_store import Item
-from clipsearch.manifest import check_model, read_manifest
 from clipsearch.modality import Modality
 from clipsearch.query import QueryLimits
 from clipsearch.zero_shot import DEFAULT_TEMPLATES, LabelScore, ZeroShotClassifier, check_labels
-from indexer.cli import describe_error
+from indexer.cli import bundle_encoder, describe_error
 
 LIMITS = QueryLimits(max_labels=10_000, max_templates=1_000)
 """The server's limits guard it against costly requests; a labelling run is its user's own choice."""
@@ -33,13 +31,7 @@ def run_classify(args: argparse.Namespace) -> int:
     templates = args.template or None
     try:
         check_labels(labels, templates or DEFAULT_TEMPLATES, LIMITS)  # before a model is loaded for nothing
-        manifest = read_manifest(args.bundle)
-        if manifest.model.checkpoint_sha256 and args.checkpoint is None:
-            raise CheckpointRequired("the bundle was built from a checkpoint file; give it with --checkpoint")
-        encoder = load_encoder(manifest.model.name, manifest.model.pretrained,
-                               args.checkpoint if manifest.model.checkpoint_sha256 else None, args.device,
-                               backend=args.backend, onnx_cache=args.onnx_cache)
-        check_model(manifest, encoder.ref, encoder.embedding_dim)
+        encoder = bundle_encoder(args)
         classifier = ZeroShotClassifier(encoder.model, lambda prompts: encoder.encode_texts(prompts), LIMITS)
         scored = _score_images(args, classifier, labels, templates)
         fields = _fields(args.field, args.multi_label)

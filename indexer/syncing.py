@@ -6,24 +6,16 @@ import argparse
 import sys
 
 from clipsearch.bundle import load_bundle
-from clipsearch.encoder import load_encoder
-from clipsearch.errors import CheckpointRequired, ClipSearchError
+from clipsearch.errors import ClipSearchError
 from clipsearch.live import LIVE_FILE, LiveLog
-from clipsearch.manifest import check_model, read_manifest
 from clipsearch.sources import Columns
 from clipsearch.sync import SyncSources, sync
-from indexer.cli import describe_error
+from indexer.cli import bundle_encoder, describe_error
 
 
 def run_sync(args: argparse.Namespace) -> int:
     try:
-        manifest = read_manifest(args.bundle)
-        if manifest.model.checkpoint_sha256 and args.checkpoint is None:
-            raise CheckpointRequired("the bundle was built from a checkpoint file; give it with --checkpoint")
-        encoder = load_encoder(manifest.model.name, manifest.model.pretrained,
-                               args.checkpoint if manifest.model.checkpoint_sha256 else None, args.device,
-                               backend=args.backend, onnx_cache=args.onnx_cache)
-        check_model(manifest, encoder.ref, encoder.embedding_dim)
+        encoder = bundle_encoder(args)
         bundle = load_bundle(args.bundle)
         live = LiveLog(args.bundle / LIVE_FILE, bundle.items, encoder.embedding_dim)
         try:

@@ -63,7 +63,7 @@ def test_a_wait_window_gathers_items_that_arrive_soon_after_the_first() -> None:
     # The window is far longer than the 0.05 s gap below; the batch closes when full (3), not after it.
     batcher = MicroBatcher(recorder, max_batch=3, window_s=30.0)
     futures = [batcher.submit(1)]
-    wait_until(batcher._queue.empty)  # the batcher has taken the first item and is gathering more
+    time.sleep(0.05)  # the batcher holds the first item and is gathering more
     futures += [batcher.submit(number) for number in (2, 3)]
     assert [future.result(timeout=5) for future in futures] == [1, 4, 9]
     assert recorder.batches == [[1, 2, 3]]
@@ -142,3 +142,41 @@ def test_settings_out_of_range_are_refused() -> None:
         MicroBatcher(Recorder(), max_batch=0)
     with pytest.raises(ValueError, match="window_s"):
         MicroBatcher(Recorder(), window_s=-1)
+
+
+def test_queries_go_before_waiting_background_items_which_fill_the_batch_up_to_their_cap() -> None:
+    recorder = Recorder()
+    batcher = MicroBatcher(recorder, max_batch=8, max_background=3)
+    recorder.gate.clear()
+    first = batcher.submit(1)
+    recorder.started.wait(5)
+    writes = [batcher.submit(number, background=True) for number in range(10, 20)]
+    queries = [batcher.submit(number) for number in (2, 3)]
+    recorder.gate.set()
+    assert [future.result(timeout=5) for future in [first, *queries, *writes]]
+    assert recorder.batches[:3] == [[1], [2, 3, 10, 11, 12], [13, 14, 15]]
+    assert sorted(item for batch in recorder.batches for item in batch) == [1, 2, 3, *range(10, 20)]
+    batcher.close()
+
+
+def test_a_query_during_a_write_storm_waits_for_one_small_batch_of_writes_at_most() -> None:
+    recorder = Recorder()
+    batcher = MicroBatcher(recorder, max_batch=64, max_background=4)
+    recorder.gate.clear()
+    writes = [batcher.submit(number, background=True) for number in range(100)]
+    recorder.started.wait(5)  # a batch of at most 4 writes is running
+    query = batcher.submit(7)
+    recorder.gate.set()
+    assert query.result(timeout=5) == 49
+    batches_before_the_query = next(number for number, batch in enumerate(recorder.batches) if 7 in batch)
+    assert batches_before_the_query == 1 and len(recorder.batches[0]) <= 4
+    assert [future.result(timeout=5) for future in writes] == [number * number for number in range(100)]
+    batcher.close()
+
+
+def test_closing_finishes_background_items_already_submitted() -> None:
+    recorder = Recorder()
+    batcher = MicroBatcher(recorder, max_batch=8, max_background=2)
+    writes = [batcher.submit(number, background=True) for number in range(7)]
+    batcher.close()
+    assert [future.result(timeout=5) for future in writes] == [number * number for number in range(7)]

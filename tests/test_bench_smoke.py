@@ -109,3 +109,14 @@ def test_smoke_the_filters_bench_finds_brute_forces_answer_on_every_path() -> No
         ("exact", "mask"), ("ivf", "selector"), ("exact", "direct"), ("ivf", "direct")]
     assert [line["matching"] for line in searches] == [2000, 2000, 40, 40]
     assert all(line["recall_at_k"] == 1.0 for line in searches if line["index"] == "exact" or line["path"] == "direct")
+
+
+def test_smoke_the_updates_bench_adds_searches_during_writes_and_deletes() -> None:
+    figures = run_bench("bench.updates", "--base", "300", "--adds", "128", "--batch", "32", "--writers", "2",
+                        "--searches", "10")
+    assert figures["adds over HTTP"]["items"] == 128 and figures["adds over HTTP"]["items_per_s"] > 0
+    assert figures["adds over HTTP"]["vs_build"] == pytest.approx(
+        figures["adds over HTTP"]["items_per_s"] / figures["build"]["items_per_s"], rel=1e-2)
+    during = figures["search latency during writes"]
+    assert during["quiet_p50_ms"] > 0 and during["writing_p50_ms"] > 0
+    assert figures["deletes over HTTP"]["items"] == 128

@@ -172,6 +172,16 @@ class LiveCollectionMachine(RuleBasedStateMachine):
                         assert found.ids.size == 0
 
     @invariant()
+    def a_snapshot_caught_up_incrementally_equals_one_read_whole(self) -> None:
+        caught_up = self.service.collection.refresh()
+        whole = self.writer.live.state()
+        assert caught_up.generation == whole.generation and caught_up.items == whole.items
+        for modality in Modality:
+            np.testing.assert_array_equal(caught_up.removed_of(modality), whole.removed_of(modality))
+            np.testing.assert_array_equal(caught_up.segment(modality).ids, whole.segment(modality).ids)
+            np.testing.assert_array_equal(caught_up.segment(modality).vectors, whole.segment(modality).vectors)
+
+    @invariant()
     def every_live_item_reads_back_as_written(self) -> None:
         for item_id, (item, _) in self.model.items():
             read = self.service.collection.item(item_id)

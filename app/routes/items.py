@@ -122,7 +122,7 @@ def edit_item(item_id: ItemId, request: EditItemRequest, writer: WriterDep) -> I
     return ItemModel.of(writer.update(
         item_id, caption=request.caption if "caption" in given else UNCHANGED,
         text=request.text if "text" in given and request.text is not None else UNCHANGED,
-        metadata=request.metadata if "metadata" in given and request.metadata is not None else UNCHANGED))
+        metadata=(request.metadata or {}) if "metadata" in given else UNCHANGED))
 
 
 @router.delete("/{item_id:item_id}", responses=WRITE_ERRORS, dependencies=admin)
