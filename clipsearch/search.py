@@ -115,8 +115,8 @@ class SearchService:
         # queues there and never ahead of searches in the model's batchers.
         self._heatmaps: MicroBatcher[tuple[torch.Tensor, np.ndarray], np.ndarray] = MicroBatcher(
             self._heatmap_batch, batching.max_batch, name="explain")
-        # The items each recent filter allows, per target. The bundle never changes under a running
-        # service, so an entry stays right until it is evicted.
+        # The base items each recent filter allows, per target. Entries are keyed by the number of
+        # hidden base ids too (it only grows), so a delete makes a new entry, never a stale one.
         self._allowed: OrderedDict[tuple[Modality, str, int], Allowed] = OrderedDict()
         self._allowed_lock = threading.Lock()
         self._filter_cache_size = filter_cache_size
