@@ -124,7 +124,7 @@ class LiveCollectionMachine(RuleBasedStateMachine):
     def delete_an_item(self, data: st.DataObject) -> None:
         item_id = data.draw(st.sampled_from(sorted(self.model)))
         assert self.writer.delete([item_id]) == [item_id]
-        del self.model[item_id]
+        self._forget(item_id)
         assert self.writer.delete([item_id]) == []  # deleting again is a no-op
         with pytest.raises(ItemNotFound):
             self.service.collection.item(item_id)
@@ -143,7 +143,12 @@ class LiveCollectionMachine(RuleBasedStateMachine):
         doomed = sorted(item_id for item_id, (item, _) in self.model.items() if filter_matches(raw, item))
         assert sorted(self.writer.delete_matching(parse_filter(raw))) == doomed
         for item_id in doomed:
-            del self.model[item_id]
+            self._forget(item_id)
+
+    def _forget(self, item_id: int) -> None:
+        """A deleted item's key is free again: writing it later makes a new item with a new id."""
+        del self.model[item_id]
+        self.keys = {key: known for key, known in self.keys.items() if known != item_id}
 
     @rule()
     def restart(self) -> None:
