@@ -12,9 +12,8 @@ from pydantic import SecretStr
 from app.errors import NotAuthenticated, WritesForbidden
 from app.metrics import Metrics
 from app.settings import Settings
-from app.state import ServiceState
+from app.state import ServiceState, Writes
 from clipsearch.search import SearchService
-from clipsearch.writes import CollectionWriter
 
 
 def get_state(request: Request) -> ServiceState:
@@ -64,12 +63,12 @@ def _key_matches(given: str | None, expected: SecretStr) -> bool:
     return given is not None and hmac.compare_digest(given.encode(), expected.get_secret_value().encode())
 
 
-def get_writer(state: Annotated[ServiceState, Depends(get_state)]) -> CollectionWriter:
-    return state.require_writer()
+def get_writer(state: Annotated[ServiceState, Depends(get_state)]) -> Writes:
+    return Writes(state, state.require_writer())
 
 
 StateDep = Annotated[ServiceState, Depends(get_state)]
-WriterDep = Annotated[CollectionWriter, Depends(get_writer)]
+WriterDep = Annotated[Writes, Depends(get_writer)]
 ServiceDep = Annotated[SearchService, Depends(get_service)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]

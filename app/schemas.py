@@ -282,6 +282,10 @@ class InfoResponse(BaseModel):
     bundle_created_at: str
     evaluations: list[dict[str, Any]] = Field(description="Retrieval quality of the model, one record per "
                                                           "`indexer eval --bundle` run, oldest first.")
+    live_changes: int = Field(0, description="Live items and hidden base items not yet folded into the base "
+                                             "by a compaction.")
+    compactions: list[dict[str, Any]] = Field(default_factory=list, description="The compactions that folded live "
+                                              "changes into the base served, oldest first.")
 
 
 class TextItemModel(BaseModel):

@@ -10,6 +10,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from clipsearch.captions import DEFAULT_CAPTION_MODEL, DEFAULT_CAPTION_PRETRAINED, GENERATION_TYPES, CaptionConfig
+from clipsearch.compaction import CompactionPolicy
 from clipsearch.pipeline import Batching
 from clipsearch.query import QueryLimits
 from clipsearch.writes import WriteLimits
@@ -18,6 +19,7 @@ from clipsearch.writes import WriteLimits
 _LIMITS = QueryLimits()
 _BATCHING = Batching()
 _CAPTIONS = CaptionConfig()
+_COMPACTION = CompactionPolicy()
 
 
 class Settings(BaseSettings):
@@ -78,6 +80,18 @@ class Settings(BaseSettings):
                                         "(403).")
     max_write_items: int = Field(256, ge=1, description="Most items one write request may add or delete by id.")
     max_metadata_kb: float = Field(64.0, gt=0, description="Largest metadata object one item may carry, as JSON.")
+    auto_compact: bool = Field(True, description="Fold live changes into the base in the background once they "
+                                                 "reach CLIPSEARCH_COMPACT_MIN_CHANGES and CLIPSEARCH_COMPACT_FRACTION "
+                                                 "of it (one worker compacts; every worker then loads the result).")
+    compact_min_changes: int = Field(_COMPACTION.min_changes, ge=1, description="Fewest live and hidden items a "
+                                                                                "background compaction folds in.")
+    compact_fraction: float = Field(_COMPACTION.fraction, gt=0, description="Share of the base the live and hidden "
+                                                                            "items reach before a compaction is due.")
+    retrain_fraction: float = Field(_COMPACTION.retrain_fraction, gt=0, description="Share of an IVF index's "
+                                    "training rows added since, past which a compaction trains it again and measures "
+                                    "its recall again.")
+    reload_poll_s: float = Field(0.5, gt=0, description="How often each worker checks whether the bundle was "
+                                                        "compacted or rebuilt, to load the new one.")
     api_key: SecretStr | None = Field(None, description="When set, required in the X-API-Key header on every "
                                                         "endpoint but /health, /ready and the page itself.")
     cors_origins: str = Field("", description="Comma-separated origins allowed to call the API from a browser; "
@@ -120,6 +134,10 @@ class Settings(BaseSettings):
     def write_limits(self) -> WriteLimits:
         return WriteLimits(max_items=self.max_write_items, max_key_chars=WriteLimits().max_key_chars,
                            max_metadata_bytes=int(self.max_metadata_kb * 1024))
+
+    @property
+    def compaction(self) -> CompactionPolicy:
+        return CompactionPolicy(self.compact_min_changes, self.compact_fraction, self.retrain_fraction)
 
     @property
     def max_upload_bytes(self) -> int:

@@ -10,22 +10,30 @@ A bundle is one directory holding everything a server needs:
     items.sqlite    one row per item: id, modality, uri, text (caption or text), extra JSON,
                     content hash; ids are the same int64 ids the indices return (clipsearch.item_store)
     report.json     what the build skipped and why
-    live.sqlite     changes made since the build (items added, replaced, deleted), if the bundle
-    live-images/    was served with writes, and the files of images added (clipsearch.live); not
-                    in the manifest, which describes the base as built
+    live.sqlite     changes made since the build or the last compaction (items added, replaced,
+    live-images/    deleted), if the bundle was served with writes, and the files of images added
+                    (clipsearch.live); not in the manifest, which describes the base. A compaction
+                    (clipsearch.compaction) folds the changes into a new base, in a new bundle
+                    written and swapped in as a build's is
 
 A bundle is written in a staging directory beside its final path and renamed into place only
-once complete, and the manifest (written last) holds checksums of all other files, so nothing
-half-written ever loads. Changes to a bundle in place (new item metadata, evaluation records) hold
-an exclusive lock on `.NAME.lock` beside it (clipsearch.manifest.bundle_lock).
+once complete (exchanged with the old one in one step where the system allows it), and the
+manifest (written last) holds checksums of all other files, so nothing half-written ever loads.
+Changes to a bundle in place (new item metadata, evaluation records) hold an exclusive lock on
+`.NAME.lock` beside it (clipsearch.manifest.bundle_lock).
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import json
 import os
 import shutil
+import sqlite3
+import time
 from collections.abc import Callable, Iterable
+from contextlib import closing
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,7 +46,7 @@ from clipsearch.errors import BundleError, BundleFileMissing, ChecksumMismatch, 
 from clipsearch.files import atomic_write_text, file_sha256, fsync_directory
 from clipsearch.index import IndexSpec
 from clipsearch.item_store import ITEMS_FILE, Item, ItemStore, write_items
-from clipsearch.live import LIVE_FILE, count_live_changes
+from clipsearch.live import LIVE_FILE, LIVE_IMAGES, count_live_changes
 from clipsearch.manifest import (
     FORMAT_VERSION,
     MANIFEST_FILE,
@@ -118,7 +126,7 @@ def write_bundle(out: Path, model: ModelRef, embedding_dim: int, content: dict[M
     """
     if out.exists() and not (out / MANIFEST_FILE).is_file() and any(out.iterdir()):
         raise BundleError(f"{out} exists and is not a bundle; refusing to overwrite it")
-    _remove_debris_of_dead_builds(out)
+    recover_interrupted_swaps(out)
     staging = out.with_name(f".{out.name}.staging-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
@@ -141,8 +149,10 @@ def write_bundle(out: Path, model: ModelRef, embedding_dim: int, content: dict[M
         atomic_write_text(staging / MANIFEST_FILE, manifest.to_json())
         with bundle_lock(out):  # not while `indexer classify` rewrites the bundle, nor a server writes to it
             if not discard_live_changes:
-                _refuse_live_changes(out, "a rebuild would drop them; pass --discard-live-changes to rebuild anyway")
-            _swap_into_place(staging, out)
+                _refuse_live_changes(out, "a rebuild would drop them; pass --discard-live-changes to rebuild anyway",
+                                     folded=True)
+            old = _swap_into_place(staging, out)
+        _remove(old)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -158,7 +168,7 @@ def rewrite_items(path: Path, change: Callable[[Item], Item]) -> Manifest:
     """
     manifest = read_manifest(path)
     with bundle_lock(path):
-        _refuse_live_changes(path, "relabelling works on the base as built, and would drop them")
+        _refuse_live_changes(path, "relabelling works on the base: run `python -m indexer compact` first")
         manifest = read_manifest(path)  # as it is now that no one else changes it
         store = ItemStore(path / ITEMS_FILE)
         try:
@@ -176,17 +186,92 @@ def rewrite_items(path: Path, change: Callable[[Item], Item]) -> Manifest:
             record = FileRecord(sha256=file_sha256(staging / ITEMS_FILE), bytes=(staging / ITEMS_FILE).stat().st_size)
             updated = replace(manifest, files={**manifest.files, ITEMS_FILE: record})
             atomic_write_text(staging / MANIFEST_FILE, updated.to_json())
-            _swap_into_place(staging, path)
+            _carry_live_files(path, staging)
+            old = _swap_into_place(staging, path)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
+    _remove(old)
     return updated
 
 
-def _refuse_live_changes(path: Path, why: str) -> None:
-    changes = count_live_changes(path)
+def write_compacted(path: Path, manifest: Manifest, content: dict[Modality, ModalityContent], items: list[Item],
+                    record: dict[str, Any], start_log: Callable[[Path], object],
+                    carry_over: Callable[[Path], Iterable[str]]) -> tuple[Manifest, float]:
+    """Replace the bundle at `path` by one with the same model and report, the indices and items
+    given, and `record` appended to its compactions, all or nothing. Returns the new manifest, and
+    how long writes were held (the bundle's lock).
+
+    The new bundle is written in a staging directory first, and `start_log(staging)` puts its
+    live log there. Then, holding the bundle's lock, so that no write commits meanwhile,
+    `carry_over(staging)` adds to the log the writes made since the new base was read and names
+    those items' uris; the uploaded image files that any item refers to are linked in (the files
+    of deleted items are left behind), and the new bundle is swapped into place.
+    """
+    recover_interrupted_swaps(path)
+    staging = path.with_name(f".{path.name}.staging-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        modalities = {}
+        for modality, modality_content in content.items():
+            name = index_file_name(modality)
+            faiss_index.save_index(modality_content.index, staging / name)
+            modalities[modality] = ModalityRecord(count=int(modality_content.index.ntotal), index_file=name,
+                                                  index=modality_content.spec)
+        write_items(staging / ITEMS_FILE, items)
+        _link_or_copy(path / REPORT_FILE, staging / REPORT_FILE)
+        files = {child.name: FileRecord(sha256=file_sha256(child), bytes=child.stat().st_size)
+                 for child in sorted(staging.iterdir())}
+        updated = replace(manifest, modalities=modalities, files=files,
+                          compactions=[*manifest.compactions, record])
+        atomic_write_text(staging / MANIFEST_FILE, updated.to_json())
+        start_log(staging)
+        uploads = path.resolve() / LIVE_IMAGES
+        used = _uploaded_names(uploads, (item.uri for item in items))
+        with bundle_lock(path):  # writers wait from here to the swap
+            locked_at = time.perf_counter()
+            used |= _uploaded_names(uploads, carry_over(staging))
+            _link_tree(path / LIVE_IMAGES, staging / LIVE_IMAGES, used)
+            old = _swap_into_place(staging, path)
+            held_s = time.perf_counter() - locked_at
+        _remove(old)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return updated, held_s
+
+
+def _uploaded_names(uploads: Path, uris: Iterable[str]) -> set[str]:
+    """The names of the files in `uploads` that `uris` point at."""
+    prefix = f"{uploads}{os.sep}"
+    return {uri[len(prefix):] for uri in uris if uri.startswith(prefix)}
+
+
+def _carry_live_files(path: Path, staging: Path) -> None:
+    """Copy the live log (consistently, through SQLite) and link the uploaded images into `staging`."""
+    if (path / LIVE_FILE).is_file():
+        with closing(sqlite3.connect(path / LIVE_FILE, timeout=30)) as source, \
+                closing(sqlite3.connect(staging / LIVE_FILE)) as target:
+            source.backup(target)
+    _link_tree(path / LIVE_IMAGES, staging / LIVE_IMAGES)
+
+
+def _link_tree(source: Path, target: Path, only: set[str] | None = None) -> None:
+    """Link the files of `source` (those named in `only`, if given) into `target`."""
+    if source.is_dir():
+        target.mkdir(exist_ok=True)
+        for child in source.iterdir():
+            # A .tmp file is an upload still being written (clipsearch.files.atomic_path).
+            if child.is_file() and child.suffix != ".tmp" and (only is None or child.name in only):
+                _link_or_copy(child, target / child.name)
+
+
+def _refuse_live_changes(path: Path, why: str, folded: bool = False) -> None:
+    changes = count_live_changes(path, folded)
     if changes:
-        raise LiveChangesPending(f"{path} holds {changes} live changes ({LIVE_FILE}) made since it was built; {why}")
+        which = "made since it was built, compacted or not" if folded else "not yet compacted"
+        raise LiveChangesPending(f"{path} holds {changes} live changes ({LIVE_FILE}) {which}; {why}")
 
 
 def _link_or_copy(source: Path, target: Path) -> None:
@@ -196,28 +281,68 @@ def _link_or_copy(source: Path, target: Path) -> None:
         shutil.copy2(source, target)
 
 
-def _remove_debris_of_dead_builds(out: Path) -> None:
-    """Delete staging and retired folders left by builds that were killed (their process is gone)."""
-    for debris in out.parent.glob(f".{out.name}.*-*"):
+def recover_interrupted_swaps(out: Path) -> None:
+    """Delete staging and retired folders (and compactions' new logs) left beside `out` by builds,
+    compactions and relabellings that were killed (their process is gone).
+
+    A retired bundle with none at `out` was killed between the two renames of a swap without
+    exchange: it is put back, not deleted.
+    """
+    for debris in sorted(out.parent.glob(f".{out.name}.*-*")):
         kind, _, pid = debris.name.rpartition("-")
-        if not kind.endswith((".staging", ".retired")) or not pid.isdigit() or int(pid) == os.getpid():
+        if not kind.endswith((".staging", ".retired", ".newlog")) or not pid.isdigit() or int(pid) == os.getpid():
             continue
         try:
             os.kill(int(pid), 0)
         except ProcessLookupError:
-            shutil.rmtree(debris, ignore_errors=True)
+            if kind.endswith(".retired") and not out.exists():
+                os.replace(debris, out)
+            elif debris.is_dir():
+                shutil.rmtree(debris, ignore_errors=True)
+            else:
+                debris.unlink(missing_ok=True)  # a compaction's new log
         except PermissionError:
             pass  # a live process of another user
 
 
-def _swap_into_place(staging: Path, out: Path) -> None:
-    """Rename the finished staging directory to `out`; an old bundle there is removed after."""
+def _swap_into_place(staging: Path, out: Path) -> Path | None:
+    """Put the finished staging directory at `out`. An old bundle there is exchanged with it in one
+    step where the system can (so `out` is never missing), else renamed aside first. Returns where
+    the old bundle now is, for the caller to remove once it holds no lock (deleting gigabytes takes
+    seconds)."""
+    old = None
     if not out.exists():
         os.replace(staging, out)
+    elif _exchange(staging, out):
+        old = staging
     else:
-        retired = out.with_name(f".{out.name}.retired-{os.getpid()}")
-        shutil.rmtree(retired, ignore_errors=True)
-        os.replace(out, retired)
+        old = out.with_name(f".{out.name}.retired-{os.getpid()}")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(out, old)
         os.replace(staging, out)
-        shutil.rmtree(retired, ignore_errors=True)
     fsync_directory(out.parent)
+    return old
+
+
+def _remove(old: Path | None) -> None:
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+
+
+def _exchange(first: Path, second: Path) -> bool:
+    """Swap two directories atomically (Linux's renameat2 with RENAME_EXCHANGE); False where the
+    C library, kernel or file system cannot."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):
+        return False
+    if renameat2(_AT_FDCWD, os.fsencode(first), _AT_FDCWD, os.fsencode(second), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EXDEV):
+        return False
+    raise OSError(code, os.strerror(code), str(second))

@@ -13,7 +13,8 @@ hierarchy, so a subclass inherits its parent's status unless it has its own):
     │   ├── ModelMismatch           503
     │   ├── CheckpointRequired      503
     │   ├── BundleReplaced          503
-    │   └── LiveChangesPending      503
+    │   ├── LiveChangesPending      503
+    │   └── CannotCompact           503
     ├── BuildError                   —   indexer only: the build cannot start or go on
     │   ├── NoSources                —
     │   ├── IndexSettingsInvalid     —
@@ -79,6 +80,10 @@ class BundleReplaced(BundleError):
 
 class LiveChangesPending(BundleError):
     """Replacing the bundle would drop live changes that were written to it."""
+
+
+class CannotCompact(BundleError):
+    """The bundle's live changes cannot be folded into its base (its index stores compressed vectors)."""
 
 
 class BuildError(ClipSearchError):

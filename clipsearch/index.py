@@ -82,6 +82,7 @@ def build_index(vectors: np.ndarray, ids: np.ndarray, factory: str,
         sample = _training_sample(vectors, ivf.nlist if ivf is not None else 256)
         work_index.train(sample)
         params["trained_on"] = len(sample)
+        params["trained_with"] = len(vectors)  # how many items there were: compaction retrains past a share of this
     if len(vectors):
         work_index.add_with_ids(vectors, ids)
     if use_gpu:
@@ -99,6 +100,28 @@ def build_index(vectors: np.ndarray, ids: np.ndarray, factory: str,
     log.info("index %s: recall@10 %.3f with %s queries, params %s", factory, recall, queries_label, params)
     return index, IndexSpec(factory, exact=False, params=params, recall_at_10=round(recall, 4),
                             recall_queries=queries_label)
+
+
+def is_lossless(index: faiss.Index) -> bool:
+    """Whether the index stores its vectors exactly (Flat, IVF…,Flat), so they can be read back
+    and added to a new index unchanged; compressed codes (PQ, SQ) cannot."""
+    inner = faiss.downcast_index(index.index if isinstance(index, faiss.IndexIDMap2) else index)
+    return isinstance(inner, faiss.IndexFlat | faiss.IndexIVFFlat)
+
+
+def refill_index(trained: faiss.Index, vectors: np.ndarray, ids: np.ndarray) -> faiss.Index:
+    """A copy of `trained` (an IndexIDMap2 built by build_index) holding `vectors` keyed by `ids`
+    instead of its own: the same coarse quantizer and parameters, with no training."""
+    index = faiss.clone_index(trained)
+    index.reset()
+    ivf = _ivf_of(index)
+    if ivf is not None:
+        ivf.make_direct_map(False)  # rebuilt below, over the new rows
+    if len(vectors):
+        index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), np.ascontiguousarray(ids, dtype=np.int64))
+    if ivf is not None:
+        ivf.make_direct_map()
+    return index
 
 
 def apply_params(index: faiss.Index, params: dict[str, Any]) -> None:
@@ -169,8 +192,10 @@ def save_index(index: faiss.Index, path: Path) -> None:
         faiss.write_index(index, str(temporary))
 
 
-def load_index(path: Path) -> faiss.Index:
-    """Read an index read-only, memory-mapped where the index type allows it."""
+def load_index(path: Path, mmap: bool = True) -> faiss.Index:
+    """Read an index read-only, memory-mapped where the index type allows it (and `mmap`)."""
+    if not mmap:
+        return faiss.read_index(str(path))
     try:
         return faiss.read_index(str(path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
     except RuntimeError:

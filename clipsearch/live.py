@@ -11,9 +11,11 @@ loss, and a write is one transaction: it is all there or not at all.
                 (every row of these three records the generation that wrote it, so a reader
                 catches up by reading only what changed since its snapshot)
     base_keys   each base item's key (its uri), so that a write by key finds a base item at once
-    state       `generation`, raised by every committed write, and `next_id`
+    state       `generation`, raised by every committed write, `next_id`, and `folded`: how many
+                changes compactions have folded into the base (clipsearch.compaction)
     file_stats  size, modification time and content hash of each source file at the last sync
-                (clipsearch.sync), so that an unchanged file is not read again
+                (clipsearch.sync), so that an unchanged file is not read again, and the generation
+                that wrote them
 
 A reader (every server worker) takes a `LiveState` snapshot: the live items' ids and vectors per
 modality and the hidden base ids; a newer snapshot is made from an older one and the rows written
@@ -29,6 +31,7 @@ A base item's key is its uri.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 from collections.abc import Iterable, Sequence
@@ -47,6 +50,8 @@ from clipsearch.manifest import bundle_lock
 from clipsearch.modality import Modality
 
 LIVE_FILE = "live.sqlite"
+LIVE_IMAGES = "live-images"
+"""Where uploaded image files are kept, beside the log, named by content hash (clipsearch.writes)."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (
@@ -71,7 +76,8 @@ CREATE TABLE IF NOT EXISTS base_keys (
     modality TEXT NOT NULL, key TEXT NOT NULL, id INTEGER NOT NULL, PRIMARY KEY (modality, key)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS state (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS file_stats (
-    uri TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, content_hash TEXT NOT NULL
+    uri TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, content_hash TEXT NOT NULL,
+    generation INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
 """
 _ITEM_COLUMNS = "id, modality, uri, text, extra, content_hash"
@@ -115,6 +121,12 @@ class LiveState:
     _filtered: dict[tuple[Modality, str], np.ndarray] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
+    @property
+    def changes(self) -> int:
+        """Live items and hidden base items: what a compaction would fold in (clipsearch.compaction)."""
+        return sum(len(segment.ids) for segment in self.segments.values()) + \
+            sum(len(ids) for ids in self.removed.values())
+
     def segment(self, modality: Modality) -> Segment:
         return self.segments.get(modality) or Segment(np.zeros(0, np.int64), np.zeros((0, 0), np.float32))
 
@@ -143,17 +155,31 @@ class LiveState:
         return any(_contains(ids, item_id) for ids in self.removed.values())
 
 
-def count_live_changes(bundle: Path) -> int:
-    """How many live items and hidden base items the bundle at `bundle` holds (0 without a live log)."""
+def count_live_changes(bundle: Path, folded: bool = False) -> int:
+    """How many live items and hidden base items the bundle at `bundle` holds (0 without a live
+    log); with `folded`, plus the changes compactions folded into its base since it was built."""
     path = bundle / LIVE_FILE
     if not path.is_file():
         return 0
+    folded_sql = " + coalesce((SELECT value FROM state WHERE name = 'folded'), 0)" if folded else ""
     try:
         with closing(sqlite3.connect(path, timeout=30)) as connection:
-            row = connection.execute("SELECT (SELECT count(*) FROM items) + (SELECT count(*) FROM removed)").fetchone()
+            row = connection.execute("SELECT (SELECT count(*) FROM items) + (SELECT count(*) FROM removed)"
+                                     + folded_sql).fetchone()
     except sqlite3.Error as error:
         raise BundleError(f"{path}: the live log cannot be read ({error})") from error
     return int(row[0])
+
+
+@dataclass(frozen=True)
+class Carried:
+    """What a compaction's new log holds: the writes made while the new base was being built."""
+
+    items: int
+    hidden: int
+    generation: int
+    uris: tuple[str, ...] = ()
+    """The uris of the items carried (their files must stay)."""
 
 
 class LiveLog:
@@ -180,6 +206,9 @@ class LiveLog:
                         self._connection.execute(statement)
                 if self._state_value("next_id") is None:
                     self._initialise(base)
+                columns = {row[1] for row in self._connection.execute("PRAGMA table_info(file_stats)")}
+                if "generation" not in columns:  # a log written before compaction existed
+                    self._connection.execute("ALTER TABLE file_stats ADD COLUMN generation INTEGER NOT NULL DEFAULT 0")
                 self._connection.execute("COMMIT")
             except BaseException:
                 self._connection.execute("ROLLBACK")
@@ -260,8 +289,10 @@ class LiveLog:
         with self._transaction() as connection:
             self._delete(connection, deletes)
             ids = self._write(connection, writes)
-            connection.executemany("INSERT OR REPLACE INTO file_stats (uri, size, mtime_ns, content_hash) "
-                                   "VALUES (?, ?, ?, ?)", ((uri, *stat) for uri, stat in file_stats.items()))
+            generation = self._writing_generation()
+            connection.executemany("INSERT OR REPLACE INTO file_stats (uri, size, mtime_ns, content_hash, generation) "
+                                   "VALUES (?, ?, ?, ?, ?)", ((uri, *stat, generation)
+                                                              for uri, stat in file_stats.items()))
             return ids
 
     def file_stats(self) -> dict[str, tuple[int, int, str]]:
@@ -308,6 +339,95 @@ class LiveLog:
                     deleted.append(item_id)
         return deleted
 
+    def start_fold(self, new_base: dict[Modality, np.ndarray], into: Path) -> None:
+        """Begin the log of a bundle whose base holds `new_base` (ids per modality), at `into`: its
+        keys and the source files' stats. The costly part of folding, done while writes go on;
+        `fold_since` adds what was written since the snapshot folded in.
+
+        Every new base item keeps its key: a base item's from base_keys, a folded item's from its
+        row. A folded item already deleted has no row, and its key is free, as it was.
+        """
+        with self._lock:
+            self._connection.execute("BEGIN")
+            try:
+                keys = {int(row[2]): (row[0], row[1]) for row in
+                        self._connection.execute("SELECT modality, key, id FROM base_keys")}
+                keys.update({int(row[0]): (row[1], row[2]) for row in
+                             self._connection.execute("SELECT id, modality, key FROM items")})
+                file_stats = self._connection.execute(
+                    "SELECT uri, size, mtime_ns, content_hash, generation FROM file_stats").fetchall()
+            finally:
+                self._connection.execute("COMMIT")
+        with closing(_unsynced(into)) as connection:
+            connection.execute("BEGIN")
+            for statement in _SCHEMA.strip().split(";"):
+                if statement.strip():
+                    connection.execute(statement)
+            connection.executemany("INSERT INTO base_keys (modality, key, id) VALUES (?, ?, ?)",
+                                   ((*keys[item_id], item_id) for ids in new_base.values()
+                                    for item_id in ids.tolist() if item_id in keys))
+            connection.executemany("INSERT INTO file_stats (uri, size, mtime_ns, content_hash, generation) "
+                                   "VALUES (?, ?, ?, ?, ?)", file_stats)
+            connection.execute("COMMIT")
+
+    def fold_since(self, after: int, since: LiveState, new_base: dict[Modality, np.ndarray], into: Path) -> Carried:
+        """Bring the log that `start_fold` began at `into` up to date with the rows written after
+        generation `after` (at first the generation of `since`, the snapshot folded into
+        `new_base`; then the one this returned): added or replaced items become its live items, a
+        live item deleted since goes, and every new base item replaced or deleted since is hidden.
+        The next id, the generation, the count of folded changes and the file stats come along,
+        so that ids and keys mean what they meant. Idempotent, so it can catch up while writes go
+        on, and once more holding the bundle's lock (when no write can commit) before the swap.
+        """
+        with self._lock:
+            self._connection.execute("BEGIN")
+            try:
+                if _identity(self.path) != self._identity:
+                    raise BundleReplaced(f"the bundle at {self.path.parent} was replaced while it was being compacted")
+                changed = np.array(sorted({int(row[0]) for row in self._connection.execute(
+                    "SELECT id FROM items WHERE generation > ?1 UNION SELECT id FROM dropped WHERE generation > ?1 "
+                    "UNION SELECT id FROM removed WHERE generation > ?1", (after,))}), dtype=np.int64)
+                # A row of `items` touched since `after` was written since: a drop deletes the row,
+                # and a base item is hidden in the transaction that writes its row.
+                written = self._connection.execute(
+                    "SELECT id, key, modality, uri, text, extra, content_hash, vector, written_at FROM items "
+                    "WHERE generation > ?", (after,)).fetchall()
+                file_stats = self._connection.execute(
+                    "SELECT uri, size, mtime_ns, content_hash, generation FROM file_stats WHERE generation > ?",
+                    (after,)).fetchall()
+                generation = int(self._state_value("generation") or 0)
+                next_id = int(self._state_value("next_id") or 0)
+                folded = int(self._state_value("folded") or 0) + since.changes
+            finally:
+                self._connection.execute("COMMIT")
+        gone = np.setdiff1d(changed, [row[0] for row in written])
+        hidden = [(int(item_id), modality.value) for modality, ids in new_base.items()
+                  for item_id in _members(changed, ids)]
+        with closing(_unsynced(into)) as connection:
+            connection.execute("BEGIN")
+            connection.executemany("DELETE FROM items WHERE id = ?", ((int(item_id),) for item_id in gone))
+            connection.executemany("INSERT OR IGNORE INTO removed (id, modality, generation) VALUES (?, ?, ?)",
+                                   ((item_id, modality, generation) for item_id, modality in hidden))
+            connection.executemany(
+                "INSERT OR REPLACE INTO items (id, key, modality, uri, text, extra, content_hash, vector, written_at, "
+                "generation) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", ((*row, generation) for row in written))
+            connection.executemany("INSERT OR REPLACE INTO file_stats (uri, size, mtime_ns, content_hash, generation) "
+                                   "VALUES (?, ?, ?, ?, ?)", file_stats)
+            connection.executemany("INSERT OR REPLACE INTO state (name, value) VALUES (?, ?)",
+                                   (("next_id", next_id), ("generation", generation), ("folded", folded)))
+            connection.execute("COMMIT")
+            items, removed = connection.execute(
+                "SELECT (SELECT count(*) FROM items), (SELECT count(*) FROM removed)").fetchone()
+            uris = tuple(str(row[0]) for row in connection.execute("SELECT uri FROM items"))
+        _fsync(into)
+        return Carried(items=int(items), hidden=int(removed), generation=generation, uris=uris)
+
+    def id_of(self, modality: Modality, key: str) -> int | None:
+        """The id of the item of `modality` with `key` (live or base), or None if no item ever had it."""
+        with self._lock:
+            live_id = self._key_in(self._connection, "items", modality, key)
+            return live_id if live_id is not None else self._key_in(self._connection, "base_keys", modality, key)
+
     def key_of(self, item_id: int) -> str | None:
         with self._lock:
             row = self._connection.execute("SELECT key FROM items WHERE id = ?", (item_id,)).fetchone()
@@ -318,18 +438,23 @@ class LiveLog:
     def close(self) -> None:
         self._connection.close()
 
+    @staticmethod
+    def _key_in(connection: sqlite3.Connection, table: str, modality: Modality, key: str) -> int | None:
+        """The id `table` (items: live; base_keys: base) holds under `key`."""
+        row = connection.execute(f"SELECT id FROM {table} WHERE modality = ? AND key = ?",
+                                 (modality.value, key)).fetchone()
+        return None if row is None else int(row[0])
+
     def _id_for(self, connection: sqlite3.Connection, modality: Modality, key: str) -> int:
         """The id of the item with this key (live, else base, which becomes hidden), or a new one."""
-        row = connection.execute("SELECT id FROM items WHERE modality = ? AND key = ?",
-                                 (modality.value, key)).fetchone()
-        if row is not None:
-            return int(row[0])
-        row = connection.execute("SELECT id FROM base_keys WHERE modality = ? AND key = ?",
-                                 (modality.value, key)).fetchone()
-        if row is not None:
+        live_id = self._key_in(connection, "items", modality, key)
+        if live_id is not None:
+            return live_id
+        base_id = self._key_in(connection, "base_keys", modality, key)
+        if base_id is not None:
             connection.execute("INSERT OR IGNORE INTO removed (id, modality, generation) VALUES (?, ?, ?)",
-                               (row[0], modality.value, self._writing_generation()))
-            return int(row[0])
+                               (base_id, modality.value, self._writing_generation()))
+            return base_id
         new_id = int(self._state_value("next_id") or 0)
         connection.execute("UPDATE state SET value = value + 1 WHERE name = 'next_id'")
         return new_id
@@ -386,3 +511,31 @@ def _identity(path: Path) -> tuple[int, int] | None:
 def _contains(ids: np.ndarray, item_id: int) -> bool:
     row = int(np.searchsorted(ids, item_id))
     return row < len(ids) and int(ids[row]) == item_id
+
+
+def _members(candidates: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """The `candidates` that are in `ids` (ascending): a binary search each, not a sort of `ids`."""
+    if not len(candidates) or not len(ids):
+        return np.zeros(0, np.int64)
+    rows = np.minimum(np.searchsorted(ids, candidates), len(ids) - 1)
+    found: np.ndarray = candidates[ids[rows] == candidates]
+    return found
+
+
+def _unsynced(path: Path) -> sqlite3.Connection:
+    """A connection to a compaction's new log, which no one reads before it is swapped in: no
+    journal and no sync per commit (a crash leaves a file that is thrown away), one fsync at the
+    end of each step (_fsync)."""
+    connection = sqlite3.connect(path, isolation_level=None)
+    connection.execute("PRAGMA journal_mode=OFF")
+    connection.execute("PRAGMA synchronous=OFF")
+    return connection
+
+
+def _fsync(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+

@@ -80,6 +80,9 @@ class Manifest:
     evaluations: list[dict[str, Any]] = field(default_factory=list)
     """Retrieval quality of this bundle's model, one record per `indexer eval --bundle` run, oldest
     first (clipsearch.evaluate)."""
+    compactions: list[dict[str, Any]] = field(default_factory=list)
+    """One record per compaction that folded live changes into this base, oldest first
+    (clipsearch.compaction)."""
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -106,7 +109,8 @@ class Manifest:
                        skipped=int(data["skipped"]), created_at=str(data["created_at"]),
                        versions=dict(data.get("versions", {})),
                        corpus_fingerprint=data.get("corpus_fingerprint"),
-                       evaluations=list(data.get("evaluations", [])))
+                       evaluations=list(data.get("evaluations", [])),
+                       compactions=list(data.get("compactions", [])))
         except UnsupportedFormatVersion:
             raise
         except json.JSONDecodeError as error:
@@ -125,6 +129,22 @@ def read_manifest(path: Path) -> Manifest:
     if not manifest_path.is_file():
         raise BundleFileMissing(f"{MANIFEST_FILE}: missing from {path} (not a bundle, or its build never finished)")
     return Manifest.from_json(manifest_path.read_text(encoding="utf-8"))
+
+
+@contextmanager
+def compaction_lock(path: Path, wait: bool = True) -> Iterator[bool]:
+    """Hold the lock that lets one compaction of the bundle at `path` run at a time; without
+    `wait`, yield False at once if another process or thread holds it."""
+    descriptor = os.open(path.parent / f".{path.name}.compaction.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(descriptor)
 
 
 @contextmanager

@@ -39,11 +39,10 @@ from clipsearch.bundle import Bundle
 from clipsearch.encoder import ClipEncoder
 from clipsearch.files import sha256_hex
 from clipsearch.item_store import Item
-from clipsearch.live import LiveLog, LiveState, NewItem
+from clipsearch.live import LIVE_IMAGES, LiveLog, LiveState, NewItem
 from clipsearch.loading import image_batches, text_batches
 from clipsearch.modality import Modality
 from clipsearch.sources import Columns, SourceItem, read_image_source, read_text_source
-from clipsearch.writes import LIVE_IMAGES
 
 
 @dataclass

@@ -22,16 +22,16 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from clipsearch.collection import Collection
 from clipsearch.errors import InvalidQuery, ItemNotFound
 from clipsearch.files import atomic_path
 from clipsearch.filters import Filter
 from clipsearch.item_store import Item
-from clipsearch.live import NewItem
+from clipsearch.live import LIVE_IMAGES, NewItem
 from clipsearch.modality import Modality
 from clipsearch.query import check_text
 from clipsearch.search import SearchService
 
-LIVE_IMAGES = "live-images"
 UNCHANGED: Any = object()
 """Marks a field an edit leaves as it is (None clears a caption)."""
 
@@ -140,12 +140,7 @@ class CollectionWriter:
 
     def delete_matching(self, filter: Filter) -> list[int]:
         """Delete every item, of both modalities, that passes `filter`; the ids deleted."""
-        doomed: list[int] = []
-        state = self.service.collection.refresh()
-        for modality in Modality:
-            doomed.extend(int(item_id) for item_id in state.matching_ids(modality, filter))
-            base = self.service.bundle.items.matching_ids(modality, filter.sql, filter.params)
-            doomed.extend(int(item_id) for item_id in np.setdiff1d(base, state.removed_of(modality)))
+        doomed = ids_matching(self.service.collection, filter)
         deleted = self.live.delete(doomed) if doomed else []
         self.service.collection.refresh()
         return deleted
@@ -197,6 +192,17 @@ class CollectionWriter:
             if key in seen:
                 raise InvalidQuery(f"{field}[{number}].key", f"repeats {field}[{seen[key]}].key in the same request")
             seen[key] = number
+
+
+def ids_matching(collection: Collection, filter: Filter) -> list[int]:
+    """Every item of the collection now, of both modalities, that passes `filter`."""
+    found: list[int] = []
+    state = collection.refresh()
+    for modality in Modality:
+        found.extend(int(item_id) for item_id in state.matching_ids(modality, filter))
+        base = collection.bundle.items.matching_ids(modality, filter.sql, filter.params)
+        found.extend(int(item_id) for item_id in np.setdiff1d(base, state.removed_of(modality)))
+    return found
 
 
 def _sha256(data: bytes) -> str:

@@ -17,6 +17,7 @@ from clipsearch.captions import (
     OFFLINE_CAPTION_MODEL,
     CaptionConfig,
 )
+from clipsearch.compaction import CompactionPolicy
 from clipsearch.encoder import DEFAULT_MODEL, DEFAULT_PRETRAINED, OFFLINE_MODEL, ClipEncoder, load_encoder
 from clipsearch.errors import CheckpointRequired, ClipSearchError
 from clipsearch.finetune import FinetuneConfig
@@ -28,6 +29,7 @@ from clipsearch.sources import Columns
 DEFAULTS = BuildConfig(out=Path("bundle"))
 """The indexer's defaults are BuildConfig's (and FinetuneConfig's): no number is written twice."""
 TUNING = FinetuneConfig()
+COMPACTION = CompactionPolicy()
 CAPTIONS = CaptionConfig()
 
 
@@ -124,6 +126,42 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     _add_speed_arguments(syncing)
     _add_image_arguments(syncing)
     syncing.add_argument("--no-progress", action="store_true", help="no progress bar")
+    adding = commands.add_parser(
+        "add", help="add texts or image files to a bundle, or replace them by key, through its live log",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    adding.add_argument("--bundle", type=Path, required=True, help="the bundle to add to")
+    adding.add_argument("--text", action="append", default=[], help="a text to add (repeat for more)")
+    adding.add_argument("--image", action="append", default=[], type=Path, help="an image file to add (repeat for "
+                                                                                   "more; not with --text)")
+    adding.add_argument("--key", action="append", default=[],
+                        help="the key of each item, in order (repeat; an existing key replaces that item and keeps "
+                             "its id); default: new keys")
+    adding.add_argument("--caption", action="append", default=[], help="the caption of each image, in order")
+    adding.add_argument("--metadata", default="{}", help="a JSON object given to every item added")
+    _add_model_arguments(adding, None)
+    deleting = commands.add_parser("delete", help="delete items from a bundle through its live log",
+                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    deleting.add_argument("--bundle", type=Path, required=True, help="the bundle to delete from")
+    which = deleting.add_mutually_exclusive_group(required=True)
+    which.add_argument("--ids", type=int, nargs="+", help="ids of the items to delete")
+    which.add_argument("--keys", nargs="+", help="keys of the items to delete (a built item's key is its uri)")
+    which.add_argument("--filter", help="delete every item passing this filter (JSON, as in searches)")
+    deleting.add_argument("--modality", choices=["image", "text"], default="image",
+                          help="with --keys: which modality the keys are of")
+    compacting = commands.add_parser(
+        "compact", help="fold a bundle's live changes into its base (a server serving it loads the result by itself)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    compacting.add_argument("--bundle", type=Path, required=True, help="the bundle to compact")
+    compacting.add_argument("--if-due", action="store_true",
+                            help="only if its live and hidden items reach --min-changes and --fraction of the base "
+                                 "(for a cron job)")
+    compacting.add_argument("--min-changes", type=_non_negative_int, default=COMPACTION.min_changes,
+                            help="with --if-due: never for fewer changes than this")
+    compacting.add_argument("--fraction", type=float, default=COMPACTION.fraction,
+                            help="with --if-due: due once the changes reach this share of the base")
+    compacting.add_argument("--retrain-fraction", type=float, default=COMPACTION.retrain_fraction,
+                            help="train an IVF index again (and measure its recall again) once the rows added since "
+                                 "its training reach this share of the rows it was trained with")
     evaluation = commands.add_parser(
         "eval", help="retrieval quality (recall@1/5/10 both ways, mean rank) of a model on image-caption pairs",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -183,7 +221,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     demo.add_argument("--count", type=_positive_int, default=3000, help="scenes to render (shapes)")
     demo.add_argument("--seed", type=int, default=0, help="the scenes follow from it (shapes)")
     args = parser.parse_args(argv)
-    if args.command == "demo-data":
+    if args.command in ("demo-data", "compact", "delete"):  # no model to name
         return args
     if args.checkpoint is not None and args.pretrained not in (None, "none", ""):
         parser.error("give either --pretrained or --checkpoint, not both")
@@ -200,6 +238,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             parser.error("--bundle names the model: leave out --model and --pretrained")
         if args.images is None and args.texts is None:
             parser.error("give --images, --texts or both")
+        return args
+    if args.command == "add":
+        if args.model is not None or args.pretrained is not None:
+            parser.error("--bundle names the model: leave out --model and --pretrained")
+        if bool(args.text) == bool(args.image):
+            parser.error("give --text or --image (one or more), not both")
+        count = len(args.text or args.image)
+        for name in ("key", "caption"):
+            given = getattr(args, name)
+            if given and len(given) != count:
+                parser.error(f"give one --{name} per item ({count}) or none, got {len(given)}")
+        if args.caption and args.text:
+            parser.error("--caption is for images; a text is its own caption")
         return args
     if args.command == "classify":
         if args.model is not None or args.pretrained is not None:
@@ -335,6 +386,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from indexer.syncing import run_sync
 
         return run_sync(args)
+    if args.command == "compact":
+        from indexer.syncing import run_compact
+
+        return run_compact(args)
+    if args.command in ("add", "delete"):
+        from indexer.editing import run_add, run_delete
+
+        return run_add(args) if args.command == "add" else run_delete(args)
     if args.command == "finetune":
         from indexer.tuning import run_finetune
 

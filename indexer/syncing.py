@@ -1,31 +1,45 @@
-"""`python -m indexer sync`: bring a bundle up to date with its sources through its live log."""
+"""`python -m indexer sync` brings a bundle up to date with its sources through its live log;
+`python -m indexer compact` folds the log into the base."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
+from clipsearch import index as faiss_index
 from clipsearch.bundle import load_bundle
-from clipsearch.errors import ClipSearchError
-from clipsearch.live import LIVE_FILE, LiveLog
+from clipsearch.compaction import CompactionPolicy, compact
+from clipsearch.errors import BundleReplaced, ClipSearchError
+from clipsearch.live import LIVE_FILE, LiveLog, count_live_changes
+from clipsearch.manifest import read_manifest
 from clipsearch.sources import Columns
 from clipsearch.sync import SyncSources, sync
 from indexer.cli import bundle_encoder, describe_error
+
+SYNC_ATTEMPTS = 3
+"""A sync that finds the bundle compacted under it (BundleReplaced) starts again on the new one."""
 
 
 def run_sync(args: argparse.Namespace) -> int:
     try:
         encoder = bundle_encoder(args)
-        bundle = load_bundle(args.bundle)
-        live = LiveLog(args.bundle / LIVE_FILE, bundle.items, encoder.embedding_dim)
-        try:
-            summary = sync(bundle, live, encoder, SyncSources(args.images, args.texts, Columns(
-                image=args.image_column, caption=args.caption_column, text=args.text_column)),
-                batch_size=args.batch_size, workers=args.workers, max_pixels=args.max_pixels,
-                progress=not args.no_progress)
-        finally:
-            live.close()
-            bundle.close()
+        for attempt in range(1, SYNC_ATTEMPTS + 1):
+            bundle = load_bundle(args.bundle)
+            live = LiveLog(args.bundle / LIVE_FILE, bundle.items, encoder.embedding_dim)
+            try:
+                summary = sync(bundle, live, encoder, SyncSources(args.images, args.texts, Columns(
+                    image=args.image_column, caption=args.caption_column, text=args.text_column)),
+                    batch_size=args.batch_size, workers=args.workers, max_pixels=args.max_pixels,
+                    progress=not args.no_progress)
+                break
+            except BundleReplaced:
+                if attempt == SYNC_ATTEMPTS:
+                    raise
+                print(f"{args.bundle} was compacted or rebuilt during the sync; nothing was written; syncing again",
+                      file=sys.stderr)
+            finally:
+                live.close()
+                bundle.close()
     except ClipSearchError as error:
         print(f"error: {describe_error(error)}", file=sys.stderr)
         return 2
@@ -34,4 +48,24 @@ def run_sync(args: argparse.Namespace) -> int:
         print(f"  skipped {uri}: {reason}")
     if len(summary.skipped) > 20:
         print(f"  … and {len(summary.skipped) - 20} more")
+    return 0
+
+
+def run_compact(args: argparse.Namespace) -> int:
+    policy = CompactionPolicy(args.min_changes, args.fraction, args.retrain_fraction)
+    try:
+        if args.if_due:
+            manifest = read_manifest(args.bundle)
+            base = sum(record.count for record in manifest.modalities.values())
+            changes = count_live_changes(args.bundle)
+            if not policy.due(changes, base):
+                print(f"{args.bundle}: {changes} live changes over a base of {base}; not due "
+                      f"(at least {max(policy.min_changes, policy.fraction * base):.0f})")
+                return 0
+        summary = compact(args.bundle, policy, use_gpu=faiss_index.gpu_available())
+    except ClipSearchError as error:
+        print(f"error: {describe_error(error)}", file=sys.stderr)
+        return 2
+    assert summary is not None  # compact waits for any other compaction to finish
+    print(f"compacted {args.bundle}: {summary.describe()}")
     return 0

@@ -120,3 +120,19 @@ def test_smoke_the_updates_bench_adds_searches_during_writes_and_deletes() -> No
     during = figures["search latency during writes"]
     assert during["quiet_p50_ms"] > 0 and during["writing_p50_ms"] > 0
     assert figures["deletes over HTTP"]["items"] == 128
+
+
+def test_smoke_the_compaction_bench_folds_every_change_and_times_searches_before_and_after() -> None:
+    figures = run_bench("bench.compaction", "--items", "5000", "--dim", "32", "--adds", "300", "--deletes", "200",
+                        "--repeats", "5")
+    assert figures["live changes written"]["adds"] == 300 and figures["live changes written"]["deletes"] == 200
+    compaction = figures["compaction"]
+    assert compaction["folded"] == 300 + 200 and compaction["retrained"] == []
+    during = figures["compaction during writes"]
+    assert during["folded"] >= 50 * 10  # the timed writes before it, at least
+    assert during["writes"] > 0 and during["write_max_ms"] >= during["write_p50_ms"] > 0
+    assert during["writes_held_s"] <= during["write_s"]
+    assert compaction["vs_written_from_vectors"] == pytest.approx(
+        (compaction["prepare_s"] + compaction["write_s"]) / figures["written from vectors"]["seconds"], rel=2e-2)
+    latency = figures["search latency"]
+    assert latency["pending_p50_ms"] > 0 and latency["compacted_p50_ms"] > 0

@@ -22,11 +22,12 @@ from hypothesis.stateful import (
 
 from clipsearch.build import build
 from clipsearch.bundle import Bundle, load_bundle, rewrite_items
+from clipsearch.compaction import Compaction, CompactionPolicy
 from clipsearch.encoder import ClipEncoder
 from clipsearch.errors import BundleReplaced, InvalidQuery, ItemNotFound, LiveChangesPending
 from clipsearch.filters import parse_filter
 from clipsearch.item_store import Item
-from clipsearch.live import LIVE_FILE, LiveLog
+from clipsearch.live import LIVE_FILE, LiveLog, count_live_changes
 from clipsearch.modality import Modality
 from clipsearch.query import QueryLimits, QueryVector, ResultOptions
 from clipsearch.search import Answer, SearchService
@@ -75,6 +76,7 @@ class LiveCollectionMachine(RuleBasedStateMachine):
         self.model: dict[int, tuple[Item, np.ndarray]] = {}
         self.keys: dict[tuple[Modality, str], int] = {}
         self.queries = self.encoder.encode_texts(["a photo", "a red dog"])
+        self.compaction: Compaction | None = None
 
     @initialize()
     def load_the_base(self) -> None:
@@ -155,6 +157,34 @@ class LiveCollectionMachine(RuleBasedStateMachine):
         close_service(self.bundle, self.service)
         self.bundle, self.service, self.writer = open_service(self.encoder, self.path)
 
+    @precondition(lambda self: self.compaction is None)
+    @rule()
+    def start_a_compaction(self) -> None:
+        """Its first half: the new base is built from this snapshot, and the rules that run before
+        `finish_the_compaction` are writes made meanwhile, which the new log must carry over."""
+        self.compaction = Compaction(self.path, CompactionPolicy(retrain_fraction=0.5))
+        self.compaction.prepare()
+
+    @precondition(lambda self: self.compaction is not None)
+    @rule()
+    def let_the_compaction_catch_up(self) -> None:
+        """Copies what was written so far into the new log; later writes must still reach it."""
+        assert self.compaction is not None
+        self.compaction.catch_up()
+
+    @precondition(lambda self: self.compaction is not None)
+    @rule()
+    def finish_the_compaction(self) -> None:
+        assert self.compaction is not None
+        try:
+            summary = self.compaction.commit()
+        finally:
+            self.compaction.close()
+            self.compaction = None
+        if summary.folded:  # the new log holds exactly what was written meanwhile
+            assert count_live_changes(self.path) == summary.carried
+        self.restart()  # what a server does when it sees the new bundle (app.state)
+
     @invariant()
     def searches_equal_brute_force_over_the_live_items(self) -> None:
         for target in Modality:
@@ -193,6 +223,8 @@ class LiveCollectionMachine(RuleBasedStateMachine):
             assert (read.modality, read.text, read.extra) == (item.modality, item.text, item.extra)
 
     def teardown(self) -> None:
+        if self.compaction is not None:
+            self.compaction.close()
         close_service(self.bundle, self.service)
         shutil.rmtree(self.path, ignore_errors=True)
 
@@ -211,7 +243,7 @@ def test_any_sequence_of_writes_leaves_searches_equal_to_brute_force(encoder: Cl
     LiveCollectionMachine.encoder, LiveCollectionMachine.source, LiveCollectionMachine.scratch = \
         encoder, bundle_path, tmp_path
     run_state_machine_as_test(LiveCollectionMachine, settings=settings(
-        max_examples=25, stateful_step_count=12, deadline=None, suppress_health_check=[HealthCheck.too_slow]))
+        max_examples=30, stateful_step_count=16, deadline=None, suppress_health_check=[HealthCheck.too_slow]))
 
 
 def test_a_write_is_visible_to_another_service_on_the_same_files_at_its_next_search(

@@ -43,7 +43,8 @@ def info(service: ServiceDep) -> InfoResponse:
         backend=service.encoder.backend, threads=service.encoder.threads,
         text_trim=service.encoder.text_trim is not None,
         mean_batch=service.pipeline.mean_batches(), bundle_created_at=manifest.created_at,
-        evaluations=manifest.evaluations)
+        evaluations=manifest.evaluations, live_changes=state.changes,
+        compactions=manifest.compactions)
 
 
 @operations.get("/metrics", response_class=Response)

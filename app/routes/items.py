@@ -131,7 +131,7 @@ def delete_item(item_id: ItemId, writer: WriterDep) -> DeleteResponse:
     started = time.perf_counter()
     deleted = writer.delete([item_id], "item_id")
     if not deleted:
-        writer.service.collection.item(item_id, "item_id")  # raises the 404
+        writer.item(item_id, "item_id")  # raises the 404
     return DeleteResponse(deleted=deleted, took_ms=_since(started))
 
 

@@ -1,0 +1,261 @@
+"""Compaction: fold a live collection's changes (clipsearch.live) into a new base bundle, with
+no embedding done again and every id kept.
+
+Live items are scored exactly beside the base index on every search, and hidden base rows stay in
+the base index, masked; both cost time as they grow. A compaction makes the base equal to the
+collection as it is:
+
+1. Prepare, while writes go on: read one snapshot of the log; for each modality take the base
+   vectors not hidden (read back from the index, which stores them exactly) and the live ones;
+   build the new index; gather the items.
+   - Exact (Flat) indices are rebuilt as they were.
+   - IVF indices keep their trained quantizer and take the new rows without training, until the
+     rows added since they were trained pass `retrain_fraction` of the rows they were trained
+     with. Then they are trained again and the build's recall check (and nprobe tuning) is run
+     again, with the other modality's vectors as cross-modal queries when there are any; the
+     recall reached is recorded in the manifest as a build's is.
+2. Commit, holding the bundle's lock (writers wait, for as long as writing a small log takes):
+   the new live log keeps what was written after the snapshot, hidden over the new base where it
+   replaced or deleted a base item (clipsearch.live.LiveLog.fold), and the new bundle is swapped
+   in whole (clipsearch.bundle.write_compacted).
+
+A kill at any point leaves the old bundle with its log, or the new one with its own: nothing
+acknowledged is lost (tests/test_compaction.py kills it). Servers see the new bundle by its
+manifest and load it (app.state); until then they serve their snapshot of the old one.
+Only one compaction of a bundle runs at a time (clipsearch.manifest.compaction_lock).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+from clipsearch import index as faiss_index
+from clipsearch.bundle import Bundle, ModalityContent, load_bundle, recover_interrupted_swaps, write_compacted
+from clipsearch.errors import CannotCompact, IndexSettingsInvalid
+from clipsearch.item_store import Item
+from clipsearch.live import LIVE_FILE, Carried, LiveLog, LiveState
+from clipsearch.manifest import compaction_lock
+from clipsearch.modality import Modality
+
+log = logging.getLogger(__name__)
+
+CATCH_UP_PASSES = 2
+"""Times the new log catches up with the writes made since the snapshot before the bundle's lock
+is taken: each pass copies what came during the one before, so the last one, under the lock
+(writers waiting), has little left to copy."""
+
+
+@dataclass(frozen=True)
+class CompactionPolicy:
+    """When a compaction is due, and when it trains an IVF index again."""
+
+    min_changes: int = 1000
+    """Never for fewer live and hidden items than this: compacting costs a pass over the whole base."""
+    fraction: float = 0.1
+    """Due once live and hidden items reach this share of the base."""
+    retrain_fraction: float = 0.5
+    """An IVF index is trained again (and its recall measured again) once the rows added since its
+    training reach this share of the rows it was trained with."""
+
+    def due(self, changes: int, base_count: int) -> bool:
+        return changes > 0 and changes >= max(self.min_changes, self.fraction * base_count)
+
+
+@dataclass
+class CompactionSummary:
+    folded: int
+    """Live items and hidden base items folded into the new base."""
+    found: int = 0
+    """Live items and hidden base items the log held (all folded, unless not due)."""
+    counts: dict[str, int] = field(default_factory=dict)
+    """Items per modality in the new base."""
+    carried: int = 0
+    """Writes made while the new base was being built, kept in the new log."""
+    retrained: list[str] = field(default_factory=list)
+    recall_at_10: dict[str, float] = field(default_factory=dict)
+    """Of the indices trained again."""
+    prepare_s: float = 0.0
+    commit_s: float = 0.0
+    writes_held_s: float = 0.0
+    """How long writes waited: from copying what was written meanwhile to the swap."""
+
+    def describe(self) -> str:
+        if not self.folded:
+            return f"not compacted: {self.found} live changes, too few to be due" if self.found else \
+                "nothing to compact: the bundle holds no live changes"
+        counts = ", ".join(f"{count} {modality}s" for modality, count in self.counts.items()) or "no items"
+        retrained = "".join(f"; retrained the {modality} index (recall@10 {self.recall_at_10[modality]:.3f})"
+                            if modality in self.recall_at_10 else f"; retrained the {modality} index"
+                            for modality in self.retrained)
+        return (f"folded {self.folded} changes into a base of {counts}; kept {self.carried} written meanwhile"
+                f"{retrained}; {self.prepare_s:.1f} s to prepare, {self.commit_s:.1f} s to write, "
+                f"{self.writes_held_s:.2f} s of it holding writes")
+
+
+@dataclass
+class _NewBase:
+    ids: np.ndarray
+    vectors: np.ndarray
+    added: int
+    """Live rows folded in (adds and replacements): what an IVF index takes without training."""
+
+
+class Compaction:
+    """One compaction of the bundle at a path: `prepare()`, `catch_up()` as often as wanted while
+    writes go on, then `commit()` (or `close()` to give up)."""
+
+    def __init__(self, path: Path, policy: CompactionPolicy | None = None, use_gpu: bool = False) -> None:
+        self.path, self.policy, self.use_gpu = path, policy or CompactionPolicy(), use_gpu
+        recover_interrupted_swaps(path)
+        self.bundle: Bundle = load_bundle(path, verify_checksums=False)  # sizes still checked
+        dim = self.bundle.manifest.embedding_dim
+        self.live = LiveLog(path / LIVE_FILE, self.bundle.items, dim)
+        self.state: LiveState = LiveState(generation=-1)
+        self.content: dict[Modality, ModalityContent] = {}
+        self.items: list[Item] = []
+        self.new_ids: dict[Modality, np.ndarray] = {}
+        self.summary = CompactionSummary(folded=0)
+        self.new_log = path.with_name(f".{path.name}.newlog-{os.getpid()}")
+        """The new bundle's log, begun beside the bundle and moved into it at the commit."""
+        self._caught_up = -1
+
+    def prepare(self, only_if_due: bool = False) -> CompactionSummary:
+        """Read the log's snapshot and build the new base in memory; writes go on meanwhile. With
+        `only_if_due`, nothing is done (and nothing folded) unless the policy says it is due."""
+        started = time.perf_counter()
+        self.state = state = self.live.state()
+        changes = state.changes
+        base_count = sum(int(index.ntotal) for index in self.bundle.indices.values())
+        self.summary.found = changes
+        if not changes or (only_if_due and not self.policy.due(changes, base_count)):
+            return self.summary
+        self.summary.folded = changes
+        bases = {modality: self._new_base(modality) for modality in Modality}
+        bases = {modality: base for modality, base in bases.items() if len(base.ids)}
+        self.new_ids = {modality: base.ids for modality, base in bases.items()}
+        for modality, base in bases.items():
+            others = [other.vectors for kind, other in bases.items() if kind is not modality]
+            self.content[modality] = self._index(modality, base, others[0] if others else None)
+            self.summary.counts[modality.value] = len(base.ids)
+        removed = {modality: set(state.removed_of(modality).tolist()) for modality in Modality}
+        self.items = sorted([item for item in self.bundle.items if item.id not in removed[item.modality]]
+                            + list(state.items.values()), key=lambda item: item.id)
+        self.new_log.unlink(missing_ok=True)
+        self.live.start_fold(self.new_ids, self.new_log)
+        self._caught_up = state.generation
+        self.summary.prepare_s = time.perf_counter() - started
+        log.info("compaction of %s prepared in %.1f s: %d changes folded", self.path, self.summary.prepare_s,
+                 self.summary.folded)
+        return self.summary
+
+    def commit(self) -> CompactionSummary:
+        """Write the new bundle, carry over the writes made since `prepare`, and swap it in."""
+        if not self.summary.folded:
+            return self.summary
+        started = time.perf_counter()
+        carried: list[Carried] = []
+
+        def move_log_in(staging: Path) -> None:
+            # Now, with the new bundle written, the last passes before the lock leave it little to copy.
+            for _ in range(CATCH_UP_PASSES):
+                self.catch_up()
+            os.replace(self.new_log, staging / LIVE_FILE)
+
+        def carry_over(staging: Path) -> tuple[str, ...]:
+            carried.append(self.live.fold_since(self._caught_up, self.state, self.new_ids, staging / LIVE_FILE))
+            return carried[-1].uris
+
+        record: dict[str, Any] = {
+            "at": datetime.now(UTC).isoformat(timespec="seconds"), "generation": self.state.generation,
+            "folded": self.summary.folded, "counts": self.summary.counts, "retrained": self.summary.retrained,
+            "prepare_s": round(self.summary.prepare_s, 2)}
+        _, self.summary.writes_held_s = write_compacted(self.path, self.bundle.manifest, self.content, self.items,
+                                                        record, move_log_in, carry_over)
+        self.summary.carried = carried[-1].items + carried[-1].hidden
+        self.summary.commit_s = time.perf_counter() - started
+        log.info("compacted %s: %s", self.path, self.summary.describe())
+        return self.summary
+
+    def catch_up(self) -> None:
+        """Copy into the new log what was written since the last catch-up (since the snapshot, at
+        first). The commit does it CATCH_UP_PASSES times, then once more holding writes."""
+        if self.summary.folded:
+            self._caught_up = self.live.fold_since(self._caught_up, self.state, self.new_ids, self.new_log).generation
+
+    def close(self) -> None:
+        self.new_log.unlink(missing_ok=True)  # given up: nothing of it was used
+        self.live.close()
+        self.bundle.close()
+
+    def _new_base(self, modality: Modality) -> _NewBase:
+        """The ids (ascending) and vectors of `modality`'s items as of the snapshot."""
+        index = self.bundle.indices.get(modality)
+        dim = self.bundle.manifest.embedding_dim
+        kept, kept_vectors = np.zeros(0, np.int64), np.zeros((0, dim), np.float32)
+        if index is not None:
+            if not faiss_index.is_lossless(index):
+                factory = self.bundle.manifest.modalities[modality].index.factory
+                raise CannotCompact(f"the {modality.value} index ({factory}) stores compressed vectors, which "
+                                    "cannot be read back exactly; rebuild the bundle to fold its live changes in")
+            kept = np.setdiff1d(faiss_index.ids_of(index), self.state.removed_of(modality), assume_unique=True)
+            kept_vectors = faiss_index.reconstruct_many(index, kept)
+        segment = self.state.segment(modality)
+        ids = np.concatenate([kept, segment.ids])
+        vectors = np.concatenate([kept_vectors, segment.vectors.reshape(-1, dim)])
+        order = np.argsort(ids, kind="stable")
+        return _NewBase(ids[order], np.ascontiguousarray(vectors[order]), added=len(segment.ids))
+
+    def _index(self, modality: Modality, base: _NewBase, others: np.ndarray | None) -> ModalityContent:
+        record = self.bundle.manifest.modalities.get(modality)
+        queries_label = f"{'text' if modality is Modality.IMAGE else 'image'} (cross-modal)" \
+            if others is not None else None
+        if record is not None and not record.index.exact:
+            params = record.index.params
+            added = int(params.get("added_since_training", 0)) + base.added
+            trained_with = int(params.get("trained_with", record.count))
+            if added < self.policy.retrain_fraction * trained_with:
+                refilled = faiss_index.refill_index(self._in_memory(modality), base.vectors, base.ids)
+                faiss_index.apply_params(refilled, params)
+                return ModalityContent(refilled, replace(record.index, params={
+                    **params, "added_since_training": added}))
+        # A new modality, an exact index, or an IVF index due for training: built as a build would.
+        factory = record.index.factory if record is not None else faiss_index.default_factory(len(base.ids))
+        try:
+            index, spec = faiss_index.build_index(base.vectors, base.ids, factory, others, queries_label,
+                                                  use_gpu=self.use_gpu)
+        except IndexSettingsInvalid:  # too few items left for its lists: exact search then
+            index, spec = faiss_index.build_index(base.vectors, base.ids, faiss_index.EXACT_FACTORY)
+        if not spec.exact:
+            self.summary.retrained.append(modality.value)
+            if spec.recall_at_10 is not None:
+                self.summary.recall_at_10[modality.value] = spec.recall_at_10
+        return ModalityContent(index, spec)
+
+    def _in_memory(self, modality: Modality) -> faiss.Index:
+        """The modality's index read whole into memory (a served one may be memory-mapped read-only)."""
+        return faiss_index.load_index(self.path / self.bundle.manifest.modalities[modality].index_file,
+                                      mmap=False)
+
+
+def compact(path: Path, policy: CompactionPolicy | None = None, use_gpu: bool = False, wait: bool = True,
+            only_if_due: bool = False) -> CompactionSummary | None:
+    """Compact the bundle at `path` now (with `only_if_due`, only if `policy` says so: folded is
+    then 0 when it is not); None without `wait` if another compaction of it is running."""
+    with compaction_lock(path, wait) as held:
+        if not held:
+            return None
+        compaction = Compaction(path, policy, use_gpu)
+        try:
+            compaction.prepare(only_if_due)
+            return compaction.commit()
+        finally:
+            compaction.close()

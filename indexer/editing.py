@@ -1,0 +1,119 @@
+"""`python -m indexer add` and `python -m indexer delete`: the HTTP API's writes, for scripts that
+work on a bundle's directory. They go through the same checks and live log as the server's
+(clipsearch.writes), so a server serving the bundle sees them at its next search."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any, TypeVar
+
+from clipsearch.bundle import load_bundle
+from clipsearch.collection import Collection
+from clipsearch.encoder import ClipEncoder
+from clipsearch.errors import BundleReplaced, ClipSearchError, InvalidQuery
+from clipsearch.filters import parse_filter
+from clipsearch.live import LIVE_FILE, LiveLog
+from clipsearch.modality import Modality
+from clipsearch.search import SearchService
+from clipsearch.writes import CollectionWriter, ImageEntry, TextEntry, WriteLimits, ids_matching
+from indexer.cli import bundle_encoder, describe_error
+
+Result = TypeVar("Result")
+ATTEMPTS = 3
+"""A write that finds the bundle compacted under it (BundleReplaced) runs again on the new one."""
+
+
+def run_add(args: argparse.Namespace) -> int:
+    try:
+        metadata = _metadata(args.metadata)
+        keys = args.key or [None] * len(args.text or args.image)
+        if args.text:
+            entries: list[Any] = [TextEntry(text, key, metadata) for text, key in zip(args.text, keys, strict=True)]
+        else:
+            captions = args.caption or [None] * len(args.image)
+            entries = [ImageEntry(_read(path, number), key, caption, metadata)
+                       for number, (path, key, caption) in enumerate(zip(args.image, keys, captions, strict=True))]
+        encoder = bundle_encoder(args)
+
+        def add(writer: CollectionWriter) -> list[int]:
+            return writer.add_texts(entries, "text") if args.text else writer.add_images(entries, "image")
+
+        ids = _with_writer(args, add, encoder)
+    except ClipSearchError as error:
+        print(f"error: {describe_error(error)}", file=sys.stderr)
+        return 2
+    print(json.dumps({"ids": ids}))
+    return 0
+
+
+def run_delete(args: argparse.Namespace) -> int:
+    """Deletes need no model: the ids go straight to the live log."""
+    try:
+        filter = parse_filter(json.loads(args.filter), "filter") if args.filter is not None else None
+        for attempt in range(1, ATTEMPTS + 1):
+            bundle = load_bundle(args.bundle)
+            live = LiveLog(args.bundle / LIVE_FILE, bundle.items, bundle.manifest.embedding_dim)
+            try:
+                if filter is not None:
+                    ids = ids_matching(Collection(bundle, live), filter)
+                elif args.keys is not None:
+                    found = (live.id_of(Modality(args.modality), key) for key in args.keys)
+                    ids = [item_id for item_id in found if item_id is not None]
+                else:
+                    ids = args.ids
+                deleted = live.delete(ids)
+                break
+            except BundleReplaced:
+                if attempt == ATTEMPTS:
+                    raise
+            finally:
+                live.close()
+                bundle.close()
+    except json.JSONDecodeError as error:
+        print(f"error: --filter: not valid JSON ({error})", file=sys.stderr)
+        return 2
+    except ClipSearchError as error:
+        print(f"error: {describe_error(error)}", file=sys.stderr)
+        return 2
+    print(json.dumps({"deleted": deleted}))
+    return 0
+
+
+def _with_writer(args: argparse.Namespace, write: Callable[[CollectionWriter], Result], encoder: ClipEncoder) -> Result:
+    """Run `write` with a writer over the bundle, again on the new bundle if a compaction swapped
+    it in meanwhile. One command is one write, of any size."""
+    for attempt in range(1, ATTEMPTS + 1):
+        bundle = load_bundle(args.bundle)
+        live = LiveLog(args.bundle / LIVE_FILE, bundle.items, encoder.embedding_dim)
+        service = SearchService(encoder, bundle, live=live)
+        try:
+            return write(CollectionWriter(service, replace(WriteLimits(), max_items=sys.maxsize)))
+        except BundleReplaced:
+            if attempt == ATTEMPTS:
+                raise
+        finally:
+            service.close()
+            live.close()
+            bundle.close()
+    raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+def _metadata(text: str) -> dict[str, Any]:
+    try:
+        metadata = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise InvalidQuery("metadata", f"not valid JSON ({error})") from None
+    if not isinstance(metadata, dict):
+        raise InvalidQuery("metadata", "must be a JSON object")
+    return metadata
+
+
+def _read(path: Any, number: int) -> bytes:
+    try:
+        return bytes(path.read_bytes())
+    except OSError as error:
+        raise InvalidQuery(f"image[{number}]", f"cannot read {path}: {error.strerror or error}") from None
