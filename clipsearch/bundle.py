@@ -126,23 +126,13 @@ def write_bundle(out: Path, model: ModelRef, embedding_dim: int, content: dict[M
     """
     if out.exists() and not (out / MANIFEST_FILE).is_file() and any(out.iterdir()):
         raise BundleError(f"{out} exists and is not a bundle; refusing to overwrite it")
-    recover_interrupted_swaps(out)
-    staging = out.with_name(f".{out.name}.staging-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    staging = _new_staging(out)
     try:
-        modalities = {}
-        for modality, modality_content in content.items():
-            name = index_file_name(modality)
-            faiss_index.save_index(modality_content.index, staging / name)
-            modalities[modality] = ModalityRecord(count=int(modality_content.index.ntotal), index_file=name,
-                                                  index=modality_content.spec)
+        modalities = _write_indices(staging, content)
         write_items(staging / ITEMS_FILE, items)
         atomic_write_text(staging / REPORT_FILE, json.dumps(report, indent=2, ensure_ascii=False))
-        files = {child.name: FileRecord(sha256=file_sha256(child), bytes=child.stat().st_size)
-                 for child in sorted(staging.iterdir())}
         manifest = Manifest(format_version=FORMAT_VERSION, model=model, embedding_dim=embedding_dim,
-                            metric=METRIC, modalities=modalities, files=files,
+                            metric=METRIC, modalities=modalities, files=_file_records(staging),
                             skipped=len(report.get("skipped", [])),
                             created_at=datetime.now(UTC).isoformat(timespec="seconds"), versions=versions,
                             corpus_fingerprint=corpus_fingerprint)
@@ -175,9 +165,7 @@ def rewrite_items(path: Path, change: Callable[[Item], Item]) -> Manifest:
             items = [change(item) for item in store]
         finally:
             store.close()
-        staging = path.with_name(f".{path.name}.staging-{os.getpid()}")
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir()
+        staging = _new_staging(path)
         try:
             for name in manifest.files:
                 if name != ITEMS_FILE:
@@ -208,22 +196,12 @@ def write_compacted(path: Path, manifest: Manifest, content: dict[Modality, Moda
     those items' uris; the uploaded image files that any item refers to are linked in (the files
     of deleted items are left behind), and the new bundle is swapped into place.
     """
-    recover_interrupted_swaps(path)
-    staging = path.with_name(f".{path.name}.staging-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
+    staging = _new_staging(path)
     try:
-        modalities = {}
-        for modality, modality_content in content.items():
-            name = index_file_name(modality)
-            faiss_index.save_index(modality_content.index, staging / name)
-            modalities[modality] = ModalityRecord(count=int(modality_content.index.ntotal), index_file=name,
-                                                  index=modality_content.spec)
+        modalities = _write_indices(staging, content)
         write_items(staging / ITEMS_FILE, items)
         _link_or_copy(path / REPORT_FILE, staging / REPORT_FILE)
-        files = {child.name: FileRecord(sha256=file_sha256(child), bytes=child.stat().st_size)
-                 for child in sorted(staging.iterdir())}
-        updated = replace(manifest, modalities=modalities, files=files,
+        updated = replace(manifest, modalities=modalities, files=_file_records(staging),
                           compactions=[*manifest.compactions, record])
         atomic_write_text(staging / MANIFEST_FILE, updated.to_json())
         start_log(staging)
@@ -240,6 +218,31 @@ def write_compacted(path: Path, manifest: Manifest, content: dict[Modality, Moda
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return updated, held_s
+
+
+def _new_staging(out: Path) -> Path:
+    """An empty directory beside `out` to write a new bundle in, after clearing dead ones' debris."""
+    recover_interrupted_swaps(out)
+    staging = out.with_name(f".{out.name}.staging-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    return staging
+
+
+def _write_indices(staging: Path, content: dict[Modality, ModalityContent]) -> dict[Modality, ModalityRecord]:
+    modalities = {}
+    for modality, modality_content in content.items():
+        name = index_file_name(modality)
+        faiss_index.save_index(modality_content.index, staging / name)
+        modalities[modality] = ModalityRecord(count=int(modality_content.index.ntotal), index_file=name,
+                                              index=modality_content.spec)
+    return modalities
+
+
+def _file_records(staging: Path) -> dict[str, FileRecord]:
+    """The size and sha256 of every file in `staging`: the manifest's table of contents."""
+    return {child.name: FileRecord(sha256=file_sha256(child), bytes=child.stat().st_size)
+            for child in sorted(staging.iterdir())}
 
 
 def _uploaded_names(uploads: Path, uris: Iterable[str]) -> set[str]:

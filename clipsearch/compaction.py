@@ -7,17 +7,17 @@ collection as it is:
 
 1. Prepare, while writes go on: read one snapshot of the log; for each modality take the base
    vectors not hidden (read back from the index, which stores them exactly) and the live ones;
-   build the new index; gather the items.
+   build the new index; gather the items; begin the new log with every new base item's key.
    - Exact (Flat) indices are rebuilt as they were.
    - IVF indices keep their trained quantizer and take the new rows without training, until the
      rows added since they were trained pass `retrain_fraction` of the rows they were trained
      with. Then they are trained again and the build's recall check (and nprobe tuning) is run
      again, with the other modality's vectors as cross-modal queries when there are any; the
      recall reached is recorded in the manifest as a build's is.
-2. Commit, holding the bundle's lock (writers wait, for as long as writing a small log takes):
-   the new live log keeps what was written after the snapshot, hidden over the new base where it
-   replaced or deleted a base item (clipsearch.live.LiveLog.fold), and the new bundle is swapped
-   in whole (clipsearch.bundle.write_compacted).
+2. Catch up, then commit: the new log takes what was written after the snapshot, hidden over the
+   new base where it replaced or deleted a base item (clipsearch.live.LiveLog.fold_since), in
+   passes while writes go on, then once more holding the bundle's lock (writers wait only for
+   that pass and the swap); the new bundle is swapped in whole (clipsearch.bundle.write_compacted).
 
 A kill at any point leaves the old bundle with its log, or the new one with its own: nothing
 acknowledged is lost (tests/test_compaction.py kills it). Servers see the new bundle by its

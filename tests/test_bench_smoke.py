@@ -135,4 +135,4 @@ def test_smoke_the_compaction_bench_folds_every_change_and_times_searches_before
     assert compaction["vs_written_from_vectors"] == pytest.approx(
         (compaction["prepare_s"] + compaction["write_s"]) / figures["written from vectors"]["seconds"], rel=2e-2)
     latency = figures["search latency"]
-    assert latency["pending_p50_ms"] > 0 and latency["compacted_p50_ms"] > 0
+    assert latency["pending_p50_ms"] > 0 and latency["compacted_p50_ms"] > 0 and figures["reload"]["seconds"] > 0

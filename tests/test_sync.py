@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +19,7 @@ import pytest
 from clipsearch.build import build
 from clipsearch.bundle import Bundle, load_bundle
 from clipsearch.encoder import ClipEncoder
-from clipsearch.live import LIVE_FILE, LiveLog
+from clipsearch.live import LIVE_FILE, LiveLog, count_live_changes
 from clipsearch.modality import Modality
 from clipsearch.query import QueryLimits, QueryVector
 from clipsearch.search import SearchService
@@ -157,3 +161,29 @@ def test_the_sync_command_prints_what_it_did(corpus: tuple[Path, Path, Path],
 def test_summary_describes_every_count() -> None:
     assert SyncSummary(1, 2, 3, 4, 5, [("a", "b")], 1.5).describe() == \
         "added 1, updated 2, moved 3, removed 4, unchanged 5, skipped 1 in 1.5 s"
+
+
+def test_kill_9_during_a_sync_leaves_the_collection_before_or_after_it_never_between(
+        corpus: tuple[Path, Path, Path]) -> None:
+    path, images, _ = corpus
+    for number in range(40):
+        save(images / "more" / f"{number}.png", image_bytes(noise_image(700 + number)))
+    (images / "picture_000.png").unlink()
+    command = [sys.executable, "-m", "indexer", "sync", "--bundle", str(path), "--images", str(images),
+               "--no-progress", "--batch-size", "4", "--workers", "0", "--device", "cpu"]
+    outcomes = []
+    # Later and later kills, from before its start (about 2 s) until one comes after its commit.
+    for kill_after_s in np.arange(1.0, 10.0, 0.75):
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(float(kill_after_s))
+        process.send_signal(signal.SIGKILL)
+        outcomes.append((round(float(kill_after_s), 1), process.wait()))
+        changes = count_live_changes(path)
+        load_bundle(path).close()  # loads, checksums and all
+        assert changes in (0, 40 + 1), changes  # nothing, or all of it: 40 added and 1 removed
+        if changes:
+            break
+    print("(kill after s, exit code):", outcomes)
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr
+    assert count_live_changes(path) == 41
