@@ -6,10 +6,12 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 from clipsearch.build import BuildConfig, build, is_up_to_date
+from clipsearch.bundle import Bundle, load_bundle
 from clipsearch.captions import (
     DEFAULT_CAPTION_MODEL,
     DEFAULT_CAPTION_PRETRAINED,
@@ -19,8 +21,9 @@ from clipsearch.captions import (
 )
 from clipsearch.compaction import CompactionPolicy
 from clipsearch.encoder import DEFAULT_MODEL, DEFAULT_PRETRAINED, OFFLINE_MODEL, ClipEncoder, load_encoder
-from clipsearch.errors import CheckpointRequired, ClipSearchError
+from clipsearch.errors import BundleReplaced, CheckpointRequired, ClipSearchError
 from clipsearch.finetune import FinetuneConfig
+from clipsearch.live import LIVE_FILE, LiveLog
 from clipsearch.manifest import check_model, read_manifest
 from clipsearch.onnx_backend import BACKENDS
 from clipsearch.shards import work_dir_for
@@ -30,6 +33,8 @@ DEFAULTS = BuildConfig(out=Path("bundle"))
 """The indexer's defaults are BuildConfig's (and FinetuneConfig's): no number is written twice."""
 TUNING = FinetuneConfig()
 COMPACTION = CompactionPolicy()
+LIVE_ATTEMPTS = 3
+Result = TypeVar("Result")
 CAPTIONS = CaptionConfig()
 
 
@@ -311,6 +316,25 @@ def bundle_encoder(args: argparse.Namespace) -> ClipEncoder:
                            backend=args.backend, onnx_cache=args.onnx_cache)
     check_model(manifest, encoder.ref, encoder.embedding_dim)
     return encoder
+
+
+def on_live_bundle(path: Path, dim: int | None, work: Callable[[Bundle, LiveLog], Result]) -> Result:
+    """`work(bundle, log)` on the bundle at `path` and its live log (vectors of `dim`, default the
+    bundle's). A write that finds the bundle compacted or rebuilt under it (BundleReplaced) wrote
+    nothing; the work runs again on the new bundle, up to LIVE_ATTEMPTS times in all."""
+    for attempt in range(1, LIVE_ATTEMPTS + 1):
+        bundle = load_bundle(path)
+        live = LiveLog(path / LIVE_FILE, bundle.items, dim or bundle.manifest.embedding_dim)
+        try:
+            return work(bundle, live)
+        except BundleReplaced:
+            if attempt == LIVE_ATTEMPTS:
+                raise
+            print(f"{path} was compacted or rebuilt meanwhile; nothing was written; running again", file=sys.stderr)
+        finally:
+            live.close()
+            bundle.close()
+    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 def pretrained_of(args: argparse.Namespace) -> str | None:

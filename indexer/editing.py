@@ -9,22 +9,21 @@ import json
 import sys
 from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, TypeVar
 
-from clipsearch.bundle import load_bundle
+from clipsearch.bundle import Bundle
 from clipsearch.collection import Collection
 from clipsearch.encoder import ClipEncoder
-from clipsearch.errors import BundleReplaced, ClipSearchError, InvalidQuery
+from clipsearch.errors import ClipSearchError, InvalidQuery
 from clipsearch.filters import parse_filter
-from clipsearch.live import LIVE_FILE, LiveLog
+from clipsearch.live import LiveLog
 from clipsearch.modality import Modality
 from clipsearch.search import SearchService
 from clipsearch.writes import CollectionWriter, ImageEntry, TextEntry, WriteLimits, ids_matching
-from indexer.cli import bundle_encoder, describe_error
+from indexer.cli import bundle_encoder, describe_error, on_live_bundle
 
 Result = TypeVar("Result")
-ATTEMPTS = 3
-"""A write that finds the bundle compacted under it (BundleReplaced) runs again on the new one."""
 
 
 def run_add(args: argparse.Namespace) -> int:
@@ -54,25 +53,16 @@ def run_delete(args: argparse.Namespace) -> int:
     """Deletes need no model: the ids go straight to the live log."""
     try:
         filter = parse_filter(json.loads(args.filter), "filter") if args.filter is not None else None
-        for attempt in range(1, ATTEMPTS + 1):
-            bundle = load_bundle(args.bundle)
-            live = LiveLog(args.bundle / LIVE_FILE, bundle.items, bundle.manifest.embedding_dim)
-            try:
-                if filter is not None:
-                    ids = ids_matching(Collection(bundle, live), filter)
-                elif args.keys is not None:
-                    found = (live.id_of(Modality(args.modality), key) for key in args.keys)
-                    ids = [item_id for item_id in found if item_id is not None]
-                else:
-                    ids = args.ids
-                deleted = live.delete(ids)
-                break
-            except BundleReplaced:
-                if attempt == ATTEMPTS:
-                    raise
-            finally:
-                live.close()
-                bundle.close()
+
+        def delete(bundle: Bundle, live: LiveLog) -> list[int]:
+            if filter is not None:
+                return live.delete(ids_matching(Collection(bundle, live), filter))
+            if args.keys is not None:
+                found = (live.id_of(Modality(args.modality), key) for key in args.keys)
+                return live.delete([item_id for item_id in found if item_id is not None])
+            return live.delete(args.ids)
+
+        deleted = on_live_bundle(args.bundle, None, delete)
     except json.JSONDecodeError as error:
         print(f"error: --filter: not valid JSON ({error})", file=sys.stderr)
         return 2
@@ -84,22 +74,17 @@ def run_delete(args: argparse.Namespace) -> int:
 
 
 def _with_writer(args: argparse.Namespace, write: Callable[[CollectionWriter], Result], encoder: ClipEncoder) -> Result:
-    """Run `write` with a writer over the bundle, again on the new bundle if a compaction swapped
-    it in meanwhile. One command is one write, of any size."""
-    for attempt in range(1, ATTEMPTS + 1):
-        bundle = load_bundle(args.bundle)
-        live = LiveLog(args.bundle / LIVE_FILE, bundle.items, encoder.embedding_dim)
+    """Run `write` with a writer over the bundle (again on the new bundle if a compaction swapped it
+    in meanwhile). One command is one write, of any size."""
+
+    def on(bundle: Bundle, live: LiveLog) -> Result:
         service = SearchService(encoder, bundle, live=live)
         try:
             return write(CollectionWriter(service, replace(WriteLimits(), max_items=sys.maxsize)))
-        except BundleReplaced:
-            if attempt == ATTEMPTS:
-                raise
         finally:
             service.close()
-            live.close()
-            bundle.close()
-    raise AssertionError("unreachable: the last attempt returns or raises")
+
+    return on_live_bundle(args.bundle, encoder.embedding_dim, on)
 
 
 def _metadata(text: str) -> dict[str, Any]:
@@ -112,8 +97,8 @@ def _metadata(text: str) -> dict[str, Any]:
     return metadata
 
 
-def _read(path: Any, number: int) -> bytes:
+def _read(path: Path, number: int) -> bytes:
     try:
-        return bytes(path.read_bytes())
+        return path.read_bytes()
     except OSError as error:
         raise InvalidQuery(f"image[{number}]", f"cannot read {path}: {error.strerror or error}") from None

@@ -7,39 +7,23 @@ import argparse
 import sys
 
 from clipsearch import index as faiss_index
-from clipsearch.bundle import load_bundle
 from clipsearch.compaction import CompactionPolicy, compact
-from clipsearch.errors import BundleReplaced, ClipSearchError
-from clipsearch.live import LIVE_FILE, LiveLog, count_live_changes
+from clipsearch.errors import ClipSearchError
+from clipsearch.live import count_live_changes
 from clipsearch.manifest import read_manifest
 from clipsearch.sources import Columns
 from clipsearch.sync import SyncSources, sync
-from indexer.cli import bundle_encoder, describe_error
-
-SYNC_ATTEMPTS = 3
-"""A sync that finds the bundle compacted under it (BundleReplaced) starts again on the new one."""
+from indexer.cli import bundle_encoder, describe_error, on_live_bundle
 
 
 def run_sync(args: argparse.Namespace) -> int:
     try:
         encoder = bundle_encoder(args)
-        for attempt in range(1, SYNC_ATTEMPTS + 1):
-            bundle = load_bundle(args.bundle)
-            live = LiveLog(args.bundle / LIVE_FILE, bundle.items, encoder.embedding_dim)
-            try:
-                summary = sync(bundle, live, encoder, SyncSources(args.images, args.texts, Columns(
-                    image=args.image_column, caption=args.caption_column, text=args.text_column)),
-                    batch_size=args.batch_size, workers=args.workers, max_pixels=args.max_pixels,
-                    progress=not args.no_progress)
-                break
-            except BundleReplaced:
-                if attempt == SYNC_ATTEMPTS:
-                    raise
-                print(f"{args.bundle} was compacted or rebuilt during the sync; nothing was written; syncing again",
-                      file=sys.stderr)
-            finally:
-                live.close()
-                bundle.close()
+        sources = SyncSources(args.images, args.texts, Columns(image=args.image_column, caption=args.caption_column,
+                                                                text=args.text_column))
+        summary = on_live_bundle(args.bundle, encoder.embedding_dim, lambda bundle, live: sync(
+            bundle, live, encoder, sources, batch_size=args.batch_size, workers=args.workers,
+            max_pixels=args.max_pixels, progress=not args.no_progress))
     except ClipSearchError as error:
         print(f"error: {describe_error(error)}", file=sys.stderr)
         return 2

@@ -1,5 +1,6 @@
 """`indexer add` and `indexer delete`: scripts change a bundle through its live log, with the
-server's checks, and a bad argument is refused naming its flag."""
+server's checks, a bad argument is refused naming its flag, and a command that meets a
+compaction runs again on the new bundle."""
 
 from __future__ import annotations
 
@@ -7,13 +8,15 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from clipsearch.bundle import load_bundle
+from clipsearch.bundle import Bundle, load_bundle
 from clipsearch.collection import Collection
-from clipsearch.live import LIVE_FILE, LiveLog
+from clipsearch.compaction import compact
+from clipsearch.live import LIVE_FILE, LiveLog, NewItem
 from clipsearch.modality import Modality
-from indexer.cli import main
+from indexer.cli import main, on_live_bundle
 from tests.imagefiles import image_bytes, noise_image, save
 
 
@@ -87,3 +90,21 @@ def test_keys_and_captions_must_match_the_items_in_number(live_copy: Path, capsy
     with pytest.raises(SystemExit):
         main(["add", "--bundle", str(live_copy), "--text", "a", "--text", "b", "--key", "only-one"])
     assert "give one --key per item (2) or none, got 1" in capsys.readouterr().err
+
+
+def test_a_command_that_meets_a_compaction_runs_again_on_the_new_bundle(
+        live_copy: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    seen_compactions: list[int] = []
+
+    def work(bundle: Bundle, live: LiveLog) -> list[int]:
+        seen_compactions.append(len(bundle.manifest.compactions))
+        vector = np.ones(bundle.manifest.embedding_dim, np.float32) / np.sqrt(bundle.manifest.embedding_dim)
+        if len(seen_compactions) == 1:  # another process compacts the bundle under this command
+            live.write([NewItem("first", Modality.TEXT, "first", "one", {}, "h1", vector)])
+            compact(live_copy)
+        return live.write([NewItem("second", Modality.TEXT, "second", "two", {}, "h2", vector)])
+
+    [written] = on_live_bundle(live_copy, None, work)
+    assert seen_compactions == [0, 1]  # refused on the old bundle, written on the new one
+    assert "compacted or rebuilt meanwhile; nothing was written; running again" in capsys.readouterr().err
+    assert collection_of(live_copy).item(written).text == "two"
