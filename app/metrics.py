@@ -64,7 +64,8 @@ class Metrics:
 
     def observe_answer(self, answer: Answer, target: Modality) -> None:
         """Record a searched query: its forward passes, and the seconds its batch's search took."""
-        self.observe_encodings(answer.query)
+        if answer.query is not None:  # a keyword search embeds nothing
+            self.observe_encodings(answer.query)
         self.search.labels(target.value).observe(answer.search_s)
 
 

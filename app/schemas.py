@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from clipsearch.collection import Hit
 from clipsearch.dedup import DEFAULT_THRESHOLD as DEFAULT_DEDUP_THRESHOLD
 from clipsearch.filters import parse_filter
+from clipsearch.hybrid import FusionMethod, Ranking, SearchMode
 from clipsearch.index import IndexSpec
 from clipsearch.item_store import Item
 from clipsearch.modality import Modality
@@ -57,16 +58,36 @@ def result_options(filter: Any, offset: int, dedup: bool | float | None) -> Resu
                          dedup=threshold)
 
 
+class HybridModel(BaseModel):
+    """How a hybrid search fuses its vector and keyword rankings."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    method: FusionMethod = Field(FusionMethod.RRF, strict=False, description=(
+        "'rrf': reciprocal rank fusion, 2w/(K + vector rank) + 2(1-w)/(K + keyword rank), K the server's rrf_k; "
+        "'weighted': w × vector + (1-w) × keyword scores, each scaled to [0, 1] over its candidates."))
+    vector_weight: float = Field(0.5, ge=0, le=1, description="w: the vector ranking's share (0.5: even).")
+
+
 class TextSearchRequest(ResultOptionsModel):
     model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={
         "examples": [{"text": "a dog running on the beach", "target": "image", "k": 10},
                      {"text": "a dog", "k": 10, "filter": {"key": "album", "match": {"value": "Paris"}},
-                      "dedup": True, "offset": 10}]})
+                      "dedup": True, "offset": 10},
+                     {"text": "eiffel tower at night", "mode": "hybrid", "hybrid": {"method": "rrf"}}]})
 
     text: str = Field(description="What to look for; longer than the model's context is truncated.")
     # Strict models refuse true for 1 and "3" for 3; the enum still has to be read from its JSON string.
     target: Modality = Field(Modality.IMAGE, strict=False, description="Which items to return.")
     k: int = Field(10, ge=1, description="How many results (1 to the server's max_k).")
+    mode: SearchMode = Field(SearchMode.VECTOR, strict=False, description=(
+        "'vector': by embedding; 'keyword': by the words of captions, texts and the bundle's keyword fields "
+        "(SQLite FTS5, BM25); 'hybrid': both rankings fused (see `hybrid`). Each result's `ranks` says which "
+        "lists it came from."))
+    hybrid: HybridModel = Field(default_factory=HybridModel, description="How 'hybrid' fuses the two rankings.")
+
+    def ranking(self) -> Ranking:
+        return Ranking(self.mode, self.hybrid.method, self.hybrid.vector_weight)
 
 
 class QueryTermModel(BaseModel):
@@ -214,7 +235,8 @@ class EmbedTextRequest(BaseModel):
 
 class HitModel(BaseModel):
     id: int
-    score: float = Field(description="Cosine similarity to the query.")
+    score: float = Field(description="Cosine similarity to the query; with mode 'keyword', BM25 (higher is "
+                                     "better); with 'hybrid', the fused score.")
     modality: Modality
     uri: str = Field(description="Where the item came from: a file path or a text file and line.")
     caption: str | None = Field(None, description="An image's caption, if it has one.")
@@ -224,11 +246,14 @@ class HitModel(BaseModel):
                                                          "in the order of `queries`; they add up to the score.")
     duplicates: list[int] | None = Field(None, description="With `dedup`: ids of the lower-ranked near-duplicates "
                                                            "collapsed into this result.")
+    ranks: dict[str, int] | None = Field(None, description="With mode 'keyword' or 'hybrid': this result's rank "
+                                                           "(from 1) in each list it came from, 'vector' and "
+                                                           "'keyword'.")
 
     @classmethod
     def of(cls, hit: Hit, shares: list[float] | None = None, deduplicated: bool = False) -> HitModel:
         return cls(score=hit.score, shares=shares, duplicates=list(hit.duplicates) if deduplicated else None,
-                   **ItemModel.of(hit.item).model_dump())
+                   ranks=hit.ranks, **ItemModel.of(hit.item).model_dump())
 
 
 class ItemModel(BaseModel):

@@ -11,6 +11,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from clipsearch.captions import DEFAULT_CAPTION_MODEL, DEFAULT_CAPTION_PRETRAINED, GENERATION_TYPES, CaptionConfig
 from clipsearch.compaction import CompactionPolicy
+from clipsearch.hybrid import DEFAULT_RRF_K
 from clipsearch.pipeline import Batching
 from clipsearch.query import QueryLimits
 from clipsearch.writes import WriteLimits
@@ -39,6 +40,8 @@ class Settings(BaseSettings):
                                                                         "request.")
     max_offset: int = Field(_LIMITS.max_offset, ge=0, le=100_000, description="Deepest page a search may ask for "
                             "(offset); results up to offset + k are fetched for it.")
+    rrf_k: int = Field(DEFAULT_RRF_K, ge=1, le=10_000, description="The constant K of reciprocal rank fusion in "
+                       "hybrid searches: an item scores 1/(K + rank) per list; a larger K flattens the ranks' weight.")
     filter_cache_size: int = Field(64, ge=1, description="Filters whose matching items are kept, per worker (least "
                                    "recently used dropped first).")
     max_explained: int = Field(_LIMITS.max_explained, ge=1, description="Most items one /explain request may "

@@ -111,7 +111,7 @@ class ServiceState:
             live = self._open_live_log(bundle, encoder.embedding_dim)
             service = SearchService(encoder, bundle, settings.limits, use_gpu=self._use_gpu(encoder),
                                     batching=settings.batching, filter_cache_size=settings.filter_cache_size,
-                                    live=live)
+                                    rrf_k=settings.rrf_k, live=live)
         except BaseException:
             bundle.close()
             raise

@@ -9,14 +9,25 @@ measures how long merely reading the matrix once takes (a device copy of it): th
 floor for one query, and the query-major product (n, d)·(d, N) with one top-k per query, the CPU
 layout before the item-major one. Prints one JSON line per figure, with whether both returned the
 same ids.
+
+    python -m bench.search --items 1000000 --batches 1 --hybrid
+
+With --hybrid, also gives every item a synthetic caption (eight words drawn from a 5,000-word
+vocabulary by Zipf's law, as words in real captions are), writes them to items.sqlite with its
+keyword tables, and times one query's keyword search (FTS5, BM25) and hybrid search (the vector
+and keyword rankings at depth HYBRID_DEPTH, fused by RRF) against its plain vector search, on the
+same items. Embedding the query text is left out of all three: it costs the same in each.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
+import time
 from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 
 import faiss
 import numpy as np
@@ -26,7 +37,16 @@ from bench.common import emit, latency_summary, ratio, time_calls, unit_vectors
 from clipsearch import index as faiss_index
 from clipsearch.encoder import resolve_device
 from clipsearch.exact import ExactIndex
+from clipsearch.hybrid import HYBRID_DEPTH, RankedList, Ranking, SearchMode, fuse
+from clipsearch.item_store import ITEMS_FILE, Item, ItemStore, write_items
+from clipsearch.keywords import compile_query
+from clipsearch.modality import Modality
 from clipsearch.topk import TopK
+
+VOCABULARY = 5000
+CAPTION_WORDS = 8
+QUERY_WORDS = 3
+QUERIES = 64
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -38,6 +58,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=50, help="timed calls per batch size (at least)")
     parser.add_argument("--min-seconds", type=float, default=1.0, help="keep timing each figure for this long")
     parser.add_argument("--device", default="auto", help="'auto', 'cpu' or 'cuda'")
+    parser.add_argument("--hybrid", action="store_true",
+                        help="also time keyword and hybrid search against vector search over the same items")
     return parser.parse_args(argv)
 
 
@@ -79,7 +101,48 @@ def main(argv: list[str] | None = None) -> int:
              same_id_sets=same_rows, same_id_order=same_order,
              max_score_difference=float(np.abs(found.scores - expected_scores).max()),
              fp32_rescans=resident.rescans)
+    if args.hybrid:
+        _hybrid_figures(args, resident)
     return 1 if failures else 0
+
+
+def _hybrid_figures(args: argparse.Namespace, resident: ExactIndex) -> None:
+    random = np.random.default_rng(3)
+    vocabulary = np.array([f"w{number}" for number in range(VOCABULARY)])
+    zipf = 1.0 / np.arange(1, VOCABULARY + 1)
+    zipf /= zipf.sum()
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / ITEMS_FILE
+        started = time.perf_counter()
+        words = random.choice(VOCABULARY, size=(args.items, CAPTION_WORDS), p=zipf)
+        write_items(path, (Item(item_id, Modality.IMAGE, f"/photos/{item_id}.jpg", " ".join(vocabulary[row]), {},
+                                str(item_id)) for item_id, row in enumerate(words)))
+        emit("keyword index build", items=args.items, seconds=time.perf_counter() - started,
+             items_sqlite_bytes=path.stat().st_size)
+        store = ItemStore(path)
+        texts = [" ".join(vocabulary[random.choice(VOCABULARY, size=QUERY_WORDS, p=zipf)]) for _ in range(QUERIES)]
+        vectors = unit_vectors(QUERIES, args.dim, seed=4)
+        turn = iter(range(1 << 62))
+
+        def vector() -> None:
+            resident.search(vectors[next(turn) % QUERIES][None], args.k + 1)
+
+        def keyword() -> None:
+            store.keyword_search(compile_query(texts[next(turn) % QUERIES]), Modality.IMAGE, limit=args.k + 1)
+
+        def hybrid() -> None:
+            number = next(turn) % QUERIES
+            found = resident.search(vectors[number][None], HYBRID_DEPTH)
+            ids, scores = store.keyword_search(compile_query(texts[number]), Modality.IMAGE, limit=HYBRID_DEPTH)
+            fuse({"vector": RankedList(found.ids[0], found.scores[0]), "keyword": RankedList(ids, scores)},
+                 Ranking(SearchMode.HYBRID))
+        timings = {name: latency_summary(time_calls(call, args.repeats, min_seconds=args.min_seconds))
+                   for name, call in (("vector", vector), ("keyword", keyword), ("hybrid", hybrid))}
+        store.close()
+    for name in ("keyword", "hybrid"):
+        emit(f"{name} search", items=args.items, k=args.k, query_words=QUERY_WORDS, ms=timings[name]["p50_ms"],
+             p90_ms=timings[name]["p90_ms"], vector_ms=timings["vector"]["p50_ms"],
+             vs_vector=ratio(timings[name]["p50_ms"], timings["vector"]["p50_ms"]))
 
 
 def _baseline(index: faiss.Index, device: torch.device

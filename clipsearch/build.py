@@ -70,6 +70,8 @@ class BuildConfig:
     progress: bool = True
     caption: CaptionConfig | None = None
     """Generate captions for images without one, with this CoCa model (clipsearch.captions)."""
+    keyword_fields: tuple[str, ...] = ()
+    """Metadata fields searched by keyword, besides captions and texts (clipsearch.keywords)."""
 
 
 @dataclass
@@ -269,7 +271,8 @@ def _finish(config: BuildConfig, encoder: ClipEncoder, sources: dict[Modality, l
         content[modality] = ModalityContent(index=index, spec=spec)
     report = {"skipped": skipped, "duplicates": duplicates}
     write_bundle(config.out, encoder.ref, encoder.embedding_dim, content, items, report, _versions(),
-                 corpus_fingerprint(config, sources), discard_live_changes=config.discard_live_changes)
+                 corpus_fingerprint(config, sources), discard_live_changes=config.discard_live_changes,
+                 keyword_fields=config.keyword_fields)
     return BuildSummary(out=config.out, indexed={modality.value: len(ids[modality]) for modality in sources},
                         skipped=len(skipped), duplicates=len(duplicates),
                         elapsed_s=time.perf_counter() - started, resumed_shards=0, report=report)

@@ -8,7 +8,9 @@ A bundle is one directory holding everything a server needs:
     image.faiss     one FAISS index per modality present (IndexIDMap2, inner product)
     text.faiss
     items.sqlite    one row per item: id, modality, uri, text (caption or text), extra JSON,
-                    content hash; ids are the same int64 ids the indices return (clipsearch.item_store)
+                    content hash; ids are the same int64 ids the indices return (clipsearch.item_store);
+                    and the FTS5 keyword tables over captions, texts and the manifest's
+                    `keyword_fields` (clipsearch.keywords)
     report.json     what the build skipped and why
     live.sqlite     changes made since the build or the last compaction (items added, replaced,
     live-images/    deleted), if the bundle was served with writes, and the files of images added
@@ -32,7 +34,7 @@ import os
 import shutil
 import sqlite3
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import closing
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -118,7 +120,8 @@ def load_bundle(path: Path, verify_checksums: bool = True) -> Bundle:
 
 def write_bundle(out: Path, model: ModelRef, embedding_dim: int, content: dict[Modality, ModalityContent],
                  items: Iterable[Item], report: dict[str, Any], versions: dict[str, str],
-                 corpus_fingerprint: str | None = None, discard_live_changes: bool = False) -> Manifest:
+                 corpus_fingerprint: str | None = None, discard_live_changes: bool = False,
+                 keyword_fields: Sequence[str] = ()) -> Manifest:
     """Write a complete bundle at `out`, replacing an earlier bundle there, all or nothing.
 
     An earlier bundle holding live changes is replaced only with `discard_live_changes`: else
@@ -129,13 +132,13 @@ def write_bundle(out: Path, model: ModelRef, embedding_dim: int, content: dict[M
     staging = _new_staging(out)
     try:
         modalities = _write_indices(staging, content)
-        write_items(staging / ITEMS_FILE, items)
+        write_items(staging / ITEMS_FILE, items, keyword_fields)
         atomic_write_text(staging / REPORT_FILE, json.dumps(report, indent=2, ensure_ascii=False))
         manifest = Manifest(format_version=FORMAT_VERSION, model=model, embedding_dim=embedding_dim,
                             metric=METRIC, modalities=modalities, files=_file_records(staging),
                             skipped=len(report.get("skipped", [])),
                             created_at=datetime.now(UTC).isoformat(timespec="seconds"), versions=versions,
-                            corpus_fingerprint=corpus_fingerprint)
+                            corpus_fingerprint=corpus_fingerprint, keyword_fields=list(keyword_fields))
         atomic_write_text(staging / MANIFEST_FILE, manifest.to_json())
         with bundle_lock(out):  # not while `indexer classify` rewrites the bundle, nor a server writes to it
             if not discard_live_changes:
@@ -170,7 +173,7 @@ def rewrite_items(path: Path, change: Callable[[Item], Item]) -> Manifest:
             for name in manifest.files:
                 if name != ITEMS_FILE:
                     _link_or_copy(path / name, staging / name)
-            write_items(staging / ITEMS_FILE, items)
+            write_items(staging / ITEMS_FILE, items, manifest.keyword_fields)
             record = FileRecord(sha256=file_sha256(staging / ITEMS_FILE), bytes=(staging / ITEMS_FILE).stat().st_size)
             updated = replace(manifest, files={**manifest.files, ITEMS_FILE: record})
             atomic_write_text(staging / MANIFEST_FILE, updated.to_json())
@@ -199,7 +202,7 @@ def write_compacted(path: Path, manifest: Manifest, content: dict[Modality, Moda
     staging = _new_staging(path)
     try:
         modalities = _write_indices(staging, content)
-        write_items(staging / ITEMS_FILE, items)
+        write_items(staging / ITEMS_FILE, items, manifest.keyword_fields)
         _link_or_copy(path / REPORT_FILE, staging / REPORT_FILE)
         updated = replace(manifest, modalities=modalities, files=_file_records(staging),
                           compactions=[*manifest.compactions, record])

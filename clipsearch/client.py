@@ -40,6 +40,8 @@ class SearchHit:
     """With explain=True: each query term's share of the score, in the order of the terms."""
     duplicates: list[int] | None = None
     """With dedup: ids of the lower-ranked near-duplicates collapsed into this hit."""
+    ranks: dict[str, int] | None = None
+    """With mode 'keyword' or 'hybrid': the hit's rank (from 1) in each list it came from ('vector', 'keyword')."""
 
 
 @dataclass(frozen=True)
@@ -136,10 +138,15 @@ class ClipSearchClient:
 
     def search_text(self, text: str, target: Modality | str = Modality.IMAGE, k: int = 10, *,
                     filter: dict[str, Any] | None = None, offset: int = 0,
-                    dedup: bool | float | None = None) -> SearchResult:
+                    dedup: bool | float | None = None, mode: str = "vector", hybrid_method: str = "rrf",
+                    vector_weight: float = 0.5) -> SearchResult:
         """Search with a text. `filter` is the server's filter JSON (e.g. {"key": "album", "match":
-        {"value": "Paris"}}), `offset` skips that many results, `dedup` collapses near-duplicates."""
-        body = {"text": text, "target": str(target), "k": k, **_options(filter, offset, dedup)}
+        {"value": "Paris"}}), `offset` skips that many results, `dedup` collapses near-duplicates.
+        `mode` is 'vector', 'keyword' (BM25 over captions, texts and keyword fields) or 'hybrid'
+        (both rankings fused by `hybrid_method`, 'rrf' or 'weighted', with `vector_weight` the
+        vector ranking's share); each hit's `ranks` then says where it came from."""
+        body = {"text": text, "target": str(target), "k": k, **_options(filter, offset, dedup), "mode": mode,
+                "hybrid": {"method": hybrid_method, "vector_weight": vector_weight}}
         return _search_result(self._post("/search/text", json=body))
 
     def search_image(self, image: ImageInput, target: Modality | str = Modality.IMAGE, k: int = 10, *,
@@ -252,7 +259,7 @@ def _json_or_raise(response: httpx.Response) -> dict[str, Any]:
 def _search_result(body: dict[str, Any]) -> SearchResult:
     hits = [SearchHit(id=hit["id"], score=hit["score"], modality=Modality(hit["modality"]), uri=hit["uri"],
                       caption=hit.get("caption"), text=hit.get("text"), metadata=hit.get("metadata") or {},
-                      shares=hit.get("shares"), duplicates=hit.get("duplicates"))
+                      shares=hit.get("shares"), duplicates=hit.get("duplicates"), ranks=hit.get("ranks"))
             for hit in body["results"]]
     return SearchResult(results=hits, took_ms=body["took_ms"], truncated=body.get("truncated", []),
                         matched=body.get("matched", 0), more=body.get("more", False))

@@ -28,6 +28,9 @@ class Hit:
     score: float
     duplicates: tuple[int, ...] = ()
     """Ids of lower-ranked near-duplicates collapsed into this hit (with dedup)."""
+    ranks: dict[str, int] | None = None
+    """For keyword and hybrid searches: the hit's rank (from 1) in each list it came from
+    ('vector', 'keyword'; clipsearch.hybrid)."""
 
 
 class Collection:

@@ -32,7 +32,8 @@ def embedding_settings(config: BuildConfig) -> dict[str, Any]:
 def corpus_fingerprint(config: BuildConfig, sources: dict[Modality, list[SourceItem]]) -> str:
     """A hash of what decides the bundle: the embedding and index settings, and every corpus item."""
     settings = embedding_settings(config) | {"index_factory": config.index_factory,
-                                             "flat_threshold": config.flat_threshold}
+                                             "flat_threshold": config.flat_threshold,
+                                             "keyword_fields": list(config.keyword_fields)}
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
     digest.update(listing_hash(sources).encode())
     return digest.hexdigest()

@@ -1,4 +1,5 @@
-"""items.sqlite: one row per item (id, modality, uri, text, extra JSON, content hash).
+"""items.sqlite: one row per item (id, modality, uri, text, extra JSON, content hash), and the
+items' keyword tables (clipsearch.keywords).
 
 Ids are the same int64 ids the FAISS indices return, so a search result resolves to its item
 with one lookup.
@@ -16,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from clipsearch import keywords
+from clipsearch.errors import InvalidQuery
 from clipsearch.files import atomic_path
 from clipsearch.modality import Modality
 
@@ -54,6 +57,8 @@ class ItemStore:
         # immutable=1: the file never changes under us, so SQLite skips locking entirely.
         self._connection = sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True, check_same_thread=False)
         self._lock = threading.Lock()
+        self._keyword_documents: int | None = None
+        """Rows of the keyword tables (None until the first keyword search): the file never changes."""
 
     def get(self, item_id: int) -> Item | None:
         return self.get_many([item_id]).get(item_id)
@@ -76,6 +81,20 @@ class ItemStore:
                 f"SELECT id FROM items WHERE modality = ? AND ({condition}) ORDER BY id", (modality.value, *params))
             return np.fromiter((row[0] for row in cursor), dtype=np.int64)
 
+    def keyword_search(self, query: keywords.KeywordQuery, modality: Modality, condition: str = "1",
+                       params: Sequence[Any] = (), limit: int = 10) -> tuple[np.ndarray, np.ndarray]:
+        """The best `limit` items of `modality` for a keyword query where `condition` holds
+        (clipsearch.keywords.search); InvalidQuery on `mode` for a bundle built without keyword tables."""
+        with self._lock:
+            if self._keyword_documents is None:
+                if not keywords.has_tables(self._connection):
+                    raise InvalidQuery("mode", "this bundle was built before keyword search existed; build it "
+                                               "again, or run `python -m indexer compact` on it, to add its keyword "
+                                               "index")
+                self._keyword_documents = keywords.document_count(self._connection)
+            return keywords.search(self._connection, query, modality, condition, params, limit,
+                                   self._keyword_documents)
+
     def __iter__(self) -> Iterator[Item]:
         with self._lock:
             rows = self._connection.execute(f"SELECT {_COLUMNS} FROM items ORDER BY id").fetchall()
@@ -85,8 +104,9 @@ class ItemStore:
         self._connection.close()
 
 
-def write_items(path: Path, items: Iterable[Item]) -> None:
-    """Write a complete items.sqlite at `path`, all or nothing."""
+def write_items(path: Path, items: Iterable[Item], keyword_fields: Sequence[str] = ()) -> None:
+    """Write a complete items.sqlite at `path`, all or nothing, with every item's caption or text and
+    its `keyword_fields` metadata in the keyword tables."""
     with atomic_path(path) as temporary:
         connection = sqlite3.connect(temporary)
         try:
@@ -95,6 +115,8 @@ def write_items(path: Path, items: Iterable[Item]) -> None:
                 f"INSERT INTO items ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
                 ((item.id, item.modality.value, item.uri, item.text, json.dumps(item.extra, ensure_ascii=False),
                   item.content_hash) for item in items))
+            keywords.create_tables(connection)
+            keywords.index_items(connection, connection.execute("SELECT id, text, extra FROM items"), keyword_fields)
             connection.commit()
         finally:
             connection.close()

@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from clipsearch import keywords
 from clipsearch.errors import BundleError, BundleReplaced
 from clipsearch.filters import Filter
 from clipsearch.item_store import Item, ItemStore
@@ -119,6 +120,7 @@ class LiveState:
     items: dict[int, Item] = field(default_factory=dict)
     """The live items themselves, so that results resolve within the same snapshot."""
     _filtered: dict[tuple[Modality, str], np.ndarray] = field(default_factory=dict)
+    _databases: dict[str, sqlite3.Connection] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -139,17 +141,34 @@ class LiveState:
         key = (modality, filter.canonical)
         with self._lock:
             if key not in self._filtered:
-                rows = [item for item in self.items.values() if item.modality is modality]
-                with closing(sqlite3.connect(":memory:")) as memory:
-                    memory.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, modality TEXT NOT NULL, uri TEXT "
-                                   "NOT NULL, text TEXT, extra TEXT NOT NULL, content_hash TEXT NOT NULL)")
-                    memory.executemany("INSERT INTO items VALUES (?, ?, ?, ?, ?, ?)", (
-                        (item.id, item.modality.value, item.uri, item.text, json.dumps(item.extra), item.content_hash)
-                        for item in rows))
-                    found = memory.execute(f"SELECT id FROM items WHERE modality = ? AND ({filter.sql}) ORDER BY id",
-                                           (modality.value, *filter.params)).fetchall()
+                found = self._memory().execute(f"SELECT id FROM items WHERE modality = ? AND ({filter.sql}) "
+                                               "ORDER BY id", (modality.value, *filter.params)).fetchall()
                 self._filtered[key] = np.array([row[0] for row in found], dtype=np.int64)
             return self._filtered[key]
+
+    def keyword_search(self, query: keywords.KeywordQuery, modality: Modality, fields: Sequence[str],
+                       filter: Filter | None, limit: int) -> tuple[np.ndarray, np.ndarray]:
+        """The best `limit` live items of `modality` for a keyword query (clipsearch.keywords.search),
+        scored within this snapshot's live items; keyword tables are made on the first such search."""
+        with self._lock:
+            memory = self._memory()
+            if not keywords.has_tables(memory):
+                keywords.create_tables(memory)
+                keywords.index_items(memory, memory.execute("SELECT id, text, extra FROM items"), fields)
+            condition, params = ("1", ()) if filter is None else (filter.sql, filter.params)
+            return keywords.search(memory, query, modality, condition, params, limit)
+
+    def _memory(self) -> sqlite3.Connection:
+        """This snapshot's live items in an in-memory SQLite database, made once (hold `_lock`)."""
+        if "items" not in self._databases:
+            memory = sqlite3.connect(":memory:", check_same_thread=False)
+            memory.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, modality TEXT NOT NULL, uri TEXT NOT NULL, "
+                           "text TEXT, extra TEXT NOT NULL, content_hash TEXT NOT NULL)")
+            memory.executemany("INSERT INTO items VALUES (?, ?, ?, ?, ?, ?)", (
+                (item.id, item.modality.value, item.uri, item.text, json.dumps(item.extra, ensure_ascii=False),
+                 item.content_hash) for item in self.items.values()))
+            self._databases["items"] = memory
+        return self._databases["items"]
 
     def is_removed(self, item_id: int) -> bool:
         return any(_contains(ids, item_id) for ids in self.removed.values())

@@ -83,6 +83,8 @@ class Manifest:
     compactions: list[dict[str, Any]] = field(default_factory=list)
     """One record per compaction that folded live changes into this base, oldest first
     (clipsearch.compaction)."""
+    keyword_fields: list[str] = field(default_factory=list)
+    """Metadata fields searched by keyword besides captions and texts (clipsearch.keywords)."""
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -110,7 +112,8 @@ class Manifest:
                        versions=dict(data.get("versions", {})),
                        corpus_fingerprint=data.get("corpus_fingerprint"),
                        evaluations=list(data.get("evaluations", [])),
-                       compactions=list(data.get("compactions", [])))
+                       compactions=list(data.get("compactions", [])),
+                       keyword_fields=[str(name) for name in data.get("keyword_fields", [])])
         except UnsupportedFormatVersion:
             raise
         except json.JSONDecodeError as error:

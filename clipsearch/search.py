@@ -9,6 +9,7 @@ Items by id, and the image files that may be served, are the collection's (clips
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import Future
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from clipsearch import dedup, explain
+from clipsearch import dedup, explain, keywords
 from clipsearch import index as faiss_index
 from clipsearch.batching import MicroBatcher
 from clipsearch.bundle import Bundle
@@ -28,6 +29,17 @@ from clipsearch.collection import Collection, Hit
 from clipsearch.encoder import ClipEncoder
 from clipsearch.errors import InvalidQuery, ModalityUnavailable, ServiceBusy
 from clipsearch.filters import Filter
+from clipsearch.hybrid import (
+    DEFAULT_RRF_K,
+    HYBRID_DEPTH,
+    Fused,
+    RankedList,
+    Ranking,
+    SearchMode,
+    check_ranking,
+    fuse,
+    merge_ranked,
+)
 from clipsearch.live import LiveLog, LiveState
 from clipsearch.modality import Modality
 from clipsearch.pipeline import Batching, Embedded, Pending, QueryPipeline
@@ -56,6 +68,7 @@ __all__ = ["Answer", "Hit", "SearchService"]
 Result = TypeVar("Result")
 
 NO_OPTIONS = ResultOptions()
+BY_VECTOR = Ranking()
 DEDUP_OVERFETCH = 4
 """With dedup, results are fetched this many times over (and again as often as needed), so that
 k remain after collapsing when they exist."""
@@ -82,7 +95,8 @@ class Answer:
     time; how many items of the target passed the filter (all of them without one), and whether
     results go on past these."""
 
-    query: QueryVector
+    query: QueryVector | None
+    """None for a keyword search: nothing was embedded."""
     hits: list[Hit]
     search_s: float
     matched: int = 0
@@ -99,9 +113,9 @@ class SearchService:
 
     def __init__(self, encoder: ClipEncoder, bundle: Bundle, limits: QueryLimits | None = None,
                  use_gpu: bool = False, batching: Batching | None = None, filter_cache_size: int = 64,
-                 live: LiveLog | None = None) -> None:
+                 live: LiveLog | None = None, rrf_k: int = DEFAULT_RRF_K) -> None:
         limits, batching = limits or QueryLimits(), batching or Batching()
-        self.encoder, self.bundle, self.limits = encoder, bundle, limits
+        self.encoder, self.bundle, self.limits, self.rrf_k = encoder, bundle, limits, rrf_k
         self.collection = Collection(bundle, live)
         searchers = {modality: searcher_for(index, bundle.manifest.modalities[modality].index.exact,
                                             encoder.device, use_gpu)
@@ -145,13 +159,36 @@ class SearchService:
         return self._image_vector(self._wait(self._submit_image(self.uploads.decode(data, field)), "the model"))
 
     def search_text(self, text: str, target: Modality, k: int, field: str = "text",
-                    options: ResultOptions = NO_OPTIONS) -> Answer:
-        """Embed `text` and search `target` for it, both in the batch of the text tower's next pass."""
+                    options: ResultOptions = NO_OPTIONS, ranking: Ranking = BY_VECTOR) -> Answer:
+        """Embed `text` and search `target` for it, both in the batch of the text tower's next pass;
+        or, by `ranking`, search its words (keyword) or do both and fuse the rankings (hybrid)."""
         self.check_target(target, k, options)
+        check_ranking(ranking)
         scope = self.scope(target, options.filter)
-        embedded = self._wait(self._submit_text(text, field, *self._base_search(scope, target, k, options)),
-                              "the model")
-        return self._answer(self._text_vector(embedded, text, field), embedded, target, k, options, scope)
+        if ranking.mode is SearchMode.VECTOR:
+            embedded = self._wait(self._submit_text(text, field, *self._base_search(scope, target, k, options)),
+                                  "the model")
+            return self._answer(self._text_vector(embedded, text, field), embedded, target, k, options, scope)
+        check_text(text, field, self.limits)
+        words = keywords.compile_query(text, field)
+        if ranking.mode is SearchMode.KEYWORD:
+            started = time.perf_counter()
+            found = self._keyword_ranking(words, target, _fetch_size(k, options), options.filter, scope)
+            fused = [Fused(int(item_id), float(score), {"keyword": rank})
+                     for rank, (item_id, score) in enumerate(zip(found.ids, found.scores, strict=True), 1)]
+            return self._ranked_answer(None, fused, time.perf_counter() - started, target, k, options, scope)
+        depth = max(_fetch_size(k, options), HYBRID_DEPTH)
+        embedding = self._submit_text(text, field, target if scope.searches_base else None, depth, scope.base)
+        started = time.perf_counter()
+        by_words = self._keyword_ranking(words, target, depth, options.filter, scope)
+        keyword_s = time.perf_counter() - started
+        embedded = self._wait(embedding, "the model")
+        query = self._text_vector(embedded, text, field)
+        by_vector = _with_live(embedded.found if embedded.found is not None else TopK.empty(1), scope,
+                               query.vector, depth)
+        fused = fuse({"vector": RankedList(by_vector.ids[0], by_vector.scores[0]), "keyword": by_words},
+                     ranking, self.rrf_k)
+        return self._ranked_answer(query, fused, embedded.search_s + keyword_s, target, k, options, scope)
 
     def search_image(self, data: bytes, target: Modality, k: int, field: str = "data",
                      options: ResultOptions = NO_OPTIONS) -> Answer:
@@ -350,6 +387,37 @@ class SearchService:
             hits = [replace(hits[group[0]], duplicates=tuple(hits[member].item.id for member in group[1:]))
                     for group in groups]
         return Answer(query, hits[options.offset:options.offset + k], search_s, matched,
+                      more=len(hits) > options.offset + k)
+
+    def _keyword_ranking(self, words: keywords.KeywordQuery, target: Modality, depth: int, filter: Filter | None,
+                         scope: Scope) -> RankedList:
+        """The best `depth` items of `target` in `scope` for a keyword query: the base's (hidden ones
+        left out) and the snapshot's live items', merged by score."""
+        removed = scope.state.removed_of(target)
+        condition, params = ("1", ()) if filter is None else (filter.sql, filter.params)
+        base_ids, base_scores = self.bundle.items.keyword_search(words, target, condition, params,
+                                                                 depth + len(removed))
+        kept = ~np.isin(base_ids, removed)
+        base = RankedList(base_ids[kept][:depth], base_scores[kept][:depth])
+        live = RankedList.empty()
+        if len(scope.live_ids):
+            live = RankedList(*scope.state.keyword_search(words, target, self.bundle.manifest.keyword_fields,
+                                                          filter, depth))
+        return merge_ranked(base, live, depth)
+
+    def _ranked_answer(self, query: QueryVector | None, fused: list[Fused], search_s: float, target: Modality,
+                       k: int, options: ResultOptions, scope: Scope) -> Answer:
+        """The k hits after `options.offset` of a keyword or hybrid ranking, near-duplicates collapsed
+        among the candidates fetched."""
+        items = self.collection.hits([TopK(np.array([[result.score for result in fused]], np.float32),
+                                           np.array([[result.item_id for result in fused]], np.int64))],
+                                     scope.state)[0]
+        ranks = {result.item_id: result.ranks for result in fused}
+        hits = [replace(hit, ranks=ranks[hit.item.id]) for hit in items]
+        if options.dedup is not None and hits:
+            hits = [replace(hits[group[0]], duplicates=tuple(hits[member].item.id for member in group[1:]))
+                    for group in self._collapse(hits, target, options.dedup, scope)]
+        return Answer(query, hits[options.offset:options.offset + k], search_s, scope.matched,
                       more=len(hits) > options.offset + k)
 
     def _collapse(self, hits: list[Hit], target: Modality, threshold: float, scope: Scope) -> list[list[int]]:

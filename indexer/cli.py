@@ -74,6 +74,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                          help="largest corpus indexed exactly when no --index-factory is given")
     command.add_argument("--keep-duplicates", action="store_true",
                          help="index files with identical content once each (default: only the first)")
+    command.add_argument("--keyword-fields", type=_field_names, default=(),
+                         help="metadata fields searched by keyword besides captions and texts, comma-separated "
+                              "(e.g. 'title,tags,place')")
     command.add_argument("--discard-live-changes", action="store_true",
                          help="replace a bundle that holds live changes (items added, edited or deleted over "
                               "HTTP since it was built), dropping them; without it such a rebuild is refused")
@@ -355,7 +358,14 @@ def config_from_args(args: argparse.Namespace) -> BuildConfig:
         discard_live_changes=args.discard_live_changes, batches_per_shard=args.batches_per_shard,
         max_pixels=args.max_pixels,
         columns=Columns(image=args.image_column, caption=args.caption_column, text=args.text_column),
-        progress=not args.no_progress, caption=_caption_config(args))
+        progress=not args.no_progress, caption=_caption_config(args), keyword_fields=args.keyword_fields)
+
+
+def _field_names(value: str) -> tuple[str, ...]:
+    names = tuple(dict.fromkeys(name.strip() for name in value.split(",") if name.strip()))
+    if not names:
+        raise argparse.ArgumentTypeError("give one or more metadata field names, comma-separated")
+    return names
 
 
 def _caption_config(args: argparse.Namespace) -> CaptionConfig | None:

@@ -38,7 +38,7 @@ UNAUTHORIZED: dict[int | str, dict[str, Any]] = {401: {
 
 def _respond(answer: Answer, started: float, options: ResultOptions,
              shares: list[list[float]] | None = None) -> SearchResponse:
-    truncated = [api_field(name) for name in answer.query.truncated]
+    truncated = [] if answer.query is None else [api_field(name) for name in answer.query.truncated]
     results = [HitModel.of(hit, shares[number] if shares is not None else None, options.dedup is not None)
                for number, hit in enumerate(answer.hits)]
     return SearchResponse(results=results, matched=answer.matched, more=answer.more, truncated=truncated,
@@ -47,10 +47,11 @@ def _respond(answer: Answer, started: float, options: ResultOptions,
 
 @router.post("/search/text", responses=ERRORS)
 def search_text(request: TextSearchRequest, service: ServiceDep, metrics: MetricsDep) -> SearchResponse:
-    """Find the items most similar to a text: text→image, or text→text with `target: "text"`."""
+    """Find the items most similar to a text: text→image, or text→text with `target: "text"`; by
+    embedding, by keyword, or both (`mode`)."""
     started = time.perf_counter()
     options = request.options()
-    answer = service.search_text(request.text, request.target, request.k, options=options)
+    answer = service.search_text(request.text, request.target, request.k, options=options, ranking=request.ranking())
     metrics.observe_answer(answer, request.target)
     return _respond(answer, started, options)
 

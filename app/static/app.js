@@ -16,6 +16,7 @@ let imageQuery = null;
 
 function target() { return form.querySelector("input[name=target]:checked").value; }
 function k() { return Number($("k").value) || 10; }
+function mode() { return form.querySelector("input[name=mode]:checked").value; }
 
 // Metadata filters, one chip each ("album=Paris", "year>=2020"), all of which must hold.
 let filters = [];
@@ -150,7 +151,7 @@ async function queryTerms() {
 async function runQuery(offset) {
   const text = textInput.value.trim();
   const options = resultOptions(offset);
-  if (!imageQuery) return postJson("/search/text", { text, target: target(), k: k(), ...options });
+  if (!imageQuery) return postJson("/search/text", { text, target: target(), k: k(), mode: mode(), ...options });
   if (!text && imageQuery.kind === "upload") {
     const data = new FormData();
     data.append("file", imageQuery.file);
@@ -286,6 +287,15 @@ function render(hits, termNames, append = false) {
       shares.title = "Each part of the query's share of the score";
       body.append(shares);
     }
+    if (hit.ranks) {
+      // Keyword and hybrid searches: which ranking found this result, and where in it.
+      const ranks = document.createElement("span");
+      ranks.className = "ranks";
+      const names = { vector: "meaning", keyword: "words" };
+      ranks.textContent = Object.entries(hit.ranks).map(([list, rank]) => `${names[list] || list} #${rank}`).join(" · ");
+      ranks.title = "Found by: its rank in each list (meaning: the embedding; words: BM25 over captions and texts)";
+      body.append(ranks);
+    }
     if (hit.modality === "image") {
       const why = document.createElement("button");
       why.type = "button";
@@ -332,7 +342,9 @@ $("more").addEventListener("click", () => search(true));
 fileInput.addEventListener("change", () => { useFile(fileInput.files[0]); fileInput.value = ""; });
 $("clear-image").addEventListener("click", () => { setImageQuery(null); if (textInput.value.trim()) search(); });
 weightInput.addEventListener("input", () => { $("text-weight-value").textContent = weightInput.value; });
-for (const radio of form.querySelectorAll("input[name=target]")) radio.addEventListener("change", () => search());
+for (const radio of form.querySelectorAll("input[name=target], input[name=mode]")) {
+  radio.addEventListener("change", () => search());
+}
 dropZone.addEventListener("dragover", (event) => { event.preventDefault(); dropZone.classList.add("dragging"); });
 dropZone.addEventListener("dragleave", () => dropZone.classList.remove("dragging"));
 dropZone.addEventListener("drop", (event) => {

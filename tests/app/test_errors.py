@@ -41,6 +41,10 @@ def assert_error(response: httpx.Response, status: int, field: str | None, reaso
     ({"text": "dog", "target": "video"}, "target", "'image' or 'text'"),
     ({"k": 3}, "text", "Field required"),
     ({"text": "dog", "colour": "red"}, "colour", "Extra inputs"),
+    ({"text": "dog", "mode": "semantic"}, "mode", "'vector', 'keyword' or 'hybrid'"),
+    ({"text": "?!", "mode": "keyword"}, "text", "no letters or digits"),
+    ({"text": "dog", "mode": "hybrid", "hybrid": {"vector_weight": 1.5}}, "hybrid.vector_weight", "less than or equal"),
+    ({"text": "dog", "mode": "hybrid", "hybrid": {"method": "max"}}, "hybrid.method", "'rrf' or 'weighted'"),
 ])
 def test_bad_text_searches_name_the_field(http: httpx.Client, body: dict[str, Any], field: str, reason: str) -> None:
     assert_error(http.post("/search/text", json=body), 422, field, reason)

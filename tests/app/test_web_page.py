@@ -127,6 +127,17 @@ def test_texts_can_be_found_instead_of_images(page: Any) -> None:
     sync_api.expect(page.locator(".card").first.locator(".snippet")).to_have_text("a sentence about thing number 4")
 
 
+def test_matching_by_words_or_both_shows_where_each_result_was_found(page: Any) -> None:
+    page.check("input[name=target][value=text]")
+    page.fill("#query-text", "thing number 4")
+    page.check("input[name=mode][value=keyword]")
+    first = page.locator(".card").first
+    sync_api.expect(first.locator(".snippet")).to_have_text("a sentence about thing number 4")
+    sync_api.expect(first.locator(".ranks")).to_have_text("words #1")
+    page.check("input[name=mode][value=hybrid]")
+    sync_api.expect(page.locator(".card").first.locator(".ranks")).to_contain_text("meaning #")
+
+
 def test_an_invalid_upload_shows_the_servers_error(page: Any) -> None:
     page.set_input_files("#query-file", files=[{"name": "notes.jpg", "mimeType": "image/jpeg",
                                                 "buffer": b"these are notes, not a picture"}])

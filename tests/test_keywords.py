@@ -1,0 +1,167 @@
+"""Keyword queries and the keyword tables of items.sqlite, against SQLite's own BM25 over a plain
+FTS5 table built here, and against a substring count for queries too short for trigrams."""
+
+from __future__ import annotations
+
+import sqlite3
+from contextlib import closing
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from clipsearch import keywords
+from clipsearch.errors import InvalidQuery
+from clipsearch.filters import parse_filter
+from clipsearch.item_store import Item, ItemStore, write_items
+from clipsearch.modality import Modality
+
+TEXTS = [
+    "a red bicycle leaning on a wall",
+    "a red red car in the rain",
+    "the Eiffel tower at night",
+    "a bicycle race through Paris",
+    "Café au lait on a terrace",
+    "我喜欢我的猫",
+    "沙发上的猫和狗",
+    "a dog asleep on the sofa",
+    None,
+]
+
+
+def _items() -> list[Item]:
+    made = []
+    for number, text in enumerate(TEXTS):
+        modality = Modality.IMAGE if number % 2 == 0 else Modality.TEXT
+        extra = {"album": "Paris" if number % 3 == 0 else "home", "tags": ["holiday", number], "year": 2020 + number}
+        made.append(Item(number, modality, f"/corpus/{number}.png", text, extra, f"hash{number}"))
+    return made
+
+
+@pytest.fixture()
+def store(tmp_path: Path) -> ItemStore:
+    path = tmp_path / "items.sqlite"
+    write_items(path, _items(), keyword_fields=("album", "tags"))
+    return ItemStore(path)
+
+
+def _reference(query: str, modality: Modality, fields: tuple[str, ...], tokenize: str) -> list[int]:
+    """SQLite's own BM25 order over a plain FTS5 table of the same bodies (ties by id)."""
+    with closing(sqlite3.connect(":memory:")) as memory:
+        memory.execute(f"CREATE VIRTUAL TABLE plain USING fts5(body, tokenize='{tokenize}')")
+        memory.executemany("INSERT INTO plain (rowid, body) VALUES (?, ?)",
+                           [(item.id, keywords.keyword_text(item.text, item.extra, fields)) for item in _items()])
+        rows = memory.execute("SELECT rowid, bm25(plain) FROM plain WHERE plain MATCH ?", (query,)).fetchall()
+    wanted = {item.id for item in _items() if item.modality is modality}
+    return [item_id for item_id, _ in sorted(rows, key=lambda row: (row[1], row[0])) if item_id in wanted]
+
+
+def test_a_query_of_words_ors_them_in_the_words_table() -> None:
+    query = keywords.compile_query("Red bicycle, red!")
+    assert query == keywords.KeywordQuery(keywords.WORDS_TABLE, '"red" OR "bicycle"', words=("red", "bicycle"))
+
+
+def test_a_query_in_a_script_without_spaces_uses_trigrams_or_a_scan_when_too_short() -> None:
+    assert keywords.compile_query("喜欢我 cat").table == keywords.TRIGRAMS_TABLE
+    assert keywords.compile_query("猫") == keywords.KeywordQuery(keywords.TRIGRAMS_TABLE, "猫", scan=True)
+
+
+def test_a_query_without_letters_or_digits_is_refused_naming_the_field() -> None:
+    with pytest.raises(InvalidQuery) as raised:
+        keywords.compile_query("?! …", "queries[0].text")
+    assert raised.value.field == "queries[0].text"
+
+
+def test_keyword_text_holds_the_text_and_the_chosen_fields_values() -> None:
+    text = keywords.keyword_text("a cat", {"album": "Paris", "tags": ["x", 3, True, {"a": 1}], "other": "no"},
+                                 ("album", "tags", "missing"))
+    assert text.splitlines() == ["a cat", "Paris", "x", "3"]
+
+
+@pytest.mark.parametrize("words", ["red", "red bicycle", "bicycle paris", "cafe", "holiday", "paris night"])
+@pytest.mark.parametrize("modality", [Modality.IMAGE, Modality.TEXT])
+def test_keyword_search_ranks_as_sqlites_own_bm25(store: ItemStore, words: str, modality: Modality) -> None:
+    query = keywords.compile_query(words)
+    ids, scores = store.keyword_search(query, modality, limit=20)
+    assert ids.tolist() == _reference(query.expression, modality, ("album", "tags"),
+                                      "unicode61 remove_diacritics 2")
+    assert np.all(np.diff(scores) <= 0)
+
+
+def test_diacritics_are_folded_and_case_ignored(store: ItemStore) -> None:
+    ids, _ = store.keyword_search(keywords.compile_query("CAFÉ"), Modality.IMAGE)
+    assert ids.tolist() == [4]
+
+
+def test_chinese_is_found_by_trigrams_as_sqlite_ranks_them(store: ItemStore) -> None:
+    query = keywords.compile_query("沙发上的")
+    ids, _ = store.keyword_search(query, Modality.IMAGE)
+    assert ids.tolist() == _reference(query.expression, Modality.IMAGE, ("album", "tags"), "trigram") == [6]
+
+
+def test_one_chinese_character_is_found_by_scanning_and_counted(tmp_path: Path) -> None:
+    path = tmp_path / "items.sqlite"
+    write_items(path, [Item(1, Modality.TEXT, "a", "猫", {}, "h1"), Item(2, Modality.TEXT, "b", "猫和猫", {}, "h2"),
+                       Item(3, Modality.TEXT, "c", "狗", {}, "h3"), Item(4, Modality.TEXT, "d", "我的猫", {}, "h4")])
+    ids, scores = ItemStore(path).keyword_search(keywords.compile_query("猫"), Modality.TEXT)
+    assert ids.tolist() == [2, 1, 4] and scores.tolist() == [2, 1, 1]
+
+
+def test_a_filter_applies_to_keyword_results(store: ItemStore) -> None:
+    only_paris = parse_filter({"key": "album", "match": {"value": "Paris"}})
+    ids, _ = store.keyword_search(keywords.compile_query("a"), Modality.IMAGE, only_paris.sql, only_paris.params)
+    assert set(ids.tolist()) <= {0, 6} and ids.tolist()
+
+
+def test_a_limit_keeps_the_best(store: ItemStore) -> None:
+    full, _ = store.keyword_search(keywords.compile_query("holiday"), Modality.TEXT, limit=20)
+    best, _ = store.keyword_search(keywords.compile_query("holiday"), Modality.TEXT, limit=2)
+    assert best.tolist() == full[:2].tolist() and len(full) == 4
+
+
+def _common_word_store(tmp_path: Path) -> tuple[ItemStore, list[Item]]:
+    """Every text holds "a"; a few hold "zebra" or "okapi", once or twice, in texts of different lengths."""
+    made = []
+    for number in range(60):
+        rare = ("zebra " * (1 + number % 2)) if number % 7 == 0 else "okapi " if number % 11 == 0 else ""
+        made.append(Item(number, Modality.TEXT, f"t{number}", f"a {rare}a photo {'of a field ' * (number % 5)}", {},
+                         f"h{number}"))
+    write_items(tmp_path / "items.sqlite", made)
+    return ItemStore(tmp_path / "items.sqlite"), made
+
+
+def _reference_items(items: list[Item], expression: str) -> list[int]:
+    with closing(sqlite3.connect(":memory:")) as memory:
+        memory.execute("CREATE VIRTUAL TABLE plain USING fts5(body, tokenize='unicode61 remove_diacritics 2')")
+        memory.executemany("INSERT INTO plain (rowid, body) VALUES (?, ?)", [(item.id, item.text) for item in items])
+        rows = memory.execute("SELECT rowid, bm25(plain) FROM plain WHERE plain MATCH ?", (expression,)).fetchall()
+    return [item_id for item_id, _ in sorted(rows, key=lambda row: (row[1], row[0]))]
+
+
+def test_words_in_most_items_are_left_out_while_the_rest_find_enough(tmp_path: Path) -> None:
+    store, items = _common_word_store(tmp_path)
+    query = keywords.compile_query("a zebra or okapi")
+    ids, _ = store.keyword_search(query, Modality.TEXT, limit=8)
+    # 'a' (in every item) only adds 1e-6-weighted terms: the order is SQLite's over the whole query.
+    assert ids.tolist() == _reference_items(items, query.expression)[:8]
+
+
+def test_a_query_whose_rare_words_find_too_few_is_run_whole(tmp_path: Path) -> None:
+    store, items = _common_word_store(tmp_path)
+    query = keywords.compile_query("a photo okapi")
+    ids, _ = store.keyword_search(query, Modality.TEXT, limit=30)
+    # Only five items hold 'okapi': items with just 'a photo' fill the rest, in SQLite's own order.
+    assert ids.tolist() == _reference_items(items, query.expression)[:30]
+    assert set(ids[:5].tolist()) == {11, 22, 33, 44, 55}
+
+
+def test_a_bundle_built_before_keyword_search_says_how_to_get_it(tmp_path: Path) -> None:
+    path = tmp_path / "items.sqlite"
+    write_items(path, _items())
+    with closing(sqlite3.connect(path)) as connection:
+        connection.execute(f"DROP TABLE {keywords.WORDS_TABLE}")
+        connection.execute(f"DROP TABLE {keywords.TRIGRAMS_TABLE}")
+        connection.commit()
+    with pytest.raises(InvalidQuery) as raised:
+        ItemStore(path).keyword_search(keywords.compile_query("red"), Modality.IMAGE)
+    assert raised.value.field == "mode" and "indexer compact" in raised.value.reason
