@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from clipsearch.collection import Hit
 from clipsearch.dedup import DEFAULT_THRESHOLD as DEFAULT_DEDUP_THRESHOLD
 from clipsearch.filters import parse_filter
+from clipsearch.fusion import Fusion
 from clipsearch.hybrid import FusionMethod, Ranking, SearchMode
 from clipsearch.index import IndexSpec
 from clipsearch.item_store import Item
@@ -47,15 +48,20 @@ class ResultOptionsModel(BaseModel):
         f"{DEFAULT_DEDUP_THRESHOLD} or more, or a threshold in (0, 1]. Each result lists the ids it absorbed "
         "in `duplicates`."))
 
+    fusion: dict[str, Any] | None = Field(None, description=(
+        "Weigh an image result's image and caption: {'image': 0.5, 'caption': 0.5} (normalised to sum to 1); "
+        "default: the weights the bundle was built with (--fuse). Only for bundles with caption vectors."),
+        examples=[{"image": 0.6, "caption": 0.4}])
+
     def options(self) -> ResultOptions:
-        return result_options(self.filter, self.offset, self.dedup)
+        return result_options(self.filter, self.offset, self.dedup, self.fusion)
 
 
-def result_options(filter: Any, offset: int, dedup: bool | float | None) -> ResultOptions:
-    """ResultOptions from the API's fields; a bad filter raises InvalidQuery naming its path."""
+def result_options(filter: Any, offset: int, dedup: bool | float | None, fusion: Any = None) -> ResultOptions:
+    """ResultOptions from the API's fields; a bad filter or fusion raises InvalidQuery naming its path."""
     threshold = DEFAULT_DEDUP_THRESHOLD if dedup is True else None if dedup is False else dedup
     return ResultOptions(filter=None if filter is None else parse_filter(filter, "filter"), offset=offset,
-                         dedup=threshold)
+                         dedup=threshold, fusion=None if fusion is None else Fusion.of(fusion, "fusion"))
 
 
 class HybridModel(BaseModel):
@@ -249,11 +255,15 @@ class HitModel(BaseModel):
     ranks: dict[str, int] | None = Field(None, description="With mode 'keyword' or 'hybrid': this result's rank "
                                                            "(from 1) in each list it came from, 'vector' and "
                                                            "'keyword'.")
+    fused: dict[str, float] | None = Field(None, description="For image results of a fused bundle: what the "
+                                                             "image and the caption each add to the cosine score (an "
+                                                             "image without a caption: the image alone); in vector "
+                                                             "mode they add up to `score`.")
 
     @classmethod
     def of(cls, hit: Hit, shares: list[float] | None = None, deduplicated: bool = False) -> HitModel:
         return cls(score=hit.score, shares=shares, duplicates=list(hit.duplicates) if deduplicated else None,
-                   ranks=hit.ranks, **ItemModel.of(hit.item).model_dump())
+                   ranks=hit.ranks, fused=hit.fused, **ItemModel.of(hit.item).model_dump())
 
 
 class ItemModel(BaseModel):
@@ -311,6 +321,10 @@ class InfoResponse(BaseModel):
                                              "by a compaction.")
     compactions: list[dict[str, Any]] = Field(default_factory=list, description="The compactions that folded live "
                                               "changes into the base served, oldest first.")
+    fusion: dict[str, float] | None = Field(None, description="The default weights of image and caption in image "
+                                                              "searches, for a bundle built with --fuse.")
+    keyword_fields: list[str] = Field(default_factory=list, description="Metadata fields searched by keyword besides "
+                                                                        "captions and texts.")
 
 
 class TextItemModel(BaseModel):

@@ -24,11 +24,12 @@ import torch
 from tqdm import tqdm
 
 from clipsearch import index as faiss_index
-from clipsearch.bundle import ModalityContent, write_bundle
+from clipsearch.bundle import FusedContent, ModalityContent, write_bundle
 from clipsearch.captions import CaptionConfig, Captioner, load_captioner
 from clipsearch.encoder import DEFAULT_MODEL, DEFAULT_PRETRAINED, ClipEncoder, load_encoder
-from clipsearch.errors import ImageDecodeError, NoSources
+from clipsearch.errors import ImageDecodeError, IndexSettingsInvalid, NoSources
 from clipsearch.fingerprint import corpus_fingerprint, resume_fingerprint
+from clipsearch.fusion import Fusion, fused_rows_by_id
 from clipsearch.images import DEFAULT_MAX_PIXELS, read_image_file
 from clipsearch.item_store import Item
 from clipsearch.loading import LoadedBatch, Outcome, image_batches, text_batches
@@ -72,6 +73,9 @@ class BuildConfig:
     """Generate captions for images without one, with this CoCa model (clipsearch.captions)."""
     keyword_fields: tuple[str, ...] = ()
     """Metadata fields searched by keyword, besides captions and texts (clipsearch.keywords)."""
+    fuse: Fusion | None = None
+    """Store caption vectors and search images by image and caption with these default weights
+    (clipsearch.fusion)."""
 
 
 @dataclass
@@ -104,6 +108,7 @@ def build(config: BuildConfig, on_shard_written: Callable[[Path], None] | None =
     sources = read_sources(config)
     if not sources:
         raise NoSources("give images, texts or both to index")
+    _check_fusion(config, len(sources.get(Modality.IMAGE, [])))
     encoder = load_encoder(config.model, config.pretrained, config.checkpoint, config.device, backend=config.backend,
                            onnx_cache=config.onnx_cache)
     captioner = load_captioner(config.caption) if config.caption is not None and Modality.IMAGE in sources else None
@@ -118,6 +123,12 @@ def build(config: BuildConfig, on_shard_written: Callable[[Path], None] | None =
     summary.captioned = sum(captioned for _, captioned in counts)
     store.remove()
     return summary
+
+
+def _check_fusion(config: BuildConfig, images: int) -> None:
+    """Refuse --fuse where it cannot work, before anything is embedded."""
+    if config.fuse is not None and images == 0:
+        raise IndexSettingsInvalid("--fuse weighs images with their captions: give --images")
 
 
 def read_sources(config: BuildConfig) -> dict[Modality, list[SourceItem]]:
@@ -270,12 +281,49 @@ def _finish(config: BuildConfig, encoder: ClipEncoder, sources: dict[Modality, l
             use_gpu=use_gpu)
         content[modality] = ModalityContent(index=index, spec=spec)
     report = {"skipped": skipped, "duplicates": duplicates}
+    fused = None
+    if config.fuse is not None:
+        fused = fused_content(config.fuse, encoder, items, ids[Modality.IMAGE], vectors[Modality.IMAGE],
+                              content[Modality.IMAGE], vectors.get(Modality.TEXT), config, use_gpu)
     write_bundle(config.out, encoder.ref, encoder.embedding_dim, content, items, report, _versions(),
                  corpus_fingerprint(config, sources), discard_live_changes=config.discard_live_changes,
-                 keyword_fields=config.keyword_fields)
+                 keyword_fields=config.keyword_fields, fused=fused)
     return BuildSummary(out=config.out, indexed={modality.value: len(ids[modality]) for modality in sources},
                         skipped=len(skipped), duplicates=len(duplicates),
                         elapsed_s=time.perf_counter() - started, resumed_shards=0, report=report)
+
+
+def fused_content(fusion: Fusion, encoder: ClipEncoder, items: list[Item], image_ids: np.ndarray,
+                  image_vectors: np.ndarray, image_index: ModalityContent, texts: np.ndarray | None,
+                  config: BuildConfig, use_gpu: bool) -> FusedContent:
+    """What a fused bundle stores besides its indices: the captioned images' caption vectors, and
+    for an approximate image index the same kind of index over the images' fused rows (tuned, as
+    the image index is, with the texts as queries under the default weights)."""
+    caption_ids, caption_vectors = _caption_vectors(encoder, items, config)
+    captions, _ = faiss_index.build_index(caption_vectors, caption_ids, faiss_index.EXACT_FACTORY)
+    if image_index.spec.exact:
+        return FusedContent(fusion, captions)
+    rows = fused_rows_by_id(image_ids, image_vectors, caption_ids, caption_vectors)
+    queries = None if texts is None or not len(texts) else fusion.expand(texts)
+    index, spec = faiss_index.build_index(rows, image_ids, image_index.spec.factory, queries,
+                                          "text (cross-modal, default weights)" if queries is not None else None,
+                                          use_gpu=use_gpu)
+    return FusedContent(fusion, captions, ModalityContent(index, spec))
+
+
+def _caption_vectors(encoder: ClipEncoder, items: list[Item], config: BuildConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The ids (ascending) and caption vectors of the captioned image items."""
+    captioned = sorted((item for item in items if item.modality is Modality.IMAGE and (item.text or "").strip()),
+                       key=lambda item: item.id)
+    vectors = np.zeros((len(captioned), encoder.embedding_dim), np.float32)
+    bar = tqdm(total=len(captioned), unit="caption", desc="encoding captions", disable=not config.progress,
+               dynamic_ncols=True)
+    for start in range(0, len(captioned), config.batch_size):
+        batch = captioned[start:start + config.batch_size]
+        vectors[start:start + len(batch)] = encoder.encode_texts([item.text or "" for item in batch])
+        bar.update(len(batch))
+    bar.close()
+    return np.array([item.id for item in captioned], dtype=np.int64), vectors
 
 
 def _versions() -> dict[str, str]:

@@ -7,6 +7,10 @@ A bundle is one directory holding everything a server needs:
                     (clipsearch.manifest)
     image.faiss     one FAISS index per modality present (IndexIDMap2, inner product)
     text.faiss
+    caption.faiss   with `--fuse` only: the caption vectors of captioned image items, by the
+                    image item's id (IndexIDMap2 over a Flat index; clipsearch.fusion)
+    fused.faiss     with `--fuse` and an approximate image index only: the same kind of index over
+                    every image item's fused row [image | caption], 2d wide, by item id
     items.sqlite    one row per item: id, modality, uri, text (caption or text), extra JSON,
                     content hash; ids are the same int64 ids the indices return (clipsearch.item_store);
                     and the FTS5 keyword tables over captions, texts and the manifest's
@@ -46,6 +50,7 @@ import faiss
 from clipsearch import index as faiss_index
 from clipsearch.errors import BundleError, BundleFileMissing, ChecksumMismatch, LiveChangesPending, ManifestInvalid
 from clipsearch.files import atomic_write_text, file_sha256, fsync_directory
+from clipsearch.fusion import Fusion
 from clipsearch.index import IndexSpec
 from clipsearch.item_store import ITEMS_FILE, Item, ItemStore, write_items
 from clipsearch.live import LIVE_FILE, LIVE_IMAGES, count_live_changes
@@ -63,6 +68,8 @@ from clipsearch.manifest import (
 from clipsearch.modality import Modality
 
 REPORT_FILE = "report.json"
+CAPTIONS_FILE = "caption.faiss"
+FUSED_FILE = "fused.faiss"
 
 
 def index_file_name(modality: Modality) -> str:
@@ -77,12 +84,33 @@ class ModalityContent:
     spec: IndexSpec
 
 
+@dataclass(frozen=True)
+class FusedContent:
+    """What a fused build hands over besides its indices: default weights and the caption vectors."""
+
+    fusion: Fusion
+    captions: faiss.Index
+    """IndexIDMap2 over a Flat index: captioned image items' caption vectors, by item id."""
+    index: ModalityContent | None = None
+    """For an approximate image index: the same kind of index over the images' fused rows."""
+
+
 @dataclass
 class Bundle:
     path: Path
     manifest: Manifest
     indices: dict[Modality, faiss.Index]
     items: ItemStore
+    captions: faiss.Index | None = None
+    """The caption vectors of a fused bundle (clipsearch.fusion), by image item id."""
+    fused_index: faiss.Index | None = None
+    """A fused bundle's approximate index over its images' fused rows (None: searched exactly)."""
+
+    @property
+    def fusion(self) -> Fusion | None:
+        """The bundle's default fusion weights; None when it stores no caption vectors."""
+        weights = self.manifest.fusion
+        return None if weights is None or self.captions is None else Fusion.of(weights)
 
     def close(self) -> None:
         self.items.close()
@@ -115,13 +143,23 @@ def load_bundle(path: Path, verify_checksums: bool = True) -> Bundle:
                               f"the manifest says {manifest.embedding_dim}")
         faiss_index.apply_params(index, record.index.params)
         indices[modality] = index
-    return Bundle(path=path, manifest=manifest, indices=indices, items=ItemStore(path / ITEMS_FILE))
+    captions = None
+    if manifest.fusion is not None:
+        if CAPTIONS_FILE not in manifest.files:
+            raise ManifestInvalid(f"{MANIFEST_FILE}: the bundle is fused but {CAPTIONS_FILE} is not among its files")
+        captions = faiss_index.load_index(path / CAPTIONS_FILE)
+    fused_index = None
+    if manifest.fused_index is not None:
+        fused_index = faiss_index.load_index(path / FUSED_FILE)
+        faiss_index.apply_params(fused_index, manifest.fused_index.params)
+    return Bundle(path=path, manifest=manifest, indices=indices, items=ItemStore(path / ITEMS_FILE), captions=captions,
+                  fused_index=fused_index)
 
 
 def write_bundle(out: Path, model: ModelRef, embedding_dim: int, content: dict[Modality, ModalityContent],
                  items: Iterable[Item], report: dict[str, Any], versions: dict[str, str],
                  corpus_fingerprint: str | None = None, discard_live_changes: bool = False,
-                 keyword_fields: Sequence[str] = ()) -> Manifest:
+                 keyword_fields: Sequence[str] = (), fused: FusedContent | None = None) -> Manifest:
     """Write a complete bundle at `out`, replacing an earlier bundle there, all or nothing.
 
     An earlier bundle holding live changes is replaced only with `discard_live_changes`: else
@@ -132,13 +170,16 @@ def write_bundle(out: Path, model: ModelRef, embedding_dim: int, content: dict[M
     staging = _new_staging(out)
     try:
         modalities = _write_indices(staging, content)
+        _write_captions(staging, fused)
         write_items(staging / ITEMS_FILE, items, keyword_fields)
         atomic_write_text(staging / REPORT_FILE, json.dumps(report, indent=2, ensure_ascii=False))
         manifest = Manifest(format_version=FORMAT_VERSION, model=model, embedding_dim=embedding_dim,
                             metric=METRIC, modalities=modalities, files=_file_records(staging),
                             skipped=len(report.get("skipped", [])),
                             created_at=datetime.now(UTC).isoformat(timespec="seconds"), versions=versions,
-                            corpus_fingerprint=corpus_fingerprint, keyword_fields=list(keyword_fields))
+                            corpus_fingerprint=corpus_fingerprint, keyword_fields=list(keyword_fields),
+                            fusion=None if fused is None else fused.fusion.as_dict(),
+                            fused_index=None if fused is None or fused.index is None else fused.index.spec)
         atomic_write_text(staging / MANIFEST_FILE, manifest.to_json())
         with bundle_lock(out):  # not while `indexer classify` rewrites the bundle, nor a server writes to it
             if not discard_live_changes:
@@ -188,9 +229,11 @@ def rewrite_items(path: Path, change: Callable[[Item], Item]) -> Manifest:
 
 def write_compacted(path: Path, manifest: Manifest, content: dict[Modality, ModalityContent], items: list[Item],
                     record: dict[str, Any], start_log: Callable[[Path], object],
-                    carry_over: Callable[[Path], Iterable[str]]) -> tuple[Manifest, float]:
+                    carry_over: Callable[[Path], Iterable[str]],
+                    fused: FusedContent | None = None) -> tuple[Manifest, float]:
     """Replace the bundle at `path` by one with the same model and report, the indices and items
-    given, and `record` appended to its compactions, all or nothing. Returns the new manifest, and
+    given (and the caption and fused indices of a fused bundle), and `record` appended to its
+    compactions, all or nothing. Returns the new manifest, and
     how long writes were held (the bundle's lock).
 
     The new bundle is written in a staging directory first, and `start_log(staging)` puts its
@@ -202,10 +245,12 @@ def write_compacted(path: Path, manifest: Manifest, content: dict[Modality, Moda
     staging = _new_staging(path)
     try:
         modalities = _write_indices(staging, content)
+        _write_captions(staging, fused)
         write_items(staging / ITEMS_FILE, items, manifest.keyword_fields)
         _link_or_copy(path / REPORT_FILE, staging / REPORT_FILE)
         updated = replace(manifest, modalities=modalities, files=_file_records(staging),
-                          compactions=[*manifest.compactions, record])
+                          compactions=[*manifest.compactions, record],
+                          fused_index=None if fused is None or fused.index is None else fused.index.spec)
         atomic_write_text(staging / MANIFEST_FILE, updated.to_json())
         start_log(staging)
         uploads = path.resolve() / LIVE_IMAGES
@@ -240,6 +285,13 @@ def _write_indices(staging: Path, content: dict[Modality, ModalityContent]) -> d
         modalities[modality] = ModalityRecord(count=int(modality_content.index.ntotal), index_file=name,
                                               index=modality_content.spec)
     return modalities
+
+
+def _write_captions(staging: Path, fused: FusedContent | None) -> None:
+    if fused is not None:
+        faiss_index.save_index(fused.captions, staging / CAPTIONS_FILE)
+        if fused.index is not None:
+            faiss_index.save_index(fused.index.index, staging / FUSED_FILE)
 
 
 def _file_records(staging: Path) -> dict[str, FileRecord]:

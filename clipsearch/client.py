@@ -42,6 +42,8 @@ class SearchHit:
     """With dedup: ids of the lower-ranked near-duplicates collapsed into this hit."""
     ranks: dict[str, int] | None = None
     """With mode 'keyword' or 'hybrid': the hit's rank (from 1) in each list it came from ('vector', 'keyword')."""
+    fused: dict[str, float] | None = None
+    """In a fused bundle's image results: what the image and the caption each add to the score."""
 
 
 @dataclass(frozen=True)
@@ -139,35 +141,39 @@ class ClipSearchClient:
     def search_text(self, text: str, target: Modality | str = Modality.IMAGE, k: int = 10, *,
                     filter: dict[str, Any] | None = None, offset: int = 0,
                     dedup: bool | float | None = None, mode: str = "vector", hybrid_method: str = "rrf",
-                    vector_weight: float = 0.5) -> SearchResult:
+                    vector_weight: float = 0.5, fusion: dict[str, float] | None = None) -> SearchResult:
         """Search with a text. `filter` is the server's filter JSON (e.g. {"key": "album", "match":
         {"value": "Paris"}}), `offset` skips that many results, `dedup` collapses near-duplicates.
         `mode` is 'vector', 'keyword' (BM25 over captions, texts and keyword fields) or 'hybrid'
         (both rankings fused by `hybrid_method`, 'rrf' or 'weighted', with `vector_weight` the
-        vector ranking's share); each hit's `ranks` then says where it came from."""
-        body = {"text": text, "target": str(target), "k": k, **_options(filter, offset, dedup), "mode": mode,
+        vector ranking's share); each hit's `ranks` then says where it came from. `fusion` weighs
+        image results' image and caption ({"image": 0.5, "caption": 0.5}) in a fused bundle; each
+        hit's `fused` then says what each added."""
+        body = {"text": text, "target": str(target), "k": k, **_options(filter, offset, dedup, fusion), "mode": mode,
                 "hybrid": {"method": hybrid_method, "vector_weight": vector_weight}}
         return _search_result(self._post("/search/text", json=body))
 
     def search_image(self, image: ImageInput, target: Modality | str = Modality.IMAGE, k: int = 10, *,
                      filter: dict[str, Any] | None = None, offset: int = 0,
-                     dedup: bool | float | None = None) -> SearchResult:
+                     dedup: bool | float | None = None, fusion: dict[str, float] | None = None) -> SearchResult:
         """Search with an image file's path or its bytes; options as in search_text."""
         files = {"file": ("query", _image_bytes(image), "application/octet-stream")}
         form = {"target": str(target), "k": str(k), "offset": str(offset)}
         if filter is not None:
             form["filter"] = json.dumps(filter)
+        if fusion is not None:
+            form["fusion"] = json.dumps(fusion)
         if dedup is not None:
             form["dedup"] = str(dedup).lower()
         return _search_result(self._post("/search/image", files=files, data=form))
 
     def search(self, queries: list[Query], target: Modality | str = Modality.IMAGE, k: int = 10,
                explain: bool = False, *, filter: dict[str, Any] | None = None, offset: int = 0,
-               dedup: bool | float | None = None) -> SearchResult:
+               dedup: bool | float | None = None, fusion: dict[str, float] | None = None) -> SearchResult:
         """A composed query: the weighted sum of the terms' embeddings; `explain` fills each hit's
         `shares`; options as in search_text."""
         body = {"queries": [query.to_json() for query in queries], "target": str(target), "k": k, "explain": explain,
-                **_options(filter, offset, dedup)}
+                **_options(filter, offset, dedup, fusion)}
         return _search_result(self._post("/search", json=body))
 
     def classify(self, image: ImageInput | int, labels: list[str], templates: list[str] | None = None,
@@ -234,8 +240,9 @@ class ClipSearchClient:
         return _json_or_raise(self._http.post(path, **request))
 
 
-def _options(filter: dict[str, Any] | None, offset: int, dedup: bool | float | None) -> dict[str, Any]:
-    given = {"filter": filter, "offset": offset or None, "dedup": dedup}
+def _options(filter: dict[str, Any] | None, offset: int, dedup: bool | float | None,
+             fusion: dict[str, float] | None = None) -> dict[str, Any]:
+    given = {"filter": filter, "offset": offset or None, "dedup": dedup, "fusion": fusion}
     return {name: value for name, value in given.items() if value is not None}
 
 
@@ -259,7 +266,8 @@ def _json_or_raise(response: httpx.Response) -> dict[str, Any]:
 def _search_result(body: dict[str, Any]) -> SearchResult:
     hits = [SearchHit(id=hit["id"], score=hit["score"], modality=Modality(hit["modality"]), uri=hit["uri"],
                       caption=hit.get("caption"), text=hit.get("text"), metadata=hit.get("metadata") or {},
-                      shares=hit.get("shares"), duplicates=hit.get("duplicates"), ranks=hit.get("ranks"))
+                      shares=hit.get("shares"), duplicates=hit.get("duplicates"), ranks=hit.get("ranks"),
+                      fused=hit.get("fused"))
             for hit in body["results"]]
     return SearchResult(results=hits, took_ms=body["took_ms"], truncated=body.get("truncated", []),
                         matched=body.get("matched", 0), more=body.get("more", False))

@@ -15,6 +15,7 @@ from PIL import Image
 from clipsearch import index as faiss_index
 from clipsearch.bundle import Bundle
 from clipsearch.errors import ImageDecodeError, InvalidQuery, ItemNotFound
+from clipsearch.fusion import fused_rows_by_id
 from clipsearch.images import DEFAULT_MAX_PIXELS, read_image_file
 from clipsearch.item_store import Item
 from clipsearch.live import LiveLog, LiveState
@@ -31,6 +32,9 @@ class Hit:
     ranks: dict[str, int] | None = None
     """For keyword and hybrid searches: the hit's rank (from 1) in each list it came from
     ('vector', 'keyword'; clipsearch.hybrid)."""
+    fused: dict[str, float] | None = None
+    """For fused image searches: what the image and the caption each add to the score
+    (clipsearch.fusion.Fusion.parts)."""
 
 
 class Collection:
@@ -95,6 +99,21 @@ class Collection:
         if vector is None:
             raise ItemNotFound(item_id, field, "the item has no stored vector")
         return np.asarray(vector, dtype=np.float32)
+
+    def caption_vector(self, item_id: int, state: LiveState | None = None) -> np.ndarray | None:
+        """The caption vector a fused bundle holds for an image item; None when it has none."""
+        state = state or self.state
+        if item_id in state.items:
+            return state.segment(Modality.IMAGE).caption_vector(item_id)
+        captions = self.bundle.captions
+        return None if captions is None or state.is_removed(item_id) else faiss_index.reconstruct(captions, item_id)
+
+    def base_fused_rows(self, image_ids: np.ndarray, image_vectors: np.ndarray) -> np.ndarray:
+        """The base's image items as fused rows, in the order given (clipsearch.fusion.fused_rows)."""
+        captions = self.bundle.captions
+        assert captions is not None
+        held = faiss_index.ids_of(captions)
+        return fused_rows_by_id(image_ids, image_vectors, held, faiss_index.reconstruct_many(captions, held))
 
     def image_path(self, item_id: int, field: str = "id") -> Path:
         """The stored file of an image item; only paths recorded in the bundle are ever returned."""

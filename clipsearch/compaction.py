@@ -39,8 +39,17 @@ import faiss
 import numpy as np
 
 from clipsearch import index as faiss_index
-from clipsearch.bundle import Bundle, ModalityContent, load_bundle, recover_interrupted_swaps, write_compacted
+from clipsearch.bundle import (
+    FUSED_FILE,
+    Bundle,
+    FusedContent,
+    ModalityContent,
+    load_bundle,
+    recover_interrupted_swaps,
+    write_compacted,
+)
 from clipsearch.errors import CannotCompact, IndexSettingsInvalid
+from clipsearch.fusion import fused_rows_by_id
 from clipsearch.item_store import Item
 from clipsearch.live import LIVE_FILE, Carried, LiveLog, LiveState
 from clipsearch.manifest import compaction_lock
@@ -121,6 +130,8 @@ class Compaction:
         self.live = LiveLog(path / LIVE_FILE, self.bundle.items, dim)
         self.state: LiveState = LiveState(generation=-1)
         self.content: dict[Modality, ModalityContent] = {}
+        self.fused: FusedContent | None = None
+        """A fused bundle's new caption index (and fused index, over an approximate image index)."""
         self.items: list[Item] = []
         self.new_ids: dict[Modality, np.ndarray] = {}
         self.summary = CompactionSummary(folded=0)
@@ -146,6 +157,8 @@ class Compaction:
             others = [other.vectors for kind, other in bases.items() if kind is not modality]
             self.content[modality] = self._index(modality, base, others[0] if others else None)
             self.summary.counts[modality.value] = len(base.ids)
+        if self.bundle.captions is not None:
+            self.fused = self._new_fused(bases.get(Modality.IMAGE))
         removed = {modality: set(state.removed_of(modality).tolist()) for modality in Modality}
         self.items = sorted([item for item in self.bundle.items if item.id not in removed[item.modality]]
                             + list(state.items.values()), key=lambda item: item.id)
@@ -179,7 +192,7 @@ class Compaction:
             "folded": self.summary.folded, "counts": self.summary.counts, "retrained": self.summary.retrained,
             "prepare_s": round(self.summary.prepare_s, 2)}
         _, self.summary.writes_held_s = write_compacted(self.path, self.bundle.manifest, self.content, self.items,
-                                                        record, move_log_in, carry_over)
+                                                        record, move_log_in, carry_over, self.fused)
         self.summary.carried = carried[-1].items + carried[-1].hidden
         self.summary.commit_s = time.perf_counter() - started
         log.info("compacted %s: %s", self.path, self.summary.describe())
@@ -213,6 +226,38 @@ class Compaction:
         vectors = np.concatenate([kept_vectors, segment.vectors.reshape(-1, dim)])
         order = np.argsort(ids, kind="stable")
         return _NewBase(ids[order], np.ascontiguousarray(vectors[order]), added=len(segment.ids))
+
+    def _new_fused(self, images: _NewBase | None) -> FusedContent:
+        """A fused bundle's caption vectors as of the snapshot (the base's, less those of hidden
+        items, and those of live images with a caption), and its fused index over the new image
+        base: refilled with no training as the image index was, else built again."""
+        captions = self.bundle.captions
+        fusion = self.bundle.fusion
+        assert captions is not None and fusion is not None
+        kept = np.setdiff1d(faiss_index.ids_of(captions), self.state.removed_of(Modality.IMAGE), assume_unique=True)
+        segment = self.state.segment(Modality.IMAGE)
+        captioned = segment.captioned if segment.captioned is not None else np.zeros(len(segment.ids), bool)
+        live_vectors = segment.caption_vectors if segment.caption_vectors is not None else segment.vectors
+        ids = np.concatenate([kept, segment.ids[captioned]])
+        vectors = np.concatenate([faiss_index.reconstruct_many(captions, kept),
+                                  live_vectors.reshape(-1, captions.d)[captioned]])
+        order = np.argsort(ids, kind="stable")
+        ids, vectors = ids[order], np.ascontiguousarray(vectors[order])
+        new_captions, _ = faiss_index.build_index(vectors, ids, faiss_index.EXACT_FACTORY)
+        record = self.bundle.manifest.fused_index
+        image_content = self.content.get(Modality.IMAGE)
+        if record is None or images is None or image_content is None or image_content.spec.exact:
+            return FusedContent(fusion, new_captions)
+        rows = fused_rows_by_id(images.ids, images.vectors, ids, vectors)
+        if Modality.IMAGE.value in self.summary.retrained:
+            index, spec = faiss_index.build_index(rows, images.ids, record.factory, use_gpu=self.use_gpu)
+        else:
+            trained = faiss_index.load_index(self.path / FUSED_FILE, mmap=False)
+            index = faiss_index.refill_index(trained, rows, images.ids)
+            faiss_index.apply_params(index, record.params)
+            spec = replace(record, params={**record.params, "added_since_training": images.added +
+                                           int(record.params.get("added_since_training", 0))})
+        return FusedContent(fusion, new_captions, ModalityContent(index, spec))
 
     def _index(self, modality: Modality, base: _NewBase, others: np.ndarray | None) -> ModalityContent:
         record = self.bundle.manifest.modalities.get(modality)

@@ -214,24 +214,36 @@ def encoder_functions(encoder: ClipEncoder, batch_size: int, workers: int, max_p
     return encode_images, encode_texts
 
 
-def served_ranks(corpus: PairedCorpus, client: ClipSearchClient, progress: bool = True
-                 ) -> tuple[np.ndarray, np.ndarray | None]:
+def search_ranks(corpus: PairedCorpus, search: Callable[[str, int], list[str]], progress: bool = True,
+                 description: str = "text → image by search") -> np.ndarray:
+    """Each caption's image's 0-based rank in `search(caption, depth)` (the uris of the image results,
+    best first), max(RECALL_AT) standing for "not in the top max(RECALL_AT)". A hit is the caption's
+    image when its uri is the image's, as a bundle built from the same files records it."""
+    depth = max(RECALL_AT)
+    ranks = []
+    for caption, owner in tqdm(zip(corpus.captions, corpus.caption_image, strict=True), total=len(corpus.captions),
+                               unit="caption", desc=description, disable=not progress):
+        wanted = corpus.images[owner].uri
+        ranks.append(next((rank for rank, uri in enumerate(search(caption, depth)) if uri == wanted), depth))
+    return np.array(ranks)
+
+
+def served_ranks(corpus: PairedCorpus, client: ClipSearchClient, progress: bool = True,
+                 search_options: dict[str, Any] | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """The ranks as a running server gives them, through its search endpoints; max(RECALL_AT) stands
     for "not in the top max(RECALL_AT)".
 
     Text→image matches a hit to the caption's image by its uri (the server's bundle must have been
-    built from the same files). Image→text is measured only when the server holds texts, and
-    matches a hit by its text, one of the image's captions.
+    built from the same files), searching with `search_options` (mode, fusion… as
+    ClipSearchClient.search_text takes them). Image→text is measured only when the server holds
+    texts and no options are given, and matches a hit by its text, one of the image's captions.
     """
     depth = max(RECALL_AT)
-    text_ranks = []
-    for caption, owner in tqdm(zip(corpus.captions, corpus.caption_image, strict=True), total=len(corpus.captions),
-                               unit="caption", desc="text → image via the server", disable=not progress):
-        hits = client.search_text(caption, target=Modality.IMAGE, k=depth).results
-        wanted = corpus.images[owner].uri
-        text_ranks.append(next((rank for rank, hit in enumerate(hits) if hit.uri == wanted), depth))
-    if not client.info()["counts"].get(Modality.TEXT.value):
-        return np.array(text_ranks), None
+    options = search_options or {}
+    text_ranks = search_ranks(corpus, lambda caption, k: [hit.uri for hit in client.search_text(
+        caption, target=Modality.IMAGE, k=k, **options).results], progress, "text → image via the server")
+    if options or not client.info()["counts"].get(Modality.TEXT.value):
+        return text_ranks, None
     captions_of: dict[int, set[str]] = {}
     for caption, owner in zip(corpus.captions, corpus.caption_image, strict=True):
         captions_of.setdefault(int(owner), set()).add(caption)
@@ -241,4 +253,4 @@ def served_ranks(corpus: PairedCorpus, client: ClipSearchClient, progress: bool 
         assert item.path is not None  # read_pairs keeps only images with a file
         hits = client.search_image(item.path, target=Modality.TEXT, k=depth).results
         image_ranks.append(next((rank for rank, hit in enumerate(hits) if hit.text in captions_of[position]), depth))
-    return np.array(text_ranks), np.array(image_ranks)
+    return text_ranks, np.array(image_ranks)

@@ -89,6 +89,15 @@ class ExactIndex:
         """Rows searched again in fp32 because the fp16 candidates could not be proven complete."""
 
     @property
+    def row_ids(self) -> np.ndarray:
+        """The id held in each row, in row order (int64 (ntotal,))."""
+        return self._ids
+
+    def vectors(self) -> np.ndarray:
+        """The exact vectors, in row order, on the host (float32 (ntotal, d); a view on the CPU)."""
+        return self._exact.cpu().numpy()
+
+    @property
     def scanned(self) -> torch.Tensor:
         """The matrix every search reads in full, (ntotal, d) in scan_dtype on the device."""
         return self._scan

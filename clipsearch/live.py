@@ -5,7 +5,8 @@ in WAL mode with a full sync on every commit, so an acknowledged write survives 
 loss, and a write is one transaction: it is all there or not at all.
 
     items       items added or replaced: the same columns as the base's items.sqlite plus their
-                `key`, their vector (float32 bytes) and when they were written
+                `key`, their vector (float32 bytes), when they were written, and in a fused
+                bundle an image's caption vector (clipsearch.fusion)
     removed     base items hidden: deleted, or replaced by a row of `items` with the same id
     dropped     live items deleted since they were written
                 (every row of these three records the generation that wrote it, so a reader
@@ -34,9 +35,9 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import ExitStack, closing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,7 @@ import numpy as np
 from clipsearch import keywords
 from clipsearch.errors import BundleError, BundleReplaced
 from clipsearch.filters import Filter
+from clipsearch.fusion import fused_rows
 from clipsearch.item_store import Item, ItemStore
 from clipsearch.manifest import bundle_lock
 from clipsearch.modality import Modality
@@ -65,7 +67,8 @@ CREATE TABLE IF NOT EXISTS items (
     content_hash TEXT NOT NULL,
     vector BLOB NOT NULL,
     written_at TEXT NOT NULL,
-    generation INTEGER NOT NULL
+    generation INTEGER NOT NULL,
+    caption_vector BLOB
 );
 CREATE INDEX IF NOT EXISTS items_by_generation ON items (generation);
 CREATE UNIQUE INDEX IF NOT EXISTS items_by_key ON items (modality, key);
@@ -95,14 +98,48 @@ class NewItem:
     extra: dict[str, Any]
     content_hash: str
     vector: np.ndarray
+    caption_vector: np.ndarray | None = None
+    """A captioned image's caption vector, in a fused bundle (clipsearch.fusion)."""
+
+
+def with_caption_vectors(items: Sequence[NewItem], embed_texts: Callable[[list[str]], Sequence[np.ndarray]]
+                         ) -> list[NewItem]:
+    """`items` with every captioned image given its caption's vector, all embedded in one call: what
+    a fused bundle stores for each (clipsearch.fusion)."""
+    wanting = [number for number, item in enumerate(items)
+               if item.modality is Modality.IMAGE and (item.text or "").strip()]
+    vectors = embed_texts([items[number].text or "" for number in wanting]) if wanting else []
+    made = list(items)
+    for number, vector in zip(wanting, vectors, strict=True):
+        made[number] = replace(made[number], caption_vector=np.asarray(vector, dtype=np.float32))
+    return made
 
 
 @dataclass(frozen=True)
 class Segment:
-    """The live items of one modality: ids (int64 (m,), ascending) and their vectors (float32 (m, d))."""
+    """The live items of one modality: ids (int64 (m,), ascending) and their vectors (float32 (m, d)),
+    and for images in a fused bundle their caption vectors (zero rows where `captioned` is false)."""
 
     ids: np.ndarray
     vectors: np.ndarray
+    caption_vectors: np.ndarray | None = None
+    captioned: np.ndarray | None = None
+
+    def fused_rows(self) -> np.ndarray:
+        """These items as fused rows (clipsearch.fusion.fused_rows), (m, 2d)."""
+        if not len(self.ids):
+            return np.zeros((0, 2 * self.vectors.shape[1]), np.float32)
+        captioned = self.captioned if self.captioned is not None else np.zeros(len(self.ids), bool)
+        captions = self.caption_vectors if self.caption_vectors is not None else np.zeros_like(self.vectors)
+        return fused_rows(self.vectors, captions, captioned)
+
+    def caption_vector(self, item_id: int) -> np.ndarray | None:
+        row = int(np.searchsorted(self.ids, item_id))
+        if row < len(self.ids) and self.ids[row] == item_id and self.captioned is not None and self.captioned[row]:
+            assert self.caption_vectors is not None
+            vector: np.ndarray = self.caption_vectors[row]
+            return vector
+        return None
 
     def vector(self, item_id: int) -> np.ndarray | None:
         row = int(np.searchsorted(self.ids, item_id))
@@ -228,6 +265,8 @@ class LiveLog:
                 columns = {row[1] for row in self._connection.execute("PRAGMA table_info(file_stats)")}
                 if "generation" not in columns:  # a log written before compaction existed
                     self._connection.execute("ALTER TABLE file_stats ADD COLUMN generation INTEGER NOT NULL DEFAULT 0")
+                if "caption_vector" not in {row[1] for row in self._connection.execute("PRAGMA table_info(items)")}:
+                    self._connection.execute("ALTER TABLE items ADD COLUMN caption_vector BLOB")  # before fusion
                 self._connection.execute("COMMIT")
             except BaseException:
                 self._connection.execute("ROLLBACK")
@@ -261,7 +300,8 @@ class LiveLog:
                 removed_rows = self._connection.execute(
                     "SELECT id, modality FROM removed WHERE generation > ? ORDER BY id", (after,)).fetchall()
                 item_rows = self._connection.execute(
-                    f"SELECT {_ITEM_COLUMNS}, vector, generation FROM items WHERE generation > ?", (after,)).fetchall()
+                    f"SELECT {_ITEM_COLUMNS}, vector, generation, caption_vector FROM items WHERE generation > ?",
+                    (after,)).fetchall()
                 dropped_rows = self._connection.execute(
                     "SELECT id, generation FROM dropped WHERE generation > ?", (after,)).fetchall()
             finally:
@@ -273,6 +313,9 @@ class LiveLog:
         vectors: dict[int, np.ndarray] = {} if since is None else {
             int(item_id): segment.vectors[row] for segment in since.segments.values()
             for row, item_id in enumerate(segment.ids)}
+        captions: dict[int, np.ndarray] = {} if since is None else {
+            int(item_id): vector for segment in since.segments.values() for item_id in segment.ids
+            if (vector := segment.caption_vector(int(item_id))) is not None}
         # Replay in the order written: a drop after a write removes the item, a write after a drop restores it.
         events = sorted([(row[7], 1, row) for row in item_rows] + [(row[1], 0, row) for row in dropped_rows],
                         key=lambda event: (event[0], event[1]))
@@ -280,16 +323,25 @@ class LiveLog:
             if is_write:
                 items[row[0]] = Item(row[0], Modality(row[1]), row[2], row[3], json.loads(row[4]), row[5])
                 vectors[row[0]] = np.frombuffer(row[6], dtype=np.float32)
+                if row[8] is not None:
+                    captions[row[0]] = np.frombuffer(row[8], dtype=np.float32)
+                else:
+                    captions.pop(row[0], None)
             else:
                 items.pop(row[0], None)
                 vectors.pop(row[0], None)
+                captions.pop(row[0], None)
         segments = {}
         for modality in Modality:
             ids = np.array(sorted(item_id for item_id, item in items.items() if item.modality is modality),
                            dtype=np.int64)
             stacked = np.stack([vectors[int(item_id)] for item_id in ids]) if len(ids) else \
                 np.zeros((0, self.dim), np.float32)
-            segments[modality] = Segment(ids, stacked)
+            captioned = np.array([int(item_id) in captions for item_id in ids], dtype=bool)
+            caption_vectors = np.zeros_like(stacked)
+            for row in np.flatnonzero(captioned):
+                caption_vectors[row] = captions[int(ids[row])]
+            segments[modality] = Segment(ids, stacked, caption_vectors, captioned)
         return LiveState(generation, removed, segments, items)
 
     def write(self, items: Sequence[NewItem]) -> list[int]:
@@ -328,10 +380,12 @@ class LiveLog:
             item_id = self._id_for(connection, item.modality, item.key)
             connection.execute(
                 "INSERT OR REPLACE INTO items (id, key, modality, uri, text, extra, content_hash, vector, "
-                "written_at, generation) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "written_at, generation, caption_vector) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (item_id, item.key, item.modality.value, item.uri, item.text,
                  json.dumps(item.extra, ensure_ascii=False), item.content_hash,
-                 np.ascontiguousarray(item.vector, dtype=np.float32).tobytes(), written_at, generation))
+                 np.ascontiguousarray(item.vector, dtype=np.float32).tobytes(), written_at, generation,
+                 None if item.caption_vector is None else
+                 np.ascontiguousarray(item.caption_vector, dtype=np.float32).tobytes()))
             ids.append(item_id)
         return ids
 
@@ -409,8 +463,8 @@ class LiveLog:
                 # A row of `items` touched since `after` was written since: a drop deletes the row,
                 # and a base item is hidden in the transaction that writes its row.
                 written = self._connection.execute(
-                    "SELECT id, key, modality, uri, text, extra, content_hash, vector, written_at FROM items "
-                    "WHERE generation > ?", (after,)).fetchall()
+                    "SELECT id, key, modality, uri, text, extra, content_hash, vector, written_at, caption_vector "
+                    "FROM items WHERE generation > ?", (after,)).fetchall()
                 file_stats = self._connection.execute(
                     "SELECT uri, size, mtime_ns, content_hash, generation FROM file_stats WHERE generation > ?",
                     (after,)).fetchall()
@@ -429,7 +483,8 @@ class LiveLog:
                                    ((item_id, modality, generation) for item_id, modality in hidden))
             connection.executemany(
                 "INSERT OR REPLACE INTO items (id, key, modality, uri, text, extra, content_hash, vector, written_at, "
-                "generation) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", ((*row, generation) for row in written))
+                "caption_vector, generation) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                ((*row, generation) for row in written))
             connection.executemany("INSERT OR REPLACE INTO file_stats (uri, size, mtime_ns, content_hash, generation) "
                                    "VALUES (?, ?, ?, ?, ?)", file_stats)
             connection.executemany("INSERT OR REPLACE INTO state (name, value) VALUES (?, ?)",

@@ -85,6 +85,12 @@ class Manifest:
     (clipsearch.compaction)."""
     keyword_fields: list[str] = field(default_factory=list)
     """Metadata fields searched by keyword besides captions and texts (clipsearch.keywords)."""
+    fusion: dict[str, float] | None = None
+    """The default weights of image and caption in image searches, for a bundle built with
+    `--fuse`, which stores caption vectors (clipsearch.fusion); None otherwise."""
+    fused_index: IndexSpec | None = None
+    """A fused bundle's approximate index over its images' fused rows (when its image index is
+    approximate too); None when fused rows are searched exactly."""
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -113,7 +119,10 @@ class Manifest:
                        corpus_fingerprint=data.get("corpus_fingerprint"),
                        evaluations=list(data.get("evaluations", [])),
                        compactions=list(data.get("compactions", [])),
-                       keyword_fields=[str(name) for name in data.get("keyword_fields", [])])
+                       keyword_fields=[str(name) for name in data.get("keyword_fields", [])],
+                       fusion=None if data.get("fusion") is None else
+                       {str(name): float(weight) for name, weight in data["fusion"].items()},
+                       fused_index=None if data.get("fused_index") is None else IndexSpec(**data["fused_index"]))
         except UnsupportedFormatVersion:
             raise
         except json.JSONDecodeError as error:

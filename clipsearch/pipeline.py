@@ -21,6 +21,7 @@ import torch
 
 from clipsearch.batching import MicroBatcher
 from clipsearch.encoder import ClipEncoder
+from clipsearch.fusion import Fusion
 from clipsearch.modality import Modality
 from clipsearch.searchers import Allowed, Searcher
 from clipsearch.topk import TopK
@@ -46,6 +47,8 @@ class Pending:
     target: Modality | None = None
     k: int = 0
     allowed: Allowed | None = None
+    fusion: Fusion | None = None
+    """Search image items by image and caption with these weights (clipsearch.fusion)."""
 
 
 @dataclass(frozen=True)
@@ -67,30 +70,45 @@ class Searched:
 SearchRequest = tuple[np.ndarray, int, Allowed | None]
 """An embedded vector, its k, and the items it may find (None: all)."""
 
+FUSED = "image+caption"
+"""The name of the fused image search's stage (clipsearch.fusion)."""
+
 
 class QueryPipeline:
     """The batchers of one search service, and the fused encode-and-search steps they run."""
 
-    def __init__(self, encoder: ClipEncoder, searchers: Mapping[Modality, Searcher], batching: Batching) -> None:
+    def __init__(self, encoder: ClipEncoder, searchers: Mapping[Modality, Searcher], batching: Batching,
+                 fused: Searcher | None = None) -> None:
+        """`fused` searches image items by their fused rows, [image | caption] (clipsearch.fusion),
+        held as the image searcher holds the images (same ids, same rows or kind of index), so that
+        the items a filter allows serve both."""
         self.encoder = encoder
         self.searchers = searchers
+        self.fused = fused
         size, window = batching.max_batch, batching.window_s
         self._towers = {
             Modality.TEXT: MicroBatcher(self._embed_texts, size, window, name="encode-text",
                                         max_background=batching.max_background),
             Modality.IMAGE: MicroBatcher(self._embed_images, size, window, name="encode-image",
                                          max_background=batching.max_background)}
-        self._searches = {modality: MicroBatcher(self._search_vectors(modality), size, window,
+        self._searches = {modality: MicroBatcher(self._search_vectors(searcher), size, window,
                                                  name=f"search-{modality.value}")
-                          for modality in searchers}
+                          for modality, searcher in searchers.items()}
+        self._fused_search = None if fused is None else \
+            MicroBatcher(self._search_vectors(fused), size, window, name=f"search-{FUSED}")
 
     def embed(self, tower: Modality, pending: Pending, background: bool = False) -> Future[Embedded]:
         """Queue a text (TEXT) or prepared pixels (IMAGE) for its tower's next batch; a `background`
         one (a write) after every waiting query."""
         return self._towers[tower].submit(pending, background)
 
-    def search(self, vector: np.ndarray, target: Modality, k: int, allowed: Allowed | None = None) -> Future[Searched]:
-        """Queue an embedded vector (float32 (d,)) for the next search of `target`, among `allowed` if given."""
+    def search(self, vector: np.ndarray, target: Modality, k: int, allowed: Allowed | None = None,
+               fusion: Fusion | None = None) -> Future[Searched]:
+        """Queue an embedded vector (float32 (d,)) for the next search of `target`, among `allowed` if
+        given; with `fusion`, of the image items' fused rows."""
+        if fusion is not None:
+            assert self._fused_search is not None and target is Modality.IMAGE
+            return self._fused_search.submit((fusion.expand(vector[None])[0], k, allowed))
         return self._searches[target].submit((vector, k, allowed))
 
     def batch_counts(self) -> dict[str, tuple[int, int]]:
@@ -107,7 +125,8 @@ class QueryPipeline:
             batcher.close()
 
     def _batchers(self) -> list[MicroBatcher[Any, Any]]:
-        return [*self._towers.values(), *self._searches.values()]
+        fused = [] if self._fused_search is None else [self._fused_search]
+        return [*self._towers.values(), *self._searches.values(), *fused]
 
     def _embed_texts(self, pending: list[Pending]) -> list[Embedded]:
         started = time.perf_counter()
@@ -123,20 +142,24 @@ class QueryPipeline:
         """One search per target and filter for the batch's queries that have one, at the largest k among them."""
         found: list[TopK | None] = [None] * len(pending)
         started = time.perf_counter()
-        for (target, _), rows in _groups([(query.target, query.allowed) for query in pending]).items():
+        groups = _groups([(query.target, query.allowed, query.fusion is not None) for query in pending])
+        for (target, _, fused), rows in groups.items():
             if target is None:
                 continue
-            results = self.searchers[target].search(vectors[rows], max(pending[row].k for row in rows),
-                                                    pending[rows[0]].allowed)
+            if fused:  # each query with its own weights, all in one product
+                assert self.fused is not None
+                searcher = self.fused
+                queries = np.stack([cast(Fusion, pending[row].fusion).expand(vectors[row][None])[0] for row in rows])
+            else:
+                searcher, queries = self.searchers[target], vectors[rows]
+            results = searcher.search(queries, max(pending[row].k for row in rows), pending[rows[0]].allowed)
             for number, row in enumerate(rows):
                 found[row] = results.row(number, pending[row].k)
         search_s = time.perf_counter() - started
         return [Embedded(vector, row_found, encode_s, search_s)
                 for vector, row_found in zip(vectors, found, strict=True)]
 
-    def _search_vectors(self, target: Modality) -> Callable[[list[SearchRequest]], list[Searched]]:
-        searcher = self.searchers[target]
-
+    def _search_vectors(self, searcher: Searcher) -> Callable[[list[SearchRequest]], list[Searched]]:
         def search_batch(queries: list[SearchRequest]) -> list[Searched]:
             # One search per filter at the largest k asked for; each query keeps its own first k.
             found: list[TopK | None] = [None] * len(queries)

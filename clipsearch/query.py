@@ -10,6 +10,7 @@ import numpy as np
 
 from clipsearch.errors import InvalidQuery
 from clipsearch.filters import Filter
+from clipsearch.fusion import Fusion
 from clipsearch.images import DEFAULT_MAX_PIXELS
 from clipsearch.modality import Modality
 
@@ -35,11 +36,13 @@ class QueryLimits:
 @dataclass(frozen=True)
 class ResultOptions:
     """Which of a search's results come back: those passing `filter`, with near-duplicates (cosine
-    ≥ `dedup`) collapsed into the best-ranked of each group, from `offset` on."""
+    ≥ `dedup`) collapsed into the best-ranked of each group, from `offset` on; image items scored
+    with `fusion`'s weights of image and caption, when given (else the bundle's)."""
 
     filter: Filter | None = None
     offset: int = 0
     dedup: float | None = None
+    fusion: Fusion | None = None
 
 
 @dataclass(frozen=True)

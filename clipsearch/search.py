@@ -4,6 +4,8 @@ Everything here is independent of HTTP; the server calls it from worker threads.
 name the fields (`field=`) where their own names differ; by default errors use the parameters' names
 (`text`, `data`, `terms[0].weight`), which the server and the CLI translate for their users.
 Items by id, and the image files that may be served, are the collection's (clipsearch.collection).
+Text searches may also rank by keyword or both (clipsearch.hybrid, clipsearch.keywords), and a
+fused bundle's image items are scored by image and caption together (clipsearch.fusion).
 """
 
 from __future__ import annotations
@@ -27,8 +29,10 @@ from clipsearch.batching import MicroBatcher
 from clipsearch.bundle import Bundle
 from clipsearch.collection import Collection, Hit
 from clipsearch.encoder import ClipEncoder
-from clipsearch.errors import InvalidQuery, ModalityUnavailable, ServiceBusy
+from clipsearch.errors import BundleError, InvalidQuery, ModalityUnavailable, ServiceBusy
+from clipsearch.exact import ExactIndex
 from clipsearch.filters import Filter
+from clipsearch.fusion import Fusion, fused_rows
 from clipsearch.hybrid import (
     DEFAULT_RRF_K,
     HYBRID_DEPTH,
@@ -58,7 +62,7 @@ from clipsearch.query import (
     check_text,
     weighted_sum,
 )
-from clipsearch.searchers import Allowed, searcher_for
+from clipsearch.searchers import Allowed, ExactSearcher, FaissSearcher, Searcher, searcher_for
 from clipsearch.topk import TopK
 from clipsearch.uploads import UploadDecoder
 from clipsearch.zero_shot import LabelScore, ZeroShotClassifier
@@ -87,6 +91,8 @@ class Scope:
     live_ids: np.ndarray
     live_vectors: np.ndarray
     matched: int
+    fusion: Fusion | None = None
+    """Image items are scored by image and caption with these weights; `live_vectors` are fused rows."""
 
 
 @dataclass(frozen=True)
@@ -120,7 +126,9 @@ class SearchService:
         searchers = {modality: searcher_for(index, bundle.manifest.modalities[modality].index.exact,
                                             encoder.device, use_gpu)
                      for modality, index in bundle.indices.items()}
-        self.pipeline = QueryPipeline(encoder, searchers, batching)
+        self.fusion = bundle.fusion
+        self.pipeline = QueryPipeline(encoder, searchers, batching,
+                                      self._fused_searcher(searchers.get(Modality.IMAGE), use_gpu))
         self.uploads = UploadDecoder(encoder.prepare_image, encoder.image_size, limits.max_pixels,
                                      limits.decode_timeout_s)
         self.classifier = ZeroShotClassifier(encoder.model, self._embed_prompts, limits)
@@ -138,6 +146,39 @@ class SearchService:
     @property
     def modalities(self) -> set[Modality]:
         return self.collection.modalities
+
+    def _fused_searcher(self, image: Searcher | None, use_gpu: bool) -> Searcher | None:
+        """The image items' fused rows (clipsearch.fusion), searched as the image index is, so that
+        the items a filter allows serve both: held row for row like the exact index, or the
+        bundle's fused index beside an approximate one (same ids, same kind of index)."""
+        if self.fusion is None or image is None:
+            return None
+        fused_index = self.bundle.fused_index
+        if fused_index is not None:
+            return FaissSearcher(faiss_index.to_gpu(fused_index), cpu_index=fused_index) if use_gpu \
+                else FaissSearcher(fused_index)
+        if not isinstance(image, ExactSearcher):
+            raise BundleError("a fused bundle needs its exact image index searched as a resident matrix, and it did "
+                              f"not fit on {self.encoder.device}")
+        ids = image.index.row_ids
+        rows = self.collection.base_fused_rows(ids, image.index.vectors())
+        try:
+            return ExactSearcher(ExactIndex(rows, ids, self.encoder.device))
+        except torch.OutOfMemoryError:
+            raise BundleError(f"the fused rows of {len(ids)} images ({rows.nbytes / 2**30:.1f} GiB in fp32) do not "
+                              f"fit on {self.encoder.device}") from None
+
+    def fusion_for(self, target: Modality, options: ResultOptions) -> Fusion | None:
+        """The weights a search of `target` fuses image and caption with: the query's, else the
+        bundle's; None for texts and for bundles without caption vectors."""
+        if options.fusion is not None:
+            if target is not Modality.IMAGE:
+                raise InvalidQuery("fusion", "image and caption are fused in image results only; the target is text")
+            if self.fusion is None:
+                raise InvalidQuery("fusion", "this bundle stores no caption vectors; build it with --fuse to weigh "
+                                             "images with their captions")
+            return options.fusion
+        return self.fusion if target is Modality.IMAGE else None
 
     def warm_up(self) -> None:
         """Run one query of each kind through every stage, so the first real one is not slow."""
@@ -164,7 +205,7 @@ class SearchService:
         or, by `ranking`, search its words (keyword) or do both and fuse the rankings (hybrid)."""
         self.check_target(target, k, options)
         check_ranking(ranking)
-        scope = self.scope(target, options.filter)
+        scope = self.scope(target, options.filter, self.fusion_for(target, options))
         if ranking.mode is SearchMode.VECTOR:
             embedded = self._wait(self._submit_text(text, field, *self._base_search(scope, target, k, options)),
                                   "the model")
@@ -178,7 +219,8 @@ class SearchService:
                      for rank, (item_id, score) in enumerate(zip(found.ids, found.scores, strict=True), 1)]
             return self._ranked_answer(None, fused, time.perf_counter() - started, target, k, options, scope)
         depth = max(_fetch_size(k, options), HYBRID_DEPTH)
-        embedding = self._submit_text(text, field, target if scope.searches_base else None, depth, scope.base)
+        embedding = self._submit_text(text, field, target if scope.searches_base else None, depth, scope.base,
+                                      scope.fusion)
         started = time.perf_counter()
         by_words = self._keyword_ranking(words, target, depth, options.filter, scope)
         keyword_s = time.perf_counter() - started
@@ -194,7 +236,7 @@ class SearchService:
                      options: ResultOptions = NO_OPTIONS) -> Answer:
         """Decode and embed the image `data` and search `target` for it, batched like search_text."""
         self.check_target(target, k, options)
-        scope = self.scope(target, options.filter)
+        scope = self.scope(target, options.filter, self.fusion_for(target, options))
         pixels = self.uploads.decode(data, field)
         embedded = self._wait(self._submit_image(pixels, *self._base_search(scope, target, k, options)), "the model")
         return self._answer(self._image_vector(embedded), embedded, target, k, options, scope)
@@ -246,12 +288,13 @@ class SearchService:
     def search_vector(self, query: QueryVector, target: Modality, k: int,
                       options: ResultOptions = NO_OPTIONS) -> Answer:
         self.check_target(target, k, options)
-        scope = self.scope(target, options.filter)
+        scope = self.scope(target, options.filter, self.fusion_for(target, options))
         found, search_s = self._search_scope(query.vector, target, _fetch_size(k, options), scope)
         return self._page(query, found, search_s, target, k, options, scope)
 
-    def scope(self, target: Modality, filter: Filter | None) -> Scope:
-        """What a search of `target` may return under `filter`, from the live log's latest snapshot."""
+    def scope(self, target: Modality, filter: Filter | None, fusion: Fusion | None = None) -> Scope:
+        """What a search of `target` may return under `filter`, from the live log's latest snapshot;
+        with `fusion`, live image items as fused rows."""
         state = self.collection.refresh()
         removed = state.removed_of(target)
         base_count = self.collection.base_count(target) - len(removed)
@@ -260,11 +303,11 @@ class SearchService:
             base = self._base_allowed(target, filter, removed)
             base_count = len(base)
         segment = state.segment(target)
-        live_ids, live_vectors = segment.ids, segment.vectors
+        live_ids, live_vectors = segment.ids, segment.fused_rows() if fusion is not None else segment.vectors
         if filter is not None and len(live_ids):
             live_ids = state.matching_ids(target, filter)
-            live_vectors = segment.vectors[np.searchsorted(segment.ids, live_ids)]
-        return Scope(state, base, base_count > 0, live_ids, live_vectors, base_count + len(live_ids))
+            live_vectors = live_vectors[np.searchsorted(segment.ids, live_ids)]
+        return Scope(state, base, base_count > 0, live_ids, live_vectors, base_count + len(live_ids), fusion)
 
     def _base_allowed(self, target: Modality, filter: Filter | None, removed: np.ndarray) -> Allowed:
         """The base items of `target` that pass `filter` and are not hidden, prepared for the base's
@@ -303,11 +346,20 @@ class SearchService:
             raise InvalidQuery(field, f"item {item_id} is a {item.modality.value}, not an image")
         return self.collection.stored_vector(item_id, field)
 
-    def term_shares(self, query: QueryVector, hits: Sequence[Hit]) -> np.ndarray:
-        """Each term's share of each hit's score, float64 (hits, terms): see clipsearch.explain."""
-        vectors = np.stack([self.collection.stored_vector(hit.item.id) for hit in hits]) if hits \
-            else np.zeros((0, self.encoder.embedding_dim), np.float32)
-        return explain.term_shares(query.parts or (WeightedPart(1.0, query.vector, 1.0),), vectors)
+    def term_shares(self, query: QueryVector, hits: Sequence[Hit], fusion: Fusion | None = None) -> np.ndarray:
+        """Each term's share of each hit's score, float64 (hits, terms): see clipsearch.explain. With
+        `fusion` (the search's), shares of the fused score: each term's part against image and caption."""
+        parts = query.parts or (WeightedPart(1.0, query.vector, 1.0),)
+        if not hits:
+            return np.zeros((0, len(parts)))
+        vectors = np.stack([self.collection.stored_vector(hit.item.id) for hit in hits])
+        if fusion is not None:
+            captions = [self.collection.caption_vector(hit.item.id) for hit in hits]
+            vectors = fused_rows(vectors, np.stack([vector if vector is not None else np.zeros_like(vectors[0])
+                                                    for vector in captions]),
+                                 np.array([vector is not None for vector in captions]))
+            parts = tuple(replace(part, vector=fusion.expand(part.vector[None])[0]) for part in parts)
+        return explain.term_shares(parts, vectors)
 
     def heatmaps(self, query: QueryVector, item_ids: Sequence[int], field: str = "item_ids") -> list[explain.Heatmap]:
         """Where in each image item the query lights up, one patch grid per item (clipsearch.explain)."""
@@ -334,13 +386,15 @@ class SearchService:
             raise ModalityUnavailable("target", f"the bundle has no {target.value} items (it has: {present})")
 
     def _submit_text(self, text: str, field: str, target: Modality | None = None, k: int = 0,
-                     allowed: Allowed | None = None, background: bool = False) -> Future[Embedded]:
+                     allowed: Allowed | None = None, fusion: Fusion | None = None,
+                     background: bool = False) -> Future[Embedded]:
         check_text(text, field, self.limits)
-        return self.pipeline.embed(Modality.TEXT, Pending(text, target, k, allowed), background)
+        return self.pipeline.embed(Modality.TEXT, Pending(text, target, k, allowed, fusion), background)
 
     def _submit_image(self, pixels: torch.Tensor, target: Modality | None = None, k: int = 0,
-                      allowed: Allowed | None = None, background: bool = False) -> Future[Embedded]:
-        return self.pipeline.embed(Modality.IMAGE, Pending(pixels, target, k, allowed), background)
+                      allowed: Allowed | None = None, fusion: Fusion | None = None,
+                      background: bool = False) -> Future[Embedded]:
+        return self.pipeline.embed(Modality.IMAGE, Pending(pixels, target, k, allowed, fusion), background)
 
     def _text_vector(self, embedded: Embedded, text: str, field: str) -> QueryVector:
         truncated = (field,) if self.encoder.is_truncated(text) else ()
@@ -350,15 +404,15 @@ class SearchService:
         return QueryVector(embedded.vector, (), (Encoding(Modality.IMAGE, embedded.encode_s),))
 
     def _base_search(self, scope: Scope, target: Modality, k: int,
-                     options: ResultOptions) -> tuple[Modality | None, int, Allowed | None]:
+                     options: ResultOptions) -> tuple[Modality | None, int, Allowed | None, Fusion | None]:
         """Where the fused encode-and-search step searches the base: nowhere when it holds nothing allowed."""
-        return (target if scope.searches_base else None), _fetch_size(k, options), scope.base
+        return (target if scope.searches_base else None), _fetch_size(k, options), scope.base, scope.fusion
 
     def _search_scope(self, vector: np.ndarray, target: Modality, fetch: int, scope: Scope) -> tuple[TopK, float]:
         """The top `fetch` of the base (through the search batcher) and the live items together."""
         found, search_s = TopK.empty(1), 0.0
         if scope.searches_base:
-            searched = self._wait(self.pipeline.search(vector, target, fetch, scope.base), "the search")
+            searched = self._wait(self.pipeline.search(vector, target, fetch, scope.base, scope.fusion), "the search")
             found, search_s = searched.found, searched.search_s
         return _with_live(found, scope, vector, fetch), search_s
 
@@ -386,8 +440,18 @@ class SearchService:
                 groups = self._collapse(hits, target, options.dedup, scope)
             hits = [replace(hits[group[0]], duplicates=tuple(hits[member].item.id for member in group[1:]))
                     for group in groups]
-        return Answer(query, hits[options.offset:options.offset + k], search_s, matched,
-                      more=len(hits) > options.offset + k)
+        shown = self._with_fused_parts(query.vector, hits[options.offset:options.offset + k], scope)
+        return Answer(query, shown, search_s, matched, more=len(hits) > options.offset + k)
+
+    def _with_fused_parts(self, query: np.ndarray, hits: list[Hit], scope: Scope) -> list[Hit]:
+        """Hits of a fused search, each with what its image and its caption add to its score."""
+        if scope.fusion is None or not hits:
+            return hits
+        ids = np.array([hit.item.id for hit in hits], dtype=np.int64)
+        images = self.collection.stored_vectors(Modality.IMAGE, ids, scope.state)
+        return [replace(hit, fused=scope.fusion.parts(query, image, self.collection.caption_vector(hit.item.id,
+                                                                                                   scope.state)))
+                for hit, image in zip(hits, images, strict=True)]
 
     def _keyword_ranking(self, words: keywords.KeywordQuery, target: Modality, depth: int, filter: Filter | None,
                          scope: Scope) -> RankedList:
@@ -417,8 +481,10 @@ class SearchService:
         if options.dedup is not None and hits:
             hits = [replace(hits[group[0]], duplicates=tuple(hits[member].item.id for member in group[1:]))
                     for group in self._collapse(hits, target, options.dedup, scope)]
-        return Answer(query, hits[options.offset:options.offset + k], search_s, scope.matched,
-                      more=len(hits) > options.offset + k)
+        shown = hits[options.offset:options.offset + k]
+        if query is not None:
+            shown = self._with_fused_parts(query.vector, shown, scope)
+        return Answer(query, shown, search_s, scope.matched, more=len(hits) > options.offset + k)
 
     def _collapse(self, hits: list[Hit], target: Modality, threshold: float, scope: Scope) -> list[list[int]]:
         ids = np.array([hit.item.id for hit in hits], dtype=np.int64)
@@ -448,6 +514,8 @@ def _with_live(found: TopK, scope: Scope, query: np.ndarray, k: int) -> TopK:
     """One row of base results merged with the live items in `scope`, best first, at most k."""
     if not len(scope.live_ids):
         return found
+    if scope.fusion is not None:
+        query = scope.fusion.expand(query[None])[0]
     valid = found.ids[0] >= 0
     scores = np.concatenate([found.scores[0][valid], scope.live_vectors @ query])
     ids = np.concatenate([found.ids[0][valid], scope.live_ids])

@@ -39,7 +39,7 @@ from clipsearch.bundle import Bundle
 from clipsearch.encoder import ClipEncoder
 from clipsearch.files import sha256_hex
 from clipsearch.item_store import Item
-from clipsearch.live import LIVE_IMAGES, LiveLog, LiveState, NewItem
+from clipsearch.live import LIVE_IMAGES, LiveLog, LiveState, NewItem, with_caption_vectors
 from clipsearch.loading import image_batches, text_batches
 from clipsearch.modality import Modality
 from clipsearch.sources import Columns, SourceItem, read_image_source, read_text_source
@@ -92,8 +92,10 @@ def sync(bundle: Bundle, live: LiveLog, encoder: ClipEncoder, sources: SyncSourc
         plan = _plan(modality, items, current, stats, new_stats, state, bundle, summary)
         _embed(plan, modality, encoder, batch_size, workers, max_pixels, progress, summary)
         plans.append(plan)
-    live.apply([item for plan in plans for item in plan.writes],
-               [item_id for plan in plans for item_id in plan.deletes], new_stats)
+    writes = [item for plan in plans for item in plan.writes]
+    if bundle.fusion is not None:
+        writes = with_caption_vectors(writes, lambda texts: list(_encode_texts(encoder, texts, batch_size)))
+    live.apply(writes, [item_id for plan in plans for item_id in plan.deletes], new_stats)
     summary.elapsed_s = time.perf_counter() - started
     return summary
 
@@ -194,6 +196,11 @@ def _embed(plan: _Plan, modality: Modality, encoder: ClipEncoder, batch_size: in
             summary.updated += existing is not None
         bar.update(len(batch.outcomes))
     bar.close()
+
+
+def _encode_texts(encoder: ClipEncoder, texts: list[str], batch_size: int) -> np.ndarray:
+    return np.concatenate([encoder.encode_texts(texts[start:start + batch_size])
+                           for start in range(0, len(texts), batch_size)])
 
 
 def _content_hash(source: SourceItem, stats: dict[str, tuple[int, int, str]],

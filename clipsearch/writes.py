@@ -15,7 +15,7 @@ import io
 import json
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ from clipsearch.errors import InvalidQuery, ItemNotFound
 from clipsearch.files import atomic_path
 from clipsearch.filters import Filter
 from clipsearch.item_store import Item
-from clipsearch.live import LIVE_IMAGES, NewItem
+from clipsearch.live import LIVE_IMAGES, NewItem, with_caption_vectors
 from clipsearch.modality import Modality
 from clipsearch.query import check_text
 from clipsearch.search import SearchService
@@ -102,6 +102,9 @@ class CollectionWriter:
             path = self._store_image(entry.data, digest)
             items.append(NewItem(entry.key or _new_key(), Modality.IMAGE, str(path), entry.caption, entry.metadata,
                                  digest, vector))
+        if self.service.fusion is not None:
+            items = with_caption_vectors(items, lambda captions: self.service.embed_texts(
+                captions, ["caption"] * len(captions), background=True))
         return self._commit(items)
 
     def update(self, item_id: int, *, caption: str | None = UNCHANGED, text: str = UNCHANGED,
@@ -128,7 +131,14 @@ class CollectionWriter:
         if key is None:
             raise ItemNotFound(item_id, "item_id")
         hash_of = item.content_hash if text is UNCHANGED else _sha256(text.encode())
-        self._commit([NewItem(key, item.modality, item.uri, new_text, new_metadata, hash_of, vector)])
+        edited = NewItem(key, item.modality, item.uri, new_text, new_metadata, hash_of, vector)
+        if self.service.fusion is not None and item.modality is Modality.IMAGE:
+            if caption is UNCHANGED:  # the caption's vector stays; only a new caption is embedded
+                edited = replace(edited, caption_vector=self.service.collection.caption_vector(item_id))
+            else:
+                [edited] = with_caption_vectors([edited], lambda captions: self.service.embed_texts(
+                    captions, ["caption"], background=True))
+        self._commit([edited])
         return self.service.collection.item(item_id, "item_id")
 
     def delete(self, item_ids: Sequence[int], field: str = "ids") -> list[int]:

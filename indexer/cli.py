@@ -21,8 +21,10 @@ from clipsearch.captions import (
 )
 from clipsearch.compaction import CompactionPolicy
 from clipsearch.encoder import DEFAULT_MODEL, DEFAULT_PRETRAINED, OFFLINE_MODEL, ClipEncoder, load_encoder
-from clipsearch.errors import BundleReplaced, CheckpointRequired, ClipSearchError
+from clipsearch.errors import BundleReplaced, CheckpointRequired, ClipSearchError, InvalidQuery
 from clipsearch.finetune import FinetuneConfig
+from clipsearch.fusion import Fusion
+from clipsearch.hybrid import FusionMethod, SearchMode
 from clipsearch.live import LIVE_FILE, LiveLog
 from clipsearch.manifest import check_model, read_manifest
 from clipsearch.onnx_backend import BACKENDS
@@ -74,6 +76,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                          help="largest corpus indexed exactly when no --index-factory is given")
     command.add_argument("--keep-duplicates", action="store_true",
                          help="index files with identical content once each (default: only the first)")
+    command.add_argument("--fuse", type=_fusion, default=None,
+                         help="store caption vectors and search each image by its image and its caption, weighted "
+                              "(e.g. 'image=0.7,caption=0.3'; equal weights: average fusion)")
     command.add_argument("--keyword-fields", type=_field_names, default=(),
                          help="metadata fields searched by keyword besides captions and texts, comma-separated "
                               "(e.g. 'title,tags,place')")
@@ -183,6 +188,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                                  "images, and their captions as texts for image → text), against its model's exact "
                                  "figures")
     evaluation.add_argument("--api-key", default=None, help="the server's API key (default: $CLIPSEARCH_API_KEY)")
+    evaluation.add_argument("--mode", choices=[mode.value for mode in SearchMode], default=SearchMode.VECTOR.value,
+                            help="with --bundle or --through: also measure text → image as searches of that mode "
+                                 "rank the images (keyword and hybrid search the images' own captions)")
+    evaluation.add_argument("--hybrid-method", choices=[method.value for method in FusionMethod],
+                            default=FusionMethod.RRF.value, help="how --mode hybrid fuses its two rankings")
+    evaluation.add_argument("--vector-weight", type=float, default=0.5,
+                            help="--mode hybrid: the vector ranking's share, 0 to 1")
+    evaluation.add_argument("--fuse", type=_fusion, default=None,
+                            help="with a bundle built with --fuse: weigh image and caption so (e.g. 'image=1' for "
+                                 "the image alone) in the searched figures")
     _add_model_arguments(evaluation, None)
     _add_speed_arguments(evaluation)
     _add_image_arguments(evaluation)
@@ -358,7 +373,15 @@ def config_from_args(args: argparse.Namespace) -> BuildConfig:
         discard_live_changes=args.discard_live_changes, batches_per_shard=args.batches_per_shard,
         max_pixels=args.max_pixels,
         columns=Columns(image=args.image_column, caption=args.caption_column, text=args.text_column),
-        progress=not args.no_progress, caption=_caption_config(args), keyword_fields=args.keyword_fields)
+        progress=not args.no_progress, caption=_caption_config(args), keyword_fields=args.keyword_fields,
+        fuse=args.fuse)
+
+
+def _fusion(value: str) -> Fusion:
+    try:
+        return Fusion.parse(value)
+    except InvalidQuery as error:
+        raise argparse.ArgumentTypeError(error.reason) from None
 
 
 def _field_names(value: str) -> tuple[str, ...]:

@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 
+from clipsearch.bundle import load_bundle
 from clipsearch.client import ClipSearchAPIError, ClipSearchClient
 from clipsearch.encoder import ClipEncoder, load_encoder
 from clipsearch.errors import CheckpointRequired, ClipSearchError
@@ -21,9 +22,15 @@ from clipsearch.evaluate import (
     encoder_functions,
     evaluate,
     read_pairs,
+    search_ranks,
     served_ranks,
 )
+from clipsearch.hybrid import FusionMethod, Ranking, SearchMode
+from clipsearch.live import LIVE_FILE, LiveLog
 from clipsearch.manifest import ModelRef, check_model, read_manifest, record_evaluation
+from clipsearch.modality import Modality
+from clipsearch.query import QueryLimits, ResultOptions
+from clipsearch.search import SearchService
 from clipsearch.sources import Columns
 from indexer.cli import describe_error, pretrained_of
 
@@ -40,11 +47,15 @@ def run_eval(args: argparse.Namespace) -> int:
             "model": encoder.ref.describe(), "backend": encoder.backend, "pairs": str(args.pairs),
             "skipped": len(scored.skipped), "evaluated_at": datetime.now(UTC).isoformat(timespec="seconds"),
             **scores.as_dict()}
-        served = None
+        served = searched = None
+        options = _search_options(args)
         if client is not None:
-            served = _served_scores(scored, client, progress=not args.no_progress)
-            record["through"] = {"url": args.through, **served.as_dict(),
+            served = _served_scores(scored, client, options, progress=not args.no_progress)
+            record["through"] = {"url": args.through, "search": options, **served.as_dict(),
                                  "loss": _loss(scores, served)}
+        if args.bundle is not None and (options or read_manifest(args.bundle).fusion is not None):
+            searched = _bundle_search_scores(scored, args, encoder, options)
+            record["search"] = {"options": options, **searched.as_dict()}
         if args.bundle is not None:
             record_evaluation(args.bundle, record)
     except ClipSearchError as error:
@@ -59,7 +70,7 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(record, indent=2))
         return 0
-    print(describe(record, scores, served))
+    print(describe(record, scores, served, searched))
     for uri, reason in scored.skipped[:20]:
         print(f"  skipped {uri}: {reason}")
     if len(scored.skipped) > 20:
@@ -89,9 +100,44 @@ def _encoder(args: argparse.Namespace, client: ClipSearchClient | None) -> ClipE
     return encoder
 
 
-def _served_scores(scored: PairedCorpus, client: ClipSearchClient, progress: bool) -> RetrievalScores:
-    text_ranks, image_ranks = served_ranks(scored, client, progress)
+def _search_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The search options given (as ClipSearchClient.search_text takes them); empty for plain vector search."""
+    options: dict[str, Any] = {}
+    if args.mode != SearchMode.VECTOR.value:
+        options.update(mode=args.mode)
+        if args.mode == SearchMode.HYBRID.value:
+            options.update(hybrid_method=args.hybrid_method, vector_weight=args.vector_weight)
+    if args.fuse is not None:
+        options["fusion"] = args.fuse.as_dict()
+    return options
+
+
+def _served_scores(scored: PairedCorpus, client: ClipSearchClient, options: dict[str, Any],
+                   progress: bool) -> RetrievalScores:
+    text_ranks, image_ranks = served_ranks(scored, client, progress, options)
     return RetrievalScores.of_ranks(text_ranks, image_ranks, images=len(scored.images), complete=False)
+
+
+def _bundle_search_scores(scored: PairedCorpus, args: argparse.Namespace, encoder: ClipEncoder,
+                          options: dict[str, Any]) -> RetrievalScores:
+    """Text → image as searches of the bundle rank its images, in this process (the bundle's live
+    changes included): what a server of it would answer."""
+    bundle = load_bundle(args.bundle)
+    live = LiveLog(args.bundle / LIVE_FILE, bundle.items, encoder.embedding_dim) \
+        if (args.bundle / LIVE_FILE).is_file() else None
+    service = SearchService(encoder, bundle, QueryLimits(max_k=max(RECALL_AT)), live=live)
+    ranking = Ranking(SearchMode(args.mode), FusionMethod(args.hybrid_method), args.vector_weight)
+    result_options = ResultOptions(fusion=args.fuse)
+    try:
+        ranks = search_ranks(scored, lambda caption, k: [hit.item.uri for hit in service.search_text(
+            caption, Modality.IMAGE, k, options=result_options, ranking=ranking).hits],
+            progress=not args.no_progress, description="text → image by searching the bundle")
+    finally:
+        service.close()
+        if live is not None:
+            live.close()
+        bundle.close()
+    return RetrievalScores.of_ranks(ranks, None, images=len(scored.images), complete=False)
 
 
 def _loss(exact: RetrievalScores, served: RetrievalScores) -> dict[str, dict[str, float]]:
@@ -101,13 +147,16 @@ def _loss(exact: RetrievalScores, served: RetrievalScores) -> dict[str, dict[str
             for direction in ("text_to_image", "image_to_text")}
 
 
-def describe(record: dict[str, Any], scores: RetrievalScores, served: RetrievalScores | None) -> str:
+def describe(record: dict[str, Any], scores: RetrievalScores, served: RetrievalScores | None,
+             searched: RetrievalScores | None = None) -> str:
     """The figures as a table for people."""
     header = "".join(f"{f'R@{k}':>8}" for k in RECALL_AT) + f"{'mean rank':>11}"
     rows: list[tuple[str, dict[int, float], float | None]] = [
         ("text → image", scores.text_to_image, scores.text_to_image_mean_rank)]
     if served is not None:
         rows.append(("  via server", served.text_to_image, None))
+    if searched is not None:
+        rows.append(("  by search", searched.text_to_image, None))
     rows.append(("image → text", scores.image_to_text, scores.image_to_text_mean_rank))
     if served is not None and served.image_to_text:
         rows.append(("  via server", served.image_to_text, None))
@@ -117,5 +166,8 @@ def describe(record: dict[str, Any], scores: RetrievalScores, served: RetrievalS
         lines.append(f"{name:16}" + "".join(f"{recall[k]:8.4f}" for k in RECALL_AT)
                      + (f"{mean_rank:11.2f}" if mean_rank is not None else f"{'-':>11}"))
     if served is not None and not served.image_to_text:
-        lines.append("(the server holds no texts: image → text was not measured through it)")
+        lines.append("(image → text was not measured through the server: it holds no texts, or searches were "
+                     "given options)")
+    if searched is not None:
+        lines.append(f"by search: searches of the bundle with {record['search']['options'] or 'its defaults'}")
     return "\n".join(lines)

@@ -10,6 +10,7 @@ import torch
 from clipsearch.build import build
 from clipsearch.bundle import Bundle, load_bundle
 from clipsearch.encoder import OFFLINE_MODEL, ClipEncoder, load_encoder
+from clipsearch.fusion import Fusion
 from tests.corpora import make_image_corpus, make_text_corpus, tiny_config
 
 # The suite's references are PyTorch's own outputs, so servers and indexer runs it starts use PyTorch
@@ -48,6 +49,16 @@ def corpus_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def bundle_path(corpus_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("bundles") / "bundle"
     build(tiny_config(out, images=corpus_dir / "images", texts=corpus_dir / "texts.txt"))
+    return out
+
+
+@pytest.fixture(scope="session")
+def fused_bundle_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """24 images, every third captioned, built with --fuse image=0.7,caption=0.3."""
+    root = tmp_path_factory.mktemp("fused")
+    make_image_corpus(root / "images", 24)
+    out = root / "bundle"
+    build(tiny_config(out, images=root / "images", fuse=Fusion(0.7, 0.3)))
     return out
 
 

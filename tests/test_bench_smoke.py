@@ -136,3 +136,19 @@ def test_smoke_the_compaction_bench_folds_every_change_and_times_searches_before
         (compaction["prepare_s"] + compaction["write_s"]) / figures["written from vectors"]["seconds"], rel=2e-2)
     latency = figures["search latency"]
     assert latency["pending_p50_ms"] > 0 and latency["compacted_p50_ms"] > 0 and figures["reload"]["seconds"] > 0
+
+
+def test_smoke_the_search_bench_times_keyword_hybrid_and_fused_search_against_vector_search() -> None:
+    figures = run_bench("bench.search", "--items", "2000", "--dim", "32", "--batches", "1", "--repeats", "3",
+                        "--min-seconds", "0", "--device", "cpu", "--hybrid")
+    assert figures["keyword index build"]["items"] == 2000
+    for name in ("keyword search", "hybrid search", "fused search"):
+        assert figures[name]["vs_vector"] == pytest.approx(figures[name]["ms"] / figures[name]["vector_ms"], rel=1e-2)
+
+
+def test_smoke_the_fusion_bench_measures_every_configuration() -> None:
+    figures = run_bench("bench.fusion", "--scenes", "30", "--validation", "20")
+    assert figures["sets"]["test_images"] == 30 and figures["sets"]["test_queries"] == 90
+    assert 0.1 <= figures["validation sweep"]["best_caption_weight"] <= 0.9
+    last = figures["test text → image"]  # the last configuration: hybrid at the chosen vector weight
+    assert last["configuration"].startswith("hybrid") and 0 <= last["R@1"] <= last["R@5"] <= last["R@10"] <= 1

@@ -188,3 +188,25 @@ def test_through_a_server_that_cannot_be_reached_is_a_clear_error(tmp_path: Path
     pairs = make_paired_corpus(tmp_path / "pairs", 2)
     assert main(["eval", "--pairs", str(pairs), "--through", "http://127.0.0.1:9", "--no-progress"]) == 2
     assert "--through" in capsys.readouterr().err
+
+
+def test_eval_measures_searches_of_the_bundle_with_the_options_given(tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    pairs = make_paired_corpus(tmp_path / "pairs", 6)  # captions "caption 0 of pair N", "caption 1 of pair N"
+    bundle = tmp_path / "bundle"
+    assert main(["build", "--images", str(pairs), "--out", str(bundle), *TINY, "--fuse", "image=1,caption=1"]) == 0
+    tiny_without_model = [argument for argument in TINY if argument not in ("--model", "tiny")]
+    capsys.readouterr()
+    assert main(["eval", "--pairs", str(pairs), "--bundle", str(bundle), *tiny_without_model, "--mode", "keyword"]) == 0
+    assert "by search" in capsys.readouterr().out
+    keyword = read_manifest(bundle).evaluations[-1]["search"]
+    # The captions of pairs 2 to 5 hold a number found in no other image's: keyword search puts their
+    # image first. Pairs 0 and 1 share theirs with every "caption 0 of …" and "caption 1 of …".
+    assert keyword["options"] == {"mode": "keyword"}
+    assert keyword["text_to_image"]["R@1"] >= 10 / 12 and keyword["text_to_image"]["R@5"] == 1.0
+    assert main(["eval", "--pairs", str(pairs), "--bundle", str(bundle), *tiny_without_model, "--json",
+                 "--fuse", "image=1"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["search"]["options"] == {"fusion": {"image": 1.0, "caption": 0.0}}
+    # The picture alone, through the bundle's exact index, is the model's own text → image figure at k ≤ 10.
+    assert record["search"]["text_to_image"] == record["text_to_image"]

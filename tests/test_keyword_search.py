@@ -4,7 +4,6 @@ BM25 order from SQLite itself, reciprocal rank fusion worked by hand, filters an
 from __future__ import annotations
 
 import json
-import shutil
 import sqlite3
 from collections.abc import Iterator
 from contextlib import closing
@@ -28,6 +27,7 @@ from clipsearch.modality import Modality
 from clipsearch.query import ResultOptions
 from clipsearch.search import SearchService
 from tests.corpora import make_image_corpus, tiny_config
+from tests.live_services import live_service, private_copy
 
 WORDS = ["red", "blue", "bicycle", "car", "tower", "night", "rain", "dog", "sofa", "paris"]
 KEYWORD = Ranking(SearchMode.KEYWORD)
@@ -55,18 +55,13 @@ def base_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture()
 def live_path(base_path: Path, tmp_path: Path) -> Path:
-    copy = tmp_path / "bundle"
-    shutil.copytree(base_path, copy)
-    return copy
+    return private_copy(base_path, tmp_path)
 
 
 @pytest.fixture()
 def service(encoder: ClipEncoder, live_path: Path) -> Iterator[SearchService]:
-    bundle = load_bundle(live_path)
-    opened = SearchService(encoder, bundle, live=LiveLog(live_path / LIVE_FILE, bundle.items, encoder.embedding_dim))
-    yield opened
-    opened.close()
-    bundle.close()
+    with live_service(encoder, live_path) as opened:
+        yield opened
 
 
 def _bm25_order(items: list[Item], query: str, fields: tuple[str, ...] = ("album",)) -> list[int]:
@@ -179,6 +174,15 @@ def test_a_hybrid_search_is_the_rrf_of_the_vector_and_keyword_rankings(service: 
     assert all(hit.ranks is not None and hit.ranks.get("vector") == vector_rank.get(hit.item.id)
                for hit in hybrid.hits)
     assert hybrid.query is not None  # the vector part embedded the text
+
+
+def test_pages_of_a_hybrid_search_follow_on_and_take_a_filter(service: SearchService) -> None:
+    only = parse_filter({"key": "n", "range": {"gte": 10}})
+    whole = service.search_text("blue car", Modality.TEXT, 12, options=ResultOptions(filter=only), ranking=HYBRID)
+    pages = [service.search_text("blue car", Modality.TEXT, 4, options=ResultOptions(filter=only, offset=offset),
+                                 ranking=HYBRID) for offset in (0, 4, 8)]
+    assert [hit.item.id for page in pages for hit in page.hits] == [hit.item.id for hit in whole.hits]
+    assert all(hit.item.extra["n"] >= 10 for hit in whole.hits) and whole.matched == 31
 
 
 def test_weighted_hybrid_with_all_weight_on_vectors_keeps_the_vector_order(service: SearchService) -> None:

@@ -21,13 +21,13 @@ from hypothesis.stateful import (
 )
 
 from clipsearch.build import build
-from clipsearch.bundle import Bundle, load_bundle, rewrite_items
+from clipsearch.bundle import Bundle, rewrite_items
 from clipsearch.compaction import Compaction, CompactionPolicy
 from clipsearch.encoder import ClipEncoder
 from clipsearch.errors import BundleReplaced, InvalidQuery, ItemNotFound, LiveChangesPending
 from clipsearch.filters import parse_filter
 from clipsearch.item_store import Item
-from clipsearch.live import LIVE_FILE, LiveLog, count_live_changes
+from clipsearch.live import LIVE_FILE, count_live_changes
 from clipsearch.modality import Modality
 from clipsearch.query import QueryLimits, QueryVector, ResultOptions
 from clipsearch.search import Answer, SearchService
@@ -35,6 +35,7 @@ from clipsearch.topk import TopK
 from clipsearch.writes import CollectionWriter, ImageEntry, TextEntry, WriteLimits
 from tests.corpora import make_text_corpus, tiny_config
 from tests.imagefiles import image_bytes, noise_image
+from tests.live_services import close_live_service, open_live_service
 from tests.reference import assert_same_top_k, brute_force, filter_matches
 
 TEXTS = ["a red bicycle", "a dog on the beach", "snow on a mountain", "a cat asleep", "night in the city"]
@@ -43,17 +44,13 @@ TAGGED = {"key": "tag", "match": {"value": "a"}}
 
 
 def open_service(encoder: ClipEncoder, path: Path) -> tuple[Bundle, SearchService, CollectionWriter]:
-    bundle = load_bundle(path)
-    live = LiveLog(path / LIVE_FILE, bundle.items, encoder.embedding_dim)
-    service = SearchService(encoder, bundle, QueryLimits(max_k=50), live=live)
-    return bundle, service, CollectionWriter(service, WriteLimits(max_items=8))
+    service = open_live_service(encoder, path, QueryLimits(max_k=50))
+    return service.bundle, service, CollectionWriter(service, WriteLimits(max_items=8))
 
 
 def close_service(bundle: Bundle, service: SearchService) -> None:
-    service.close()
-    assert service.collection.live is not None
-    service.collection.live.close()
-    bundle.close()
+    assert service.bundle is bundle
+    close_live_service(service)
 
 
 @pytest.fixture()

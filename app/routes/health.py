@@ -44,7 +44,7 @@ def info(service: ServiceDep) -> InfoResponse:
         text_trim=service.encoder.text_trim is not None,
         mean_batch=service.pipeline.mean_batches(), bundle_created_at=manifest.created_at,
         evaluations=manifest.evaluations, live_changes=state.changes,
-        compactions=manifest.compactions)
+        compactions=manifest.compactions, fusion=manifest.fusion, keyword_fields=manifest.keyword_fields)
 
 
 @operations.get("/metrics", response_class=Response)

@@ -63,10 +63,12 @@ def search_image(file: UploadFile, service: ServiceDep, metrics: MetricsDep,
                  filter: Annotated[str | None, Form(description="A filter as in /search/text, as JSON text.")] = None,
                  offset: Annotated[int, Form(ge=0)] = 0,
                  dedup: Annotated[str | None, Form(description="'true', or a cosine threshold in (0, 1].")] = None,
+                 fusion: Annotated[str | None, Form(description="Image and caption weights as in /search/text, "
+                                                                "as JSON text.")] = None,
                  ) -> SearchResponse:
     """Find the items most similar to an uploaded image (multipart field `file`): image→image or image→text."""
     started = time.perf_counter()
-    options = result_options(_form_json(filter, "filter"), offset, _form_dedup(dedup))
+    options = result_options(_form_json(filter, "filter"), offset, _form_dedup(dedup), _form_json(fusion, "fusion"))
     data = file.file.read()  # held in memory: the multipart parser is told not to spool uploads to disk
     answer = service.search_image(data, target, k, options=options)
     metrics.observe_answer(answer, target)
@@ -88,7 +90,7 @@ def search_composed(request: ComposedSearchRequest, service: ServiceDep, metrics
     shares = None
     if request.explain:
         # One share per term as given; a zero-weight term was never embedded and contributes 0.
-        computed = iter(service.term_shares(query, answer.hits).T.tolist())
+        computed = iter(service.term_shares(query, answer.hits, service.fusion_for(request.target, options)).T.tolist())
         by_term = [next(computed) if term.weight != 0 else [0.0] * len(answer.hits) for term in request.queries]
         shares = [list(row) for row in zip(*by_term, strict=True)] if answer.hits else []
     return _respond(answer, started, options, shares)

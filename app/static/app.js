@@ -58,6 +58,10 @@ function resultOptions(offset) {
   const filter = filterJson();
   if (filter) options.filter = filter;
   if ($("dedup").checked) options.dedup = true;
+  if (!$("caption-weight-label").hidden && target() === "image") {
+    const caption = Number($("caption-weight").value);
+    options.fusion = { image: Math.round((1 - caption) * 10) / 10, caption };
+  }
   return options;
 }
 
@@ -160,6 +164,7 @@ async function runQuery(offset) {
     data.append("offset", String(offset));
     if (options.filter) data.append("filter", JSON.stringify(options.filter));
     if (options.dedup) data.append("dedup", "true");
+    if (options.fusion) data.append("fusion", JSON.stringify(options.fusion));
     return request("/search/image", { method: "POST", body: data });
   }
   const { queries, names } = await queryTerms();
@@ -287,6 +292,14 @@ function render(hits, termNames, append = false) {
       shares.title = "Each part of the query's share of the score";
       body.append(shares);
     }
+    if (hit.fused) {
+      // A fused collection: what the picture and the caption each add to the score.
+      const parts = document.createElement("span");
+      parts.className = "fused";
+      parts.textContent = Object.entries(hit.fused).map(([part, value]) => `${part} ${value.toFixed(3)}`).join(" + ");
+      parts.title = "What the image and its caption each add to the score";
+      body.append(parts);
+    }
     if (hit.ranks) {
       // Keyword and hybrid searches: which ranking found this result, and where in it.
       const ranks = document.createElement("span");
@@ -338,6 +351,10 @@ form.addEventListener("submit", (event) => {
 });
 $("add-filter").addEventListener("click", addFilter);
 $("dedup").addEventListener("change", () => search());
+$("caption-weight").addEventListener("input", () => {
+  $("caption-weight-value").textContent = $("caption-weight").value;
+});
+$("caption-weight").addEventListener("change", () => search());
 $("more").addEventListener("click", () => search(true));
 fileInput.addEventListener("change", () => { useFile(fileInput.files[0]); fileInput.value = ""; });
 $("clear-image").addEventListener("click", () => { setImageQuery(null); if (textInput.value.trim()) search(); });
@@ -371,6 +388,11 @@ $("key-form").addEventListener("submit", (event) => {
 const loadInfo = () => request("/info").then((info) => {
   const counts = Object.entries(info.counts).map(([modality, count]) => `${count} ${modality}s`).join(", ");
   $("info").textContent = `${counts} · ${info.model}${info.pretrained ? ` (${info.pretrained})` : ""} on ${info.device}`;
+  if (info.fusion) {  // the collection stores caption vectors: offer their weight, starting at its own
+    $("caption-weight").value = String(Math.round(info.fusion.caption * 10) / 10);
+    $("caption-weight-value").textContent = $("caption-weight").value;
+    $("caption-weight-label").hidden = false;
+  }
   setStatus("");
 }).catch((error) => setStatus(`The server is not ready: ${error.message}`, true));
 loadInfo();

@@ -10,6 +10,9 @@ from typing import Any
 
 import pytest
 
+from app.settings import Settings
+from tests.app.serving import LIMITS, serve
+
 CHROMIUM = os.environ.get("CLIPSEARCH_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 
@@ -233,4 +236,22 @@ def test_a_locked_server_asks_for_the_key_and_then_works(browser: Any, bundle_pa
         locked.press("#query-text", "Enter")
         sync_api.expect(status(locked)).to_contain_text("results in")
         locked.wait_for_function("document.querySelector('.card img').naturalWidth > 0")
+        context.close()
+
+
+def test_a_fused_collection_offers_a_caption_weight_and_shows_each_parts_share(browser: Any,
+                                                                               fused_bundle_path: Path) -> None:
+    with serve(Settings(bundle_path=fused_bundle_path, device="cpu", **LIMITS)) as url:  # type: ignore[arg-type]
+        context = browser.new_context(viewport={"width": 1280, "height": 900})
+        page = context.new_page()
+        page.goto(url)
+        sync_api.expect(page.locator("#caption-weight-label")).to_be_visible()
+        sync_api.expect(page.locator("#caption-weight-value")).to_have_text("0.3")
+        page.fill("#query-text", "caption of picture 9")
+        page.press("#query-text", "Enter")
+        sync_api.expect(page.locator(".card .fused").first).to_contain_text("image")
+        page.locator("#caption-weight").fill("1")
+        first = page.locator(".card").first
+        sync_api.expect(first.locator(".caption")).to_have_text("caption of picture 9")
+        sync_api.expect(first.locator(".fused")).to_have_text("image 0.000 + caption 1.000")
         context.close()
