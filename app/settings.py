@@ -28,6 +28,8 @@ class Settings(BaseSettings):
 
     bundle_path: Path = Field(Path("bundle"), description="The bundle directory the indexer wrote.")
     device: str = Field("auto", description="'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'.")
+    devices: str = Field("", description="Where exact and GPU indices are held, split across them when several: "
+                         "'cuda:0,cuda:1'; empty: every visible GPU when the model runs on one, else its device.")
     checkpoint: Path | None = Field(None, description="The local checkpoint file, for bundles built from one.")
     verify_checksums: bool = Field(True, description="Hash every bundle file at start-up (slower on huge bundles).")
     max_k: int = Field(_LIMITS.max_k, ge=1, description="Most results one query may ask for.")

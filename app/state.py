@@ -34,6 +34,7 @@ from clipsearch.item_store import Item
 from clipsearch.live import LIVE_FILE, LiveLog
 from clipsearch.manifest import MANIFEST_FILE, check_model, read_manifest
 from clipsearch.search import SearchService
+from clipsearch.sharding import parse_devices
 from clipsearch.writes import UNCHANGED, CollectionWriter, ImageEntry, TextEntry
 
 log = logging.getLogger(__name__)
@@ -111,7 +112,8 @@ class ServiceState:
             live = self._open_live_log(bundle, encoder.embedding_dim)
             service = SearchService(encoder, bundle, settings.limits, use_gpu=self._use_gpu(encoder),
                                     batching=settings.batching, filter_cache_size=settings.filter_cache_size,
-                                    rrf_k=settings.rrf_k, live=live)
+                                    rrf_k=settings.rrf_k, live=live,
+                                    devices=parse_devices(settings.devices, encoder.device))
         except BaseException:
             bundle.close()
             raise

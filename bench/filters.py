@@ -30,7 +30,7 @@ import numpy as np
 from bench.common import emit, latency_summary, ratio, time_calls, unit_vectors
 from clipsearch import index as faiss_index
 from clipsearch.encoder import resolve_device
-from clipsearch.exact import ExactIndex
+from clipsearch.exact import ExactIndex, RowSubset
 from clipsearch.filters import parse_filter
 from clipsearch.item_store import Item, ItemStore, write_items
 from clipsearch.modality import Modality
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
                      prepare_ms=prepare_s * 1000, unfiltered_ms=plain["p50_ms"], filtered_ms=filtered["p50_ms"],
                      vs_unfiltered=ratio(filtered["p50_ms"], plain["p50_ms"]), recall_at_k=recall,
                      path="selector" if getattr(allowed, "selector", None) is not None else
-                     "mask" if allowed.rows is not None and allowed.rows.bias is not None else "direct")
+                     "mask" if isinstance(allowed.rows, RowSubset) and allowed.rows.bias is not None else "direct")
         store.close()
     return 1 if failures else 0
 

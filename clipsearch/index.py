@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -212,10 +213,20 @@ def _ivf_of(index: faiss.Index) -> Any:
 
 def to_gpu(index: faiss.Index) -> faiss.Index:
     """A copy of `index` on GPU 0 (faiss-gpu only)."""
-    resources = faiss.StandardGpuResources()
-    gpu_index = faiss.index_cpu_to_gpu(resources, 0, index)
-    gpu_index.referenced_resources = resources  # type: ignore[attr-defined]  # keep the resources alive as long as the index
-    return gpu_index
+    return to_gpus(index, [0])
+
+
+def to_gpus(index: faiss.Index, gpus: Sequence[int]) -> faiss.Index:
+    """A copy of `index` split across `gpus` (faiss-gpu only): each holds a shard of the vectors,
+    every search runs on all of them and FAISS merges the top k. One GPU: a plain copy there."""
+    if len(gpus) == 1:
+        resources = faiss.StandardGpuResources()
+        gpu_index = faiss.index_cpu_to_gpu(resources, gpus[0], index)
+        gpu_index.referenced_resources = resources  # type: ignore[attr-defined]  # kept alive with the index
+        return gpu_index
+    options = faiss.GpuMultipleClonerOptions()
+    options.shard = True
+    return faiss.index_cpu_to_gpus_list(index, co=options, gpus=list(gpus))
 
 
 def _sample(vectors: np.ndarray, count: int, seed: int = 1234) -> np.ndarray:

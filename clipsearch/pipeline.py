@@ -123,6 +123,8 @@ class QueryPipeline:
     def close(self) -> None:
         for batcher in self._batchers():
             batcher.close()
+        for searcher in [*self.searchers.values(), *([self.fused] if self.fused is not None else [])]:
+            searcher.close()
 
     def _batchers(self) -> list[MicroBatcher[Any, Any]]:
         fused = [] if self._fused_search is None else [self._fused_search]

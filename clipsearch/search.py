@@ -30,7 +30,6 @@ from clipsearch.bundle import Bundle
 from clipsearch.collection import Collection, Hit
 from clipsearch.encoder import ClipEncoder
 from clipsearch.errors import BundleError, InvalidQuery, ModalityUnavailable, ServiceBusy
-from clipsearch.exact import ExactIndex
 from clipsearch.filters import Filter
 from clipsearch.fusion import Fusion, fused_rows
 from clipsearch.hybrid import (
@@ -62,7 +61,7 @@ from clipsearch.query import (
     check_text,
     weighted_sum,
 )
-from clipsearch.searchers import Allowed, ExactSearcher, FaissSearcher, Searcher, searcher_for
+from clipsearch.searchers import Allowed, ExactSearcher, Searcher, searcher_for
 from clipsearch.topk import TopK
 from clipsearch.uploads import UploadDecoder
 from clipsearch.zero_shot import LabelScore, ZeroShotClassifier
@@ -119,12 +118,16 @@ class SearchService:
 
     def __init__(self, encoder: ClipEncoder, bundle: Bundle, limits: QueryLimits | None = None,
                  use_gpu: bool = False, batching: Batching | None = None, filter_cache_size: int = 64,
-                 live: LiveLog | None = None, rrf_k: int = DEFAULT_RRF_K) -> None:
+                 live: LiveLog | None = None, rrf_k: int = DEFAULT_RRF_K,
+                 devices: Sequence[torch.device] | None = None) -> None:
+        """`devices`: where exact indices are held, split across them when several (default: the
+        model's device; clipsearch.sharding)."""
         limits, batching = limits or QueryLimits(), batching or Batching()
         self.encoder, self.bundle, self.limits, self.rrf_k = encoder, bundle, limits, rrf_k
         self.collection = Collection(bundle, live)
+        self.devices = list(devices or [encoder.device])
         searchers = {modality: searcher_for(index, bundle.manifest.modalities[modality].index.exact,
-                                            encoder.device, use_gpu)
+                                            self.devices, use_gpu)
                      for modality, index in bundle.indices.items()}
         self.fusion = bundle.fusion
         self.pipeline = QueryPipeline(encoder, searchers, batching,
@@ -155,18 +158,17 @@ class SearchService:
             return None
         fused_index = self.bundle.fused_index
         if fused_index is not None:
-            return FaissSearcher(faiss_index.to_gpu(fused_index), cpu_index=fused_index) if use_gpu \
-                else FaissSearcher(fused_index)
+            return searcher_for(fused_index, False, self.devices, use_gpu)
         if not isinstance(image, ExactSearcher):
             raise BundleError("a fused bundle needs its exact image index searched as a resident matrix, and it did "
-                              f"not fit on {self.encoder.device}")
+                              f"not fit on {', '.join(map(str, self.devices))}")
         ids = image.index.row_ids
         rows = self.collection.base_fused_rows(ids, image.index.vectors())
         try:
-            return ExactSearcher(ExactIndex(rows, ids, self.encoder.device))
+            return image.like(rows)
         except torch.OutOfMemoryError:
             raise BundleError(f"the fused rows of {len(ids)} images ({rows.nbytes / 2**30:.1f} GiB in fp32) do not "
-                              f"fit on {self.encoder.device}") from None
+                              f"fit on {', '.join(map(str, self.devices))}") from None
 
     def fusion_for(self, target: Modality, options: ResultOptions) -> Fusion | None:
         """The weights a search of `target` fuses image and caption with: the query's, else the

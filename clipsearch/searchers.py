@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -18,6 +19,7 @@ import torch
 
 from clipsearch import index as faiss_index
 from clipsearch.exact import ExactIndex, RowSubset
+from clipsearch.sharding import ShardedExactIndex, ShardedRows
 from clipsearch.topk import TopK
 
 log = logging.getLogger(__name__)
@@ -37,7 +39,7 @@ class Allowed:
     rows of a resident matrix, or a FAISS ID selector. Made once per filter and reused."""
 
     ids: np.ndarray
-    rows: RowSubset | None = None
+    rows: RowSubset | ShardedRows | None = None
     selector: Any = None
 
     def __len__(self) -> int:
@@ -52,20 +54,43 @@ class Searcher(Protocol):
 
     def search(self, queries: np.ndarray, k: int, allowed: Allowed | None = None) -> TopK: ...
 
+    def close(self) -> None: ...
+
 
 class ExactSearcher:
-    """A Flat index held as one matrix on `device` and searched with one GEMM plus top-k; a filter
-    becomes a mask over its rows (FAISS's GPU indices ignore ID selectors, so this is ours)."""
+    """A Flat index held as one matrix on `device` (or split across several devices,
+    clipsearch.sharding) and searched with one GEMM plus top-k; a filter becomes a mask over its
+    rows (FAISS's GPU indices ignore ID selectors, so this is ours)."""
 
-    def __init__(self, index: ExactIndex) -> None:
+    def __init__(self, index: ExactIndex | ShardedExactIndex) -> None:
         self.index = index
 
     def allow(self, ids: np.ndarray) -> Allowed:
+        if isinstance(self.index, ShardedExactIndex):
+            sharded = self.index.subset(ids)
+            return Allowed(self.index.ids_of(sharded), rows=sharded)
         rows = self.index.subset(ids)
         return Allowed(self.index.ids_of(rows), rows=rows)
 
     def search(self, queries: np.ndarray, k: int, allowed: Allowed | None = None) -> TopK:
-        return self.index.search(queries, k, None if allowed is None else allowed.rows)
+        rows = None if allowed is None else allowed.rows
+        if isinstance(self.index, ShardedExactIndex):
+            assert rows is None or isinstance(rows, ShardedRows)
+            return self.index.search(queries, k, rows)
+        assert rows is None or isinstance(rows, RowSubset)
+        return self.index.search(queries, k, rows)
+
+    def close(self) -> None:
+        if isinstance(self.index, ShardedExactIndex):
+            self.index.close()
+
+    def like(self, vectors: np.ndarray) -> ExactSearcher:
+        """A searcher of other rows (float32 (ntotal, d')) for the same ids, split as this one is, so
+        that the items a filter allows here are allowed there too."""
+        if isinstance(self.index, ShardedExactIndex):
+            devices = [shard.device for shard in self.index.shards]
+            return ExactSearcher(ShardedExactIndex(vectors, self.index.row_ids, devices))
+        return ExactSearcher(ExactIndex(vectors, self.index.row_ids, self.index.device))
 
 
 class FaissSearcher:
@@ -96,6 +121,9 @@ class FaissSearcher:
             return faiss_index.search(self.cpu_index, queries, k, allowed.selector,
                                       fraction=len(allowed) / max(1, self.cpu_index.ntotal))
 
+    def close(self) -> None:
+        """Nothing to release: the index belongs to the bundle."""
+
     def _direct(self, count: int) -> bool:
         return count <= min(DIRECT_MAX_IDS, self.cpu_index.ntotal // 8)
 
@@ -112,15 +140,21 @@ def _score_all(vectors: np.ndarray, ids: np.ndarray, queries: np.ndarray, k: int
     return TopK(np.take_along_axis(scores, best, axis=1).astype(np.float32), ids[best])
 
 
-def searcher_for(index: faiss.Index, exact: bool, device: torch.device, use_gpu: bool) -> Searcher:
-    """The fastest searcher that gives `index`'s own answer on `device`."""
+def searcher_for(index: faiss.Index, exact: bool, devices: Sequence[torch.device], use_gpu: bool) -> Searcher:
+    """The fastest searcher that gives `index`'s own answer on `devices` (several: the index is
+    split across them, clipsearch.sharding)."""
     if exact and index.ntotal > 0:
         try:
-            return ExactSearcher(ExactIndex.from_faiss(index, device))
+            if len(devices) > 1:
+                return ExactSearcher(ShardedExactIndex.from_faiss(index, devices))
+            return ExactSearcher(ExactIndex.from_faiss(index, devices[0]))
         except torch.OutOfMemoryError:
-            # Six bytes per dimension per item must fit on the GPU; when they do not, FAISS on the
+            # Six bytes per dimension per item must fit on the GPUs; when they do not, FAISS on the
             # CPU still answers exactly, only slower.
             log.warning("the exact index (%d vectors) does not fit on %s; searching it with FAISS on the CPU",
-                        index.ntotal, device)
+                        index.ntotal, ", ".join(map(str, devices)))
             return FaissSearcher(index)
-    return FaissSearcher(faiss_index.to_gpu(index), cpu_index=index) if use_gpu else FaissSearcher(index)
+    if not use_gpu:
+        return FaissSearcher(index)
+    gpus = [device.index or 0 for device in devices if device.type == "cuda"]
+    return FaissSearcher(faiss_index.to_gpus(index, gpus or [0]), cpu_index=index)

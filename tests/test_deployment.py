@@ -61,6 +61,24 @@ def test_every_server_variable_in_compose_is_a_setting_and_vice_versa() -> None:
     assert all(name in readme for name in known), "every setting is documented in README"
 
 
+def test_the_replicas_profile_spreads_searches_over_read_replicas_and_sends_writes_to_one_writer() -> None:
+    services = load("docker-compose.yml")["services"]
+    replica, proxy = services["api-replica"], services["proxy"]
+    assert replica["profiles"] == proxy["profiles"] == ["replicas"]
+    assert replica["deploy"]["replicas"] == "${CLIPSEARCH_REPLICAS:-3}" and replica["ports"] == []
+    assert replica["environment"]["CLIPSEARCH_AUTO_COMPACT"] == "false"  # the writer compacts
+    assert replica["volumes"] == services["api"]["volumes"] and replica["image"] == services["api"]["image"]
+
+    def settings_of(service: dict[str, Any]) -> dict[str, Any]:
+        return {name: value for name, value in service["environment"].items() if name != "CLIPSEARCH_AUTO_COMPACT"}
+    assert settings_of(replica) == settings_of(services["api"])  # one definition: the replicas serve as `api` does
+    conf = proxy["environment"]["NGINX_CONF"]
+    assert "location /items { set $$writer http://api:8000;" in conf
+    assert "location / { set $$replicas http://api-replica:8000;" in conf
+    assert "resolver 127.0.0.11" in conf and proxy["ports"] == ["${CLIPSEARCH_PROXY_PORT:-8080}:8080"]
+    assert set(proxy["depends_on"]) == {"api", "api-replica"}
+
+
 def test_the_default_override_gives_both_services_the_gpu() -> None:
     services = load("docker-compose.override.yml")["services"]
     for service in ("indexer", "api"):
@@ -82,11 +100,13 @@ def test_the_dockerfile_builds_gpu_and_cpu_images_without_build_tools_at_runtime
     assert runtime.rstrip().endswith('CMD ["python", "-m", "app"]')
 
 
-@pytest.mark.parametrize("files", [["docker-compose.yml"], ["docker-compose.yml", "docker-compose.override.yml"]])
+@pytest.mark.parametrize("files", [["docker-compose.yml"], ["docker-compose.yml", "docker-compose.override.yml"],
+                                   ["docker-compose.yml", "docker-compose.override.yml", "--profile", "replicas"]])
 def test_docker_compose_accepts_the_files(files: list[str]) -> None:
     if shutil.which("docker-compose") is None:
         pytest.skip("docker-compose is not installed (apt-get install docker-compose)")
-    arguments = [argument for name in files for argument in ("-f", str(ROOT / name))]
+    arguments = [argument for name in files
+                 for argument in ((name,) if name.startswith("--") or name == "replicas" else ("-f", str(ROOT / name)))]
     checked = subprocess.run(["docker-compose", *arguments, "config", "-q"], capture_output=True, text=True,
                              cwd=ROOT)
     assert checked.returncode == 0, checked.stderr

@@ -11,6 +11,7 @@ import torch
 from clipsearch.exact import DIRECT_FRACTION, ExactIndex
 from clipsearch.index import build_index
 from clipsearch.searchers import ExactSearcher, FaissSearcher, Searcher
+from clipsearch.sharding import ShardedExactIndex
 from tests.reference import assert_same_top_k, brute_force, unit_vectors
 
 COUNT, DIM = 4000, 32
@@ -38,11 +39,15 @@ def _searchers(vectors: np.ndarray, ids: np.ndarray) -> dict[str, Searcher]:
     flat, _ = build_index(vectors, ids, "Flat")
     return {"exact fp32": ExactSearcher(ExactIndex(vectors, ids)),
             "exact fp16 with rescoring": ExactSearcher(ExactIndex(vectors, ids, scan_dtype=torch.float16)),
+            "exact split over 3 shards": ExactSearcher(ShardedExactIndex(vectors, ids, ["cpu"] * 3)),
+            "exact fp16 split over 2 shards": ExactSearcher(ShardedExactIndex(vectors, ids, ["cpu"] * 2,
+                                                                              torch.float16)),
             "faiss flat": FaissSearcher(flat)}
 
 
 @pytest.mark.parametrize("share", [0.6, 1 / (2 * DIRECT_FRACTION), 0.002])
-@pytest.mark.parametrize("name", ["exact fp32", "exact fp16 with rescoring", "faiss flat"])
+@pytest.mark.parametrize("name", ["exact fp32", "exact fp16 with rescoring", "exact split over 3 shards",
+                                  "exact fp16 split over 2 shards", "faiss flat"])
 def test_filtered_exact_search_equals_brute_force_over_the_allowed_items(
         corpus: tuple[np.ndarray, np.ndarray], share: float, name: str) -> None:
     vectors, ids = corpus
