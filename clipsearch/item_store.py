@@ -55,10 +55,15 @@ class ItemStore:
 
     def __init__(self, path: Path) -> None:
         # immutable=1: the file never changes under us, so SQLite skips locking entirely.
-        self._connection = sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True, check_same_thread=False)
+        self._uri = f"file:{path}?mode=ro&immutable=1"
+        self._connection = sqlite3.connect(self._uri, uri=True, check_same_thread=False)
         self._lock = threading.Lock()
         self._keyword_documents: int | None = None
         """Rows of the keyword tables (None until the first keyword search): the file never changes."""
+        # A keyword search may score for a second; it gets a connection of its own in each thread,
+        # so that it never holds up the item lookups every search makes, nor another keyword search.
+        self._threads = threading.local()
+        self._keyword_connections: list[sqlite3.Connection] = []
 
     def get(self, item_id: int) -> Item | None:
         return self.get_many([item_id]).get(item_id)
@@ -85,15 +90,22 @@ class ItemStore:
                        params: Sequence[Any] = (), limit: int = 10) -> tuple[np.ndarray, np.ndarray]:
         """The best `limit` items of `modality` for a keyword query where `condition` holds
         (clipsearch.keywords.search); InvalidQuery on `mode` for a bundle built without keyword tables."""
-        with self._lock:
-            if self._keyword_documents is None:
-                if not keywords.has_tables(self._connection):
-                    raise InvalidQuery("mode", "this bundle was built before keyword search existed; build it "
-                                               "again, or run `python -m indexer compact` on it, to add its keyword "
-                                               "index")
-                self._keyword_documents = keywords.document_count(self._connection)
-            return keywords.search(self._connection, query, modality, condition, params, limit,
-                                   self._keyword_documents)
+        connection = self._keyword_connection()
+        if self._keyword_documents is None:
+            if not keywords.has_tables(connection):
+                raise InvalidQuery("mode", "this bundle was built before keyword search existed; build it "
+                                           "again, or run `python -m indexer compact` on it, to add its keyword index")
+            self._keyword_documents = keywords.document_count(connection)
+        return keywords.search(connection, query, modality, condition, params, limit, self._keyword_documents)
+
+    def _keyword_connection(self) -> sqlite3.Connection:
+        connection: sqlite3.Connection | None = getattr(self._threads, "connection", None)
+        if connection is None:
+            connection = sqlite3.connect(self._uri, uri=True, check_same_thread=False)
+            self._threads.connection = connection
+            with self._lock:
+                self._keyword_connections.append(connection)
+        return connection
 
     def __iter__(self) -> Iterator[Item]:
         with self._lock:
@@ -101,7 +113,9 @@ class ItemStore:
         return (_item_from_row(row) for row in rows)
 
     def close(self) -> None:
-        self._connection.close()
+        with self._lock:
+            for connection in [self._connection, *self._keyword_connections]:
+                connection.close()
 
 
 def write_items(path: Path, items: Iterable[Item], keyword_fields: Sequence[str] = ()) -> None:
