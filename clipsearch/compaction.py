@@ -46,11 +46,12 @@ from clipsearch.bundle import (
     ModalityContent,
     load_bundle,
     recover_interrupted_swaps,
+    rewrite_items,
     write_compacted,
 )
 from clipsearch.errors import CannotCompact, IndexSettingsInvalid
 from clipsearch.fusion import fused_rows_by_id
-from clipsearch.item_store import Item
+from clipsearch.item_store import ITEMS_FILE, Item, ItemStore
 from clipsearch.live import LIVE_FILE, Carried, LiveLog, LiveState
 from clipsearch.manifest import compaction_lock
 from clipsearch.modality import Modality
@@ -96,8 +97,12 @@ class CompactionSummary:
     commit_s: float = 0.0
     writes_held_s: float = 0.0
     """How long writes waited: from copying what was written meanwhile to the swap."""
+    keyword_tables_added: bool = False
+    """The base predated keyword search: its items were written again with their keyword tables."""
 
     def describe(self) -> str:
+        if self.keyword_tables_added:
+            return "no live changes to fold; the items were written again with their keyword tables"
         if not self.folded:
             return f"not compacted: {self.found} live changes, too few to be due" if self.found else \
                 "nothing to compact: the bundle holds no live changes"
@@ -301,6 +306,20 @@ def compact(path: Path, policy: CompactionPolicy | None = None, use_gpu: bool = 
         compaction = Compaction(path, policy, use_gpu)
         try:
             compaction.prepare(only_if_due)
-            return compaction.commit()
+            summary = compaction.commit()
         finally:
             compaction.close()
+        if not summary.found and not _has_keyword_tables(path):
+            # A base from before keyword search, with nothing to fold: a compaction writes the items,
+            # and their keyword tables with them, so this one does only that.
+            rewrite_items(path, lambda item: item)
+            summary.keyword_tables_added = True
+        return summary
+
+
+def _has_keyword_tables(path: Path) -> bool:
+    store = ItemStore(path / ITEMS_FILE)
+    try:
+        return store.has_keyword_tables()
+    finally:
+        store.close()

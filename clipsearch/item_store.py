@@ -98,6 +98,10 @@ class ItemStore:
             self._keyword_documents = keywords.document_count(connection)
         return keywords.search(connection, query, modality, condition, params, limit, self._keyword_documents)
 
+    def has_keyword_tables(self) -> bool:
+        """Whether the file holds keyword tables (bundles written before keyword search do not)."""
+        return keywords.has_tables(self._keyword_connection())
+
     def _keyword_connection(self) -> sqlite3.Connection:
         connection: sqlite3.Connection | None = getattr(self._threads, "connection", None)
         if connection is None:

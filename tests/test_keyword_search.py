@@ -7,6 +7,7 @@ import json
 import sqlite3
 from collections.abc import Iterator
 from contextlib import closing
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -19,10 +20,12 @@ from clipsearch.collection import Hit
 from clipsearch.compaction import compact
 from clipsearch.encoder import ClipEncoder
 from clipsearch.errors import InvalidQuery
+from clipsearch.files import file_sha256
 from clipsearch.filters import parse_filter
 from clipsearch.hybrid import HYBRID_DEPTH, FusionMethod, RankedList, Ranking, SearchMode, fuse
-from clipsearch.item_store import Item
+from clipsearch.item_store import ITEMS_FILE, Item
 from clipsearch.live import LIVE_FILE, LiveLog, NewItem
+from clipsearch.manifest import MANIFEST_FILE, FileRecord, read_manifest
 from clipsearch.modality import Modality
 from clipsearch.query import ResultOptions
 from clipsearch.search import SearchService
@@ -227,3 +230,31 @@ def test_a_compaction_folds_live_items_into_the_bases_keyword_index(encoder: Cli
         assert any(item.text == "red zeppelin over the tower" for item in texts)
     finally:
         compacted.close()
+
+
+def test_compacting_a_bundle_from_before_keyword_search_adds_its_keyword_tables(live_path: Path) -> None:
+    items = live_path / ITEMS_FILE
+    with closing(sqlite3.connect(items)) as connection:  # as a bundle written before keyword search
+        for table in (keywords.VOCABULARY_TABLE, keywords.WORDS_TABLE, keywords.TRIGRAMS_TABLE):
+            connection.execute(f"DROP TABLE {table}")
+        connection.commit()
+        connection.execute("VACUUM")
+    manifest = read_manifest(live_path)
+    record = FileRecord(sha256=file_sha256(items), bytes=items.stat().st_size)
+    (live_path / MANIFEST_FILE).write_text(replace(manifest, files={**manifest.files, ITEMS_FILE: record}).to_json())
+    old = load_bundle(live_path)
+    try:
+        with pytest.raises(InvalidQuery, match="indexer compact"):
+            old.items.keyword_search(keywords.compile_query("red"), Modality.TEXT)
+    finally:
+        old.close()
+    summary = compact(live_path)
+    assert summary is not None and summary.keyword_tables_added and "keyword tables" in summary.describe()
+    upgraded = load_bundle(live_path)  # checksums verified
+    try:
+        ids, _ = upgraded.items.keyword_search(keywords.compile_query("red bicycle"), Modality.TEXT, limit=100)
+        assert ids.tolist() == _bm25_order(list(upgraded.items), "red bicycle")
+    finally:
+        upgraded.close()
+    again = compact(live_path)
+    assert again is not None and not again.keyword_tables_added
