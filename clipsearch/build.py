@@ -315,14 +315,8 @@ def _caption_vectors(encoder: ClipEncoder, items: list[Item], config: BuildConfi
     """The ids (ascending) and caption vectors of the captioned image items."""
     captioned = sorted((item for item in items if item.modality is Modality.IMAGE and (item.text or "").strip()),
                        key=lambda item: item.id)
-    vectors = np.zeros((len(captioned), encoder.embedding_dim), np.float32)
-    bar = tqdm(total=len(captioned), unit="caption", desc="encoding captions", disable=not config.progress,
-               dynamic_ncols=True)
-    for start in range(0, len(captioned), config.batch_size):
-        batch = captioned[start:start + config.batch_size]
-        vectors[start:start + len(batch)] = encoder.encode_texts([item.text or "" for item in batch])
-        bar.update(len(batch))
-    bar.close()
+    vectors = encoder.encode_texts_in_batches([item.text or "" for item in captioned], config.batch_size,
+                                              config.progress, unit="caption")
     return np.array([item.id for item in captioned], dtype=np.int64), vectors
 
 

@@ -15,6 +15,7 @@ import numpy as np
 import open_clip
 import torch
 from PIL import Image
+from tqdm import tqdm
 
 from clipsearch.errors import ModelLoadError
 from clipsearch.files import file_sha256
@@ -135,6 +136,17 @@ class ClipEncoder:
             forward = self._text_graphs[tokens.shape[1]]
         with torch.inference_mode():
             return _normalised_float32(forward(tokens.to(self.device)))
+
+    def encode_texts_in_batches(self, texts: Sequence[str], batch_size: int, progress: bool = False,
+                                unit: str = "text") -> np.ndarray:
+        """encode_texts over many texts, `batch_size` at a time (a progress bar with `progress`)."""
+        vectors = np.zeros((len(texts), self.embedding_dim), dtype=np.float32)
+        with tqdm(total=len(texts), unit=unit, desc=f"encoding {unit}s", disable=not progress,
+                  dynamic_ncols=True) as bar:
+            for start in range(0, len(texts), batch_size):
+                vectors[start:start + batch_size] = self.encode_texts(texts[start:start + batch_size])
+                bar.update(min(batch_size, len(texts) - start))
+        return vectors
 
     def enable_cuda_graphs(self, max_batch: int) -> bool:
         """Replay both towers from CUDA graphs for batches up to `max_batch`; True if that worked.

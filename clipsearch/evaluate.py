@@ -203,13 +203,7 @@ def encoder_functions(encoder: ClipEncoder, batch_size: int, workers: int, max_p
         return stacked, unusable
 
     def encode_texts(texts: Sequence[str]) -> np.ndarray:
-        with tqdm(total=len(texts), unit="caption", desc="encoding captions", disable=not progress,
-                  dynamic_ncols=True) as bar:
-            parts = []
-            for start in range(0, len(texts), batch_size):
-                parts.append(encoder.encode_texts(texts[start:start + batch_size]))
-                bar.update(len(parts[-1]))
-        return np.concatenate(parts)
+        return encoder.encode_texts_in_batches(texts, batch_size, progress, unit="caption")
 
     return encode_images, encode_texts
 

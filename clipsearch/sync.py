@@ -94,7 +94,7 @@ def sync(bundle: Bundle, live: LiveLog, encoder: ClipEncoder, sources: SyncSourc
         plans.append(plan)
     writes = [item for plan in plans for item in plan.writes]
     if bundle.fusion is not None:
-        writes = with_caption_vectors(writes, lambda texts: list(_encode_texts(encoder, texts, batch_size)))
+        writes = with_caption_vectors(writes, lambda texts: list(encoder.encode_texts_in_batches(texts, batch_size)))
     live.apply(writes, [item_id for plan in plans for item_id in plan.deletes], new_stats)
     summary.elapsed_s = time.perf_counter() - started
     return summary
@@ -196,11 +196,6 @@ def _embed(plan: _Plan, modality: Modality, encoder: ClipEncoder, batch_size: in
             summary.updated += existing is not None
         bar.update(len(batch.outcomes))
     bar.close()
-
-
-def _encode_texts(encoder: ClipEncoder, texts: list[str], batch_size: int) -> np.ndarray:
-    return np.concatenate([encoder.encode_texts(texts[start:start + batch_size])
-                           for start in range(0, len(texts), batch_size)])
 
 
 def _content_hash(source: SourceItem, stats: dict[str, tuple[int, int, str]],

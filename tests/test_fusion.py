@@ -27,9 +27,10 @@ from clipsearch.live import LIVE_FILE, LiveLog, NewItem
 from clipsearch.modality import Modality
 from clipsearch.query import QueryVector, ResultOptions, TextTerm
 from clipsearch.search import SearchService
+from clipsearch.sync import SyncSources, sync
 from clipsearch.writes import CollectionWriter, ImageEntry
 from tests.corpora import make_image_corpus, tiny_config
-from tests.imagefiles import image_bytes, noise_image
+from tests.imagefiles import image_bytes, noise_image, save
 from tests.live_services import close_live_service, live_service, open_live_service, private_copy
 from tests.reference import unit_vectors
 
@@ -359,3 +360,22 @@ def test_a_fused_collection_under_any_changes_ranks_as_the_model(encoder: ClipEn
     FusedCollectionMachine.scratch = tmp_path
     run_state_machine_as_test(FusedCollectionMachine, settings=settings(
         max_examples=12, stateful_step_count=10, deadline=None, suppress_health_check=list(HealthCheck)))
+
+
+def test_a_sync_embeds_the_captions_of_new_and_recaptioned_images(encoder: ClipEncoder, tmp_path: Path) -> None:
+    images = make_image_corpus(tmp_path / "images", 6)
+    path = tmp_path / "bundle"
+    build(tiny_config(path, images=images, fuse=DEFAULT))
+    old = next(picture for picture in sorted(images.rglob("*.png")) if picture.with_suffix(".txt").exists())
+    old.with_suffix(".txt").write_text("a purple umbrella")
+    new = save(images / "added.png", image_bytes(noise_image(4242)))
+    new.with_suffix(".txt").write_text("a yellow balloon")
+    with live_service(encoder, path) as service:
+        assert service.collection.live is not None
+        summary = sync(service.bundle, service.collection.live, encoder, SyncSources(images), progress=False)
+        assert summary.added == 1 and summary.updated == 1
+        state = service.collection.refresh()
+        by_uri = {item.uri: item_id for item_id, item in state.items.items()}
+        for picture, caption in ((new, "a yellow balloon"), (old, "a purple umbrella")):
+            assert service.collection.caption_vector(by_uri[str(picture.resolve())], state) == pytest.approx(
+                encoder.encode_texts([caption])[0], abs=1e-5)
