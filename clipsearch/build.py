@@ -12,7 +12,7 @@ import logging
 import os
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
@@ -24,7 +24,8 @@ import torch
 from tqdm import tqdm
 
 from clipsearch import index as faiss_index
-from clipsearch.bundle import FusedContent, ModalityContent, write_bundle
+from clipsearch import ondisk
+from clipsearch.bundle import FusedContent, ModalityContent, on_disk_name, write_bundle
 from clipsearch.captions import CaptionConfig, Captioner, load_captioner
 from clipsearch.encoder import DEFAULT_MODEL, DEFAULT_PRETRAINED, ClipEncoder, load_encoder
 from clipsearch.errors import ImageDecodeError, IndexSettingsInvalid, NoSources
@@ -62,6 +63,10 @@ class BuildConfig:
     workers: int = min(8, os.cpu_count() or 1)
     index_factory: str | None = None
     flat_threshold: int = faiss_index.DEFAULT_FLAT_THRESHOLD
+    on_disk_threshold: int = faiss_index.DEFAULT_ON_DISK_THRESHOLD
+    """Past this many vectors, with no index_factory, the index is IVF-PQ on disk (clipsearch.ondisk)."""
+    rerank: int = ondisk.DEFAULT_RERANK
+    """An on-disk index's candidates per result, re-ranked exactly from its fp16 vectors (1: none)."""
     keep_duplicates: bool = False
     discard_live_changes: bool = False
     """Replace a bundle at `out` even if it holds live changes (clipsearch.live), dropping them."""
@@ -127,8 +132,18 @@ def build(config: BuildConfig, on_shard_written: Callable[[Path], None] | None =
 
 def _check_fusion(config: BuildConfig, images: int) -> None:
     """Refuse --fuse where it cannot work, before anything is embedded."""
-    if config.fuse is not None and images == 0:
+    if config.fuse is None:
+        return
+    if images == 0:
         raise IndexSettingsInvalid("--fuse weighs images with their captions: give --images")
+    if ondisk.is_on_disk_factory(_factory_for(config, images)):
+        raise IndexSettingsInvalid("--fuse needs the image index in memory, and an IVF-PQ index is built on disk: "
+                                   "leave out --fuse, or choose an IVF…,Flat --index-factory")
+
+
+def _factory_for(config: BuildConfig, count: int, dim: int = 512) -> str:
+    return config.index_factory or faiss_index.default_factory(count, config.flat_threshold,
+                                                               config.on_disk_threshold, dim)
 
 
 def read_sources(config: BuildConfig) -> dict[Modality, list[SourceItem]]:
@@ -274,11 +289,15 @@ def _finish(config: BuildConfig, encoder: ClipEncoder, sources: dict[Modality, l
     use_gpu = encoder.device.type == "cuda" and faiss_index.gpu_available()
     for modality in sources:
         others = [vectors[other] for other in sources if other is not modality and len(vectors[other])]
-        factory = config.index_factory or faiss_index.default_factory(len(vectors[modality]), config.flat_threshold)
+        factory = _factory_for(config, len(vectors[modality]), encoder.embedding_dim)
+        queries_label = f"{'text' if modality is Modality.IMAGE else 'image'} (cross-modal)" if others else None
+        if ondisk.is_on_disk_factory(factory):
+            content[modality] = _on_disk_content(config, store, modality, ids[modality], vectors[modality], factory,
+                                                 others[0] if others else None, queries_label)
+            continue
         index, spec = faiss_index.build_index(
             vectors[modality], ids[modality], factory, recall_queries=others[0] if others else None,
-            queries_label=f"{'text' if modality is Modality.IMAGE else 'image'} (cross-modal)" if others else None,
-            use_gpu=use_gpu)
+            queries_label=queries_label, use_gpu=use_gpu)
         content[modality] = ModalityContent(index=index, spec=spec)
     report = {"skipped": skipped, "duplicates": duplicates}
     fused = None
@@ -291,6 +310,22 @@ def _finish(config: BuildConfig, encoder: ClipEncoder, sources: dict[Modality, l
     return BuildSummary(out=config.out, indexed={modality.value: len(ids[modality]) for modality in sources},
                         skipped=len(skipped), duplicates=len(duplicates),
                         elapsed_s=time.perf_counter() - started, resumed_shards=0, report=report)
+
+
+def _on_disk_content(config: BuildConfig, store: ShardStore, modality: Modality, ids: np.ndarray,
+                     vectors: np.ndarray, factory: str, recall_queries: np.ndarray | None,
+                     queries_label: str | None) -> ModalityContent:
+    """An IVF-PQ index on disk (clipsearch.ondisk), built in the shard store's work directory, so
+    that a build killed while filling its lists resumes there."""
+    chunk = config.batch_size * config.batches_per_shard
+
+    def chunks() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        return ((ids[start:start + chunk], vectors[start:start + chunk]) for start in range(0, len(ids), chunk))
+
+    files, spec = ondisk.build_on_disk(chunks, len(ids), vectors.shape[1], factory,
+                                       store.work / f"ondisk-{modality.value}", on_disk_name(modality),
+                                       recall_queries, queries_label, config.rerank, config.progress)
+    return ModalityContent(index=files.index, spec=spec, on_disk=files)
 
 
 def fused_content(fusion: Fusion, encoder: ClipEncoder, items: list[Item], image_ids: np.ndarray,

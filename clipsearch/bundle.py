@@ -7,6 +7,10 @@ A bundle is one directory holding everything a server needs:
                     (clipsearch.manifest)
     image.faiss     one FAISS index per modality present (IndexIDMap2, inner product)
     text.faiss
+    image.ivfdata   for an on-disk IVF-PQ index only (clipsearch.ondisk): image.faiss is then a bare
+    image.vectors.npy  IndexIVFPQ whose inverted lists (codes and item ids) are in image.ivfdata;
+    image.ids.npy   every vector at half precision by ascending item id, and those ids, for the
+                    exact re-rank of its candidates (and likewise for text)
     caption.faiss   with `--fuse` only: the caption vectors of captioned image items, by the
                     image item's id (IndexIDMap2 over a Flat index; clipsearch.fusion)
     fused.faiss     with `--fuse` and an approximate image index only: the same kind of index over
@@ -40,14 +44,16 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import closing
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import faiss
+import numpy as np
 
 from clipsearch import index as faiss_index
+from clipsearch import ondisk
 from clipsearch.errors import BundleError, BundleFileMissing, ChecksumMismatch, LiveChangesPending, ManifestInvalid
 from clipsearch.files import atomic_write_text, file_sha256, fsync_directory
 from clipsearch.fusion import Fusion
@@ -76,12 +82,26 @@ def index_file_name(modality: Modality) -> str:
     return f"{modality.value}.faiss"
 
 
+def on_disk_name(modality: Modality) -> str:
+    """What an on-disk index's files are named after (`ondisk.build_on_disk`'s `name`): the
+    index finds its lists by this name beside it, so it is fixed at build time."""
+    return modality.value
+
+
+def on_disk_file_names(modality: Modality) -> tuple[str, str, str]:
+    """The inverted lists, fp16 vectors and ids files of an on-disk index."""
+    name = on_disk_name(modality)
+    return f"{name}.ivfdata", f"{name}.vectors.npy", f"{name}.ids.npy"
+
+
 @dataclass(frozen=True)
 class ModalityContent:
     """What the builder hands over for one modality."""
 
     index: faiss.Index
     spec: IndexSpec
+    on_disk: ondisk.OnDiskFiles | None = None
+    """For an on-disk index: its files, in the build's work directory, moved into the bundle."""
 
 
 @dataclass(frozen=True)
@@ -105,6 +125,25 @@ class Bundle:
     """The caption vectors of a fused bundle (clipsearch.fusion), by image item id."""
     fused_index: faiss.Index | None = None
     """A fused bundle's approximate index over its images' fused rows (None: searched exactly)."""
+    stores: dict[Modality, ondisk.VectorStore] = field(default_factory=dict)
+    """The fp16 vectors of the modalities whose index is on disk (clipsearch.ondisk)."""
+
+    def base_ids(self, modality: Modality) -> np.ndarray:
+        """The ids (int64, ascending) of the base items of `modality`."""
+        store = self.stores.get(modality)
+        return np.asarray(store.ids) if store is not None else faiss_index.ids_of(self.indices[modality])
+
+    def base_vectors(self, modality: Modality, ids: np.ndarray) -> np.ndarray:
+        """The stored vectors (float32 (m, d)) of base items `ids`, all of `modality` (an on-disk
+        index's from its fp16 store: its PQ codes are too coarse to stand for them)."""
+        store = self.stores.get(modality)
+        return store.vectors_of(ids) if store is not None else \
+            faiss_index.reconstruct_many(self.indices[modality], ids)
+
+    def base_vector(self, modality: Modality, item_id: int) -> np.ndarray | None:
+        store = self.stores.get(modality)
+        return store.vector(item_id) if store is not None else \
+            faiss_index.reconstruct(self.indices[modality], item_id)
 
     @property
     def fusion(self) -> Fusion | None:
@@ -114,6 +153,8 @@ class Bundle:
 
     def close(self) -> None:
         self.items.close()
+        for store in self.stores.values():
+            store.close()
 
 
 def load_bundle(path: Path, verify_checksums: bool = True) -> Bundle:
@@ -136,8 +177,14 @@ def load_bundle(path: Path, verify_checksums: bool = True) -> Bundle:
         if required not in manifest.files:
             raise ManifestInvalid(f"{MANIFEST_FILE}: {required} is not listed among the bundle's files")
     indices = {}
+    stores = {}
     for modality, record in manifest.modalities.items():
-        index = faiss_index.load_index(path / record.index_file)
+        if record.index.params.get("on_disk"):
+            index = ondisk.load(path / record.index_file)
+            _, vectors_name, ids_name = on_disk_file_names(modality)
+            stores[modality] = ondisk.VectorStore(path / vectors_name, path / ids_name)
+        else:
+            index = faiss_index.load_index(path / record.index_file)
         if index.d != manifest.embedding_dim:
             raise BundleError(f"{record.index_file}: vectors have dimension {index.d}, "
                               f"the manifest says {manifest.embedding_dim}")
@@ -153,7 +200,7 @@ def load_bundle(path: Path, verify_checksums: bool = True) -> Bundle:
         fused_index = faiss_index.load_index(path / FUSED_FILE)
         faiss_index.apply_params(fused_index, manifest.fused_index.params)
     return Bundle(path=path, manifest=manifest, indices=indices, items=ItemStore(path / ITEMS_FILE), captions=captions,
-                  fused_index=fused_index)
+                  fused_index=fused_index, stores=stores)
 
 
 def write_bundle(out: Path, model: ModelRef, embedding_dim: int, content: dict[Modality, ModalityContent],
@@ -281,6 +328,13 @@ def _write_indices(staging: Path, content: dict[Modality, ModalityContent]) -> d
     modalities = {}
     for modality, modality_content in content.items():
         name = index_file_name(modality)
+        if modality_content.on_disk is not None:
+            files = modality_content.on_disk
+            for built, bundled in zip((files.ivfdata, files.vectors, files.ids), on_disk_file_names(modality),
+                                      strict=True):
+                if built.name != bundled:
+                    raise BundleError(f"{built}: an on-disk index of {modality.value}s must be built as {bundled}")
+                built.replace(staging / bundled)
         faiss_index.save_index(modality_content.index, staging / name)
         modalities[modality] = ModalityRecord(count=int(modality_content.index.ntotal), index_file=name,
                                               index=modality_content.spec)

@@ -78,7 +78,7 @@ class Collection:
         if live.any():
             vectors[live] = segment.vectors[np.searchsorted(segment.ids, item_ids[live])]
         if (~live).any():
-            vectors[~live] = faiss_index.reconstruct_many(self.bundle.indices[modality], item_ids[~live])
+            vectors[~live] = self.bundle.base_vectors(modality, item_ids[~live])
         return vectors
 
     def item(self, item_id: int, field: str = "id", state: LiveState | None = None) -> Item:
@@ -95,7 +95,7 @@ class Collection:
         state = self.state
         item = self.item(item_id, field, state)
         vector = state.segment(item.modality).vector(item_id) if item_id in state.items else \
-            faiss_index.reconstruct(self.bundle.indices[item.modality], item_id)
+            self.bundle.base_vector(item.modality, item_id)
         if vector is None:
             raise ItemNotFound(item_id, field, "the item has no stored vector")
         return np.asarray(vector, dtype=np.float32)

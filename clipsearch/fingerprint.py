@@ -33,6 +33,8 @@ def corpus_fingerprint(config: BuildConfig, sources: dict[Modality, list[SourceI
     """A hash of what decides the bundle: the embedding and index settings, and every corpus item."""
     settings = embedding_settings(config) | {"index_factory": config.index_factory,
                                              "flat_threshold": config.flat_threshold,
+                                             "on_disk_threshold": config.on_disk_threshold,
+                                             "rerank": config.rerank,
                                              "keyword_fields": list(config.keyword_fields),
                                              "fuse": None if config.fuse is None else config.fuse.as_dict()}
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())

@@ -25,6 +25,10 @@ DEFAULT_FLAT_THRESHOLD = 1_000_000
 """Exact search up to here. Generous on purpose: cross-modal queries (text against an image
 index) are out of distribution for ANN structures and lose much more recall than same-modality
 queries do, so approximate search should only start where exact search is really too slow."""
+DEFAULT_ON_DISK_THRESHOLD = 10_000_000
+"""Past here, by default, a compressed IVF-PQ index on disk (clipsearch.ondisk): ten million
+512-d float32 vectors are 20 GB, more than a server should hold in memory or page through, while
+their PQ64 codes are 0.7 GB."""
 RECALL_TARGET = 0.95
 RECALL_QUERIES = 1000
 TRAINING_POINTS_PER_LIST = 64
@@ -48,11 +52,17 @@ def gpu_available() -> bool:
     return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
 
 
-def default_factory(count: int, flat_threshold: int = DEFAULT_FLAT_THRESHOLD) -> str:
-    """Flat (exact) up to `flat_threshold` vectors, else an IVF with about 4·√n lists."""
+def default_factory(count: int, flat_threshold: int = DEFAULT_FLAT_THRESHOLD,
+                    on_disk_threshold: int = DEFAULT_ON_DISK_THRESHOLD, dim: int = 512) -> str:
+    """Flat (exact) up to `flat_threshold` vectors, then an IVF with about 4·√n lists: its vectors
+    whole up to `on_disk_threshold`, past it PQ codes of about dim/8 bytes (clipsearch.ondisk)."""
     if count <= flat_threshold:
         return EXACT_FACTORY
-    return f"IVF{1 << round(math.log2(4 * math.sqrt(count)))},Flat"
+    lists = 1 << round(math.log2(4 * math.sqrt(count)))
+    if count <= on_disk_threshold:
+        return f"IVF{lists},Flat"
+    code_bytes = max(m for m in range(1, max(1, dim // 8) + 1) if dim % m == 0)
+    return f"IVF{lists},PQ{code_bytes}"
 
 
 def build_index(vectors: np.ndarray, ids: np.ndarray, factory: str,

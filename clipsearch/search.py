@@ -24,7 +24,6 @@ import torch
 from PIL import Image
 
 from clipsearch import dedup, explain, keywords
-from clipsearch import index as faiss_index
 from clipsearch.batching import MicroBatcher
 from clipsearch.bundle import Bundle
 from clipsearch.collection import Collection, Hit
@@ -127,7 +126,8 @@ class SearchService:
         self.collection = Collection(bundle, live)
         self.devices = list(devices or [encoder.device])
         searchers = {modality: searcher_for(index, bundle.manifest.modalities[modality].index.exact,
-                                            self.devices, use_gpu)
+                                            self.devices, use_gpu, bundle.stores.get(modality),
+                                            bundle.manifest.modalities[modality].index.params.get("rerank", 1))
                      for modality, index in bundle.indices.items()}
         self.fusion = bundle.fusion
         self.pipeline = QueryPipeline(encoder, searchers, batching,
@@ -319,11 +319,12 @@ class SearchService:
             if key in self._allowed:
                 self._allowed.move_to_end(key)
                 return self._allowed[key]
-        ids = faiss_index.ids_of(self.bundle.indices[target]) if filter is None else \
-            self.bundle.items.matching_ids(target, filter.sql, filter.params)
-        if len(removed):
-            ids = np.setdiff1d(ids, removed, assume_unique=True)
-        made = self.pipeline.searchers[target].allow(ids)
+        searcher = self.pipeline.searchers[target]
+        if filter is None:
+            made = searcher.allow_all_but(removed, self.bundle.base_ids(target))
+        else:
+            ids = self.bundle.items.matching_ids(target, filter.sql, filter.params)
+            made = searcher.allow(np.setdiff1d(ids, removed, assume_unique=True) if len(removed) else ids)
         with self._allowed_lock:
             self._allowed[key] = made
             while len(self._allowed) > self._filter_cache_size:

@@ -2,7 +2,8 @@
 
 * exact indices: a resident matrix on the model's device (clipsearch.exact), or FAISS on the CPU
   when the matrix does not fit there;
-* approximate indices: FAISS, on the GPU when faiss-gpu and a GPU are there, behind a lock.
+* approximate indices: FAISS, on the GPU when faiss-gpu and a GPU are there, behind a lock;
+  an on-disk IVF-PQ index (clipsearch.ondisk) on the CPU, its candidates re-ranked exactly.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 
 from clipsearch import index as faiss_index
+from clipsearch import ondisk
 from clipsearch.exact import ExactIndex, RowSubset
 from clipsearch.sharding import ShardedExactIndex, ShardedRows
 from clipsearch.topk import TopK
@@ -41,9 +43,14 @@ class Allowed:
     ids: np.ndarray
     rows: RowSubset | ShardedRows | None = None
     selector: Any = None
+    count: int | None = None
+    """Set when the items allowed are all but a few (`all_but`): how many there are. `ids` is then
+    empty and the selector excludes the few."""
+    excluded: Any = None
+    """The selector of the few excluded items, kept alive for the selector that negates it."""
 
     def __len__(self) -> int:
-        return len(self.ids)
+        return len(self.ids) if self.count is None else self.count
 
 
 class Searcher(Protocol):
@@ -51,6 +58,10 @@ class Searcher(Protocol):
     when given; safe to call from several threads."""
 
     def allow(self, ids: np.ndarray) -> Allowed: ...
+
+    def allow_all_but(self, hidden: np.ndarray, held: np.ndarray) -> Allowed:
+        """Every item of `held` (int64, ascending: all the index holds) but the `hidden` ones."""
+        ...
 
     def search(self, queries: np.ndarray, k: int, allowed: Allowed | None = None) -> TopK: ...
 
@@ -71,6 +82,9 @@ class ExactSearcher:
             return Allowed(self.index.ids_of(sharded), rows=sharded)
         rows = self.index.subset(ids)
         return Allowed(self.index.ids_of(rows), rows=rows)
+
+    def allow_all_but(self, hidden: np.ndarray, held: np.ndarray) -> Allowed:
+        return self.allow(np.setdiff1d(held, hidden, assume_unique=True))
 
     def search(self, queries: np.ndarray, k: int, allowed: Allowed | None = None) -> TopK:
         rows = None if allowed is None else allowed.rows
@@ -100,26 +114,49 @@ class FaissSearcher:
     thread-safe), and text, image and composed batches search from threads of their own. Filtered
     searches run on `cpu_index` (the same index when it is on the CPU), because FAISS's GPU
     indices ignore ID selectors.
+
+    With a `store` (an on-disk index's fp16 vectors), `rerank`·k candidates are taken and scored
+    exactly, and a filter's few allowed items are scored from the store.
     """
 
-    def __init__(self, index: faiss.Index, cpu_index: faiss.Index | None = None) -> None:
+    def __init__(self, index: faiss.Index, cpu_index: faiss.Index | None = None,
+                 store: ondisk.VectorStore | None = None, rerank: int = 1) -> None:
         self.index = index
         self.cpu_index = index if cpu_index is None else cpu_index
+        self.store = store
+        self.rerank = rerank
         self._lock = threading.Lock()
 
     def allow(self, ids: np.ndarray) -> Allowed:
         ids = np.ascontiguousarray(ids, dtype=np.int64)
         return Allowed(ids, selector=None if self._direct(len(ids)) else faiss_index.selector(ids))
 
+    def allow_all_but(self, hidden: np.ndarray, held: np.ndarray) -> Allowed:
+        """A selector that excludes the few `hidden` items, rather than one that lists all the
+        others: at 5M items, a hash set of every id would take seconds to build and hundreds of
+        megabytes for each count of deletions cached."""
+        positions = np.minimum(np.searchsorted(held, hidden), max(0, len(held) - 1))
+        count = len(held) - int(np.count_nonzero(held[positions] == hidden)) if len(held) else 0
+        if count <= min(DIRECT_MAX_IDS, self.cpu_index.ntotal // 8):
+            return self.allow(np.setdiff1d(held, hidden, assume_unique=True))
+        excluded = faiss_index.selector(hidden)
+        return Allowed(np.zeros(0, np.int64), selector=faiss.IDSelectorNot(excluded), count=count, excluded=excluded)
+
     def search(self, queries: np.ndarray, k: int, allowed: Allowed | None = None) -> TopK:
-        if allowed is None:
-            with self._lock:
-                return faiss_index.search(self.index if k <= GPU_MAX_K else self.cpu_index, queries, k)
-        if allowed.selector is None:
-            return _score_all(faiss_index.reconstruct_many(self.cpu_index, allowed.ids), allowed.ids, queries, k)
+        if allowed is not None and allowed.selector is None:
+            vectors = self.store.vectors_of(allowed.ids) if self.store is not None else \
+                faiss_index.reconstruct_many(self.cpu_index, allowed.ids)
+            return _score_all(vectors, allowed.ids, queries, k)
+        depth = k * self.rerank if self.store is not None else k
         with self._lock:
-            return faiss_index.search(self.cpu_index, queries, k, allowed.selector,
-                                      fraction=len(allowed) / max(1, self.cpu_index.ntotal))
+            if allowed is None:
+                found = faiss_index.search(self.index if depth <= GPU_MAX_K else self.cpu_index, queries, depth)
+            else:
+                found = faiss_index.search(self.cpu_index, queries, depth, allowed.selector,
+                                           fraction=len(allowed) / max(1, self.cpu_index.ntotal))
+        if self.store is not None and depth > k:
+            return self.store.rerank(queries, found, k)
+        return found
 
     def close(self) -> None:
         """Nothing to release: the index belongs to the bundle."""
@@ -140,9 +177,13 @@ def _score_all(vectors: np.ndarray, ids: np.ndarray, queries: np.ndarray, k: int
     return TopK(np.take_along_axis(scores, best, axis=1).astype(np.float32), ids[best])
 
 
-def searcher_for(index: faiss.Index, exact: bool, devices: Sequence[torch.device], use_gpu: bool) -> Searcher:
+def searcher_for(index: faiss.Index, exact: bool, devices: Sequence[torch.device], use_gpu: bool,
+                 store: ondisk.VectorStore | None = None, rerank: int = 1) -> Searcher:
     """The fastest searcher that gives `index`'s own answer on `devices` (several: the index is
-    split across them, clipsearch.sharding)."""
+    split across them, clipsearch.sharding). An on-disk index (given with its `store`) stays on
+    the CPU: a GPU copy would need its codes in GPU memory, which is what on-disk avoids."""
+    if store is not None:
+        return FaissSearcher(index, store=store, rerank=rerank)
     if exact and index.ntotal > 0:
         try:
             if len(devices) > 1:

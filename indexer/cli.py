@@ -74,6 +74,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                               "'Flat' up to --flat-threshold items, IVF above")
     command.add_argument("--flat-threshold", type=_positive_int, default=DEFAULTS.flat_threshold,
                          help="largest corpus indexed exactly when no --index-factory is given")
+    command.add_argument("--on-disk-threshold", type=_positive_int, default=DEFAULTS.on_disk_threshold,
+                         help="largest corpus whose IVF index holds whole vectors when no --index-factory is given; "
+                              "past it, IVF-PQ with its lists on disk (as any 'IVF…,PQ…' --index-factory is)")
+    command.add_argument("--rerank", type=_positive_int, default=DEFAULTS.rerank,
+                         help="for an on-disk IVF-PQ index: candidates per result re-ranked exactly from the fp16 "
+                              "vectors stored beside it (1: no re-rank)")
     command.add_argument("--keep-duplicates", action="store_true",
                          help="index files with identical content once each (default: only the first)")
     command.add_argument("--fuse", type=_fusion, default=None,
@@ -369,7 +375,8 @@ def config_from_args(args: argparse.Namespace) -> BuildConfig:
         out=args.out, images=args.images, texts=args.texts, model=args.model, pretrained=pretrained_of(args),
         checkpoint=args.checkpoint, device=args.device, backend=args.backend, onnx_cache=args.onnx_cache,
         batch_size=args.batch_size, workers=args.workers,
-        index_factory=args.index_factory, flat_threshold=args.flat_threshold, keep_duplicates=args.keep_duplicates,
+        index_factory=args.index_factory, flat_threshold=args.flat_threshold,
+        on_disk_threshold=args.on_disk_threshold, rerank=args.rerank, keep_duplicates=args.keep_duplicates,
         discard_live_changes=args.discard_live_changes, batches_per_shard=args.batches_per_shard,
         max_pixels=args.max_pixels,
         columns=Columns(image=args.image_column, caption=args.caption_column, text=args.text_column),

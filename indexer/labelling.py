@@ -11,8 +11,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from clipsearch import index as faiss_index
-from clipsearch.bundle import load_bundle, rewrite_items
+from clipsearch.bundle import Bundle, load_bundle, rewrite_items
 from clipsearch.errors import BundleError, ClipSearchError
 from clipsearch.item_store import Item
 from clipsearch.modality import Modality
@@ -58,13 +57,12 @@ def _score_images(args: argparse.Namespace, classifier: ZeroShotClassifier, labe
     try:
         if Modality.IMAGE not in bundle.indices:
             raise BundleError("the bundle has no image items to label", "bundle")
-        index = bundle.indices[Modality.IMAGE]
         ids = [item.id for item in bundle.items if item.modality is Modality.IMAGE]
         scored: dict[int, list[LabelScore]] = {}
         with tqdm(total=len(ids), unit="image", desc="labelling", disable=args.no_progress) as bar:
             for start in range(0, len(ids), CHUNK):
                 chunk = ids[start:start + CHUNK]
-                vectors = np.stack([_stored(index, item_id) for item_id in chunk])
+                vectors = _stored(bundle, np.array(chunk, dtype=np.int64))
                 for item_id, ranked in zip(chunk, classifier.classify(vectors, labels, templates, args.multi_label,
                                                                       field="labels"), strict=True):
                     scored[item_id] = ranked
@@ -74,11 +72,14 @@ def _score_images(args: argparse.Namespace, classifier: ZeroShotClassifier, labe
         bundle.close()
 
 
-def _stored(index: Any, item_id: int) -> np.ndarray:
-    vector = faiss_index.reconstruct(index, item_id)
-    if vector is None:
-        raise BundleError(f"item {item_id} has no stored vector in the image index", "bundle")
-    return vector
+def _stored(bundle: Bundle, item_ids: np.ndarray) -> np.ndarray:
+    held = bundle.base_ids(Modality.IMAGE)  # ascending
+    found = held[np.minimum(np.searchsorted(held, item_ids), max(0, len(held) - 1))] == item_ids if len(held) \
+        else np.zeros(len(item_ids), bool)
+    missing = item_ids[~found]
+    if len(missing):
+        raise BundleError(f"item {int(missing[0])} has no stored vector in the image index", "bundle")
+    return bundle.base_vectors(Modality.IMAGE, item_ids)
 
 
 def _fields(field: str, multi_label: bool) -> tuple[str, str]:

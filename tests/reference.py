@@ -28,7 +28,7 @@ def brute_force(vectors: np.ndarray, ids: np.ndarray, queries: np.ndarray, k: in
 def stored_vectors(bundle: Bundle, modality: Modality) -> tuple[np.ndarray, np.ndarray]:
     """The ids (int64 (n,)) and vectors (float32 (n, d)) a bundle holds for one modality."""
     ids = np.array([item.id for item in bundle.items if item.modality is modality], dtype=np.int64)
-    return ids, np.stack([bundle.indices[modality].reconstruct(int(item_id)) for item_id in ids])
+    return ids, bundle.base_vectors(modality, ids)
 
 
 def brute_force_bundle(bundle: Bundle, target: Modality, query: np.ndarray, k: int) -> TopK:

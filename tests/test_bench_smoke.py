@@ -152,3 +152,18 @@ def test_smoke_the_fusion_bench_measures_every_configuration() -> None:
     assert 0.1 <= figures["validation sweep"]["best_caption_weight"] <= 0.9
     last = figures["test text → image"]  # the last configuration: hybrid at the chosen vector weight
     assert last["configuration"].startswith("hybrid") and 0 <= last["R@1"] <= last["R@5"] <= last["R@10"] <= 1
+
+
+def test_smoke_the_scale_bench_builds_serves_and_extrapolates_an_on_disk_index(tmp_path: Path) -> None:
+    finished = subprocess.run([sys.executable, "-m", "bench.scale", "--count", "20000", "--dim", "32", "--factory",
+                               "IVF16,PQ8", "--clusters", "64", "--queries", "100", "--repeats", "5",
+                               "--work", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert finished.returncode == 0, finished.stdout + finished.stderr[-3000:]
+    # FAISS prints a line of its own to stdout when it sizes the lists' file; the figures are JSON.
+    figures = [json.loads(line) for line in finished.stdout.splitlines() if line.startswith("{")]
+    by_name = {figure["figure"]: figure for figure in figures}
+    assert by_name["bytes on disk"]["lists_per_vector"] == 8 + 8  # a PQ8 code and an id
+    assert by_name["recall@10"]["with_rerank"] >= 0.95 > by_name["recall@10"]["without_rerank"]
+    serving = by_name["serving"]
+    assert serving["rss_anonymous_bytes"] > 0 and serving["on_disk_ms"] > 0 and serving["in_memory_ms"] > 0
+    assert [figure["count"] for figure in figures if figure["figure"] == "extrapolated"] == [10**8, 10**9]

@@ -60,6 +60,23 @@ def test_filtered_exact_search_equals_brute_force_over_the_allowed_items(
     assert_same_top_k(brute_force(vectors[keep], ids[keep], queries, min(10, int(keep.sum()))), found)
 
 
+@pytest.mark.parametrize("hidden_share", [0.01, 0.99])
+@pytest.mark.parametrize("name", ["exact fp32", "exact split over 3 shards", "faiss flat"])
+def test_all_but_a_few_hidden_items_equals_brute_force_over_the_others(
+        corpus: tuple[np.ndarray, np.ndarray], hidden_share: float, name: str) -> None:
+    vectors, ids = corpus
+    hidden = _allowed_ids(ids, hidden_share, seed=5)
+    hidden = np.concatenate([hidden, [ids.max() + 5]])  # an id the index never held counts for nothing
+    searcher = _searchers(vectors, ids)[name]
+    allowed = searcher.allow_all_but(hidden, np.sort(ids))
+    assert len(allowed) == COUNT - len(hidden) + 1
+    if name == "faiss flat" and hidden_share < 0.5:  # a selector of the few hidden, not a list of the rest
+        assert len(allowed.ids) == 0 and allowed.selector is not None
+    queries = unit_vectors(9, DIM, seed=3)
+    keep = ~np.isin(ids, hidden)
+    assert_same_top_k(brute_force(vectors[keep], ids[keep], queries, 10), searcher.search(queries, 10, allowed))
+
+
 def test_a_wide_subset_is_a_mask_and_a_narrow_one_gathers_its_rows(corpus: tuple[np.ndarray, np.ndarray]) -> None:
     vectors, ids = corpus
     index = ExactIndex(vectors, ids)

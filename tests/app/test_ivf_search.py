@@ -49,3 +49,28 @@ def test_served_ivf_recall_at_10_matches_what_the_manifest_promises(ivf_client: 
     assert spec.recall_at_10 is not None and spec.recall_at_10 >= 0.95
     # Other queries than the build's, so not to the digit; but what is served is what was promised.
     assert recall == pytest.approx(spec.recall_at_10, abs=0.1)
+
+
+@pytest.fixture(scope="module")
+def on_disk_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """600 texts in an IVF-PQ index on disk (clipsearch.ondisk)."""
+    root = tmp_path_factory.mktemp("on-disk")
+    build(tiny_config(root / "bundle", texts=make_text_corpus(root / "texts.txt", 600), index_factory="IVF4,PQ4x4"))
+    return root / "bundle"
+
+
+def test_an_on_disk_index_is_served_with_its_rerank_and_takes_deletes(on_disk_bundle: Path,
+                                                                     encoder: ClipEncoder) -> None:
+    settings = Settings(bundle_path=on_disk_bundle, device="cpu", admin_key="admin-key")  # type: ignore[call-arg]
+    with serve(settings) as url, ClipSearchClient(url, admin_key="admin-key") as client:
+        described = client.info()["indices"]["text"]
+        assert described["factory"] == "IVF4,PQ4x4" and described["params"]["on_disk"]
+        assert described["params"]["rerank"] >= 10 and described["recall_at_10"] >= 0.95
+        found = client.search_text("a query about subject 3", target="text", k=5).ids
+        bundle = load_bundle(on_disk_bundle)
+        exact = brute_force_bundle(bundle, Modality.TEXT, encoder.encode_texts(["a query about subject 3"])[0], 5)
+        bundle.close()
+        assert len(set(found) & set(exact.ids[0].tolist())) >= 4
+        assert client.delete(found[:2]) == sorted(found[:2])
+        after = client.search_text("a query about subject 3", target="text", k=5).ids
+        assert not set(after) & set(found[:2]) and set(found[2:]) <= set(after)
