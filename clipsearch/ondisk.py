@@ -37,7 +37,7 @@ import numpy as np
 from faiss.contrib.ondisk import merge_ondisk
 from tqdm import tqdm
 
-from clipsearch.errors import IndexSettingsInvalid
+from clipsearch.errors import BundleError, IndexSettingsInvalid
 from clipsearch.files import atomic_path
 from clipsearch.index import RECALL_QUERIES, RECALL_TARGET, TRAINING_POINTS_PER_LIST, IndexSpec
 from clipsearch.topk import TopK
@@ -104,7 +104,8 @@ class VectorStore:
             shape, fortran_order, dtype = read_header(header)
             self._offset = header.tell()
         if len(shape) != 2 or fortran_order or dtype != np.float16 or shape[0] != len(self.ids):
-            raise ValueError(f"{vectors_path.name} holds {shape} {dtype} vectors for {len(self.ids)} ids")
+            raise BundleError(f"{vectors_path.name}: holds {shape} {dtype} vectors for the {len(self.ids)} ids "
+                              f"of {ids_path.name}; an on-disk index's store is (ids, dim) float16")
         self.count, self.dim = int(shape[0]), int(shape[1])
         self._row_bytes = self.dim * 2
         self._file = open(vectors_path, "rb", buffering=0)  # noqa: SIM115  # read for the store's life

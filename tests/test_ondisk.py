@@ -22,7 +22,7 @@ from clipsearch import ondisk
 from clipsearch.build import BuildConfig, build
 from clipsearch.bundle import ModalityContent, load_bundle, on_disk_file_names, write_bundle
 from clipsearch.encoder import ClipEncoder
-from clipsearch.errors import IndexSettingsInvalid
+from clipsearch.errors import BundleError, IndexSettingsInvalid
 from clipsearch.filters import parse_filter
 from clipsearch.fusion import Fusion
 from clipsearch.index import RECALL_TARGET
@@ -123,6 +123,12 @@ def test_the_store_holds_every_vector_at_half_precision_by_ascending_id(built: B
     assert store.vector(int(built.ids[0]) + 1) is None  # in a gap between ids
     with pytest.raises(KeyError):
         store.vectors_of(np.array([int(built.ids[-1]) + 1]))
+
+
+def test_a_store_whose_vectors_do_not_match_its_ids_is_refused_naming_both_files(built: Built, tmp_path: Path) -> None:
+    np.save(tmp_path / "image.vectors.npy", np.zeros((5, DIM), np.float16))
+    with pytest.raises(BundleError, match=r"image.vectors.npy: holds \(5, 32\).*12000 ids of image.ids.npy"):
+        ondisk.VectorStore(tmp_path / "image.vectors.npy", built.files.ids)
 
 
 def test_nprobe_is_the_smallest_power_of_two_that_reaches_the_recall_target_with_the_rerank(built: Built,
