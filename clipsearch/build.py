@@ -268,32 +268,39 @@ def _shard_of(outcomes: list[Outcome], first_id: int, dim: int) -> Shard:
 def _finish(config: BuildConfig, encoder: ClipEncoder, sources: dict[Modality, list[SourceItem]],
             store: ShardStore, started: float) -> BuildSummary:
     """Gather the shards, build one index per modality and write the bundle."""
+    # An index built on disk reads its vectors from the shards as it goes; only the first few,
+    # the other modality's recall queries, are gathered here.
+    factories = {modality: _factory_for(config, sum(len(part) for part in store.read_ids(modality)),
+                                        encoder.embedding_dim) for modality in sources}
+    on_disk = {modality for modality, factory in factories.items() if ondisk.is_on_disk_factory(factory)}
     vectors: dict[Modality, np.ndarray] = {}
     ids: dict[Modality, np.ndarray] = {}
     items: list[Item] = []
     skipped: list[dict[str, Any]] = []
     duplicates: list[dict[str, Any]] = []
     for modality in sources:
-        shards = list(store.read(modality))
-        ids[modality] = np.concatenate([shard.ids for shard in shards]) if shards else np.zeros(0, np.int64)
-        vectors[modality] = np.concatenate([shard.vectors for shard in shards]) if shards \
-            else np.zeros((0, encoder.embedding_dim), np.float32)
-        for record in (record for shard in shards for record in shard.records):
-            if record["problem"] is None:
-                items.append(Item(id=record["id"], modality=modality, uri=record["uri"], text=record["text"],
-                                  extra=record["extra"], content_hash=record["hash"]))
-            else:
-                entry = {"modality": modality.value, "uri": record["uri"], "reason": record["problem"]}
-                (skipped if record["duplicate_of"] is None else duplicates).append(entry)
+        id_parts, vector_parts = [np.zeros(0, np.int64)], [np.zeros((0, encoder.embedding_dim), np.float32)]
+        for shard in store.read(modality):
+            id_parts.append(shard.ids)
+            if modality not in on_disk or sum(map(len, vector_parts)) < faiss_index.RECALL_QUERIES:
+                vector_parts.append(shard.vectors)
+            for record in shard.records:
+                if record["problem"] is None:
+                    items.append(Item(id=record["id"], modality=modality, uri=record["uri"], text=record["text"],
+                                      extra=record["extra"], content_hash=record["hash"]))
+                else:
+                    entry = {"modality": modality.value, "uri": record["uri"], "reason": record["problem"]}
+                    (skipped if record["duplicate_of"] is None else duplicates).append(entry)
+        ids[modality], vectors[modality] = np.concatenate(id_parts), np.concatenate(vector_parts)
     content = {}
     use_gpu = encoder.device.type == "cuda" and faiss_index.gpu_available()
     for modality in sources:
         others = [vectors[other] for other in sources if other is not modality and len(vectors[other])]
-        factory = _factory_for(config, len(vectors[modality]), encoder.embedding_dim)
+        factory = factories[modality]
         queries_label = f"{'text' if modality is Modality.IMAGE else 'image'} (cross-modal)" if others else None
-        if ondisk.is_on_disk_factory(factory):
-            content[modality] = _on_disk_content(config, store, modality, ids[modality], vectors[modality], factory,
-                                                 others[0] if others else None, queries_label)
+        if modality in on_disk:
+            content[modality] = _on_disk_content(config, store, modality, len(ids[modality]), encoder.embedding_dim,
+                                                 factory, others[0] if others else None, queries_label)
             continue
         index, spec = faiss_index.build_index(
             vectors[modality], ids[modality], factory, recall_queries=others[0] if others else None,
@@ -312,17 +319,16 @@ def _finish(config: BuildConfig, encoder: ClipEncoder, sources: dict[Modality, l
                         elapsed_s=time.perf_counter() - started, resumed_shards=0, report=report)
 
 
-def _on_disk_content(config: BuildConfig, store: ShardStore, modality: Modality, ids: np.ndarray,
-                     vectors: np.ndarray, factory: str, recall_queries: np.ndarray | None,
-                     queries_label: str | None) -> ModalityContent:
-    """An IVF-PQ index on disk (clipsearch.ondisk), built in the shard store's work directory, so
-    that a build killed while filling its lists resumes there."""
-    chunk = config.batch_size * config.batches_per_shard
+def _on_disk_content(config: BuildConfig, store: ShardStore, modality: Modality, count: int, dim: int,
+                     factory: str, recall_queries: np.ndarray | None, queries_label: str | None) -> ModalityContent:
+    """An IVF-PQ index on disk (clipsearch.ondisk) of the `count` vectors in `modality`'s shards,
+    read from them shard by shard; built in the shard store's work directory, so that a build
+    killed while filling its lists resumes there."""
 
     def chunks() -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        return ((ids[start:start + chunk], vectors[start:start + chunk]) for start in range(0, len(ids), chunk))
+        return ((shard.ids, shard.vectors) for shard in store.read(modality))
 
-    files, spec = ondisk.build_on_disk(chunks, len(ids), vectors.shape[1], factory,
+    files, spec = ondisk.build_on_disk(chunks, count, dim, factory,
                                        store.work / f"ondisk-{modality.value}", on_disk_name(modality),
                                        recall_queries, queries_label, config.rerank, config.progress)
     return ModalityContent(index=files.index, spec=spec, on_disk=files)

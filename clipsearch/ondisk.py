@@ -332,6 +332,8 @@ class _RunningTopK:
         self.ids = np.zeros((0, k), np.int64)
 
     def add(self, queries: np.ndarray, ids: np.ndarray, vectors: np.ndarray) -> None:
+        if len(ids) == 0:
+            return
         scores = queries @ np.asarray(vectors, np.float32).T
         candidate_ids = np.broadcast_to(ids, scores.shape)
         if self.scores is not None:

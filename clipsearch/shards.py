@@ -95,6 +95,14 @@ class ShardStore:
                 yield Shard(stored["ids"], stored["vectors"], json.loads(str(stored["records"])))
             number += 1
 
+    def read_ids(self, modality: Modality) -> Iterator[np.ndarray]:
+        """The ids of each shard of `modality` in order, without reading its vectors."""
+        number = 0
+        while (path := self.path(modality, number)).is_file():
+            with np.load(path, allow_pickle=False) as stored:
+                yield stored["ids"]
+            number += 1
+
     def content_hashes(self, modality: Modality, count: int) -> dict[str, int]:
         """content hash → id of the first item with it, over the first `count` shards."""
         seen: dict[str, int] = {}

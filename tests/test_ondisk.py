@@ -283,7 +283,8 @@ def test_the_indexer_builds_an_on_disk_index_for_an_ivf_pq_factory(encoder: Clip
     texts.write_text("\n".join(f"note {n}: {' '.join(['red', 'blue', 'green'][n % 3] for _ in range(n % 5 + 1))} "
                                f"shape {n % 17}" for n in range(600)))
     summary = build(BuildConfig(out=tmp_path / "bundle", texts=texts, model="tiny", pretrained=None, device="cpu",
-                                backend="torch", index_factory="IVF4,PQ4x4", progress=False, workers=1))
+                                backend="torch", index_factory="IVF4,PQ4x4", progress=False, workers=1,
+                                batch_size=64, batches_per_shard=2))  # five shards, read one by one
     assert summary.indexed == {"text": 600}
     bundle = load_bundle(tmp_path / "bundle")
     try:
@@ -291,6 +292,10 @@ def test_the_indexer_builds_an_on_disk_index_for_an_ivf_pq_factory(encoder: Clip
         assert record.index.params["on_disk"] and record.index.recall_at_10 is not None
         assert set(on_disk_file_names(Modality.TEXT)) <= set(bundle.manifest.files)
         assert not work_dir_for(tmp_path / "bundle").exists() and len(bundle.base_ids(Modality.TEXT)) == 600
+        lines = texts.read_text().splitlines()
+        ids = np.array([item.id for item in bundle.items if item.text in (lines[0], lines[599])], np.int64)
+        np.testing.assert_allclose(bundle.base_vectors(Modality.TEXT, ids),
+                                   encoder.encode_texts([lines[0], lines[599]]), atol=2e-3)
     finally:
         bundle.close()
     with live_service(encoder, tmp_path / "bundle") as service:
