@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import logging
+import copy
 from typing import Any
 
 import uvicorn
+from uvicorn.config import LOGGING_CONFIG
 
 from app.protocol import ENVIRONMENT_PROTOCOL, guarded_protocol
 from app.settings import Settings
@@ -23,13 +24,23 @@ def server_options(settings: Settings) -> dict[str, Any]:
             "http": protocol}
 
 
+def log_config() -> dict[str, Any]:
+    """uvicorn's own logging, plus the root logger at INFO for the app's messages ("ready: ...",
+    reloads, compactions). Each worker process applies this itself: a basicConfig in the parent
+    would not reach workers started by spawn, whose messages would then be dropped."""
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["formatters"]["app"] = {"format": "%(levelname)s %(name)s[%(process)d]: %(message)s"}
+    config["handlers"]["app"] = {"formatter": "app", "class": "logging.StreamHandler", "stream": "ext://sys.stderr"}
+    config["root"] = {"handlers": ["app"], "level": "INFO"}
+    return config
+
+
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     settings = Settings()
     # Factory mode: each worker process builds its own app (and loads its own model) from the
     # same environment.
     uvicorn.run("app.main:create_app", factory=True, host=settings.host, port=settings.port,
-                workers=settings.server_workers, **server_options(settings))
+                workers=settings.server_workers, log_config=log_config(), **server_options(settings))
 
 
 if __name__ == "__main__":
