@@ -7,6 +7,8 @@ in the same run:
   * the image tower alone on batches already on the device (the ceiling),
   * reading, decoding and preparing the files in the DataLoader workers without a model,
   * the whole `build` (read, decode, encode, write shards, index, write the bundle), end to end,
+  * with --ray, the same build on `--engine ray` (a Ray instance started here, `--ray-actors`), against
+    the local engine's, both counting their model loads (Ray's actors load theirs as they start),
 and prints one JSON line per figure with the ratios. The model has random weights (speed only);
 no download is needed. Model loading is timed apart and left out of the end-to-end rate.
 """
@@ -19,6 +21,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +29,7 @@ import torch
 
 from bench.common import emit, ratio, synthetic_photo, time_calls
 from clipsearch.build import BuildConfig, build, read_sources
+from clipsearch.distributed import import_ray
 from clipsearch.encoder import ClipEncoder, load_encoder
 from clipsearch.loading import image_batches
 from clipsearch.modality import Modality
@@ -41,6 +45,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="decode worker processes")
     parser.add_argument("--device", default="auto", help="'auto', 'cpu' or 'cuda'")
     parser.add_argument("--folder", type=Path, help="keep the generated JPEGs here (default: a temporary folder)")
+    parser.add_argument("--ray", action="store_true", help="also build with --engine ray (the [ray] extra)")
+    parser.add_argument("--ray-actors", type=int, default=None, help="embedding actors for --ray")
     return parser.parse_args(argv)
 
 
@@ -80,7 +86,31 @@ def main(argv: list[str] | None = None) -> int:
         emit("indexing end to end", images=summary.indexed["image"], skipped=summary.skipped,
              seconds=indexing_s, seconds_with_model_load=total_s, images_per_s=end_to_end,
              vs_tower=ratio(end_to_end, tower), vs_loader=ratio(end_to_end, loading))
-    return 0 if summary.indexed["image"] == args.images else 1
+        indexed = [summary.indexed["image"]]
+        if args.ray:
+            indexed.append(ray_build(replace(config, out=Path(scratch) / "ray-bundle", engine="ray",
+                                             ray_actors=args.ray_actors), total_s))
+    return 0 if all(count == args.images for count in indexed) else 1
+
+
+def ray_build(config: BuildConfig, local_s: float) -> int:
+    """The build on Ray, timed from a running Ray instance (whose start is timed apart); returns
+    how many images it indexed."""
+    ray = import_ray()
+    started = time.perf_counter()
+    ray.init(include_dashboard=False, log_to_driver=False)
+    start_s = time.perf_counter() - started
+    try:
+        started = time.perf_counter()
+        summary = build(config)
+        seconds = time.perf_counter() - started
+    finally:
+        ray.shutdown()
+    images = summary.indexed["image"]
+    emit("indexing end to end on Ray", images=images, seconds_with_model_loads=seconds, ray_start_s=start_s,
+         images_per_s=images / seconds, actors=config.ray_actors or "default",
+         vs_local=ratio(local_s, seconds), note="local / Ray seconds, both with their model loads")
+    return images
 
 
 def generate_jpegs(folder: Path, count: int, width: int, height: int, workers: int) -> int:

@@ -27,15 +27,16 @@ from clipsearch import index as faiss_index
 from clipsearch import ondisk
 from clipsearch.bundle import FusedContent, ModalityContent, on_disk_name, write_bundle
 from clipsearch.captions import CaptionConfig, Captioner, load_captioner
+from clipsearch.distributed import ENGINES, RayEngine
 from clipsearch.encoder import DEFAULT_MODEL, DEFAULT_PRETRAINED, ClipEncoder, load_encoder
 from clipsearch.errors import ImageDecodeError, IndexSettingsInvalid, NoSources
 from clipsearch.fingerprint import corpus_fingerprint, resume_fingerprint
 from clipsearch.fusion import Fusion, fused_rows_by_id
 from clipsearch.images import DEFAULT_MAX_PIXELS, read_image_file
 from clipsearch.item_store import Item
-from clipsearch.loading import LoadedBatch, Outcome, image_batches, text_batches
+from clipsearch.loading import LoadedBatch, Outcome, image_batches, mark_duplicates, shard_of, text_batches
 from clipsearch.modality import Modality
-from clipsearch.shards import Shard, ShardStore
+from clipsearch.shards import ShardStore
 from clipsearch.sources import Columns, SourceItem, read_image_source, read_text_source
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,12 @@ class BuildConfig:
     fuse: Fusion | None = None
     """Store caption vectors and search images by image and caption with these default weights
     (clipsearch.fusion)."""
+    engine: str = "local"
+    """What embeds the items: 'local' (this process, DataLoader workers) or 'ray' (clipsearch.distributed)."""
+    ray_address: str | None = None
+    """The Ray cluster for the 'ray' engine (default: RAY_ADDRESS, else a Ray instance started here)."""
+    ray_actors: int | None = None
+    """Embedding actors for the 'ray' engine (default: one per GPU of the cluster, else 1)."""
 
 
 @dataclass
@@ -114,12 +121,16 @@ def build(config: BuildConfig, on_shard_written: Callable[[Path], None] | None =
     if not sources:
         raise NoSources("give images, texts or both to index")
     _check_fusion(config, len(sources.get(Modality.IMAGE, [])))
+    if config.engine not in ENGINES:
+        raise IndexSettingsInvalid(f"unknown engine {config.engine!r}; choose one of {', '.join(ENGINES)}")
+    if config.engine == "ray":
+        return _build_on_ray(config, sources, on_shard_written, started)
     encoder = load_encoder(config.model, config.pretrained, config.checkpoint, config.device, backend=config.backend,
                            onnx_cache=config.onnx_cache)
     captioner = load_captioner(config.caption) if config.caption is not None and Modality.IMAGE in sources else None
     store = ShardStore.open(config.out, resume_fingerprint(config, encoder.ref, encoder.device.type, sources,
                                                            backend=encoder.backend))
-    first_id = {Modality.IMAGE: 0, Modality.TEXT: len(sources.get(Modality.IMAGE, []))}
+    first_id = _first_ids(sources)
     counts = [_encode_into_shards(config, encoder, modality, items, first_id[modality], store, on_shard_written,
                                   captioner if modality is Modality.IMAGE else None)
               for modality, items in sources.items()]
@@ -128,6 +139,30 @@ def build(config: BuildConfig, on_shard_written: Callable[[Path], None] | None =
     summary.captioned = sum(captioned for _, captioned in counts)
     store.remove()
     return summary
+
+
+def _build_on_ray(config: BuildConfig, sources: dict[Modality, list[SourceItem]],
+                  on_shard_written: Callable[[Path], None] | None, started: float) -> BuildSummary:
+    """The build with its embedding on Ray (clipsearch.distributed): the same shards, then the same bundle."""
+    if config.caption is not None:
+        raise IndexSettingsInvalid("--caption-model runs with the local engine only: caption with a local build, "
+                                   "or leave it out")
+    with RayEngine(config) as engine:
+        fingerprint = resume_fingerprint(config, engine.encoder.ref, engine.pool.device, sources,
+                                         backend=engine.backend) | {"engine": "ray"}
+        store = ShardStore.open(config.out, fingerprint)
+        first_id = _first_ids(sources)
+        resumed = sum(engine.encode(modality, items, first_id[modality], store, on_shard_written)
+                      for modality, items in sources.items())
+    summary = _finish(config, engine.encoder, sources, store, started)
+    summary.resumed_shards = resumed
+    store.remove()
+    return summary
+
+
+def _first_ids(sources: dict[Modality, list[SourceItem]]) -> dict[Modality, int]:
+    """Image ids come first, then text ids, by position in their listing."""
+    return {Modality.IMAGE: 0, Modality.TEXT: len(sources.get(Modality.IMAGE, []))}
 
 
 def _check_fusion(config: BuildConfig, images: int) -> None:
@@ -178,7 +213,7 @@ def _encode_into_shards(config: BuildConfig, encoder: ClipEncoder, modality: Mod
     shard: list[Outcome] = []
     captioned = 0
     for batch in batches:
-        _dedupe(batch.outcomes, seen, first_id, config.keep_duplicates)
+        mark_duplicates(batch.outcomes, seen, first_id, config.keep_duplicates)
         encode_batch(encoder, batch)
         if captioner is not None:
             captioned += _caption_missing(captioner, encoder, batch, config.max_pixels)
@@ -186,24 +221,12 @@ def _encode_into_shards(config: BuildConfig, encoder: ClipEncoder, modality: Mod
         bar.update(len(batch.outcomes))
         if len(shard) == shard_size or batch.outcomes[-1].position == len(items) - 1:
             path = store.write(modality, shard[0].position // shard_size,
-                               _shard_of(shard, first_id, encoder.embedding_dim))
+                               shard_of(shard, first_id, encoder.embedding_dim))
             shard = []
             if on_shard_written is not None:
                 on_shard_written(path)
     bar.close()
     return done, captioned
-
-
-def _dedupe(batch: list[Outcome], seen: dict[str, int], first_id: int, keep_duplicates: bool) -> None:
-    for outcome in batch:
-        if outcome.problem is not None or outcome.content_hash is None:
-            continue
-        if outcome.content_hash in seen and not keep_duplicates:
-            outcome.duplicate_of = seen[outcome.content_hash]
-            outcome.problem = f"duplicate of item {outcome.duplicate_of}"
-            outcome.payload = None
-        else:
-            seen.setdefault(outcome.content_hash, first_id + outcome.position)
 
 
 def encode_batch(encoder: ClipEncoder, batch: LoadedBatch) -> None:
@@ -252,17 +275,6 @@ def _caption_missing(captioner: Captioner, encoder: ClipEncoder, batch: LoadedBa
             outcome.source = replace(outcome.source, text=caption, extra={
                 **outcome.source.extra, "caption_generated": True, "caption_model": captioner.ref.describe()})
     return len(rows)
-
-
-def _shard_of(outcomes: list[Outcome], first_id: int, dim: int) -> Shard:
-    encoded = [outcome for outcome in outcomes if outcome.problem is None]
-    vectors = np.stack([outcome.payload for outcome in encoded]).astype(np.float32) if encoded \
-        else np.zeros((0, dim), dtype=np.float32)
-    records = [{"id": first_id + outcome.position, "uri": outcome.source.uri, "text": outcome.source.text,
-                "extra": outcome.source.extra, "hash": outcome.content_hash, "problem": outcome.problem,
-                "duplicate_of": outcome.duplicate_of}
-               for outcome in outcomes]
-    return Shard(np.array([first_id + outcome.position for outcome in encoded], dtype=np.int64), vectors, records)
 
 
 def _finish(config: BuildConfig, encoder: ClipEncoder, sources: dict[Modality, list[SourceItem]],

@@ -11,6 +11,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
@@ -19,6 +20,7 @@ from clipsearch.errors import ImageDecodeError
 from clipsearch.files import sha256_hex
 from clipsearch.images import decode_image
 from clipsearch.preprocess import ImagePreparer
+from clipsearch.shards import Shard
 from clipsearch.sources import SourceItem
 
 
@@ -56,10 +58,14 @@ def text_batches(items: Sequence[SourceItem], start: int, batch_size: int) -> It
         batch = []
         for position in range(batch_start, min(batch_start + batch_size, len(items))):
             item = items[position]
-            text = item.text or ""
-            batch.append(Outcome(position, item, content_hash=sha256_hex(text.encode()), payload=text,
-                                  problem=item.problem))
+            batch.append(text_outcome(position, item))
         yield LoadedBatch(batch)
+
+
+def text_outcome(position: int, item: SourceItem) -> Outcome:
+    """A text item, hashed, with its text as the payload."""
+    text = item.text or ""
+    return Outcome(position, item, content_hash=sha256_hex(text.encode()), payload=text, problem=item.problem)
 
 
 class _ImageDataset(Dataset[Outcome]):
@@ -75,21 +81,28 @@ class _ImageDataset(Dataset[Outcome]):
 
     def __getitem__(self, offset: int) -> Outcome:
         position = self.start + offset
-        item = self.items[position]
-        if item.problem is not None or item.path is None:
-            return Outcome(position, item, problem=item.problem or "no file")
-        try:
-            data = item.path.read_bytes()
-        except OSError as error:
-            return Outcome(position, item, problem=f"cannot read file: {error.strerror or error}")
-        try:
-            image = decode_image(data, self.max_pixels, draft_size=self.image_size)
-            tensor = self.prepare(image)
-        except ImageDecodeError as error:
-            return Outcome(position, item, content_hash=sha256_hex(data), problem=error.reason)
-        except Exception as error:  # a preprocessing failure must skip the file, not stop the build
-            return Outcome(position, item, content_hash=sha256_hex(data), problem=f"cannot preprocess: {error}")
-        return Outcome(position, item, content_hash=sha256_hex(data), payload=tensor)
+        return read_and_prepare(position, self.items[position], self.prepare, self.image_size, self.max_pixels)
+
+
+def read_and_prepare(position: int, item: SourceItem, prepare: ImagePreparer, image_size: int,
+                     max_pixels: int) -> Outcome:
+    """Read, hash, decode and prepare one image: its pixels as the payload, or the reason it is
+    skipped. Every engine (DataLoader workers here, Ray tasks in clipsearch.distributed) calls this,
+    so that each gives the model the same pixels."""
+    if item.problem is not None or item.path is None:
+        return Outcome(position, item, problem=item.problem or "no file")
+    try:
+        data = item.path.read_bytes()
+    except OSError as error:
+        return Outcome(position, item, problem=f"cannot read file: {error.strerror or error}")
+    try:
+        image = decode_image(data, max_pixels, draft_size=image_size)
+        tensor = prepare(image)
+    except ImageDecodeError as error:
+        return Outcome(position, item, content_hash=sha256_hex(data), problem=error.reason)
+    except Exception as error:  # a preprocessing failure must skip the file, not stop the build
+        return Outcome(position, item, content_hash=sha256_hex(data), problem=f"cannot preprocess: {error}")
+    return Outcome(position, item, content_hash=sha256_hex(data), payload=tensor)
 
 
 def _stack_pixels(outcomes: list[Outcome]) -> LoadedBatch:
@@ -110,3 +123,29 @@ def image_batches(items: Sequence[SourceItem], encoder: ClipEncoder, start: int,
                         persistent_workers=False)
     yield from loader
 
+
+def mark_duplicates(batch: list[Outcome], seen: dict[str, int], first_id: int, keep_duplicates: bool) -> None:
+    """Mark each usable outcome whose content was seen before as a duplicate of the first item with
+    it (by id), and add the others to `seen` (content hash → id): applied in position order, the
+    first item with a content keeps it, whichever engine embedded it."""
+    for outcome in batch:
+        if outcome.problem is not None or outcome.content_hash is None:
+            continue
+        if outcome.content_hash in seen and not keep_duplicates:
+            outcome.duplicate_of = seen[outcome.content_hash]
+            outcome.problem = f"duplicate of item {outcome.duplicate_of}"
+            outcome.payload = None
+        else:
+            seen.setdefault(outcome.content_hash, first_id + outcome.position)
+
+
+def shard_of(outcomes: list[Outcome], first_id: int, dim: int) -> Shard:
+    """The shard of `outcomes`: ids and vectors of the encoded ones (payloads), records of all."""
+    encoded = [outcome for outcome in outcomes if outcome.problem is None]
+    vectors = np.stack([outcome.payload for outcome in encoded]).astype(np.float32) if encoded \
+        else np.zeros((0, dim), dtype=np.float32)
+    records = [{"id": first_id + outcome.position, "uri": outcome.source.uri, "text": outcome.source.text,
+                "extra": outcome.source.extra, "hash": outcome.content_hash, "problem": outcome.problem,
+                "duplicate_of": outcome.duplicate_of}
+               for outcome in outcomes]
+    return Shard(np.array([first_id + outcome.position for outcome in encoded], dtype=np.int64), vectors, records)

@@ -45,10 +45,12 @@ def work_dir_for(out: Path) -> Path:
 
 
 class ShardStore:
-    """The shards of one build, in `work_dir_for(out)`."""
+    """The shards of one build, in `work_dir_for(out)` (in its `directory`: the Ray engine keeps
+    the shards it embeds, before duplicates are marked, in a directory of their own)."""
 
-    def __init__(self, work: Path) -> None:
+    def __init__(self, work: Path, directory: str = SHARDS_DIR) -> None:
         self.work = work
+        self.directory = directory
 
     @classmethod
     def open(cls, out: Path, fingerprint: dict[str, Any]) -> ShardStore:
@@ -70,7 +72,7 @@ class ShardStore:
         return store
 
     def path(self, modality: Modality, number: int) -> Path:
-        return self.work / SHARDS_DIR / f"{modality.value}-{number:06d}.npz"
+        return self.work / self.directory / f"{modality.value}-{number:06d}.npz"
 
     def finished(self, modality: Modality, shard_count: int) -> int:
         """How many shards of `modality`, from the first on, are already written."""
@@ -78,6 +80,10 @@ class ShardStore:
         while done < shard_count and self.path(modality, done).is_file():
             done += 1
         return done
+
+    def written(self, modality: Modality, shard_count: int) -> set[int]:
+        """Which of the shards 0 … shard_count-1 of `modality` are written, in whatever order they were."""
+        return {number for number in range(shard_count) if self.path(modality, number).is_file()}
 
     def write(self, modality: Modality, number: int, shard: Shard) -> Path:
         buffer = io.BytesIO()
@@ -90,10 +96,13 @@ class ShardStore:
     def read(self, modality: Modality, count: int | None = None) -> Iterator[Shard]:
         """The shards of `modality` in order: all written, or the first `count`."""
         number = 0
-        while (count is None or number < count) and (path := self.path(modality, number)).is_file():
-            with np.load(path, allow_pickle=False) as stored:
-                yield Shard(stored["ids"], stored["vectors"], json.loads(str(stored["records"])))
+        while (count is None or number < count) and self.path(modality, number).is_file():
+            yield self.read_one(modality, number)
             number += 1
+
+    def read_one(self, modality: Modality, number: int) -> Shard:
+        with np.load(self.path(modality, number), allow_pickle=False) as stored:
+            return Shard(stored["ids"], stored["vectors"], json.loads(str(stored["records"])))
 
     def read_ids(self, modality: Modality) -> Iterator[np.ndarray]:
         """The ids of each shard of `modality` in order, without reading its vectors."""

@@ -20,6 +20,7 @@ from clipsearch.captions import (
     CaptionConfig,
 )
 from clipsearch.compaction import CompactionPolicy
+from clipsearch.distributed import ENGINES
 from clipsearch.encoder import DEFAULT_MODEL, DEFAULT_PRETRAINED, OFFLINE_MODEL, ClipEncoder, load_encoder
 from clipsearch.errors import BundleReplaced, CheckpointRequired, ClipSearchError, InvalidQuery
 from clipsearch.finetune import FinetuneConfig
@@ -93,6 +94,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                               "HTTP since it was built), dropping them; without it such a rebuild is refused")
     command.add_argument("--batches-per-shard", type=_positive_int, default=DEFAULTS.batches_per_shard,
                          help="batches written per resumable shard")
+    command.add_argument("--engine", choices=ENGINES, default=DEFAULTS.engine,
+                         help="what embeds the items: this process ('local'), or Ray Data on this machine or a "
+                              "cluster ('ray', the [ray] extra: one model per actor, a GPU each where there are any)")
+    command.add_argument("--ray-address", default=DEFAULTS.ray_address,
+                         help="the Ray cluster for --engine ray (default: RAY_ADDRESS, else a Ray instance started "
+                              "on this machine)")
+    command.add_argument("--ray-actors", type=_positive_int, default=DEFAULTS.ray_actors,
+                         help="embedding actors for --engine ray (default: one per GPU of the cluster, else 1)")
     _add_image_arguments(command)
     command.add_argument("--text-column", default=DEFAULTS.columns.text,
                          help="text column of a JSONL / CSV text corpus")
@@ -381,7 +390,7 @@ def config_from_args(args: argparse.Namespace) -> BuildConfig:
         max_pixels=args.max_pixels,
         columns=Columns(image=args.image_column, caption=args.caption_column, text=args.text_column),
         progress=not args.no_progress, caption=_caption_config(args), keyword_fields=args.keyword_fields,
-        fuse=args.fuse)
+        fuse=args.fuse, engine=args.engine, ray_address=args.ray_address, ray_actors=args.ray_actors)
 
 
 def _fusion(value: str) -> Fusion:

@@ -1,0 +1,140 @@
+"""`--engine ray`: the same bundle as the local engine, from a Ray instance with 2 CPUs on this machine."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from clipsearch.build import BuildSummary, build
+from clipsearch.bundle import REPORT_FILE, load_bundle
+from clipsearch.captions import CaptionConfig
+from clipsearch.distributed import ActorPool, plan_actor_pool
+from clipsearch.errors import BuildError, IndexSettingsInvalid
+from clipsearch.modality import Modality
+from clipsearch.shards import work_dir_for
+from indexer.cli import config_from_args, parse_args
+from tests.corpora import make_image_corpus, tiny_config
+from tests.imagefiles import good_and_bad_files
+from tests.reference import stored_vectors
+
+
+@pytest.fixture(scope="module")
+def local_ray() -> Iterator[None]:
+    """One Ray instance for the module, as small as the issue's CI machine: 2 CPUs, no GPU."""
+    ray = pytest.importorskip("ray", reason="the [ray] extra is not installed")
+    ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Good and bad files, duplicates among them, across four shards of 16 (batches of 8, 2 per shard),
+    and texts with a repeated line."""
+    root = tmp_path_factory.mktemp("ray-corpus")
+    good_and_bad_files(root / "images" / "mixed")
+    make_image_corpus(root / "images" / "noise", 40)
+    lines = [f"a sentence about thing number {number}" for number in range(20)]
+    (root / "texts.txt").write_text("\n".join([*lines, lines[3]]) + "\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def local_build(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("local") / "bundle"
+    build(tiny_config(out, images=corpus / "images", texts=corpus / "texts.txt"))
+    return out
+
+
+def ray_config(corpus: Path, out: Path, **overrides: Any) -> Any:
+    return tiny_config(out, images=corpus / "images", texts=corpus / "texts.txt", engine="ray", **overrides)
+
+
+def assert_same_bundle(found_path: Path, expected_path: Path) -> None:
+    """Same items (ids, uris, texts, metadata, hashes), same report, and vectors equal to 1e-6."""
+    found, expected = load_bundle(found_path), load_bundle(expected_path)
+    try:
+        assert [vars(item) for item in found.items] == [vars(item) for item in expected.items]
+        assert json.loads((found_path / REPORT_FILE).read_text()) == \
+            json.loads((expected_path / REPORT_FILE).read_text())
+        for modality in (Modality.IMAGE, Modality.TEXT):
+            found_ids, found_vectors = stored_vectors(found, modality)
+            expected_ids, expected_vectors = stored_vectors(expected, modality)
+            np.testing.assert_array_equal(found_ids, expected_ids)
+            np.testing.assert_allclose(found_vectors, expected_vectors, rtol=0, atol=1e-6)
+    finally:
+        found.close()
+        expected.close()
+
+
+def test_a_ray_build_gives_the_local_builds_ids_vectors_and_report(local_ray: None, corpus: Path, local_build: Path,
+                                                                    tmp_path: Path) -> None:
+    summary = build(ray_config(corpus, tmp_path / "bundle"))
+    assert_same_bundle(tmp_path / "bundle", local_build)
+    report = json.loads((tmp_path / "bundle" / REPORT_FILE).read_text())
+    assert report["skipped"] and report["duplicates"]  # the bad files and the copies were there to be found
+    assert summary.resumed_shards == 0
+    assert not work_dir_for(tmp_path / "bundle").exists()
+
+
+def test_a_ray_build_stopped_midway_resumes_without_embedding_its_shards_again(
+        local_ray: None, corpus: Path, local_build: Path, tmp_path: Path) -> None:
+    written: list[Path] = []
+
+    def stop_after_two(path: Path) -> None:
+        written.append(path)
+        if len(written) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        build(ray_config(corpus, tmp_path / "bundle"), on_shard_written=stop_after_two)
+    # Resumed with two actors sharing the CPUs: how many embed does not change the vectors.
+    summary: BuildSummary = build(ray_config(corpus, tmp_path / "bundle", ray_actors=2))
+    assert summary.resumed_shards == 2
+    assert_same_bundle(tmp_path / "bundle", local_build)
+
+
+def test_without_the_ray_extra_the_build_names_it(corpus: Path, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # what `import ray` meets when Ray is not installed
+    with pytest.raises(BuildError, match=r"\[ray\] extra"):
+        build(ray_config(corpus, tmp_path / "bundle"))
+
+
+def test_captioning_is_refused_on_ray_before_anything_runs(corpus: Path, tmp_path: Path) -> None:
+    with pytest.raises(IndexSettingsInvalid, match="local engine"):
+        build(ray_config(corpus, tmp_path / "bundle", caption=CaptionConfig()))
+    assert not work_dir_for(tmp_path / "bundle").exists()
+
+
+def test_an_unknown_engine_is_refused(corpus: Path, tmp_path: Path) -> None:
+    with pytest.raises(IndexSettingsInvalid, match="unknown engine 'spark'"):
+        build(tiny_config(tmp_path / "bundle", images=corpus / "images", engine="spark"))
+
+
+def test_the_cli_passes_the_engine_and_its_settings() -> None:
+    config = config_from_args(parse_args(["build", "--images", "photos", "--out", "bundle", "--engine", "ray",
+                                          "--ray-address", "ray://head:10001", "--ray-actors", "4"]))
+    assert (config.engine, config.ray_address, config.ray_actors) == ("ray", "ray://head:10001", 4)
+
+
+def test_a_cluster_with_gpus_gets_one_actor_per_gpu() -> None:
+    assert plan_actor_pool({"CPU": 64, "GPU": 8}, "auto", None) == ActorPool(8, "cuda", 1.0, 1.0)
+    assert plan_actor_pool({"CPU": 64, "GPU": 8}, "cuda", 2) == ActorPool(2, "cuda", 1.0, 1.0)
+
+
+def test_cpu_actors_reserve_half_the_cpus_and_share_all_of_them_between_their_models() -> None:
+    assert plan_actor_pool({"CPU": 2}, "auto", None) == ActorPool(1, "cpu", 0.0, 1.0, threads=2)
+    assert plan_actor_pool({"CPU": 2}, "auto", 2) == ActorPool(2, "cpu", 0.0, 0.5, threads=1)
+    assert plan_actor_pool({"CPU": 16, "GPU": 2}, "cpu", 4) == ActorPool(4, "cpu", 0.0, 1.0, threads=4)
+
+
+def test_asking_for_a_gpu_on_a_cluster_without_one_is_refused() -> None:
+    with pytest.raises(BuildError, match="no GPU"):
+        plan_actor_pool({"CPU": 8}, "cuda", None)
