@@ -29,6 +29,7 @@ from types import ModuleType, TracebackType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pyarrow as pa
 import torch
 from PIL import Image
 from tqdm import tqdm
@@ -160,10 +161,9 @@ class RayEngine:
         data = self.ray.data
         config, pool = self.config, self.pool
         spans = {number: range(number * shard_size, min((number + 1) * shard_size, len(items))) for number in todo}
-        # One block per shard: Ray Data splits its work by blocks.
-        blocks = [_rows(modality, items, span) for span in spans.values()]
-        dataset = data.from_items(blocks[0]) if len(blocks) == 1 else \
-            data.from_items([row for block in blocks for row in block], override_num_blocks=len(blocks))
+        # One block per shard (Ray Data splits its work by blocks), held column by column: a
+        # list of dicts per item would take several times the memory at tens of millions of items.
+        dataset = data.from_arrow([_rows(modality, items, span) for span in spans.values()])
         if modality is Modality.IMAGE:
             dataset = dataset.map_batches(
                 _decode_images, batch_size=config.batch_size, num_cpus=1, batch_format="numpy",
@@ -197,17 +197,16 @@ class RayEngine:
             raise BuildError(f"Ray returned too few rows for {modality.value} shards {sorted(arrived)}")
 
 
-def _rows(modality: Modality, items: Sequence[SourceItem], span: range) -> list[dict[str, Any]]:
-    """The rows one shard's items start as: what the stages need, never the metadata (kept here)."""
+def _rows(modality: Modality, items: Sequence[SourceItem], span: range) -> pa.Table:
+    """One shard's items as the stages start from them: what they need, never the metadata (kept here)."""
     if modality is Modality.IMAGE:
-        return [{"position": position, "path": str(items[position].path or ""),
-                 "problem": items[position].problem or ""} for position in span]
-    rows = []
-    for position in span:
-        outcome = text_outcome(position, items[position])
-        rows.append({"position": position, "text": outcome.payload, "hash": outcome.content_hash,
-                     "problem": outcome.problem or ""})
-    return rows
+        return pa.table({"position": pa.array(span, pa.int64()),
+                         "path": [str(items[position].path or "") for position in span],
+                         "problem": [items[position].problem or "" for position in span]})
+    outcomes = [text_outcome(position, items[position]) for position in span]
+    return pa.table({"position": pa.array(span, pa.int64()), "text": [outcome.payload for outcome in outcomes],
+                     "hash": [outcome.content_hash for outcome in outcomes],
+                     "problem": [outcome.problem or "" for outcome in outcomes]})
 
 
 def _blank_pixels(encoder: ClipEncoder) -> np.ndarray:

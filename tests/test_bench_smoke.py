@@ -3,6 +3,7 @@ as JSON lines. They check that the scripts work and report consistent numbers, n
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -32,12 +33,16 @@ def test_smoke_the_search_bench_compares_with_faiss_and_finds_the_same_ids() -> 
 
 
 def test_smoke_the_indexing_bench_indexes_every_generated_jpeg_and_relates_it_to_the_tower() -> None:
-    figures = run_bench("bench.indexing", "--images", "40", "--model", "tiny", "--batch-size", "16", "--workers", "1",
-                        "--device", "cpu")
+    arguments = ["--images", "40", "--model", "tiny", "--batch-size", "16", "--workers", "1", "--device", "cpu"]
+    ray = importlib.util.find_spec("ray") is not None  # the [ray] extra: the same build on --engine ray
+    figures = run_bench("bench.indexing", *arguments, *(["--ray"] if ray else []))
     assert figures["generated"]["images"] == 40
     end_to_end = figures["indexing end to end"]
     assert end_to_end["images"] == 40 and end_to_end["skipped"] == 0
     assert end_to_end["vs_tower"] > 0 and figures["image tower alone"]["images_per_s"] > 0
+    if ray:
+        on_ray = figures["indexing end to end on Ray"]
+        assert on_ray["images"] == 40 and on_ray["vs_local"] > 0
 
 
 def test_smoke_the_http_bench_measures_one_client_many_clients_and_the_unbatched_baseline() -> None:
