@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
 from clipsearch.build import BuildSummary, build
 from clipsearch.bundle import REPORT_FILE, load_bundle
@@ -26,9 +27,9 @@ from tests.reference import stored_vectors
 
 @pytest.fixture(scope="module")
 def local_ray() -> Iterator[None]:
-    """One Ray instance for the module, as small as the issue's CI machine: 2 CPUs, no GPU."""
+    """One Ray instance for the module, as small as the CI machine: 2 CPUs (and this machine's GPUs)."""
     ray = pytest.importorskip("ray", reason="the [ray] extra is not installed")
-    ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False)
+    ray.init(num_cpus=2, num_gpus=torch.cuda.device_count(), include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 
@@ -56,8 +57,8 @@ def ray_config(corpus: Path, out: Path, **overrides: Any) -> Any:
     return tiny_config(out, images=corpus / "images", texts=corpus / "texts.txt", engine="ray", **overrides)
 
 
-def assert_same_bundle(found_path: Path, expected_path: Path) -> None:
-    """Same items (ids, uris, texts, metadata, hashes), same report, and vectors equal to 1e-6."""
+def assert_same_bundle(found_path: Path, expected_path: Path, atol: float = 1e-6) -> None:
+    """Same items (ids, uris, texts, metadata, hashes), same report, and vectors equal to `atol`."""
     found, expected = load_bundle(found_path), load_bundle(expected_path)
     try:
         assert [vars(item) for item in found.items] == [vars(item) for item in expected.items]
@@ -67,7 +68,7 @@ def assert_same_bundle(found_path: Path, expected_path: Path) -> None:
             found_ids, found_vectors = stored_vectors(found, modality)
             expected_ids, expected_vectors = stored_vectors(expected, modality)
             np.testing.assert_array_equal(found_ids, expected_ids)
-            np.testing.assert_allclose(found_vectors, expected_vectors, rtol=0, atol=1e-6)
+            np.testing.assert_allclose(found_vectors, expected_vectors, rtol=0, atol=atol)
     finally:
         found.close()
         expected.close()
@@ -98,6 +99,15 @@ def test_a_ray_build_stopped_midway_resumes_without_embedding_its_shards_again(
     summary: BuildSummary = build(ray_config(corpus, tmp_path / "bundle", ray_actors=2))
     assert summary.resumed_shards == 2
     assert_same_bundle(tmp_path / "bundle", local_build)
+
+
+@pytest.mark.gpu
+def test_a_ray_build_on_gpu_actors_matches_the_local_gpu_build_within_fp16(local_ray: None, corpus: Path,
+                                                                          tmp_path: Path) -> None:
+    local = build(tiny_config(tmp_path / "local", images=corpus / "images", texts=corpus / "texts.txt", device="cuda"))
+    on_ray = build(ray_config(corpus, tmp_path / "ray", device="auto"))  # auto: one actor per GPU
+    assert on_ray.indexed == local.indexed
+    assert_same_bundle(tmp_path / "ray", tmp_path / "local", atol=1e-2)
 
 
 def test_without_the_ray_extra_the_build_names_it(corpus: Path, tmp_path: Path,
