@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
 import sys
+import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +26,8 @@ from indexer.cli import config_from_args, parse_args
 from tests.corpora import make_image_corpus, tiny_config
 from tests.imagefiles import good_and_bad_files
 from tests.reference import stored_vectors
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -84,17 +89,31 @@ def test_a_ray_build_gives_the_local_builds_ids_vectors_and_report(local_ray: No
     assert not work_dir_for(tmp_path / "bundle").exists()
 
 
-def test_a_ray_build_stopped_midway_resumes_without_embedding_its_shards_again(
-        local_ray: None, corpus: Path, local_build: Path, tmp_path: Path) -> None:
-    written: list[Path] = []
+KILLED_BUILD = textwrap.dedent("""
+    import os, signal, sys
+    from pathlib import Path
+    from clipsearch.build import build
+    from tests.corpora import tiny_config
 
-    def stop_after_two(path: Path) -> None:
+    corpus, out = Path(sys.argv[1]), Path(sys.argv[2])
+    written = []
+
+    def kill_after_two(path):
         written.append(path)
         if len(written) == 2:
-            raise KeyboardInterrupt
+            os.kill(os.getpid(), signal.SIGKILL)
 
-    with pytest.raises(KeyboardInterrupt):
-        build(ray_config(corpus, tmp_path / "bundle"), on_shard_written=stop_after_two)
+    build(tiny_config(out, images=corpus / "images", texts=corpus / "texts.txt", engine="ray"),
+          on_shard_written=kill_after_two)
+""")
+
+
+def test_a_ray_build_killed_midway_resumes_without_embedding_its_shards_again(
+        local_ray: None, corpus: Path, local_build: Path, tmp_path: Path) -> None:
+    # The killed build starts a Ray instance of its own, which Ray's reaper stops when it dies.
+    killed = subprocess.run([sys.executable, "-c", KILLED_BUILD, str(corpus), str(tmp_path / "bundle")],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     # Resumed with two actors sharing the CPUs: how many embed does not change the vectors.
     summary: BuildSummary = build(ray_config(corpus, tmp_path / "bundle", ray_actors=2))
     assert summary.resumed_shards == 2
