@@ -2,15 +2,20 @@
 what it gives back to searches. Baselines from the same run.
 
     python -m bench.compaction --items 1000000 --adds 50000 --deletes 50000
+    python -m bench.compaction --items 1000000 --adds 50000 --deletes 50000 --factory IVF1024,PQ64
 
 Writes a bundle of --items random unit vectors (no model: compaction never embeds), timing that as
 the baseline ("written from vectors": the index built and the bundle written, as a rebuild's last
-step is). Then, through the live log, adds --adds new items and deletes --deletes base items, and
-measures:
+step is). An IVF…,PQ… factory makes an on-disk index (clipsearch.ondisk) of clustered vectors with
+a modality gap instead (bench.common.ClusteredEmbeddings: IVF needs structure to be measured),
+tuned with text queries. Then, through the live log, adds --adds new items and deletes --deletes
+base items, and measures:
 
 * one query's search latency (k=10, the server's search path: base index with the deleted rows
   masked, plus the live items scored exactly), with those changes pending;
-* the compaction: preparing the new base and writing it; its ratio to the baseline;
+* the compaction, run in a process of its own: preparing the new base and writing it; its ratio
+  to the baseline; that process's peak resident memory above what it held once its modules were
+  imported, against the bytes of the bundle's indices (and fp16 store) on disk;
 * how long a server worker takes to load the compacted bundle (bundle, log, search service, first
   query): the staleness bound during a swap, beside the poll interval;
 * the same searches on the compacted bundle, and their ratio to the latency before;
@@ -25,19 +30,23 @@ Prints one JSON line per figure.
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 
-from bench.common import emit, latency_summary, ratio, time_calls, unit_vectors
+from bench.common import ClusteredEmbeddings, emit, latency_summary, ratio, time_calls, unit_vectors
 from clipsearch import index as faiss_index
-from clipsearch.bundle import ModalityContent, load_bundle, write_bundle
-from clipsearch.compaction import CompactionPolicy, compact
+from clipsearch import ondisk
+from clipsearch.bundle import ModalityContent, load_bundle, on_disk_name, write_bundle
+from clipsearch.compaction import CompactionPolicy, CompactionSummary, compact
 from clipsearch.encoder import OFFLINE_MODEL, load_encoder
 from clipsearch.errors import BundleReplaced
 from clipsearch.item_store import Item
@@ -61,6 +70,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--adds", type=int, default=50_000, help="items added through the live log")
     parser.add_argument("--deletes", type=int, default=50_000, help="base items deleted through the live log")
     parser.add_argument("--factory", default=faiss_index.EXACT_FACTORY, help="FAISS index factory of the base")
+    parser.add_argument("--clusters", type=int, default=1024, help="clusters of an on-disk base's vectors")
     parser.add_argument("--repeats", type=int, default=30, help="searches timed before and after")
     parser.add_argument("--writes-per-s", type=float, default=100.0,
                         help=f"writes of {WRITER_BATCH} items a second the client makes during the second compaction")
@@ -69,22 +79,40 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    vectors = unit_vectors(args.items, args.dim, seed=0)
-    with tempfile.TemporaryDirectory() as scratch:
+    on_disk = ondisk.is_on_disk_factory(args.factory)
+    data = ClusteredEmbeddings(args.dim, args.clusters, seed=0) if on_disk else None
+    vectors = unit_vectors(args.items, args.dim, seed=0) if data is None else data.rows("image", 0, args.items)
+    with tempfile.TemporaryDirectory(dir="/var/tmp") as scratch:
         path = Path(scratch) / "bundle"
         started = time.perf_counter()
-        index, spec = faiss_index.build_index(vectors, np.arange(args.items, dtype=np.int64), args.factory)
-        write_bundle(path, ModelRef(OFFLINE_MODEL), args.dim, {Modality.IMAGE: ModalityContent(index, spec)},
+        ids = np.arange(args.items, dtype=np.int64)
+        if data is None:
+            index, spec = faiss_index.build_index(vectors, ids, args.factory)
+            content = ModalityContent(index, spec)
+        else:
+            def chunks() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+                return ((ids[start:start + 65_536], vectors[start:start + 65_536])
+                        for start in range(0, args.items, 65_536))
+
+            files, spec = ondisk.build_on_disk(chunks, args.items, args.dim, args.factory, Path(scratch) / "work",
+                                               on_disk_name(Modality.IMAGE), data.rows("text", 0, 1000),
+                                               "text (synthetic)", progress=True)
+            content = ModalityContent(files.index, spec, on_disk=files)
+        write_bundle(path, ModelRef(OFFLINE_MODEL), args.dim, {Modality.IMAGE: content},
                      (Item(item_id, Modality.IMAGE, f"/photos/{item_id}.jpg", None, {"n": item_id}, str(item_id))
                       for item_id in range(args.items)), {"skipped": []}, {})
         baseline_s = time.perf_counter() - started
-        del index
-        emit("written from vectors", items=args.items, dim=args.dim, factory=args.factory, seconds=baseline_s)
+        del content
+        index_bytes = sum(child.stat().st_size for child in path.iterdir() if child.suffix in (".faiss", ".ivfdata")
+                          or child.name.endswith(".npy"))
+        emit("written from vectors", items=args.items, dim=args.dim, factory=args.factory, seconds=baseline_s,
+             index_bytes=index_bytes, recall_at_10=spec.recall_at_10, params=spec.params)
 
         bundle = load_bundle(path, verify_checksums=False)
         log = LiveLog(path / LIVE_FILE, bundle.items, args.dim)
         started = time.perf_counter()
-        added = unit_vectors(args.adds, args.dim, seed=1)
+        added = unit_vectors(args.adds, args.dim, seed=1) if data is None else \
+            data.rows("image", args.items, args.items + args.adds)
         for start in range(0, args.adds, WRITE_BATCH):
             log.write([NewItem(f"added/{number}", Modality.IMAGE, f"/photos/added-{number}.jpg", None, {},
                                str(number), added[number]) for number in range(start, min(start + WRITE_BATCH,
@@ -97,16 +125,18 @@ def main(argv: list[str] | None = None) -> int:
              items_per_s=(args.adds + len(doomed)) / write_s)
 
         encoder = load_encoder(OFFLINE_MODEL, None, device="cpu")  # only to satisfy the service: queries are vectors
-        queries = unit_vectors(args.repeats, args.dim, seed=3)
+        queries = unit_vectors(args.repeats, args.dim, seed=3) if data is None else \
+            data.rows("text", 1000, 1000 + args.repeats)
         before = _latency(SearchService(encoder, bundle, live=log), queries)
         log.close()
         bundle.close()
 
-        summary = compact(path, CompactionPolicy())
-        assert summary is not None
-        emit("compaction", folded=summary.folded, prepare_s=summary.prepare_s, write_s=summary.commit_s,
-             writes_held_s=summary.writes_held_s, retrained=summary.retrained,
-             vs_written_from_vectors=ratio(summary.prepare_s + summary.commit_s, baseline_s))
+        first, imported_bytes, peak_bytes = _compact_in_a_process(path)
+        emit("compaction", folded=first.folded, prepare_s=first.prepare_s, write_s=first.commit_s,
+             writes_held_s=first.writes_held_s, retrained=first.retrained,
+             vs_written_from_vectors=ratio(first.prepare_s + first.commit_s, baseline_s),
+             peak_resident_bytes=peak_bytes, resident_after_imports_bytes=imported_bytes,
+             peak_above_imports_vs_index_bytes=ratio(peak_bytes - imported_bytes, index_bytes))
         started = time.perf_counter()  # what a server worker does to serve the new bundle
         bundle = load_bundle(path, verify_checksums=False)
         log = LiveLog(path / LIVE_FILE, bundle.items, args.dim)
@@ -139,6 +169,31 @@ def main(argv: list[str] | None = None) -> int:
              write_p50_ms=latency_summary(during)["p50_ms"], write_max_ms=max(during, default=0.0) * 1000,
              write_p50_vs_quiet=ratio(latency_summary(during)["p50_ms"], quiet["p50_ms"]))
     return 0
+
+
+COMPACT = """
+import dataclasses, json, sys
+from pathlib import Path
+from clipsearch.compaction import CompactionPolicy, compact
+
+def memory(field):
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) * 1024 for line in status if line.startswith(field + ":"))
+
+imported = memory("VmRSS")
+summary = dataclasses.asdict(compact(Path(sys.argv[1]), CompactionPolicy()))
+Path(sys.argv[2]).write_text(json.dumps({"summary": summary, "imported": imported, "peak": memory("VmHWM")}))
+"""
+
+
+def _compact_in_a_process(path: Path) -> tuple[CompactionSummary, int, int]:
+    """Compact in a child process, so that its peak resident memory is the compaction's alone (this
+    one holds the vectors it made); returns the summary, the child's resident bytes once its
+    modules were imported, and its peak."""
+    out = path.with_name("compaction.json")
+    subprocess.run([sys.executable, "-c", COMPACT, str(path), str(out)], check=True)
+    done = json.loads(out.read_text())
+    return CompactionSummary(**done["summary"]), done["imported"], done["peak"]
 
 
 def _write_latencies(path: Path, dim: int, stop: threading.Event, per_second: float, count: int | None = None,

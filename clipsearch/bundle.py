@@ -42,7 +42,7 @@ import os
 import shutil
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import closing
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -274,13 +274,13 @@ def rewrite_items(path: Path, change: Callable[[Item], Item]) -> Manifest:
     return updated
 
 
-def write_compacted(path: Path, manifest: Manifest, content: dict[Modality, ModalityContent], items: list[Item],
+def write_compacted(path: Path, manifest: Manifest, content: dict[Modality, ModalityContent], items: Iterable[Item],
                     record: dict[str, Any], start_log: Callable[[Path], object],
                     carry_over: Callable[[Path], Iterable[str]],
                     fused: FusedContent | None = None) -> tuple[Manifest, float]:
     """Replace the bundle at `path` by one with the same model and report, the indices and items
     given (and the caption and fused indices of a fused bundle), and `record` appended to its
-    compactions, all or nothing. Returns the new manifest, and
+    compactions, all or nothing. `items` (ascending ids) is read once, as it is written. Returns the new manifest, and
     how long writes were held (the bundle's lock).
 
     The new bundle is written in a staging directory first, and `start_log(staging)` puts its
@@ -290,18 +290,24 @@ def write_compacted(path: Path, manifest: Manifest, content: dict[Modality, Moda
     of deleted items are left behind), and the new bundle is swapped into place.
     """
     staging = _new_staging(path)
+    uploads = path.resolve() / LIVE_IMAGES
+    used: set[str] = set()
+
+    def noting_uploads(items: Iterable[Item]) -> Iterator[Item]:
+        for item in items:
+            used.update(_uploaded_names(uploads, (item.uri,)))
+            yield item
+
     try:
         modalities = _write_indices(staging, content)
         _write_captions(staging, fused)
-        write_items(staging / ITEMS_FILE, items, manifest.keyword_fields)
+        write_items(staging / ITEMS_FILE, noting_uploads(items), manifest.keyword_fields)
         _link_or_copy(path / REPORT_FILE, staging / REPORT_FILE)
         updated = replace(manifest, modalities=modalities, files=_file_records(staging),
                           compactions=[*manifest.compactions, record],
                           fused_index=None if fused is None or fused.index is None else fused.index.spec)
         atomic_write_text(staging / MANIFEST_FILE, updated.to_json())
         start_log(staging)
-        uploads = path.resolve() / LIVE_IMAGES
-        used = _uploaded_names(uploads, (item.uri for item in items))
         with bundle_lock(path):  # writers wait from here to the swap
             locked_at = time.perf_counter()
             used |= _uploaded_names(uploads, carry_over(staging))

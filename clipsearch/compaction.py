@@ -14,6 +14,10 @@ collection as it is:
      with. Then they are trained again and the build's recall check (and nprobe tuning) is run
      again, with the other modality's vectors as cross-modal queries when there are any; the
      recall reached is recorded in the manifest as a build's is.
+   - On-disk IVF-PQ indices (clipsearch.ondisk) go the same way, read from their fp16 store a
+     block at a time and written on disk again (a new store and new lists) in a work directory
+     beside the bundle, never whole in memory. Other indices of compressed vectors cannot give
+     their vectors back: CannotCompact.
 2. Catch up, then commit: the new log takes what was written after the snapshot, hidden over the
    new base where it replaced or deleted a base item (clipsearch.live.LiveLog.fold_since), in
    passes while writes go on, then once more holding the bundle's lock (writers wait only for
@@ -27,9 +31,12 @@ Only one compaction of a bundle runs at a time (clipsearch.manifest.compaction_l
 
 from __future__ import annotations
 
+import heapq
 import logging
 import os
+import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,12 +46,14 @@ import faiss
 import numpy as np
 
 from clipsearch import index as faiss_index
+from clipsearch import ondisk
 from clipsearch.bundle import (
     FUSED_FILE,
     Bundle,
     FusedContent,
     ModalityContent,
     load_bundle,
+    on_disk_name,
     recover_interrupted_swaps,
     rewrite_items,
     write_compacted,
@@ -118,9 +127,31 @@ class CompactionSummary:
 @dataclass
 class _NewBase:
     ids: np.ndarray
-    vectors: np.ndarray
+    vectors: np.ndarray | None
+    """In memory; None for an on-disk index's, read from `chunks` instead."""
     added: int
     """Live rows folded in (adds and replacements): what an IVF index takes without training."""
+    chunks: ondisk.Chunks | None = None
+    """A pass over the vectors a block at a time (an on-disk index's store, merged with the live rows)."""
+
+    def recall_queries(self) -> np.ndarray:
+        """Up to RECALL_QUERIES of the vectors: the other modality's cross-modal recall queries."""
+        if self.vectors is not None:
+            return self.vectors[:faiss_index.RECALL_QUERIES]
+        assert self.chunks is not None
+        parts, held = [], 0
+        for _, vectors in self.chunks():
+            parts.append(vectors[:faiss_index.RECALL_QUERIES - held])
+            held += len(parts[-1])
+            if held >= faiss_index.RECALL_QUERIES:
+                break
+        return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
+
+    def all_vectors(self) -> np.ndarray:
+        if self.vectors is not None:
+            return self.vectors
+        assert self.chunks is not None
+        return np.concatenate([vectors for _, vectors in self.chunks()])
 
 
 class Compaction:
@@ -137,11 +168,15 @@ class Compaction:
         self.content: dict[Modality, ModalityContent] = {}
         self.fused: FusedContent | None = None
         """A fused bundle's new caption index (and fused index, over an approximate image index)."""
-        self.items: list[Item] = []
+        self.removed: dict[Modality, set[int]] = {}
+        """Base ids hidden as of the snapshot (deleted or replaced), per modality."""
         self.new_ids: dict[Modality, np.ndarray] = {}
         self.summary = CompactionSummary(folded=0)
         self.new_log = path.with_name(f".{path.name}.newlog-{os.getpid()}")
         """The new bundle's log, begun beside the bundle and moved into it at the commit."""
+        self.work = path.with_name(f".{path.name}.compacting.staging-{os.getpid()}")
+        """Where new on-disk indices are written, beside the bundle so that their files move into it
+        (clipsearch.bundle.recover_interrupted_swaps removes it after a kill)."""
         self._caught_up = -1
 
     def prepare(self, only_if_due: bool = False) -> CompactionSummary:
@@ -159,14 +194,12 @@ class Compaction:
         bases = {modality: base for modality, base in bases.items() if len(base.ids)}
         self.new_ids = {modality: base.ids for modality, base in bases.items()}
         for modality, base in bases.items():
-            others = [other.vectors for kind, other in bases.items() if kind is not modality]
+            others = [other.recall_queries() for kind, other in bases.items() if kind is not modality]
             self.content[modality] = self._index(modality, base, others[0] if others else None)
             self.summary.counts[modality.value] = len(base.ids)
         if self.bundle.captions is not None:
             self.fused = self._new_fused(bases.get(Modality.IMAGE))
-        removed = {modality: set(state.removed_of(modality).tolist()) for modality in Modality}
-        self.items = sorted([item for item in self.bundle.items if item.id not in removed[item.modality]]
-                            + list(state.items.values()), key=lambda item: item.id)
+        self.removed = {modality: set(state.removed_of(modality).tolist()) for modality in Modality}
         self.new_log.unlink(missing_ok=True)
         self.live.start_fold(self.new_ids, self.new_log)
         self._caught_up = state.generation
@@ -196,12 +229,19 @@ class Compaction:
             "at": datetime.now(UTC).isoformat(timespec="seconds"), "generation": self.state.generation,
             "folded": self.summary.folded, "counts": self.summary.counts, "retrained": self.summary.retrained,
             "prepare_s": round(self.summary.prepare_s, 2)}
-        _, self.summary.writes_held_s = write_compacted(self.path, self.bundle.manifest, self.content, self.items,
-                                                        record, move_log_in, carry_over, self.fused)
+        _, self.summary.writes_held_s = write_compacted(self.path, self.bundle.manifest, self.content,
+                                                        self._new_items(), record, move_log_in, carry_over, self.fused)
         self.summary.carried = carried[-1].items + carried[-1].hidden
         self.summary.commit_s = time.perf_counter() - started
         log.info("compacted %s: %s", self.path, self.summary.describe())
         return self.summary
+
+    def _new_items(self) -> Iterator[Item]:
+        """The new base's items as of the snapshot, by ascending id: the base's not hidden (read a
+        batch at a time), merged with the live ones (a replaced item keeps its id)."""
+        kept = (item for item in self.bundle.items if item.id not in self.removed[item.modality])
+        return heapq.merge(kept, sorted(self.state.items.values(), key=lambda item: item.id),
+                           key=lambda item: item.id)
 
     def catch_up(self) -> None:
         """Copy into the new log what was written since the last catch-up (since the snapshot, at
@@ -211,11 +251,14 @@ class Compaction:
 
     def close(self) -> None:
         self.new_log.unlink(missing_ok=True)  # given up: nothing of it was used
+        shutil.rmtree(self.work, ignore_errors=True)  # what a commit moved into the bundle is gone from it
         self.live.close()
         self.bundle.close()
 
     def _new_base(self, modality: Modality) -> _NewBase:
         """The ids (ascending) and vectors of `modality`'s items as of the snapshot."""
+        if modality in self.bundle.stores:
+            return self._new_on_disk_base(modality)
         index = self.bundle.indices.get(modality)
         dim = self.bundle.manifest.embedding_dim
         kept, kept_vectors = np.zeros(0, np.int64), np.zeros((0, dim), np.float32)
@@ -231,6 +274,18 @@ class Compaction:
         vectors = np.concatenate([kept_vectors, segment.vectors.reshape(-1, dim)])
         order = np.argsort(ids, kind="stable")
         return _NewBase(ids[order], np.ascontiguousarray(vectors[order]), added=len(segment.ids))
+
+    def _new_on_disk_base(self, modality: Modality) -> _NewBase:
+        """An on-disk index's new base: its stored rows not hidden, and the live ones, read a block
+        at a time from its fp16 store."""
+        store = self.bundle.stores[modality]
+        stored_ids = np.asarray(store.ids)
+        keep = ~np.isin(stored_ids, self.state.removed_of(modality))
+        segment = self.state.segment(modality)
+        live_vectors = segment.vectors.reshape(-1, self.bundle.manifest.embedding_dim)
+        ids = np.sort(np.concatenate([stored_ids[keep], segment.ids]))
+        return _NewBase(ids, None, added=len(segment.ids),
+                        chunks=ondisk.chunks_from_store(store, keep, segment.ids, live_vectors))
 
     def _new_fused(self, images: _NewBase | None) -> FusedContent:
         """A fused bundle's caption vectors as of the snapshot (the base's, less those of hidden
@@ -253,7 +308,7 @@ class Compaction:
         image_content = self.content.get(Modality.IMAGE)
         if record is None or images is None or image_content is None or image_content.spec.exact:
             return FusedContent(fusion, new_captions)
-        rows = fused_rows_by_id(images.ids, images.vectors, ids, vectors)
+        rows = fused_rows_by_id(images.ids, images.all_vectors(), ids, vectors)
         if Modality.IMAGE.value in self.summary.retrained:
             index, spec = faiss_index.build_index(rows, images.ids, record.factory, use_gpu=self.use_gpu)
         else:
@@ -268,27 +323,57 @@ class Compaction:
         record = self.bundle.manifest.modalities.get(modality)
         queries_label = f"{'text' if modality is Modality.IMAGE else 'image'} (cross-modal)" \
             if others is not None else None
-        if record is not None and not record.index.exact:
+        if record is not None and record.index.params.get("on_disk"):
+            try:
+                return self._on_disk_index(modality, base, others, queries_label)
+            except IndexSettingsInvalid:  # too few items left for its lists: exact search then
+                record = None
+        elif record is not None and not record.index.exact:
             params = record.index.params
             added = int(params.get("added_since_training", 0)) + base.added
             trained_with = int(params.get("trained_with", record.count))
             if added < self.policy.retrain_fraction * trained_with:
-                refilled = faiss_index.refill_index(self._in_memory(modality), base.vectors, base.ids)
+                refilled = faiss_index.refill_index(self._in_memory(modality), base.all_vectors(), base.ids)
                 faiss_index.apply_params(refilled, params)
                 return ModalityContent(refilled, replace(record.index, params={
                     **params, "added_since_training": added}))
         # A new modality, an exact index, or an IVF index due for training: built as a build would.
         factory = record.index.factory if record is not None else faiss_index.default_factory(len(base.ids))
+        vectors = base.all_vectors()
         try:
-            index, spec = faiss_index.build_index(base.vectors, base.ids, factory, others, queries_label,
+            index, spec = faiss_index.build_index(vectors, base.ids, factory, others, queries_label,
                                                   use_gpu=self.use_gpu)
         except IndexSettingsInvalid:  # too few items left for its lists: exact search then
-            index, spec = faiss_index.build_index(base.vectors, base.ids, faiss_index.EXACT_FACTORY)
+            index, spec = faiss_index.build_index(vectors, base.ids, faiss_index.EXACT_FACTORY)
         if not spec.exact:
             self.summary.retrained.append(modality.value)
             if spec.recall_at_10 is not None:
                 self.summary.recall_at_10[modality.value] = spec.recall_at_10
         return ModalityContent(index, spec)
+
+    def _on_disk_index(self, modality: Modality, base: _NewBase, others: np.ndarray | None,
+                       queries_label: str | None) -> ModalityContent:
+        """An on-disk index's new lists and store: refilled with no training (and its search
+        settings kept) while the rows added since training stay few, else built again as the
+        indexer builds it (trained, tuned, its recall recorded)."""
+        assert base.chunks is not None
+        record = self.bundle.manifest.modalities[modality]
+        params = record.index.params
+        added = int(params.get("added_since_training", 0)) + base.added
+        trained_with = int(params.get("trained_with", record.count))
+        work, name = self.work / modality.value, on_disk_name(modality)
+        if added < self.policy.retrain_fraction * trained_with:
+            trained = ondisk.emptied(self.path / record.index_file)
+            files = ondisk.refill_on_disk(base.chunks, len(base.ids), trained, work, name)
+            faiss_index.apply_params(files.index, params)
+            return ModalityContent(files.index, replace(record.index, params={**params, "added_since_training": added}),
+                                   on_disk=files)
+        files, spec = ondisk.build_on_disk(base.chunks, len(base.ids), self.bundle.manifest.embedding_dim,
+                                           record.index.factory, work, name, others, queries_label)
+        self.summary.retrained.append(modality.value)
+        if spec.recall_at_10 is not None:
+            self.summary.recall_at_10[modality.value] = spec.recall_at_10
+        return ModalityContent(files.index, spec, on_disk=files)
 
     def _in_memory(self, modality: Modality) -> faiss.Index:
         """The modality's index read whole into memory (a served one may be memory-mapped read-only)."""

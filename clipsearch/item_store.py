@@ -112,14 +112,28 @@ class ItemStore:
         return connection
 
     def __iter__(self) -> Iterator[Item]:
-        with self._lock:
-            rows = self._connection.execute(f"SELECT {_COLUMNS} FROM items ORDER BY id").fetchall()
-        return (_item_from_row(row) for row in rows)
+        """Every item by ascending id, read a batch at a time through a connection of its own (opened
+        now), so that a million items never sit in memory at once and lookups are not held up."""
+        connection = sqlite3.connect(self._uri, uri=True, check_same_thread=False)
+        cursor = connection.execute(f"SELECT {_COLUMNS} FROM items ORDER BY id")
+
+        def items() -> Iterator[Item]:
+            try:
+                while rows := cursor.fetchmany(ITEMS_AT_ONCE):
+                    yield from map(_item_from_row, rows)
+            finally:
+                connection.close()
+
+        return items()
 
     def close(self) -> None:
         with self._lock:
             for connection in [self._connection, *self._keyword_connections]:
                 connection.close()
+
+
+ITEMS_AT_ONCE = 10_000
+"""Rows read per step when iterating over every item."""
 
 
 def write_items(path: Path, items: Iterable[Item], keyword_fields: Sequence[str] = ()) -> None:

@@ -31,11 +31,13 @@ A base item's key is its uri.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import json
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack, closing
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -85,6 +87,8 @@ CREATE TABLE IF NOT EXISTS file_stats (
 ) WITHOUT ROWID;
 """
 _ITEM_COLUMNS = "id, modality, uri, text, extra, content_hash"
+KEYS_AT_ONCE = 10_000
+"""Keys a compaction copies into the new log per step (LiveLog.start_fold)."""
 
 
 @dataclass(frozen=True)
@@ -274,15 +278,18 @@ class LiveLog:
         self._identity = _identity(path)
 
     def _initialise(self, base: ItemStore) -> None:
-        """Record the base's keys and where new ids start: once, when the log is created."""
-        largest = -1
-        rows = []
-        for item in base:
-            largest = max(largest, item.id)
-            rows.append((item.modality.value, item.uri, item.id))
-        self._connection.executemany("INSERT OR IGNORE INTO base_keys (modality, key, id) VALUES (?, ?, ?)", rows)
+        """Record the base's keys and where new ids start: once, when the log is created. The items
+        stream in, in id order, so the last one read holds the largest id."""
+        largest = [-1]
+
+        def rows() -> Iterator[tuple[str, str, int]]:
+            for item in base:
+                largest[0] = item.id
+                yield item.modality.value, item.uri, item.id
+
+        self._connection.executemany("INSERT OR IGNORE INTO base_keys (modality, key, id) VALUES (?, ?, ?)", rows())
         self._connection.execute("INSERT INTO state (name, value) VALUES ('next_id', ?), ('generation', 0)",
-                                 (largest + 1,))
+                                 (largest[0] + 1,))
 
     def generation(self) -> int:
         with self._lock:
@@ -338,9 +345,11 @@ class LiveLog:
             stacked = np.stack([vectors[int(item_id)] for item_id in ids]) if len(ids) else \
                 np.zeros((0, self.dim), np.float32)
             captioned = np.array([int(item_id) in captions for item_id in ids], dtype=bool)
-            caption_vectors = np.zeros_like(stacked)
-            for row in np.flatnonzero(captioned):
-                caption_vectors[row] = captions[int(ids[row])]
+            caption_vectors = None  # none captioned (any bundle not fused): no second matrix of zeros
+            if captioned.any():
+                caption_vectors = np.zeros_like(stacked)
+                for row in np.flatnonzero(captioned):
+                    caption_vectors[row] = captions[int(ids[row])]
             segments[modality] = Segment(ids, stacked, caption_vectors, captioned)
         return LiveState(generation, removed, segments, items)
 
@@ -419,29 +428,38 @@ class LiveLog:
 
         Every new base item keeps its key: a base item's from base_keys, a folded item's from its
         row. A folded item already deleted has no row, and its key is free, as it was.
+
+        Keys and stats stream from this log into the new one in id order, a batch at a time: a base
+        of millions never has its keys in memory at once.
         """
-        with self._lock:
+        wanted = np.sort(np.concatenate([np.zeros(0, np.int64), *new_base.values()]))
+        with self._lock, closing(_unsynced(into)) as connection:
             self._connection.execute("BEGIN")
             try:
-                keys = {int(row[2]): (row[0], row[1]) for row in
-                        self._connection.execute("SELECT modality, key, id FROM base_keys")}
-                keys.update({int(row[0]): (row[1], row[2]) for row in
-                             self._connection.execute("SELECT id, modality, key FROM items")})
-                file_stats = self._connection.execute(
-                    "SELECT uri, size, mtime_ns, content_hash, generation FROM file_stats").fetchall()
+                connection.execute("BEGIN")
+                for statement in _SCHEMA.strip().split(";"):
+                    if statement.strip():
+                        connection.execute(statement)
+                # A folded item's row holds its key; it comes after the base key of the same id.
+                base = self._connection.execute("SELECT id, 0, modality, key FROM base_keys ORDER BY id")
+                live = self._connection.execute("SELECT id, 1, modality, key FROM items ORDER BY id")
+                rows = heapq.merge(base, live)
+                latest = (row for row, following in itertools.pairwise(itertools.chain(rows, [None]))
+                          if following is None or following[0] != row[0])
+                while batch := list(itertools.islice(latest, KEYS_AT_ONCE)):
+                    ids = np.fromiter((row[0] for row in batch), np.int64, len(batch))
+                    rows_kept = np.searchsorted(wanted, ids)
+                    kept = (rows_kept < len(wanted)) & (wanted[np.minimum(rows_kept, len(wanted) - 1)] == ids) \
+                        if len(wanted) else np.zeros(len(ids), bool)
+                    connection.executemany("INSERT INTO base_keys (modality, key, id) VALUES (?, ?, ?)",
+                                           ((row[2], row[3], row[0]) for row, keep in zip(batch, kept, strict=True)
+                                            if keep))
+                connection.executemany(
+                    "INSERT INTO file_stats (uri, size, mtime_ns, content_hash, generation) VALUES (?, ?, ?, ?, ?)",
+                    self._connection.execute("SELECT uri, size, mtime_ns, content_hash, generation FROM file_stats"))
+                connection.execute("COMMIT")
             finally:
                 self._connection.execute("COMMIT")
-        with closing(_unsynced(into)) as connection:
-            connection.execute("BEGIN")
-            for statement in _SCHEMA.strip().split(";"):
-                if statement.strip():
-                    connection.execute(statement)
-            connection.executemany("INSERT INTO base_keys (modality, key, id) VALUES (?, ?, ?)",
-                                   ((*keys[item_id], item_id) for ids in new_base.values()
-                                    for item_id in ids.tolist() if item_id in keys))
-            connection.executemany("INSERT INTO file_stats (uri, size, mtime_ns, content_hash, generation) "
-                                   "VALUES (?, ?, ?, ?, ?)", file_stats)
-            connection.execute("COMMIT")
 
     def fold_since(self, after: int, since: LiveState, new_base: dict[Modality, np.ndarray], into: Path) -> Carried:
         """Bring the log that `start_fold` began at `into` up to date with the rows written after

@@ -17,6 +17,10 @@ fp16 store with pread, so a server's own memory is the coarse quantizer, the PQ 
 list pages its searches touch, not the index. (FAISS's IO_FLAG_MMAP must not be added for such an
 index: with it, FAISS 1.15 crashed here on the first search.) Nothing here holds all the vectors
 in memory at once: they come in chunks, twice.
+
+A compaction (clipsearch.compaction) reads the store back a block at a time, merged with the live
+vectors (`chunks_from_store`), and fills the trained index again (`emptied`, `refill_on_disk`:
+steps 1, 3 and 4 without the sample, the training and the tuning), or builds it again.
 """
 
 from __future__ import annotations
@@ -52,6 +56,9 @@ RERANK_QUERIES_AT_ONCE = 64
 """Queries re-ranked together: 64 queries of 800 candidates read 100 MB of float32 rows at 512-d."""
 MAX_RERANK_STEPS = 3
 """Doublings of the re-rank depth the tuning may take (10 → 80 candidates per result)."""
+STORE_ROWS_AT_ONCE = 16_384
+"""Rows of the fp16 store a compaction reads at a time: 32 MB as float32 at 512-d, copied a few
+times on its way into the lists."""
 MIN_TRAINING_POINTS = 64 * 256
 """PQ's sub-quantizers have 256 centroids each, and FAISS asks for at least 39 points per centroid."""
 
@@ -137,6 +144,14 @@ class VectorStore:
         rows, held = self.positions(np.array([item_id], np.int64))
         return self._read_rows(rows)[0] if held[0] else None
 
+    def block(self, start: int, stop: int) -> np.ndarray:
+        """Rows `start` to `stop` (float32), read in one call: a compaction's pass over the store."""
+        size = (stop - start) * self._row_bytes
+        raw = os.pread(self._file.fileno(), size, self._offset + start * self._row_bytes)
+        if len(raw) != size:
+            raise BundleError(f"the fp16 store ends before row {stop}: it was truncated")
+        return np.frombuffer(raw, np.float16).reshape(stop - start, self.dim).astype(np.float32)
+
     def _read_rows(self, rows: np.ndarray) -> np.ndarray:
         order = np.argsort(rows, kind="stable")  # in file order, kinder to the disk
         descriptor, size = self._file.fileno(), self._row_bytes
@@ -212,18 +227,11 @@ def build_on_disk(chunks: Chunks, count: int, dim: int, factory: str, work: Path
         with atomic_path(trained_path) as temporary:
             faiss.write_index(index, str(temporary))
     clock.lap("train")
-    shard_paths = _fill(chunks, count, trained_path, work, progress)
-    clock.lap("fill")
-    merged = faiss.read_index(str(trained_path))
-    ivfdata = work / f"{name}.ivfdata"
-    ivfdata.unlink(missing_ok=True)
-    merge_ondisk(merged, [str(path) for path in shard_paths], str(ivfdata))
-    clock.lap("merge")
-    files = OnDiskFiles(merged, ivfdata, work / f"{name}.vectors.npy", work / f"{name}.ids.npy", clock.seconds)
+    files = _fill_and_merge(chunks, count, trained_path, work, name, clock, progress)
     params: dict[str, Any] = {"nlist": int(ivf.nlist), "trained_on": len(first_pass.sample), "trained_with": count,
                               "on_disk": True, "rerank": rerank}
     with VectorStore(files.vectors, files.ids) as store:
-        recall = _tune(merged, store, queries, truth, rerank, params)
+        recall = _tune(files.index, store, queries, truth, rerank, params)
     clock.lap("tune")
     log.info("on-disk index %s: recall@10 %.3f with %s queries, params %s", factory, recall, queries_label, params)
     if recall < RECALL_TARGET:
@@ -233,6 +241,71 @@ def build_on_disk(chunks: Chunks, count: int, dim: int, factory: str, work: Path
                     "better", factory, recall, RECALL_TARGET, params["rerank"], 2 * ivf_pq.pq.M)
     return files, IndexSpec(factory, exact=False, params=params, recall_at_10=round(recall, 4),
                             recall_queries=queries_label)
+
+
+def emptied(index_path: Path) -> faiss.Index:
+    """The trained on-disk index at `index_path` holding no vectors (its quantizer and codebooks,
+    in memory): what `refill_on_disk` fills again."""
+    index = load(index_path)
+    ivf = faiss.extract_index_ivf(index)
+    lists: Any = faiss.ArrayInvertedLists(ivf.nlist, ivf.code_size)
+    ivf.replace_invlists(lists, True)
+    lists.this.disown()  # the index owns it now; Python must not free it too
+    ivf.ntotal = index.ntotal = 0
+    return index
+
+
+def refill_on_disk(chunks: Chunks, count: int, trained: faiss.Index, work: Path, name: str,
+                   progress: bool = False) -> OnDiskFiles:
+    """Fill `trained` (an empty trained on-disk index, see `emptied`) with `count` vectors on disk,
+    as `build_on_disk` does but with no training and no tuning: a compaction's path while the rows
+    added since the index was trained stay few (clipsearch.compaction). The caller keeps the
+    search settings it had."""
+    if trained.ntotal:
+        raise ValueError(f"the trained index holds {trained.ntotal} vectors; refill an empty one")
+    _prepare_work(work, {"refill": True, "count": count, "dim": trained.d, "fill_shard": FILL_SHARD_VECTORS})
+    clock = _Clock()
+    _first_pass(chunks, count, trained.d, work, name, sample_size=0, recall_queries=None, progress=progress,
+                find_truth=False)
+    clock.lap("first_pass")
+    trained_path = work / "trained.faiss"
+    with atomic_path(trained_path) as temporary:
+        faiss.write_index(trained, str(temporary))
+    return _fill_and_merge(chunks, count, trained_path, work, name, clock, progress)
+
+
+def chunks_from_store(store: VectorStore, keep: np.ndarray, added_ids: np.ndarray, added_vectors: np.ndarray,
+                      rows_at_once: int = STORE_ROWS_AT_ONCE) -> Chunks:
+    """A pass over the rows of `store` where `keep` (bool, one per row) is true, merged in id order
+    with `added_ids` (none of them kept ids) and their float32 `added_vectors`: a compaction's new
+    base, read `rows_at_once` rows at a time (with pread, so the store never enters the process's
+    resident memory)."""
+    order = np.argsort(added_ids, kind="stable")
+    added_ids, added_vectors = added_ids[order], added_vectors[order]
+    ids = store.ids
+
+    def chunks() -> Iterable[tuple[np.ndarray, np.ndarray]]:
+        taken = 0
+        for start in range(0, len(ids), rows_at_once):
+            end = min(start + rows_at_once, len(ids))
+            kept = keep[start:end]
+            # The added ids below the next block's first id belong to this one.
+            upto = len(added_ids) if end == len(ids) else int(np.searchsorted(added_ids, ids[end]))
+            chunk_ids, chunk_vectors = np.asarray(ids[start:end]), store.block(start, end)
+            if not kept.all():
+                chunk_ids, chunk_vectors = chunk_ids[kept], chunk_vectors[kept]
+            if upto > taken:
+                chunk_ids = np.concatenate([chunk_ids, added_ids[taken:upto]])
+                chunk_vectors = np.concatenate([chunk_vectors, added_vectors[taken:upto]])
+                in_order = np.argsort(chunk_ids, kind="stable")
+                chunk_ids, chunk_vectors = chunk_ids[in_order], chunk_vectors[in_order]
+            taken = upto
+            if len(chunk_ids):
+                yield chunk_ids, chunk_vectors
+        if taken < len(added_ids):  # no stored rows at all
+            yield added_ids[taken:], added_vectors[taken:]
+
+    return chunks
 
 
 class _Clock:
@@ -279,48 +352,81 @@ class _FirstPass:
 
 
 def _first_pass(chunks: Chunks, count: int, dim: int, work: Path, name: str, sample_size: int,
-                recall_queries: np.ndarray | None, progress: bool) -> _FirstPass:
-    """Draw the training sample, write the fp16 store, and find the recall queries' exact top 10.
+                recall_queries: np.ndarray | None, progress: bool, find_truth: bool = True) -> _FirstPass:
+    """Draw the training sample, write the fp16 store, and find the recall queries' exact top 10
+    (unless not `find_truth`: a refill is not tuned).
 
     Without recall queries of another modality, the first RECALL_QUERIES of the sample are used.
     """
     chosen = np.sort(np.random.default_rng(1234).choice(count, size=sample_size, replace=False))
     sample = np.empty((sample_size, dim), np.float32)
-    vectors = np.lib.format.open_memmap(work / f"{name}.vectors.npy.tmp", mode="w+", dtype=np.float16,
-                                        shape=(count, dim))
-    ids = np.lib.format.open_memmap(work / f"{name}.ids.npy.tmp", mode="w+", dtype=np.int64, shape=(count,))
-    queries = None if recall_queries is None or len(recall_queries) == 0 else \
+    queries = None if not find_truth or recall_queries is None or len(recall_queries) == 0 else \
         np.ascontiguousarray(recall_queries[:RECALL_QUERIES], dtype=np.float32)
     best = _RunningTopK(10)
-    start = 0
+    start, last_id = 0, -1
     bar = tqdm(total=count, unit="vector", desc="reading vectors", disable=not progress, dynamic_ncols=True)
-    for chunk_ids, chunk_vectors in chunks():
-        end = start + len(chunk_ids)
-        if end > count:
-            raise ValueError(f"the vectors number more than the {count} announced")
-        if len(chunk_ids) and (chunk_ids[0] <= (ids[start - 1] if start else -1) or np.any(np.diff(chunk_ids) <= 0)):
-            raise ValueError("the vectors' ids must ascend across chunks")
-        vectors[start:end] = chunk_vectors
-        ids[start:end] = chunk_ids
-        in_chunk = chosen[(chosen >= start) & (chosen < end)]
-        sample[np.searchsorted(chosen, in_chunk)] = chunk_vectors[in_chunk - start]
-        if queries is not None:
-            best.add(queries, chunk_ids, chunk_vectors)
-        start = end
-        bar.update(len(chunk_ids))
-    bar.close()
-    if start != count:
-        raise ValueError(f"{start} vectors came, {count} were announced")
-    vectors.flush()
-    ids.flush()
-    del vectors, ids
+    with _RowWriter(work / f"{name}.vectors.npy.tmp", np.float16, (count, dim)) as vectors, \
+            _RowWriter(work / f"{name}.ids.npy.tmp", np.int64, (count,)) as ids:
+        for chunk_ids, chunk_vectors in chunks():
+            end = start + len(chunk_ids)
+            if end > count:
+                raise ValueError(f"the vectors number more than the {count} announced")
+            if len(chunk_ids) and (chunk_ids[0] <= last_id or np.any(np.diff(chunk_ids) <= 0)):
+                raise ValueError("the vectors' ids must ascend across chunks")
+            vectors.write(chunk_vectors)
+            ids.write(chunk_ids)
+            last_id = int(chunk_ids[-1]) if len(chunk_ids) else last_id
+            in_chunk = chosen[(chosen >= start) & (chosen < end)]
+            sample[np.searchsorted(chosen, in_chunk)] = chunk_vectors[in_chunk - start]
+            if queries is not None:
+                best.add(queries, chunk_ids, chunk_vectors)
+            start = end
+            bar.update(len(chunk_ids))
+        bar.close()
+        if start != count:
+            raise ValueError(f"{start} vectors came, {count} were announced")
+        vectors.finish()
+        ids.finish()
     for suffix in ("vectors.npy", "ids.npy"):
         (work / f"{name}.{suffix}.tmp").replace(work / f"{name}.{suffix}")
+    if not find_truth:
+        return _FirstPass(sample, np.zeros((0, dim), np.float32), np.zeros((0, 10), np.int64))
     if queries is None:  # the queries come from the sample, known only now: one more pass for their truth
         queries = np.ascontiguousarray(sample[:RECALL_QUERIES])
         for chunk_ids, chunk_vectors in chunks():
             best.add(queries, chunk_ids, chunk_vectors)
     return _FirstPass(sample, queries, best.ids)
+
+
+class _RowWriter:
+    """A .npy file of known shape written row by row, in order, with plain writes: through a memory
+    map, the pages written would count in the process's resident memory (a build's, a
+    compaction's) until the kernel wrote them back."""
+
+    def __init__(self, path: Path, dtype: type[np.generic], shape: tuple[int, ...]) -> None:
+        self.dtype, self.shape = np.dtype(dtype), shape
+        self._file = open(path, "wb")  # noqa: SIM115  # closed by finish(), or on leaving the with block
+        np.lib.format.write_array_header_2_0(self._file, {"descr": np.lib.format.dtype_to_descr(self.dtype),
+                                                          "fortran_order": False, "shape": shape})
+        self._rows = 0
+
+    def __enter__(self) -> _RowWriter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._file.close()
+
+    def write(self, rows: np.ndarray) -> None:
+        self._file.write(np.ascontiguousarray(rows, dtype=self.dtype).tobytes())
+        self._rows += len(rows)
+
+    def finish(self) -> None:
+        """Flush every row to disk and close; there must be as many as the shape says."""
+        if self._rows != self.shape[0]:
+            raise ValueError(f"{self._file.name}: {self._rows} rows written, {self.shape[0]} announced")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
 
 
 class _RunningTopK:
@@ -343,6 +449,19 @@ class _RunningTopK:
         best = np.argpartition(-scores, k - 1, axis=1)[:, :k]
         self.scores = np.take_along_axis(scores, best, axis=1)
         self.ids = np.take_along_axis(candidate_ids, best, axis=1)
+
+
+def _fill_and_merge(chunks: Chunks, count: int, trained_path: Path, work: Path, name: str, clock: _Clock,
+                    progress: bool) -> OnDiskFiles:
+    """Steps 3 and 4 of a build: fill shards of the trained index, then merge their lists on disk."""
+    shard_paths = _fill(chunks, count, trained_path, work, progress)
+    clock.lap("fill")
+    merged = faiss.read_index(str(trained_path))
+    ivfdata = work / f"{name}.ivfdata"
+    ivfdata.unlink(missing_ok=True)
+    merge_ondisk(merged, [str(path) for path in shard_paths], str(ivfdata))
+    clock.lap("merge")
+    return OnDiskFiles(merged, ivfdata, work / f"{name}.vectors.npy", work / f"{name}.ids.npy", clock.seconds)
 
 
 def _fill(chunks: Chunks, count: int, trained_path: Path, work: Path, progress: bool) -> list[Path]:

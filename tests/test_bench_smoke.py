@@ -19,7 +19,9 @@ def run_bench(module: str, *arguments: str) -> dict[str, dict[str, Any]]:
     finished = subprocess.run([sys.executable, "-m", module, *arguments], cwd=ROOT, capture_output=True, text=True,
                               timeout=600)
     assert finished.returncode == 0, finished.stdout + finished.stderr[-3000:]
-    return {line["figure"]: line for line in map(json.loads, finished.stdout.splitlines())}
+    # FAISS prints lines of its own to stdout about on-disk lists' files; the figures are JSON.
+    figures = (json.loads(line) for line in finished.stdout.splitlines() if line.startswith("{"))
+    return {figure["figure"]: figure for figure in figures}
 
 
 def test_smoke_the_search_bench_compares_with_faiss_and_finds_the_same_ids() -> None:
@@ -141,6 +143,19 @@ def test_smoke_the_compaction_bench_folds_every_change_and_times_searches_before
         (compaction["prepare_s"] + compaction["write_s"]) / figures["written from vectors"]["seconds"], rel=2e-2)
     latency = figures["search latency"]
     assert latency["pending_p50_ms"] > 0 and latency["compacted_p50_ms"] > 0 and figures["reload"]["seconds"] > 0
+    assert compaction["peak_resident_bytes"] > compaction["resident_after_imports_bytes"] > 0
+
+
+def test_smoke_the_compaction_bench_folds_changes_into_an_on_disk_index() -> None:
+    figures = run_bench("bench.compaction", "--items", "20000", "--dim", "32", "--adds", "300", "--deletes", "200",
+                        "--repeats", "5", "--factory", "IVF32,PQ8", "--clusters", "64")
+    assert figures["written from vectors"]["params"]["on_disk"]
+    compaction = figures["compaction"]
+    assert compaction["folded"] == 300 + 200 and compaction["retrained"] == []
+    above_imports = compaction["peak_resident_bytes"] - compaction["resident_after_imports_bytes"]
+    assert compaction["peak_above_imports_vs_index_bytes"] == pytest.approx(
+        above_imports / figures["written from vectors"]["index_bytes"], rel=2e-2)
+    assert figures["compaction during writes"]["writes"] > 0
 
 
 def test_smoke_the_search_bench_times_keyword_hybrid_and_fused_search_against_vector_search() -> None:
@@ -160,15 +175,10 @@ def test_smoke_the_fusion_bench_measures_every_configuration() -> None:
 
 
 def test_smoke_the_scale_bench_builds_serves_and_extrapolates_an_on_disk_index(tmp_path: Path) -> None:
-    finished = subprocess.run([sys.executable, "-m", "bench.scale", "--count", "20000", "--dim", "32", "--factory",
-                               "IVF16,PQ8", "--clusters", "64", "--queries", "100", "--repeats", "5",
-                               "--work", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert finished.returncode == 0, finished.stdout + finished.stderr[-3000:]
-    # FAISS prints a line of its own to stdout when it sizes the lists' file; the figures are JSON.
-    figures = [json.loads(line) for line in finished.stdout.splitlines() if line.startswith("{")]
-    by_name = {figure["figure"]: figure for figure in figures}
+    by_name = run_bench("bench.scale", "--count", "20000", "--dim", "32", "--factory", "IVF16,PQ8", "--clusters", "64",
+                        "--queries", "100", "--repeats", "5", "--work", str(tmp_path))
     assert by_name["bytes on disk"]["lists_per_vector"] == 8 + 8  # a PQ8 code and an id
     assert by_name["recall@10"]["with_rerank"] >= 0.95 > by_name["recall@10"]["without_rerank"]
     serving = by_name["serving"]
     assert serving["rss_anonymous_bytes"] > 0 and serving["on_disk_ms"] > 0 and serving["in_memory_ms"] > 0
-    assert [figure["count"] for figure in figures if figure["figure"] == "extrapolated"] == [10**8, 10**9]
+    assert by_name["extrapolated"]["count"] == 10**9  # the last of 100M and 1B
