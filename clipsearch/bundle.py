@@ -280,8 +280,8 @@ def write_compacted(path: Path, manifest: Manifest, content: dict[Modality, Moda
                     fused: FusedContent | None = None) -> tuple[Manifest, float]:
     """Replace the bundle at `path` by one with the same model and report, the indices and items
     given (and the caption and fused indices of a fused bundle), and `record` appended to its
-    compactions, all or nothing. `items` (ascending ids) is read once, as it is written. Returns the new manifest, and
-    how long writes were held (the bundle's lock).
+    compactions, all or nothing. `items` (ascending ids) is read once, as it is written. Returns
+    the new manifest, and how long writes were held (the bundle's lock).
 
     The new bundle is written in a staging directory first, and `start_log(staging)` puts its
     live log there. Then, holding the bundle's lock, so that no write commits meanwhile,
