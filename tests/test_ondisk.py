@@ -1,6 +1,7 @@
 """On-disk IVF-PQ indices (clipsearch.ondisk): built in fill shards and merged into one .ivfdata
 file, nprobe tuned to the recall target with the re-rank, served read-only from the bundle's own
-directory, resumed after a kill, and searched with filters, deletes and live adds like any other.
+directory, resumed after a kill, searched with filters, deletes and live adds like any other,
+and compacted: refilled without training, or trained again, streamed from the fp16 store.
 
 The vectors are clustered with a modality gap (bench.common.ClusteredEmbeddings): uniform random
 vectors say nothing about IVF recall."""
