@@ -13,7 +13,7 @@ from app.errors import NotAuthenticated, WritesForbidden
 from app.metrics import Metrics
 from app.settings import Settings
 from app.state import ServiceState, Writes
-from clipsearch.search import SearchService
+from clipsearch.search.service import SearchService
 
 
 def get_state(request: Request) -> ServiceState:

@@ -8,15 +8,15 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from clipsearch.collection import Hit
-from clipsearch.dedup import DEFAULT_THRESHOLD as DEFAULT_DEDUP_THRESHOLD
-from clipsearch.filters import parse_filter
-from clipsearch.fusion import Fusion
-from clipsearch.hybrid import FusionMethod, Ranking, SearchMode
-from clipsearch.index import IndexSpec
-from clipsearch.item_store import Item
+from clipsearch.index.fusion import Fusion
+from clipsearch.index.spec import IndexSpec
 from clipsearch.modality import Modality
-from clipsearch.query import ImageTerm, ItemTerm, ResultOptions, Term, TextTerm
+from clipsearch.search.dedup import DEFAULT_THRESHOLD as DEFAULT_DEDUP_THRESHOLD
+from clipsearch.search.hybrid import FusionMethod, Ranking, SearchMode
+from clipsearch.search.query import ImageTerm, ItemTerm, ResultOptions, Term, TextTerm
+from clipsearch.store.collection import Hit
+from clipsearch.store.filters import parse_filter
+from clipsearch.store.items import Item
 
 MAX_ITEM_ID = 2**63 - 1  # ids are SQLite / FAISS int64
 MAX_ABS_WEIGHT = 1000.0

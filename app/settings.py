@@ -9,12 +9,17 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from clipsearch.captions import DEFAULT_CAPTION_MODEL, DEFAULT_CAPTION_PRETRAINED, GENERATION_TYPES, CaptionConfig
-from clipsearch.compaction import CompactionPolicy
-from clipsearch.hybrid import DEFAULT_RRF_K
-from clipsearch.pipeline import Batching
-from clipsearch.query import QueryLimits
-from clipsearch.writes import WriteLimits
+from clipsearch.config import (
+    DEFAULT_CAPTION_MODEL,
+    DEFAULT_CAPTION_PRETRAINED,
+    DEFAULT_RRF_K,
+    GENERATION_TYPES,
+    Batching,
+    CaptionConfig,
+    CompactionPolicy,
+    QueryLimits,
+    WriteLimits,
+)
 
 # The defaults of the limits and of batching are the core's own: no number is written twice.
 _LIMITS = QueryLimits()

@@ -1,6 +1,6 @@
 """What the server holds once started: the search service, or the reason it has none.
 
-The bundle can be replaced under a running server: by a compaction (clipsearch.compaction, run
+The bundle can be replaced under a running server: by a compaction (clipsearch.store.compaction, run
 here in the background or by `indexer compact`) or a rebuild. Each worker checks the manifest's
 file every `reload_poll_s`; when it is another one, the worker loads the new bundle with the model
 it has, swaps its search service for the new one, and closes the old one once the requests that
@@ -23,19 +23,20 @@ from typing import Any, TypeVar
 from app.errors import ServiceNotReady, WritesUnavailable
 from app.metrics import Metrics
 from app.settings import Settings
-from clipsearch import index as faiss_index
-from clipsearch.bundle import Bundle, load_bundle
-from clipsearch.captions import CaptionService
-from clipsearch.compaction import compact
-from clipsearch.encoder import ClipEncoder, load_encoder
 from clipsearch.errors import BundleReplaced, CannotCompact, CheckpointRequired, ClipSearchError
-from clipsearch.filters import Filter
-from clipsearch.item_store import Item
-from clipsearch.live import LIVE_FILE, LiveLog
-from clipsearch.manifest import MANIFEST_FILE, check_model, read_manifest
-from clipsearch.search import SearchService
-from clipsearch.sharding import parse_devices
-from clipsearch.writes import UNCHANGED, CollectionWriter, ImageEntry, TextEntry
+from clipsearch.index import faiss_index
+from clipsearch.index.sharding import parse_devices
+from clipsearch.model.captions import CaptionService
+from clipsearch.model.encoder import ClipEncoder
+from clipsearch.model.factory import load_encoder
+from clipsearch.search.service import SearchService
+from clipsearch.search.writes import UNCHANGED, CollectionWriter, ImageEntry, TextEntry
+from clipsearch.store.bundle import Bundle, load_bundle
+from clipsearch.store.compaction import compact
+from clipsearch.store.filters import Filter
+from clipsearch.store.items import Item
+from clipsearch.store.live import LIVE_FILE, LiveLog
+from clipsearch.store.manifest import MANIFEST_FILE, check_model, read_manifest
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ what it gives back to searches. Baselines from the same run.
 
 Writes a bundle of --items random unit vectors (no model: compaction never embeds), timing that as
 the baseline ("written from vectors": the index built and the bundle written, as a rebuild's last
-step is). An IVF…,PQ… factory makes an on-disk index (clipsearch.ondisk) of clustered vectors with
+step is). An IVF…,PQ… factory makes an on-disk index (clipsearch.index.ondisk) of clustered vectors with
 a modality gap instead (bench.common.ClusteredEmbeddings: IVF needs structure to be measured),
 tuned with text queries. Then, through the live log, adds --adds new items and deletes --deletes
 base items, and measures:
@@ -43,18 +43,18 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import ClusteredEmbeddings, emit, latency_summary, ratio, time_calls, unit_vectors
-from clipsearch import index as faiss_index
-from clipsearch import ondisk
-from clipsearch.bundle import ModalityContent, load_bundle, on_disk_name, write_bundle
-from clipsearch.compaction import CompactionPolicy, CompactionSummary, compact
-from clipsearch.encoder import OFFLINE_MODEL, load_encoder
+from clipsearch.config import OFFLINE_MODEL, CompactionPolicy, ModelRef
 from clipsearch.errors import BundleReplaced
-from clipsearch.item_store import Item
-from clipsearch.live import LIVE_FILE, LiveLog, NewItem
-from clipsearch.manifest import ModelRef
+from clipsearch.index import faiss_index, ondisk
+from clipsearch.index.spec import EXACT_FACTORY
 from clipsearch.modality import Modality
-from clipsearch.query import QueryVector
-from clipsearch.search import SearchService
+from clipsearch.model.factory import load_encoder
+from clipsearch.search.query import QueryVector
+from clipsearch.search.service import SearchService
+from clipsearch.store.bundle import ModalityContent, load_bundle, on_disk_name, write_bundle
+from clipsearch.store.compaction import CompactionSummary, compact
+from clipsearch.store.items import Item
+from clipsearch.store.live import LIVE_FILE, LiveLog, NewItem
 
 WRITE_BATCH = 1000
 WRITER_BATCH = 10
@@ -69,7 +69,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dim", type=int, default=512, help="vector dimension (ViT-B-32: 512)")
     parser.add_argument("--adds", type=int, default=50_000, help="items added through the live log")
     parser.add_argument("--deletes", type=int, default=50_000, help="base items deleted through the live log")
-    parser.add_argument("--factory", default=faiss_index.EXACT_FACTORY, help="FAISS index factory of the base")
+    parser.add_argument("--factory", default=EXACT_FACTORY, help="FAISS index factory of the base")
     parser.add_argument("--clusters", type=int, default=1024, help="clusters of an on-disk base's vectors")
     parser.add_argument("--repeats", type=int, default=30, help="searches timed before and after")
     parser.add_argument("--writes-per-s", type=float, default=100.0,
@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
 COMPACT = """
 import dataclasses, json, sys
 from pathlib import Path
-from clipsearch.compaction import CompactionPolicy, compact
+from clipsearch.store.compaction import CompactionPolicy, compact
 
 def memory(field):
     with open("/proc/self/status") as status:

@@ -20,8 +20,9 @@ import numpy as np
 import torch
 
 from bench.common import emit
-from clipsearch.encoder import OFFLINE_MODEL, load_encoder
-from clipsearch.images import read_image_file
+from clipsearch.config import OFFLINE_MODEL
+from clipsearch.model.factory import load_encoder
+from clipsearch.util.images import read_image_file
 from indexer.shapes import COLOURS, POSITIONS, SHAPES
 
 TOP = 5

@@ -3,9 +3,9 @@
     python -m bench.encode --model ViT-B-32 --words 5 15 60 --batches 1 16 --backends torch onnx onnx-int8
 
 Loads the model with random weights (no download: speed does not depend on the weights) once per
-backend (clipsearch.onnx_backend: ONNX exports are cached in --onnx-cache), then times:
+backend (clipsearch.model.onnx_backend: ONNX exports are cached in --onnx-cache), then times:
   * the text tower, for each query length and batch size: ClipEncoder.encode_texts on each backend
-    (trimmed to the batch's real length wherever that is exact, clipsearch.text_trim) against
+    (trimmed to the batch's real length wherever that is exact, clipsearch.model.text_trim) against
     PyTorch's encode_text on the full 77-token context, the baseline;
   * the image tower, for each batch size: ClipEncoder.encode_images on prepared pixels, on each
     backend, against the PyTorch backend.
@@ -25,8 +25,9 @@ import torch
 from PIL import Image
 
 from bench.common import WORDS, emit, latency_summary, ratio, time_calls
-from clipsearch.encoder import ClipEncoder, load_encoder
-from clipsearch.onnx_backend import BACKENDS, default_cache_dir
+from clipsearch.model.encoder import ClipEncoder
+from clipsearch.model.factory import load_encoder
+from clipsearch.model.onnx_backend import BACKENDS, default_cache_dir
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

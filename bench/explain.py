@@ -24,10 +24,11 @@ import torch
 from PIL import Image
 
 from bench.common import emit, ratio
-from clipsearch.encoder import OFFLINE_MODEL, load_encoder
-from clipsearch.evaluate import read_pairs
-from clipsearch.explain import METHODS, PatchFeatures, similarity_grids
-from clipsearch.finetune import FinetuneConfig, finetune
+from clipsearch.config import OFFLINE_MODEL
+from clipsearch.model.factory import load_encoder
+from clipsearch.quality.evaluate import read_pairs
+from clipsearch.quality.finetune import FinetuneConfig, finetune
+from clipsearch.search.explain import METHODS, PatchFeatures, similarity_grids
 from indexer.shapes import COLOURS, write_shapes_corpus
 
 

@@ -28,13 +28,14 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import emit, latency_summary, ratio, time_calls, unit_vectors
-from clipsearch import index as faiss_index
-from clipsearch.encoder import resolve_device
-from clipsearch.exact import ExactIndex, RowSubset
-from clipsearch.filters import parse_filter
-from clipsearch.item_store import Item, ItemStore, write_items
+from clipsearch.index import faiss_index
+from clipsearch.index.exact import ExactIndex, RowSubset
+from clipsearch.index.searchers import ExactSearcher, FaissSearcher, Searcher
+from clipsearch.index.spec import EXACT_FACTORY
 from clipsearch.modality import Modality
-from clipsearch.searchers import ExactSearcher, FaissSearcher, Searcher
+from clipsearch.model.encoder import resolve_device
+from clipsearch.store.filters import parse_filter
+from clipsearch.store.items import Item, ItemStore, write_items
 
 BUCKETS = 10_000
 
@@ -64,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         store = _item_store(Path(scratch) / "items.sqlite", args.items)
         emit("setup", items=args.items, dim=args.dim, k=args.k, device=str(device),
              items_sqlite_s=time.perf_counter() - started)
-        flat, _ = faiss_index.build_index(vectors, ids, faiss_index.EXACT_FACTORY)
+        flat, _ = faiss_index.build_index(vectors, ids, EXACT_FACTORY)
         searchers: dict[str, Searcher] = {"exact": ExactSearcher(ExactIndex.from_faiss(flat, device))}
         if args.ivf:
             started = time.perf_counter()

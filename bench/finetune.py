@@ -18,9 +18,10 @@ import time
 from pathlib import Path
 
 from bench.common import emit
-from clipsearch.encoder import OFFLINE_MODEL, load_encoder
-from clipsearch.evaluate import RECALL_AT, read_pairs
-from clipsearch.finetune import EpochRecord, FinetuneConfig, finetune
+from clipsearch.config import OFFLINE_MODEL
+from clipsearch.model.factory import load_encoder
+from clipsearch.quality.evaluate import RECALL_AT, read_pairs
+from clipsearch.quality.finetune import EpochRecord, FinetuneConfig, finetune
 from indexer.shapes import write_shapes_corpus
 
 

@@ -37,15 +37,18 @@ import numpy as np
 from PIL import Image
 
 from bench.common import emit
-from clipsearch.build import BuildConfig, build
-from clipsearch.bundle import load_bundle
-from clipsearch.encoder import OFFLINE_MODEL, ClipEncoder, load_encoder
-from clipsearch.evaluate import RECALL_AT, PairedCorpus, RetrievalScores, read_pairs, search_ranks
-from clipsearch.fusion import Fusion
-from clipsearch.hybrid import Ranking, SearchMode
+from clipsearch.config import OFFLINE_MODEL, QueryLimits
+from clipsearch.index.fusion import Fusion
+from clipsearch.ingest.build import build
+from clipsearch.ingest.config import BuildConfig
 from clipsearch.modality import Modality
-from clipsearch.query import QueryLimits, ResultOptions
-from clipsearch.search import SearchService
+from clipsearch.model.encoder import ClipEncoder
+from clipsearch.model.factory import load_encoder
+from clipsearch.quality.evaluate import RECALL_AT, PairedCorpus, RetrievalScores, read_pairs, search_ranks
+from clipsearch.search.hybrid import Ranking, SearchMode
+from clipsearch.search.query import ResultOptions
+from clipsearch.search.service import SearchService
+from clipsearch.store.bundle import load_bundle
 from indexer.shapes import Scene, article, random_scene, write_shapes_corpus
 
 CAPTION_WEIGHTS = [round(0.1 * step, 1) for step in range(1, 10)]

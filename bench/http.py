@@ -42,13 +42,14 @@ import open_clip
 import torch
 
 from bench.common import WORDS, emit, latency_summary, ratio, served, synthetic_photo, time_calls, unit_vectors
-from clipsearch import index as faiss_index
-from clipsearch.bundle import ModalityContent, load_bundle, write_bundle
-from clipsearch.encoder import load_encoder
-from clipsearch.item_store import Item
-from clipsearch.manifest import ModelRef
+from clipsearch.config import ModelRef
+from clipsearch.index import faiss_index
+from clipsearch.index.spec import EXACT_FACTORY
 from clipsearch.modality import Modality
-from clipsearch.search import SearchService
+from clipsearch.model.factory import load_encoder
+from clipsearch.search.service import SearchService
+from clipsearch.store.bundle import ModalityContent, load_bundle, write_bundle
+from clipsearch.store.items import Item
 
 BOUNDARY = "clipsearch-bench-boundary"
 
@@ -132,7 +133,7 @@ def write_synthetic_bundle(out: Path, model: str, images: int, texts: int) -> Pa
     content, items = {}, []
     for modality, count, first_id in ((Modality.IMAGE, images, 0), (Modality.TEXT, texts, images)):
         ids = np.arange(first_id, first_id + count, dtype=np.int64)
-        index, spec = faiss_index.build_index(unit_vectors(count, dim, seed=first_id), ids, faiss_index.EXACT_FACTORY)
+        index, spec = faiss_index.build_index(unit_vectors(count, dim, seed=first_id), ids, EXACT_FACTORY)
         content[modality] = ModalityContent(index=index, spec=spec)
         items.append((modality, first_id, count))
     records = (Item(id=item_id, modality=modality, uri=f"synthetic/{modality.value}/{item_id}",

@@ -28,11 +28,13 @@ import numpy as np
 import torch
 
 from bench.common import emit, ratio, synthetic_photo, time_calls
-from clipsearch.build import BuildConfig, build, read_sources
-from clipsearch.distributed import import_ray
-from clipsearch.encoder import ClipEncoder, load_encoder
-from clipsearch.loading import image_batches
+from clipsearch.ingest.build import build, read_sources
+from clipsearch.ingest.config import BuildConfig
+from clipsearch.ingest.distributed import import_ray
+from clipsearch.ingest.loading import image_batches
 from clipsearch.modality import Modality
+from clipsearch.model.encoder import ClipEncoder
+from clipsearch.model.factory import load_encoder
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

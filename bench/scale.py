@@ -1,4 +1,4 @@
-"""An index larger than memory: build an on-disk IVF-PQ index (clipsearch.ondisk) and serve it.
+"""An index larger than memory: build an on-disk IVF-PQ index (clipsearch.index.ondisk) and serve it.
 
     python -m bench.scale --count 5000000 --factory IVF2048,PQ64
 
@@ -35,8 +35,8 @@ import faiss
 import numpy as np
 
 from bench.common import ClusteredEmbeddings, emit, latency_summary, ratio, time_calls
-from clipsearch import ondisk
-from clipsearch.index import RECALL_TARGET
+from clipsearch.index import ondisk
+from clipsearch.index.spec import DEFAULT_RERANK, RECALL_TARGET
 
 NAME = "image"
 
@@ -48,7 +48,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--factory", default="IVF2048,PQ64", help="an IVF…,PQ… FAISS factory")
     parser.add_argument("--clusters", type=int, default=4096, help="clusters in the synthetic data")
     parser.add_argument("--queries", type=int, default=1000, help="text queries for recall")
-    parser.add_argument("--rerank", type=int, default=ondisk.DEFAULT_RERANK, help="candidates per result re-ranked")
+    parser.add_argument("--rerank", type=int, default=DEFAULT_RERANK, help="candidates per result re-ranked")
     parser.add_argument("--repeats", type=int, default=200, help="timed single queries per latency figure")
     parser.add_argument("--work", type=Path, default=None,
                         help="folder for the index (default: a new one in /var/tmp, removed after)")

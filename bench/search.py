@@ -3,7 +3,7 @@
     python -m bench.search --items 1000000 --batches 1 64 1024
 
 Makes random unit vectors, builds the bundle's exact index (IndexIDMap2 over IndexFlatIP), then
-for each batch size times clipsearch.exact.ExactIndex and the FAISS baseline measured in the same
+for each batch size times clipsearch.index.exact.ExactIndex and the FAISS baseline measured in the same
 run: GpuIndexFlatIP on a GPU (when faiss has GPU support), IndexFlatIP on the CPU otherwise. Also
 measures how long merely reading the matrix once takes (a device copy of it): the memory-bandwidth
 floor for one query, and the query-major product (n, d)·(d, N) with one top-k per query, the CPU
@@ -16,7 +16,7 @@ With --hybrid, also gives every item a synthetic caption (eight words drawn from
 vocabulary by Zipf's law, as words in real captions are), writes them to items.sqlite with its
 keyword tables, and times one query's keyword search (FTS5, BM25), hybrid search (the vector and
 keyword rankings at depth HYBRID_DEPTH, fused by RRF) and fused search (image and caption vectors
-weighed, clipsearch.fusion: one scan of the [image | caption] rows, twice as wide) against its
+weighed, clipsearch.index.fusion: one scan of the [image | caption] rows, twice as wide) against its
 plain vector search, on the same items. Embedding the query text is left out of all: it costs the
 same in each.
 """
@@ -36,15 +36,16 @@ import numpy as np
 import torch
 
 from bench.common import emit, latency_summary, ratio, time_calls, unit_vectors
-from clipsearch import index as faiss_index
-from clipsearch.encoder import resolve_device
-from clipsearch.exact import ExactIndex
-from clipsearch.fusion import Fusion, fused_rows
-from clipsearch.hybrid import HYBRID_DEPTH, RankedList, Ranking, SearchMode, fuse
-from clipsearch.item_store import ITEMS_FILE, Item, ItemStore, write_items
-from clipsearch.keywords import compile_query
+from clipsearch.index import faiss_index
+from clipsearch.index.exact import ExactIndex
+from clipsearch.index.fusion import Fusion, fused_rows
+from clipsearch.index.spec import EXACT_FACTORY
+from clipsearch.index.topk import TopK
 from clipsearch.modality import Modality
-from clipsearch.topk import TopK
+from clipsearch.model.encoder import resolve_device
+from clipsearch.search.hybrid import HYBRID_DEPTH, RankedList, Ranking, SearchMode, fuse
+from clipsearch.store.items import ITEMS_FILE, Item, ItemStore, write_items
+from clipsearch.store.keywords import compile_query
 
 VOCABULARY = 5000
 CAPTION_WORDS = 8
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     device = resolve_device(args.device)
     vectors = unit_vectors(args.items, args.dim, seed=0)
     ids = np.arange(args.items, dtype=np.int64)
-    index, _ = faiss_index.build_index(vectors, ids, faiss_index.EXACT_FACTORY)
+    index, _ = faiss_index.build_index(vectors, ids, EXACT_FACTORY)
     resident = ExactIndex.from_faiss(index, device)
     baseline_name, baseline = _baseline(index, device)
     emit("setup", device=str(device), gpu=torch.cuda.get_device_name(device) if device.type == "cuda" else None,

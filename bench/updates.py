@@ -29,7 +29,8 @@ from pathlib import Path
 import httpx
 
 from bench.common import WORDS, emit, latency_summary, ratio, served
-from clipsearch.build import BuildConfig, build
+from clipsearch.ingest.build import build
+from clipsearch.ingest.config import BuildConfig
 
 ADMIN_KEY = "bench-updates"
 

@@ -10,11 +10,21 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "BuildConfig": "clipsearch.build", "BuildSummary": "clipsearch.build", "build": "clipsearch.build",
-    "Bundle": "clipsearch.bundle", "Item": "clipsearch.item_store", "Manifest": "clipsearch.manifest",
-    "load_bundle": "clipsearch.bundle", "ClipEncoder": "clipsearch.encoder", "ModelRef": "clipsearch.manifest",
-    "load_encoder": "clipsearch.encoder", "ClipSearchError": "clipsearch.errors", "Modality": "clipsearch.modality",
-    "Hit": "clipsearch.search", "QueryLimits": "clipsearch.query", "SearchService": "clipsearch.search",
+    "BuildConfig": "clipsearch.ingest.config",
+    "BuildSummary": "clipsearch.ingest.build",
+    "build": "clipsearch.ingest.build",
+    "Bundle": "clipsearch.store.bundle",
+    "load_bundle": "clipsearch.store.bundle",
+    "Item": "clipsearch.store.items",
+    "Manifest": "clipsearch.store.manifest",
+    "ClipEncoder": "clipsearch.model.encoder",
+    "load_encoder": "clipsearch.model.factory",
+    "ModelRef": "clipsearch.config",
+    "QueryLimits": "clipsearch.config",
+    "ClipSearchError": "clipsearch.errors",
+    "Modality": "clipsearch.modality",
+    "Hit": "clipsearch.store.collection",
+    "SearchService": "clipsearch.search.service",
     "ClipSearchClient": "clipsearch.client",
 }
 __all__ = sorted(_EXPORTS)

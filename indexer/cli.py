@@ -10,27 +10,32 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
-from clipsearch.build import BuildConfig, build, is_up_to_date
-from clipsearch.bundle import Bundle, load_bundle
-from clipsearch.captions import (
+from clipsearch.config import (
     DEFAULT_CAPTION_MODEL,
     DEFAULT_CAPTION_PRETRAINED,
+    DEFAULT_MODEL,
+    DEFAULT_PRETRAINED,
     GENERATION_TYPES,
-    OFFLINE_CAPTION_MODEL,
+    OFFLINE_MODEL,
     CaptionConfig,
+    CompactionPolicy,
 )
-from clipsearch.compaction import CompactionPolicy
-from clipsearch.distributed import ENGINES
-from clipsearch.encoder import DEFAULT_MODEL, DEFAULT_PRETRAINED, OFFLINE_MODEL, ClipEncoder, load_encoder
 from clipsearch.errors import BundleReplaced, CheckpointRequired, ClipSearchError, InvalidQuery
-from clipsearch.finetune import FinetuneConfig
-from clipsearch.fusion import Fusion
-from clipsearch.hybrid import FusionMethod, SearchMode
-from clipsearch.live import LIVE_FILE, LiveLog
-from clipsearch.manifest import check_model, read_manifest
-from clipsearch.onnx_backend import BACKENDS
-from clipsearch.shards import work_dir_for
-from clipsearch.sources import Columns
+from clipsearch.index.fusion import Fusion
+from clipsearch.ingest.build import build, is_up_to_date
+from clipsearch.ingest.config import BuildConfig
+from clipsearch.ingest.distributed import ENGINES
+from clipsearch.ingest.shards import work_dir_for
+from clipsearch.ingest.sources import Columns
+from clipsearch.model.captions import OFFLINE_CAPTION_MODEL
+from clipsearch.model.encoder import ClipEncoder
+from clipsearch.model.factory import load_encoder
+from clipsearch.model.onnx_backend import BACKENDS
+from clipsearch.quality.finetune import FinetuneConfig
+from clipsearch.search.hybrid import FusionMethod, SearchMode
+from clipsearch.store.bundle import Bundle, load_bundle
+from clipsearch.store.live import LIVE_FILE, LiveLog
+from clipsearch.store.manifest import check_model, read_manifest
 
 DEFAULTS = BuildConfig(out=Path("bundle"))
 """The indexer's defaults are BuildConfig's (and FinetuneConfig's): no number is written twice."""

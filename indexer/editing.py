@@ -1,6 +1,6 @@
 """`python -m indexer add` and `python -m indexer delete`: the HTTP API's writes, for scripts that
 work on a bundle's directory. They go through the same checks and live log as the server's
-(clipsearch.writes), so a server serving the bundle sees them at its next search."""
+(clipsearch.search.writes), so a server serving the bundle sees them at its next search."""
 
 from __future__ import annotations
 
@@ -12,15 +12,16 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from clipsearch.bundle import Bundle
-from clipsearch.collection import Collection
-from clipsearch.encoder import ClipEncoder
+from clipsearch.config import WriteLimits
 from clipsearch.errors import ClipSearchError, InvalidQuery
-from clipsearch.filters import parse_filter
-from clipsearch.live import LiveLog
 from clipsearch.modality import Modality
-from clipsearch.search import SearchService
-from clipsearch.writes import CollectionWriter, ImageEntry, TextEntry, WriteLimits, ids_matching
+from clipsearch.model.encoder import ClipEncoder
+from clipsearch.search.service import SearchService
+from clipsearch.search.writes import CollectionWriter, ImageEntry, TextEntry, ids_matching
+from clipsearch.store.bundle import Bundle
+from clipsearch.store.collection import Collection
+from clipsearch.store.filters import parse_filter
+from clipsearch.store.live import LiveLog
 from indexer.cli import bundle_encoder, describe_error, on_live_bundle
 
 Result = TypeVar("Result")

@@ -11,11 +11,14 @@ from typing import Any
 
 import httpx
 
-from clipsearch.bundle import load_bundle
 from clipsearch.client import ClipSearchAPIError, ClipSearchClient
-from clipsearch.encoder import ClipEncoder, load_encoder
+from clipsearch.config import ModelRef, QueryLimits
 from clipsearch.errors import CheckpointRequired, ClipSearchError
-from clipsearch.evaluate import (
+from clipsearch.ingest.sources import Columns
+from clipsearch.modality import Modality
+from clipsearch.model.encoder import ClipEncoder
+from clipsearch.model.factory import load_encoder
+from clipsearch.quality.evaluate import (
     RECALL_AT,
     PairedCorpus,
     RetrievalScores,
@@ -25,13 +28,12 @@ from clipsearch.evaluate import (
     search_ranks,
     served_ranks,
 )
-from clipsearch.hybrid import FusionMethod, Ranking, SearchMode
-from clipsearch.live import LIVE_FILE, LiveLog
-from clipsearch.manifest import ModelRef, check_model, read_manifest, record_evaluation
-from clipsearch.modality import Modality
-from clipsearch.query import QueryLimits, ResultOptions
-from clipsearch.search import SearchService
-from clipsearch.sources import Columns
+from clipsearch.search.hybrid import FusionMethod, Ranking, SearchMode
+from clipsearch.search.query import ResultOptions
+from clipsearch.search.service import SearchService
+from clipsearch.store.bundle import load_bundle
+from clipsearch.store.live import LIVE_FILE, LiveLog
+from clipsearch.store.manifest import check_model, read_manifest, record_evaluation
 from indexer.cli import describe_error, pretrained_of
 
 

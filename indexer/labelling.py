@@ -11,12 +11,12 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from clipsearch.bundle import Bundle, load_bundle, rewrite_items
+from clipsearch.config import QueryLimits
 from clipsearch.errors import BundleError, ClipSearchError
-from clipsearch.item_store import Item
 from clipsearch.modality import Modality
-from clipsearch.query import QueryLimits
-from clipsearch.zero_shot import DEFAULT_TEMPLATES, LabelScore, ZeroShotClassifier, check_labels
+from clipsearch.model.zero_shot import DEFAULT_TEMPLATES, LabelScore, ZeroShotClassifier, check_labels
+from clipsearch.store.bundle import Bundle, load_bundle, rewrite_items
+from clipsearch.store.items import Item
 from indexer.cli import bundle_encoder, describe_error
 
 LIMITS = QueryLimits(max_labels=10_000, max_templates=1_000)

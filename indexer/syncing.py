@@ -6,13 +6,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from clipsearch import index as faiss_index
-from clipsearch.compaction import CompactionPolicy, compact
+from clipsearch.config import CompactionPolicy
 from clipsearch.errors import ClipSearchError
-from clipsearch.live import count_live_changes
-from clipsearch.manifest import read_manifest
-from clipsearch.sources import Columns
-from clipsearch.sync import SyncSources, sync
+from clipsearch.index import faiss_index
+from clipsearch.ingest.sources import Columns
+from clipsearch.ingest.sync import SyncSources, sync
+from clipsearch.store.compaction import compact
+from clipsearch.store.live import count_live_changes
+from clipsearch.store.manifest import read_manifest
 from indexer.cli import bundle_encoder, describe_error, on_live_bundle
 
 

@@ -7,11 +7,11 @@ import json
 import sys
 from datetime import UTC, datetime
 
-from clipsearch.encoder import load_encoder
 from clipsearch.errors import ClipSearchError
-from clipsearch.evaluate import RECALL_AT, read_pairs
-from clipsearch.finetune import EpochRecord, FinetuneConfig, finetune, save_checkpoint
-from clipsearch.sources import Columns
+from clipsearch.ingest.sources import Columns
+from clipsearch.model.factory import load_encoder
+from clipsearch.quality.evaluate import RECALL_AT, read_pairs
+from clipsearch.quality.finetune import EpochRecord, FinetuneConfig, finetune, save_checkpoint
 from indexer.cli import describe_error, pretrained_of
 
 

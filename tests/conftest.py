@@ -7,10 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from clipsearch.build import build
-from clipsearch.bundle import Bundle, load_bundle
-from clipsearch.encoder import OFFLINE_MODEL, ClipEncoder, load_encoder
-from clipsearch.fusion import Fusion
+from clipsearch.config import OFFLINE_MODEL
+from clipsearch.index.fusion import Fusion
+from clipsearch.ingest.build import build
+from clipsearch.model.encoder import ClipEncoder
+from clipsearch.model.factory import load_encoder
+from clipsearch.store.bundle import Bundle, load_bundle
 from tests.corpora import make_image_corpus, make_text_corpus, tiny_config
 
 # The suite's references are PyTorch's own outputs, so servers and indexer runs it starts use PyTorch

@@ -8,8 +8,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from clipsearch.build import BuildConfig
-from clipsearch.encoder import OFFLINE_MODEL
+from clipsearch.config import OFFLINE_MODEL
+from clipsearch.ingest.config import BuildConfig
 from tests.imagefiles import image_bytes, noise_image, save
 
 

@@ -7,11 +7,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from clipsearch.bundle import load_bundle
-from clipsearch.encoder import ClipEncoder
-from clipsearch.live import LIVE_FILE, LiveLog
-from clipsearch.query import QueryLimits
-from clipsearch.search import SearchService
+from clipsearch.config import QueryLimits
+from clipsearch.model.encoder import ClipEncoder
+from clipsearch.search.service import SearchService
+from clipsearch.store.bundle import load_bundle
+from clipsearch.store.live import LIVE_FILE, LiveLog
 
 
 def private_copy(source: Path, folder: Path) -> Path:

@@ -6,10 +6,10 @@ from typing import Any
 
 import numpy as np
 
-from clipsearch.bundle import Bundle
-from clipsearch.item_store import Item
+from clipsearch.index.topk import TopK
 from clipsearch.modality import Modality
-from clipsearch.topk import TopK
+from clipsearch.store.bundle import Bundle
+from clipsearch.store.items import Item
 
 
 def unit_vectors(count: int, dim: int = 32, seed: int = 0) -> np.ndarray:
@@ -65,7 +65,7 @@ def bundle_contents(bundle: Bundle) -> dict[str, object]:
 
 
 def filter_matches(raw: dict[str, Any], item: Item) -> bool:
-    """Whether `item` passes the filter `raw` (clipsearch.filters' JSON), decided in plain Python."""
+    """Whether `item` passes the filter `raw` (clipsearch.store.filters' JSON), decided in plain Python."""
     if "key" not in raw:
         must = all(filter_matches(member, item) for member in raw.get("must", []))
         should = "should" not in raw or any(filter_matches(member, item) for member in raw["should"])

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
-from clipsearch.batching import MicroBatcher
+from clipsearch.util.batching import MicroBatcher
 
 
 class Recorder:

@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clipsearch.build import build
-from clipsearch.bundle import REPORT_FILE, Bundle, load_bundle
 from clipsearch.errors import ResumeMismatch
+from clipsearch.ingest.build import build
+from clipsearch.ingest.shards import work_dir_for
 from clipsearch.modality import Modality
-from clipsearch.shards import work_dir_for
+from clipsearch.store.bundle import REPORT_FILE, Bundle, load_bundle
 from tests.corpora import make_image_corpus, make_text_corpus, tiny_config
 from tests.imagefiles import BAD_FILES, DUPLICATE_FILES, GOOD_FILES, good_and_bad_files, image_bytes, noise_image
 from tests.reference import bundle_contents
@@ -59,7 +59,7 @@ def test_an_ivf_index_records_its_cross_modal_recall(tmp_path: Path) -> None:
 CRASHING_BUILD = textwrap.dedent("""
     import os, signal, sys
     from pathlib import Path
-    from clipsearch.build import build
+    from clipsearch.ingest.build import build
     from tests.corpora import tiny_config
 
     images, texts, out, crash_after = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4])

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clipsearch.bundle import Bundle, load_bundle, rewrite_items, write_bundle
+from clipsearch.config import ModelRef
 from clipsearch.errors import (
     BundleError,
     BundleFileMissing,
@@ -17,9 +17,10 @@ from clipsearch.errors import (
     ModelMismatch,
     UnsupportedFormatVersion,
 )
-from clipsearch.item_store import ITEMS_FILE, Item
-from clipsearch.manifest import MANIFEST_FILE, ModelRef, check_model, read_manifest
 from clipsearch.modality import Modality
+from clipsearch.store.bundle import Bundle, load_bundle, rewrite_items, write_bundle
+from clipsearch.store.items import ITEMS_FILE, Item
+from clipsearch.store.manifest import MANIFEST_FILE, check_model, read_manifest
 from tests.reference import stored_vectors
 
 

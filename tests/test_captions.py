@@ -7,13 +7,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from clipsearch import captions
-from clipsearch.build import build
-from clipsearch.bundle import load_bundle
-from clipsearch.captions import OFFLINE_CAPTION_MODEL, CaptionConfig, Captioner, decode_caption, load_captioner
+from clipsearch.config import CaptionConfig
 from clipsearch.errors import ModelLoadError
-from clipsearch.fingerprint import corpus_fingerprint
+from clipsearch.ingest.build import build
+from clipsearch.ingest.fingerprint import corpus_fingerprint
 from clipsearch.modality import Modality
+from clipsearch.model import captions
+from clipsearch.model.captions import OFFLINE_CAPTION_MODEL, Captioner, decode_caption, load_captioner
+from clipsearch.store.bundle import load_bundle
 from tests.corpora import make_image_corpus, tiny_config
 from tests.imagefiles import noise_image
 

@@ -19,14 +19,15 @@ import faiss
 import numpy as np
 import pytest
 
-from clipsearch import index as faiss_index
-from clipsearch.bundle import LIVE_IMAGES, Bundle, ModalityContent, load_bundle, rewrite_items, write_bundle
-from clipsearch.compaction import Compaction, CompactionPolicy, compact
+from clipsearch.config import CompactionPolicy, ModelRef
 from clipsearch.errors import BundleReplaced, CannotCompact, LiveChangesPending
-from clipsearch.item_store import Item
-from clipsearch.live import LIVE_FILE, LiveLog, NewItem, count_live_changes
-from clipsearch.manifest import ModelRef
+from clipsearch.index import faiss_index
+from clipsearch.index.spec import RECALL_TARGET
 from clipsearch.modality import Modality
+from clipsearch.store.bundle import LIVE_IMAGES, Bundle, ModalityContent, load_bundle, rewrite_items, write_bundle
+from clipsearch.store.compaction import Compaction, compact
+from clipsearch.store.items import Item
+from clipsearch.store.live import LIVE_FILE, LiveLog, NewItem, count_live_changes
 from tests.reference import assert_same_top_k, brute_force
 
 DIM = 16
@@ -203,7 +204,7 @@ def test_ivf_takes_the_folded_rows_without_training_until_the_stated_share_then_
     assert not np.array_equal(centroids(), trained)
     spec = load_bundle(path).manifest.modalities[Modality.IMAGE].index
     assert "added_since_training" not in spec.params and spec.params["trained_with"] == 3100
-    assert spec.recall_at_10 is not None and spec.recall_at_10 >= faiss_index.RECALL_TARGET
+    assert spec.recall_at_10 is not None and spec.recall_at_10 >= RECALL_TARGET
     assert summary.recall_at_10 == {"image": spec.recall_at_10}
     reference.assert_served_by(path)
     _assert_exhaustive_search_equals_brute_force(path, reference)
@@ -292,9 +293,9 @@ def test_a_swap_killed_half_way_is_put_back_by_the_next_compaction(flat: Path, t
 WRITER = """
 import sys, numpy as np
 from pathlib import Path
-from clipsearch.bundle import load_bundle
+from clipsearch.store.bundle import load_bundle
 from clipsearch.errors import BundleReplaced
-from clipsearch.live import LIVE_FILE, LiveLog, NewItem
+from clipsearch.store.live import LIVE_FILE, LiveLog, NewItem
 from clipsearch.modality import Modality
 path, number = Path(sys.argv[1]), 0
 rng = np.random.default_rng(0)

@@ -9,10 +9,10 @@ import sys
 import time
 from pathlib import Path
 
-from clipsearch.build import build
-from clipsearch.bundle import load_bundle
-from clipsearch.manifest import MANIFEST_FILE
-from clipsearch.shards import work_dir_for
+from clipsearch.ingest.build import build
+from clipsearch.ingest.shards import work_dir_for
+from clipsearch.store.bundle import load_bundle
+from clipsearch.store.manifest import MANIFEST_FILE
 from indexer.cli import main
 from tests.corpora import make_image_corpus, make_text_corpus, tiny_config
 from tests.reference import bundle_contents
@@ -60,5 +60,5 @@ def test_random_kills_then_a_rerun_give_the_uninterrupted_bundle(tmp_path: Path)
     assert main(arguments) == 0
     assert bundle_contents(load_bundle(out)) == bundle_contents(load_bundle(tmp_path / "reference"))
     assert not work_dir_for(out).exists()
-    # Only the lock that serialises changes to the bundle stays beside it (clipsearch.manifest.bundle_lock).
+    # Only the lock that serialises changes to the bundle stays beside it (clipsearch.store.manifest.bundle_lock).
     assert [path.name for path in tmp_path.iterdir() if path.name.startswith(".bundle")] in ([], [".bundle.lock"])

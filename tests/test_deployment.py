@@ -114,7 +114,7 @@ def test_docker_compose_accepts_the_files(files: list[str]) -> None:
 
 def test_the_demo_corpus_has_captioned_images_and_texts(tmp_path: Path) -> None:
     pytest.importorskip("skimage", reason="scikit-image is not installed")
-    from clipsearch.sources import read_image_source, read_text_source
+    from clipsearch.ingest.sources import read_image_source, read_text_source
     from indexer.demo import write_demo_corpus
 
     images, texts = write_demo_corpus(tmp_path)
@@ -138,5 +138,5 @@ def test_the_client_imports_without_torch() -> None:
 def test_the_public_api_is_reexported() -> None:
     import clipsearch
 
-    assert clipsearch.load_bundle.__module__ == "clipsearch.bundle"
+    assert clipsearch.load_bundle.__module__ == "clipsearch.store.bundle"
     assert set(clipsearch.__all__) >= {"build", "load_encoder", "SearchService", "ClipSearchClient"}

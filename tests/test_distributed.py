@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 import torch
 
-from clipsearch.build import BuildSummary, build
-from clipsearch.bundle import REPORT_FILE, load_bundle
-from clipsearch.captions import CaptionConfig
-from clipsearch.distributed import ActorPool, plan_actor_pool
+from clipsearch.config import CaptionConfig
 from clipsearch.errors import BuildError, IndexSettingsInvalid
+from clipsearch.ingest.build import BuildSummary, build
+from clipsearch.ingest.distributed import ActorPool, plan_actor_pool
+from clipsearch.ingest.shards import work_dir_for
 from clipsearch.modality import Modality
-from clipsearch.shards import work_dir_for
+from clipsearch.store.bundle import REPORT_FILE, load_bundle
 from indexer.cli import config_from_args, parse_args
 from tests.corpora import make_image_corpus, tiny_config
 from tests.imagefiles import good_and_bad_files
@@ -92,7 +92,7 @@ def test_a_ray_build_gives_the_local_builds_ids_vectors_and_report(local_ray: No
 KILLED_BUILD = textwrap.dedent("""
     import os, signal, sys
     from pathlib import Path
-    from clipsearch.build import build
+    from clipsearch.ingest.build import build
     from tests.corpora import tiny_config
 
     corpus, out = Path(sys.argv[1]), Path(sys.argv[2])

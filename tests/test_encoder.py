@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from clipsearch.encoder import OFFLINE_MODEL, ClipEncoder, load_encoder
+from clipsearch.config import OFFLINE_MODEL
 from clipsearch.errors import ModelLoadError
+from clipsearch.model.encoder import ClipEncoder
+from clipsearch.model.factory import load_encoder
 from tests.imagefiles import noise_image
 
 

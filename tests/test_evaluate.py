@@ -12,12 +12,12 @@ import pytest
 from PIL import Image
 
 from app.settings import Settings
-from clipsearch import evaluate as evaluation
-from clipsearch.bundle import load_bundle
-from clipsearch.encoder import ClipEncoder
 from clipsearch.errors import SourceError
-from clipsearch.evaluate import PairedCorpus, RetrievalScores, encoder_functions, read_pairs, retrieval_ranks
-from clipsearch.manifest import read_manifest, record_evaluation
+from clipsearch.model.encoder import ClipEncoder
+from clipsearch.quality import evaluate as evaluation
+from clipsearch.quality.evaluate import PairedCorpus, RetrievalScores, encoder_functions, read_pairs, retrieval_ranks
+from clipsearch.store.bundle import load_bundle
+from clipsearch.store.manifest import read_manifest, record_evaluation
 from indexer.cli import main
 from tests.app.serving import serve
 from tests.corpora import make_paired_corpus, write_manifest

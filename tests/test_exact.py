@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from clipsearch.exact import CANDIDATE_MARGIN, ExactIndex
-from clipsearch.index import build_index, load_index, save_index, search
+from clipsearch.index.exact import CANDIDATE_MARGIN, ExactIndex
+from clipsearch.index.faiss_index import build_index, load_index, save_index, search
 from tests.reference import assert_same_top_k, brute_force, unit_vectors
 
 
@@ -38,7 +38,7 @@ def test_any_number_of_queries_gets_each_querys_own_answer(corpus: tuple[np.ndar
         alone = index.search(query[None], 10)
         np.testing.assert_array_equal(alone.ids[0], together.ids[row])
         np.testing.assert_allclose(alone.scores[0], together.scores[row], atol=1e-6)
-    monkeypatch.setattr("clipsearch.exact.SCORE_BUDGET", 333 * count)  # blocks of 333 rows
+    monkeypatch.setattr("clipsearch.index.exact.SCORE_BUDGET", 333 * count)  # blocks of 333 rows
     assert_same_top_k(together, ExactIndex(vectors, ids).search(queries, 10))
 
 
@@ -72,7 +72,7 @@ def test_searching_block_by_block_merges_to_the_same_answer(corpus: tuple[np.nda
     vectors, ids = corpus
     queries = unit_vectors(30, dim=64, seed=5)
     whole = ExactIndex(vectors, ids).search(queries, 7)
-    monkeypatch.setattr("clipsearch.exact.SCORE_BUDGET", 30 * 333)  # blocks of 333 rows, the last one short
+    monkeypatch.setattr("clipsearch.index.exact.SCORE_BUDGET", 30 * 333)  # blocks of 333 rows, the last one short
     blocked = ExactIndex(vectors, ids).search(queries, 7)
     np.testing.assert_array_equal(blocked.ids, whole.ids)
     np.testing.assert_allclose(blocked.scores, whole.scores, atol=1e-6)

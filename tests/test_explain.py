@@ -11,16 +11,18 @@ import pytest
 import torch
 from PIL import Image
 
-from clipsearch.build import build
-from clipsearch.bundle import Bundle, load_bundle
-from clipsearch.encoder import OFFLINE_MODEL, ClipEncoder, load_encoder
+from clipsearch.config import OFFLINE_MODEL, QueryLimits
 from clipsearch.errors import InvalidQuery, ItemNotFound
-from clipsearch.evaluate import read_pairs
-from clipsearch.explain import RAW_TOKENS, VALUE_PATH, PatchFeatures, overlay_png, similarity_grids, term_shares
-from clipsearch.finetune import FinetuneConfig, finetune
+from clipsearch.ingest.build import build
 from clipsearch.modality import Modality
-from clipsearch.query import ItemTerm, QueryLimits, TextTerm, WeightedPart
-from clipsearch.search import SearchService
+from clipsearch.model.encoder import ClipEncoder
+from clipsearch.model.factory import load_encoder
+from clipsearch.quality.evaluate import read_pairs
+from clipsearch.quality.finetune import FinetuneConfig, finetune
+from clipsearch.search.explain import RAW_TOKENS, VALUE_PATH, PatchFeatures, overlay_png, similarity_grids, term_shares
+from clipsearch.search.query import ItemTerm, TextTerm, WeightedPart
+from clipsearch.search.service import SearchService
+from clipsearch.store.bundle import Bundle, load_bundle
 from indexer.shapes import COLOURS, write_shapes_corpus
 from tests.corpora import make_image_corpus, tiny_config
 from tests.reference import stored_vectors

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from clipsearch.files import atomic_path, atomic_write_bytes, atomic_write_text, file_sha256, sha256_hex
+from clipsearch.util.files import atomic_path, atomic_write_bytes, atomic_write_text, file_sha256, sha256_hex
 
 
 def test_a_finished_write_replaces_the_file_and_leaves_nothing_beside_it(tmp_path: Path) -> None:

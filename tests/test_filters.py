@@ -12,9 +12,9 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from clipsearch.errors import InvalidQuery
-from clipsearch.filters import MAX_CONDITIONS, MAX_DEPTH, parse_filter
-from clipsearch.item_store import Item, ItemStore, write_items
 from clipsearch.modality import Modality
+from clipsearch.store.filters import MAX_CONDITIONS, MAX_DEPTH, parse_filter
+from clipsearch.store.items import Item, ItemStore, write_items
 from tests.reference import filter_matches
 
 ALBUMS = ["Paris", "paris", "Rome", "Paris 2020", ""]

@@ -9,10 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from clipsearch.encoder import OFFLINE_MODEL, ClipEncoder, load_encoder
+from clipsearch.config import OFFLINE_MODEL
 from clipsearch.errors import FinetuneError
-from clipsearch.evaluate import PairedCorpus, encoder_functions, evaluate, read_pairs
-from clipsearch.finetune import FinetuneConfig, FinetuneResult, _loss_function, finetune, split_held_out
+from clipsearch.model.encoder import ClipEncoder
+from clipsearch.model.factory import load_encoder
+from clipsearch.quality.evaluate import PairedCorpus, encoder_functions, evaluate, read_pairs
+from clipsearch.quality.finetune import FinetuneConfig, FinetuneResult, _loss_function, finetune, split_held_out
 from indexer.cli import main
 from indexer.shapes import CAPTIONS_PER_IMAGE, write_shapes_corpus
 
@@ -166,7 +168,7 @@ def test_images_streamed_each_epoch_train_exactly_as_cached_ones(shapes: Path, m
     # Past PIXEL_CACHE_BYTES the images are decoded again every epoch, in the same order.
     config = FinetuneConfig(epochs=2, batch_size=32, held_out=100, patience=5)
     cached = finetune(fresh_encoder(), read_pairs(shapes), config, progress=False)
-    monkeypatch.setattr("clipsearch.finetune.PIXEL_CACHE_BYTES", 0)
+    monkeypatch.setattr("clipsearch.quality.finetune.PIXEL_CACHE_BYTES", 0)
     streamed = finetune(fresh_encoder(), read_pairs(shapes), config, progress=False)
     assert [epoch.loss for epoch in streamed.epochs] == pytest.approx([epoch.loss for epoch in cached.epochs],
                                                                        rel=1e-5)

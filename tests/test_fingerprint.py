@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from clipsearch.build import read_sources
-from clipsearch.fingerprint import corpus_fingerprint, resume_fingerprint
-from clipsearch.manifest import ModelRef
+from clipsearch.config import ModelRef
+from clipsearch.ingest.build import read_sources
+from clipsearch.ingest.fingerprint import corpus_fingerprint, resume_fingerprint
 from tests.corpora import make_image_corpus, make_text_corpus, tiny_config
 
 

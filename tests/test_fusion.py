@@ -14,21 +14,21 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
 
-from clipsearch import index as faiss_index
-from clipsearch.build import build
-from clipsearch.bundle import CAPTIONS_FILE, FUSED_FILE, Bundle, load_bundle
-from clipsearch.compaction import compact
-from clipsearch.encoder import ClipEncoder
 from clipsearch.errors import IndexSettingsInvalid, InvalidQuery
-from clipsearch.filters import parse_filter
-from clipsearch.fusion import Fusion, fused_rows
-from clipsearch.hybrid import Ranking, SearchMode
-from clipsearch.live import LIVE_FILE, LiveLog, NewItem
+from clipsearch.index import faiss_index
+from clipsearch.index.fusion import Fusion, fused_rows
+from clipsearch.ingest.build import build
+from clipsearch.ingest.sync import SyncSources, sync
 from clipsearch.modality import Modality
-from clipsearch.query import QueryVector, ResultOptions, TextTerm
-from clipsearch.search import SearchService
-from clipsearch.sync import SyncSources, sync
-from clipsearch.writes import CollectionWriter, ImageEntry
+from clipsearch.model.encoder import ClipEncoder
+from clipsearch.search.hybrid import Ranking, SearchMode
+from clipsearch.search.query import QueryVector, ResultOptions, TextTerm
+from clipsearch.search.service import SearchService
+from clipsearch.search.writes import CollectionWriter, ImageEntry
+from clipsearch.store.bundle import CAPTIONS_FILE, FUSED_FILE, Bundle, load_bundle
+from clipsearch.store.compaction import compact
+from clipsearch.store.filters import parse_filter
+from clipsearch.store.live import LIVE_FILE, LiveLog, NewItem
 from tests.corpora import make_image_corpus, tiny_config
 from tests.imagefiles import image_bytes, noise_image, save
 from tests.live_services import close_live_service, live_service, open_live_service, private_copy

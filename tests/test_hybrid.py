@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from clipsearch.errors import InvalidQuery
-from clipsearch.hybrid import FusionMethod, RankedList, Ranking, SearchMode, check_ranking, fuse, merge_ranked
+from clipsearch.search.hybrid import FusionMethod, RankedList, Ranking, SearchMode, check_ranking, fuse, merge_ranked
 
 
 def _ranked(ids: list[int], scores: list[float]) -> RankedList:

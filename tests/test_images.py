@@ -8,8 +8,8 @@ import pytest
 from PIL import Image
 
 from clipsearch.errors import ImageDecodeError, ImageTooLarge
-from clipsearch.images import ACCEPTED_FORMATS, decode_image
-from clipsearch.preprocess import ImagePreparer, PreprocessConfig
+from clipsearch.model.preprocess import ImagePreparer, PreprocessConfig
+from clipsearch.util.images import ACCEPTED_FORMATS, decode_image
 from tests.imagefiles import (
     ACCEPTED_SAMPLES,
     OTHER_FORMATS,

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from clipsearch.errors import IndexSettingsInvalid
-from clipsearch.index import RECALL_TARGET, build_index, default_factory, load_index, reconstruct, save_index, search
+from clipsearch.index.faiss_index import build_index, load_index, reconstruct, save_index, search
+from clipsearch.index.spec import RECALL_TARGET, default_factory
 from tests.reference import assert_same_top_k, brute_force, unit_vectors
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from clipsearch.bundle import load_bundle
-from clipsearch.encoder import DEFAULT_PRETRAINED
+from clipsearch.config import DEFAULT_PRETRAINED
+from clipsearch.store.bundle import load_bundle
 from indexer.cli import config_from_args, main, parse_args
 from tests.corpora import write_manifest
 from tests.imagefiles import image_bytes, noise_image, save

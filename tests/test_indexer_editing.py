@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clipsearch.bundle import Bundle, load_bundle
-from clipsearch.collection import Collection
-from clipsearch.compaction import compact
-from clipsearch.live import LIVE_FILE, LiveLog, NewItem
 from clipsearch.modality import Modality
+from clipsearch.store.bundle import Bundle, load_bundle
+from clipsearch.store.collection import Collection
+from clipsearch.store.compaction import compact
+from clipsearch.store.live import LIVE_FILE, LiveLog, NewItem
 from indexer.cli import main, on_live_bundle
 from tests.imagefiles import image_bytes, noise_image, save
 

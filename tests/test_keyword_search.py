@@ -13,22 +13,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clipsearch import keywords
-from clipsearch.build import build
-from clipsearch.bundle import load_bundle
-from clipsearch.collection import Hit
-from clipsearch.compaction import compact
-from clipsearch.encoder import ClipEncoder
 from clipsearch.errors import InvalidQuery
-from clipsearch.files import file_sha256
-from clipsearch.filters import parse_filter
-from clipsearch.hybrid import HYBRID_DEPTH, FusionMethod, RankedList, Ranking, SearchMode, fuse
-from clipsearch.item_store import ITEMS_FILE, Item
-from clipsearch.live import LIVE_FILE, LiveLog, NewItem
-from clipsearch.manifest import MANIFEST_FILE, FileRecord, read_manifest
+from clipsearch.ingest.build import build
 from clipsearch.modality import Modality
-from clipsearch.query import ResultOptions
-from clipsearch.search import SearchService
+from clipsearch.model.encoder import ClipEncoder
+from clipsearch.search.hybrid import HYBRID_DEPTH, FusionMethod, RankedList, Ranking, SearchMode, fuse
+from clipsearch.search.query import ResultOptions
+from clipsearch.search.service import SearchService
+from clipsearch.store import keywords
+from clipsearch.store.bundle import load_bundle
+from clipsearch.store.collection import Hit
+from clipsearch.store.compaction import compact
+from clipsearch.store.filters import parse_filter
+from clipsearch.store.items import ITEMS_FILE, Item
+from clipsearch.store.live import LIVE_FILE, LiveLog, NewItem
+from clipsearch.store.manifest import MANIFEST_FILE, FileRecord, read_manifest
+from clipsearch.util.files import file_sha256
 from tests.corpora import make_image_corpus, tiny_config
 from tests.live_services import live_service, private_copy
 

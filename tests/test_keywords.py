@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clipsearch import keywords
 from clipsearch.errors import InvalidQuery
-from clipsearch.filters import parse_filter
-from clipsearch.item_store import Item, ItemStore, write_items
 from clipsearch.modality import Modality
+from clipsearch.store import keywords
+from clipsearch.store.filters import parse_filter
+from clipsearch.store.items import Item, ItemStore, write_items
 
 TEXTS = [
     "a red bicycle leaning on a wall",

@@ -20,19 +20,20 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from clipsearch.build import build
-from clipsearch.bundle import Bundle, rewrite_items
-from clipsearch.compaction import Compaction, CompactionPolicy
-from clipsearch.encoder import ClipEncoder
+from clipsearch.config import CompactionPolicy, QueryLimits, WriteLimits
 from clipsearch.errors import BundleReplaced, InvalidQuery, ItemNotFound, LiveChangesPending
-from clipsearch.filters import parse_filter
-from clipsearch.item_store import Item
-from clipsearch.live import LIVE_FILE, count_live_changes
+from clipsearch.index.topk import TopK
+from clipsearch.ingest.build import build
 from clipsearch.modality import Modality
-from clipsearch.query import QueryLimits, QueryVector, ResultOptions
-from clipsearch.search import Answer, SearchService
-from clipsearch.topk import TopK
-from clipsearch.writes import CollectionWriter, ImageEntry, TextEntry, WriteLimits
+from clipsearch.model.encoder import ClipEncoder
+from clipsearch.search.query import QueryVector, ResultOptions
+from clipsearch.search.service import Answer, SearchService
+from clipsearch.search.writes import CollectionWriter, ImageEntry, TextEntry
+from clipsearch.store.bundle import Bundle, rewrite_items
+from clipsearch.store.compaction import Compaction
+from clipsearch.store.filters import parse_filter
+from clipsearch.store.items import Item
+from clipsearch.store.live import LIVE_FILE, count_live_changes
 from tests.corpora import make_text_corpus, tiny_config
 from tests.imagefiles import image_bytes, noise_image
 from tests.live_services import close_live_service, open_live_service

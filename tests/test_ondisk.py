@@ -1,4 +1,4 @@
-"""On-disk IVF-PQ indices (clipsearch.ondisk): built in fill shards and merged into one .ivfdata
+"""On-disk IVF-PQ indices (clipsearch.index.ondisk): built in fill shards and merged into one .ivfdata
 file, nprobe tuned to the recall target with the re-rank, served read-only from the bundle's own
 directory, resumed after a kill, searched with filters, deletes and live adds like any other,
 and compacted: refilled without training, or trained again, streamed from the fp16 store.
@@ -24,22 +24,23 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bench.common import ClusteredEmbeddings
-from clipsearch import ondisk
-from clipsearch.build import BuildConfig, build
-from clipsearch.bundle import ModalityContent, load_bundle, on_disk_file_names, write_bundle
-from clipsearch.compaction import CompactionPolicy, compact
-from clipsearch.encoder import ClipEncoder
+from clipsearch.config import CompactionPolicy, ModelRef
 from clipsearch.errors import BundleError, IndexSettingsInvalid
-from clipsearch.filters import parse_filter
-from clipsearch.fusion import Fusion
-from clipsearch.index import RECALL_TARGET
-from clipsearch.item_store import Item
-from clipsearch.live import LIVE_FILE, LiveLog, NewItem, count_live_changes
-from clipsearch.manifest import ModelRef
+from clipsearch.index import ondisk
+from clipsearch.index.fusion import Fusion
+from clipsearch.index.spec import DEFAULT_RERANK, RECALL_TARGET
+from clipsearch.index.topk import TopK
+from clipsearch.ingest.build import build
+from clipsearch.ingest.config import BuildConfig
+from clipsearch.ingest.shards import work_dir_for
 from clipsearch.modality import Modality
-from clipsearch.query import QueryVector, ResultOptions
-from clipsearch.shards import work_dir_for
-from clipsearch.topk import TopK
+from clipsearch.model.encoder import ClipEncoder
+from clipsearch.search.query import QueryVector, ResultOptions
+from clipsearch.store.bundle import ModalityContent, load_bundle, on_disk_file_names, write_bundle
+from clipsearch.store.compaction import compact
+from clipsearch.store.filters import parse_filter
+from clipsearch.store.items import Item
+from clipsearch.store.live import LIVE_FILE, LiveLog, NewItem, count_live_changes
 from tests.live_services import live_service
 from tests.reference import brute_force
 
@@ -141,7 +142,7 @@ def test_a_store_whose_vectors_do_not_match_its_ids_is_refused_naming_both_files
 def test_nprobe_is_the_smallest_power_of_two_that_reaches_the_recall_target_with_the_rerank(built: Built,
         request_close: Closer) -> None:
     params = built.spec.params
-    assert params["on_disk"] and params["rerank"] == ondisk.DEFAULT_RERANK and params["nlist"] == 32
+    assert params["on_disk"] and params["rerank"] == DEFAULT_RERANK and params["nlist"] == 32
     truth = brute_force(built.vectors, built.ids, built.queries, 10)
     store = ondisk.VectorStore(built.files.vectors, built.files.ids)
     request_close(store)
@@ -152,9 +153,9 @@ def test_nprobe_is_the_smallest_power_of_two_that_reaches_the_recall_target_with
         return recall_at_10(ondisk.search(index, store, built.queries, 10, rerank), truth)
 
     chosen = params["nprobe"]
-    assert recall(chosen, ondisk.DEFAULT_RERANK) == pytest.approx(built.spec.recall_at_10, abs=1e-4)
+    assert recall(chosen, DEFAULT_RERANK) == pytest.approx(built.spec.recall_at_10, abs=1e-4)
     assert built.spec.recall_at_10 >= RECALL_TARGET
-    assert chosen == 1 or recall(chosen // 2, ondisk.DEFAULT_RERANK) < RECALL_TARGET
+    assert chosen == 1 or recall(chosen // 2, DEFAULT_RERANK) < RECALL_TARGET
     # The PQ codes alone rank far worse: what the re-rank is for.
     assert recall(chosen, 1) == pytest.approx(params["recall_without_rerank"], abs=1e-4)
     assert params["recall_without_rerank"] < built.spec.recall_at_10 - 0.1
@@ -165,7 +166,7 @@ def test_where_the_codes_limit_recall_the_rerank_takes_more_candidates_until_the
     # Two bytes a vector: more lists cannot make up for codes this coarse, more candidates can.
     files, spec = ondisk.build_on_disk(chunks_of(built.ids, built.vectors), COUNT, DIM, "IVF32,PQ2", tmp_path,
                                        "image", built.queries, "text")
-    assert spec.params["rerank"] > ondisk.DEFAULT_RERANK and spec.recall_at_10 >= RECALL_TARGET
+    assert spec.params["rerank"] > DEFAULT_RERANK and spec.recall_at_10 >= RECALL_TARGET
     truth = brute_force(built.vectors, built.ids, built.queries, 10)
     with ondisk.VectorStore(files.vectors, files.ids) as store:
         found = ondisk.search(files.index, store, built.queries, 10, spec.params["rerank"] // 2)
@@ -424,8 +425,8 @@ def test_an_on_disk_index_is_trained_and_tuned_again_once_the_rows_added_pass_th
 KILLED_COMPACTION = """
 import os, signal, sys
 from pathlib import Path
-from clipsearch import ondisk
-from clipsearch.compaction import Compaction
+from clipsearch.index import ondisk
+from clipsearch.store.compaction import Compaction
 filled = ondisk._fill
 def fill_then_die(*args, **kwargs):
     filled(*args, **kwargs)

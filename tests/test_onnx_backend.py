@@ -12,12 +12,14 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from clipsearch import onnx_backend
-from clipsearch.build import build
-from clipsearch.bundle import load_bundle
-from clipsearch.encoder import OFFLINE_MODEL, ClipEncoder, load_encoder
+from clipsearch.config import OFFLINE_MODEL
 from clipsearch.errors import ModelLoadError
+from clipsearch.ingest.build import build
 from clipsearch.modality import Modality
+from clipsearch.model import onnx_backend
+from clipsearch.model.encoder import ClipEncoder
+from clipsearch.model.factory import load_encoder
+from clipsearch.store.bundle import load_bundle
 from tests.corpora import tiny_config
 from tests.reference import stored_vectors
 

@@ -12,8 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
-from clipsearch.encoder import OFFLINE_MODEL, ClipEncoder
-from clipsearch.preprocess import MAX_INTERMEDIATE_FACTOR, ImagePreparer, PreprocessConfig
+from clipsearch.config import OFFLINE_MODEL
+from clipsearch.model.encoder import ClipEncoder
+from clipsearch.model.preprocess import MAX_INTERMEDIATE_FACTOR, ImagePreparer, PreprocessConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 SIZES = [(200, 150), (150, 200), (64, 64), (63, 65), (256, 64), (64, 256), (1, 1), (640, 480)]
@@ -79,8 +80,8 @@ def test_a_1x65000_image_is_prepared_without_a_huge_intermediate() -> None:
     script = """
 import io, resource, sys
 from PIL import Image
-from clipsearch.images import decode_image
-from clipsearch.preprocess import ImagePreparer, PreprocessConfig
+from clipsearch.util.images import decode_image
+from clipsearch.model.preprocess import ImagePreparer, PreprocessConfig
 buffer = io.BytesIO()
 Image.new("RGB", (1, 65000), (200, 30, 90)).save(buffer, "PNG")
 preparer = ImagePreparer(PreprocessConfig(size=(224, 224), mean=(0.5,) * 3, std=(0.5,) * 3))

@@ -5,18 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from clipsearch.config import QueryLimits
 from clipsearch.errors import InvalidQuery
 from clipsearch.modality import Modality
-from clipsearch.query import (
-    Encoding,
-    ImageTerm,
-    ItemTerm,
-    QueryLimits,
-    QueryVector,
-    TextTerm,
-    check_terms,
-    weighted_sum,
-)
+from clipsearch.search.query import Encoding, ImageTerm, ItemTerm, QueryVector, TextTerm, check_terms, weighted_sum
 from tests.reference import unit_vectors
 
 

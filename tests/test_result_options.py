@@ -9,16 +9,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clipsearch.build import build
-from clipsearch.bundle import Bundle, load_bundle
-from clipsearch.collection import Hit
-from clipsearch.dedup import collapse
-from clipsearch.encoder import ClipEncoder
+from clipsearch.config import QueryLimits
 from clipsearch.errors import InvalidQuery
-from clipsearch.filters import parse_filter
+from clipsearch.ingest.build import build
 from clipsearch.modality import Modality
-from clipsearch.query import QueryLimits, ResultOptions
-from clipsearch.search import SearchService
+from clipsearch.model.encoder import ClipEncoder
+from clipsearch.search.dedup import collapse
+from clipsearch.search.query import ResultOptions
+from clipsearch.search.service import SearchService
+from clipsearch.store.bundle import Bundle, load_bundle
+from clipsearch.store.collection import Hit
+from clipsearch.store.filters import parse_filter
 from tests.corpora import tiny_config
 from tests.imagefiles import image_bytes, noise_image, save
 from tests.reference import brute_force, filter_matches, unit_vectors

@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from clipsearch.bundle import Bundle
-from clipsearch.encoder import ClipEncoder
+from clipsearch.config import Batching, QueryLimits
 from clipsearch.errors import InvalidQuery, ItemNotFound, ModalityUnavailable
+from clipsearch.index.topk import TopK
 from clipsearch.modality import Modality
-from clipsearch.pipeline import Batching
-from clipsearch.query import ItemTerm, QueryLimits, TextTerm
-from clipsearch.search import SearchService
-from clipsearch.topk import TopK
+from clipsearch.model.encoder import ClipEncoder
+from clipsearch.search.query import ItemTerm, TextTerm
+from clipsearch.search.service import SearchService
+from clipsearch.store.bundle import Bundle
 from tests.imagefiles import image_bytes, noise_image
 from tests.reference import assert_same_top_k, brute_force, stored_vectors
 
@@ -143,7 +143,7 @@ def test_an_exact_index_too_big_for_the_device_is_searched_with_faiss_instead(
         encoder: ClipEncoder, bundle: Bundle, service: SearchService, monkeypatch: pytest.MonkeyPatch) -> None:
     def out_of_memory(*_: object) -> None:
         raise torch.OutOfMemoryError("CUDA out of memory")
-    monkeypatch.setattr("clipsearch.searchers.ExactIndex.from_faiss", out_of_memory)
+    monkeypatch.setattr("clipsearch.index.searchers.ExactIndex.from_faiss", out_of_memory)
     fallback = SearchService(encoder, bundle, QueryLimits(max_k=20))
     query = encoder.encode_texts(["a photo"])[0]
     assert [hit.item.id for hit in fallback.search(query, Modality.IMAGE, 8)] == \

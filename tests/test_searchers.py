@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from clipsearch.exact import DIRECT_FRACTION, ExactIndex
-from clipsearch.index import build_index
-from clipsearch.searchers import ExactSearcher, FaissSearcher, Searcher
-from clipsearch.sharding import ShardedExactIndex
+from clipsearch.index.exact import DIRECT_FRACTION, ExactIndex
+from clipsearch.index.faiss_index import build_index
+from clipsearch.index.searchers import ExactSearcher, FaissSearcher, Searcher
+from clipsearch.index.sharding import ShardedExactIndex
 from tests.reference import assert_same_top_k, brute_force, unit_vectors
 
 COUNT, DIM = 4000, 32
@@ -108,7 +108,7 @@ def test_ids_the_index_does_not_hold_are_left_out(corpus: tuple[np.ndarray, np.n
 def test_a_masked_search_split_into_blocks_equals_brute_force(corpus: tuple[np.ndarray, np.ndarray],
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     vectors, ids = corpus
-    monkeypatch.setattr("clipsearch.exact.SCORE_BUDGET", 3 * 700)  # blocks of 700 rows for 3 queries
+    monkeypatch.setattr("clipsearch.index.exact.SCORE_BUDGET", 3 * 700)  # blocks of 700 rows for 3 queries
     allowed_ids = _allowed_ids(ids, 0.4, seed=2)
     for scan_dtype in (torch.float32, torch.float16):
         searcher = ExactSearcher(ExactIndex(vectors, ids, scan_dtype=scan_dtype))

@@ -9,17 +9,17 @@ import numpy as np
 import pytest
 import torch
 
-from clipsearch.bundle import Bundle
-from clipsearch.encoder import ClipEncoder
 from clipsearch.errors import ModelLoadError
-from clipsearch.exact import ExactIndex
-from clipsearch.filters import parse_filter
-from clipsearch.fusion import Fusion
+from clipsearch.index.exact import ExactIndex
+from clipsearch.index.fusion import Fusion
+from clipsearch.index.sharding import ShardedExactIndex, merge_top_k, parse_devices
+from clipsearch.index.topk import TopK
 from clipsearch.modality import Modality
-from clipsearch.query import ResultOptions
-from clipsearch.search import SearchService
-from clipsearch.sharding import ShardedExactIndex, merge_top_k, parse_devices
-from clipsearch.topk import TopK
+from clipsearch.model.encoder import ClipEncoder
+from clipsearch.search.query import ResultOptions
+from clipsearch.search.service import SearchService
+from clipsearch.store.bundle import Bundle
+from clipsearch.store.filters import parse_filter
 from tests.live_services import live_service, private_copy
 from tests.reference import unit_vectors
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from clipsearch.errors import SourceError
-from clipsearch.sources import Columns, read_image_source, read_text_source
+from clipsearch.ingest.sources import Columns, read_image_source, read_text_source
 from tests.corpora import write_manifest
 from tests.imagefiles import image_bytes, noise_image, save
 

@@ -16,15 +16,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clipsearch.build import build
-from clipsearch.bundle import Bundle, load_bundle
-from clipsearch.encoder import ClipEncoder
-from clipsearch.live import LIVE_FILE, LiveLog, count_live_changes
+from clipsearch.config import QueryLimits
+from clipsearch.ingest.build import build
+from clipsearch.ingest.sync import SyncSources, SyncSummary, sync
 from clipsearch.modality import Modality
-from clipsearch.query import QueryLimits, QueryVector
-from clipsearch.search import SearchService
-from clipsearch.sync import SyncSources, SyncSummary, sync
-from clipsearch.writes import CollectionWriter, TextEntry
+from clipsearch.model.encoder import ClipEncoder
+from clipsearch.search.query import QueryVector
+from clipsearch.search.service import SearchService
+from clipsearch.search.writes import CollectionWriter, TextEntry
+from clipsearch.store.bundle import Bundle, load_bundle
+from clipsearch.store.live import LIVE_FILE, LiveLog, count_live_changes
 from indexer.cli import main
 from tests.corpora import make_image_corpus, make_text_corpus, tiny_config
 from tests.imagefiles import image_bytes, noise_image, save

@@ -11,8 +11,10 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from clipsearch.encoder import OFFLINE_MODEL, ClipEncoder, load_encoder
-from clipsearch.text_trim import TextTrimmer
+from clipsearch.config import OFFLINE_MODEL
+from clipsearch.model.encoder import ClipEncoder
+from clipsearch.model.factory import load_encoder
+from clipsearch.model.text_trim import TextTrimmer
 
 WORDS = ["a", "dog", "on", "the", "beach", "photo", "of", "red", "car", "at", "night", "ünïcode", "🙂", "x-ray"]
 

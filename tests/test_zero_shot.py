@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from clipsearch.encoder import ClipEncoder
+from clipsearch.config import QueryLimits
 from clipsearch.errors import InvalidQuery
-from clipsearch.query import QueryLimits
-from clipsearch.zero_shot import (
+from clipsearch.model.encoder import ClipEncoder
+from clipsearch.model.zero_shot import (
     DEFAULT_TEMPLATES,
     NULL_LABEL,
     Calibration,

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Form, UploadFile
 from app.deps import MetricsDep, ServiceDep
 from app.routes.search import ERRORS
 from app.schemas import ClassifyRequest, ClassifyResponse, LabelScoreModel
-from clipsearch.search import SearchService
+from clipsearch.search.service import SearchService
 
 router = APIRouter(prefix="/classify", tags=["classify"])
 

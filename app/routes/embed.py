@@ -7,8 +7,8 @@ from fastapi import APIRouter, UploadFile
 from app.deps import MetricsDep, ServiceDep
 from app.routes.search import ERRORS
 from app.schemas import EmbeddingResponse, EmbedTextRequest
-from clipsearch.query import QueryVector
-from clipsearch.search import SearchService
+from clipsearch.search.query import QueryVector
+from clipsearch.search.service import SearchService
 
 router = APIRouter(prefix="/embed", tags=["embed"])
 

@@ -29,8 +29,8 @@ from app.schemas import (
     WriteResponse,
 )
 from clipsearch.errors import InvalidQuery
-from clipsearch.filters import parse_filter
-from clipsearch.writes import UNCHANGED, ImageEntry, TextEntry
+from clipsearch.search.writes import UNCHANGED, ImageEntry, TextEntry
+from clipsearch.store.filters import parse_filter
 
 ItemId = Annotated[int, Path(ge=0, le=MAX_ITEM_ID, description="An item's id, as search results give it.")]
 

@@ -20,8 +20,8 @@ from app.schemas import (
 )
 from clipsearch.errors import InvalidQuery
 from clipsearch.modality import Modality
-from clipsearch.query import ResultOptions
-from clipsearch.search import Answer
+from clipsearch.search.query import ResultOptions
+from clipsearch.search.service import Answer
 
 router = APIRouter(tags=["search"])
 

@@ -15,9 +15,9 @@ import pytest
 
 from app.settings import Settings
 from clipsearch.client import ClipSearchClient, NewText
-from clipsearch.compaction import compact
-from clipsearch.live import count_live_changes
-from clipsearch.manifest import read_manifest
+from clipsearch.store.compaction import compact
+from clipsearch.store.live import count_live_changes
+from clipsearch.store.manifest import read_manifest
 from tests.app.serving import LIMITS, serve
 from tests.app.test_writes import ADMIN, _start
 

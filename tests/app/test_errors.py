@@ -13,8 +13,8 @@ import pytest
 from app.errors import NotAuthenticated, status_of
 from app.settings import Settings
 from clipsearch import errors
-from clipsearch.build import build
 from clipsearch.client import ClipSearchAPIError, ClipSearchClient
+from clipsearch.ingest.build import build
 from tests.app.serving import LIMITS, serve
 from tests.corpora import make_image_corpus, tiny_config
 from tests.imagefiles import image_bytes, noise_image, png_declaring_size

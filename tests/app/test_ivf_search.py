@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from app.settings import Settings
-from clipsearch.build import build
-from clipsearch.bundle import load_bundle
 from clipsearch.client import ClipSearchClient
-from clipsearch.encoder import ClipEncoder
+from clipsearch.ingest.build import build
 from clipsearch.modality import Modality
+from clipsearch.model.encoder import ClipEncoder
+from clipsearch.store.bundle import load_bundle
 from tests.app.serving import serve
 from tests.corpora import make_image_corpus, make_text_corpus, tiny_config
 from tests.reference import brute_force_bundle
@@ -53,7 +53,7 @@ def test_served_ivf_recall_at_10_matches_what_the_manifest_promises(ivf_client: 
 
 @pytest.fixture(scope="module")
 def on_disk_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """600 texts in an IVF-PQ index on disk (clipsearch.ondisk)."""
+    """600 texts in an IVF-PQ index on disk (clipsearch.index.ondisk)."""
     root = tmp_path_factory.mktemp("on-disk")
     build(tiny_config(root / "bundle", texts=make_text_corpus(root / "texts.txt", 600), index_factory="IVF4,PQ4x4"))
     return root / "bundle"

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from app.settings import Settings
-from clipsearch.bundle import Bundle
 from clipsearch.client import ClipSearchClient, Query
-from clipsearch.encoder import ClipEncoder
 from clipsearch.modality import Modality
+from clipsearch.model.encoder import ClipEncoder
+from clipsearch.store.bundle import Bundle
 from tests.app.serving import serve
 from tests.imagefiles import image_bytes, noise_image
 from tests.reference import brute_force_bundle

@@ -12,11 +12,11 @@ import pytest
 
 from app.main import create_app
 from app.settings import Settings
-from clipsearch.build import build
-from clipsearch.bundle import load_bundle
+from clipsearch.ingest.build import build
 from clipsearch.modality import Modality
-from clipsearch.pipeline import Pending
-from clipsearch.uploads import DECODE_WORKERS
+from clipsearch.search.pipeline import Pending
+from clipsearch.search.uploads import DECODE_WORKERS
+from clipsearch.store.bundle import load_bundle
 from tests.app.serving import serve
 from tests.corpora import make_image_corpus, tiny_config
 from tests.imagefiles import BAD_FILES, GOOD_FILES, good_and_bad_files, image_bytes, noise_image

@@ -13,9 +13,9 @@ from PIL import Image
 
 from app.main import create_app
 from app.settings import Settings
-from clipsearch.bundle import Bundle
 from clipsearch.client import ClipSearchAPIError, ClipSearchClient, Query
 from clipsearch.modality import Modality
+from clipsearch.store.bundle import Bundle
 from tests.app.serving import LIMITS, serve
 from tests.imagefiles import image_bytes, noise_image
 
@@ -155,7 +155,7 @@ def test_a_bad_caption_request_is_refused_naming_the_field(http: httpx.Client) -
 
 def test_without_the_caption_extra_caption_answers_503_naming_it(bundle_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    from clipsearch import captions
+    from clipsearch.model import captions
 
     monkeypatch.setattr(captions, "transformers_available", lambda: False)
     settings = Settings(bundle_path=bundle_path, device="cpu", caption_model="tiny-coca", caption_pretrained="")

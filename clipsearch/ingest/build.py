@@ -1,0 +1,340 @@
+"""Build a bundle: read the corpora, encode them in batches into shards, then write the bundle.
+
+A build that dies (even kill -9) and is started again with the same settings continues after
+its last finished shard (clipsearch.ingest.shards) and ends with the same bundle as an uninterrupted
+one: batches never cross shard boundaries, so every item is encoded in exactly the same batch
+either way.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from clipsearch.errors import ImageDecodeError, IndexSettingsInvalid, NoSources
+from clipsearch.index import faiss_index, ondisk
+from clipsearch.index.fusion import Fusion, fused_rows_by_id
+from clipsearch.index.spec import (
+    EXACT_FACTORY,
+    RECALL_QUERIES,
+    default_factory,
+)
+from clipsearch.ingest.config import BuildConfig
+from clipsearch.ingest.distributed import ENGINES, RayEngine
+from clipsearch.ingest.fingerprint import corpus_fingerprint, resume_fingerprint
+from clipsearch.ingest.loading import LoadedBatch, Outcome, image_batches, mark_duplicates, shard_of, text_batches
+from clipsearch.ingest.shards import ShardStore
+from clipsearch.ingest.sources import SourceItem, read_image_source, read_text_source
+from clipsearch.modality import Modality
+from clipsearch.model.captions import Captioner, load_captioner
+from clipsearch.model.encoder import ClipEncoder
+from clipsearch.model.factory import load_encoder
+from clipsearch.store.bundle import FusedContent, ModalityContent, on_disk_name, write_bundle
+from clipsearch.store.items import Item
+from clipsearch.util.images import read_image_file
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BuildSummary:
+    out: Path
+    indexed: dict[str, int]
+    skipped: int
+    duplicates: int
+    elapsed_s: float
+    resumed_shards: int
+    report: dict[str, Any] = field(repr=False, default_factory=dict)
+    captioned: int = 0
+    """Images given a generated caption (in this run; resumed shards not counted)."""
+
+    @property
+    def items_per_s(self) -> float:
+        return sum(self.indexed.values()) / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    def describe(self) -> str:
+        counts = ", ".join(f"{count} {modality}s" for modality, count in self.indexed.items())
+        resumed = f", resumed after {self.resumed_shards} finished shards" if self.resumed_shards else ""
+        captioned = f", captioned {self.captioned}" if self.captioned else ""
+        return (f"indexed {counts or 'nothing'}; skipped {self.skipped}, duplicates {self.duplicates}{captioned}; "
+                f"{self.elapsed_s:.1f} s, {self.items_per_s:.1f} items/s{resumed} → {self.out}")
+
+
+def build(config: BuildConfig, on_shard_written: Callable[[Path], None] | None = None) -> BuildSummary:
+    """Read, encode and write: the whole build, resumable shard by shard."""
+    started = time.perf_counter()
+    sources = read_sources(config)
+    if not sources:
+        raise NoSources("give images, texts or both to index")
+    _check_fusion(config, len(sources.get(Modality.IMAGE, [])))
+    if config.engine not in ENGINES:
+        raise IndexSettingsInvalid(f"unknown engine {config.engine!r}; choose one of {', '.join(ENGINES)}")
+    if config.engine == "ray":
+        return _build_on_ray(config, sources, on_shard_written, started)
+    encoder = load_encoder(config.model, config.pretrained, config.checkpoint, config.device, backend=config.backend,
+                           onnx_cache=config.onnx_cache)
+    captioner = load_captioner(config.caption) if config.caption is not None and Modality.IMAGE in sources else None
+    store = ShardStore.open(config.out, resume_fingerprint(config, encoder.ref, encoder.device.type, sources,
+                                                           backend=encoder.backend))
+    first_id = _first_ids(sources)
+    counts = [_encode_into_shards(config, encoder, modality, items, first_id[modality], store, on_shard_written,
+                                  captioner if modality is Modality.IMAGE else None)
+              for modality, items in sources.items()]
+    summary = _finish(config, encoder, sources, store, started)
+    summary.resumed_shards = sum(resumed for resumed, _ in counts)
+    summary.captioned = sum(captioned for _, captioned in counts)
+    store.remove()
+    return summary
+
+
+def _build_on_ray(config: BuildConfig, sources: dict[Modality, list[SourceItem]],
+                  on_shard_written: Callable[[Path], None] | None, started: float) -> BuildSummary:
+    """The build with its embedding on Ray (clipsearch.ingest.distributed): the same shards, then the same bundle."""
+    if config.caption is not None:
+        raise IndexSettingsInvalid("--caption-model runs with the local engine only: caption with a local build, "
+                                   "or leave it out")
+    with RayEngine(config) as engine:
+        fingerprint = resume_fingerprint(config, engine.encoder.ref, engine.pool.device, sources,
+                                         backend=engine.backend) | {"engine": "ray"}
+        store = ShardStore.open(config.out, fingerprint)
+        first_id = _first_ids(sources)
+        resumed = sum(engine.encode(modality, items, first_id[modality], store, on_shard_written)
+                      for modality, items in sources.items())
+    summary = _finish(config, engine.encoder, sources, store, started)
+    summary.resumed_shards = resumed
+    store.remove()
+    return summary
+
+
+def _first_ids(sources: dict[Modality, list[SourceItem]]) -> dict[Modality, int]:
+    """Image ids come first, then text ids, by position in their listing."""
+    return {Modality.IMAGE: 0, Modality.TEXT: len(sources.get(Modality.IMAGE, []))}
+
+
+def _check_fusion(config: BuildConfig, images: int) -> None:
+    """Refuse --fuse where it cannot work, before anything is embedded."""
+    if config.fuse is None:
+        return
+    if images == 0:
+        raise IndexSettingsInvalid("--fuse weighs images with their captions: give --images")
+    if ondisk.is_on_disk_factory(_factory_for(config, images)):
+        raise IndexSettingsInvalid("--fuse needs the image index in memory, and an IVF-PQ index is built on disk: "
+                                   "leave out --fuse, or choose an IVF…,Flat --index-factory")
+
+
+def _factory_for(config: BuildConfig, count: int, dim: int = 512) -> str:
+    return config.index_factory or default_factory(count, config.flat_threshold,
+                                                               config.on_disk_threshold, dim)
+
+
+def read_sources(config: BuildConfig) -> dict[Modality, list[SourceItem]]:
+    sources: dict[Modality, list[SourceItem]] = {}
+    if config.images is not None:
+        sources[Modality.IMAGE] = read_image_source(config.images, config.columns)
+    if config.texts is not None:
+        sources[Modality.TEXT] = read_text_source(config.texts, config.columns)
+    return sources
+
+
+def is_up_to_date(config: BuildConfig, recorded_fingerprint: str | None) -> bool:
+    """Whether a bundle recorded with `recorded_fingerprint` was built from these settings and files."""
+    return recorded_fingerprint == corpus_fingerprint(config, read_sources(config))
+
+
+def _encode_into_shards(config: BuildConfig, encoder: ClipEncoder, modality: Modality, items: list[SourceItem],
+                        first_id: int, store: ShardStore, on_shard_written: Callable[[Path], None] | None,
+                        captioner: Captioner | None = None) -> tuple[int, int]:
+    """Encode (and caption) `items` from the first unfinished shard on.
+
+    Returns how many shards were already done, and how many images were captioned.
+    """
+    shard_size = config.batch_size * config.batches_per_shard
+    done = store.finished(modality, -(-len(items) // shard_size))
+    seen = store.content_hashes(modality, done)
+    start = min(done * shard_size, len(items))
+    bar = tqdm(total=len(items), initial=start, unit=modality.value, desc=f"encoding {modality.value}s",
+               disable=not config.progress, smoothing=0.1, dynamic_ncols=True)
+    batches = image_batches(items, encoder, start, config.batch_size, config.workers, config.max_pixels) \
+        if modality is Modality.IMAGE else text_batches(items, start, config.batch_size)
+    shard: list[Outcome] = []
+    captioned = 0
+    for batch in batches:
+        mark_duplicates(batch.outcomes, seen, first_id, config.keep_duplicates)
+        encode_batch(encoder, batch)
+        if captioner is not None:
+            captioned += _caption_missing(captioner, encoder, batch, config.max_pixels)
+        shard.extend(batch.outcomes)
+        bar.update(len(batch.outcomes))
+        if len(shard) == shard_size or batch.outcomes[-1].position == len(items) - 1:
+            path = store.write(modality, shard[0].position // shard_size,
+                               shard_of(shard, first_id, encoder.embedding_dim))
+            shard = []
+            if on_shard_written is not None:
+                on_shard_written(path)
+    bar.close()
+    return done, captioned
+
+
+def encode_batch(encoder: ClipEncoder, batch: LoadedBatch) -> None:
+    """Set each usable outcome's payload (its text, or nothing for an image) to its embedding."""
+    if batch.pixels is not None:
+        # Rows of items found to be duplicates after decoding are encoded too, then dropped: cheaper
+        # than restacking the batch.
+        vectors = encoder.encode_images(batch.pixels)
+        for outcome, vector in zip(batch.decoded, vectors, strict=True):
+            if outcome.problem is None:
+                outcome.payload = vector
+        return
+    usable = [outcome for outcome in batch.outcomes if outcome.problem is None and isinstance(outcome.payload, str)]
+    if usable:
+        vectors = encoder.encode_texts([outcome.payload for outcome in usable])
+        for outcome, vector in zip(usable, vectors, strict=True):
+            outcome.payload = vector
+
+
+def _caption_missing(captioner: Captioner, encoder: ClipEncoder, batch: LoadedBatch, max_pixels: int) -> int:
+    """Give every usable image of the batch that has no caption a generated one; returns how many.
+
+    The generated caption is the item's caption, and its metadata says so (`caption_generated`,
+    `caption_model`). The batch's pixels are reused when both models prepare images alike;
+    otherwise the files are read again for the caption model.
+    """
+    wanting = [(row, outcome) for row, outcome in enumerate(batch.decoded)
+               if outcome.problem is None and not (outcome.source.text or "").strip()]
+    if not wanting or batch.pixels is None:
+        return 0
+    same_input = captioner.preprocess_config == encoder.preprocess_config
+    rows: list[tuple[Outcome, torch.Tensor]] = []
+    for row, outcome in wanting:
+        if same_input:
+            rows.append((outcome, batch.pixels[row]))
+        elif outcome.source.path is not None:
+            try:
+                rows.append((outcome, captioner.prepare_image(read_image_file(outcome.source.path, max_pixels))))
+            except (OSError, ImageDecodeError):  # changed since it was read: indexed without a caption
+                log.warning("could not read %s again to caption it", outcome.source.uri)
+    size = captioner.config.batch_size
+    for start in range(0, len(rows), size):
+        chunk = rows[start:start + size]
+        for (outcome, _), caption in zip(chunk, captioner.caption(torch.stack([pixels for _, pixels in chunk])),
+                                         strict=True):
+            outcome.source = replace(outcome.source, text=caption, extra={
+                **outcome.source.extra, "caption_generated": True, "caption_model": captioner.ref.describe()})
+    return len(rows)
+
+
+def _finish(config: BuildConfig, encoder: ClipEncoder, sources: dict[Modality, list[SourceItem]],
+            store: ShardStore, started: float) -> BuildSummary:
+    """Gather the shards, build one index per modality and write the bundle."""
+    # An index built on disk reads its vectors from the shards as it goes; only the first few,
+    # the other modality's recall queries, are gathered here.
+    factories = {modality: _factory_for(config, sum(len(part) for part in store.read_ids(modality)),
+                                        encoder.embedding_dim) for modality in sources}
+    on_disk = {modality for modality, factory in factories.items() if ondisk.is_on_disk_factory(factory)}
+    vectors: dict[Modality, np.ndarray] = {}
+    ids: dict[Modality, np.ndarray] = {}
+    items: list[Item] = []
+    skipped: list[dict[str, Any]] = []
+    duplicates: list[dict[str, Any]] = []
+    for modality in sources:
+        id_parts, vector_parts = [np.zeros(0, np.int64)], [np.zeros((0, encoder.embedding_dim), np.float32)]
+        for shard in store.read(modality):
+            id_parts.append(shard.ids)
+            if modality not in on_disk or sum(map(len, vector_parts)) < RECALL_QUERIES:
+                vector_parts.append(shard.vectors)
+            for record in shard.records:
+                if record["problem"] is None:
+                    items.append(Item(id=record["id"], modality=modality, uri=record["uri"], text=record["text"],
+                                      extra=record["extra"], content_hash=record["hash"]))
+                else:
+                    entry = {"modality": modality.value, "uri": record["uri"], "reason": record["problem"]}
+                    (skipped if record["duplicate_of"] is None else duplicates).append(entry)
+        ids[modality], vectors[modality] = np.concatenate(id_parts), np.concatenate(vector_parts)
+    content = {}
+    use_gpu = encoder.device.type == "cuda" and faiss_index.gpu_available()
+    for modality in sources:
+        others = [vectors[other] for other in sources if other is not modality and len(vectors[other])]
+        factory = factories[modality]
+        queries_label = f"{'text' if modality is Modality.IMAGE else 'image'} (cross-modal)" if others else None
+        if modality in on_disk:
+            content[modality] = _on_disk_content(config, store, modality, len(ids[modality]), encoder.embedding_dim,
+                                                 factory, others[0] if others else None, queries_label)
+            continue
+        index, spec = faiss_index.build_index(
+            vectors[modality], ids[modality], factory, recall_queries=others[0] if others else None,
+            queries_label=queries_label, use_gpu=use_gpu)
+        content[modality] = ModalityContent(index=index, spec=spec)
+    report = {"skipped": skipped, "duplicates": duplicates}
+    fused = None
+    if config.fuse is not None:
+        fused = fused_content(config.fuse, encoder, items, ids[Modality.IMAGE], vectors[Modality.IMAGE],
+                              content[Modality.IMAGE], vectors.get(Modality.TEXT), config, use_gpu)
+    write_bundle(config.out, encoder.ref, encoder.embedding_dim, content, items, report, _versions(),
+                 corpus_fingerprint(config, sources), discard_live_changes=config.discard_live_changes,
+                 keyword_fields=config.keyword_fields, fused=fused)
+    return BuildSummary(out=config.out, indexed={modality.value: len(ids[modality]) for modality in sources},
+                        skipped=len(skipped), duplicates=len(duplicates),
+                        elapsed_s=time.perf_counter() - started, resumed_shards=0, report=report)
+
+
+def _on_disk_content(config: BuildConfig, store: ShardStore, modality: Modality, count: int, dim: int,
+                     factory: str, recall_queries: np.ndarray | None, queries_label: str | None) -> ModalityContent:
+    """An IVF-PQ index on disk (clipsearch.index.ondisk) of the `count` vectors in `modality`'s shards,
+    read from them shard by shard; built in the shard store's work directory, so that a build
+    killed while filling its lists resumes there."""
+
+    def chunks() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        return ((shard.ids, shard.vectors) for shard in store.read(modality))
+
+    files, spec = ondisk.build_on_disk(chunks, count, dim, factory,
+                                       store.work / f"ondisk-{modality.value}", on_disk_name(modality),
+                                       recall_queries, queries_label, config.rerank, config.progress)
+    return ModalityContent(index=files.index, spec=spec, on_disk=files)
+
+
+def fused_content(fusion: Fusion, encoder: ClipEncoder, items: list[Item], image_ids: np.ndarray,
+                  image_vectors: np.ndarray, image_index: ModalityContent, texts: np.ndarray | None,
+                  config: BuildConfig, use_gpu: bool) -> FusedContent:
+    """What a fused bundle stores besides its indices: the captioned images' caption vectors, and
+    for an approximate image index the same kind of index over the images' fused rows (tuned, as
+    the image index is, with the texts as queries under the default weights)."""
+    caption_ids, caption_vectors = _caption_vectors(encoder, items, config)
+    captions, _ = faiss_index.build_index(caption_vectors, caption_ids, EXACT_FACTORY)
+    if image_index.spec.exact:
+        return FusedContent(fusion, captions)
+    rows = fused_rows_by_id(image_ids, image_vectors, caption_ids, caption_vectors)
+    queries = None if texts is None or not len(texts) else fusion.expand(texts)
+    index, spec = faiss_index.build_index(rows, image_ids, image_index.spec.factory, queries,
+                                          "text (cross-modal, default weights)" if queries is not None else None,
+                                          use_gpu=use_gpu)
+    return FusedContent(fusion, captions, ModalityContent(index, spec))
+
+
+def _caption_vectors(encoder: ClipEncoder, items: list[Item], config: BuildConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The ids (ascending) and caption vectors of the captioned image items."""
+    captioned = sorted((item for item in items if item.modality is Modality.IMAGE and (item.text or "").strip()),
+                       key=lambda item: item.id)
+    vectors = encoder.encode_texts_in_batches([item.text or "" for item in captioned], config.batch_size,
+                                              config.progress, unit="caption")
+    return np.array([item.id for item in captioned], dtype=np.int64), vectors
+
+
+def _versions() -> dict[str, str]:
+    versions = {"python": platform.python_version(), "faiss": faiss.__version__}
+    for package in ("clipsearch", "torch", "open_clip_torch", "numpy", "pillow"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "unknown"
+    return versions

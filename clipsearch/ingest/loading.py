@@ -1,0 +1,151 @@
+"""Source items into batches ready to encode: texts as they are, images decoded in worker processes.
+
+Each item becomes an Outcome: its content hash and what to encode, or the reason it is skipped.
+Image files are read, hashed, decoded and prepared in DataLoader workers, and each batch's pixels
+arrive stacked in one tensor, pinned for the GPU when there is one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from clipsearch.errors import ImageDecodeError
+from clipsearch.ingest.shards import Shard
+from clipsearch.ingest.sources import SourceItem
+from clipsearch.model.encoder import ClipEncoder
+from clipsearch.model.preprocess import ImagePreparer
+from clipsearch.util.files import sha256_hex
+from clipsearch.util.images import decode_image
+
+
+@dataclass
+class Outcome:
+    """What became of one source item: a vector, or the reason it was left out."""
+
+    position: int
+    source: SourceItem
+    content_hash: str | None = None
+    payload: Any = None
+    problem: str | None = None
+    duplicate_of: int | None = None
+
+
+@dataclass
+class LoadedBatch:
+    """One batch of outcomes; for images, the decoded ones' pixels stacked in the loader worker."""
+
+    outcomes: list[Outcome]
+    pixels: torch.Tensor | None = None
+    """uint8 (m, 3, H, W) (float32 for models whose preprocessing cannot be split), one row per `decoded`."""
+    decoded: list[Outcome] = field(default_factory=list)
+
+    def pin_memory(self) -> LoadedBatch:
+        """Called by the DataLoader's pinning thread: page-locked pixels copy to the GPU asynchronously."""
+        if self.pixels is not None:
+            self.pixels = self.pixels.pin_memory()
+        return self
+
+
+def text_batches(items: Sequence[SourceItem], start: int, batch_size: int) -> Iterator[LoadedBatch]:
+    """Batches of `items` from `start` on; a text's payload is the text itself."""
+    for batch_start in range(start, len(items), batch_size):
+        batch = []
+        for position in range(batch_start, min(batch_start + batch_size, len(items))):
+            item = items[position]
+            batch.append(text_outcome(position, item))
+        yield LoadedBatch(batch)
+
+
+def text_outcome(position: int, item: SourceItem) -> Outcome:
+    """A text item, hashed, with its text as the payload."""
+    text = item.text or ""
+    return Outcome(position, item, content_hash=sha256_hex(text.encode()), payload=text, problem=item.problem)
+
+
+class _ImageDataset(Dataset[Outcome]):
+    """Reads, hashes, decodes and prepares one image's pixels; runs in DataLoader worker processes."""
+
+    def __init__(self, items: Sequence[SourceItem], start: int, prepare: ImagePreparer,
+                 image_size: int, max_pixels: int) -> None:
+        self.items, self.start, self.prepare = items, start, prepare
+        self.image_size, self.max_pixels = image_size, max_pixels
+
+    def __len__(self) -> int:
+        return len(self.items) - self.start
+
+    def __getitem__(self, offset: int) -> Outcome:
+        position = self.start + offset
+        return read_and_prepare(position, self.items[position], self.prepare, self.image_size, self.max_pixels)
+
+
+def read_and_prepare(position: int, item: SourceItem, prepare: ImagePreparer, image_size: int,
+                     max_pixels: int) -> Outcome:
+    """Read, hash, decode and prepare one image: its pixels as the payload, or the reason it is
+    skipped. Every engine (DataLoader workers here, Ray tasks in clipsearch.ingest.distributed) calls this,
+    so that each gives the model the same pixels."""
+    if item.problem is not None or item.path is None:
+        return Outcome(position, item, problem=item.problem or "no file")
+    try:
+        data = item.path.read_bytes()
+    except OSError as error:
+        return Outcome(position, item, problem=f"cannot read file: {error.strerror or error}")
+    try:
+        image = decode_image(data, max_pixels, draft_size=image_size)
+        tensor = prepare(image)
+    except ImageDecodeError as error:
+        return Outcome(position, item, content_hash=sha256_hex(data), problem=error.reason)
+    except Exception as error:  # a preprocessing failure must skip the file, not stop the build
+        return Outcome(position, item, content_hash=sha256_hex(data), problem=f"cannot preprocess: {error}")
+    return Outcome(position, item, content_hash=sha256_hex(data), payload=tensor)
+
+
+def _stack_pixels(outcomes: list[Outcome]) -> LoadedBatch:
+    """The loader's collate function: runs in the worker, so the main process gets one tensor per batch."""
+    decoded = [outcome for outcome in outcomes if outcome.problem is None]
+    pixels = torch.stack([outcome.payload for outcome in decoded]) if decoded else None
+    for outcome in decoded:
+        outcome.payload = None
+    return LoadedBatch(outcomes, pixels, decoded)
+
+
+def image_batches(items: Sequence[SourceItem], encoder: ClipEncoder, start: int, batch_size: int, workers: int,
+                  max_pixels: int) -> Iterator[LoadedBatch]:
+    """Batches of `items` from `start` on, read, decoded and prepared in `workers` processes."""
+    dataset = _ImageDataset(items, start, encoder.prepare_image, encoder.image_size, max_pixels)
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=_stack_pixels,
+                        pin_memory=encoder.device.type == "cuda", prefetch_factor=4 if workers > 0 else None,
+                        persistent_workers=False)
+    yield from loader
+
+
+def mark_duplicates(batch: list[Outcome], seen: dict[str, int], first_id: int, keep_duplicates: bool) -> None:
+    """Mark each usable outcome whose content was seen before as a duplicate of the first item with
+    it (by id), and add the others to `seen` (content hash → id): applied in position order, the
+    first item with a content keeps it, whichever engine embedded it."""
+    for outcome in batch:
+        if outcome.problem is not None or outcome.content_hash is None:
+            continue
+        if outcome.content_hash in seen and not keep_duplicates:
+            outcome.duplicate_of = seen[outcome.content_hash]
+            outcome.problem = f"duplicate of item {outcome.duplicate_of}"
+            outcome.payload = None
+        else:
+            seen.setdefault(outcome.content_hash, first_id + outcome.position)
+
+
+def shard_of(outcomes: list[Outcome], first_id: int, dim: int) -> Shard:
+    """The shard of `outcomes`: ids and vectors of the encoded ones (payloads), records of all."""
+    encoded = [outcome for outcome in outcomes if outcome.problem is None]
+    vectors = np.stack([outcome.payload for outcome in encoded]).astype(np.float32) if encoded \
+        else np.zeros((0, dim), dtype=np.float32)
+    records = [{"id": first_id + outcome.position, "uri": outcome.source.uri, "text": outcome.source.text,
+                "extra": outcome.source.extra, "hash": outcome.content_hash, "problem": outcome.problem,
+                "duplicate_of": outcome.duplicate_of}
+               for outcome in outcomes]
+    return Shard(np.array([first_id + outcome.position for outcome in encoded], dtype=np.int64), vectors, records)

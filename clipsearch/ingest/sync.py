@@ -1,0 +1,228 @@
+"""Bring a served bundle up to date with its sources, through its live log (clipsearch.store.live).
+
+Like rclip's folder sync, by mark and sweep:
+
+* a new file is embedded and added;
+* a changed file is embedded again and keeps its id. A file whose size and modification time
+  match those recorded at the last sync is taken as unchanged without reading it; any other is
+  read and hashed, and counts as changed only if its content hash differs;
+* a file whose content is unchanged but whose caption or metadata sidecar changed keeps its vector
+  and id, with the new caption and metadata;
+* a file that disappeared while a file with the same content appeared elsewhere was moved or
+  renamed: its vector is reused (no embedding), under the new path;
+* an item whose file is gone is deleted.
+
+It manages only the items that came from the sources it is given: images under the folder given
+(every image item not uploaded over HTTP, for a manifest file), and texts from the file given
+(give the same path as the build did: text items are named after it). Items added over HTTP are
+left alone. The result equals a rebuild of the same sources (tests/test_sync.py checks it), except
+that unchanged items keep their ids, and that generated captions are not made here.
+
+Everything is written in one transaction at the end, so an interrupted sync changes nothing and a
+new run starts over; a search during a sync sees the collection before it or after it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from clipsearch.ingest.build import encode_batch
+from clipsearch.ingest.loading import image_batches, text_batches
+from clipsearch.ingest.sources import Columns, SourceItem, read_image_source, read_text_source
+from clipsearch.modality import Modality
+from clipsearch.model.encoder import ClipEncoder
+from clipsearch.store.bundle import Bundle
+from clipsearch.store.items import Item
+from clipsearch.store.live import LIVE_IMAGES, LiveLog, LiveState, NewItem, with_caption_vectors
+from clipsearch.util.files import sha256_hex
+
+
+@dataclass
+class SyncSummary:
+    added: int = 0
+    updated: int = 0
+    moved: int = 0
+    removed: int = 0
+    unchanged: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    """(uri, reason) of each source item left out."""
+    elapsed_s: float = 0.0
+
+    def describe(self) -> str:
+        return (f"added {self.added}, updated {self.updated}, moved {self.moved}, removed {self.removed}, "
+                f"unchanged {self.unchanged}, skipped {len(self.skipped)} in {self.elapsed_s:.1f} s")
+
+
+@dataclass(frozen=True)
+class SyncSources:
+    images: Path | None = None
+    texts: Path | None = None
+    columns: Columns = field(default_factory=Columns)
+
+
+@dataclass
+class _Plan:
+    """What one modality's sync will write: items (with their vectors when known) and ids to delete."""
+
+    writes: list[NewItem] = field(default_factory=list)
+    embed: list[tuple[SourceItem, str, Item | None]] = field(default_factory=list)
+    """Sources to embed, with their content hash and the item they update (None: a new item)."""
+    deletes: list[int] = field(default_factory=list)
+
+
+def sync(bundle: Bundle, live: LiveLog, encoder: ClipEncoder, sources: SyncSources, batch_size: int = 256,
+         workers: int = 0, max_pixels: int = 64_000_000, progress: bool = True) -> SyncSummary:
+    """Compare the sources with the collection, embed what is new or changed, and apply it all at once."""
+    started = time.perf_counter()
+    summary = SyncSummary()
+    state = live.state()
+    stats = live.file_stats()
+    plans: list[_Plan] = []
+    new_stats: dict[str, tuple[int, int, str]] = {}
+    for modality, items, in_scope in _sources(bundle, sources):
+        current = {item.uri: item for item in _collection_items(bundle, state, modality) if in_scope(item.uri)}
+        plan = _plan(modality, items, current, stats, new_stats, state, bundle, summary)
+        _embed(plan, modality, encoder, batch_size, workers, max_pixels, progress, summary)
+        plans.append(plan)
+    writes = [item for plan in plans for item in plan.writes]
+    if bundle.fusion is not None:
+        writes = with_caption_vectors(writes, lambda texts: list(encoder.encode_texts_in_batches(texts, batch_size)))
+    live.apply(writes, [item_id for plan in plans for item_id in plan.deletes], new_stats)
+    summary.elapsed_s = time.perf_counter() - started
+    return summary
+
+
+InScope = Callable[[str], bool]
+"""Whether an item's uri came from the source being synced."""
+
+
+def _sources(bundle: Bundle, sources: SyncSources) -> list[tuple[Modality, list[SourceItem], InScope]]:
+    found = []
+    if sources.images is not None:
+        items = read_image_source(sources.images, sources.columns)
+        uploads = str((bundle.path / LIVE_IMAGES).resolve()) + os.sep
+        if sources.images.is_dir():
+            root = str(sources.images.resolve()) + os.sep
+            found.append((Modality.IMAGE, items, lambda uri: uri.startswith(root)))
+        else:
+            found.append((Modality.IMAGE, items, lambda uri: not uri.startswith(uploads)))
+    if sources.texts is not None:
+        prefix = f"{sources.texts}#L"
+        found.append((Modality.TEXT, read_text_source(sources.texts, sources.columns),
+                      lambda uri: uri.startswith(prefix)))
+    return found
+
+
+def _collection_items(bundle: Bundle, state: LiveState, modality: Modality) -> list[Item]:
+    """Every item of `modality` now in the collection: base items not hidden, then live ones."""
+    hidden = set(state.removed_of(modality).tolist())
+    base = [item for item in bundle.items if item.modality is modality and item.id not in hidden]
+    return base + [item for item in state.items.values() if item.modality is modality]
+
+
+def _plan(modality: Modality, sources: list[SourceItem], current: dict[str, Item],
+          stats: dict[str, tuple[int, int, str]], new_stats: dict[str, tuple[int, int, str]], state: LiveState,
+          bundle: Bundle, summary: SyncSummary) -> _Plan:
+    plan = _Plan()
+    present = {source.uri for source in sources if source.problem is None}
+    vanished: dict[str, list[Item]] = defaultdict(list)  # by content hash: candidates for moves
+    for uri, item in current.items():
+        if uri not in present:
+            vanished[item.content_hash].append(item)
+    kept_hashes = {item.content_hash for uri, item in current.items() if uri in present}
+    for source in sources:
+        if source.problem is not None:
+            summary.skipped.append((source.uri, source.problem))
+            continue
+        content_hash = _content_hash(source, stats, new_stats)
+        if content_hash is None:
+            summary.skipped.append((source.uri, "cannot read file"))
+            continue
+        existing = current.get(source.uri)
+        if existing is not None and existing.content_hash == content_hash:
+            if (existing.text, existing.extra) == (source.text, source.extra):
+                summary.unchanged += 1
+            else:  # a sidecar changed: same vector, new caption or metadata
+                plan.writes.append(_new_item(source, modality, content_hash, _vector(existing, state, bundle)))
+                summary.updated += 1
+        elif existing is not None:
+            plan.embed.append((source, content_hash, existing))
+        elif vanished.get(content_hash):
+            moved = vanished[content_hash].pop()
+            plan.writes.append(_new_item(source, modality, content_hash, _vector(moved, state, bundle)))
+            plan.deletes.append(moved.id)
+            summary.moved += 1
+        elif content_hash in kept_hashes:
+            summary.skipped.append((source.uri, "duplicate of an item already indexed"))
+        else:
+            plan.embed.append((source, content_hash, None))
+            kept_hashes.add(content_hash)
+    for items in vanished.values():
+        plan.deletes.extend(item.id for item in items)
+        summary.removed += len(items)
+    return plan
+
+
+def _embed(plan: _Plan, modality: Modality, encoder: ClipEncoder, batch_size: int, workers: int, max_pixels: int,
+           progress: bool, summary: SyncSummary) -> None:
+    """Embed the planned sources as the build does; one that fails is skipped (and an update of it
+    deletes the old item, as a rebuild would leave it out)."""
+    if not plan.embed:
+        return
+    sources = [source for source, _, _ in plan.embed]
+    batches = image_batches(sources, encoder, 0, batch_size, workers, max_pixels) if modality is Modality.IMAGE \
+        else text_batches(sources, 0, batch_size)
+    bar = tqdm(total=len(sources), unit=modality.value, desc=f"embedding {modality.value}s", disable=not progress)
+    for batch in batches:
+        encode_batch(encoder, batch)
+        for outcome in batch.outcomes:
+            source, content_hash, existing = plan.embed[outcome.position]
+            if outcome.problem is not None or not isinstance(outcome.payload, np.ndarray):
+                summary.skipped.append((source.uri, outcome.problem or "could not be embedded"))
+                if existing is not None:  # its file changed into one that cannot be used: gone, as in a rebuild
+                    plan.deletes.append(existing.id)
+                    summary.removed += 1
+                continue
+            plan.writes.append(_new_item(source, modality, content_hash, outcome.payload))
+            summary.added += existing is None
+            summary.updated += existing is not None
+        bar.update(len(batch.outcomes))
+    bar.close()
+
+
+def _content_hash(source: SourceItem, stats: dict[str, tuple[int, int, str]],
+                  new_stats: dict[str, tuple[int, int, str]]) -> str | None:
+    if source.path is None:
+        return sha256_hex((source.text or "").encode())
+    try:
+        stat = source.path.stat()
+        recorded = stats.get(source.uri)
+        if recorded is not None and recorded[:2] == (stat.st_size, stat.st_mtime_ns):
+            content_hash = recorded[2]
+        else:
+            content_hash = sha256_hex(source.path.read_bytes())
+    except OSError:
+        return None
+    new_stats[source.uri] = (stat.st_size, stat.st_mtime_ns, content_hash)
+    return content_hash
+
+
+def _vector(item: Item, state: LiveState, bundle: Bundle) -> np.ndarray:
+    live = state.segment(item.modality).vector(item.id)
+    if live is not None:
+        return live
+    return np.asarray(bundle.indices[item.modality].reconstruct(item.id), dtype=np.float32)
+
+
+def _new_item(source: SourceItem, modality: Modality, content_hash: str, vector: np.ndarray) -> NewItem:
+    # The key is the uri, as a built item's is: a later sync or rebuild names the same file alike.
+    return NewItem(source.uri, modality, source.uri, source.text, source.extra, content_hash, vector)
+

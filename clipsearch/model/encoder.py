@@ -1,0 +1,187 @@
+"""The dual-tower encoder: one factory, one vector contract.
+
+Every encode method returns a float32 array of shape (n, d) whose rows have unit L2 norm, so an
+inner product between any two of them is their cosine similarity.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import open_clip
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from clipsearch.config import ModelRef
+from clipsearch.errors import ModelLoadError
+from clipsearch.model.graphs import GraphedForward
+from clipsearch.model.preprocess import ImagePreparer, PreprocessConfig
+from clipsearch.model.text_trim import TextTrimmer
+
+TEXT_GRAPH_LENGTHS = (16, 32)
+"""Token lengths, besides the full context, at which trimmed text towers are captured as CUDA graphs:
+a batch runs at the smallest one that holds its longest text."""
+
+# The offline models (tiny, tiny-coca) are registered wherever the encoder is imported, so every
+# open_clip call below knows them.
+_CONFIG_DIR = Path(__file__).parent / "model_configs"
+open_clip.add_model_config(_CONFIG_DIR)
+
+log = logging.getLogger(__name__)
+
+Tower = Callable[[torch.Tensor], torch.Tensor]
+
+
+def resolve_device(device: str | None) -> torch.device:
+    """'cuda' when a GPU is usable and nothing else was asked for, else 'cpu'."""
+    if device in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as error:
+        raise ModelLoadError(str(error), "device") from error
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError("'cuda' was asked for but no CUDA GPU is available", "device")
+    return resolved
+
+
+class ClipEncoder:
+    """An open_clip model with its image preparation and tokenizer, ready for inference."""
+
+    def __init__(self, model: Any, tokenizer: Any, ref: ModelRef, device: torch.device, text_trim: bool = True) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.ref = ref
+        self.device = device
+        self.context_length: int = int(getattr(tokenizer, "context_length", 77))
+        self.dtype: torch.dtype = next(model.parameters()).dtype  # fp16 on CUDA, fp32 on the CPU
+        self.preprocess_config = PreprocessConfig.of_model(model)
+        self.prepare_image = ImagePreparer(self.preprocess_config)
+        self._mean, self._std = (torch.tensor(values, dtype=torch.float32, device=device).view(3, 1, 1)
+                                 for values in (self.preprocess_config.mean, self.preprocess_config.std))
+        # The text tower runs on each batch's real length wherever that is exact (clipsearch.model.text_trim).
+        self.text_trim = TextTrimmer(model) if text_trim and TextTrimmer.supports(model) else None
+        self._image_forward: Tower = model.encode_image
+        self._text_forward: Tower = self.text_trim or model.encode_text
+        self._text_graphs: dict[int, Tower] = {}
+        self.backend = "torch"
+        """What runs the towers: 'torch', or 'onnx' / 'onnx-int8' after clipsearch.model.onnx_backend.use_onnx."""
+        self.threads = torch.get_num_threads()
+        """Intra-op threads of a forward pass (torch's, and ONNX Runtime's sessions')."""
+        self.embedding_dim: int = int(self.encode_texts(["probe"]).shape[1])
+        self.cuda_graphs = False
+
+    @property
+    def towers(self) -> tuple[Tower, Tower]:
+        """The image and text forward passes in use: prepared pixels → features, tokens → features."""
+        return self._image_forward, self._text_forward
+
+    def set_towers(self, image: Tower, text: Tower, backend: str) -> None:
+        """Run the towers through other implementations of the same functions (ONNX Runtime's).
+
+        The text forward receives tokens cut to the batch's real length wherever trimming is exact.
+        """
+        if self.cuda_graphs:
+            raise ModelLoadError("the towers cannot be replaced once CUDA graphs are captured", "backend")
+        self._image_forward, self._text_forward, self.backend = image, text, backend
+
+    @property
+    def image_size(self) -> int:
+        """The model input's longer side: what JPEG draft decoding must keep."""
+        return max(self.preprocess_config.size)
+
+    def encode_images(self, images: Sequence[Image.Image] | torch.Tensor) -> np.ndarray:
+        """Embed RGB images, or a uint8 batch from prepare_image stacked to shape (n, 3, H, W).
+
+        Returns float32 (n, d), unit-norm rows.
+        """
+        if isinstance(images, torch.Tensor):
+            batch = images
+        else:
+            if not images:
+                return np.zeros((0, self.embedding_dim), dtype=np.float32)
+            batch = torch.stack([self.prepare_image(image) for image in images])
+        with torch.inference_mode():
+            return _normalised_float32(self._image_forward(self.model_input(batch)))
+
+    def model_input(self, batch: torch.Tensor) -> torch.Tensor:
+        """A uint8 batch from prepare_image (or float pixels in [0, 255]), scaled and normalised on the device."""
+        # The same operations, in the same order and precision, as torchvision's ToTensor + Normalize.
+        pixels = batch.to(self.device, non_blocking=True).to(torch.float32).div_(255)
+        return pixels.sub_(self._mean).div_(self._std).to(self.dtype)
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Embed texts; those longer than the context are truncated. Returns float32 (n, d), unit-norm."""
+        if not texts:
+            return np.zeros((0, self.embedding_dim), dtype=np.float32)
+        tokens = self.tokenizer(list(texts))
+        forward = self._text_forward
+        if self.text_trim is not None:
+            length = TextTrimmer.real_length(tokens)  # on the CPU tokens: no device round trip
+            if self._text_graphs:
+                length = min(captured for captured in self._text_graphs if captured >= length)
+                forward = self._text_graphs[length]
+            tokens = tokens[:, :length]
+        elif self._text_graphs:
+            forward = self._text_graphs[tokens.shape[1]]
+        with torch.inference_mode():
+            return _normalised_float32(forward(tokens.to(self.device)))
+
+    def encode_texts_in_batches(self, texts: Sequence[str], batch_size: int, progress: bool = False,
+                                unit: str = "text") -> np.ndarray:
+        """encode_texts over many texts, `batch_size` at a time (a progress bar with `progress`)."""
+        vectors = np.zeros((len(texts), self.embedding_dim), dtype=np.float32)
+        with tqdm(total=len(texts), unit=unit, desc=f"encoding {unit}s", disable=not progress,
+                  dynamic_ncols=True) as bar:
+            for start in range(0, len(texts), batch_size):
+                vectors[start:start + batch_size] = self.encode_texts(texts[start:start + batch_size])
+                bar.update(min(batch_size, len(texts) - start))
+        return vectors
+
+    def enable_cuda_graphs(self, max_batch: int) -> bool:
+        """Replay both towers from CUDA graphs for batches up to `max_batch`; True if that worked.
+
+        Any failure to capture leaves the eager path in place (and is logged): slower, never wrong.
+        Each tower's graphs must then be replayed from one thread at a time (the search service's
+        batchers do that).
+        """
+        if self.device.type != "cuda" or self.cuda_graphs or self.backend != "torch":
+            return self.cuda_graphs
+        try:
+            with torch.inference_mode():
+                height, width = self.preprocess_config.size
+                example_image = torch.zeros((1, 3, height, width), dtype=self.dtype, device=self.device)
+                example_tokens = self.tokenizer(["a photo"]).to(self.device)
+                image_graphs = GraphedForward(self.model.encode_image, example_image, max_batch)
+                context = example_tokens.shape[1]
+                lengths = sorted({*(length for length in TEXT_GRAPH_LENGTHS if length < context), context}) \
+                    if self.text_trim is not None else [context]
+                text_graphs: dict[int, Tower] = {
+                    length: GraphedForward(self._text_forward, example_tokens[:, :length], max_batch)
+                    for length in lengths}
+        except Exception:  # capture is best effort: eager inference must keep working whatever failed
+            log.warning("CUDA graph capture failed; the model runs eagerly", exc_info=True)
+            return False
+        self._image_forward, self._text_graphs = image_graphs, text_graphs
+        self.cuda_graphs = True
+        log.info("CUDA graphs captured for batches of up to %d", max_batch)
+        return True
+
+    def is_truncated(self, text: str) -> bool:
+        """Whether `text` has more tokens than fit in the context (start and end tokens included)."""
+        encode = getattr(self.tokenizer, "encode", None)
+        if encode is None:
+            return False  # tokenizers without a plain encode() (HF ones) truncate silently
+        return len(encode(text)) + 2 > self.context_length
+
+
+def _normalised_float32(features: torch.Tensor) -> np.ndarray:
+    # Normalise in float32: fp16 norms of 512-d vectors lose enough precision to matter for ties.
+    features = features.float()
+    features = features / features.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    return features.cpu().numpy().astype(np.float32, copy=False)

@@ -1,0 +1,215 @@
+"""Writes to a live collection: add or replace items by key, edit them, delete them.
+
+Every write is checked whole before anything is embedded, embedded through the search service's
+batchers in their background lane (after every waiting query, a few at a time), then committed
+to the live log in one transaction (clipsearch.store.live): a write is all applied or not at all, and
+acknowledged only once it is durable. Uploaded image files are stored content-addressed in
+`live-images/` beside the log before the commit that names them, so a committed item's file is
+always there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from clipsearch.config import WriteLimits
+from clipsearch.errors import InvalidQuery, ItemNotFound
+from clipsearch.modality import Modality
+from clipsearch.search.query import check_text
+from clipsearch.search.service import SearchService
+from clipsearch.store.collection import Collection
+from clipsearch.store.filters import Filter
+from clipsearch.store.items import Item
+from clipsearch.store.live import LIVE_IMAGES, NewItem, with_caption_vectors
+from clipsearch.util.files import atomic_path
+
+UNCHANGED: Any = object()
+"""Marks a field an edit leaves as it is (None clears a caption)."""
+
+
+@dataclass(frozen=True)
+class TextEntry:
+    text: str
+    key: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ImageEntry:
+    data: bytes
+    key: str | None = None
+    caption: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+class CollectionWriter:
+    """Writes through one search service to its live log."""
+
+    def __init__(self, service: SearchService, limits: WriteLimits | None = None) -> None:
+        live = service.collection.live
+        if live is None:
+            raise ValueError("the service has no live log to write to")
+        self.service, self.live, self.limits = service, live, limits or WriteLimits()
+        self.images = live.path.parent / LIVE_IMAGES
+
+    def add_texts(self, entries: Sequence[TextEntry], field: str = "items") -> list[int]:
+        """Add (or replace, by key) text items; their ids in order."""
+        self._check_count(entries, field)
+        for number, entry in enumerate(entries):
+            check_text(entry.text, f"{field}[{number}].text", self.service.limits)
+            self._check_entry(entry.key, entry.metadata, f"{field}[{number}]")
+        self._check_unique_keys([entry.key for entry in entries], field)
+        vectors = self.service.embed_texts([entry.text for entry in entries],
+                                           [f"{field}[{number}].text" for number in range(len(entries))],
+                                           background=True)
+        keys = [entry.key or _new_key() for entry in entries]
+        # A text has no file: its key is its uri, as a base text's uri is its key.
+        return self._commit([NewItem(key, Modality.TEXT, key, entry.text, entry.metadata, _sha256(entry.text.encode()),
+                                     vector) for key, entry, vector in zip(keys, entries, vectors, strict=True)])
+
+    def add_images(self, entries: Sequence[ImageEntry], field: str = "files") -> list[int]:
+        """Add (or replace, by key) image items from uploaded files; their ids in order."""
+        self._check_count(entries, field)
+        for number, entry in enumerate(entries):
+            self._check_entry(entry.key, entry.metadata, f"{field}[{number}]")
+            if entry.caption is not None:
+                check_text(entry.caption, f"{field}[{number}].caption", self.service.limits)
+        self._check_unique_keys([entry.key for entry in entries], field)
+        vectors = self.service.embed_images([entry.data for entry in entries],
+                                            [f"{field}[{number}]" for number in range(len(entries))],
+                                            background=True)
+        items = []
+        for entry, vector in zip(entries, vectors, strict=True):
+            digest = _sha256(entry.data)
+            path = self._store_image(entry.data, digest)
+            items.append(NewItem(entry.key or _new_key(), Modality.IMAGE, str(path), entry.caption, entry.metadata,
+                                 digest, vector))
+        if self.service.fusion is not None:
+            items = with_caption_vectors(items, lambda captions: self.service.embed_texts(
+                captions, ["caption"] * len(captions), background=True))
+        return self._commit(items)
+
+    def update(self, item_id: int, *, caption: str | None = UNCHANGED, text: str = UNCHANGED,
+               metadata: dict[str, Any] = UNCHANGED) -> Item:
+        """Edit an item's caption (images), text (texts: embedded again) or metadata (replaced whole)."""
+        item = self.service.collection.item(item_id, "item_id")
+        if caption is not UNCHANGED and item.modality is not Modality.IMAGE:
+            raise InvalidQuery("caption", f"item {item_id} is a text; give `text` instead")
+        if text is not UNCHANGED and item.modality is not Modality.TEXT:
+            raise InvalidQuery("text", f"item {item_id} is an image; give `caption` instead")
+        if caption is not UNCHANGED and caption is not None:
+            check_text(caption, "caption", self.service.limits)
+        new_metadata = item.extra if metadata is UNCHANGED else metadata
+        self._check_entry(None, new_metadata, "")
+        vector = self.service.collection.stored_vector(item_id)
+        new_text = item.text
+        if text is not UNCHANGED:
+            check_text(text, "text", self.service.limits)
+            vector = self.service.embed_texts([text], ["text"], background=True)[0]
+            new_text = text
+        elif caption is not UNCHANGED:
+            new_text = caption
+        key = self.live.key_of(item_id)
+        if key is None:
+            raise ItemNotFound(item_id, "item_id")
+        hash_of = item.content_hash if text is UNCHANGED else _sha256(text.encode())
+        edited = NewItem(key, item.modality, item.uri, new_text, new_metadata, hash_of, vector)
+        if self.service.fusion is not None and item.modality is Modality.IMAGE:
+            if caption is UNCHANGED:  # the caption's vector stays; only a new caption is embedded
+                edited = replace(edited, caption_vector=self.service.collection.caption_vector(item_id))
+            else:
+                [edited] = with_caption_vectors([edited], lambda captions: self.service.embed_texts(
+                    captions, ["caption"], background=True))
+        self._commit([edited])
+        return self.service.collection.item(item_id, "item_id")
+
+    def delete(self, item_ids: Sequence[int], field: str = "ids") -> list[int]:
+        """Delete items by id; the ids that were there (unknown ids are not an error: deleting is idempotent)."""
+        self._check_count(item_ids, field)
+        deleted = self.live.delete(item_ids)
+        self.service.collection.refresh()
+        return deleted
+
+    def delete_matching(self, filter: Filter) -> list[int]:
+        """Delete every item, of both modalities, that passes `filter`; the ids deleted."""
+        doomed = ids_matching(self.service.collection, filter)
+        deleted = self.live.delete(doomed) if doomed else []
+        self.service.collection.refresh()
+        return deleted
+
+    def _commit(self, items: list[NewItem]) -> list[int]:
+        ids = self.live.write(items)
+        self.service.collection.refresh()  # visible at once on this worker
+        return ids
+
+    def _store_image(self, data: bytes, digest: str) -> Path:
+        with Image.open(io.BytesIO(data)) as image:  # the upload decoded already: this only names its format
+            suffix = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "BMP": ".bmp", "GIF": ".gif"}.get(
+                image.format or "", ".bin")
+        self.images.mkdir(exist_ok=True)
+        path = (self.images / f"{digest}{suffix}").resolve()
+        if not path.exists():
+            with atomic_path(path) as temporary:
+                temporary.write_bytes(data)
+        return path
+
+    def _check_count(self, entries: Sequence[object], field: str) -> None:
+        if not entries:
+            raise InvalidQuery(field, "give at least one item")
+        if len(entries) > self.limits.max_items:
+            raise InvalidQuery(field, f"at most {self.limits.max_items} items per request, got {len(entries)}")
+
+    def _check_entry(self, key: str | None, metadata: dict[str, Any], field: str) -> None:
+        prefix = f"{field}." if field else ""
+        if key is not None:
+            if not key.strip():
+                raise InvalidQuery(f"{prefix}key", "must not be empty or only whitespace")
+            if len(key) > self.limits.max_key_chars:
+                raise InvalidQuery(f"{prefix}key", f"at most {self.limits.max_key_chars} characters, got {len(key)}")
+            if "\x00" in key:
+                raise InvalidQuery(f"{prefix}key", "must not contain NUL characters")
+        if not isinstance(metadata, dict):
+            raise InvalidQuery(f"{prefix}metadata", "must be a JSON object")
+        size = len(json.dumps(metadata, ensure_ascii=False, separators=(",", ":")).encode())
+        if size > self.limits.max_metadata_bytes:
+            raise InvalidQuery(f"{prefix}metadata", f"at most {self.limits.max_metadata_bytes} bytes as JSON, "
+                                                    f"got {size}")
+
+    @staticmethod
+    def _check_unique_keys(keys: Sequence[str | None], field: str) -> None:
+        seen: dict[str, int] = {}
+        for number, key in enumerate(keys):
+            if key is None:
+                continue
+            if key in seen:
+                raise InvalidQuery(f"{field}[{number}].key", f"repeats {field}[{seen[key]}].key in the same request")
+            seen[key] = number
+
+
+def ids_matching(collection: Collection, filter: Filter) -> list[int]:
+    """Every item of the collection now, of both modalities, that passes `filter`."""
+    found: list[int] = []
+    state = collection.refresh()
+    for modality in Modality:
+        found.extend(int(item_id) for item_id in state.matching_ids(modality, filter))
+        base = collection.bundle.items.matching_ids(modality, filter.sql, filter.params)
+        found.extend(int(item_id) for item_id in np.setdiff1d(base, state.removed_of(modality)))
+    return found
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _new_key() -> str:
+    return f"live:{uuid.uuid4().hex}"

@@ -1,0 +1,150 @@
+"""A loaded bundle's items as the search service sees them: lookup by id, stored vectors, the
+image files it may serve, and search results resolved to items. With a live log
+(clipsearch.store.live), the bundle is the base and the log's latest snapshot is laid over it: live
+items first, hidden base items gone."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from clipsearch.config import DEFAULT_MAX_PIXELS
+from clipsearch.errors import ImageDecodeError, InvalidQuery, ItemNotFound
+from clipsearch.index import faiss_index
+from clipsearch.index.fusion import fused_rows_by_id
+from clipsearch.index.topk import TopK
+from clipsearch.modality import Modality
+from clipsearch.store.bundle import Bundle
+from clipsearch.store.items import Item
+from clipsearch.store.live import LiveLog, LiveState
+from clipsearch.util.images import read_image_file
+
+
+@dataclass(frozen=True)
+class Hit:
+    item: Item
+    score: float
+    duplicates: tuple[int, ...] = ()
+    """Ids of lower-ranked near-duplicates collapsed into this hit (with dedup)."""
+    ranks: dict[str, int] | None = None
+    """For keyword and hybrid searches: the hit's rank (from 1) in each list it came from
+    ('vector', 'keyword'; clipsearch.search.hybrid)."""
+    fused: dict[str, float] | None = None
+    """For fused image searches: what the image and the caption each add to the score
+    (clipsearch.index.fusion.Fusion.parts)."""
+
+
+class Collection:
+    """Read access to a bundle's items by id; `field` names where the caller's id came from."""
+
+    def __init__(self, bundle: Bundle, live: LiveLog | None = None) -> None:
+        self.bundle = bundle
+        self.live = live
+        self.state = LiveState(generation=-1)
+        self._refresh_lock = threading.Lock()
+        self.refresh()
+
+    def refresh(self) -> LiveState:
+        """The live log's latest snapshot (read again only when its generation moved)."""
+        if self.live is not None and self.live.generation() != self.state.generation:
+            with self._refresh_lock:
+                if self.live.generation() != self.state.generation:
+                    # Only the rows written since this snapshot are read (the first time, all of them).
+                    self.state = self.live.state(self.state if self.state.generation >= 0 else None)
+        return self.state
+
+    @property
+    def modalities(self) -> set[Modality]:
+        """The modalities with at least one item."""
+        return {modality for modality in Modality if self.count(modality) > 0}
+
+    def count(self, modality: Modality, state: LiveState | None = None) -> int:
+        state = state or self.state
+        return self.base_count(modality) - len(state.removed_of(modality)) + len(state.segment(modality).ids)
+
+    def base_count(self, modality: Modality) -> int:
+        index = self.bundle.indices.get(modality)
+        return 0 if index is None else int(index.ntotal)
+
+    def stored_vectors(self, modality: Modality, item_ids: np.ndarray, state: LiveState | None = None) -> np.ndarray:
+        """The vectors (float32 (m, d)) held for `item_ids` (int64 (m,)), all of `modality`."""
+        state = state or self.state
+        segment = state.segment(modality)
+        live = np.isin(item_ids, segment.ids)
+        vectors = np.zeros((len(item_ids), self.bundle.manifest.embedding_dim), dtype=np.float32)
+        if live.any():
+            vectors[live] = segment.vectors[np.searchsorted(segment.ids, item_ids[live])]
+        if (~live).any():
+            vectors[~live] = self.bundle.base_vectors(modality, item_ids[~live])
+        return vectors
+
+    def item(self, item_id: int, field: str = "id", state: LiveState | None = None) -> Item:
+        state = state or self.state
+        found = state.items.get(item_id)
+        if found is None and not state.is_removed(item_id):
+            found = self.bundle.items.get(item_id)
+        if found is None:
+            raise ItemNotFound(item_id, field)
+        return found
+
+    def stored_vector(self, item_id: int, field: str = "item_id") -> np.ndarray:
+        """The vector (float32 (d,)) held for an item."""
+        state = self.state
+        item = self.item(item_id, field, state)
+        vector = state.segment(item.modality).vector(item_id) if item_id in state.items else \
+            self.bundle.base_vector(item.modality, item_id)
+        if vector is None:
+            raise ItemNotFound(item_id, field, "the item has no stored vector")
+        return np.asarray(vector, dtype=np.float32)
+
+    def caption_vector(self, item_id: int, state: LiveState | None = None) -> np.ndarray | None:
+        """The caption vector a fused bundle holds for an image item; None when it has none."""
+        state = state or self.state
+        if item_id in state.items:
+            return state.segment(Modality.IMAGE).caption_vector(item_id)
+        captions = self.bundle.captions
+        return None if captions is None or state.is_removed(item_id) else faiss_index.reconstruct(captions, item_id)
+
+    def base_fused_rows(self, image_ids: np.ndarray, image_vectors: np.ndarray) -> np.ndarray:
+        """The base's image items as fused rows, in the order given (clipsearch.index.fusion.fused_rows)."""
+        captions = self.bundle.captions
+        assert captions is not None
+        held = faiss_index.ids_of(captions)
+        return fused_rows_by_id(image_ids, image_vectors, held, faiss_index.reconstruct_many(captions, held))
+
+    def image_path(self, item_id: int, field: str = "id") -> Path:
+        """The stored file of an image item; only paths recorded in the bundle are ever returned."""
+        item = self.item(item_id, field)
+        if item.modality is not Modality.IMAGE:
+            raise InvalidQuery(field, f"item {item_id} is a {item.modality.value}, not an image")
+        path = Path(item.uri)
+        if not path.is_file():
+            raise ItemNotFound(item_id, field, "its image file is no longer at the path recorded in the bundle")
+        # The indexer records fully resolved paths. If that no longer resolves to itself, a symbolic
+        # link was put in its place (or above it) since: it may point anywhere, so nothing is served.
+        if path.resolve() != path:
+            raise ItemNotFound(item_id, field, "its recorded path now passes through a symbolic link; not served")
+        return path
+
+    def read_image(self, item_id: int, field: str = "id", max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+        """An image item's picture, decoded; a file that no longer decodes is an item gone, naming `field`."""
+        path = self.image_path(item_id, field)
+        try:
+            return read_image_file(path, max_pixels)
+        except ImageDecodeError as error:
+            raise ItemNotFound(item_id, field, f"its image file no longer decodes ({error.reason})") from error
+
+    def hits(self, found: list[TopK], state: LiveState | None = None) -> list[list[Hit]]:
+        """One-row search results as hits: ids resolved to items (no result, id -1, is left out)."""
+        state = state or self.state
+        wanted = [int(item_id) for result in found for item_id in result.ids[0] if item_id >= 0]
+        items = self.bundle.items.get_many([item_id for item_id in wanted if item_id not in state.items])
+        items.update({item_id: state.items[item_id] for item_id in wanted if item_id in state.items})
+        return [[Hit(items[int(item_id)], float(score))
+                 for score, item_id in zip(result.scores[0], result.ids[0], strict=True)
+                 if item_id >= 0 and int(item_id) in items]
+                for result in found]
