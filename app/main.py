@@ -20,7 +20,7 @@ from app.errors import install_error_handlers
 from app.metrics import RequestMetricsMiddleware
 from app.middleware import BodySizeLimit, HeadAsGet, JSONErrors
 from app.routes import captions, classify, docs, embed, explain, health, items, page, search
-from app.routes.search import UNAUTHORIZED
+from app.routes.responses import UNAUTHORIZED
 from app.settings import Settings
 from app.state import ServiceState
 

@@ -29,14 +29,13 @@ from clipsearch.index.sharding import parse_devices
 from clipsearch.model.captions import CaptionService
 from clipsearch.model.encoder import ClipEncoder
 from clipsearch.model.factory import load_encoder
+from clipsearch.search.open import close_service, open_service
 from clipsearch.search.service import SearchService
 from clipsearch.search.writes import UNCHANGED, CollectionWriter, ImageEntry, TextEntry
-from clipsearch.store.bundle import Bundle, load_bundle
 from clipsearch.store.compaction import compact
 from clipsearch.store.filters import Filter
 from clipsearch.store.items import Item
-from clipsearch.store.live import LIVE_FILE, LiveLog
-from clipsearch.store.manifest import MANIFEST_FILE, check_model, read_manifest
+from clipsearch.store.manifest import MANIFEST_FILE, read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +90,7 @@ class ServiceState:
             service, writer = self._open_service(encoder, settings.verify_checksums)
             with self._lock:
                 if self._closed.is_set():  # the server stopped while this was loading
-                    _close(service)
+                    close_service(service)
                     return
                 self.service, self.writer, self.problem = service, writer, None
                 self._loaded_manifest = identity
@@ -107,17 +106,12 @@ class ServiceState:
     def _open_service(self, encoder: ClipEncoder, verify_checksums: bool) -> tuple[SearchService,
                                                                                    CollectionWriter | None]:
         settings = self.settings
-        bundle = load_bundle(settings.bundle_path, verify_checksums=verify_checksums)
-        try:
-            check_model(bundle.manifest, encoder.ref, encoder.embedding_dim)
-            live = self._open_live_log(bundle, encoder.embedding_dim)
-            service = SearchService(encoder, bundle, settings.limits, use_gpu=self._use_gpu(encoder),
-                                    batching=settings.batching, filter_cache_size=settings.filter_cache_size,
-                                    rrf_k=settings.rrf_k, live=live,
-                                    devices=parse_devices(settings.devices, encoder.device))
-        except BaseException:
-            bundle.close()
-            raise
+        service = open_service(encoder, settings.bundle_path, verify_checksums=verify_checksums,
+                               on_read_only=self._serve_read_only, limits=settings.limits,
+                               use_gpu=self._use_gpu(encoder), batching=settings.batching,
+                               filter_cache_size=settings.filter_cache_size, rrf_k=settings.rrf_k,
+                               devices=parse_devices(settings.devices, encoder.device))
+        live = service.collection.live
         writer = CollectionWriter(service, settings.write_limits) if live is not None else None
         service.warm_up()
         return service, writer
@@ -170,13 +164,13 @@ class ServiceState:
                 return False
             with self._lock:
                 if self._closed.is_set():
-                    _close(new_service)
+                    close_service(new_service)
                     return False
                 old, self.service, self.writer = self.service, new_service, writer
                 self._loaded_manifest = identity
             log.info("loaded the new bundle at %s in %.2f s", self.settings.bundle_path, time.perf_counter() - started)
             if old is not None:
-                retire = threading.Timer(self.settings.encode_timeout_s + RETIRE_GRACE_S, _close, (old,))
+                retire = threading.Timer(self.settings.encode_timeout_s + RETIRE_GRACE_S, close_service, (old,))
                 retire.daemon = True
                 retire.start()
             return True
@@ -233,30 +227,18 @@ class ServiceState:
             raise WritesUnavailable(f"this bundle cannot take writes: {self.writes_problem}")
         return self.writer
 
-    def _open_live_log(self, bundle: Bundle, dim: int) -> LiveLog | None:
-        """The bundle's live log (created on first start), or None where its directory is read-only:
-        such a bundle is served as built, and writes answer 503 saying why."""
-        try:
-            return LiveLog(bundle.path / LIVE_FILE, bundle.items, dim)
-        except (OSError, sqlite3.Error) as error:
-            self.writes_problem = f"its live log {bundle.path / LIVE_FILE} cannot be opened for writing ({error})"
-            log.warning("serving %s read-only: %s", bundle.path, self.writes_problem)
-            return None
+    def _serve_read_only(self, problem: str) -> None:
+        """A bundle whose directory is read-only is served as built, and writes answer 503 saying why."""
+        self.writes_problem = problem
+        log.warning("serving %s read-only: %s", self.settings.bundle_path, problem)
 
     def close(self) -> None:
         with self._lock:
             self._closed.set()
             service, self.service = self.service, None
         if service is not None:
-            _close(service)
+            close_service(service)
         self.captions.close()
-
-
-def _close(service: SearchService) -> None:
-    service.close()
-    if service.collection.live is not None:
-        service.collection.live.close()
-    service.bundle.close()
 
 
 def _file_identity(path: os.PathLike[str]) -> tuple[int, int] | None:

@@ -1,9 +1,13 @@
-"""A small demo corpus: the public-domain / CC0 sample photos that scikit-image ships, with captions."""
+"""`python -m indexer demo-data`: a small demo corpus, either the public-domain / CC0 sample photos
+that scikit-image ships, with captions, or rendered shapes (indexer.shapes)."""
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
+
+from indexer.common import Commands, Fail, positive_int
 
 # (scikit-image function, file name, caption, licence as scikit-image documents it)
 SAMPLES = [
@@ -55,3 +59,31 @@ def write_demo_corpus(out: Path) -> tuple[int, int]:
     texts = [caption for _, _, caption, _ in SAMPLES] + EXTRA_TEXTS
     (out / "texts.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
     return len(SAMPLES), len(texts)
+
+
+def add_parser(commands: Commands) -> None:
+    command = commands.add_parser("demo-data", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                  help="write a demo corpus: public-domain photos (needs scikit-image) or rendered "
+                                       "shapes with captions")
+    command.add_argument("--out", type=Path, required=True, help="folder to write images/ (and texts.txt) into")
+    command.add_argument("--kind", choices=["photos", "shapes"], default="photos",
+                         help="photos: scikit-image's sample photos and captions; shapes: generated scenes of coloured "
+                              "shapes, three captions each (a paired corpus for eval and finetune)")
+    command.add_argument("--count", type=positive_int, default=3000, help="scenes to render (shapes)")
+    command.add_argument("--seed", type=int, default=0, help="the scenes follow from it (shapes)")
+
+
+def check(args: argparse.Namespace, fail: Fail) -> None:
+    """Nothing to check beyond argparse's own: no model is loaded."""
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.kind == "shapes":
+        from indexer.shapes import write_shapes_corpus
+
+        count = write_shapes_corpus(args.out, args.count, args.seed)
+        print(f"wrote {count} scenes with captions to {args.out / 'images'}")
+        return 0
+    images, texts = write_demo_corpus(args.out)
+    print(f"wrote {images} images with captions and {texts} texts to {args.out}")
+    return 0

@@ -7,12 +7,13 @@ import json
 import os
 import sys
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
 
 from clipsearch.client import ClipSearchAPIError, ClipSearchClient
-from clipsearch.config import ModelRef, QueryLimits
+from clipsearch.config import DEFAULT_MODEL, ModelRef, QueryLimits
 from clipsearch.errors import CheckpointRequired, ClipSearchError
 from clipsearch.ingest.sources import Columns
 from clipsearch.modality import Modality
@@ -34,10 +35,61 @@ from clipsearch.search.service import SearchService
 from clipsearch.store.bundle import load_bundle
 from clipsearch.store.live import LIVE_FILE, LiveLog
 from clipsearch.store.manifest import check_model, read_manifest, record_evaluation
-from indexer.cli import describe_error, pretrained_of
+from indexer.common import (
+    Commands,
+    Fail,
+    add_image_arguments,
+    add_model_arguments,
+    add_speed_arguments,
+    check_weights,
+    describe_error,
+    fusion_weights,
+    pretrained_of,
+)
 
 
-def run_eval(args: argparse.Namespace) -> int:
+def add_parser(commands: Commands) -> None:
+    command = commands.add_parser(
+        "eval", help="retrieval quality (recall@1/5/10 both ways, mean rank) of a model on image-caption pairs",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    command.add_argument("--pairs", type=Path, required=True,
+                         help="a folder whose name.txt beside each image holds its captions, one per line, or a "
+                              "CSV, JSONL or Parquet manifest with image and caption columns (one row per pair)")
+    command.add_argument("--bundle", type=Path, default=None,
+                         help="evaluate the model of this bundle, and record the figures in its manifest")
+    command.add_argument("--through", metavar="URL", default=None,
+                         help="also evaluate a running server over HTTP (its bundle built from the same --pairs "
+                              "images, and their captions as texts for image → text), against its model's exact "
+                              "figures")
+    command.add_argument("--api-key", default=None, help="the server's API key (default: $CLIPSEARCH_API_KEY)")
+    command.add_argument("--mode", choices=[mode.value for mode in SearchMode], default=SearchMode.VECTOR.value,
+                         help="with --bundle or --through: also measure text → image as searches of that mode "
+                              "rank the images (keyword and hybrid search the images' own captions)")
+    command.add_argument("--hybrid-method", choices=[method.value for method in FusionMethod],
+                         default=FusionMethod.RRF.value, help="how --mode hybrid fuses its two rankings")
+    command.add_argument("--vector-weight", type=float, default=0.5,
+                         help="--mode hybrid: the vector ranking's share, 0 to 1")
+    command.add_argument("--fuse", type=fusion_weights, default=None,
+                         help="with a bundle built with --fuse: weigh image and caption so (e.g. 'image=1' for "
+                              "the image alone) in the searched figures")
+    add_model_arguments(command, None)
+    add_speed_arguments(command)
+    add_image_arguments(command)
+    command.add_argument("--json", action="store_true", help="print the figures as one JSON object")
+    command.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def check(args: argparse.Namespace, fail: Fail) -> None:
+    check_weights(args, fail)
+    if args.bundle is not None and args.through is not None:
+        fail("give --bundle or --through, not both")
+    if (args.bundle or args.through) is not None and (args.model is not None or args.pretrained is not None):
+        fail("--bundle and --through name the model: leave out --model and --pretrained")
+    if args.bundle is None and args.model is None:
+        args.model = DEFAULT_MODEL
+
+
+def run(args: argparse.Namespace) -> int:
     client = ClipSearchClient(args.through, timeout=120, api_key=args.api_key or
                               os.environ.get("CLIPSEARCH_API_KEY")) if args.through else None
     try:

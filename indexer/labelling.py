@@ -6,6 +6,7 @@ import argparse
 import sys
 from collections import Counter
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,7 +18,15 @@ from clipsearch.modality import Modality
 from clipsearch.model.zero_shot import DEFAULT_TEMPLATES, LabelScore, ZeroShotClassifier, check_labels
 from clipsearch.store.bundle import Bundle, load_bundle, rewrite_items
 from clipsearch.store.items import Item
-from indexer.cli import bundle_encoder, describe_error
+from indexer.common import (
+    Commands,
+    Fail,
+    add_model_arguments,
+    bundle_encoder,
+    check_model_from_bundle,
+    check_weights,
+    describe_error,
+)
 
 LIMITS = QueryLimits(max_labels=10_000, max_templates=1_000)
 """The server's limits guard it against costly requests; a labelling run is its user's own choice."""
@@ -25,7 +34,35 @@ CHUNK = 4096
 """Image vectors scored at once: bounds memory on huge bundles."""
 
 
-def run_classify(args: argparse.Namespace) -> int:
+def add_parser(commands: Commands) -> None:
+    command = commands.add_parser(
+        "classify", help="zero-shot label every image of a bundle and store the label and its probability in "
+                         "each item's metadata", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    command.add_argument("--bundle", type=Path, required=True, help="the bundle to label (rewritten in place, "
+                                                                    "atomically)")
+    command.add_argument("--labels", required=True, help="the labels, comma-separated: 'beach,mountains,city'")
+    command.add_argument("--template", action="append", default=None,
+                         help="a prompt template with {} for the label, e.g. 'a photo of a {}.'; repeat for an "
+                              "ensemble (default: a small built-in ensemble)")
+    command.add_argument("--field", default="label",
+                         help="the metadata field for the label; its probability goes in FIELD_score "
+                              "(FIELD_scores with --multi-label)")
+    command.add_argument("--multi-label", action="store_true",
+                         help="score each label on its own and store every label at or above --threshold")
+    command.add_argument("--threshold", type=float, default=0.5, help="with --multi-label, the probability a "
+                                                                     "label needs to be stored in FIELD")
+    add_model_arguments(command, None)
+    command.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def check(args: argparse.Namespace, fail: Fail) -> None:
+    check_weights(args, fail)
+    check_model_from_bundle(args, fail)
+    if not args.field.strip():
+        fail("--field must not be empty")
+
+
+def run(args: argparse.Namespace) -> int:
     labels = [label.strip() for label in args.labels.split(",")]
     templates = args.template or None
     try:

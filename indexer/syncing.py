@@ -5,19 +5,51 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
-from clipsearch.config import CompactionPolicy
 from clipsearch.errors import ClipSearchError
-from clipsearch.index import faiss_index
 from clipsearch.ingest.sources import Columns
 from clipsearch.ingest.sync import SyncSources, sync
-from clipsearch.store.compaction import compact
-from clipsearch.store.live import count_live_changes
-from clipsearch.store.manifest import read_manifest
-from indexer.cli import bundle_encoder, describe_error, on_live_bundle
+from indexer.common import (
+    DEFAULTS,
+    Commands,
+    Fail,
+    add_image_arguments,
+    add_model_arguments,
+    add_speed_arguments,
+    bundle_encoder,
+    check_model_from_bundle,
+    check_weights,
+    describe_error,
+    on_live_bundle,
+)
 
 
-def run_sync(args: argparse.Namespace) -> int:
+def add_parser(commands: Commands) -> None:
+    command = commands.add_parser(
+        "sync", help="bring a bundle up to date with its sources without a rebuild: embed new and changed files, "
+                     "drop deleted ones, keep the vectors of moved ones",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    command.add_argument("--bundle", type=Path, required=True, help="the bundle to update (through its live log; a "
+                                                                    "server serving it sees the changes at once)")
+    command.add_argument("--images", type=Path, default=None, help="the image folder or manifest it was built from")
+    command.add_argument("--texts", type=Path, default=None, help="the text file it was built from (the same path "
+                                                                  "as at build time: text items are named after it)")
+    command.add_argument("--text-column", default=DEFAULTS.columns.text, help="text column of a JSONL or CSV file")
+    add_model_arguments(command, None)
+    add_speed_arguments(command)
+    add_image_arguments(command)
+    command.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def check(args: argparse.Namespace, fail: Fail) -> None:
+    check_weights(args, fail)
+    check_model_from_bundle(args, fail)
+    if args.images is None and args.texts is None:
+        fail("give --images, --texts or both")
+
+
+def run(args: argparse.Namespace) -> int:
     try:
         encoder = bundle_encoder(args)
         sources = SyncSources(args.images, args.texts, Columns(image=args.image_column, caption=args.caption_column,
@@ -33,24 +65,4 @@ def run_sync(args: argparse.Namespace) -> int:
         print(f"  skipped {uri}: {reason}")
     if len(summary.skipped) > 20:
         print(f"  … and {len(summary.skipped) - 20} more")
-    return 0
-
-
-def run_compact(args: argparse.Namespace) -> int:
-    policy = CompactionPolicy(args.min_changes, args.fraction, args.retrain_fraction)
-    try:
-        if args.if_due:
-            manifest = read_manifest(args.bundle)
-            base = sum(record.count for record in manifest.modalities.values())
-            changes = count_live_changes(args.bundle)
-            if not policy.due(changes, base):
-                print(f"{args.bundle}: {changes} live changes over a base of {base}; not due "
-                      f"(at least {max(policy.min_changes, policy.fraction * base):.0f})")
-                return 0
-        summary = compact(args.bundle, policy, use_gpu=faiss_index.gpu_available())
-    except ClipSearchError as error:
-        print(f"error: {describe_error(error)}", file=sys.stderr)
-        return 2
-    assert summary is not None  # compact waits for any other compaction to finish
-    print(f"compacted {args.bundle}: {summary.describe()}")
     return 0

@@ -22,7 +22,8 @@ from clipsearch.ingest.distributed import ActorPool, plan_actor_pool
 from clipsearch.ingest.shards import work_dir_for
 from clipsearch.modality import Modality
 from clipsearch.store.bundle import REPORT_FILE, load_bundle
-from indexer.cli import config_from_args, parse_args
+from indexer.building import config_from_args
+from indexer.cli import parse_args
 from tests.corpora import make_image_corpus, tiny_config
 from tests.imagefiles import good_and_bad_files
 from tests.reference import stored_vectors

@@ -10,7 +10,8 @@ import pytest
 
 from clipsearch.config import DEFAULT_PRETRAINED
 from clipsearch.store.bundle import load_bundle
-from indexer.cli import config_from_args, main, parse_args
+from indexer.building import config_from_args
+from indexer.cli import main, parse_args
 from tests.corpora import write_manifest
 from tests.imagefiles import image_bytes, noise_image, save
 

@@ -16,7 +16,8 @@ from clipsearch.store.bundle import Bundle, load_bundle
 from clipsearch.store.collection import Collection
 from clipsearch.store.compaction import compact
 from clipsearch.store.live import LIVE_FILE, LiveLog, NewItem
-from indexer.cli import main, on_live_bundle
+from indexer.cli import main
+from indexer.common import on_live_bundle
 from tests.imagefiles import image_bytes, noise_image, save
 
 

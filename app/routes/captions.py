@@ -8,7 +8,7 @@ from fastapi import APIRouter, UploadFile
 from PIL import Image
 
 from app.deps import ServiceDep, StateDep
-from app.routes.search import ERRORS
+from app.routes.responses import ERRORS
 from app.schemas import CaptionRequest, CaptionResponse
 from app.state import ServiceState
 

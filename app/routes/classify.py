@@ -9,7 +9,7 @@ import numpy as np
 from fastapi import APIRouter, Form, UploadFile
 
 from app.deps import MetricsDep, ServiceDep
-from app.routes.search import ERRORS
+from app.routes.responses import ERRORS
 from app.schemas import ClassifyRequest, ClassifyResponse, LabelScoreModel
 from clipsearch.search.service import SearchService
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, UploadFile
 
 from app.deps import MetricsDep, ServiceDep
-from app.routes.search import ERRORS
+from app.routes.responses import ERRORS
 from app.schemas import EmbeddingResponse, EmbedTextRequest
 from clipsearch.search.query import QueryVector
 from clipsearch.search.service import SearchService

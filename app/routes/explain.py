@@ -9,7 +9,7 @@ from fastapi import APIRouter
 
 from app.deps import MetricsDep, ServiceDep
 from app.errors import api_field
-from app.routes.search import ERRORS
+from app.routes.responses import ERRORS
 from app.schemas import ExplainRequest, ExplainResponse, HeatmapModel
 
 router = APIRouter(tags=["explain"])

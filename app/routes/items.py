@@ -17,7 +17,7 @@ from starlette.convertors import Convertor, register_url_convertor
 from starlette.datastructures import UploadFile
 
 from app.deps import ServiceDep, WriterDep, require_admin_key
-from app.routes.search import ERRORS
+from app.routes.responses import ERRORS
 from app.schemas import (
     MAX_ITEM_ID,
     AddTextsRequest,

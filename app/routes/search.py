@@ -10,9 +10,9 @@ from fastapi import APIRouter, Form, UploadFile
 
 from app.deps import MetricsDep, ServiceDep
 from app.errors import api_field
+from app.routes.responses import ERRORS
 from app.schemas import (
     ComposedSearchRequest,
-    ErrorResponse,
     HitModel,
     SearchResponse,
     TextSearchRequest,
@@ -25,15 +25,6 @@ from clipsearch.search.service import Answer
 
 router = APIRouter(tags=["search"])
 
-ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorResponse, "description": description} for status, description in (
-        (400, "The body could not be parsed at all (broken JSON, broken multipart)."),
-        (404, "An item the query names does not exist."),
-        (413, "The request or its image is too large."),
-        (422, "A field is invalid; `field` names it and `reason` says why."),
-        (503, "The model or the bundle is not loaded."))}
-UNAUTHORIZED: dict[int | str, dict[str, Any]] = {401: {
-    "model": ErrorResponse, "description": "The server requires an API key (X-API-Key) and it was missing or wrong."}}
 
 
 def _respond(answer: Answer, started: float, options: ResultOptions,

@@ -1,6 +1,6 @@
-"""`python -m indexer add` and `python -m indexer delete`: the HTTP API's writes, for scripts that
-work on a bundle's directory. They go through the same checks and live log as the server's
-(clipsearch.search.writes), so a server serving the bundle sees them at its next search."""
+"""`python -m indexer add`: the HTTP API's adds, for scripts that work on a bundle's directory. They
+go through the same checks and live log as the server's (clipsearch.search.writes), so a server
+serving the bundle sees them at its next search."""
 
 from __future__ import annotations
 
@@ -14,20 +14,56 @@ from typing import Any, TypeVar
 
 from clipsearch.config import WriteLimits
 from clipsearch.errors import ClipSearchError, InvalidQuery
-from clipsearch.modality import Modality
 from clipsearch.model.encoder import ClipEncoder
 from clipsearch.search.service import SearchService
-from clipsearch.search.writes import CollectionWriter, ImageEntry, TextEntry, ids_matching
+from clipsearch.search.writes import CollectionWriter, ImageEntry, TextEntry
 from clipsearch.store.bundle import Bundle
-from clipsearch.store.collection import Collection
-from clipsearch.store.filters import parse_filter
 from clipsearch.store.live import LiveLog
-from indexer.cli import bundle_encoder, describe_error, on_live_bundle
+from indexer.common import (
+    Commands,
+    Fail,
+    add_model_arguments,
+    bundle_encoder,
+    check_model_from_bundle,
+    check_weights,
+    describe_error,
+    on_live_bundle,
+)
 
 Result = TypeVar("Result")
 
 
-def run_add(args: argparse.Namespace) -> int:
+def add_parser(commands: Commands) -> None:
+    command = commands.add_parser(
+        "add", help="add texts or image files to a bundle, or replace them by key, through its live log",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    command.add_argument("--bundle", type=Path, required=True, help="the bundle to add to")
+    command.add_argument("--text", action="append", default=[], help="a text to add (repeat for more)")
+    command.add_argument("--image", action="append", default=[], type=Path, help="an image file to add (repeat for "
+                                                                                    "more; not with --text)")
+    command.add_argument("--key", action="append", default=[],
+                         help="the key of each item, in order (repeat; an existing key replaces that item and keeps "
+                              "its id); default: new keys")
+    command.add_argument("--caption", action="append", default=[], help="the caption of each image, in order")
+    command.add_argument("--metadata", default="{}", help="a JSON object given to every item added")
+    add_model_arguments(command, None)
+
+
+def check(args: argparse.Namespace, fail: Fail) -> None:
+    check_weights(args, fail)
+    check_model_from_bundle(args, fail)
+    if bool(args.text) == bool(args.image):
+        fail("give --text or --image (one or more), not both")
+    count = len(args.text or args.image)
+    for name in ("key", "caption"):
+        given = getattr(args, name)
+        if given and len(given) != count:
+            fail(f"give one --{name} per item ({count}) or none, got {len(given)}")
+    if args.caption and args.text:
+        fail("--caption is for images; a text is its own caption")
+
+
+def run(args: argparse.Namespace) -> int:
     try:
         metadata = _metadata(args.metadata)
         keys = args.key or [None] * len(args.text or args.image)
@@ -47,30 +83,6 @@ def run_add(args: argparse.Namespace) -> int:
         print(f"error: {describe_error(error)}", file=sys.stderr)
         return 2
     print(json.dumps({"ids": ids}))
-    return 0
-
-
-def run_delete(args: argparse.Namespace) -> int:
-    """Deletes need no model: the ids go straight to the live log."""
-    try:
-        filter = parse_filter(json.loads(args.filter), "filter") if args.filter is not None else None
-
-        def delete(bundle: Bundle, live: LiveLog) -> list[int]:
-            if filter is not None:
-                return live.delete(ids_matching(Collection(bundle, live), filter))
-            if args.keys is not None:
-                found = (live.id_of(Modality(args.modality), key) for key in args.keys)
-                return live.delete([item_id for item_id in found if item_id is not None])
-            return live.delete(args.ids)
-
-        deleted = on_live_bundle(args.bundle, None, delete)
-    except json.JSONDecodeError as error:
-        print(f"error: --filter: not valid JSON ({error})", file=sys.stderr)
-        return 2
-    except ClipSearchError as error:
-        print(f"error: {describe_error(error)}", file=sys.stderr)
-        return 2
-    print(json.dumps({"deleted": deleted}))
     return 0
 
 
