@@ -7,7 +7,7 @@ what it gives back to searches. Baselines from the same run.
 Writes a bundle of --items random unit vectors (no model: compaction never embeds), timing that as
 the baseline ("written from vectors": the index built and the bundle written, as a rebuild's last
 step is). An IVF…,PQ… factory makes an on-disk index (clipsearch.index.ondisk) of clustered vectors with
-a modality gap instead (bench.common.ClusteredEmbeddings: IVF needs structure to be measured),
+a modality gap instead (clipsearch.util.synthetic.ClusteredEmbeddings: IVF needs structure to be measured),
 tuned with text queries. Then, through the live log, adds --adds new items and deletes --deletes
 base items, and measures:
 
@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import ClusteredEmbeddings, emit, latency_summary, ratio, time_calls, unit_vectors
+from bench.common import emit, latency_summary, ratio, time_calls, unit_vectors
 from clipsearch.config import OFFLINE_MODEL, CompactionPolicy, ModelRef
 from clipsearch.errors import BundleReplaced
 from clipsearch.index import faiss_index, ondisk
@@ -55,6 +55,7 @@ from clipsearch.store.bundle import ModalityContent, load_bundle, on_disk_name, 
 from clipsearch.store.compaction import CompactionSummary, compact
 from clipsearch.store.items import Item
 from clipsearch.store.live import LIVE_FILE, LiveLog, NewItem
+from clipsearch.util.synthetic import ClusteredEmbeddings
 
 WRITE_BATCH = 1000
 WRITER_BATCH = 10

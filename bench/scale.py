@@ -2,7 +2,7 @@
 
     python -m bench.scale --count 5000000 --factory IVF2048,PQ64
 
-Vectors are synthetic but shaped like CLIP's (bench.common.ClusteredEmbeddings: clusters of
+Vectors are synthetic but shaped like CLIP's (clipsearch.util.synthetic.ClusteredEmbeddings: clusters of
 uneven size, and a modality gap between the image vectors indexed and the text vectors that query
 them), made in chunks on the fly, so that no pass holds them all. It reports, one JSON line each:
 
@@ -34,9 +34,10 @@ from typing import Any
 import faiss
 import numpy as np
 
-from bench.common import ClusteredEmbeddings, emit, latency_summary, ratio, time_calls
+from bench.common import emit, latency_summary, ratio, time_calls
 from clipsearch.index import ondisk
 from clipsearch.index.spec import DEFAULT_RERANK, RECALL_TARGET
+from clipsearch.util.synthetic import ClusteredEmbeddings
 
 NAME = "image"
 

@@ -13,10 +13,10 @@ from clipsearch.ingest.build import build
 from clipsearch.model.encoder import ClipEncoder
 from clipsearch.model.factory import load_encoder
 from clipsearch.store.bundle import Bundle, load_bundle
-from tests.corpora import make_image_corpus, make_text_corpus, tiny_config
+from tests.support.corpora import make_image_corpus, make_text_corpus, tiny_config
 
 # The suite's references are PyTorch's own outputs, so servers and indexer runs it starts use PyTorch
-# (with the [onnx] extra installed, 'auto' would pick ONNX Runtime). tests/test_onnx_backend.py and
+# (with the [onnx] extra installed, 'auto' would pick ONNX Runtime). tests/model/test_onnx_backend.py and
 # the tests that name a backend cover ONNX Runtime.
 os.environ["CLIPSEARCH_BACKEND"] = "torch"
 # Servers the tests start caption with the tiny offline CoCa: tests never download weights.

@@ -8,7 +8,7 @@ import pytest
 
 from app.settings import Settings
 from clipsearch.client import ClipSearchClient
-from tests.app.serving import LIMITS, serve
+from tests.support.serving import LIMITS, serve
 
 
 @pytest.fixture(scope="session")

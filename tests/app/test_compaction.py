@@ -18,8 +18,7 @@ from clipsearch.client import ClipSearchClient, NewText
 from clipsearch.store.compaction import compact
 from clipsearch.store.live import count_live_changes
 from clipsearch.store.manifest import read_manifest
-from tests.app.serving import LIMITS, serve
-from tests.app.test_writes import ADMIN, _start
+from tests.support.serving import ADMIN, LIMITS, serve, start_server_process
 
 
 @pytest.fixture()
@@ -75,7 +74,7 @@ def test_a_write_that_meets_a_bundle_compacted_under_it_runs_again_on_the_new_on
 
 
 def test_after_indexer_compact_every_worker_serves_the_new_bundle_and_sees_new_writes(live_bundle: Path) -> None:
-    process, url = _start(live_bundle, CLIPSEARCH_SERVER_WORKERS="2", CLIPSEARCH_RELOAD_POLL_S="0.2")
+    process, url = start_server_process(live_bundle, CLIPSEARCH_SERVER_WORKERS="2", CLIPSEARCH_RELOAD_POLL_S="0.2")
     try:
         with ClipSearchClient(url, admin_key=ADMIN) as writer:
             ids = writer.add_texts([NewText(f"a purple giraffe number {number}") for number in range(3)])

@@ -15,9 +15,9 @@ from app.settings import Settings
 from clipsearch import errors
 from clipsearch.client import ClipSearchAPIError, ClipSearchClient
 from clipsearch.ingest.build import build
-from tests.app.serving import LIMITS, serve
-from tests.corpora import make_image_corpus, tiny_config
-from tests.imagefiles import image_bytes, noise_image, png_declaring_size
+from tests.support.corpora import make_image_corpus, tiny_config
+from tests.support.imagefiles import image_bytes, noise_image, png_declaring_size
+from tests.support.serving import LIMITS, serve
 
 PNG = image_bytes(noise_image(1))
 

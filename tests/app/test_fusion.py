@@ -11,8 +11,8 @@ import pytest
 
 from app.settings import Settings
 from clipsearch.client import ClipSearchClient, Query
-from tests.app.serving import LIMITS, serve
-from tests.imagefiles import image_bytes, noise_image
+from tests.support.imagefiles import image_bytes, noise_image
+from tests.support.serving import LIMITS, serve
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from app.settings import Settings
-from tests.app.serving import serve
+from tests.support.serving import serve
 
 SCHEMATHESIS = Path(sys.executable).parent / "schemathesis"
 # Every check but one: requests the schema allows can still be refused for reasons a schema cannot

@@ -16,8 +16,7 @@ from PIL import Image
 
 from app.protocol import send_without_delay
 from app.settings import Settings
-from tests.app.serving import serve
-from tests.imagefiles import (
+from tests.support.imagefiles import (
     ACCEPTED_SAMPLES,
     OTHER_FORMATS,
     image_bytes,
@@ -25,6 +24,7 @@ from tests.imagefiles import (
     noise_image,
     rotated_jpeg_with_a_text_resolution,
 )
+from tests.support.serving import serve
 
 
 def post_image(http: httpx.Client, data: bytes) -> list[httpx.Response]:

@@ -16,8 +16,8 @@ from app import healthcheck
 from app import state as state_module
 from app.main import create_app
 from app.settings import Settings
-from tests.app.serving import serve
-from tests.imagefiles import image_bytes, noise_image
+from tests.support.imagefiles import image_bytes, noise_image
+from tests.support.serving import serve
 
 
 def test_health_and_ready_once_loaded(http: httpx.Client) -> None:

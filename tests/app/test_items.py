@@ -4,7 +4,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.imagefiles import image_bytes, noise_image
+from tests.support.imagefiles import image_bytes, noise_image
 
 
 def first_image_id(http: httpx.Client, name: str) -> int:

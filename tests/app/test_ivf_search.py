@@ -14,9 +14,9 @@ from clipsearch.ingest.build import build
 from clipsearch.modality import Modality
 from clipsearch.model.encoder import ClipEncoder
 from clipsearch.store.bundle import load_bundle
-from tests.app.serving import serve
-from tests.corpora import make_image_corpus, make_text_corpus, tiny_config
-from tests.reference import brute_force_bundle
+from tests.support.corpora import make_image_corpus, make_text_corpus, tiny_config
+from tests.support.reference import brute_force_bundle
+from tests.support.serving import serve
 
 
 @pytest.fixture(scope="module")

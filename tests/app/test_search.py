@@ -13,9 +13,9 @@ from clipsearch.client import ClipSearchClient, Query
 from clipsearch.modality import Modality
 from clipsearch.model.encoder import ClipEncoder
 from clipsearch.store.bundle import Bundle
-from tests.app.serving import serve
-from tests.imagefiles import image_bytes, noise_image
-from tests.reference import brute_force_bundle
+from tests.support.imagefiles import image_bytes, noise_image
+from tests.support.reference import brute_force_bundle
+from tests.support.serving import serve
 
 
 def unit(vector: np.ndarray) -> np.ndarray:

@@ -17,9 +17,9 @@ from clipsearch.modality import Modality
 from clipsearch.search.pipeline import Pending
 from clipsearch.search.uploads import DECODE_WORKERS
 from clipsearch.store.bundle import load_bundle
-from tests.app.serving import serve
-from tests.corpora import make_image_corpus, tiny_config
-from tests.imagefiles import BAD_FILES, GOOD_FILES, good_and_bad_files, image_bytes, noise_image
+from tests.support.corpora import make_image_corpus, tiny_config
+from tests.support.imagefiles import BAD_FILES, GOOD_FILES, good_and_bad_files, image_bytes, noise_image
+from tests.support.serving import serve
 
 KEY = "correct horse battery staple"
 ALLOWED_ORIGIN = "https://photos.example"

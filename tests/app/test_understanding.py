@@ -16,8 +16,8 @@ from app.settings import Settings
 from clipsearch.client import ClipSearchAPIError, ClipSearchClient, Query
 from clipsearch.modality import Modality
 from clipsearch.store.bundle import Bundle
-from tests.app.serving import LIMITS, serve
-from tests.imagefiles import image_bytes, noise_image
+from tests.support.imagefiles import image_bytes, noise_image
+from tests.support.serving import LIMITS, serve
 
 LABELS = ["a cat", "a dog", "a boat"]
 

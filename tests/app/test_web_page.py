@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from app.settings import Settings
-from tests.app.serving import LIMITS, serve
+from tests.support.serving import LIMITS, serve
 
 CHROMIUM = os.environ.get("CLIPSEARCH_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
@@ -222,7 +222,7 @@ def test_every_control_has_a_label(page: Any) -> None:
 
 def test_a_locked_server_asks_for_the_key_and_then_works(browser: Any, bundle_path: Path) -> None:
     from app.settings import Settings
-    from tests.app.serving import serve
+    from tests.support.serving import serve
 
     with serve(Settings(bundle_path=bundle_path, device="cpu", api_key="s3cret")) as url:  # type: ignore[call-arg]
         context = browser.new_context()

@@ -6,9 +6,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,12 +13,9 @@ import httpx
 import pytest
 
 from app.settings import Settings
-from bench.common import free_port
 from clipsearch.client import ClipSearchAPIError, ClipSearchClient, NewImage, NewText
-from tests.app.serving import LIMITS, serve
-from tests.imagefiles import image_bytes, noise_image
-
-ADMIN = "let-me-write"
+from tests.support.imagefiles import image_bytes, noise_image
+from tests.support.serving import ADMIN, LIMITS, serve, start_server_process
 
 
 @pytest.fixture()
@@ -112,30 +106,8 @@ def test_a_bad_write_is_a_4xx_naming_the_field_and_changes_nothing(writable: str
     assert httpx.get(f"{writable}/info").json()["counts"] == before
 
 
-def _start(live_bundle: Path, **extra: str) -> tuple[subprocess.Popen[bytes], str]:
-    """`python -m app` over `live_bundle` with writes on, once ready: the process and its URL."""
-    port = free_port()
-    environment = {**os.environ, "CLIPSEARCH_BUNDLE_PATH": str(live_bundle), "CLIPSEARCH_DEVICE": "cpu",
-                   "CLIPSEARCH_ADMIN_KEY": ADMIN, "CLIPSEARCH_PORT": str(port), **extra}
-    process = subprocess.Popen([sys.executable, "-m", "app"], env=environment, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    ready_in_a_row = 0  # with several workers, one may answer ready while another still loads
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            ready_in_a_row = ready_in_a_row + 1 if httpx.get(f"{url}/ready", timeout=2).status_code == 200 else 0
-        except httpx.TransportError:
-            ready_in_a_row = 0
-        if ready_in_a_row >= 20:
-            return process, url
-        time.sleep(0.05)
-    process.kill()
-    raise AssertionError("the server did not become ready")
-
-
 def test_an_acknowledged_write_survives_kill_9_of_the_server(live_bundle: Path) -> None:
-    process, url = _start(live_bundle)
+    process, url = start_server_process(live_bundle)
     try:
         with ClipSearchClient(url, admin_key=ADMIN) as client:
             ids = client.add_texts([NewText(f"durable sentence {number}", f"durable/{number}") for number in range(5)])
@@ -143,7 +115,7 @@ def test_an_acknowledged_write_survives_kill_9_of_the_server(live_bundle: Path) 
             client.delete([deleted])
         os.kill(process.pid, signal.SIGKILL)  # no shutdown, no checkpoint: only what was committed
         process.wait()
-        process, url = _start(live_bundle)
+        process, url = start_server_process(live_bundle)
         with ClipSearchClient(url) as client:
             for number, item_id in enumerate(ids):
                 assert client.item(item_id)["text"] == f"durable sentence {number}"
@@ -155,7 +127,7 @@ def test_an_acknowledged_write_survives_kill_9_of_the_server(live_bundle: Path) 
 
 
 def test_a_write_through_one_worker_is_seen_by_every_worker(live_bundle: Path) -> None:
-    process, url = _start(live_bundle, CLIPSEARCH_SERVER_WORKERS="2")
+    process, url = start_server_process(live_bundle, CLIPSEARCH_SERVER_WORKERS="2")
     try:
         with ClipSearchClient(url, admin_key=ADMIN) as writer:
             [item_id] = writer.add_texts([NewText("a purple giraffe", "giraffe")])

@@ -1,0 +1,142 @@
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from clipsearch.errors import ResumeMismatch
+from clipsearch.ingest.build import build
+from clipsearch.ingest.shards import work_dir_for
+from clipsearch.modality import Modality
+from clipsearch.store.bundle import REPORT_FILE, Bundle, load_bundle
+from tests.support.corpora import make_image_corpus, make_text_corpus, tiny_config
+from tests.support.imagefiles import (
+    BAD_FILES,
+    DUPLICATE_FILES,
+    GOOD_FILES,
+    good_and_bad_files,
+    image_bytes,
+    noise_image,
+)
+from tests.support.reference import bundle_contents
+
+
+def test_every_good_file_is_indexed_and_every_bad_one_reported(tmp_path: Path) -> None:
+    good_and_bad_files(tmp_path / "mixed")
+    summary = build(tiny_config(tmp_path / "bundle", images=tmp_path / "mixed"))
+    bundle = load_bundle(tmp_path / "bundle")
+    indexed = {Path(item.uri).name for item in bundle.items}
+    report = json.loads((tmp_path / "bundle" / REPORT_FILE).read_text())
+    assert indexed == GOOD_FILES
+    assert {Path(entry["uri"]).name for entry in report["skipped"]} == BAD_FILES
+    assert all(entry["reason"] for entry in report["skipped"])
+    assert {Path(entry["uri"]).name for entry in report["duplicates"]} == DUPLICATE_FILES
+    assert summary.skipped == len(BAD_FILES) and summary.duplicates == 1
+
+
+def test_duplicates_can_be_kept(tmp_path: Path) -> None:
+    good_and_bad_files(tmp_path / "mixed")
+    summary = build(tiny_config(tmp_path / "bundle", images=tmp_path / "mixed", keep_duplicates=True))
+    assert summary.indexed == {"image": len(GOOD_FILES) + 1} and summary.duplicates == 0
+
+
+def test_decoding_in_worker_processes_gives_the_same_bundle(corpus_dir: Path, bundle: Bundle, tmp_path: Path) -> None:
+    build(tiny_config(tmp_path / "parallel", images=corpus_dir / "images", texts=corpus_dir / "texts.txt",
+                      workers=2))
+    assert bundle_contents(load_bundle(tmp_path / "parallel")) == bundle_contents(bundle)
+
+
+def test_an_ivf_index_records_its_cross_modal_recall(tmp_path: Path) -> None:
+    make_image_corpus(tmp_path / "images", 80)
+    make_text_corpus(tmp_path / "texts.txt", 40)
+    build(tiny_config(tmp_path / "bundle", images=tmp_path / "images", texts=tmp_path / "texts.txt",
+                      index_factory="IVF4,Flat"))
+    spec = load_bundle(tmp_path / "bundle").manifest.modalities[Modality.IMAGE].index
+    assert spec.factory == "IVF4,Flat" and not spec.exact
+    assert spec.recall_queries == "text (cross-modal)"
+    assert spec.recall_at_10 is not None and spec.recall_at_10 >= 0.95
+
+
+CRASHING_BUILD = textwrap.dedent("""
+    import os, signal, sys
+    from pathlib import Path
+    from clipsearch.ingest.build import build
+    from tests.support.corpora import tiny_config
+
+    images, texts, out, crash_after = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4])
+    written = []
+
+    def crash(path):
+        written.append(path)
+        if len(written) == crash_after:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    build(tiny_config(out, images=images, texts=texts), on_shard_written=crash)
+""")
+
+
+@pytest.mark.parametrize("crash_after", [1, 2, 3])
+def test_a_build_killed_midway_resumes_to_the_same_bundle(corpus_dir: Path, bundle: Bundle, tmp_path: Path,
+                                                           crash_after: int) -> None:
+    out = tmp_path / "bundle"
+    arguments = [str(corpus_dir / "images"), str(corpus_dir / "texts.txt"), str(out), str(crash_after)]
+    killed = subprocess.run([sys.executable, "-c", CRASHING_BUILD, *arguments], cwd=Path(__file__).resolve().parents[2],
+                            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+    assert killed.returncode == -9
+    assert not out.exists()
+    shards = sorted((work_dir_for(out) / "shards").iterdir())
+    assert len(shards) == crash_after
+    (shards[-1].with_name("text-999999.npz.tmp")).write_bytes(b"half a shard")  # debris of a killed write
+    summary = build(tiny_config(out, images=corpus_dir / "images", texts=corpus_dir / "texts.txt"))
+    assert summary.resumed_shards >= min(crash_after, 2)
+    assert bundle_contents(load_bundle(out)) == bundle_contents(bundle)
+    assert not work_dir_for(out).exists()
+
+
+def test_resuming_with_other_arguments_is_refused_naming_them(corpus_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "bundle"
+    with pytest.raises(RuntimeError):
+        build(tiny_config(out, images=corpus_dir / "images"),
+              on_shard_written=lambda path: (_ for _ in ()).throw(RuntimeError("stop")))
+    with pytest.raises(ResumeMismatch, match="batch_size"):
+        build(tiny_config(out, images=corpus_dir / "images", batch_size=4))
+
+
+def test_image_and_text_ids_never_collide(bundle: Bundle) -> None:
+    image_ids = {item.id for item in bundle.items if item.modality is Modality.IMAGE}
+    text_ids = {item.id for item in bundle.items if item.modality is Modality.TEXT}
+    assert image_ids.isdisjoint(text_ids)
+    assert np.array_equal(sorted(image_ids | text_ids), np.arange(55))
+
+
+def test_resuming_after_a_corpus_file_changed_is_refused(tmp_path: Path) -> None:
+    images = make_image_corpus(tmp_path / "images", 20)
+    out = tmp_path / "bundle"
+    with pytest.raises(RuntimeError):
+        build(tiny_config(out, images=images),
+              on_shard_written=lambda path: (_ for _ in ()).throw(RuntimeError("stop")))
+    changed = sorted(images.rglob("*.png"))[-1]
+    changed.write_bytes(image_bytes(noise_image(12345)))  # same name, new content: old shards are stale
+    with pytest.raises(ResumeMismatch, match="corpus"):
+        build(tiny_config(out, images=images))
+
+
+@pytest.mark.gpu
+def test_a_gpu_build_with_pinned_workers_matches_the_cpu_bundle_within_fp16(corpus_dir: Path, bundle: Bundle,
+                                                                           tmp_path: Path) -> None:
+    build(tiny_config(tmp_path / "gpu", images=corpus_dir / "images", texts=corpus_dir / "texts.txt",
+                      device="cuda", workers=2))
+    gpu = load_bundle(tmp_path / "gpu")
+    for modality in (Modality.IMAGE, Modality.TEXT):
+        ids = sorted(item.id for item in bundle.items if item.modality is modality)
+        assert ids == sorted(item.id for item in gpu.items if item.modality is modality)
+        for item_id in ids:
+            np.testing.assert_allclose(gpu.indices[modality].reconstruct(item_id),
+                                       bundle.indices[modality].reconstruct(item_id), atol=1e-2)
+    gpu.close()

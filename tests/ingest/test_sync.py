@@ -1,0 +1,190 @@
+"""`indexer sync`: after new, changed, moved, renamed and deleted files, a synced bundle answers
+every search exactly as a rebuild of the same sources does, unchanged items keep their ids, and
+a second sync reads no unchanged file."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from clipsearch.config import QueryLimits
+from clipsearch.ingest.build import build
+from clipsearch.ingest.sync import SyncSources, SyncSummary, sync
+from clipsearch.modality import Modality
+from clipsearch.model.encoder import ClipEncoder
+from clipsearch.search.query import QueryVector
+from clipsearch.search.service import SearchService
+from clipsearch.search.writes import CollectionWriter, TextEntry
+from clipsearch.store.bundle import Bundle, load_bundle
+from clipsearch.store.live import LIVE_FILE, LiveLog, count_live_changes
+from indexer.cli import main
+from tests.support.corpora import make_image_corpus, make_text_corpus, tiny_config
+from tests.support.imagefiles import image_bytes, noise_image, save
+
+
+@pytest.fixture()
+def corpus(tmp_path: Path) -> Iterator[tuple[Path, Path, Path]]:
+    """A built bundle, and the folder and text file it was built from."""
+    images = make_image_corpus(tmp_path / "images", 12)
+    texts = make_text_corpus(tmp_path / "texts.txt", 6)
+    build(tiny_config(tmp_path / "bundle", images=images, texts=texts))
+    yield tmp_path / "bundle", images, texts
+
+
+def _change_the_sources(images: Path, texts: Path) -> None:
+    save(images / "new_one.png", image_bytes(noise_image(501)))                      # added
+    save(images / "deeper" / "new_two.png", image_bytes(noise_image(502)))           # added, in a new folder
+    save(images / "picture_002.png", image_bytes(noise_image(503)))                  # same name, new content
+    (images / "picture_004.png").unlink()                                            # deleted
+    os.replace(images / "nested" / "picture_005.png", images / "renamed_005.png")    # moved and renamed
+    (images / "picture_000.txt").write_text("a new caption for picture 0")           # sidecar only
+    lines = texts.read_text().splitlines()
+    lines[1] = "a sentence that was rewritten"
+    texts.write_text("\n".join([*lines, "a sentence added at the end"]) + "\n")
+
+
+def _open(path: Path, encoder: ClipEncoder) -> tuple[Bundle, LiveLog, SearchService]:
+    bundle = load_bundle(path)
+    live = LiveLog(path / LIVE_FILE, bundle.items, encoder.embedding_dim)
+    return bundle, live, SearchService(encoder, bundle, QueryLimits(max_k=50), live=live)
+
+
+def _answers(service: SearchService, queries: np.ndarray, target: Modality) -> list[list[tuple[str, float]]]:
+    return [[(hit.item.uri, round(hit.score, 5)) for hit in service.search_vector(QueryVector(query), target, 50).hits]
+            for query in queries]
+
+
+def test_a_synced_bundle_answers_as_a_rebuild_and_keeps_unchanged_ids(corpus: tuple[Path, Path, Path],
+                                                                     encoder: ClipEncoder, tmp_path: Path) -> None:
+    path, images, texts = corpus
+    bundle, live, service = _open(path, encoder)
+    ids_before = {item.uri: item.id for item in bundle.items}
+    _change_the_sources(images, texts)
+    summary = sync(bundle, live, encoder, SyncSources(images, texts), progress=False)
+    assert (summary.added, summary.updated, summary.moved, summary.removed) == (3, 3, 1, 1), summary
+    assert summary.skipped == []
+    rebuilt_path = tmp_path / "rebuilt"
+    build(tiny_config(rebuilt_path, images=images, texts=texts))
+    rebuilt = load_bundle(rebuilt_path)
+    fresh = SearchService(encoder, rebuilt, QueryLimits(max_k=50))
+    try:
+        queries = np.concatenate([encoder.encode_texts(["a photo", "a sentence"]),
+                                  fresh.collection.stored_vectors(Modality.IMAGE, np.array([0, 3]))])
+        for target in Modality:
+            assert service.collection.count(target, service.collection.refresh()) == fresh.collection.count(target)
+            assert _answers(service, queries, target) == _answers(fresh, queries, target)
+        synced = {hit.item.uri: hit.item for hit in service.search(queries[0], Modality.IMAGE, 50)}
+        assert synced[str((images / "picture_000.png").resolve())].text == "a new caption for picture 0"
+        for uri, item in synced.items():
+            if uri in ids_before and "picture_002" not in uri:
+                assert item.id == ids_before[uri], uri  # unchanged (or only re-captioned): same id
+    finally:
+        fresh.close()
+        rebuilt.close()
+        service.close()
+        live.close()
+        bundle.close()
+
+
+def test_a_second_sync_changes_nothing_and_reads_no_unchanged_file(corpus: tuple[Path, Path, Path],
+                                                                   encoder: ClipEncoder,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    path, images, texts = corpus
+    bundle, live, service = _open(path, encoder)
+    try:
+        first = sync(bundle, live, encoder, SyncSources(images, texts), progress=False)
+        assert first.unchanged == 12 + 6  # the first sync reads every file once, to record its size and time
+        reads: list[Path] = []
+        original = Path.read_bytes
+        monkeypatch.setattr(Path, "read_bytes", lambda self: reads.append(self) or original(self))
+        second = sync(bundle, live, encoder, SyncSources(images, texts), progress=False)
+        assert (second.added, second.updated, second.moved, second.removed, second.unchanged) == (0, 0, 0, 0, 18)
+        assert reads == []
+    finally:
+        service.close()
+        live.close()
+        bundle.close()
+
+
+def test_sync_leaves_items_added_over_http_alone(corpus: tuple[Path, Path, Path], encoder: ClipEncoder) -> None:
+    path, images, texts = corpus
+    bundle, live, service = _open(path, encoder)
+    try:
+        [kept] = CollectionWriter(service).add_texts([TextEntry("added by hand", "notes/1")])
+        summary = sync(bundle, live, encoder, SyncSources(images, texts), progress=False)
+        assert summary.removed == 0
+        assert service.collection.refresh() and service.collection.item(kept).text == "added by hand"
+    finally:
+        service.close()
+        live.close()
+        bundle.close()
+
+
+def test_a_file_that_no_longer_decodes_is_skipped_and_its_old_item_removed(corpus: tuple[Path, Path, Path],
+                                                                          encoder: ClipEncoder) -> None:
+    path, images, _ = corpus
+    (images / "picture_006.png").write_bytes(b"not a picture any more")
+    bundle, live, service = _open(path, encoder)
+    try:
+        summary = sync(bundle, live, encoder, SyncSources(images), progress=False)
+        assert [uri.rsplit("/", 1)[1] for uri, _ in summary.skipped] == ["picture_006.png"]
+        uris = {hit.item.uri for hit in service.search(encoder.encode_texts(["x"])[0], Modality.IMAGE, 50)}
+        assert not any(uri.endswith("picture_006.png") for uri in uris) and len(uris) == 11
+    finally:
+        service.close()
+        live.close()
+        bundle.close()
+
+
+def test_the_sync_command_prints_what_it_did(corpus: tuple[Path, Path, Path],
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    path, images, texts = corpus
+    shutil.copy(images / "picture_002.png", images / "copy_of_002.png")
+    with pytest.raises(SystemExit):  # the bundle names the model
+        main(["sync", "--bundle", str(path), "--images", str(images), "--model", "tiny"])
+    capsys.readouterr()
+    assert main(["sync", "--bundle", str(path), "--images", str(images), "--texts", str(texts), "--no-progress",
+                 "--device", "cpu", "--backend", "torch", "--workers", "0"]) == 0
+    printed = capsys.readouterr().out
+    assert "added 0, updated 0, moved 0, removed 0, unchanged 18, skipped 1" in printed
+    assert "copy_of_002.png: duplicate of an item already indexed" in printed
+
+
+def test_summary_describes_every_count() -> None:
+    assert SyncSummary(1, 2, 3, 4, 5, [("a", "b")], 1.5).describe() == \
+        "added 1, updated 2, moved 3, removed 4, unchanged 5, skipped 1 in 1.5 s"
+
+
+def test_kill_9_during_a_sync_leaves_the_collection_before_or_after_it_never_between(
+        corpus: tuple[Path, Path, Path]) -> None:
+    path, images, _ = corpus
+    for number in range(40):
+        save(images / "more" / f"{number}.png", image_bytes(noise_image(700 + number)))
+    (images / "picture_000.png").unlink()
+    command = [sys.executable, "-m", "indexer", "sync", "--bundle", str(path), "--images", str(images),
+               "--no-progress", "--batch-size", "4", "--workers", "0", "--device", "cpu"]
+    outcomes = []
+    # Later and later kills, from before its start (about 2 s) until one comes after its commit.
+    for kill_after_s in np.arange(1.0, 10.0, 0.75):
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(float(kill_after_s))
+        process.send_signal(signal.SIGKILL)
+        outcomes.append((round(float(kill_after_s), 1), process.wait()))
+        changes = count_live_changes(path)
+        load_bundle(path).close()  # loads, checksums and all
+        assert changes in (0, 40 + 1), changes  # nothing, or all of it: 40 added and 1 removed
+        if changes:
+            break
+    print("(kill after s, exit code):", outcomes)
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr
+    assert count_live_changes(path) == 41

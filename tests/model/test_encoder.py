@@ -1,0 +1,91 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from clipsearch.config import OFFLINE_MODEL
+from clipsearch.model.encoder import ClipEncoder
+from clipsearch.model.factory import load_encoder
+from tests.support.imagefiles import noise_image
+
+
+def assert_unit_float32(vectors: np.ndarray, rows: int, dim: int) -> None:
+    assert vectors.dtype == np.float32
+    assert vectors.shape == (rows, dim)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+
+def test_image_embeddings_are_unit_float32_rows(encoder: ClipEncoder) -> None:
+    vectors = encoder.encode_images([noise_image(seed) for seed in range(3)])
+    assert_unit_float32(vectors, 3, encoder.embedding_dim)
+
+
+def test_text_embeddings_are_unit_float32_rows(encoder: ClipEncoder) -> None:
+    vectors = encoder.encode_texts(["a dog", "a cat on a mat"])
+    assert_unit_float32(vectors, 2, encoder.embedding_dim)
+
+
+def test_prepared_pixel_batches_embed_like_pil_images(encoder: ClipEncoder) -> None:
+    images = [noise_image(seed) for seed in range(2)]
+    batch = torch.stack([encoder.prepare_image(image) for image in images])
+    assert batch.dtype == torch.uint8 and batch.shape == (2, 3, encoder.image_size, encoder.image_size)
+    np.testing.assert_array_equal(encoder.encode_images(batch), encoder.encode_images(images))
+
+
+def test_cuda_graphs_are_not_used_on_the_cpu(encoder: ClipEncoder) -> None:
+    assert not encoder.enable_cuda_graphs(8) and not encoder.cuda_graphs
+
+
+def test_empty_input_gives_an_empty_matrix(encoder: ClipEncoder) -> None:
+    assert encoder.encode_texts([]).shape == (0, encoder.embedding_dim)
+    assert encoder.encode_images([]).shape == (0, encoder.embedding_dim)
+
+
+def test_text_longer_than_the_context_is_truncated_not_refused(encoder: ClipEncoder) -> None:
+    long_text = "word " * 500
+    assert encoder.is_truncated(long_text)
+    assert not encoder.is_truncated("short")
+    assert_unit_float32(encoder.encode_texts([long_text]), 1, encoder.embedding_dim)
+
+
+
+
+
+
+
+
+
+
+
+
+@pytest.mark.gpu
+def test_on_gpu_the_encoder_runs_fp16_and_still_returns_unit_float32() -> None:
+    gpu = load_encoder(OFFLINE_MODEL, pretrained=None, device="cuda")
+    assert next(gpu.model.parameters()).dtype == torch.float16
+    assert_unit_float32(gpu.encode_texts(["a", "b"]), 2, gpu.embedding_dim)
+    assert_unit_float32(gpu.encode_images([noise_image(0)]), 1, gpu.embedding_dim)
+
+
+@pytest.mark.gpu
+def test_cuda_graph_replays_equal_eager_passes_for_every_batch_size() -> None:
+    gpu = load_encoder(OFFLINE_MODEL, pretrained=None, device="cuda")
+    texts = [f"text number {number}" for number in range(100)]
+    images = [noise_image(seed) for seed in range(100)]
+    eager_texts, eager_images = gpu.encode_texts(texts), gpu.encode_images(images)
+    assert gpu.enable_cuda_graphs(64) and gpu.cuda_graphs
+    for count in (1, 3, 64, 100):  # a captured size, a padded one, the largest, and one run eagerly
+        np.testing.assert_allclose(gpu.encode_texts(texts[:count]), eager_texts[:count], atol=2e-3)
+        np.testing.assert_allclose(gpu.encode_images(images[:count]), eager_images[:count], atol=2e-3)
+    # A smaller batch after a larger one is not disturbed by the rows the larger one left behind.
+    np.testing.assert_allclose(gpu.encode_texts(texts[5:6]), eager_texts[5:6], atol=2e-3)
+
+
+@pytest.mark.gpu
+def test_gpu_embeddings_match_cpu_embeddings_within_fp16_precision(encoder: ClipEncoder) -> None:
+    gpu = load_encoder(OFFLINE_MODEL, pretrained=None, device="cuda")
+    images = [noise_image(seed) for seed in range(4)]
+    np.testing.assert_allclose(gpu.encode_images(images), encoder.encode_images(images), atol=1e-2)
+    np.testing.assert_allclose(gpu.encode_texts(["a dog"]), encoder.encode_texts(["a dog"]), atol=1e-2)
+
+

@@ -1,0 +1,188 @@
+"""The ONNX Runtime backend gives PyTorch's embeddings, is exported once, and never leaves a service without a model."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from clipsearch.config import OFFLINE_MODEL
+from clipsearch.errors import ModelLoadError
+from clipsearch.ingest.build import build
+from clipsearch.modality import Modality
+from clipsearch.model import onnx_backend
+from clipsearch.model.encoder import ClipEncoder
+from clipsearch.model.factory import load_encoder
+from clipsearch.store.bundle import load_bundle
+from tests.support.corpora import tiny_config
+from tests.support.reference import stored_vectors
+
+pytest.importorskip("onnxruntime", reason="the [onnx] extra is not installed")
+
+WORDS = ["a", "dog", "on", "the", "beach", "photo", "of", "red", "car", "at", "night", "ünïcode", "🙂", "x-ray"]
+
+
+@pytest.fixture(scope="module")
+def onnx_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("onnx-cache")
+
+
+@pytest.fixture(scope="module")
+def onnx_encoder(onnx_cache: Path) -> ClipEncoder:
+    return load_encoder(OFFLINE_MODEL, pretrained=None, device="cpu", backend="onnx", onnx_cache=onnx_cache)
+
+
+def images(count: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(7)
+    return [rng.integers(0, 256, (rng.integers(20, 300), rng.integers(20, 300), 3), dtype=np.uint8)
+            for _ in range(count)]
+
+
+def test_auto_picks_onnx_on_a_cpu_and_torch_on_a_gpu() -> None:
+    assert onnx_backend.resolve_backend("auto", torch.device("cpu")) == "onnx"
+    assert onnx_backend.resolve_backend("auto", torch.device("cuda")) == "torch"
+    assert onnx_backend.resolve_backend("onnx-int8", torch.device("cpu")) == "onnx-int8"
+
+
+@pytest.mark.parametrize(("backend", "device", "reason"), [("tensorrt", "cpu", "unknown backend 'tensorrt'"),
+                                                           ("onnx", "cuda", "runs on the CPU only")])
+def test_an_impossible_backend_is_refused_naming_the_field(backend: str, device: str, reason: str) -> None:
+    with pytest.raises(ModelLoadError, match=reason) as raised:
+        onnx_backend.resolve_backend(backend, torch.device(device))
+    assert raised.value.field == "backend"
+
+
+def test_onnx_without_its_extra_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(onnx_backend, "onnx_available", lambda: False)
+    with pytest.raises(ModelLoadError, match=r"\[onnx\] extra"):
+        onnx_backend.resolve_backend("onnx", torch.device("cpu"))
+    assert onnx_backend.resolve_backend("auto", torch.device("cpu")) == "torch"
+
+
+def test_the_onnx_encoder_runs_on_onnx_runtime(onnx_encoder: ClipEncoder) -> None:
+    assert onnx_encoder.backend == "onnx"
+    assert onnx_encoder.text_trim is not None
+
+
+@settings(max_examples=30, derandomize=True, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.lists(st.sampled_from(WORDS), min_size=0, max_size=90).map(" ".join), min_size=1, max_size=9))
+def test_onnx_text_embeddings_equal_pytorchs_at_every_length_and_batch(
+        encoder: ClipEncoder, onnx_encoder: ClipEncoder, texts: list[str]) -> None:
+    np.testing.assert_allclose(onnx_encoder.encode_texts(texts), encoder.encode_texts(texts), atol=1e-5)
+
+
+def test_onnx_image_embeddings_equal_pytorchs_for_any_batch(encoder: ClipEncoder, onnx_encoder: ClipEncoder) -> None:
+    from PIL import Image
+
+    pictures = [Image.fromarray(array) for array in images(7)]
+    for batch in (pictures[:1], pictures):
+        np.testing.assert_allclose(onnx_encoder.encode_images(batch), encoder.encode_images(batch), atol=1e-5)
+
+
+def test_a_second_load_uses_the_cached_export(onnx_cache: Path, onnx_encoder: ClipEncoder,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_export(*args: object) -> None:
+        raise AssertionError("exported again although the cache holds the export")
+
+    monkeypatch.setattr(onnx_backend, "_export_fp32", no_export)
+    again = load_encoder(OFFLINE_MODEL, pretrained=None, device="cpu", backend="onnx", onnx_cache=onnx_cache)
+    assert again.backend == "onnx"
+    assert [entry.name for entry in onnx_cache.iterdir() if entry.name.startswith(".")] == [], "no staging left"
+
+
+def test_a_damaged_cached_export_is_exported_again(onnx_cache: Path, onnx_encoder: ClipEncoder,
+                                                   tmp_path: Path) -> None:
+    damaged = tmp_path / "cache"
+    shutil.copytree(onnx_cache, damaged)
+    entry = damaged / onnx_backend.cache_key(onnx_encoder, "onnx")
+    (entry / "text.onnx.data").write_bytes(b"truncated")
+    repaired = load_encoder(OFFLINE_MODEL, pretrained=None, device="cpu", backend="onnx", onnx_cache=damaged)
+    assert repaired.backend == "onnx"
+    assert (entry / "text.onnx.data").stat().st_size > len(b"truncated")
+
+
+def test_a_failed_self_check_keeps_pytorch_with_a_warning(onnx_cache: Path, encoder: ClipEncoder,
+                                                          monkeypatch: pytest.MonkeyPatch,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setitem(onnx_backend.MIN_COSINE, "onnx", 1.5)  # no export can reach it
+    with caplog.at_level(logging.WARNING, logger="clipsearch"):
+        fallen_back = load_encoder(OFFLINE_MODEL, pretrained=None, device="cpu", backend="onnx",
+                                   onnx_cache=onnx_cache)
+    assert fallen_back.backend == "torch"
+    assert "agrees with PyTorch only to cosine" in caplog.text
+    texts = ["a dog", "a red car at night"]
+    np.testing.assert_array_equal(fallen_back.encode_texts(texts), encoder.encode_texts(texts))
+
+
+def test_int8_that_costs_too_much_accuracy_runs_the_fp32_export_instead(onnx_cache: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch,
+                                                                         caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setitem(onnx_backend.MIN_COSINE, "onnx-int8", 0.999999)  # int8 cannot reach it
+    with caplog.at_level(logging.WARNING, logger="clipsearch"):
+        encoder = load_encoder(OFFLINE_MODEL, pretrained=None, device="cpu", backend="onnx-int8",
+                               onnx_cache=onnx_cache)
+    assert encoder.backend == "onnx"
+    assert "running the fp32 ONNX export instead" in caplog.text
+
+
+def test_a_failed_export_keeps_pytorch_and_leaves_no_cache_entry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    def broken_exporter(*args: object) -> None:
+        raise RuntimeError("the exporter failed halfway")
+
+    monkeypatch.setattr(onnx_backend, "_export_fp32", broken_exporter)
+    with caplog.at_level(logging.WARNING, logger="clipsearch"):
+        fallen_back = load_encoder(OFFLINE_MODEL, pretrained=None, device="cpu", backend="onnx",
+                                   onnx_cache=tmp_path)
+    assert fallen_back.backend == "torch"
+    assert "could not be prepared" in caplog.text
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_entry_another_process_finished_first_is_kept(tmp_path: Path) -> None:
+    entry = tmp_path / "model-onnx-0123"
+    entry.mkdir()
+    (entry / "export.json").write_text("theirs")
+    onnx_backend._export_into(entry, lambda staging: (staging / "export.json").write_text("mine"))
+    assert (entry / "export.json").read_text() == "theirs"
+    assert [path.name for path in tmp_path.iterdir()] == [entry.name]
+
+
+def test_int8_is_close_to_pytorch_but_not_equal(encoder: ClipEncoder, onnx_cache: Path) -> None:
+    quantised = load_encoder(OFFLINE_MODEL, pretrained=None, device="cpu", backend="onnx-int8", onnx_cache=onnx_cache)
+    assert quantised.backend == "onnx-int8"
+    texts = [" ".join(WORDS[start:]) for start in range(len(WORDS))]
+    cosines = (quantised.encode_texts(texts) * encoder.encode_texts(texts)).sum(axis=1)
+    assert cosines.min() >= onnx_backend.MIN_COSINE["onnx-int8"]
+    assert cosines.min() < 0.99999, "int8 weights change the embeddings a little"
+
+
+def test_a_full_context_text_tower_exports_with_a_fixed_length(encoder: ClipEncoder, onnx_cache: Path) -> None:
+    untrimmed = load_encoder(OFFLINE_MODEL, pretrained=None, device="cpu", backend="onnx", onnx_cache=onnx_cache,
+                             text_trim=False)
+    assert untrimmed.backend == "onnx" and untrimmed.text_trim is None
+    texts = ["a", "a photo of a red car at night on the beach"]
+    np.testing.assert_allclose(untrimmed.encode_texts(texts), encoder.encode_texts(texts), atol=1e-5)
+
+
+def test_a_bundle_built_on_onnx_holds_pytorchs_vectors(tmp_path: Path, onnx_cache: Path, bundle_path: Path,
+                                                       corpus_dir: Path) -> None:
+    out = tmp_path / "bundle"
+    build(tiny_config(out, images=corpus_dir / "images", texts=corpus_dir / "texts.txt", backend="onnx",
+                      onnx_cache=onnx_cache))
+    built_on_onnx, built_on_torch = load_bundle(out), load_bundle(bundle_path)
+    try:
+        for modality in Modality:
+            onnx_ids, onnx_vectors = stored_vectors(built_on_onnx, modality)
+            torch_ids, torch_vectors = stored_vectors(built_on_torch, modality)
+            np.testing.assert_array_equal(onnx_ids, torch_ids)
+            np.testing.assert_allclose(onnx_vectors, torch_vectors, atol=1e-5)
+    finally:
+        built_on_onnx.close()
+        built_on_torch.close()

@@ -1,0 +1,94 @@
+"""Writes to a live collection: checked whole first, embedded by the service's model, committed at once."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from clipsearch.config import QueryLimits, WriteLimits
+from clipsearch.errors import InvalidQuery
+from clipsearch.modality import Modality
+from clipsearch.model.encoder import ClipEncoder
+from clipsearch.search.open import opened_service
+from clipsearch.search.service import SearchService
+from clipsearch.search.writes import CollectionWriter, ImageEntry, TextEntry
+from clipsearch.store.filters import parse_filter
+from tests.support.corpora import private_copy
+from tests.support.imagefiles import image_bytes, noise_image
+
+
+@pytest.fixture()
+def service(encoder: ClipEncoder, bundle_path: Path, tmp_path: Path) -> Iterator[SearchService]:
+    with opened_service(encoder, private_copy(bundle_path, tmp_path), limits=QueryLimits(max_text_chars=50)) as opened:
+        yield opened
+
+
+@pytest.fixture()
+def writer(service: SearchService) -> CollectionWriter:
+    return CollectionWriter(service, WriteLimits(max_items=3, max_key_chars=10, max_metadata_bytes=40))
+
+
+def test_added_texts_hold_the_models_vectors_and_a_key_replaces_keeping_the_id(
+        writer: CollectionWriter, service: SearchService, encoder: ClipEncoder) -> None:
+    [first, other] = writer.add_texts([TextEntry("a red bicycle", "bike"), TextEntry("a dog")])
+    np.testing.assert_allclose(service.collection.stored_vector(first), encoder.encode_texts(["a red bicycle"])[0],
+                               atol=1e-5)
+    [again] = writer.add_texts([TextEntry("a blue bicycle", "bike", {"colour": "blue"})])
+    assert again == first and service.collection.item(first).text == "a blue bicycle"
+    assert service.collection.item(other).uri.startswith("live:")
+
+
+def test_an_added_image_is_stored_by_its_content_and_found_by_itself(writer: CollectionWriter,
+                                                                     service: SearchService) -> None:
+    picture = image_bytes(noise_image(77))
+    [added] = writer.add_images([ImageEntry(picture, caption="noise")])
+    stored = Path(service.collection.item(added).uri)
+    assert stored.read_bytes() == picture and stored.parent.name == "live-images"
+    assert service.search_image(picture, Modality.IMAGE, 1).hits[0].item.id == added
+
+
+@pytest.mark.parametrize(("entries", "field", "reason"), [
+    ([], "items", "at least one"),
+    ([TextEntry("a")] * 4, "items", "at most 3 items"),
+    ([TextEntry("a", " ")], "items[0].key", "empty"),
+    ([TextEntry("a", "k" * 11)], "items[0].key", "at most 10 characters"),
+    ([TextEntry("a", "k"), TextEntry("b", "k")], "items[1].key", "repeats items[0].key"),
+    ([TextEntry("a", metadata={"note": "x" * 40})], "items[0].metadata", "at most 40 bytes"),
+    ([TextEntry("a"), TextEntry("x" * 51)], "items[1].text", "at most 50"),
+])
+def test_a_bad_entry_is_refused_naming_it_and_nothing_is_written(writer: CollectionWriter, service: SearchService,
+                                                                 entries: list[TextEntry], field: str,
+                                                                 reason: str) -> None:
+    generation = service.collection.live.generation() if service.collection.live else None
+    with pytest.raises(InvalidQuery) as raised:
+        writer.add_texts(entries)
+    assert raised.value.field == field and reason in raised.value.reason
+    assert service.collection.live is not None and service.collection.live.generation() == generation
+
+
+def test_an_edited_text_is_embedded_again_and_a_caption_is_only_for_images(
+        writer: CollectionWriter, service: SearchService, encoder: ClipEncoder) -> None:
+    [text_id] = writer.add_texts([TextEntry("before")])
+    edited = writer.update(text_id, text="after", metadata={"edited": True})
+    assert (edited.text, edited.extra) == ("after", {"edited": True})
+    np.testing.assert_allclose(service.collection.stored_vector(text_id), encoder.encode_texts(["after"])[0],
+                               atol=1e-5)
+    with pytest.raises(InvalidQuery) as raised:
+        writer.update(text_id, caption="a caption")
+    assert raised.value.field == "caption"
+
+
+def test_deletes_are_idempotent_and_by_filter_reach_both_modalities(writer: CollectionWriter,
+                                                                   service: SearchService) -> None:
+    [first, second] = writer.add_texts([TextEntry("one", metadata={"tag": "gone"}),
+                                        TextEntry("two", metadata={"tag": "kept"})])
+    assert writer.delete([first, first, 10**9]) == [first]
+    assert writer.delete([first]) == []
+    [image] = writer.add_images([ImageEntry(image_bytes(noise_image(5)), metadata={"tag": "gone"})])
+    [third] = writer.add_texts([TextEntry("three", metadata={"tag": "gone"})])
+    assert sorted(writer.delete_matching(parse_filter({"key": "tag", "match": {"value": "gone"}}, "filter"))) == \
+        sorted([image, third])
+    assert service.collection.item(second).text == "two"

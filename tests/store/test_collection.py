@@ -1,0 +1,63 @@
+"""A collection: a bundle's items and vectors by id, with its live log's changes applied."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from clipsearch.errors import InvalidQuery, ItemNotFound
+from clipsearch.index.topk import TopK
+from clipsearch.modality import Modality
+from clipsearch.store.bundle import Bundle, load_bundle
+from clipsearch.store.collection import Collection
+from clipsearch.store.live import LIVE_FILE, LiveLog, NewItem
+from tests.support.corpora import private_copy
+from tests.support.reference import stored_vectors, unit_vectors
+
+
+def test_items_and_vectors_come_from_the_bundle(bundle: Bundle) -> None:
+    collection = Collection(bundle)
+    ids, vectors = stored_vectors(bundle, Modality.IMAGE)
+    np.testing.assert_array_equal(collection.stored_vectors(Modality.IMAGE, ids[::-1]), vectors[::-1])
+    np.testing.assert_array_equal(collection.stored_vector(int(ids[2])), vectors[2])
+    assert collection.item(int(ids[0])).modality is Modality.IMAGE
+    assert collection.modalities == {Modality.IMAGE, Modality.TEXT}
+
+
+def test_an_unknown_id_is_an_item_not_found_naming_the_field(bundle: Bundle) -> None:
+    with pytest.raises(ItemNotFound) as raised:
+        Collection(bundle).item(10**9, "terms[0].item_id")
+    assert raised.value.field == "terms[0].item_id"
+
+
+def test_only_image_items_have_an_image(bundle: Bundle) -> None:
+    text_id = int(stored_vectors(bundle, Modality.TEXT)[0][0])
+    with pytest.raises(InvalidQuery, match="is a text, not an image"):
+        Collection(bundle).image_path(text_id)
+
+
+def test_live_adds_and_deletes_are_counted_and_resolved(bundle_path: Path, tmp_path: Path) -> None:
+    path = private_copy(bundle_path, tmp_path)
+    bundle = load_bundle(path)
+    live = LiveLog(path / LIVE_FILE, bundle.items, bundle.manifest.embedding_dim)
+    try:
+        collection = Collection(bundle, live)
+        before = collection.count(Modality.TEXT)
+        text_ids = stored_vectors(bundle, Modality.TEXT)[0]
+        vector = unit_vectors(1, dim=bundle.manifest.embedding_dim, seed=9)[0]
+        [added] = live.write([NewItem("new", Modality.TEXT, "new", "a new text", {}, "h", vector)])
+        live.delete([int(text_ids[0])])
+        collection.refresh()
+        assert collection.count(Modality.TEXT) == before  # one in, one out
+        assert collection.item(added).text == "a new text"
+        np.testing.assert_array_equal(collection.stored_vector(added), vector)
+        with pytest.raises(ItemNotFound):
+            collection.item(int(text_ids[0]))
+        found = [TopK(np.array([[0.9, 0.5, 0.1]], np.float32), np.array([[added, text_ids[1], -1]], np.int64))]
+        hits = collection.hits(found)[0]  # a live item, a base item, and an empty slot (-1), left out
+        assert [(hit.item.id, hit.score) for hit in hits] == [(added, pytest.approx(0.9)), (text_ids[1], 0.5)]
+    finally:
+        live.close()
+        bundle.close()

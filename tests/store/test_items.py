@@ -1,0 +1,50 @@
+"""items.sqlite: written once, read by id, by modality and condition, and streamed in id order."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from clipsearch.modality import Modality
+from clipsearch.store.items import Item, ItemStore, write_items
+
+
+def item(item_id: int, modality: Modality = Modality.TEXT, text: str | None = "a text", **extra: object) -> Item:
+    return Item(item_id, modality, f"uri-{item_id}", text, dict(extra), f"hash-{item_id}")
+
+
+@pytest.fixture()
+def store(tmp_path: Path) -> ItemStore:
+    items = [item(5, Modality.IMAGE, "a cat", album="zoo"), item(1), item(3, Modality.IMAGE, None), item(2, text="b")]
+    write_items(tmp_path / "items.sqlite", items)
+    return ItemStore(tmp_path / "items.sqlite")
+
+
+def test_items_read_back_by_id_as_written(store: ItemStore) -> None:
+    assert store.get(5) == item(5, Modality.IMAGE, "a cat", album="zoo")
+    assert store.get(4) is None
+    assert set(store.get_many([1, 2, 99, 1])) == {1, 2}
+    assert store.get_many([]) == {}
+
+
+def test_matching_ids_are_ascending_and_of_one_modality(store: ItemStore) -> None:
+    np.testing.assert_array_equal(store.matching_ids(Modality.IMAGE), [3, 5])
+    np.testing.assert_array_equal(store.matching_ids(Modality.TEXT, "text = ?", ["b"]), [2])
+    assert store.matching_ids(Modality.TEXT).dtype == np.int64
+
+
+def test_iteration_streams_every_item_by_ascending_id(store: ItemStore) -> None:
+    assert [found.id for found in store] == [1, 2, 3, 5]
+
+
+def test_the_store_is_read_only(store: ItemStore, tmp_path: Path) -> None:
+    with pytest.raises(sqlite3.OperationalError):
+        store._connection.execute("DELETE FROM items")
+    assert store.get(1) is not None
+
+
+def test_a_new_file_has_keyword_tables(store: ItemStore) -> None:
+    assert store.has_keyword_tables()

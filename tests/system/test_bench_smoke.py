@@ -1,0 +1,184 @@
+"""Smoke tests of the benchmark scripts: each runs end to end at a tiny size on the CPU and prints its figures
+as JSON lines. They check that the scripts work and report consistent numbers, not how fast anything is."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_bench(module: str, *arguments: str) -> dict[str, dict[str, Any]]:
+    finished = subprocess.run([sys.executable, "-m", module, *arguments], cwd=ROOT, capture_output=True, text=True,
+                              timeout=600)
+    assert finished.returncode == 0, finished.stdout + finished.stderr[-3000:]
+    # FAISS prints lines of its own to stdout about on-disk lists' files; the figures are JSON.
+    figures = (json.loads(line) for line in finished.stdout.splitlines() if line.startswith("{"))
+    return {figure["figure"]: figure for figure in figures}
+
+
+def test_smoke_the_search_bench_compares_with_faiss_and_finds_the_same_ids() -> None:
+    figures = run_bench("bench.search", "--items", "3000", "--dim", "32", "--batches", "1", "16", "--repeats", "3",
+                        "--min-seconds", "0", "--device", "cpu")
+    assert figures["setup"]["baseline"] == "faiss IndexFlatIP (CPU)"
+    search = figures["exact search"]  # the last batch size
+    assert search["batch"] == 16 and search["same_id_sets"] == 1.0 and search["max_score_difference"] < 1e-5
+    assert search["speedup"] == pytest.approx(search["baseline_ms"] / search["clipsearch_ms"], rel=1e-2)
+    assert figures["memory read floor"]["ms"] > 0
+
+
+def test_smoke_the_indexing_bench_indexes_every_generated_jpeg_and_relates_it_to_the_tower() -> None:
+    arguments = ["--images", "40", "--model", "tiny", "--batch-size", "16", "--workers", "1", "--device", "cpu"]
+    ray = importlib.util.find_spec("ray") is not None  # the [ray] extra: the same build on --engine ray
+    figures = run_bench("bench.indexing", *arguments, *(["--ray"] if ray else []))
+    assert figures["generated"]["images"] == 40
+    end_to_end = figures["indexing end to end"]
+    assert end_to_end["images"] == 40 and end_to_end["skipped"] == 0
+    assert end_to_end["vs_tower"] > 0 and figures["image tower alone"]["images_per_s"] > 0
+    if ray:
+        on_ray = figures["indexing end to end on Ray"]
+        assert on_ray["images"] == 40 and on_ray["vs_local"] > 0
+
+
+def test_smoke_the_http_bench_measures_one_client_many_clients_and_the_unbatched_baseline() -> None:
+    figures = run_bench("bench.http", "--items", "2000", "--texts", "100", "--model", "tiny", "--device", "cpu",
+                        "--requests", "20", "--clients", "4", "--client-processes", "2", "--duration", "1",
+                        "--compare-unbatched")
+    for figure in ("health, one client", "text query, one client", "image upload, one client",
+                   "text queries, 4 clients", "unbatched text queries, 4 clients"):
+        assert figures[figure]["errors"] == 0 and figures[figure]["requests"] > 0, figure
+    assert figures["text query, one client"]["vs_direct"] > 0
+    assert figures["micro-batching effect"]["throughput_ratio"] > 0
+
+
+def test_smoke_the_http_bench_compares_server_variants_with_the_first() -> None:
+    figures = run_bench("bench.http", "--items", "2000", "--texts", "100", "--model", "tiny", "--device", "cpu",
+                        "--requests", "10", "--clients", "2", "--client-processes", "1", "--duration", "1",
+                        "--variant", "before:backend=torch,text_trim=false,max_batch=1",
+                        "--variant", "after:backend=torch")
+    assert figures["before server"]["text_trim"] is False and figures["after server"]["text_trim"] is True
+    assert figures["before server"]["settings"]["CLIPSEARCH_MAX_BATCH"] == "1"
+    comparison = figures["after against before"]
+    assert comparison["one_client_text_p50_ratio"] > 0 and comparison["throughput_ratio"] > 0
+
+
+def test_smoke_a_short_bounded_load_has_no_errors_and_keeps_memory_flat() -> None:
+    figures = run_bench("bench.load", "--clients", "8", "--duration", "4", "--warmup", "1")
+    load = figures["mixed search load"]
+    assert load["errors"] == 0 and load["requests"] > 0 and load["p50_ms"] <= load["p99_ms"]
+    assert figures["baseline /health"]["errors"] == 0
+    assert figures["server memory"]["growth"] <= 0.10
+
+
+def test_smoke_the_encode_bench_times_each_backend_against_pytorch_and_finds_the_same_vectors(tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime", reason="the [onnx] extra is not installed")
+    figures = run_bench("bench.encode", "--model", "tiny", "--words", "3", "--batches", "2", "--repeats", "3",
+                        "--min-seconds", "0", "--backends", "torch", "onnx", "--onnx-cache", str(tmp_path))
+    assert figures["setup"]["trimmed"] is True and figures["setup"]["backends"] == {"torch": "torch", "onnx": "onnx"}
+    for backend in ("torch", "onnx"):
+        text = figures[f"text tower, {backend}"]
+        assert text["batch"] == 2 and text["tokens"] == 5 and text["min_cosine"] > 0.99999
+        assert text["speedup"] == pytest.approx(text["full_context_ms"] / text["ms"], rel=1e-2)
+        image = figures[f"image tower, {backend}"]
+        assert image["batch"] == 2 and image["min_cosine"] > 0.99999
+        assert image["speedup"] == pytest.approx(image["torch_ms"] / image["ms"], rel=1e-2)
+
+
+def test_smoke_the_explain_bench_scores_both_patch_feature_methods_on_every_colour_pair() -> None:
+    figures = run_bench("bench.explain", "--scenes", "150", "--epochs", "1", "--repeats", "2")
+    assert figures["localisation"]["pairs"] == 15 and 0 <= figures["localisation"]["localised"] <= 15
+    assert figures["cost"]["heatmap_ms"] > 0 and figures["cost"]["batch"] == 15
+
+
+def test_smoke_the_demo_queries_bench_scores_all_ninety_queries(tmp_path: Path) -> None:
+    from indexer.shapes import write_shapes_corpus
+
+    write_shapes_corpus(tmp_path, count=40, seed=1)
+    figure = run_bench("bench.demo_queries", "--images", str(tmp_path / "images"))["demo queries"]
+    assert figure["queries"] == 90 and figure["scenes"] == 40
+    assert 0 <= figure["colour_shape_and_position"] <= figure["colour_and_shape"] <= 1
+
+
+def test_smoke_the_filters_bench_finds_brute_forces_answer_on_every_path() -> None:
+    finished = subprocess.run([sys.executable, "-m", "bench.filters", "--items", "4000", "--dim", "32", "--ivf",
+                               "IVF16,Flat", "--shares", "0.5", "0.01", "--queries", "5", "--repeats", "3"],
+                              cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert finished.returncode == 0, finished.stdout + finished.stderr[-3000:]
+    searches = [line for line in map(json.loads, finished.stdout.splitlines()) if line["figure"] == "filtered search"]
+    assert [(line["index"], line["path"]) for line in searches] == [
+        ("exact", "mask"), ("ivf", "selector"), ("exact", "direct"), ("ivf", "direct")]
+    assert [line["matching"] for line in searches] == [2000, 2000, 40, 40]
+    assert all(line["recall_at_k"] == 1.0 for line in searches if line["index"] == "exact" or line["path"] == "direct")
+
+
+def test_smoke_the_updates_bench_adds_searches_during_writes_and_deletes() -> None:
+    figures = run_bench("bench.updates", "--base", "300", "--adds", "128", "--batch", "32", "--writers", "2",
+                        "--searches", "10")
+    assert figures["adds over HTTP"]["items"] == 128 and figures["adds over HTTP"]["items_per_s"] > 0
+    assert figures["adds over HTTP"]["vs_build"] == pytest.approx(
+        figures["adds over HTTP"]["items_per_s"] / figures["build"]["items_per_s"], rel=1e-2)
+    during = figures["search latency during writes"]
+    assert during["quiet_p50_ms"] > 0 and during["writing_p50_ms"] > 0
+    assert figures["deletes over HTTP"]["items"] == 128
+
+
+def test_smoke_the_compaction_bench_folds_every_change_and_times_searches_before_and_after() -> None:
+    figures = run_bench("bench.compaction", "--items", "5000", "--dim", "32", "--adds", "300", "--deletes", "200",
+                        "--repeats", "5")
+    assert figures["live changes written"]["adds"] == 300 and figures["live changes written"]["deletes"] == 200
+    compaction = figures["compaction"]
+    assert compaction["folded"] == 300 + 200 and compaction["retrained"] == []
+    during = figures["compaction during writes"]
+    assert during["folded"] >= 50 * 10  # the timed writes before it, at least
+    assert during["writes"] > 0 and during["write_max_ms"] >= during["write_p50_ms"] > 0
+    assert during["writes_held_s"] <= during["write_s"]
+    assert compaction["vs_written_from_vectors"] == pytest.approx(
+        (compaction["prepare_s"] + compaction["write_s"]) / figures["written from vectors"]["seconds"], rel=2e-2)
+    latency = figures["search latency"]
+    assert latency["pending_p50_ms"] > 0 and latency["compacted_p50_ms"] > 0 and figures["reload"]["seconds"] > 0
+    assert compaction["peak_resident_bytes"] > compaction["resident_after_imports_bytes"] > 0
+
+
+def test_smoke_the_compaction_bench_folds_changes_into_an_on_disk_index() -> None:
+    figures = run_bench("bench.compaction", "--items", "20000", "--dim", "32", "--adds", "300", "--deletes", "200",
+                        "--repeats", "5", "--factory", "IVF32,PQ8", "--clusters", "64")
+    assert figures["written from vectors"]["params"]["on_disk"]
+    compaction = figures["compaction"]
+    assert compaction["folded"] == 300 + 200 and compaction["retrained"] == []
+    above_imports = compaction["peak_resident_bytes"] - compaction["resident_after_imports_bytes"]
+    assert compaction["peak_above_imports_vs_index_bytes"] == pytest.approx(
+        above_imports / figures["written from vectors"]["index_bytes"], rel=2e-2)
+    assert figures["compaction during writes"]["writes"] > 0
+
+
+def test_smoke_the_search_bench_times_keyword_hybrid_and_fused_search_against_vector_search() -> None:
+    figures = run_bench("bench.search", "--items", "2000", "--dim", "32", "--batches", "1", "--repeats", "3",
+                        "--min-seconds", "0", "--device", "cpu", "--hybrid")
+    assert figures["keyword index build"]["items"] == 2000
+    for name in ("keyword search", "hybrid search", "fused search"):
+        assert figures[name]["vs_vector"] == pytest.approx(figures[name]["ms"] / figures[name]["vector_ms"], rel=1e-2)
+
+
+def test_smoke_the_fusion_bench_measures_every_configuration() -> None:
+    figures = run_bench("bench.fusion", "--scenes", "30", "--validation", "20")
+    assert figures["sets"]["test_images"] == 30 and figures["sets"]["test_queries"] == 90
+    assert 0.1 <= figures["validation sweep"]["best_caption_weight"] <= 0.9
+    last = figures["test text → image"]  # the last configuration: hybrid at the chosen vector weight
+    assert last["configuration"].startswith("hybrid") and 0 <= last["R@1"] <= last["R@5"] <= last["R@10"] <= 1
+
+
+def test_smoke_the_scale_bench_builds_serves_and_extrapolates_an_on_disk_index(tmp_path: Path) -> None:
+    by_name = run_bench("bench.scale", "--count", "20000", "--dim", "32", "--factory", "IVF16,PQ8", "--clusters", "64",
+                        "--queries", "100", "--repeats", "5", "--work", str(tmp_path))
+    assert by_name["bytes on disk"]["lists_per_vector"] == 8 + 8  # a PQ8 code and an id
+    assert by_name["recall@10"]["with_rerank"] >= 0.95 > by_name["recall@10"]["without_rerank"]
+    serving = by_name["serving"]
+    assert serving["rss_anonymous_bytes"] > 0 and serving["on_disk_ms"] > 0 and serving["in_memory_ms"] > 0
+    assert by_name["extrapolated"]["count"] == 10**9  # the last of 100M and 1B

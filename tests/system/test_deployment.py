@@ -1,0 +1,142 @@
+"""The Dockerfile and compose files, checked as far as a machine without a Docker engine can."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from app.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def load(name: str) -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load((ROOT / name).read_text())
+    return loaded
+
+
+def stages(dockerfile: str) -> dict[str, str]:
+    """Each build stage's text, by its name."""
+    parts = re.split(r"^FROM\s+", dockerfile, flags=re.MULTILINE)[1:]
+    return {part.split()[2] if len(part.split()) > 2 and part.split()[1].upper() == "AS" else part.split()[0]: part
+            for part in parts}
+
+
+def test_compose_indexes_then_serves_on_port_8000() -> None:
+    services = load("docker-compose.yml")["services"]
+    assert services["api"]["depends_on"] == {"indexer": {"condition": "service_completed_successfully"}}
+    assert services["api"]["ports"] == ["${CLIPSEARCH_PUBLISH_PORT:-8000}:8000"]
+    assert services["api"]["restart"] == "unless-stopped" and services["indexer"]["restart"] == "no"
+    assert services["api"]["healthcheck"]["test"] == ["CMD", "python", "-m", "app.healthcheck"]
+    assert "--if-changed" in services["indexer"]["command"][-1]
+
+
+def test_compose_volumes_share_the_bundle_and_the_model_cache() -> None:
+    compose = load("docker-compose.yml")
+    assert set(compose["volumes"]) == {"bundle", "model-cache"}
+    for service in ("indexer", "api"):
+        mounts = compose["services"][service]["volumes"]
+        assert any(mount.startswith("bundle:/bundle") for mount in mounts)
+        assert "model-cache:/cache" in mounts
+    assert "bundle:/bundle:ro" in compose["services"]["api"]["volumes"]
+
+
+def test_every_server_variable_in_compose_is_a_setting_and_vice_versa() -> None:
+    environment = load("docker-compose.yml")["services"]["api"]["environment"]
+    known = {f"CLIPSEARCH_{name.upper()}" for name in Settings.model_fields}
+    configured = {name for name in environment if name.startswith("CLIPSEARCH_")}
+    assert configured <= known, configured - known
+    # Left to their defaults: a checkpoint path, the pixel limit, the export cache (the image sets it)
+    # and the thread count (computed from the cores and the workers).
+    assert known - configured <= {"CLIPSEARCH_CHECKPOINT", "CLIPSEARCH_MAX_PIXELS", "CLIPSEARCH_ONNX_CACHE",
+                                  "CLIPSEARCH_THREADS"}
+    readme = (ROOT / "README.md").read_text()
+    assert all(name in readme for name in known), "every setting is documented in README"
+
+
+def test_the_replicas_profile_spreads_searches_over_read_replicas_and_sends_writes_to_one_writer() -> None:
+    services = load("docker-compose.yml")["services"]
+    replica, proxy = services["api-replica"], services["proxy"]
+    assert replica["profiles"] == proxy["profiles"] == ["replicas"]
+    assert replica["deploy"]["replicas"] == "${CLIPSEARCH_REPLICAS:-3}" and replica["ports"] == []
+    assert replica["environment"]["CLIPSEARCH_AUTO_COMPACT"] == "false"  # the writer compacts
+    assert replica["volumes"] == services["api"]["volumes"] and replica["image"] == services["api"]["image"]
+
+    def settings_of(service: dict[str, Any]) -> dict[str, Any]:
+        return {name: value for name, value in service["environment"].items() if name != "CLIPSEARCH_AUTO_COMPACT"}
+    assert settings_of(replica) == settings_of(services["api"])  # one definition: the replicas serve as `api` does
+    conf = proxy["environment"]["NGINX_CONF"]
+    assert "location /items { set $$writer http://api:8000;" in conf
+    assert "location / { set $$replicas http://api-replica:8000;" in conf
+    assert "resolver 127.0.0.11" in conf and proxy["ports"] == ["${CLIPSEARCH_PROXY_PORT:-8080}:8080"]
+    assert set(proxy["depends_on"]) == {"api", "api-replica"}
+
+
+def test_the_default_override_gives_both_services_the_gpu() -> None:
+    services = load("docker-compose.override.yml")["services"]
+    for service in ("indexer", "api"):
+        [device] = services[service]["deploy"]["resources"]["reservations"]["devices"]
+        assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
+
+
+def test_the_dockerfile_builds_gpu_and_cpu_images_without_build_tools_at_runtime() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    built = stages(dockerfile)
+    assert {"base-gpu", "base-cpu", "builder", "runtime"} <= built.keys()
+    assert "nvidia/cuda" in dockerfile and "cudnn-runtime" in dockerfile
+    assert "EXTRAS=gpu " in built["base-gpu"] and "EXTRAS=cpu,onnx " in built["base-cpu"]
+    assert "build-essential" in built["builder"] and "build-essential" not in built["runtime"]
+    runtime = built["runtime"]
+    assert re.search(r"^USER clipsearch$", runtime, flags=re.MULTILINE)
+    assert "HF_HOME=/cache/huggingface" in runtime and 'VOLUME ["/cache"]' in runtime
+    assert "HEALTHCHECK" in runtime and 'CMD ["python", "-m", "app.healthcheck"]' in runtime
+    assert runtime.rstrip().endswith('CMD ["python", "-m", "app"]')
+
+
+@pytest.mark.parametrize("files", [["docker-compose.yml"], ["docker-compose.yml", "docker-compose.override.yml"],
+                                   ["docker-compose.yml", "docker-compose.override.yml", "--profile", "replicas"]])
+def test_docker_compose_accepts_the_files(files: list[str]) -> None:
+    if shutil.which("docker-compose") is None:
+        pytest.skip("docker-compose is not installed (apt-get install docker-compose)")
+    arguments = [argument for name in files
+                 for argument in ((name,) if name.startswith("--") or name == "replicas" else ("-f", str(ROOT / name)))]
+    checked = subprocess.run(["docker-compose", *arguments, "config", "-q"], capture_output=True, text=True,
+                             cwd=ROOT)
+    assert checked.returncode == 0, checked.stderr
+
+
+def test_the_demo_corpus_has_captioned_images_and_texts(tmp_path: Path) -> None:
+    pytest.importorskip("skimage", reason="scikit-image is not installed")
+    from clipsearch.ingest.sources import read_image_source, read_text_source
+    from indexer.demo import write_demo_corpus
+
+    images, texts = write_demo_corpus(tmp_path)
+    items = read_image_source(tmp_path / "images")
+    assert len(items) == images >= 10 and all(item.text and item.extra["licence"] for item in items)
+    assert len(read_text_source(tmp_path / "texts.txt")) == texts
+
+
+def test_every_package_is_found_by_a_non_editable_install() -> None:
+    from setuptools import find_packages
+
+    found = set(find_packages(ROOT, include=["clipsearch*", "app*", "indexer*"]))
+    assert {"clipsearch", "app", "app.routes", "indexer"} <= found
+
+
+def test_the_client_imports_without_torch() -> None:
+    code = "import sys, clipsearch.client; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0
+
+
+def test_the_public_api_is_reexported() -> None:
+    import clipsearch
+
+    assert clipsearch.load_bundle.__module__ == "clipsearch.store.bundle"
+    assert set(clipsearch.__all__) >= {"build", "load_encoder", "SearchService", "ClipSearchClient"}
