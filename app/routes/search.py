@@ -21,7 +21,7 @@ from app.schemas import (
 from clipsearch.errors import InvalidQuery
 from clipsearch.modality import Modality
 from clipsearch.search.query import ResultOptions
-from clipsearch.search.service import Answer
+from clipsearch.search.results import Answer
 
 router = APIRouter(tags=["search"])
 

@@ -99,11 +99,12 @@ class ExactSearcher:
 
     def like(self, vectors: np.ndarray) -> ExactSearcher:
         """A searcher of other rows (float32 (ntotal, d')) for the same ids, split as this one is, so
-        that the items a filter allows here are allowed there too."""
+        that the items a filter allows here are allowed there too, and scanned in the same precision."""
         if isinstance(self.index, ShardedExactIndex):
             devices = [shard.device for shard in self.index.shards]
-            return ExactSearcher(ShardedExactIndex(vectors, self.index.row_ids, devices))
-        return ExactSearcher(ExactIndex(vectors, self.index.row_ids, self.index.device))
+            return ExactSearcher(ShardedExactIndex(vectors, self.index.row_ids, devices,
+                                                   self.index.shards[0].scan_dtype))
+        return ExactSearcher(ExactIndex(vectors, self.index.row_ids, self.index.device, self.index.scan_dtype))
 
 
 class FaissSearcher:

@@ -11,7 +11,8 @@ import torch
 
 from clipsearch.errors import ModelLoadError
 from clipsearch.index.exact import ExactIndex
-from clipsearch.index.fusion import Fusion
+from clipsearch.index.fusion import Fusion, fused_rows
+from clipsearch.index.searchers import ExactSearcher
 from clipsearch.index.sharding import ShardedExactIndex, merge_top_k, parse_devices
 from clipsearch.index.topk import TopK
 from clipsearch.modality import Modality
@@ -22,7 +23,7 @@ from clipsearch.search.service import SearchService
 from clipsearch.store.bundle import Bundle
 from clipsearch.store.filters import parse_filter
 from tests.support.corpora import private_copy
-from tests.support.reference import unit_vectors
+from tests.support.reference import assert_same_top_k, brute_force, unit_vectors
 
 CPU = torch.device("cpu")
 
@@ -112,3 +113,33 @@ def test_two_gpus_answer_as_one_in_fp16_with_rescoring() -> None:
     expected = ExactIndex(vectors, ids, "cpu").search(queries, 10)
     found = ShardedExactIndex(vectors, ids, [torch.device("cuda", 0), torch.device("cuda", 1)]).search(queries, 10)
     assert found.ids.tolist() == expected.ids.tolist()
+
+
+def test_shards_scanned_in_fp16_as_on_gpus_answer_as_one_fp32_index_filtered_or_not() -> None:
+    """The GPU path's tensor code (fp16 scan per shard, fp32 rescoring, merged top-k) run on CPU tensors."""
+    vectors, queries = unit_vectors(3000, 64, seed=8), unit_vectors(8, 64, seed=9)
+    ids = np.arange(3000, dtype=np.int64) * 2
+    searcher = ExactSearcher(ShardedExactIndex(vectors, ids, [CPU, CPU, CPU], scan_dtype=torch.float16))
+    assert searcher.index.shards[0].scan_dtype == torch.float16
+    assert_same_top_k(brute_force(vectors, ids, queries, 10), searcher.search(queries, 10))
+    for allowed_ids in (ids[::3], ids[:40]):  # a wide filter (masked scan) and a narrow one (gathered rows)
+        keep = np.isin(ids, allowed_ids)
+        assert_same_top_k(brute_force(vectors[keep], ids[keep], queries, 10),
+                          searcher.search(queries, 10, searcher.allow(allowed_ids)))
+
+
+def test_fused_rows_are_held_and_scanned_as_the_image_rows_are() -> None:
+    """A fused bundle's rows [image | caption] (clipsearch.index.fusion) on sharded fp16 scans, as on GPUs."""
+    images, captions = unit_vectors(900, 32, seed=1), unit_vectors(900, 32, seed=2)
+    captioned = np.arange(900) % 3 == 0
+    ids = np.arange(900, dtype=np.int64) + 7
+    image_searcher = ExactSearcher(ShardedExactIndex(images, ids, [CPU, CPU], scan_dtype=torch.float16))
+    rows = fused_rows(images, captions, captioned)
+    fused = image_searcher.like(rows)
+    assert isinstance(fused.index, ShardedExactIndex) and fused.index.shards[1].scan_dtype == torch.float16
+    queries = Fusion(0.7, 0.3).expand(unit_vectors(4, 32, seed=3))
+    assert_same_top_k(brute_force(rows, ids, queries, 10), fused.search(queries, 10))
+    allowed = ids[::5]
+    keep = np.isin(ids, allowed)
+    assert_same_top_k(brute_force(rows[keep], ids[keep], queries, 10),
+                      fused.search(queries, 10, fused.allow(allowed)))

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clipsearch.config import QueryLimits
 from clipsearch.errors import InvalidQuery
 from clipsearch.ingest.build import build
 from clipsearch.modality import Modality
@@ -22,13 +21,6 @@ from clipsearch.store.filters import parse_filter
 from tests.support.corpora import tiny_config
 from tests.support.imagefiles import image_bytes, noise_image, save
 from tests.support.reference import brute_force, filter_matches
-
-
-@pytest.fixture()
-def service(encoder: ClipEncoder, bundle: Bundle) -> Iterator[SearchService]:
-    opened = SearchService(encoder, bundle, QueryLimits(max_k=20, max_offset=50))
-    yield opened
-    opened.close()
 
 
 def _nested(bundle: Bundle) -> dict[str, object]:
@@ -84,11 +76,6 @@ def test_uploads_and_composed_queries_take_the_same_options(service: SearchServi
     assert _ids(upload.hits) == _ids(unpaged.hits)[2:]
 
 
-def test_the_items_a_filter_allows_are_computed_once_per_filter_and_target(service: SearchService) -> None:
-    first = service.scope(Modality.IMAGE, parse_filter({"key": "number", "exists": True})).base
-    again = service.scope(Modality.IMAGE, parse_filter({"exists": True, "key": "number"})).base
-    other_target = service.scope(Modality.TEXT, parse_filter({"key": "number", "exists": True})).base
-    assert first is not None and first is again and first is not other_target
 
 
 def test_options_out_of_range_are_refused_naming_the_field(service: SearchService) -> None:

@@ -1,0 +1,113 @@
+"""A search's answer: the page of hits after an offset, near-duplicates collapsed, fused scores split.
+
+A search fetches one result more than it shows (that one says whether a next page exists); with
+dedup it fetches DEDUP_OVERFETCH times that, and searches again deeper while too few groups remain.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from clipsearch.index.topk import TopK
+from clipsearch.modality import Modality
+from clipsearch.search import dedup
+from clipsearch.search.hybrid import Fused
+from clipsearch.search.query import QueryVector, ResultOptions
+from clipsearch.search.scope import Scope
+from clipsearch.store.collection import Collection, Hit
+
+DEDUP_OVERFETCH = 4
+"""With dedup, results are fetched this many times over (and again as often as needed), so that
+k remain after collapsing when they exist."""
+DEDUP_MAX_FETCHED = 4096
+"""Most results one deduplicated search compares (their pairwise cosines take 64 MB)."""
+
+Deeper = Callable[[np.ndarray, Modality, int, Scope], tuple[TopK, float]]
+"""Search `scope` again for the top `fetch` of a query vector: (results, seconds)."""
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A query's vector (with the forward passes that made it), its hits, and its batch's search
+    time; how many items of the target passed the filter (all of them without one), and whether
+    results go on past these."""
+
+    query: QueryVector | None
+    """None for a keyword search: nothing was embedded."""
+    hits: list[Hit]
+    search_s: float
+    matched: int = 0
+    more: bool = False
+
+
+def fetch_size(k: int, options: ResultOptions) -> int:
+    """How many results to fetch for k after `options.offset`: one more than shown, which tells
+    whether a next page exists, and with dedup DEDUP_OVERFETCH times that."""
+    wanted = options.offset + k + 1
+    return max(wanted, min(wanted * DEDUP_OVERFETCH, DEDUP_MAX_FETCHED)) if options.dedup is not None else wanted
+
+
+class Pager:
+    """Turns what a search found into the answer its options ask for."""
+
+    def __init__(self, collection: Collection, deeper: Deeper) -> None:
+        self.collection, self.deeper = collection, deeper
+
+    def page(self, query: QueryVector, found: TopK, search_s: float, target: Modality, k: int,
+             options: ResultOptions, scope: Scope) -> Answer:
+        """The k hits after `options.offset` of a search that fetched `found`, duplicates collapsed
+        (searching again, deeper, while too few groups remain and more items exist)."""
+        matched = scope.matched
+        hits = self.collection.hits([found], scope.state)[0]
+        if options.dedup is not None:
+            wanted, fetched = fetch_size(k, ResultOptions(offset=options.offset)), found.ids.shape[1]
+            groups = self._collapse(hits, target, options.dedup, scope)
+            # A search that gave fewer hits than it fetched has given every hit it can.
+            while len(groups) < wanted and len(hits) == fetched < min(matched, DEDUP_MAX_FETCHED):
+                fetched = min(matched, DEDUP_MAX_FETCHED, fetched * DEDUP_OVERFETCH)
+                deeper, seconds = self.deeper(query.vector, target, fetched, scope)
+                search_s += seconds
+                hits = self.collection.hits([deeper], scope.state)[0]
+                groups = self._collapse(hits, target, options.dedup, scope)
+            hits = _grouped(hits, groups)
+        shown = self._with_fused_parts(query.vector, hits[options.offset:options.offset + k], scope)
+        return Answer(query, shown, search_s, matched, more=len(hits) > options.offset + k)
+
+    def ranked(self, query: QueryVector | None, fused: list[Fused], search_s: float, target: Modality, k: int,
+               options: ResultOptions, scope: Scope) -> Answer:
+        """The k hits after `options.offset` of a keyword or hybrid ranking, near-duplicates collapsed
+        among the candidates fetched."""
+        items = self.collection.hits([TopK(np.array([[result.score for result in fused]], np.float32),
+                                           np.array([[result.item_id for result in fused]], np.int64))],
+                                     scope.state)[0]
+        ranks = {result.item_id: result.ranks for result in fused}
+        hits = [replace(hit, ranks=ranks[hit.item.id]) for hit in items]
+        if options.dedup is not None and hits:
+            hits = _grouped(hits, self._collapse(hits, target, options.dedup, scope))
+        shown = hits[options.offset:options.offset + k]
+        if query is not None:
+            shown = self._with_fused_parts(query.vector, shown, scope)
+        return Answer(query, shown, search_s, scope.matched, more=len(hits) > options.offset + k)
+
+    def _with_fused_parts(self, query: np.ndarray, hits: list[Hit], scope: Scope) -> list[Hit]:
+        """Hits of a fused search, each with what its image and its caption add to its score."""
+        if scope.fusion is None or not hits:
+            return hits
+        ids = np.array([hit.item.id for hit in hits], dtype=np.int64)
+        images = self.collection.stored_vectors(Modality.IMAGE, ids, scope.state)
+        return [replace(hit, fused=scope.fusion.parts(query, image, self.collection.caption_vector(hit.item.id,
+                                                                                                   scope.state)))
+                for hit, image in zip(hits, images, strict=True)]
+
+    def _collapse(self, hits: list[Hit], target: Modality, threshold: float, scope: Scope) -> list[list[int]]:
+        ids = np.array([hit.item.id for hit in hits], dtype=np.int64)
+        return dedup.collapse(self.collection.stored_vectors(target, ids, scope.state), threshold)
+
+
+def _grouped(hits: list[Hit], groups: list[list[int]]) -> list[Hit]:
+    """The best-ranked hit of each group, listing the ids it absorbed."""
+    return [replace(hits[group[0]], duplicates=tuple(hits[member].item.id for member in group[1:]))
+            for group in groups]

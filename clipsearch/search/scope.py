@@ -1,0 +1,135 @@
+"""What one search may return: the base items its filter allows (prepared for the base's searcher,
+cached per filter) and the live items, all from one snapshot of the live log.
+
+Also the fused searcher of a fused bundle's image items (clipsearch.index.fusion), which must hold
+its rows as the image searcher holds the images, so that the items a filter allows serve both.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from clipsearch.errors import BundleError, InvalidQuery
+from clipsearch.index.fusion import Fusion
+from clipsearch.index.searchers import Allowed, ExactSearcher, Searcher, searcher_for
+from clipsearch.index.topk import TopK
+from clipsearch.modality import Modality
+from clipsearch.search.query import ResultOptions
+from clipsearch.store.collection import Collection
+from clipsearch.store.filters import Filter
+from clipsearch.store.live import LiveState
+
+
+@dataclass(frozen=True)
+class Scope:
+    """What one search may return, all from one live snapshot (`state`): base items (every one
+    when `base` is None) and live items with their vectors; `matched` counts both."""
+
+    state: LiveState
+    base: Allowed | None
+    searches_base: bool
+    live_ids: np.ndarray
+    live_vectors: np.ndarray
+    matched: int
+    fusion: Fusion | None = None
+    """Image items are scored by image and caption with these weights; `live_vectors` are fused rows."""
+
+
+class Scoper:
+    """Makes the scope of each search; thread-safe."""
+
+    def __init__(self, collection: Collection, searchers: Mapping[Modality, Searcher], cache_size: int) -> None:
+        self.collection, self.searchers, self.cache_size = collection, searchers, cache_size
+        # The base items each recent filter allows, per target. Entries are keyed by the number of
+        # hidden base ids too (it only grows), so a delete makes a new entry, never a stale one.
+        self._allowed: OrderedDict[tuple[Modality, str, int], Allowed] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __call__(self, target: Modality, filter: Filter | None, fusion: Fusion | None = None) -> Scope:
+        """What a search of `target` may return under `filter`, from the live log's latest snapshot;
+        with `fusion`, live image items as fused rows."""
+        state = self.collection.refresh()
+        removed = state.removed_of(target)
+        base_count = self.collection.base_count(target) - len(removed)
+        base = None
+        if base_count > 0 and (filter is not None or len(removed)):
+            base = self._base_allowed(target, filter, removed)
+            base_count = len(base)
+        segment = state.segment(target)
+        live_ids, live_vectors = segment.ids, segment.fused_rows() if fusion is not None else segment.vectors
+        if filter is not None and len(live_ids):
+            live_ids = state.matching_ids(target, filter)
+            live_vectors = live_vectors[np.searchsorted(segment.ids, live_ids)]
+        return Scope(state, base, base_count > 0, live_ids, live_vectors, base_count + len(live_ids), fusion)
+
+    def fusion_for(self, target: Modality, options: ResultOptions) -> Fusion | None:
+        """The weights a search of `target` fuses image and caption with: the query's, else the
+        bundle's; None for texts and for bundles without caption vectors."""
+        if options.fusion is not None:
+            if target is not Modality.IMAGE:
+                raise InvalidQuery("fusion", "image and caption are fused in image results only; the target is text")
+            if self.collection.bundle.fusion is None:
+                raise InvalidQuery("fusion", "this bundle stores no caption vectors; build it with --fuse to weigh "
+                                             "images with their captions")
+            return options.fusion
+        return self.collection.bundle.fusion if target is Modality.IMAGE else None
+
+    def _base_allowed(self, target: Modality, filter: Filter | None, removed: np.ndarray) -> Allowed:
+        """The base items of `target` that pass `filter` and are not hidden, prepared for the base's
+        searcher; cached. Hidden ids only ever grow in number, so their count versions the entry."""
+        key = (target, "" if filter is None else filter.canonical, len(removed))
+        with self._lock:
+            if key in self._allowed:
+                self._allowed.move_to_end(key)
+                return self._allowed[key]
+        searcher, bundle = self.searchers[target], self.collection.bundle
+        if filter is None:
+            made = searcher.allow_all_but(removed, bundle.base_ids(target))
+        else:
+            ids = bundle.items.matching_ids(target, filter.sql, filter.params)
+            made = searcher.allow(np.setdiff1d(ids, removed, assume_unique=True) if len(removed) else ids)
+        with self._lock:
+            self._allowed[key] = made
+            while len(self._allowed) > self.cache_size:
+                self._allowed.popitem(last=False)
+        return made
+
+
+def with_live(found: TopK, scope: Scope, query: np.ndarray, k: int) -> TopK:
+    """One row of base results merged with the live items in `scope`, best first, at most k."""
+    if not len(scope.live_ids):
+        return found
+    if scope.fusion is not None:
+        query = scope.fusion.expand(query[None])[0]
+    valid = found.ids[0] >= 0
+    scores = np.concatenate([found.scores[0][valid], scope.live_vectors @ query])
+    ids = np.concatenate([found.ids[0][valid], scope.live_ids])
+    order = np.argsort(-scores, kind="stable")[:k]
+    return TopK(scores[order][None].astype(np.float32), ids[order][None])
+
+
+def fused_searcher(collection: Collection, image: Searcher | None, devices: Sequence[torch.device],
+                   use_gpu: bool) -> Searcher | None:
+    """The image items' fused rows, searched as the image index is: held row for row like the exact
+    index, or the bundle's fused index beside an approximate one (same ids, same kind of index)."""
+    bundle = collection.bundle
+    if bundle.fusion is None or image is None:
+        return None
+    if bundle.fused_index is not None:
+        return searcher_for(bundle.fused_index, False, devices, use_gpu)
+    if not isinstance(image, ExactSearcher):
+        raise BundleError("a fused bundle needs its exact image index searched as a resident matrix, and it did "
+                          f"not fit on {', '.join(map(str, devices))}")
+    ids = image.index.row_ids
+    rows = collection.base_fused_rows(ids, image.index.vectors())
+    try:
+        return image.like(rows)
+    except torch.OutOfMemoryError:
+        raise BundleError(f"the fused rows of {len(ids)} images ({rows.nbytes / 2**30:.1f} GiB in fp32) do not "
+                          f"fit on {', '.join(map(str, devices))}") from None
