@@ -19,7 +19,7 @@ collection as it is:
      beside the bundle, never whole in memory. Other indices of compressed vectors cannot give
      their vectors back: CannotCompact.
 2. Catch up, then commit: the new log takes what was written after the snapshot, hidden over the
-   new base where it replaced or deleted a base item (clipsearch.store.live.LiveLog.fold_since), in
+   new base where it replaced or deleted a base item (clipsearch.store.live.fold_since), in
    passes while writes go on, then once more holding the bundle's lock (writers wait only for
    that pass and the swap); the new bundle is swapped in whole (clipsearch.store.bundle.write_compacted).
 
@@ -63,7 +63,7 @@ from clipsearch.store.bundle import (
     write_compacted,
 )
 from clipsearch.store.items import ITEMS_FILE, Item, ItemStore
-from clipsearch.store.live import LIVE_FILE, Carried, LiveLog, LiveState
+from clipsearch.store.live import LIVE_FILE, Carried, LiveLog, LiveState, fold_since, start_fold
 from clipsearch.store.manifest import compaction_lock
 
 log = logging.getLogger(__name__)
@@ -186,7 +186,7 @@ class Compaction:
             self.fused = self._new_fused(bases.get(Modality.IMAGE))
         self.removed = {modality: set(state.removed_of(modality).tolist()) for modality in Modality}
         self.new_log.unlink(missing_ok=True)
-        self.live.start_fold(self.new_ids, self.new_log)
+        start_fold(self.live, self.new_ids, self.new_log)
         self._caught_up = state.generation
         self.summary.prepare_s = time.perf_counter() - started
         log.info("compaction of %s prepared in %.1f s: %d changes folded", self.path, self.summary.prepare_s,
@@ -207,7 +207,7 @@ class Compaction:
             os.replace(self.new_log, staging / LIVE_FILE)
 
         def carry_over(staging: Path) -> tuple[str, ...]:
-            carried.append(self.live.fold_since(self._caught_up, self.state, self.new_ids, staging / LIVE_FILE))
+            carried.append(fold_since(self.live, self._caught_up, self.state, self.new_ids, staging / LIVE_FILE))
             return carried[-1].uris
 
         record: dict[str, Any] = {
@@ -232,7 +232,7 @@ class Compaction:
         """Copy into the new log what was written since the last catch-up (since the snapshot, at
         first). The commit does it CATCH_UP_PASSES times, then once more holding writes."""
         if self.summary.folded:
-            self._caught_up = self.live.fold_since(self._caught_up, self.state, self.new_ids, self.new_log).generation
+            self._caught_up = fold_since(self.live, self._caught_up, self.state, self.new_ids, self.new_log).generation
 
     def close(self) -> None:
         self.new_log.unlink(missing_ok=True)  # given up: nothing of it was used

@@ -1,0 +1,204 @@
+"""Snapshots of a live log: the live items' ids and vectors per modality and the hidden base ids,
+as of one generation. A search uses one snapshot from start to end, so it never sees half of a
+write; a newer snapshot is made from an older one and the rows written since (`replay`)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from clipsearch.index.fusion import fused_rows
+from clipsearch.modality import Modality
+from clipsearch.store import keywords
+from clipsearch.store.filters import Filter
+from clipsearch.store.items import Item
+
+
+@dataclass(frozen=True)
+class NewItem:
+    """An item to write: its key (unique per modality), what it is, and its unit vector (float32 (d,))."""
+
+    key: str
+    modality: Modality
+    uri: str
+    text: str | None
+    extra: dict[str, Any]
+    content_hash: str
+    vector: np.ndarray
+    caption_vector: np.ndarray | None = None
+    """A captioned image's caption vector, in a fused bundle (clipsearch.index.fusion)."""
+
+
+def with_caption_vectors(items: Sequence[NewItem], embed_texts: Callable[[list[str]], Sequence[np.ndarray]]
+                         ) -> list[NewItem]:
+    """`items` with every captioned image given its caption's vector, all embedded in one call: what
+    a fused bundle stores for each (clipsearch.index.fusion)."""
+    wanting = [number for number, item in enumerate(items)
+               if item.modality is Modality.IMAGE and (item.text or "").strip()]
+    vectors = embed_texts([items[number].text or "" for number in wanting]) if wanting else []
+    made = list(items)
+    for number, vector in zip(wanting, vectors, strict=True):
+        made[number] = replace(made[number], caption_vector=np.asarray(vector, dtype=np.float32))
+    return made
+
+
+@dataclass(frozen=True)
+class Segment:
+    """The live items of one modality: ids (int64 (m,), ascending) and their vectors (float32 (m, d)),
+    and for images in a fused bundle their caption vectors (zero rows where `captioned` is false)."""
+
+    ids: np.ndarray
+    vectors: np.ndarray
+    caption_vectors: np.ndarray | None = None
+    captioned: np.ndarray | None = None
+
+    def fused_rows(self) -> np.ndarray:
+        """These items as fused rows (clipsearch.index.fusion.fused_rows), (m, 2d)."""
+        if not len(self.ids):
+            return np.zeros((0, 2 * self.vectors.shape[1]), np.float32)
+        captioned = self.captioned if self.captioned is not None else np.zeros(len(self.ids), bool)
+        captions = self.caption_vectors if self.caption_vectors is not None else np.zeros_like(self.vectors)
+        return fused_rows(self.vectors, captions, captioned)
+
+    def caption_vector(self, item_id: int) -> np.ndarray | None:
+        row = int(np.searchsorted(self.ids, item_id))
+        if row < len(self.ids) and self.ids[row] == item_id and self.captioned is not None and self.captioned[row]:
+            assert self.caption_vectors is not None
+            vector: np.ndarray = self.caption_vectors[row]
+            return vector
+        return None
+
+    def vector(self, item_id: int) -> np.ndarray | None:
+        row = int(np.searchsorted(self.ids, item_id))
+        return self.vectors[row] if row < len(self.ids) and self.ids[row] == item_id else None
+
+
+@dataclass(frozen=True, eq=False)
+class LiveState:
+    """One consistent view of the live changes, as of `generation`."""
+
+    generation: int
+    removed: dict[Modality, np.ndarray] = field(default_factory=dict)
+    """Hidden base ids per modality (int64, ascending). Only ever grows: a base item never comes back."""
+    segments: dict[Modality, Segment] = field(default_factory=dict)
+    items: dict[int, Item] = field(default_factory=dict)
+    """The live items themselves, so that results resolve within the same snapshot."""
+    _filtered: dict[tuple[Modality, str], np.ndarray] = field(default_factory=dict)
+    _databases: dict[str, sqlite3.Connection] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def changes(self) -> int:
+        """Live items and hidden base items: what a compaction would fold in (clipsearch.store.compaction)."""
+        return sum(len(segment.ids) for segment in self.segments.values()) + \
+            sum(len(ids) for ids in self.removed.values())
+
+    def segment(self, modality: Modality) -> Segment:
+        return self.segments.get(modality) or Segment(np.zeros(0, np.int64), np.zeros((0, 0), np.float32))
+
+    def removed_of(self, modality: Modality) -> np.ndarray:
+        return self.removed.get(modality, np.zeros(0, np.int64))
+
+    def matching_ids(self, modality: Modality, filter: Filter) -> np.ndarray:
+        """This snapshot's live items of `modality` that pass `filter` (int64, ascending), computed once
+        per filter in an in-memory copy of the snapshot's items: the same SQL as the base's."""
+        key = (modality, filter.canonical)
+        with self._lock:
+            if key not in self._filtered:
+                found = self._memory().execute(f"SELECT id FROM items WHERE modality = ? AND ({filter.sql}) "
+                                               "ORDER BY id", (modality.value, *filter.params)).fetchall()
+                self._filtered[key] = np.array([row[0] for row in found], dtype=np.int64)
+            return self._filtered[key]
+
+    def keyword_search(self, query: keywords.KeywordQuery, modality: Modality, fields: Sequence[str],
+                       filter: Filter | None, limit: int) -> tuple[np.ndarray, np.ndarray]:
+        """The best `limit` live items of `modality` for a keyword query (clipsearch.store.keywords.search),
+        scored within this snapshot's live items; keyword tables are made on the first such search."""
+        with self._lock:
+            memory = self._memory()
+            if not keywords.has_tables(memory):
+                keywords.create_tables(memory)
+                keywords.index_items(memory, memory.execute("SELECT id, text, extra FROM items"), fields)
+            condition, params = ("1", ()) if filter is None else (filter.sql, filter.params)
+            return keywords.search(memory, query, modality, condition, params, limit)
+
+    def _memory(self) -> sqlite3.Connection:
+        """This snapshot's live items in an in-memory SQLite database, made once (hold `_lock`)."""
+        if "items" not in self._databases:
+            memory = sqlite3.connect(":memory:", check_same_thread=False)
+            memory.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, modality TEXT NOT NULL, uri TEXT NOT NULL, "
+                           "text TEXT, extra TEXT NOT NULL, content_hash TEXT NOT NULL)")
+            memory.executemany("INSERT INTO items VALUES (?, ?, ?, ?, ?, ?)", (
+                (item.id, item.modality.value, item.uri, item.text, json.dumps(item.extra, ensure_ascii=False),
+                 item.content_hash) for item in self.items.values()))
+            self._databases["items"] = memory
+        return self._databases["items"]
+
+    def is_removed(self, item_id: int) -> bool:
+        return any(_contains(ids, item_id) for ids in self.removed.values())
+
+
+def replay(since: LiveState | None, generation: int, removed_rows: list[Any], item_rows: list[Any],
+           dropped_rows: list[Any], dim: int) -> LiveState:
+    """The snapshot at `generation`: `since` (None: an empty log) with the rows written after it laid
+    over it. `item_rows` hold (id, modality, uri, text, extra, content_hash, vector, generation,
+    caption_vector); `dropped_rows` (id, generation); `removed_rows` (id, modality)."""
+    removed = {modality: np.union1d(since.removed_of(modality) if since is not None else np.zeros(0, np.int64),
+                                    [row[0] for row in removed_rows if row[1] == modality.value]).astype(np.int64)
+               for modality in Modality}
+    items = dict(since.items) if since is not None else {}
+    vectors: dict[int, np.ndarray] = {} if since is None else {
+        int(item_id): segment.vectors[row] for segment in since.segments.values()
+        for row, item_id in enumerate(segment.ids)}
+    captions: dict[int, np.ndarray] = {} if since is None else {
+        int(item_id): vector for segment in since.segments.values() for item_id in segment.ids
+        if (vector := segment.caption_vector(int(item_id))) is not None}
+    # Replay in the order written: a drop after a write removes the item, a write after a drop restores it.
+    events = sorted([(row[7], 1, row) for row in item_rows] + [(row[1], 0, row) for row in dropped_rows],
+                    key=lambda event: (event[0], event[1]))
+    for _, is_write, row in events:
+        if is_write:
+            items[row[0]] = Item(row[0], Modality(row[1]), row[2], row[3], json.loads(row[4]), row[5])
+            vectors[row[0]] = np.frombuffer(row[6], dtype=np.float32)
+            if row[8] is not None:
+                captions[row[0]] = np.frombuffer(row[8], dtype=np.float32)
+            else:
+                captions.pop(row[0], None)
+        else:
+            items.pop(row[0], None)
+            vectors.pop(row[0], None)
+            captions.pop(row[0], None)
+    segments = {}
+    for modality in Modality:
+        ids = np.array(sorted(item_id for item_id, item in items.items() if item.modality is modality),
+                       dtype=np.int64)
+        stacked = np.stack([vectors[int(item_id)] for item_id in ids]) if len(ids) else \
+            np.zeros((0, dim), np.float32)
+        captioned = np.array([int(item_id) in captions for item_id in ids], dtype=bool)
+        caption_vectors = None  # none captioned (any bundle not fused): no second matrix of zeros
+        if captioned.any():
+            caption_vectors = np.zeros_like(stacked)
+            for row in np.flatnonzero(captioned):
+                caption_vectors[row] = captions[int(ids[row])]
+        segments[modality] = Segment(ids, stacked, caption_vectors, captioned)
+    return LiveState(generation, removed, segments, items)
+
+
+def _contains(ids: np.ndarray, item_id: int) -> bool:
+    row = int(np.searchsorted(ids, item_id))
+    return row < len(ids) and int(ids[row]) == item_id
+
+
+def members(candidates: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """The `candidates` that are in `ids` (ascending): a binary search each, not a sort of `ids`."""
+    if not len(candidates) or not len(ids):
+        return np.zeros(0, np.int64)
+    rows = np.minimum(np.searchsorted(ids, candidates), len(ids) - 1)
+    found: np.ndarray = candidates[ids[rows] == candidates]
+    return found
