@@ -175,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
 COMPACT = """
 import dataclasses, json, sys
 from pathlib import Path
-from clipsearch.store.compaction import CompactionPolicy, compact
+from clipsearch.config import CompactionPolicy
+from clipsearch.store.compaction import compact
 
 def memory(field):
     with open("/proc/self/status") as status:
