@@ -138,5 +138,5 @@ def test_the_client_imports_without_torch() -> None:
 def test_the_public_api_is_reexported() -> None:
     import clipsearch
 
-    assert clipsearch.load_bundle.__module__ == "clipsearch.store.bundle"
+    assert clipsearch.load_bundle.__module__ == "clipsearch.store.bundle.load"
     assert set(clipsearch.__all__) >= {"build", "load_encoder", "SearchService", "ClipSearchClient"}

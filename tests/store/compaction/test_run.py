@@ -21,10 +21,10 @@ import pytest
 from clipsearch.errors import BundleReplaced, LiveChangesPending
 from clipsearch.index import faiss_index
 from clipsearch.modality import Modality
-from clipsearch.store.bundle import LIVE_IMAGES, load_bundle, rewrite_items, write_bundle
+from clipsearch.store.bundle import load_bundle, rewrite_items, write_bundle
 from clipsearch.store.compaction import Compaction, compact
 from clipsearch.store.items import Item
-from clipsearch.store.live import LIVE_FILE, LiveLog, count_live_changes
+from clipsearch.store.live import LIVE_FILE, LIVE_IMAGES, LiveLog, count_live_changes
 from tests.support.bundles import DIM, MODEL, ReferenceCollection, make_bundle, new_item
 
 

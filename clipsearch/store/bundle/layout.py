@@ -1,0 +1,53 @@
+"""The names of a bundle's files, and what a build or a compaction hands over to be written."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import faiss
+
+from clipsearch.index import ondisk
+from clipsearch.index.fusion import Fusion
+from clipsearch.index.spec import IndexSpec
+from clipsearch.modality import Modality
+
+REPORT_FILE = "report.json"
+CAPTIONS_FILE = "caption.faiss"
+FUSED_FILE = "fused.faiss"
+
+
+def index_file_name(modality: Modality) -> str:
+    return f"{modality.value}.faiss"
+
+
+def on_disk_name(modality: Modality) -> str:
+    """What an on-disk index's files are named after (`ondisk.build_on_disk`'s `name`): the
+    index finds its lists by this name beside it, so it is fixed at build time."""
+    return modality.value
+
+
+def on_disk_file_names(modality: Modality) -> tuple[str, str, str]:
+    """The inverted lists, fp16 vectors and ids files of an on-disk index."""
+    name = on_disk_name(modality)
+    return f"{name}.ivfdata", f"{name}.vectors.npy", f"{name}.ids.npy"
+
+
+@dataclass(frozen=True)
+class ModalityContent:
+    """What the builder hands over for one modality."""
+
+    index: faiss.Index
+    spec: IndexSpec
+    on_disk: ondisk.OnDiskFiles | None = None
+    """For an on-disk index: its files, in the build's work directory, moved into the bundle."""
+
+
+@dataclass(frozen=True)
+class FusedContent:
+    """What a fused build hands over besides its indices: default weights and the caption vectors."""
+
+    fusion: Fusion
+    captions: faiss.Index
+    """IndexIDMap2 over a Flat index: captioned image items' caption vectors, by item id."""
+    index: ModalityContent | None = None
+    """For an approximate image index: the same kind of index over the images' fused rows."""
