@@ -130,9 +130,12 @@ def test_every_package_is_found_by_a_non_editable_install() -> None:
     assert {"clipsearch", "app", "app.routes", "indexer"} <= found
 
 
-def test_the_client_imports_without_torch() -> None:
-    code = "import sys, clipsearch.client; sys.exit('torch' in sys.modules)"
-    assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0
+@pytest.mark.parametrize("statement", ["import clipsearch.client", "from clipsearch import ClipSearchClient",
+                                       "import clipsearch.config"])
+def test_the_client_and_the_config_records_import_without_torch_or_faiss(statement: str) -> None:
+    code = f"import sys; {statement}; sys.exit(' '.join(sorted({{'torch', 'faiss'}} & set(sys.modules))) or 0)"
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
 
 
 def test_the_public_api_is_reexported() -> None:
