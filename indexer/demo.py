@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from indexer.common import Commands, Fail, positive_int
+from indexer.shapes import LANGUAGES, write_shapes_corpus
 
 # (scikit-image function, file name, caption, licence as scikit-image documents it)
 SAMPLES = [
@@ -71,6 +72,9 @@ def add_parser(commands: Commands) -> None:
                               "shapes, three captions each (a paired corpus for eval and finetune)")
     command.add_argument("--count", type=positive_int, default=3000, help="scenes to render (shapes)")
     command.add_argument("--seed", type=int, default=0, help="the scenes follow from it (shapes)")
+    command.add_argument("--language", choices=LANGUAGES, default="en",
+                         help="the captions' language (shapes): English, Chinese, or both (three captions each); "
+                              "the scenes are the same whichever")
 
 
 def check(args: argparse.Namespace, fail: Fail) -> None:
@@ -79,9 +83,7 @@ def check(args: argparse.Namespace, fail: Fail) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.kind == "shapes":
-        from indexer.shapes import write_shapes_corpus
-
-        count = write_shapes_corpus(args.out, args.count, args.seed)
+        count = write_shapes_corpus(args.out, args.count, args.seed, args.language)
         print(f"wrote {count} scenes with captions to {args.out / 'images'}")
         return 0
     images, texts = write_demo_corpus(args.out)

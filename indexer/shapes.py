@@ -4,9 +4,13 @@ Every scene is drawn from the seed alone, so the same (count, seed) gives the sa
 has one shape, or (every third scene) two, each with a colour, a size and a position, on a plain
 background; each shape is shifted, scaled and shaded a little at random, so that no two scenes
 render alike and a held-out scene is never a copy of a training one. Each image gets a sidecar
-`name.txt` with CAPTIONS_PER_IMAGE captions, one per line, the format `indexer eval` and
-`indexer finetune` read. Two objects make the task harder than naming one: the captions bind
+`name.txt` with CAPTIONS_PER_IMAGE captions per language, one per line, the format `indexer eval`
+and `indexer finetune` read. Two objects make the task harder than naming one: the captions bind
 each colour to its shape and its side.
+
+Captions come in English, in Chinese written as a native speaker would (左边的红色圆形, not a word-for-word
+rendering of "a red circle on the left"), or both (LANGUAGES). The language never changes the
+scenes: the same (count, seed) renders the same images whatever captions they get.
 """
 
 from __future__ import annotations
@@ -27,6 +31,15 @@ POSITIONS = {"on the left": (0.27, 0.5), "on the right": (0.73, 0.5), "at the to
              "at the bottom": (0.5, 0.73), "in the middle": (0.5, 0.5)}
 PAIRED_POSITIONS = (("on the left", "on the right"), ("at the top", "at the bottom"))
 CAPTIONS_PER_IMAGE = 3
+"""Per language."""
+LANGUAGES = ("en", "zh", "both")
+
+ZH_COLOURS = {"red": "红色", "green": "绿色", "blue": "蓝色", "yellow": "黄色", "purple": "紫色", "orange": "橙色"}
+ZH_BACKGROUNDS = {"white": "白色", "black": "黑色", "grey": "灰色"}
+ZH_SHAPES = {"circle": "圆形", "square": "正方形", "triangle": "三角形"}
+ZH_SIZES = {"small": "小", "large": "大"}
+ZH_POSITIONS = {"on the left": "左边", "on the right": "右边", "at the top": "上方", "at the bottom": "下方",
+                "in the middle": "中间"}
 
 
 @dataclass(frozen=True)
@@ -55,8 +68,15 @@ class Scene:
     shapes: tuple[Shape, ...]
     background: str
 
-    def captions(self) -> list[str]:
-        """CAPTIONS_PER_IMAGE phrasings of the same scene."""
+    def captions(self, language: str = "en") -> list[str]:
+        """CAPTIONS_PER_IMAGE phrasings of the same scene in `language` ('en', 'zh'; 'both': English
+        then Chinese)."""
+        if language == "zh":
+            return self.chinese_captions()
+        if language == "both":
+            return self.captions("en") + self.chinese_captions()
+        if language != "en":
+            raise ValueError(f"language must be one of {', '.join(LANGUAGES)}, not {language!r}")
         if len(self.shapes) == 1:
             [shape] = self.shapes
             return [shape.phrase(),
@@ -67,6 +87,26 @@ class Scene:
                 f"{second.phrase(with_size=False)} and {first.phrase(with_size=False)}",
                 f"two shapes on {self.background}: {article(first.colour)} {first.colour} {first.kind} and "
                 f"{article(second.colour)} {second.colour} {second.kind}"]
+
+    def chinese_captions(self) -> list[str]:
+        """The same three phrasings in Chinese: where a shape is comes first, as Chinese puts it."""
+        background = ZH_BACKGROUNDS[self.background]
+        if len(self.shapes) == 1:
+            [shape] = self.shapes
+            where, colour, kind = ZH_POSITIONS[shape.position], ZH_COLOURS[shape.colour], ZH_SHAPES[shape.kind]
+            size = ZH_SIZES[shape.size]
+            return [f"{where}有一个{size}的{colour}{kind}",
+                    f"{background}背景上，{where}的{colour}{kind}",
+                    f"图里只有一个{colour}的{kind}，{'很小' if shape.size == 'small' else '很大'}，在{where}"]
+        first, second = self.shapes
+
+        def named(shape: Shape) -> str:
+            return f"{ZH_COLOURS[shape.colour]}{ZH_SHAPES[shape.kind]}"
+
+        return [f"{ZH_POSITIONS[first.position]}有一个小的{named(first)}，"
+                f"{ZH_POSITIONS[second.position]}有一个小的{named(second)}",
+                f"{ZH_POSITIONS[second.position]}的{named(second)}和{ZH_POSITIONS[first.position]}的{named(first)}",
+                f"{background}背景上的两个图形：{named(first)}和{named(second)}"]
 
     def render(self) -> Image.Image:
         image = Image.new("RGB", (SIZE, SIZE), BACKGROUNDS[self.background])
@@ -106,8 +146,11 @@ def random_scene(rng: np.random.Generator) -> Scene:
     return Scene((shape(pick(SHAPES), pick(list(COLOURS)), pick(list(SIZES)), pick(list(POSITIONS))),), background)
 
 
-def write_shapes_corpus(out: Path, count: int = 3000, seed: int = 0) -> int:
-    """Write `count` scenes as out/images/shape_NNNNN.png, each with its captions in a .txt beside it."""
+def write_shapes_corpus(out: Path, count: int = 3000, seed: int = 0, language: str = "en") -> int:
+    """Write `count` scenes as out/images/shape_NNNNN.png, each with its captions in `language` (LANGUAGES)
+    in a .txt beside it."""
+    if language not in LANGUAGES:
+        raise ValueError(f"language must be one of {', '.join(LANGUAGES)}, not {language!r}")
     images = out / "images"
     images.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -115,5 +158,5 @@ def write_shapes_corpus(out: Path, count: int = 3000, seed: int = 0) -> int:
         scene = random_scene(rng)
         path = images / f"shape_{number:05d}.png"
         scene.render().save(path)
-        path.with_suffix(".txt").write_text("\n".join(scene.captions()) + "\n", encoding="utf-8")
+        path.with_suffix(".txt").write_text("\n".join(scene.captions(language)) + "\n", encoding="utf-8")
     return count
