@@ -19,6 +19,12 @@ keyword rankings at depth HYBRID_DEPTH, fused by RRF) and fused search (image an
 weighed, clipsearch.index.fusion: one scan of the [image | caption] rows, twice as wide) against its
 plain vector search, on the same items. Embedding the query text is left out of all: it costs the
 same in each.
+
+It also writes a second items.sqlite whose captions are the same draws in Chinese (a 5,000-word
+vocabulary of two-character words, written without spaces, as Chinese is), and times Chinese
+keyword queries against the English ones, each of three words and of one two-character word: through
+the bigrams table, and through the trigram table (and its scan for a one-word query) that bundles
+written before the bigrams table still use.
 """
 
 from __future__ import annotations
@@ -45,7 +51,7 @@ from clipsearch.modality import Modality
 from clipsearch.model.encoder import resolve_device
 from clipsearch.search.hybrid import HYBRID_DEPTH, RankedList, Ranking, SearchMode, fuse
 from clipsearch.store.items import ITEMS_FILE, Item, ItemStore, write_items
-from clipsearch.store.keywords import compile_query
+from clipsearch.store.keywords import KeywordQuery, compile_query
 
 VOCABULARY = 5000
 CAPTION_WORDS = 8
@@ -157,6 +163,54 @@ def _hybrid_figures(args: argparse.Namespace, resident: ExactIndex) -> None:
         emit(f"{name} search", items=args.items, k=args.k, query_words=QUERY_WORDS, ms=timings[name]["p50_ms"],
              p90_ms=timings[name]["p90_ms"], vector_ms=timings["vector"]["p50_ms"],
              vs_vector=ratio(timings[name]["p50_ms"], timings["vector"]["p50_ms"]))
+    _chinese_figures(args, vocabulary, zipf)
+
+
+def _chinese_figures(args: argparse.Namespace, english: np.ndarray, zipf: np.ndarray) -> None:
+    """Chinese keyword queries against English ones over the same draws of captions and queries."""
+    random = np.random.default_rng(7)
+    characters = [chr(0x4E00 + number) for number in range(3000)]
+    pairs = random.choice(len(characters), size=(4 * VOCABULARY, 2))
+    chinese = np.array(list(dict.fromkeys(characters[first] + characters[second]
+                                          for first, second in pairs))[:VOCABULARY])
+    draws = random.choice(VOCABULARY, size=(args.items, CAPTION_WORDS), p=zipf)
+    queries = random.choice(VOCABULARY, size=(QUERIES, QUERY_WORDS), p=zipf)
+    words = [random.choice(VOCABULARY, p=zipf) for _ in range(QUERIES)]
+    timings: dict[str, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory() as folder:
+        for language, vocabulary, joiner in (("english", english, " "), ("chinese", chinese, "")):
+            path = Path(folder) / f"{language}.sqlite"
+            started = time.perf_counter()
+            write_items(path, (Item(item_id, Modality.IMAGE, f"/photos/{item_id}.jpg", joiner.join(vocabulary[row]),
+                                    {}, str(item_id)) for item_id, row in enumerate(draws)))
+            emit(f"keyword index build, {language}", items=args.items, seconds=time.perf_counter() - started,
+                 items_sqlite_bytes=path.stat().st_size)
+            store = ItemStore(path)
+            phrases = [compile_query(joiner.join(vocabulary[row])) for row in queries]
+            singles = [compile_query(str(vocabulary[word])) for word in words]
+            for shape, compiled in (("three words", phrases), ("one word", singles)):
+                timings[f"{language}, {shape}"] = _time_keyword_queries(store, compiled, args)
+                if language == "chinese":
+                    fallbacks = [query.fallback for query in compiled if query.fallback is not None]
+                    timings[f"chinese, trigram path, {shape}"] = _time_keyword_queries(store, fallbacks, args)
+            store.close()
+    for shape in ("three words", "one word"):
+        english_ms = timings[f"english, {shape}"]["p50_ms"]
+        for name in (f"chinese, {shape}", f"chinese, trigram path, {shape}"):
+            emit(f"keyword search, {name}", items=args.items, ms=timings[name]["p50_ms"],
+                 p90_ms=timings[name]["p90_ms"], english_ms=english_ms,
+                 english_p90_ms=timings[f"english, {shape}"]["p90_ms"], vs_english=ratio(timings[name]["p50_ms"],
+                                                                                          english_ms))
+
+
+def _time_keyword_queries(store: ItemStore, queries: list[KeywordQuery], args: argparse.Namespace) -> dict[str, float]:
+    """p50 and p90 of one keyword search at a time, the queries taken in turn."""
+    turn = iter(range(1 << 62))
+
+    def search() -> None:
+        store.keyword_search(queries[next(turn) % len(queries)], Modality.IMAGE, limit=args.k + 1)
+
+    return latency_summary(time_calls(search, args.repeats, min_seconds=args.min_seconds))
 
 
 def _baseline(index: faiss.Index, device: torch.device

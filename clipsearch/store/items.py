@@ -99,8 +99,10 @@ class ItemStore:
         return keywords.search(connection, query, modality, condition, params, limit, self._keyword_documents)
 
     def has_keyword_tables(self) -> bool:
-        """Whether the file holds keyword tables (bundles written before keyword search do not)."""
-        return keywords.has_tables(self._keyword_connection())
+        """Whether the file holds the current keyword tables (bundles written before keyword search
+        have none, and those written before the bigrams table lack it: a compaction adds them)."""
+        connection = self._keyword_connection()
+        return keywords.has_tables(connection) and keywords.has_bigrams(connection)
 
     def _keyword_connection(self) -> sqlite3.Connection:
         connection: sqlite3.Connection | None = getattr(self._threads, "connection", None)

@@ -232,16 +232,23 @@ def test_a_compaction_folds_live_items_into_the_bases_keyword_index(encoder: Cli
         compacted.close()
 
 
-def test_compacting_a_bundle_from_before_keyword_search_adds_its_keyword_tables(live_path: Path) -> None:
+def _as_written_before(live_path: Path, tables: tuple[str, ...]) -> None:
+    """Drop `tables` from the bundle's items.sqlite and record its new checksum, as a bundle written
+    before them would be."""
     items = live_path / ITEMS_FILE
-    with closing(sqlite3.connect(items)) as connection:  # as a bundle written before keyword search
-        for table in (keywords.VOCABULARY_TABLE, keywords.WORDS_TABLE, keywords.TRIGRAMS_TABLE):
+    with closing(sqlite3.connect(items)) as connection:
+        for table in tables:
             connection.execute(f"DROP TABLE {table}")
         connection.commit()
         connection.execute("VACUUM")
     manifest = read_manifest(live_path)
     record = FileRecord(sha256=file_sha256(items), bytes=items.stat().st_size)
     (live_path / MANIFEST_FILE).write_text(replace(manifest, files={**manifest.files, ITEMS_FILE: record}).to_json())
+
+
+def test_compacting_a_bundle_from_before_keyword_search_adds_its_keyword_tables(live_path: Path) -> None:
+    _as_written_before(live_path, (keywords.VOCABULARY_TABLE, keywords.WORDS_TABLE, keywords.TRIGRAMS_TABLE,
+                                   keywords.BIGRAMS_VOCABULARY_TABLE, keywords.BIGRAMS_TABLE))
     old = load_bundle(live_path)
     try:
         with pytest.raises(InvalidQuery, match="indexer compact"):
@@ -258,3 +265,18 @@ def test_compacting_a_bundle_from_before_keyword_search_adds_its_keyword_tables(
         upgraded.close()
     again = compact(live_path)
     assert again is not None and not again.keyword_tables_added
+
+
+def test_a_bundle_from_before_the_bigrams_table_finds_chinese_until_a_compaction_adds_it(
+        live_path: Path, encoder: ClipEncoder) -> None:
+    _as_written_before(live_path, (keywords.BIGRAMS_VOCABULARY_TABLE, keywords.BIGRAMS_TABLE))
+    with opened_service(encoder, live_path) as old:
+        assert [hit.item.text for hit in old.search_text("猫", Modality.TEXT, 5, ranking=KEYWORD).hits] == \
+            ["我喜欢沙发上的猫"]  # by the trigram table's scan
+        assert not old.bundle.items.has_keyword_tables()
+    summary = compact(live_path)
+    assert summary is not None and summary.keyword_tables_added
+    with opened_service(encoder, live_path) as upgraded:
+        assert upgraded.bundle.items.has_keyword_tables()
+        assert [hit.item.text for hit in upgraded.search_text("猫咪 沙发", Modality.TEXT, 5, ranking=KEYWORD).hits] == \
+            ["我喜欢沙发上的猫"]  # 沙发 in its text, 猫咪 in its album: both through the index

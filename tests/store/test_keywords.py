@@ -1,5 +1,7 @@
 """Keyword queries and the keyword tables of items.sqlite, against SQLite's own BM25 over a plain
-FTS5 table built here, and against a substring count for queries too short for trigrams."""
+FTS5 table built here (of the words, of the text cut into single characters and pairs for scripts
+written without spaces), and, in a bundle from before the bigrams table, against trigrams and a
+substring count for queries too short for them."""
 
 from __future__ import annotations
 
@@ -45,14 +47,22 @@ def store(tmp_path: Path) -> ItemStore:
     return ItemStore(path)
 
 
-def _reference(query: str, modality: Modality, fields: tuple[str, ...], tokenize: str) -> list[int]:
+BIGRAMS = "bigrams"
+"""The tokenizer of _reference that stands for the bigrams table: unicode61 over the bodies cut into pairs."""
+
+
+def _reference(query: str, modality: Modality, fields: tuple[str, ...], tokenize: str,
+               items: list[Item] | None = None) -> list[int]:
     """SQLite's own BM25 order over a plain FTS5 table of the same bodies (ties by id)."""
+    items = items if items is not None else _items()
+    cut = keywords.segmented if tokenize == BIGRAMS else str
+    tokenize = "unicode61 remove_diacritics 2" if tokenize == BIGRAMS else tokenize
     with closing(sqlite3.connect(":memory:")) as memory:
         memory.execute(f"CREATE VIRTUAL TABLE plain USING fts5(body, tokenize='{tokenize}')")
         memory.executemany("INSERT INTO plain (rowid, body) VALUES (?, ?)",
-                           [(item.id, keywords.keyword_text(item.text, item.extra, fields)) for item in _items()])
+                           [(item.id, cut(keywords.keyword_text(item.text, item.extra, fields))) for item in items])
         rows = memory.execute("SELECT rowid, bm25(plain) FROM plain WHERE plain MATCH ?", (query,)).fetchall()
-    wanted = {item.id for item in _items() if item.modality is modality}
+    wanted = {item.id for item in items if item.modality is modality}
     return [item_id for item_id, _ in sorted(rows, key=lambda row: (row[1], row[0])) if item_id in wanted]
 
 
@@ -61,9 +71,18 @@ def test_a_query_of_words_ors_them_in_the_words_table() -> None:
     assert query == keywords.KeywordQuery(keywords.WORDS_TABLE, '"red" OR "bicycle"', words=("red", "bicycle"))
 
 
-def test_a_query_in_a_script_without_spaces_uses_trigrams_or_a_scan_when_too_short() -> None:
-    assert keywords.compile_query("喜欢我 cat").table == keywords.TRIGRAMS_TABLE
-    assert keywords.compile_query("猫") == keywords.KeywordQuery(keywords.TRIGRAMS_TABLE, "猫", scan=True)
+def test_a_query_in_a_script_without_spaces_is_cut_into_pairs_for_the_bigrams_table() -> None:
+    mixed = keywords.compile_query("喜欢我 cat")
+    assert (mixed.table, mixed.words) == (keywords.BIGRAMS_TABLE, ("喜欢", "欢我", "cat"))
+    assert mixed.fallback == keywords.KeywordQuery(keywords.TRIGRAMS_TABLE, '"喜欢我" OR "cat"')
+    alone = keywords.compile_query("猫")
+    assert alone.words == ("猫",) and alone.fallback == keywords.KeywordQuery(keywords.TRIGRAMS_TABLE, "猫", scan=True)
+
+
+def test_text_is_cut_into_single_characters_and_pairs_only_where_written_without_spaces() -> None:
+    assert keywords.segmented("红色圆形 on the left").split() == ["红", "色", "圆", "形", "红色", "色圆", "圆形", "on",
+                                                                "the", "left"]
+    assert keywords.segmented("a 猫").split() == ["a", "猫"]
 
 
 def test_a_query_without_letters_or_digits_is_refused_naming_the_field() -> None:
@@ -93,16 +112,53 @@ def test_diacritics_are_folded_and_case_ignored(store: ItemStore) -> None:
     assert ids.tolist() == [4]
 
 
-def test_chinese_is_found_by_trigrams_as_sqlite_ranks_them(store: ItemStore) -> None:
+def test_chinese_is_found_through_the_index_as_sqlites_bm25_ranks_it(store: ItemStore) -> None:
+    for text in ("沙发上的", "猫", "猫 sofa"):
+        query = keywords.compile_query(text)
+        for modality in Modality:
+            ids, _ = store.keyword_search(query, modality)
+            assert ids.tolist() == _reference(query.expression, modality, ("album", "tags"), BIGRAMS), (text, modality)
+    assert store.keyword_search(keywords.compile_query("沙发上的"), Modality.IMAGE)[0].tolist() == [6]
+    assert set(store.keyword_search(keywords.compile_query("猫"), Modality.TEXT)[0].tolist()) == {5}
+    assert set(store.keyword_search(keywords.compile_query("猫 sofa"), Modality.TEXT)[0].tolist()) == {5, 7}
+
+
+def test_a_two_character_word_ranks_the_items_holding_it_whole_first(tmp_path: Path) -> None:
+    path = tmp_path / "items.sqlite"
+    items = [Item(1, Modality.TEXT, "a", "红色的车", {}, "h1"),
+             Item(2, Modality.TEXT, "b", "红的车和蓝色的花", {}, "h2"),  # 红 and 色, but never 红色
+             Item(3, Modality.TEXT, "c", "一辆红色汽车停在左边", {}, "h3"),
+             Item(4, Modality.TEXT, "d", "绿色", {}, "h4")]
+    write_items(path, items)
+    query = keywords.compile_query("红色")
+    ids, _ = ItemStore(path).keyword_search(query, Modality.TEXT)
+    assert ids.tolist() == _reference(query.expression, Modality.TEXT, (), BIGRAMS, items) == [1, 3]
+
+
+def _without_bigrams(path: Path) -> None:
+    with closing(sqlite3.connect(path)) as connection:
+        connection.execute(f"DROP TABLE {keywords.BIGRAMS_VOCABULARY_TABLE}")
+        connection.execute(f"DROP TABLE {keywords.BIGRAMS_TABLE}")
+        connection.commit()
+
+
+def test_a_bundle_from_before_the_bigrams_table_finds_chinese_by_trigrams(tmp_path: Path) -> None:
+    path = tmp_path / "items.sqlite"
+    write_items(path, _items(), keyword_fields=("album", "tags"))
+    _without_bigrams(path)
+    store = ItemStore(path)
+    assert not store.has_keyword_tables()  # a compaction adds them
     query = keywords.compile_query("沙发上的")
     ids, _ = store.keyword_search(query, Modality.IMAGE)
-    assert ids.tolist() == _reference(query.expression, Modality.IMAGE, ("album", "tags"), "trigram") == [6]
+    assert query.fallback is not None
+    assert ids.tolist() == _reference(query.fallback.expression, Modality.IMAGE, ("album", "tags"), "trigram") == [6]
 
 
-def test_one_chinese_character_is_found_by_scanning_and_counted(tmp_path: Path) -> None:
+def test_there_one_chinese_character_is_found_by_scanning_and_counted(tmp_path: Path) -> None:
     path = tmp_path / "items.sqlite"
     write_items(path, [Item(1, Modality.TEXT, "a", "猫", {}, "h1"), Item(2, Modality.TEXT, "b", "猫和猫", {}, "h2"),
                        Item(3, Modality.TEXT, "c", "狗", {}, "h3"), Item(4, Modality.TEXT, "d", "我的猫", {}, "h4")])
+    _without_bigrams(path)
     ids, scores = ItemStore(path).keyword_search(keywords.compile_query("猫"), Modality.TEXT)
     assert ids.tolist() == [2, 1, 4] and scores.tolist() == [2, 1, 1]
 

@@ -164,6 +164,11 @@ def test_smoke_the_search_bench_times_keyword_hybrid_and_fused_search_against_ve
     assert figures["keyword index build"]["items"] == 2000
     for name in ("keyword search", "hybrid search", "fused search"):
         assert figures[name]["vs_vector"] == pytest.approx(figures[name]["ms"] / figures[name]["vector_ms"], rel=1e-2)
+    assert figures["keyword index build, chinese"]["items"] == figures["keyword index build, english"]["items"] == 2000
+    for path in ("", ", trigram path"):
+        for shape in ("three words", "one word"):
+            chinese = figures[f"keyword search, chinese{path}, {shape}"]
+            assert chinese["vs_english"] == pytest.approx(chinese["ms"] / chinese["english_ms"], rel=1e-2)
 
 
 def test_smoke_the_fusion_bench_measures_every_configuration() -> None:
