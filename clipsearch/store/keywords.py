@@ -40,6 +40,7 @@ shard against its own.
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import sqlite3
@@ -137,14 +138,7 @@ def _query_terms(word: str) -> list[str]:
 
 def _runs(text: str) -> list[tuple[bool, str]]:
     """`text` cut where it passes between a script written without spaces and any other character."""
-    runs: list[tuple[bool, str]] = []
-    for character in text:
-        unspaced = _is_unspaced(character)
-        if runs and runs[-1][0] == unspaced:
-            runs[-1] = (unspaced, runs[-1][1] + character)
-        else:
-            runs.append((unspaced, character))
-    return runs
+    return [(unspaced, "".join(run)) for unspaced, run in itertools.groupby(text, key=_is_unspaced)]
 
 
 def _spaced_grams(run: str) -> str:
