@@ -228,7 +228,7 @@ class _Transaction:
         try:
             self.held.enter_context(self.log._lock)
             self.held.enter_context(bundle_lock(self.log.path.parent))
-            if identity(self.log.path) != self.log._identity:
+            if self.log.replaced():
                 raise BundleReplaced(f"the bundle at {self.log.path.parent} was replaced (rebuilt) after this server "
                                      "loaded it; nothing was written: restart the server to serve the new bundle")
             self.log._connection.execute("BEGIN IMMEDIATE")
