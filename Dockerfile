@@ -47,7 +47,7 @@ COPY pyproject.toml README.md ./src/
 COPY clipsearch ./src/clipsearch
 COPY app ./src/app
 COPY indexer ./src/indexer
-RUN pip install $PIP_OPTIONS "./src[${EXTRAS},caption,demo]"
+RUN pip install $PIP_OPTIONS "./src[${EXTRAS},caption,multilingual,demo]"
 
 # ---- runtime: the environment and a non-root user, nothing else ------------------------------
 FROM base AS runtime

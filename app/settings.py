@@ -82,6 +82,9 @@ class Settings(BaseSettings):
                                                         "divided by server_workers.")
     text_trim: bool = Field(True, description="Run the text tower on each batch's real length where that is exact "
                                               "(off only to compare speeds).")
+    text_language: str | None = Field(None, description="The language code of queries, for a model whose tokenizer "
+                                      "takes one (NLLB-CLIP: 'zho_Hans', 'eng_Latn'; unset: the tokenizer's own "
+                                      "default, eng_Latn). Other models refuse it.")
     cuda_graphs: bool = Field(True, description="On a GPU, replay the model from CUDA graphs captured at start-up.")
     server_workers: int = Field(1, ge=1, description="Server processes `python -m app` starts; each loads the "
                                                      "model and the bundle.")
@@ -121,7 +124,7 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Address `python -m app` listens on.")
     port: int = Field(8000, ge=1, le=65535, description="Port `python -m app` listens on.")
 
-    @field_validator("api_key", "admin_key", "caption_pretrained", "caption_checkpoint", mode="before")
+    @field_validator("api_key", "admin_key", "caption_pretrained", "caption_checkpoint", "text_language", mode="before")
     @classmethod
     def _empty_means_none(cls, value: object) -> object:
         # Compose passes unset variables as empty strings; an empty key must not lock everyone out.

@@ -82,7 +82,8 @@ class ServiceState:
             encoder = load_encoder(manifest.model.name, manifest.model.pretrained,
                                    settings.checkpoint if manifest.model.checkpoint_sha256 else None,
                                    settings.device, backend=settings.backend, onnx_cache=settings.onnx_cache,
-                                   threads=settings.intra_op_threads, text_trim=settings.text_trim)
+                                   threads=settings.intra_op_threads, text_trim=settings.text_trim,
+                                   text_language=settings.text_language)
             if settings.cuda_graphs:
                 encoder.enable_cuda_graphs(settings.max_batch)
             self.encoder = encoder

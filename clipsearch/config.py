@@ -17,6 +17,29 @@ DEFAULT_PRETRAINED = "laion2b_s34b_b79k"
 OFFLINE_MODEL = "tiny"
 """A tiny architecture shipped in clipsearch/model/model_configs/: random weights, no download, for tests and demos."""
 
+MULTILINGUAL_OFFLINE_MODEL = "tiny-multilingual"
+"""`tiny` with a Hugging Face text tower and a tokenizer that splits Chinese into characters, like the
+real multilingual models (xlm-roberta-base-ViT-B-32); random weights, no download."""
+
+CHINESE_CLIP_MODELS: dict[str, str | None] = {
+    "chinese-clip-vit-base-patch16": "OFA-Sys/chinese-clip-vit-base-patch16",
+    "chinese-clip-vit-large-patch14": "OFA-Sys/chinese-clip-vit-large-patch14",
+    "chinese-clip-vit-large-patch14-336px": "OFA-Sys/chinese-clip-vit-large-patch14-336px",
+    "chinese-clip-vit-huge-patch14": "OFA-Sys/chinese-clip-vit-huge-patch14",
+    "tiny-chinese-clip": None,
+}
+"""The Chinese-CLIP models (clipsearch.model.chinese_clip), by the name a user gives, with the Hugging
+Face repository their weights come from by default (None: the offline model, random weights)."""
+
+
+def default_pretrained(model_name: str) -> str | None:
+    """The weights a model name loads when none are named: the default model's tag, a Chinese-CLIP
+    model's repository, else none (random weights)."""
+    if model_name == DEFAULT_MODEL:
+        return DEFAULT_PRETRAINED
+    return CHINESE_CLIP_MODELS.get(model_name)
+
+
 RANDOM_WEIGHTS_SEED = 0
 """Models loaded without pretrained weights or a checkpoint are initialised from this seed."""
 

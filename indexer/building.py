@@ -126,7 +126,8 @@ def run(args: argparse.Namespace) -> int:
 def config_from_args(args: argparse.Namespace) -> BuildConfig:
     return BuildConfig(
         out=args.out, images=args.images, texts=args.texts, model=args.model, pretrained=pretrained_of(args),
-        checkpoint=args.checkpoint, device=args.device, backend=args.backend, onnx_cache=args.onnx_cache,
+        checkpoint=args.checkpoint, text_language=args.text_language, device=args.device, backend=args.backend,
+        onnx_cache=args.onnx_cache,
         batch_size=args.batch_size, workers=args.workers,
         index_factory=args.index_factory, flat_threshold=args.flat_threshold,
         on_disk_threshold=args.on_disk_threshold, rerank=args.rerank, keep_duplicates=args.keep_duplicates,

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeAlias, TypeVar
 
-from clipsearch.config import DEFAULT_MODEL, DEFAULT_PRETRAINED, OFFLINE_MODEL
+from clipsearch.config import DEFAULT_MODEL, DEFAULT_PRETRAINED, OFFLINE_MODEL, default_pretrained
 from clipsearch.errors import CheckpointRequired, ClipSearchError, InvalidQuery
 from clipsearch.index.fusion import Fusion
 from clipsearch.ingest.config import BuildConfig
@@ -59,6 +59,10 @@ def add_model_arguments(command: argparse.ArgumentParser, default_model: str | N
                               "other models); 'none' for random weights")
     command.add_argument("--checkpoint", type=Path, default=None,
                          help="a local checkpoint file to load instead of a pretrained tag")
+    command.add_argument("--text-language", default=os.environ.get("CLIPSEARCH_TEXT_LANGUAGE") or None,
+                         help="the language code of the texts, for a tokenizer that takes one (NLLB models: "
+                              "'zho_Hans', 'eng_Latn'; default: its own, eng_Latn); $CLIPSEARCH_TEXT_LANGUAGE sets "
+                              "the default")
     command.add_argument("--device", default=DEFAULTS.device,
                          help="'auto' (CUDA if available), 'cpu', 'cuda' or 'cuda:N'")
     command.add_argument("--backend", choices=BACKENDS, default=os.environ.get("CLIPSEARCH_BACKEND", DEFAULTS.backend),
@@ -101,7 +105,7 @@ def pretrained_of(args: argparse.Namespace) -> str | None:
         return None
     if args.pretrained is not None:
         return str(args.pretrained)
-    return DEFAULT_PRETRAINED if args.model == DEFAULT_MODEL else None
+    return default_pretrained(args.model) if args.model else None
 
 
 def bundle_encoder(args: argparse.Namespace) -> ClipEncoder:
@@ -111,7 +115,7 @@ def bundle_encoder(args: argparse.Namespace) -> ClipEncoder:
         raise CheckpointRequired("the bundle was built from a checkpoint file; give it with --checkpoint")
     encoder = load_encoder(manifest.model.name, manifest.model.pretrained,
                            args.checkpoint if manifest.model.checkpoint_sha256 else None, args.device,
-                           backend=args.backend, onnx_cache=args.onnx_cache)
+                           backend=args.backend, onnx_cache=args.onnx_cache, text_language=args.text_language)
     check_model(manifest, encoder.ref, encoder.embedding_dim)
     return encoder
 

@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
         corpus = read_pairs(args.pairs, Columns(image=args.image_column, caption=args.caption_column))
         # fp32 weights on a GPU too: mixed precision trains in fp16 on top of them.
         encoder = load_encoder(args.model, pretrained_of(args), args.checkpoint, args.device, backend="torch",
-                               precision="fp32")
+                               precision="fp32", text_language=args.text_language)
         result = finetune(encoder, corpus, config, progress=progress, on_epoch=report)
         metadata = {"base_model": encoder.ref.describe(), "model": encoder.ref.name, "pairs": str(args.pairs),
                     "arguments": {name: str(value) if value is not None else None

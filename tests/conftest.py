@@ -1,6 +1,11 @@
 from __future__ import annotations
 
 import os
+
+# Hugging Face files load from the package's own directories (clipsearch/model/model_configs/hf), never
+# from the network, not even to ask for a newer version. Set before anything imports huggingface_hub,
+# which reads it once.
+os.environ.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
 from collections.abc import Iterator
 from pathlib import Path
 

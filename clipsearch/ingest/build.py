@@ -83,7 +83,7 @@ def build(config: BuildConfig, on_shard_written: Callable[[Path], None] | None =
     if config.engine == "ray":
         return _build_on_ray(config, sources, on_shard_written, started)
     encoder = load_encoder(config.model, config.pretrained, config.checkpoint, config.device, backend=config.backend,
-                           onnx_cache=config.onnx_cache)
+                           onnx_cache=config.onnx_cache, text_language=config.text_language)
     captioner = load_captioner(config.caption) if config.caption is not None and Modality.IMAGE in sources else None
     store = ShardStore.open(config.out, resume_fingerprint(config, encoder.ref, encoder.device.type, sources,
                                                            backend=encoder.backend))

@@ -29,6 +29,8 @@ class BuildConfig:
     model: str = DEFAULT_MODEL
     pretrained: str | None = DEFAULT_PRETRAINED
     checkpoint: Path | None = None
+    text_language: str | None = None
+    """The language code a tokenizer that takes one is told (NLLB's), for the texts indexed."""
     device: str | None = "auto"
     backend: str = "auto"
     """clipsearch.model.onnx_backend.BACKENDS: ONNX Runtime on a CPU where the [onnx] extra is installed."""

@@ -173,7 +173,8 @@ class RayEngine:
             compute=data.ActorPoolStrategy(size=pool.actors), num_gpus=pool.gpus_per_actor,
             num_cpus=pool.cpus_per_actor,
             fn_constructor_kwargs={"model": config.model, "pretrained": config.pretrained,
-                                   "checkpoint": config.checkpoint, "device": pool.device,
+                                   "checkpoint": config.checkpoint, "text_language": config.text_language,
+                                   "device": pool.device,
                                    "backend": self.backend, "onnx_cache": config.onnx_cache,
                                    "threads": pool.threads, "modality": modality})
         arrived: dict[int, list[dict[str, Any]]] = {number: [] for number in todo}
@@ -234,12 +235,12 @@ def _decode_images(batch: dict[str, np.ndarray], preprocess: PreprocessConfig, b
 class _Embedder:
     """Ray actor: one model, loaded once, embedding batch after batch of one modality."""
 
-    def __init__(self, model: str, pretrained: str | None, checkpoint: Path | None, device: str, backend: str,
-                 onnx_cache: Path | None, threads: int | None, modality: Modality) -> None:
+    def __init__(self, model: str, pretrained: str | None, checkpoint: Path | None, text_language: str | None,
+                 device: str, backend: str, onnx_cache: Path | None, threads: int | None, modality: Modality) -> None:
         if threads is not None:  # never more than this machine has
             threads = min(threads, len(os.sched_getaffinity(0)))
         self.encoder = load_encoder(model, pretrained, checkpoint, device, backend=backend, onnx_cache=onnx_cache,
-                                    threads=threads)
+                                    threads=threads, text_language=text_language)
         self.modality = modality
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -21,16 +21,34 @@ from clipsearch.config import ModelRef
 from clipsearch.errors import ModelLoadError
 from clipsearch.model.graphs import GraphedForward
 from clipsearch.model.preprocess import ImagePreparer, PreprocessConfig
-from clipsearch.model.text_trim import TextTrimmer
+from clipsearch.model.text_trim import text_trimmer
 
 TEXT_GRAPH_LENGTHS = (16, 32)
 """Token lengths, besides the full context, at which trimmed text towers are captured as CUDA graphs:
 a batch runs at the smallest one that holds its longest text."""
 
-# The offline models (tiny, tiny-coca) are registered wherever the encoder is imported, so every
-# open_clip call below knows them.
-_CONFIG_DIR = Path(__file__).parent / "model_configs"
-open_clip.add_model_config(_CONFIG_DIR)
+CONFIG_DIR = Path(__file__).parent / "model_configs"
+"""The offline models' open_clip configs, and under hf/ the Hugging Face files of their text towers."""
+
+
+def _register_offline_models() -> None:
+    """Teach open_clip the offline models (tiny, tiny-coca, tiny-multilingual), wherever the encoder is
+    imported, so every open_clip call knows them.
+
+    A config names its Hugging Face text tower by a path under CONFIG_DIR ("hf/…"); open_clip hands
+    that name to transformers, which loads a local directory only by its full path, so the path is
+    completed here, once the package's location is known.
+    """
+    open_clip.add_model_config(CONFIG_DIR)
+    for path in CONFIG_DIR.glob("*.json"):
+        # open_clip keeps its registry private; get_model_config returns copies, so the entry is set here.
+        text_config = open_clip.factory._MODEL_CONFIGS[path.stem].get("text_cfg", {})
+        for key in ("hf_model_name", "hf_tokenizer_name"):
+            if str(text_config.get(key, "")).startswith("hf/"):
+                text_config[key] = str(CONFIG_DIR / text_config[key])
+
+
+_register_offline_models()
 
 log = logging.getLogger(__name__)
 
@@ -53,19 +71,20 @@ def resolve_device(device: str | None) -> torch.device:
 class ClipEncoder:
     """An open_clip model with its image preparation and tokenizer, ready for inference."""
 
-    def __init__(self, model: Any, tokenizer: Any, ref: ModelRef, device: torch.device, text_trim: bool = True) -> None:
+    def __init__(self, model: Any, tokenizer: Any, ref: ModelRef, device: torch.device, text_trim: bool = True,
+                 preprocess_config: PreprocessConfig | None = None) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.ref = ref
         self.device = device
         self.context_length: int = int(getattr(tokenizer, "context_length", 77))
         self.dtype: torch.dtype = next(model.parameters()).dtype  # fp16 on CUDA, fp32 on the CPU
-        self.preprocess_config = PreprocessConfig.of_model(model)
+        self.preprocess_config = preprocess_config or PreprocessConfig.of_model(model)
         self.prepare_image = ImagePreparer(self.preprocess_config)
         self._mean, self._std = (torch.tensor(values, dtype=torch.float32, device=device).view(3, 1, 1)
                                  for values in (self.preprocess_config.mean, self.preprocess_config.std))
         # The text tower runs on each batch's real length wherever that is exact (clipsearch.model.text_trim).
-        self.text_trim = TextTrimmer(model) if text_trim and TextTrimmer.supports(model) else None
+        self.text_trim = text_trimmer(model) if text_trim else None
         self._image_forward: Tower = model.encode_image
         self._text_forward: Tower = self.text_trim or model.encode_text
         self._text_graphs: dict[int, Tower] = {}
@@ -122,7 +141,7 @@ class ClipEncoder:
         tokens = self.tokenizer(list(texts))
         forward = self._text_forward
         if self.text_trim is not None:
-            length = TextTrimmer.real_length(tokens)  # on the CPU tokens: no device round trip
+            length = self.text_trim.real_length(tokens)  # on the CPU tokens: no device round trip
             if self._text_graphs:
                 length = min(captured for captured in self._text_graphs if captured >= length)
                 forward = self._text_graphs[length]
@@ -131,6 +150,14 @@ class ClipEncoder:
             forward = self._text_graphs[tokens.shape[1]]
         with torch.inference_mode():
             return _normalised_float32(forward(tokens.to(self.device)))
+
+    def text_features(self, texts: Sequence[str]) -> torch.Tensor:
+        """The text tower's raw features for `texts` (not normalised), with gradients where enabled:
+        what training uses. Trimmed to the batch's real length wherever that is exact."""
+        tokens = self.tokenizer(list(texts))
+        if self.text_trim is not None:
+            return self.text_trim(tokens[:, :self.text_trim.real_length(tokens)].to(self.device))
+        return self.model.encode_text(tokens.to(self.device))  # type: ignore[no-any-return]
 
     def encode_texts_in_batches(self, texts: Sequence[str], batch_size: int, progress: bool = False,
                                 unit: str = "text") -> np.ndarray:
@@ -175,9 +202,14 @@ class ClipEncoder:
     def is_truncated(self, text: str) -> bool:
         """Whether `text` has more tokens than fit in the context (start and end tokens included)."""
         encode = getattr(self.tokenizer, "encode", None)
-        if encode is None:
-            return False  # tokenizers without a plain encode() (HF ones) truncate silently
-        return len(encode(text)) + 2 > self.context_length
+        if encode is not None:  # open_clip's own tokenizers: the text's tokens, without start and end
+            return len(encode(text)) + 2 > self.context_length
+        # open_clip's HFTokenizer and Chinese-CLIP's wrap a transformers tokenizer, which counts its
+        # special tokens itself.
+        wrapped = getattr(self.tokenizer, "tokenizer", None)
+        if callable(wrapped):
+            return len(wrapped(text)["input_ids"]) > self.context_length
+        return False
 
 
 def _normalised_float32(features: torch.Tensor) -> np.ndarray:

@@ -1,8 +1,9 @@
 """load_encoder(): a model name plus a pretrained tag or a checkpoint file, and a device, give an encoder.
 
-The one place that builds encoders and chooses what runs their towers (PyTorch, or ONNX Runtime
+The one place that builds encoders: it picks the model's family (open_clip, or Chinese-CLIP through
+transformers: clipsearch.model.chinese_clip) and what runs its towers (PyTorch, or ONNX Runtime
 through clipsearch.model.onnx_backend), so neither the encoder nor the ONNX backend imports the other's
-construction.
+construction, and the encoder never knows the family.
 """
 
 from __future__ import annotations
@@ -13,10 +14,20 @@ from pathlib import Path
 import open_clip
 import torch
 
-from clipsearch.config import DEFAULT_MODEL, DEFAULT_PRETRAINED, OFFLINE_MODEL, RANDOM_WEIGHTS_SEED, ModelRef
+from clipsearch.config import (
+    CHINESE_CLIP_MODELS,
+    DEFAULT_MODEL,
+    DEFAULT_PRETRAINED,
+    MULTILINGUAL_OFFLINE_MODEL,
+    OFFLINE_MODEL,
+    RANDOM_WEIGHTS_SEED,
+    ModelRef,
+)
 from clipsearch.errors import ModelLoadError
+from clipsearch.model.chinese_clip import is_chinese_clip, load_chinese_clip
 from clipsearch.model.encoder import ClipEncoder, resolve_device
 from clipsearch.model.onnx_backend import resolve_backend, use_onnx
+from clipsearch.model.preprocess import PreprocessConfig
 from clipsearch.util.files import file_sha256
 
 log = logging.getLogger(__name__)
@@ -25,7 +36,7 @@ log = logging.getLogger(__name__)
 def load_encoder(model_name: str = DEFAULT_MODEL, pretrained: str | None = DEFAULT_PRETRAINED,
                  checkpoint: Path | None = None, device: str | None = None, backend: str = "torch",
                  onnx_cache: Path | None = None, threads: int | None = None, text_trim: bool = True,
-                 precision: str | None = None) -> ClipEncoder:
+                 precision: str | None = None, text_language: str | None = None) -> ClipEncoder:
     """Build an encoder from an open_clip model name plus a pretrained tag or a local checkpoint file.
 
     With neither (the `tiny` model, typically) the weights are random but seeded, so two loads
@@ -33,11 +44,15 @@ def load_encoder(model_name: str = DEFAULT_MODEL, pretrained: str | None = DEFAU
     `backend` (clipsearch.model.onnx_backend.BACKENDS) may move the towers to ONNX Runtime on the CPU,
     exported into `onnx_cache`; `threads` sets the intra-op threads of either backend. `text_trim`
     False runs the text tower on its full context even where trimming is exact (for comparisons).
-    `precision` 'fp32' keeps fp32 weights on a GPU too (for training).
+    `precision` 'fp32' keeps fp32 weights on a GPU too (for training). `text_language` is the language
+    code a tokenizer that takes one is told (NLLB's: 'zho_Hans', 'eng_Latn'; None: its default).
     """
-    if model_name not in open_clip.list_models() and not model_name.startswith(("hf-hub:", "local-dir:")):
+    if (model_name not in open_clip.list_models() and not is_chinese_clip(model_name)
+            and not model_name.startswith(("hf-hub:", "local-dir:"))):
         raise ModelLoadError(f"unknown model {model_name!r}; open_clip knows e.g. "
-                             f"{', '.join(sorted(open_clip.list_models())[:5])}, … and {OFFLINE_MODEL!r}", "model")
+                             f"{', '.join(sorted(open_clip.list_models())[:5])}, …, the offline {OFFLINE_MODEL!r} "
+                             f"and {MULTILINGUAL_OFFLINE_MODEL!r}, and Chinese-CLIP's "
+                             f"{', '.join(name for name in CHINESE_CLIP_MODELS)}", "model")
     if checkpoint is not None and pretrained:
         raise ModelLoadError("give either a pretrained tag or a checkpoint file, not both")
     torch_device = resolve_device(device)
@@ -51,19 +66,45 @@ def load_encoder(model_name: str = DEFAULT_MODEL, pretrained: str | None = DEFAU
             raise ModelLoadError(f"no file at {checkpoint}", "checkpoint")
         weights = str(checkpoint)
         ref = ModelRef(model_name, checkpoint_sha256=file_sha256(checkpoint))
+    precision = precision or ("fp16" if torch_device.type == "cuda" else "fp32")
+    preprocess: PreprocessConfig | None = None
     try:
         # Seed a private copy of the RNG so random weights are reproducible without touching
         # the caller's random state.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(RANDOM_WEIGHTS_SEED)
-            model = open_clip.create_model(model_name, pretrained=weights, device=torch_device,
-                                           precision=precision or ("fp16" if torch_device.type == "cuda" else "fp32"))
-        tokenizer = open_clip.get_tokenizer(model_name)
-    except Exception as error:  # open_clip raises many kinds (RuntimeError, HTTP errors, KeyError)
+            if is_chinese_clip(model_name):
+                model, tokenizer, preprocess = load_chinese_clip(model_name, pretrained or None, checkpoint)
+                model = model.to(torch_device, torch.float16 if precision == "fp16" else torch.float32)
+            else:
+                # A Hugging Face text tower's own pretrained weights are never fetched: the weights
+                # come from the CLIP checkpoint, or are random.
+                model = open_clip.create_model(model_name, pretrained=weights, device=torch_device,
+                                               precision=precision, pretrained_text=False)
+                tokenizer = open_clip.get_tokenizer(model_name)
+        _set_language(tokenizer, text_language)
+    except ModelLoadError:
+        raise
+    except Exception as error:  # open_clip and transformers raise many kinds (OSError, HTTP errors, KeyError)
         raise ModelLoadError(f"cannot load {ref.describe()}: {error}") from error
     model.eval()
     log.info("loaded %s on %s", ref.describe(), torch_device)
-    encoder = ClipEncoder(model, tokenizer, ref, torch_device, text_trim=text_trim)
+    encoder = ClipEncoder(model, tokenizer, ref, torch_device, text_trim=text_trim, preprocess_config=preprocess)
     if backend != "torch":
         use_onnx(encoder, backend, onnx_cache, threads)
     return encoder
+
+
+def _set_language(tokenizer: object, language: str | None) -> None:
+    """Tell a tokenizer that takes a source language (NLLB's) which one the texts are in."""
+    if language is None:
+        return
+    set_language = getattr(tokenizer, "set_lang_fn", None)  # open_clip's HFTokenizer keeps it when there is one
+    if set_language is None:
+        raise ModelLoadError(f"this model's tokenizer takes no language; leave the text language unset "
+                             f"(it was {language!r})", "text_language")
+    try:
+        set_language(language)
+    except (KeyError, ValueError) as error:
+        raise ModelLoadError(f"the tokenizer does not know the language {language!r}: {error}",
+                             "text_language") from error

@@ -149,7 +149,7 @@ def finetune(encoder: ClipEncoder, corpus: PairedCorpus, config: FinetuneConfig,
             with torch.autocast("cuda", enabled=encoder.device.type == "cuda"):
                 batch_pixels = pixels[torch.from_numpy(rows)] if pixels is not None else _streamed(stream, encoder)
                 image_features = model.encode_image(encoder.model_input(batch_pixels), normalize=True)
-                text_features = model.encode_text(encoder.tokenizer(texts).to(encoder.device), normalize=True)
+                text_features = F.normalize(encoder.text_features(texts), dim=-1)
                 loss = loss_of(image_features.float(), text_features.float(), model.logit_scale.exp())
             scaler.scale(loss / config.accumulate).backward()  # type: ignore[no-untyped-call]
             if step % config.accumulate == 0 or step == len(batches):

@@ -68,7 +68,10 @@ class PatchFeatures:
     """Per-patch embeddings in the joint space, from an open_clip VisionTransformer."""
 
     def __init__(self, model: Any) -> None:
-        visual = model.visual
+        visual = getattr(model, "visual", None)  # Chinese-CLIP's towers are transformers', not open_clip's
+        if visual is None:
+            raise InvalidQuery("model", f"heatmaps need an open_clip ViT image tower; this model is a "
+                                        f"{type(model).__name__}")
         if not hasattr(visual, "forward_intermediates") or not hasattr(visual, "transformer") \
                 or getattr(visual, "attn_pool", None) is not None:
             raise InvalidQuery("model", f"heatmaps need an open_clip ViT image tower without attentional pooling; "

@@ -42,6 +42,14 @@ def test_empty_input_gives_an_empty_matrix(encoder: ClipEncoder) -> None:
     assert encoder.encode_images([]).shape == (0, encoder.embedding_dim)
 
 
+@pytest.mark.parametrize("name", ["tiny-multilingual", "tiny-chinese-clip"])
+def test_a_hugging_face_tokenizer_says_when_a_text_is_cut(name: str) -> None:
+    multilingual = load_encoder(name, pretrained=None, device="cpu")
+    assert not multilingual.is_truncated("左边的红色圆形")
+    assert multilingual.is_truncated("左边的红色圆形" * 12)  # 84 characters, each a token
+    assert multilingual.encode_texts(["左边的红色圆形" * 12]).shape == (1, multilingual.embedding_dim)
+
+
 def test_text_longer_than_the_context_is_truncated_not_refused(encoder: ClipEncoder) -> None:
     long_text = "word " * 500
     assert encoder.is_truncated(long_text)

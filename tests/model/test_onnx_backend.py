@@ -11,8 +11,9 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from PIL import Image
 
-from clipsearch.config import OFFLINE_MODEL
+from clipsearch.config import MULTILINGUAL_OFFLINE_MODEL, OFFLINE_MODEL
 from clipsearch.errors import ModelLoadError
 from clipsearch.ingest.build import build
 from clipsearch.modality import Modality
@@ -186,3 +187,15 @@ def test_a_bundle_built_on_onnx_holds_pytorchs_vectors(tmp_path: Path, onnx_cach
     finally:
         built_on_onnx.close()
         built_on_torch.close()
+
+
+@pytest.mark.parametrize("name", [MULTILINGUAL_OFFLINE_MODEL, "tiny-chinese-clip"])
+def test_hugging_face_towers_export_with_trimming_and_give_pytorchs_embeddings(name: str, onnx_cache: Path) -> None:
+    reference = load_encoder(name, pretrained=None, device="cpu", backend="torch")
+    exported = load_encoder(name, pretrained=None, device="cpu", backend="onnx", onnx_cache=onnx_cache)
+    assert exported.backend == "onnx" and exported.text_trim is not None
+    for texts in (["左边的红色圆形"], ["a red circle on the left", "红色 car", "右上角的蓝色三角形" * 3],
+                  [" ".join(WORDS * 8)]):
+        np.testing.assert_allclose(exported.encode_texts(texts), reference.encode_texts(texts), atol=1e-5)
+    pixels = [Image.fromarray(array) for array in images(3)]
+    np.testing.assert_allclose(exported.encode_images(pixels), reference.encode_images(pixels), atol=1e-5)

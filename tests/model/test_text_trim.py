@@ -11,12 +11,13 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from clipsearch.config import OFFLINE_MODEL
+from clipsearch.config import MULTILINGUAL_OFFLINE_MODEL, OFFLINE_MODEL
 from clipsearch.model.encoder import ClipEncoder
 from clipsearch.model.factory import load_encoder
-from clipsearch.model.text_trim import TextTrimmer
+from clipsearch.model.text_trim import CausalTrimmer, PaddingTrimmer, text_trimmer
 
-WORDS = ["a", "dog", "on", "the", "beach", "photo", "of", "red", "car", "at", "night", "ünïcode", "🙂", "x-ray"]
+WORDS = ["a", "dog", "on", "the", "beach", "photo", "of", "red", "car", "at", "night", "ünïcode", "🙂", "x-ray",
+         "左边的", "红色", "圆形", "狗"]
 
 
 def full_context(model: torch.nn.Module, tokenizer: Callable[[list[str]], torch.Tensor],
@@ -31,7 +32,7 @@ def full_context(model: torch.nn.Module, tokenizer: Callable[[list[str]], torch.
                                                 ("ViT-B-16-SigLIP", False), ("coca_ViT-B-32", False)])
 def test_trimming_is_decided_from_the_models_text_tower(name: str, trimmed: bool) -> None:
     # SigLIP pools the last position and has no causal mask; CoCa appends a class token.
-    assert TextTrimmer.supports(open_clip.create_model(name, pretrained=None)) is trimmed
+    assert CausalTrimmer.supports(open_clip.create_model(name, pretrained=None)) is trimmed
 
 
 def test_the_encoder_trims_a_causal_argmax_tower(encoder: ClipEncoder) -> None:
@@ -59,7 +60,31 @@ def test_vit_b_32_with_random_weights_embeds_as_with_the_full_context() -> None:
 def test_a_tower_that_cannot_be_trimmed_runs_its_full_context() -> None:
     model = open_clip.create_model(OFFLINE_MODEL, pretrained=None)
     model.text_pool_type = "last"  # the pooled position would move with the length: not exact
-    assert not TextTrimmer.supports(model)
+    assert text_trimmer(model) is None
+
+
+@pytest.mark.parametrize("name", [MULTILINGUAL_OFFLINE_MODEL, "tiny-chinese-clip"])
+def test_a_hugging_face_tower_that_masks_its_padding_is_trimmed_to_the_batchs_real_length(name: str) -> None:
+    encoder = load_encoder(name, pretrained=None, device="cpu")
+    assert isinstance(encoder.text_trim, PaddingTrimmer)
+    batches = [["左边的红色圆形"], ["a red circle on the left", "红色 car", ""], [" ".join(WORDS * 10)],
+               [" ".join(WORDS[:count]) for count in range(1, 19)]]
+    for texts in batches:
+        expected = full_context(encoder.model, encoder.tokenizer, texts)
+        np.testing.assert_allclose(encoder.encode_texts(texts), expected, atol=1e-5)
+
+
+def test_the_real_length_of_a_padded_batch_ends_after_its_longest_text() -> None:
+    trimmer = PaddingTrimmer(model=None, pad_token_id=1)
+    assert trimmer.real_length(torch.tensor([[0, 5, 2, 1, 1, 1], [0, 5, 6, 7, 2, 1]])) == 5
+    assert trimmer.real_length(torch.tensor([[1, 1, 1]])) == 1  # nothing real: one position still runs
+
+
+def test_a_hugging_face_tower_that_max_pools_is_not_trimmed() -> None:
+    # Max pooling over padded positions is what open_clip computes; cutting them would change it.
+    model = open_clip.create_model(MULTILINGUAL_OFFLINE_MODEL, pretrained=None, pretrained_text=False)
+    model.text.pooler = open_clip.hf_model.MaxPooler()
+    assert text_trimmer(model) is None
 
 
 @pytest.mark.gpu

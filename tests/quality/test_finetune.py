@@ -106,6 +106,17 @@ def test_a_locked_image_tower_does_not_move(shapes: Path) -> None:
     assert text_moved == [True], "the text tower was trained"
 
 
+@pytest.mark.parametrize("model", ["tiny-multilingual", "tiny-chinese-clip"])
+def test_models_with_hugging_face_text_towers_learn_from_bilingual_pairs(model: str, tmp_path: Path) -> None:
+    pytest.importorskip("transformers", reason="the [multilingual] extra is not installed")
+    write_shapes_corpus(tmp_path, count=300, seed=5, language="both")
+    encoder = load_encoder(model, pretrained=None, device="cpu", backend="torch")
+    # A random BERT (Chinese-CLIP's text tower) starts with nearly one vector for every text: it takes ~10 epochs.
+    config = FinetuneConfig(epochs=16, batch_size=32, learning_rate=1e-3, warmup_steps=5, held_out=60, patience=16)
+    result = finetune(encoder, read_pairs(tmp_path / "images"), config, progress=False)
+    assert result.after.text_to_image[10] > result.before.text_to_image[10]
+
+
 def test_the_triplet_loss_is_zero_past_the_margin_and_counts_the_hardest_negative() -> None:
     triplet = _loss_function(fresh_encoder().model, FinetuneConfig(loss="triplet", margin=0.2))
     aligned = torch.eye(3)

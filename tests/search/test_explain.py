@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from clipsearch.config import OFFLINE_MODEL
+from clipsearch.errors import InvalidQuery
 from clipsearch.model.encoder import ClipEncoder
 from clipsearch.model.factory import load_encoder
 from clipsearch.quality.evaluate import read_pairs
@@ -109,3 +110,11 @@ def test_heatmaps_batch_patch_features_like_one_image_at_a_time(encoder: ClipEnc
     together = patches(encoder.model_input(views))
     alone = torch.cat([patches(encoder.model_input(views[number:number + 1])) for number in range(2)])
     assert torch.allclose(together, alone, atol=1e-5)
+
+
+def test_a_model_without_an_open_clip_vit_is_refused_naming_it() -> None:
+    pytest.importorskip("transformers", reason="the [multilingual] extra is not installed")
+    chinese_clip = load_encoder("tiny-chinese-clip", pretrained=None, device="cpu", backend="torch")
+    with pytest.raises(InvalidQuery, match="ChineseClip") as raised:
+        PatchFeatures(chinese_clip.model)
+    assert raised.value.field == "model"
