@@ -97,13 +97,26 @@ def test_smoke_the_explain_bench_scores_both_patch_feature_methods_on_every_colo
     assert figures["cost"]["heatmap_ms"] > 0 and figures["cost"]["batch"] == 15
 
 
-def test_smoke_the_demo_queries_bench_scores_all_ninety_queries(tmp_path: Path) -> None:
+def test_smoke_the_demo_queries_bench_scores_all_ninety_queries_in_both_languages(tmp_path: Path) -> None:
     from indexer.shapes import write_shapes_corpus
 
-    write_shapes_corpus(tmp_path, count=40, seed=1)
-    figure = run_bench("bench.demo_queries", "--images", str(tmp_path / "images"))["demo queries"]
-    assert figure["queries"] == 90 and figure["scenes"] == 40
-    assert 0 <= figure["colour_shape_and_position"] <= figure["colour_and_shape"] <= 1
+    write_shapes_corpus(tmp_path, count=40, seed=1, language="both")
+    figures = run_bench("bench.demo_queries", "--images", str(tmp_path / "images"), "--model", "tiny-multilingual")
+    for language, example in (("en", "a red circle on the left"), ("zh", "左边的红色圆形")):
+        figure = figures[f"demo queries, {language}"]
+        assert figure["queries"] == 90 and figure["scenes"] == 40 and figure["example"] == example
+        assert 0 <= figure["colour_shape_and_position"] <= figure["colour_and_shape"] <= 1
+    assert 0 <= figures["demo queries across languages"]["shared_on_average"] <= 10
+
+
+def test_smoke_the_encode_bench_times_a_chinese_query_on_a_multilingual_architecture_against_english() -> None:
+    figures = run_bench("bench.encode", "--languages", "--presets", "xlm-roberta-base-ViT-B-32", "--repeats", "2",
+                        "--min-seconds", "0")
+    english, chinese = figures["one query, english"], figures["one query, chinese"]
+    assert english["model"] == "ViT-B-32" and chinese["model"] == "xlm-roberta-base-ViT-B-32"
+    assert chinese["tokens"] == 9, "<s>, seven characters, </s>"
+    assert chinese["text_vs_english_on_default"] == pytest.approx(chinese["text_ms"] / english["text_ms"], rel=1e-2)
+    assert chinese["parameters_m"] > 300
 
 
 def test_smoke_the_filters_bench_finds_brute_forces_answer_on_every_path() -> None:
