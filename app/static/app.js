@@ -1,4 +1,6 @@
 // The search page: plain JavaScript, no build step, no network beyond this server.
+import { language, setLanguage, t } from "./i18n.js";
+
 const $ = (id) => document.getElementById(id);
 const form = $("search-form"), textInput = $("query-text"), fileInput = $("query-file");
 const dropZone = $("drop-zone"), statusLine = $("status"), results = $("results");
@@ -72,7 +74,7 @@ function renderChips() {
     remove.type = "button";
     remove.className = "chip";
     remove.textContent = `${chip.text} ×`;
-    remove.setAttribute("aria-label", `Remove filter ${chip.text}`);
+    remove.setAttribute("aria-label", t("filter.remove", { filter: chip.text }));
     remove.addEventListener("click", () => { filters.splice(number, 1); renderChips(); search(); });
     item.append(remove);
     return item;
@@ -84,7 +86,7 @@ function addFilter() {
   if (!input.value.trim()) return;
   const added = input.value.split(",").map(parseFilter);
   if (added.some((chip) => !chip)) {
-    setStatus("A filter looks like key=value, key!=value, key>=value or key<value.", true);
+    setStatus(t("filter.help"), true);
     return;
   }
   filters.push(...added);
@@ -105,15 +107,20 @@ function setImageQuery(query) {
   weightLabel.hidden = !query;
   if (query) {
     $("image-query-preview").src = query.preview;
-    $("image-query-label").textContent = query.kind === "item"
-      ? `More like item ${query.id}` : `Searching with ${query.name}`;
+    labelImageQuery();
   }
+}
+
+function labelImageQuery() {
+  if (!imageQuery) return;
+  $("image-query-label").textContent = imageQuery.kind === "item" ? t("image.moreLike", { id: imageQuery.id })
+    : t("image.searchingWith", { name: imageQuery.name || t("image.pasted") });
 }
 
 function useFile(file) {
   if (!file) return;
   const objectUrl = URL.createObjectURL(file);
-  setImageQuery({ kind: "upload", file, name: file.name || "pasted image", preview: objectUrl, objectUrl });
+  setImageQuery({ kind: "upload", file, name: file.name, preview: objectUrl, objectUrl });
   search();
 }
 
@@ -121,7 +128,7 @@ function base64Of(file) {
   return new Promise((resolve, reject) => {
     const reader = new FileReader();
     reader.onload = () => resolve(String(reader.result).split(",", 2)[1] || "");
-    reader.onerror = () => reject(new Error("could not read the file"));
+    reader.onerror = () => reject(new Error(t("error.unreadable")));
     reader.readAsDataURL(file);
   });
 }
@@ -132,7 +139,7 @@ async function request(path, options) {
   let body = null;
   try { body = await response.json(); } catch { body = null; }
   if (!response.ok) {
-    throw new Error((body && body.detail) || `the server answered ${response.status} ${response.statusText}`);
+    throw new Error((body && body.detail) || t("error.answered", { status: `${response.status} ${response.statusText}` }));
   }
   return body;
 }
@@ -190,7 +197,7 @@ async function showLabels(hit, body) {
     line.textContent = answer.labels.slice(0, 3)
       .map((label) => `${label.label} ${(100 * label.probability).toFixed(0)}%`).join(" · ");
   } catch (error) {
-    line.textContent = `labels: ${error.message}`;
+    line.textContent = t("labels.failed", { error: error.message });
     line.classList.add("error");
   }
 }
@@ -207,14 +214,14 @@ async function explain(hit, card, button) {
     figure.className = "explanation";
     const img = document.createElement("img");
     img.src = `data:image/png;base64,${answer.results[0].overlay_png_b64}`;
-    img.alt = `Where item ${hit.id} matches the query: red is the best match within the image`;
+    img.alt = t("explain.alt", { id: hit.id });
     const caption = document.createElement("figcaption");
-    caption.textContent = "Red: where the image matches your query best.";
+    caption.textContent = t("explain.caption");
     figure.append(img, caption);
     card.append(figure);
     button.setAttribute("aria-expanded", "true");
   } catch (error) {
-    setStatus(`Explaining failed: ${error.message}`, true);
+    setStatus(t("status.explainFailed", { error: error.message }), true);
   } finally {
     button.disabled = false;
   }
@@ -223,27 +230,27 @@ async function explain(hit, card, button) {
 // A new search (more = false) replaces the results; "More results" (more = true) adds the next page.
 async function search(more = false) {
   if (!imageQuery && !textInput.value.trim()) {
-    setStatus("Type something to search for, or add an image.");
+    setStatus(t("status.empty"));
     return;
   }
   const offset = more ? nextOffset : 0;
-  setStatus(more ? "Loading more…" : "Searching…");
+  setStatus(more ? t("status.loadingMore") : t("status.searching"));
   results.setAttribute("aria-busy", "true");
   try {
     const body = await runQuery(offset);
     render(body.results, body.termNames, more);
     nextOffset = offset + body.results.length;
     $("more").hidden = !body.more;
-    const truncated = body.truncated && body.truncated.length ? " (your text was too long and was shortened)" : "";
+    const truncated = body.truncated && body.truncated.length ? t("status.truncated") : "";
     const shown = results.children.length;
-    const matching = filters.length ? ` of ${body.matched} matching items` : "";
+    const matching = filters.length ? t("status.matching", { matched: body.matched }) : "";
     setStatus(shown
-      ? `${shown} results${matching} in ${body.took_ms.toFixed(1)} ms${truncated}`
-      : (filters.length ? `No results: ${body.matched} items match the filters.` : "No results."));
+      ? t("status.found", { count: shown, matching, ms: body.took_ms.toFixed(1), truncated })
+      : (filters.length ? t("status.noneFiltered", { matched: body.matched }) : t("status.none")));
   } catch (error) {
     if (!more) results.replaceChildren();
     $("more").hidden = true;
-    setStatus(`Search failed: ${error.message}`, true);
+    setStatus(t("status.failed", { error: error.message }), true);
   } finally {
     results.removeAttribute("aria-busy");
   }
@@ -265,12 +272,12 @@ function render(hits, termNames, append = false) {
       const thumb = document.createElement("button");
       thumb.type = "button";
       thumb.className = "thumb";
-      thumb.title = "More like this";
-      thumb.setAttribute("aria-label", `More like item ${hit.id}`);
+      thumb.title = t("card.moreLikeThis");
+      thumb.setAttribute("aria-label", t("image.moreLike", { id: hit.id }));
       const img = document.createElement("img");
       img.loading = "lazy";
       showImage(img, `/items/${hit.id}/image`);
-      img.alt = hit.caption || `Image ${hit.id}`;
+      img.alt = hit.caption || t("card.image", { id: hit.id });
       thumb.append(img);
       thumb.addEventListener("click", () => {
         setImageQuery({ kind: "item", id: hit.id, preview: img.currentSrc || img.src });
@@ -283,13 +290,13 @@ function render(hits, termNames, append = false) {
     body.className = "body";
     const score = document.createElement("span");
     score.className = "score";
-    score.textContent = `score ${hit.score.toFixed(3)}`;
+    score.textContent = t("card.score", { score: hit.score.toFixed(3) });
     body.append(score);
     if (hit.shares && termNames) {
       const shares = document.createElement("span");
       shares.className = "shares";
       shares.textContent = hit.shares.map((share, number) => `${termNames[number]} ${share.toFixed(3)}`).join(" + ");
-      shares.title = "Each part of the query's share of the score";
+      shares.title = t("card.shares");
       body.append(shares);
     }
     if (hit.fused) {
@@ -297,25 +304,25 @@ function render(hits, termNames, append = false) {
       const parts = document.createElement("span");
       parts.className = "fused";
       parts.textContent = Object.entries(hit.fused).map(([part, value]) => `${part} ${value.toFixed(3)}`).join(" + ");
-      parts.title = "What the image and its caption each add to the score";
+      parts.title = t("card.fused");
       body.append(parts);
     }
     if (hit.ranks) {
       // Keyword and hybrid searches: which ranking found this result, and where in it.
       const ranks = document.createElement("span");
       ranks.className = "ranks";
-      const names = { vector: "meaning", keyword: "words" };
+      const names = { vector: t("card.rank.vector"), keyword: t("card.rank.keyword") };
       ranks.textContent = Object.entries(hit.ranks).map(([list, rank]) => `${names[list] || list} #${rank}`).join(" · ");
-      ranks.title = "Found by: its rank in each list (meaning: the embedding; words: BM25 over captions and texts)";
+      ranks.title = t("card.ranks");
       body.append(ranks);
     }
     if (hit.modality === "image") {
       const why = document.createElement("button");
       why.type = "button";
       why.className = "why";
-      why.textContent = "why?";
+      why.textContent = t("card.why");
       why.setAttribute("aria-expanded", "false");
-      why.setAttribute("aria-label", `Why item ${hit.id} matched`);
+      why.setAttribute("aria-label", t("card.whyLabel", { id: hit.id }));
       why.addEventListener("click", () => explain(hit, card, why));
       body.append(why);
       showLabels(hit, body);
@@ -330,7 +337,8 @@ function render(hits, termNames, append = false) {
     if (hit.duplicates && hit.duplicates.length) {
       const copies = document.createElement("span");
       copies.className = "duplicates";
-      copies.textContent = `+${hit.duplicates.length} near-duplicate${hit.duplicates.length > 1 ? "s" : ""} hidden`;
+      copies.textContent = hit.duplicates.length > 1
+        ? t("card.duplicates", { count: hit.duplicates.length }) : t("card.duplicate");
       body.append(copies);
     }
     const source = document.createElement("span");
@@ -385,14 +393,33 @@ $("key-form").addEventListener("submit", (event) => {
   loadInfo();
 });
 
-const loadInfo = () => request("/info").then((info) => {
-  const counts = Object.entries(info.counts).map(([modality, count]) => `${count} ${modality}s`).join(", ");
-  $("info").textContent = `${counts} · ${info.model}${info.pretrained ? ` (${info.pretrained})` : ""} on ${info.device}`;
+let info = null;
+
+function showInfo() {
+  if (!info) return;
+  const counts = Object.entries(info.counts).map(([modality, count]) => t(`info.${modality}`, { count })).join(", ");
+  const model = `${info.model}${info.pretrained ? ` (${info.pretrained})` : ""}`;
+  $("info").textContent = `${counts} · ${model} ${t("info.on", { device: info.device })}`;
+}
+
+// The switch puts the page in another language at once: its own words, the status line and the results.
+$("language").addEventListener("change", () => {
+  setLanguage($("language").value, true);
+  showInfo();
+  labelImageQuery();
+  if (results.children.length) search(); else setStatus("");
+});
+setLanguage(language());
+$("language").value = language();
+
+const loadInfo = () => request("/info").then((answer) => {
+  info = answer;
+  showInfo();
   if (info.fusion) {  // the collection stores caption vectors: offer their weight, starting at its own
     $("caption-weight").value = String(Math.round(info.fusion.caption * 10) / 10);
     $("caption-weight-value").textContent = $("caption-weight").value;
     $("caption-weight-label").hidden = false;
   }
   setStatus("");
-}).catch((error) => setStatus(`The server is not ready: ${error.message}`, true));
+}).catch((error) => setStatus(t("status.notReady", { error: error.message }), true));
 loadInfo();

@@ -213,6 +213,51 @@ def test_the_page_fits_a_phone_and_a_screenshot_is_kept(browser: Any, server_url
     context.close()
 
 
+def test_a_browser_that_prefers_chinese_gets_the_page_in_chinese(browser: Any, server_url: str) -> None:
+    context = browser.new_context(locale="zh-CN")
+    chinese = context.new_page()
+    chinese.goto(server_url)
+    sync_api.expect(chinese.locator("#info")).to_contain_text("30 张图片")
+    sync_api.expect(chinese.locator("#search-button")).to_have_text("搜索")
+    sync_api.expect(chinese.locator("#query-text")).to_have_attribute("placeholder", "描述你要找的内容…")
+    assert chinese.evaluate("document.documentElement.lang") == "zh-Hans"
+    chinese.fill("#query-text", "左边的红色圆形")
+    chinese.press("#query-text", "Enter")
+    sync_api.expect(status(chinese)).to_contain_text("12 个结果")
+    sync_api.expect(chinese.locator(".card").first.locator(".why")).to_have_text("为什么？")
+    ARTIFACTS.mkdir(exist_ok=True)
+    chinese.screenshot(path=str(ARTIFACTS / "web-page-chinese.png"))
+    context.close()
+
+
+def test_the_language_switch_changes_the_whole_page_at_once_and_is_remembered(page: Any) -> None:
+    sync_api.expect(page.locator("#search-button")).to_have_text("Search")
+    page.fill("#query-text", "a photo of noise")
+    page.press("#query-text", "Enter")
+    sync_api.expect(status(page)).to_contain_text("12 results")
+    page.select_option("#language", "zh")
+    sync_api.expect(page.locator("#search-button")).to_have_text("搜索")
+    sync_api.expect(page.locator("#info")).to_contain_text("30 张图片")
+    sync_api.expect(status(page)).to_contain_text("12 个结果")
+    sync_api.expect(page.locator(".card").first.locator(".score")).to_contain_text("得分 ")
+    page.reload()
+    sync_api.expect(page.locator("#drop-help")).to_contain_text("选择文件")
+    assert page.locator("#language").input_value() == "zh"
+    page.select_option("#language", "en")
+    sync_api.expect(page.locator("#drop-help")).to_contain_text("choose a file")
+
+
+def test_every_message_has_both_languages_and_every_message_used_exists() -> None:
+    static = Path(__file__).resolve().parents[2] / "app" / "static"
+    english_part, chinese_part = (static / "i18n.js").read_text(encoding="utf-8").split("\n  zh: {")
+    key = re.compile(r'^    "([\w.]+)":', flags=re.MULTILINE)
+    english, chinese = key.findall(english_part), key.findall(chinese_part)
+    assert len(english) > 60 and english == chinese
+    used = set(re.findall(r'data-i18n(?:-[a-z-]+)?="([\w.]+)"', (static / "index.html").read_text(encoding="utf-8")))
+    used |= set(re.findall(r'\bt\("([\w.]+)"', (static / "app.js").read_text(encoding="utf-8")))
+    assert len(used) > 50 and used <= set(english), used - set(english)
+
+
 def test_every_control_has_a_label(page: Any) -> None:
     unlabelled = page.evaluate("""[...document.querySelectorAll('input, button')].filter(el =>
         !(el.labels && el.labels.length) && !el.getAttribute('aria-label') && !el.textContent.trim()
