@@ -1,6 +1,12 @@
 """Tower speed on each backend, against eager PyTorch measured in the same run.
 
     python -m bench.encode --model ViT-B-32 --words 5 15 60 --batches 1 16 --backends torch onnx onnx-int8
+    python -m bench.encode --languages
+
+With --languages it times one query and one image instead, on PyTorch, for the multilingual presets
+(bench.architectures: their architectures rebuilt offline): a Chinese query 「左边的红色圆形」 on
+xlm-roberta-base-ViT-B-32, xlm-roberta-large-ViT-H-14 and chinese-clip-vit-base-patch16 against the
+English query "a red circle on the left" on ViT-B-32, the default, as ratios measured in the same run.
 
 Loads the model with random weights (no download: speed does not depend on the weights) once per
 backend (clipsearch.model.onnx_backend: ONNX exports are cached in --onnx-cache), then times:
@@ -17,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 from functools import partial
 from pathlib import Path
 
@@ -24,6 +31,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from bench import architectures
 from bench.common import WORDS, emit, latency_summary, ratio, time_calls
 from clipsearch.model.encoder import ClipEncoder
 from clipsearch.model.factory import load_encoder
@@ -41,12 +49,57 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 16], help="texts or images per forward pass")
     parser.add_argument("--repeats", type=int, default=20, help="timed calls per figure")
     parser.add_argument("--min-seconds", type=float, default=2.0, help="keep timing until this long has passed")
+    parser.add_argument("--languages", action="store_true",
+                        help="time a Chinese query on the multilingual presets against an English one on ViT-B-32")
+    parser.add_argument("--presets", nargs="+", default=list(LANGUAGE_PRESETS), choices=list(LANGUAGE_PRESETS),
+                        help="the multilingual presets --languages times")
     return parser.parse_args(argv)
+
+
+LANGUAGE_PRESETS = ("xlm-roberta-base-ViT-B-32", "chinese-clip-vit-base-patch16", "xlm-roberta-large-ViT-H-14")
+ENGLISH_QUERY, CHINESE_QUERY = "a red circle on the left", "左边的红色圆形"
+
+
+def compare_languages(args: argparse.Namespace) -> int:
+    """One query and one image per preset, against one English query and one image on ViT-B-32."""
+    photo = photos(1)
+
+    def one_query_and_one_image(encoder: ClipEncoder, query: str) -> tuple[float, float]:
+        pixels = torch.stack([encoder.prepare_image(photo[0])])
+        return (latency_summary(time_calls(partial(encoder.encode_texts, [query]), args.repeats,
+                                           min_seconds=args.min_seconds))["p50_ms"],
+                latency_summary(time_calls(partial(encoder.encode_images, pixels), args.repeats,
+                                           min_seconds=args.min_seconds))["p50_ms"])
+
+    default = load_encoder("ViT-B-32", pretrained=None, device="cpu", backend="torch")
+    english_ms, image_ms = one_query_and_one_image(default, ENGLISH_QUERY)
+    emit("one query, english", model="ViT-B-32", query=ENGLISH_QUERY, threads=torch.get_num_threads(),
+         text_ms=english_ms, image_ms=image_ms)
+    with tempfile.TemporaryDirectory() as work:
+        for preset in args.presets:
+            encoder = (architectures.chinese_clip_base(Path(work)) if preset == "chinese-clip-vit-base-patch16"
+                       else architectures.open_clip_preset(preset, Path(work)))
+            text_ms, preset_image_ms = one_query_and_one_image(encoder, CHINESE_QUERY)
+            emit("one query, chinese", model=preset, query=CHINESE_QUERY,
+                 tokens=int(tokens_of(encoder, CHINESE_QUERY)), text_ms=text_ms, image_ms=preset_image_ms,
+                 text_vs_english_on_default=ratio(text_ms, english_ms),
+                 image_vs_default=ratio(preset_image_ms, image_ms),
+                 parameters_m=round(sum(parameter.numel() for parameter in encoder.model.parameters()) / 1e6, 1))
+            del encoder
+    return 0
+
+
+def tokens_of(encoder: ClipEncoder, text: str) -> int:
+    """How many tokens the text tower runs for `text` (its real length where the tower is trimmed)."""
+    tokens = encoder.tokenizer([text])
+    return encoder.text_trim.real_length(tokens) if encoder.text_trim is not None else int(tokens.shape[1])
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_grad_enabled(False)
+    if args.languages:
+        return compare_languages(args)
     backends = ["torch", *(name for name in args.backends if name != "torch")]
     encoders = {backend: load_encoder(args.model, pretrained=None, device=args.device, backend=backend,
                                       onnx_cache=args.onnx_cache) for backend in backends}
