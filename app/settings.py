@@ -123,8 +123,19 @@ class Settings(BaseSettings):
                                                          "answered 503 at once.")
     host: str = Field("127.0.0.1", description="Address `python -m app` listens on.")
     port: int = Field(8000, ge=1, le=65535, description="Port `python -m app` listens on.")
+    public_url: str | None = Field(None, description="Where people open the page, said in one log line once the "
+                                   "server is ready (compose sets the published port); unset: this host and port.")
 
-    @field_validator("api_key", "admin_key", "caption_pretrained", "caption_checkpoint", "text_language", mode="before")
+    @property
+    def page_url(self) -> str:
+        """The page's address as a user types it: public_url, else this server's host and port."""
+        if self.public_url:
+            return self.public_url
+        host = "localhost" if self.host in ("0.0.0.0", "::", "127.0.0.1", "") else self.host
+        return f"http://{host}:{self.port}"
+
+    @field_validator("api_key", "admin_key", "caption_pretrained", "caption_checkpoint", "text_language",
+                     "public_url", mode="before")
     @classmethod
     def _empty_means_none(cls, value: object) -> object:
         # Compose passes unset variables as empty strings; an empty key must not lock everyone out.

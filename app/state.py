@@ -96,6 +96,7 @@ class ServiceState:
                 self.service, self.writer, self.problem = service, writer, None
                 self._loaded_manifest = identity
             log.info("ready: %s over %s", encoder.ref.describe(), settings.bundle_path)
+            log.info("clipsearch is ready: open %s", settings.page_url)
             threading.Thread(target=self._watch, name="bundle-watch", daemon=True).start()
         except ClipSearchError as error:
             self.problem = f"bundle {settings.bundle_path} cannot be served: {error}"

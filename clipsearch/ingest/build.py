@@ -20,7 +20,6 @@ from typing import Any
 import faiss
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from clipsearch.errors import ImageDecodeError, IndexSettingsInvalid, NoSources
 from clipsearch.index import faiss_index, ondisk
@@ -43,6 +42,7 @@ from clipsearch.model.factory import load_encoder
 from clipsearch.store.bundle import FusedContent, ModalityContent, on_disk_name, write_bundle
 from clipsearch.store.items import Item
 from clipsearch.util.images import read_image_file
+from clipsearch.util.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -163,8 +163,8 @@ def _encode_into_shards(config: BuildConfig, encoder: ClipEncoder, modality: Mod
     done = store.finished(modality, -(-len(items) // shard_size))
     seen = store.content_hashes(modality, done)
     start = min(done * shard_size, len(items))
-    bar = tqdm(total=len(items), initial=start, unit=modality.value, desc=f"encoding {modality.value}s",
-               disable=not config.progress, smoothing=0.1, dynamic_ncols=True)
+    bar = progress_bar(total=len(items), initial=start, unit=modality.value, desc=f"encoding {modality.value}s",
+                       disable=not config.progress, smoothing=0.1, dynamic_ncols=True)
     batches = image_batches(items, encoder, start, config.batch_size, config.workers, config.max_pixels) \
         if modality is Modality.IMAGE else text_batches(items, start, config.batch_size)
     shard: list[Outcome] = []

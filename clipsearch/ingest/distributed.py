@@ -32,7 +32,6 @@ import numpy as np
 import pyarrow as pa
 import torch
 from PIL import Image
-from tqdm import tqdm
 
 from clipsearch.errors import BuildError
 from clipsearch.ingest.config import BuildConfig
@@ -44,6 +43,7 @@ from clipsearch.model.encoder import ClipEncoder
 from clipsearch.model.factory import load_encoder
 from clipsearch.model.onnx_backend import resolve_backend
 from clipsearch.model.preprocess import ImagePreparer, PreprocessConfig
+from clipsearch.util.progress import progress_bar
 
 ENGINES = ("local", "ray")
 RAY_INSTALL_HINT = "pip install -e '.[ray]' (Ray Data)"
@@ -179,9 +179,9 @@ class RayEngine:
                                    "threads": pool.threads, "modality": modality})
         arrived: dict[int, list[dict[str, Any]]] = {number: [] for number in todo}
         total = sum(len(span) for span in spans.values())
-        bar = tqdm(total=total, unit=modality.value, desc=f"encoding {modality.value}s on Ray ({pool.actors} "
-                   f"{pool.device} actor{'s' if pool.actors > 1 else ''})", disable=not config.progress,
-                   smoothing=0.1, dynamic_ncols=True)
+        bar = progress_bar(total=total, unit=modality.value, desc=f"encoding {modality.value}s on Ray ({pool.actors} "
+                           f"{pool.device} actor{'s' if pool.actors > 1 else ''})", disable=not config.progress,
+                           smoothing=0.1, dynamic_ncols=True)
         for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
             for row in _unbatch(batch):
                 number = row["position"] // shard_size

@@ -32,7 +32,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from clipsearch.ingest.build import encode_batch
 from clipsearch.ingest.loading import image_batches, text_batches
@@ -43,6 +42,7 @@ from clipsearch.store.bundle import Bundle
 from clipsearch.store.items import Item
 from clipsearch.store.live import LIVE_IMAGES, LiveLog, LiveState, NewItem, with_caption_vectors
 from clipsearch.util.files import sha256_hex
+from clipsearch.util.progress import progress_bar
 
 
 @dataclass
@@ -180,7 +180,8 @@ def _embed(plan: _Plan, modality: Modality, encoder: ClipEncoder, batch_size: in
     sources = [source for source, _, _ in plan.embed]
     batches = image_batches(sources, encoder, 0, batch_size, workers, max_pixels) if modality is Modality.IMAGE \
         else text_batches(sources, 0, batch_size)
-    bar = tqdm(total=len(sources), unit=modality.value, desc=f"embedding {modality.value}s", disable=not progress)
+    bar = progress_bar(total=len(sources), unit=modality.value, desc=f"embedding {modality.value}s",
+                       disable=not progress)
     for batch in batches:
         encode_batch(encoder, batch)
         for outcome in batch.outcomes:

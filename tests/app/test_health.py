@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import re
 import socket
 import threading
@@ -82,6 +83,25 @@ def test_settings_come_from_prefixed_environment_variables(monkeypatch: object, 
     finally:
         patch.undo()
     assert settings.bundle_path == tmp_path and settings.max_k == 7
+
+
+def test_once_ready_one_log_line_says_where_to_open_the_page(bundle_path: Path,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    settings = Settings(bundle_path=bundle_path, device="cpu", public_url="http://localhost:18123")  # type: ignore[call-arg]
+    with caplog.at_level(logging.INFO, logger="app.state"), serve(settings) as url:
+        assert httpx.get(f"{url}/ready").status_code == 200
+    assert [record.getMessage() for record in caplog.records if "open http" in record.getMessage()] == \
+        ["clipsearch is ready: open http://localhost:18123"]
+
+
+@pytest.mark.parametrize(("host", "public_url", "page"), [("0.0.0.0", None, "http://localhost:8123"),
+                                                          ("127.0.0.1", "", "http://localhost:8123"),
+                                                          ("search.lan", None, "http://search.lan:8123"),
+                                                          ("0.0.0.0", "https://photos.example", "https://photos.example")])
+def test_the_page_url_is_the_public_one_else_this_host_and_port(tmp_path: Path, host: str, public_url: str | None,
+                                                                 page: str) -> None:
+    settings = Settings(bundle_path=tmp_path, host=host, port=8123, public_url=public_url)  # type: ignore[call-arg]
+    assert settings.page_url == page
 
 
 def sample(metrics_text: str, name: str, label: str) -> float:

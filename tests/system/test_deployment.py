@@ -70,20 +70,41 @@ def test_the_replicas_profile_spreads_searches_over_read_replicas_and_sends_writ
     assert replica["volumes"] == services["api"]["volumes"] and replica["image"] == services["api"]["image"]
 
     def settings_of(service: dict[str, Any]) -> dict[str, Any]:
-        return {name: value for name, value in service["environment"].items() if name != "CLIPSEARCH_AUTO_COMPACT"}
+        return {name: value for name, value in service["environment"].items()
+                if name not in ("CLIPSEARCH_AUTO_COMPACT", "CLIPSEARCH_PUBLIC_URL")}
     assert settings_of(replica) == settings_of(services["api"])  # one definition: the replicas serve as `api` does
     conf = proxy["environment"]["NGINX_CONF"]
     assert "location /items { set $$writer http://api:8000;" in conf
     assert "location / { set $$replicas http://api-replica:8000;" in conf
     assert "resolver 127.0.0.11" in conf and proxy["ports"] == ["${CLIPSEARCH_PROXY_PORT:-8080}:8080"]
     assert set(proxy["depends_on"]) == {"api", "api-replica"}
+    assert replica["environment"]["CLIPSEARCH_PUBLIC_URL"] == "http://localhost:${CLIPSEARCH_PROXY_PORT:-8080}"
 
 
-def test_the_default_override_gives_both_services_the_gpu() -> None:
-    services = load("docker-compose.override.yml")["services"]
-    for service in ("indexer", "api"):
-        [device] = services[service]["deploy"]["resources"]["reservations"]["devices"]
+def test_the_plain_command_runs_the_cpu_image_and_reserves_no_device() -> None:
+    assert not (ROOT / "docker-compose.override.yml").exists(), "compose would read it without being asked"
+    for name, service in load("docker-compose.yml")["services"].items():
+        if name == "proxy":
+            continue
+        assert service["image"] == "clipsearch:cpu" and service["build"]["args"] == {"VARIANT": "cpu"}, name
+        assert "resources" not in service.get("deploy", {}), name
+    assert load("docker-compose.yml")["services"]["api"]["environment"]["CLIPSEARCH_PUBLIC_URL"] == \
+        "http://localhost:${CLIPSEARCH_PUBLISH_PORT:-8000}"
+
+
+def test_the_gpu_file_gives_every_service_the_gpu_image_and_a_gpu() -> None:
+    services = load("docker-compose.gpu.yml")["services"]
+    assert set(services) == {"indexer", "api", "api-replica"}
+    for service in services.values():
+        assert service["image"] == "clipsearch:gpu" and service["build"]["args"] == {"VARIANT": "gpu"}
+        [device] = service["deploy"]["resources"]["reservations"]["devices"]
         assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
+
+
+def test_readmes_first_lines_show_the_plain_command_then_the_gpu_one() -> None:
+    top = (ROOT / "README.md").read_text().split("```")[1]
+    plain = top.index("docker compose up ")
+    assert "-f docker-compose.yml -f docker-compose.gpu.yml up" in top[plain:]
 
 
 def test_the_dockerfile_builds_gpu_and_cpu_images_without_build_tools_at_runtime() -> None:
@@ -100,8 +121,8 @@ def test_the_dockerfile_builds_gpu_and_cpu_images_without_build_tools_at_runtime
     assert runtime.rstrip().endswith('CMD ["python", "-m", "app"]')
 
 
-@pytest.mark.parametrize("files", [["docker-compose.yml"], ["docker-compose.yml", "docker-compose.override.yml"],
-                                   ["docker-compose.yml", "docker-compose.override.yml", "--profile", "replicas"]])
+@pytest.mark.parametrize("files", [["docker-compose.yml"], ["docker-compose.yml", "docker-compose.gpu.yml"],
+                                   ["docker-compose.yml", "docker-compose.gpu.yml", "--profile", "replicas"]])
 def test_docker_compose_accepts_the_files(files: list[str]) -> None:
     if shutil.which("docker-compose") is None:
         pytest.skip("docker-compose is not installed (apt-get install docker-compose)")
