@@ -39,6 +39,40 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip_network)
 
 
+EXPLAINED_SKIPS = ("gpu", "network")
+"""Marks whose tests may be skipped on any machine: it has no GPU, or no network. In CI (CI=true)
+every other skip (a missing browser, tool or extra, which CI installs) fails the run, so that a
+test never stops running unnoticed."""
+
+
+def _strict() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if report.skipped and _strict() and not any(mark in item.keywords for mark in EXPLAINED_SKIPS):
+        _fail_skip(report)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector) -> Iterator[None]:
+    """A whole module skipped (pytest.importorskip, or pytest.skip at module level) fails in CI too."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if report.skipped and _strict():
+        _fail_skip(report)
+
+
+def _fail_skip(report: pytest.TestReport | pytest.CollectReport) -> None:
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    reason = reason.removeprefix("Skipped: ")
+    report.outcome = "failed"
+    report.longrepr = f"skipped in CI, where everything it needs is installed: {reason}"
+
+
 @pytest.fixture(scope="session")
 def encoder() -> ClipEncoder:
     return load_encoder(OFFLINE_MODEL, pretrained=None, device="cpu")

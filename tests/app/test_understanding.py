@@ -169,7 +169,12 @@ def test_the_python_client_classifies_explains_and_captions(captioning: tuple[st
     with ClipSearchClient(captioning[0], timeout=60) as client:
         labels = client.classify(image, LABELS)
         assert sum(label.probability for label in labels) == pytest.approx(1.0)
-        assert [label.label for label in client.classify(image_bytes(noise_image(3)), LABELS, multi_label=True)]
+        several = client.classify(image_bytes(noise_image(3)), LABELS, multi_label=True)
+        # Every label scored on its own (a sigmoid each, not a softmax over them), best first.
+        assert sorted(label.label for label in several) == sorted(LABELS)
+        assert all(0 <= label.probability <= 1 for label in several)
+        assert [label.probability for label in several] == sorted((label.probability for label in several),
+                                                                  reverse=True)
         found = client.search([Query(text="a photo"), Query(item_id=image, weight=0.5)], k=3, explain=True)
         assert all(sum(hit.shares or []) == pytest.approx(hit.score, abs=1e-5) for hit in found.results)
         heatmap = client.explain([Query(text="a photo")], [image])[0]

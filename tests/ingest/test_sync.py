@@ -9,7 +9,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -151,7 +150,7 @@ def test_the_sync_command_prints_what_it_did(corpus: tuple[Path, Path, Path],
     shutil.copy(images / "picture_002.png", images / "copy_of_002.png")
     with pytest.raises(SystemExit):  # the bundle names the model
         main(["sync", "--bundle", str(path), "--images", str(images), "--model", "tiny"])
-    capsys.readouterr()
+    assert "--bundle names the model: leave out --model and --pretrained" in capsys.readouterr().err
     assert main(["sync", "--bundle", str(path), "--images", str(images), "--texts", str(texts), "--no-progress",
                  "--device", "cpu", "--backend", "torch", "--workers", "0"]) == 0
     printed = capsys.readouterr().out
@@ -164,27 +163,21 @@ def test_summary_describes_every_count() -> None:
         "added 1, updated 2, moved 3, removed 4, unchanged 5, skipped 1 in 1.5 s"
 
 
+@pytest.mark.parametrize(("point", "changes"), [("sync:embedded", 0), ("live:committing", 0),
+                                                 ("live:committed", 40 + 1)])
 def test_kill_9_during_a_sync_leaves_the_collection_before_or_after_it_never_between(
-        corpus: tuple[Path, Path, Path]) -> None:
+        corpus: tuple[Path, Path, Path], point: str, changes: int) -> None:
     path, images, _ = corpus
     for number in range(40):
         save(images / "more" / f"{number}.png", image_bytes(noise_image(700 + number)))
     (images / "picture_000.png").unlink()
     command = [sys.executable, "-m", "indexer", "sync", "--bundle", str(path), "--images", str(images),
                "--no-progress", "--batch-size", "4", "--workers", "0", "--device", "cpu"]
-    outcomes = []
-    # Later and later kills, from before its start (about 2 s) until one comes after its commit.
-    for kill_after_s in np.arange(1.0, 10.0, 0.75):
-        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(float(kill_after_s))
-        process.send_signal(signal.SIGKILL)
-        outcomes.append((round(float(kill_after_s), 1), process.wait()))
-        changes = count_live_changes(path)
-        load_bundle(path).close()  # loads, checksums and all
-        assert changes in (0, 40 + 1), changes  # nothing, or all of it: 40 added and 1 removed
-        if changes:
-            break
-    print("(kill after s, exit code):", outcomes)
+    killed = subprocess.run(command, env={**os.environ, "CLIPSEARCH_KILL_AT": point}, capture_output=True,
+                            timeout=300)
+    assert killed.returncode == -signal.SIGKILL, "the kill landed at the point named"  # else it never got there
+    assert count_live_changes(path) == changes  # nothing, or all of it: 40 added and 1 removed
+    load_bundle(path).close()  # loads, checksums and all
     finished = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert finished.returncode == 0, finished.stderr
     assert count_live_changes(path) == 41

@@ -142,9 +142,10 @@ def test_eval_of_a_bundle_records_the_figures_in_its_manifest_and_the_bundle_sti
     load_bundle(bundle).close()  # every checksum still holds
 
 
-def test_eval_refuses_a_model_beside_a_bundle(tmp_path: Path) -> None:
+def test_eval_refuses_a_model_beside_a_bundle(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         main(["eval", "--pairs", str(tmp_path), "--bundle", str(tmp_path), "--model", "tiny"])
+    assert "--bundle and --through name the model: leave out --model and --pretrained" in capsys.readouterr().err
 
 
 def test_concurrent_records_are_all_kept(bundle_path: Path, tmp_path: Path) -> None:

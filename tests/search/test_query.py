@@ -50,4 +50,8 @@ def test_bad_terms_are_refused_before_any_is_embedded_naming_the_field(
 
 
 def test_a_zero_weight_term_is_not_checked_at_all() -> None:
-    check_terms([TextTerm("a"), TextTerm("", 0.0)], "terms", QueryLimits())
+    # An empty text would be refused (terms[1].text) if it were checked; with weight 0 it is ignored.
+    with pytest.raises(InvalidQuery) as refused:
+        check_terms([TextTerm("a"), TextTerm("", 1.0)], "terms", QueryLimits())
+    assert refused.value.field.startswith("terms[1]")
+    assert check_terms([TextTerm("a"), TextTerm("", 0.0)], "terms", QueryLimits()) is None

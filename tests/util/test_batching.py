@@ -153,7 +153,8 @@ def test_queries_go_before_waiting_background_items_which_fill_the_batch_up_to_t
     writes = [batcher.submit(number, background=True) for number in range(10, 20)]
     queries = [batcher.submit(number) for number in (2, 3)]
     recorder.gate.set()
-    assert [future.result(timeout=5) for future in [first, *queries, *writes]]
+    assert [future.result(timeout=5) for future in [first, *queries, *writes]] == \
+        [number * number for number in (1, 2, 3, *range(10, 20))]  # each caller gets its own square
     assert recorder.batches[:3] == [[1], [2, 3, 10, 11, 12], [13, 14, 15]]
     assert sorted(item for batch in recorder.batches for item in batch) == [1, 2, 3, *range(10, 20)]
     batcher.close()

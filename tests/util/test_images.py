@@ -27,6 +27,7 @@ from tests.support.imagefiles import (
 
 FUZZ_CASES = int(os.environ.get("CLIPSEARCH_FUZZ_CASES", "150"))
 """Damaged copies per accepted format; CI runs this many, a long run sets the variable (docs/reliability.md)."""
+DECODED_AT_LEAST = {"BMP": 0.5, "GIF": 0.1, "JPEG": 0.5, "PNG": 0.0, "WEBP": 0.4}
 
 
 def test_exif_orientation_is_applied() -> None:
@@ -137,3 +138,8 @@ def test_damaged_files_of_every_accepted_format_decode_or_are_refused_never_cras
             outcomes["decoded"] += 1
     print(format, outcomes)
     assert sum(outcomes.values()) == FUZZ_CASES
+    # The damaged files that still decode must go through preparation (the shape check above): at
+    # least this share of them does, per format, so the decode path is really exercised. Measured
+    # at 150 cases: BMP 0.68, GIF 0.21, JPEG 0.76, PNG 0 (every damaged chunk fails its CRC, and
+    # Pillow refuses it), WebP 0.65.
+    assert outcomes["decoded"] >= DECODED_AT_LEAST[format] * FUZZ_CASES, outcomes

@@ -41,6 +41,7 @@ from clipsearch.store.manifest import (
     bundle_lock,
     read_manifest,
 )
+from clipsearch.util.faults import kill_point
 from clipsearch.util.files import atomic_write_text, file_sha256
 
 
@@ -149,11 +150,14 @@ def write_compacted(path: Path, manifest: Manifest, content: dict[Modality, Moda
                           fused_index=None if fused is None or fused.index is None else fused.index.spec)
         atomic_write_text(staging / MANIFEST_FILE, updated.to_json())
         start_log(staging)
+        kill_point("compaction:staged")
         with bundle_lock(path):  # writers wait from here to the swap
             locked_at = time.perf_counter()
             used |= _uploaded_names(uploads, carry_over(staging))
             link_tree(path / LIVE_IMAGES, staging / LIVE_IMAGES, used)
+            kill_point("compaction:carried")
             old = swap_into_place(staging, path)
+            kill_point("compaction:swapped")
             held_s = time.perf_counter() - locked_at
         remove_retired(old)
     except BaseException:

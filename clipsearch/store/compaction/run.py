@@ -30,6 +30,7 @@ from clipsearch.store.compaction.rebuild import Rebuild
 from clipsearch.store.items import ITEMS_FILE, Item, ItemStore
 from clipsearch.store.live import LIVE_FILE, Carried, LiveLog, LiveState, fold_since, start_fold
 from clipsearch.store.manifest import compaction_lock
+from clipsearch.util.faults import kill_point
 
 log = logging.getLogger(__name__)
 
@@ -188,6 +189,7 @@ def compact(path: Path, policy: CompactionPolicy | None = None, use_gpu: bool = 
         compaction = Compaction(path, policy, use_gpu)
         try:
             compaction.prepare(only_if_due)
+            kill_point("compaction:prepared")
             summary = compaction.commit()
         finally:
             compaction.close()

@@ -24,6 +24,7 @@ from clipsearch.store.items import ItemStore
 from clipsearch.store.live.schema import ITEM_COLUMNS, create_tables, identity, migrate
 from clipsearch.store.live.state import LiveState, NewItem, replay
 from clipsearch.store.manifest import bundle_lock
+from clipsearch.util.faults import kill_point
 
 
 class LiveLog:
@@ -242,7 +243,9 @@ class _Transaction:
         try:
             if error_type is None:
                 connection.execute("UPDATE state SET value = value + 1 WHERE name = 'generation'")
+                kill_point("live:committing")
                 connection.execute("COMMIT")
+                kill_point("live:committed")
             else:
                 connection.execute("ROLLBACK")
         finally:

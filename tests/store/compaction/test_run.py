@@ -15,7 +15,6 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from clipsearch.errors import BundleReplaced, LiveChangesPending
@@ -175,7 +174,12 @@ while True:
 """
 
 
-def test_kill_9_during_compactions_loses_no_acknowledged_write_and_leaves_a_bundle_that_loads(
+KILL_POINTS = [("compaction:prepared", 0), ("compaction:staged", 0), ("compaction:carried", 0),
+               ("compaction:swapped", 1)]
+"""Each point a compaction is killed at, and the compactions it adds to the manifest (only the swap commits one)."""
+
+
+def test_kill_9_at_each_step_of_a_compaction_loses_no_acknowledged_write_and_leaves_a_bundle_that_loads(
         tmp_path: Path) -> None:
     path = make_bundle(tmp_path / "bundle", 3000)
     writer = subprocess.Popen([sys.executable, "-c", WRITER.format(dim=DIM), str(path)], stdout=subprocess.PIPE,
@@ -190,40 +194,44 @@ def test_kill_9_during_compactions_loses_no_acknowledged_write_and_leaves_a_bund
             item_id, vector = line.split()
             acknowledged[int(item_id)] = vector
 
+    def assert_every_acknowledged_write_is_served() -> None:
+        seen = dict(acknowledged)  # those acknowledged by now are in the log or in the base
+        bundle = load_bundle(path)  # checksums verified
+        log = LiveLog(path / LIVE_FILE, bundle.items, DIM)
+        try:
+            state = log.state()
+            for item_id, vector in seen.items():
+                stored = state.segment(Modality.IMAGE).vector(item_id)
+                if stored is None:
+                    stored = faiss_index.reconstruct(bundle.indices[Modality.IMAGE], item_id)
+                assert stored is not None and stored.tobytes().hex() == vector
+        finally:
+            log.close()
+            bundle.close()
+
     reader = threading.Thread(target=read_acknowledgements)
     reader.start()
-    rng = np.random.default_rng(1)
-    outcomes = []
     try:
-        for _ in range(5):
-            compactor = subprocess.Popen([sys.executable, "-m", "indexer", "compact", "--bundle", str(path)],
-                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            time.sleep(float(rng.uniform(1.0, 9.0)))  # it starts in about 3 s and takes about 1 s
-            compactor.send_signal(signal.SIGKILL)
-            outcomes.append(compactor.wait())
-        time.sleep(0.5)
+        for point, committed in KILL_POINTS:
+            while len(acknowledged) < 20:  # the compaction has writes to fold, and more come meanwhile
+                time.sleep(0.05)
+            before = len(load_bundle(path, verify_checksums=False).manifest.compactions)
+            killed = subprocess.run([sys.executable, "-m", "indexer", "compact", "--bundle", str(path)],
+                                    env={**os.environ, "CLIPSEARCH_KILL_AT": point}, capture_output=True, timeout=300)
+            assert killed.returncode == -signal.SIGKILL, (point, killed.stderr[-2000:])  # it got there, and died
+            after = len(load_bundle(path, verify_checksums=False).manifest.compactions)
+            assert after - before == committed, point
+            assert_every_acknowledged_write_is_served()
+            acknowledged_before = len(acknowledged)
+            while len(acknowledged) < acknowledged_before + 5:  # the writer goes on after each kill
+                time.sleep(0.05)
     finally:
         writer.kill()
         writer.wait()
         reader.join()
         assert writer.stdout is not None
         writer.stdout.close()
-    finished = len(load_bundle(path, verify_checksums=False).manifest.compactions)
-    print("compactor exit codes (-9: killed):", outcomes, "compactions finished:", finished,
-          "writes acknowledged:", len(acknowledged))
-    assert acknowledged and -9 in outcomes
 
     compact(path)  # a compaction after the kills finishes and cleans up their debris
     assert not list(tmp_path.glob(".bundle.*-*"))
-    bundle = load_bundle(path)  # checksums verified
-    log = LiveLog(path / LIVE_FILE, bundle.items, DIM)
-    try:
-        state = log.state()
-        for item_id, vector in acknowledged.items():
-            stored = state.segment(Modality.IMAGE).vector(item_id)
-            if stored is None:
-                stored = faiss_index.reconstruct(bundle.indices[Modality.IMAGE], item_id)
-            assert stored is not None and stored.tobytes().hex() == vector
-    finally:
-        log.close()
-        bundle.close()
+    assert_every_acknowledged_write_is_served()
