@@ -10,14 +10,14 @@ from contextlib import closing
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import pytest
 
+from clipsearch.config import DEFAULT_RRF_K
 from clipsearch.errors import InvalidQuery
 from clipsearch.ingest.build import build
 from clipsearch.modality import Modality
 from clipsearch.model.encoder import ClipEncoder
-from clipsearch.search.hybrid import HYBRID_DEPTH, FusionMethod, RankedList, Ranking, SearchMode, fuse
+from clipsearch.search.hybrid import HYBRID_DEPTH, FusionMethod, Ranking, SearchMode
 from clipsearch.search.open import opened_service
 from clipsearch.search.query import ResultOptions
 from clipsearch.search.service import SearchService
@@ -84,11 +84,6 @@ def _bm25_order(items: list[Item], query: str, fields: tuple[str, ...] = ("album
 
 def _texts(service: SearchService) -> list[Item]:
     return [item for item in service.bundle.items if item.modality is Modality.TEXT]
-
-
-def _ranked(hits: list[Hit]) -> RankedList:
-    return RankedList(np.array([hit.item.id for hit in hits], np.int64),
-                      np.array([hit.score for hit in hits], np.float32))
 
 
 def _write(service: SearchService, encoder: ClipEncoder, key: str, text: str, extra: dict[str, object]) -> int:
@@ -195,14 +190,31 @@ def test_weighted_hybrid_with_all_weight_on_vectors_keeps_the_vector_order(servi
     assert [hit.item.id for hit in hybrid.hits] == [hit.item.id for hit in vector.hits]
 
 
-def test_a_hybrid_search_fuses_with_fuse_itself(service: SearchService) -> None:
+def fused_by_hand(vector: list[Hit], words: list[Hit], ranking: Ranking, rrf_k: int = DEFAULT_RRF_K) -> list[int]:
+    """The fused order worked out plainly, best first (ties by id): reciprocal rank fusion adds
+    weight / (k + rank) from each list; weighted fusion adds weight × the score min-max scaled
+    within its list (1 where a list's scores are all equal)."""
+    def contributions(hits: list[Hit]) -> dict[int, float]:
+        if ranking.method is FusionMethod.RRF:
+            return {hit.item.id: 1 / (rrf_k + rank) for rank, hit in enumerate(hits, 1)}
+        low, high = min(hit.score for hit in hits), max(hit.score for hit in hits)
+        return {hit.item.id: 1.0 if high == low else (hit.score - low) / (high - low) for hit in hits}
+
+    total: dict[int, float] = {}
+    for weight, hits in ((ranking.vector_weight, vector), (1 - ranking.vector_weight, words)):
+        for item_id, value in contributions(hits).items():
+            total[item_id] = total.get(item_id, 0.0) + weight * value
+    return sorted(total, key=lambda item_id: (-total[item_id], item_id))
+
+
+@pytest.mark.parametrize("ranking", [Ranking(SearchMode.HYBRID, FusionMethod.WEIGHTED, 0.3),
+                                     Ranking(SearchMode.HYBRID, FusionMethod.RRF, 0.5)])
+def test_a_hybrid_search_fuses_both_rankings_as_worked_out_by_hand(service: SearchService, ranking: Ranking) -> None:
     text = "car paris"
     vector = service.search_text(text, Modality.TEXT, HYBRID_DEPTH)
     words = service.search_text(text, Modality.TEXT, HYBRID_DEPTH, ranking=KEYWORD)
-    ranking = Ranking(SearchMode.HYBRID, FusionMethod.WEIGHTED, 0.3)
-    expected = fuse({"vector": _ranked(vector.hits), "keyword": _ranked(words.hits)}, ranking)
     hybrid = service.search_text(text, Modality.TEXT, 10, ranking=ranking)
-    assert [hit.item.id for hit in hybrid.hits] == [result.item_id for result in expected[:10]]
+    assert [hit.item.id for hit in hybrid.hits] == fused_by_hand(vector.hits, words.hits, ranking)[:10]
 
 
 def test_a_text_without_words_is_refused_in_keyword_mode_by_field(service: SearchService) -> None:
