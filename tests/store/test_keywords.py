@@ -5,6 +5,7 @@ substring count for queries too short for them."""
 
 from __future__ import annotations
 
+import math
 import sqlite3
 from contextlib import closing
 from pathlib import Path
@@ -105,6 +106,48 @@ def test_keyword_search_ranks_as_sqlites_own_bm25(store: ItemStore, words: str, 
     assert ids.tolist() == _reference(query.expression, modality, ("album", "tags"),
                                       "unicode61 remove_diacritics 2")
     assert np.all(np.diff(scores) <= 0)
+
+
+WORDS_OF = {
+    0: "a red bicycle leaning on a wall paris holiday 0",
+    1: "a red red car in the rain home holiday 1",
+    2: "the eiffel tower at night home holiday 2",
+    3: "a bicycle race through paris paris holiday 3",
+    4: "cafe au lait on a terrace home holiday 4",
+    5: "我喜欢我的猫 home holiday 5",
+    6: "沙发上的猫和狗 paris holiday 6",
+    7: "a dog asleep on the sofa home holiday 7",
+    8: "home holiday 8",
+}
+"""The words of each of _items(), written out by hand: its text, its album and its tags, folded to
+lower case without accents; a run of Chinese is one word to the words table."""
+
+
+def bm25_by_hand(words: list[str], modality: Modality, k1: float = 1.2, b: float = 0.75) -> list[int]:
+    """Okapi BM25 as SQLite's FTS5 defines it (k1 1.2, b 0.75, IDF log((N - n + 0.5) / (n + 0.5)),
+    at least 1e-6), over every item's words, summed over the query's words that an item holds;
+    the items of `modality` that hold any, best first (ties by id)."""
+    documents = {item_id: text.split() for item_id, text in WORDS_OF.items()}
+    average_length = sum(map(len, documents.values())) / len(documents)
+    scores: dict[int, float] = {}
+    for item_id, document in documents.items():
+        for word in words:
+            frequency = document.count(word)
+            if not frequency:
+                continue
+            holding = sum(word in other for other in documents.values())
+            idf = max(math.log((len(documents) - holding + 0.5) / (holding + 0.5)), 0.0) or 1e-6
+            scores[item_id] = scores.get(item_id, 0.0) + idf * frequency * (k1 + 1) / (
+                frequency + k1 * (1 - b + b * len(document) / average_length))
+    wanted = [item_id for item_id in scores if (Modality.IMAGE if item_id % 2 == 0 else Modality.TEXT) is modality]
+    return sorted(wanted, key=lambda item_id: (-scores[item_id], item_id))
+
+
+@pytest.mark.parametrize("words", ["red", "red bicycle", "bicycle paris", "Café", "holiday", "paris night"])
+@pytest.mark.parametrize("modality", [Modality.IMAGE, Modality.TEXT])
+def test_keyword_search_ranks_by_bm25_worked_out_by_hand(store: ItemStore, words: str, modality: Modality) -> None:
+    ids, _ = store.keyword_search(keywords.compile_query(words), modality, limit=20)
+    assert ids.tolist() == bm25_by_hand(words.lower().replace("é", "e").split(), modality)
 
 
 def test_diacritics_are_folded_and_case_ignored(store: ItemStore) -> None:
