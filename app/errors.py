@@ -28,6 +28,9 @@ from clipsearch.errors import (
     ModelLoadError,
     QueryImageTooLarge,
     ServiceBusy,
+    StorageError,
+    StorageFull,
+    StorageLocked,
 )
 
 log = logging.getLogger(__name__)
@@ -66,9 +69,12 @@ STATUS: dict[type[ClipSearchError], int] = {
     NotAuthenticated: 401,
     WritesForbidden: 403,
     WritesUnavailable: 503,
+    StorageError: 503,  # read-only, not permitted, or locked elsewhere: searches go on, writes come back
+    StorageFull: 507,  # Insufficient Storage
 }
 HEADERS: dict[type[ClipSearchError], dict[str, str]] = {
     ServiceBusy: {"Retry-After": "1"},
+    StorageLocked: {"Retry-After": "1"},
     NotAuthenticated: {"WWW-Authenticate": "X-API-Key"},
 }
 
@@ -109,7 +115,9 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ClipSearchError)
     async def domain_error(request: Request, error: ClipSearchError) -> JSONResponse:
         status = status_of(type(error))
-        if status >= 500 and not isinstance(error, ServiceBusy | ServiceNotReady):
+        if isinstance(error, StorageError):  # the machine's fault, not a bug: /info and the metrics count them
+            log.warning("%s on %s %s: %s", type(error).__name__, request.method, request.url.path, error)
+        elif status >= 500 and not isinstance(error, ServiceBusy | ServiceNotReady):
             log.error("%s on %s %s: %s", type(error).__name__, request.method, request.url.path, error)
         headers = next((HEADERS[cls] for cls in type(error).__mro__ if cls in HEADERS), None)
         return error_body(status, error.reason, api_field(error.field) if error.field else None, headers)

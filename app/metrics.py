@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -39,12 +39,38 @@ class BatchCollector(Collector):
         yield queries
 
 
+RefusedWrites = Callable[[], tuple[str | None, int | None]]
+"""Why writes are refused now (None: they are not), and the bytes free on the bundle's filesystem."""
+REFUSAL_KINDS = ("disk_full", "unwritable", "locked", "bundle_replaced", "not_loaded")
+
+
+class WritesCollector(Collector):
+    """Exports whether writes are refused, and why, and the room left: the figures to alert on."""
+
+    def __init__(self, refused: RefusedWrites) -> None:
+        self.refused = refused
+
+    def collect(self) -> Iterator[Metric]:
+        kind, free_bytes = self.refused()
+        refused = GaugeMetricFamily("clipsearch_writes_refused", "1 while writes are refused, by why (a full disk, "
+                                    "an unwritable store, a held lock, …)", labels=["reason"])
+        for name in REFUSAL_KINDS:
+            refused.add_metric([name], 1.0 if kind == name else 0.0)
+        yield refused
+        if free_bytes is not None:
+            yield GaugeMetricFamily("clipsearch_bundle_free_bytes", "Bytes free on the bundle's filesystem",
+                                    value=float(free_bytes))
+
+
 class Metrics:
     """One registry per app, so several apps (tests) never share counters."""
 
-    def __init__(self, batch_counts: BatchCounts = dict) -> None:
+    def __init__(self, batch_counts: BatchCounts = dict, refused_writes: RefusedWrites = lambda: (None, None)) -> None:
         self.registry = CollectorRegistry()
         self.registry.register(BatchCollector(batch_counts))
+        self.registry.register(WritesCollector(refused_writes))
+        self.write_refusals = Counter("clipsearch_write_refusals_total", "Writes the filesystem refused, by why",
+                                      ["reason"], registry=self.registry)
         self.requests = Counter("clipsearch_http_requests_total", "HTTP requests served",
                                 ["method", "endpoint", "status"], registry=self.registry)
         self.latency = Histogram("clipsearch_http_request_duration_seconds", "HTTP request latency",

@@ -299,6 +299,26 @@ class EmbeddingResponse(BaseModel):
     truncated: bool = False
 
 
+class DiskInfo(BaseModel):
+    path: str = Field(description="The bundle's directory.")
+    mount: str = Field(description="Where the filesystem that holds it is mounted.")
+    free_bytes: int
+    total_bytes: int
+    read_only: bool
+
+
+class WritesInfo(BaseModel):
+    enabled: bool = Field(description="An admin key is set, so writes are allowed at all.")
+    accepted: bool = Field(description="Writes go through now: false while the bundle cannot take them, or since "
+                                       "the last write was refused by the filesystem (until one goes through).")
+    refused: str | None = Field(None, description="Why not: 'disk_full' (507), 'unwritable' or 'locked' (503), "
+                                                  "'bundle_replaced' or 'not_loaded'.")
+    reason: str | None = Field(None, description="The refusal's message, as the refused write was answered.")
+    since: str | None = Field(None, description="When writes were first refused for this reason (UTC).")
+    refusals: int = Field(0, description="Writes refused for this reason since then.")
+    disk: DiskInfo | None = Field(None, description="The room left where the bundle is, now.")
+
+
 class InfoResponse(BaseModel):
     model: str
     pretrained: str | None
@@ -325,6 +345,7 @@ class InfoResponse(BaseModel):
                                                               "searches, for a bundle built with --fuse.")
     keyword_fields: list[str] = Field(default_factory=list, description="Metadata fields searched by keyword besides "
                                                                         "captions and texts.")
+    writes: WritesInfo | None = Field(None, description="Whether writes go through, why not, and the disk's room.")
 
 
 class TextItemModel(BaseModel):

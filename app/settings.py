@@ -103,6 +103,9 @@ class Settings(BaseSettings):
     retrain_fraction: float = Field(_COMPACTION.retrain_fraction, gt=0, description="Share of an IVF index's "
                                     "training rows added since, past which a compaction trains it again and measures "
                                     "its recall again.")
+    write_lock_timeout_s: float = Field(10.0, gt=0, description="Longest a write waits for the bundle's write lock "
+                                        "while another process (a compaction, a sync, another server) holds it; "
+                                        "then it is answered 503 with Retry-After, and nothing is written.")
     reload_poll_s: float = Field(0.5, gt=0, description="How often each worker checks whether the bundle was "
                                                         "compacted or rebuilt, to load the new one.")
     api_key: SecretStr | None = Field(None, description="When set, required in the X-API-Key header on every "

@@ -18,12 +18,24 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, TypeVar
 
 from app.errors import ServiceNotReady, WritesUnavailable
 from app.metrics import Metrics
 from app.settings import Settings
-from clipsearch.errors import BundleReplaced, CannotCompact, CheckpointRequired, ClipSearchError
+from clipsearch.errors import (
+    BundleReplaced,
+    CannotCompact,
+    CheckpointRequired,
+    ClipSearchError,
+    StorageError,
+    StorageFull,
+    StorageLocked,
+    StorageUnwritable,
+)
 from clipsearch.index import faiss_index
 from clipsearch.index.sharding import parse_devices
 from clipsearch.model.captions import CaptionService
@@ -36,10 +48,13 @@ from clipsearch.store.compaction import compact
 from clipsearch.store.filters import Filter
 from clipsearch.store.items import Item
 from clipsearch.store.manifest import MANIFEST_FILE, read_manifest
+from clipsearch.util.storage import DiskSpace, disk_space
 
 log = logging.getLogger(__name__)
 
 Result = TypeVar("Result")
+COMPACTION_RETRY_S = 60.0
+"""How long a background compaction that met a full or read-only disk waits before it tries again."""
 RETIRE_GRACE_S = 5.0
 """A replaced service is closed this long after the longest a request may wait on it."""
 
@@ -50,13 +65,15 @@ class ServiceState:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.service: SearchService | None = None
-        self.metrics = Metrics(lambda: self.service.pipeline.batch_counts() if self.service is not None else {})
+        self.metrics = Metrics(lambda: self.service.pipeline.batch_counts() if self.service is not None else {},
+                               self._refused_writes)
         self.problem: str | None = "loading the model and the bundle"
         self.captions = CaptionService(settings.captions, max_batch=min(settings.max_batch, 8),
                                        timeout_s=settings.caption_timeout_s)
         """Loads its own model on the first /caption request."""
         self.writer: CollectionWriter | None = None
-        self.writes_problem = "not loaded yet"
+        self.refusal: WriteRefusal | None = WriteRefusal("not_loaded", "the bundle is not loaded yet")
+        """Why writes are refused now: the bundle cannot take them, or the last one was refused."""
         self.encoder: ClipEncoder | None = None
         self._lock = threading.Lock()
         self._reload_lock = threading.Lock()
@@ -66,6 +83,8 @@ class ServiceState:
         self._failed_manifest: tuple[int, int] | None = None
         self._compacting: threading.Thread | None = None
         self._auto_compact = settings.auto_compact
+        self._compact_after = 0.0
+        """A compaction that met a full or read-only disk holds the next one off until then (monotonic s)."""
 
     def start_loading(self) -> None:
         """Load in a daemon thread: the server answers /health and /ready (503) meanwhile, and a
@@ -94,6 +113,8 @@ class ServiceState:
                     close_service(service)
                     return
                 self.service, self.writer, self.problem = service, writer, None
+                if writer is not None:
+                    self.refusal = None
                 self._loaded_manifest = identity
             log.info("ready: %s over %s", encoder.ref.describe(), settings.bundle_path)
             log.info("clipsearch is ready: open %s", settings.page_url)
@@ -109,12 +130,13 @@ class ServiceState:
                                                                                    CollectionWriter | None]:
         settings = self.settings
         service = open_service(encoder, settings.bundle_path, verify_checksums=verify_checksums,
-                               on_read_only=self._serve_read_only, limits=settings.limits,
+                               on_read_only=self._serve_read_only, lock_timeout_s=settings.write_lock_timeout_s,
+                               limits=settings.limits,
                                use_gpu=self._use_gpu(encoder), batching=settings.batching,
                                filter_cache_size=settings.filter_cache_size, rrf_k=settings.rrf_k,
                                devices=parse_devices(settings.devices, encoder.device))
         live = service.collection.live
-        writer = CollectionWriter(service, settings.write_limits) if live is not None else None
+        writer = CollectionWriter(service, settings.write_limits) if live is not None and live.writable else None
         service.warm_up()
         return service, writer
 
@@ -128,6 +150,7 @@ class ServiceState:
         while not self._closed.wait(self.settings.reload_poll_s):
             try:
                 self.reload_if_replaced()
+                self.open_for_writes_if_writable()
                 self.compact_if_due()
             except Exception:  # the watch must outlive any one failure; the next poll tries again
                 log.exception("watching %s failed", self.settings.bundle_path)
@@ -160,40 +183,103 @@ class ServiceState:
                 return False
             except ClipSearchError as error:
                 self._failed_manifest = identity
-                self.writer, self.writes_problem = None, f"the bundle was replaced by one that cannot be served " \
-                                                         f"({error}); restart the server"
+                self.writer = None
+                self.refusal = WriteRefusal("bundle_replaced", f"the bundle was replaced by one that cannot be "
+                                                               f"served ({error}); restart the server")
                 log.error("%s: still serving the bundle loaded before: %s", self.settings.bundle_path, error)
                 return False
-            with self._lock:
-                if self._closed.is_set():
-                    close_service(new_service)
-                    return False
-                old, self.service, self.writer = self.service, new_service, writer
-                self._loaded_manifest = identity
+            if not self._swap_in(new_service, writer, identity):
+                return False
             log.info("loaded the new bundle at %s in %.2f s", self.settings.bundle_path, time.perf_counter() - started)
-            if old is not None:
-                retire = threading.Timer(self.settings.encode_timeout_s + RETIRE_GRACE_S, close_service, (old,))
-                retire.daemon = True
-                retire.start()
             return True
+
+    def _swap_in(self, new_service: SearchService, writer: CollectionWriter | None,
+                 identity: tuple[int, int] | None) -> bool:
+        """Serve `new_service` from now on, and close the one it replaces once its requests are done."""
+        with self._lock:
+            if self._closed.is_set():
+                close_service(new_service)
+                return False
+            old, self.service, self.writer = self.service, new_service, writer
+            self._loaded_manifest = identity
+            if writer is not None and self.refusal is not None and self.refusal.kind in ("unwritable", "not_loaded"):
+                self.refusal = None
+        if old is not None:
+            retire = threading.Timer(self.settings.encode_timeout_s + RETIRE_GRACE_S, close_service, (old,))
+            retire.daemon = True
+            retire.start()
+        return True
+
+    def open_for_writes_if_writable(self) -> bool:
+        """A bundle served read-only because its directory could not be written: once it can be
+        (remounted read-write, say), open it again with its live log; whether writes go through now."""
+        encoder, refusal = self.encoder, self.refusal
+        if self.service is None or encoder is None or self.writer is not None or refusal is None \
+                or refusal.kind != "unwritable" or not _writable(self.settings.bundle_path):
+            return False
+        with self._reload_lock:
+            identity = _file_identity(self.settings.bundle_path / MANIFEST_FILE)
+            try:
+                new_service, writer = self._open_service(encoder, verify_checksums=False)
+            except (OSError, sqlite3.Error, ClipSearchError) as error:
+                log.warning("%s is still not writable: %s", self.settings.bundle_path, error)
+                return False
+            if writer is None:
+                close_service(new_service)
+                return False
+            if not self._swap_in(new_service, writer, identity):
+                return False
+        log.info("%s can be written again: writes are accepted", self.settings.bundle_path)
+        return True
 
     def write(self, operation: Callable[[CollectionWriter], Result]) -> Result:
         """Run one write. A write that finds the bundle replaced under it (compacted or rebuilt)
-        runs again on the new bundle once loaded; nothing of the first try was committed."""
+        runs again on the new bundle once loaded; nothing of the first try was committed. A write
+        the filesystem refuses (StorageError) is noted, for /info and the metrics, until one goes
+        through."""
         try:
-            result = operation(self.require_writer())
-        except BundleReplaced:
-            if not self.reload_if_replaced() and self.writer is None:
-                raise
-            result = operation(self.require_writer())
+            try:
+                result = operation(self.require_writer())
+            except BundleReplaced:
+                if not self.reload_if_replaced() and self.writer is None:
+                    raise
+                result = operation(self.require_writer())
+        except StorageError as error:
+            self._refused(error)
+            raise
+        if self.refusal is not None and self.refusal.kind in STORAGE_REFUSALS.values():
+            log.info("writes to %s go through again (refused %d times since %s: %s)", self.settings.bundle_path,
+                     self.refusal.count, self.refusal.since, self.refusal.kind)
+            self.refusal = None
         self.compact_if_due()
         return result
+
+    def _refused(self, error: StorageError) -> None:
+        kind = next(STORAGE_REFUSALS[cls] for cls in type(error).__mro__ if cls in STORAGE_REFUSALS)
+        self.metrics.write_refusals.labels(kind).inc()
+        previous = self.refusal
+        if previous is not None and previous.kind == kind:
+            self.refusal = replace(previous, reason=error.reason, count=previous.count + 1)
+        else:
+            self.refusal = WriteRefusal(kind, error.reason)
+
+    def _refused_writes(self) -> tuple[str | None, int | None]:
+        """For the metrics: why writes are refused now (None: they are not), and the bytes free."""
+        status = self.writes_status()
+        return (None if status.refusal is None else status.refusal.kind,
+                None if status.space is None else status.space.free_bytes)
+
+    def writes_status(self) -> WritesStatus:
+        """Whether writes go through now, why not, and the room left where the bundle is."""
+        return WritesStatus(enabled=self.settings.admin_key is not None, refusal=self.refusal,
+                            space=disk_space(self.settings.bundle_path))
 
     def compact_if_due(self) -> None:
         """Start a background compaction if the live changes this worker sees make one due."""
         service = self.service
         if not self._auto_compact or service is None or self.writer is None or \
-                (self._compacting is not None and self._compacting.is_alive()):
+                (self._compacting is not None and self._compacting.is_alive()) or \
+                time.monotonic() < self._compact_after:
             return
         changes = service.collection.refresh().changes
         base = sum(service.collection.base_count(modality) for modality in service.bundle.indices)
@@ -211,6 +297,13 @@ class ServiceState:
             self._auto_compact = False
             log.error("background compaction is off for %s: %s", self.settings.bundle_path, error)
             return
+        except StorageError as error:
+            # A full or read-only disk: trying again at every poll would build the new base again
+            # and again, for nothing, until there is room.
+            self._compact_after = time.monotonic() + COMPACTION_RETRY_S
+            log.error("background compaction of %s stopped, nothing changed; retrying in %.0f s at the earliest: %s",
+                      self.settings.bundle_path, COMPACTION_RETRY_S, error)
+            return
         except ClipSearchError as error:
             log.error("background compaction of %s failed: %s", self.settings.bundle_path, error)
             return
@@ -226,12 +319,13 @@ class ServiceState:
     def require_writer(self) -> CollectionWriter:
         self.require()
         if self.writer is None:
-            raise WritesUnavailable(f"this bundle cannot take writes: {self.writes_problem}")
+            reason = self.refusal.reason if self.refusal is not None else "it has no live log"
+            raise WritesUnavailable(f"this bundle cannot take writes: {reason}")
         return self.writer
 
     def _serve_read_only(self, problem: str) -> None:
         """A bundle whose directory is read-only is served as built, and writes answer 503 saying why."""
-        self.writes_problem = problem
+        self.refusal = WriteRefusal("unwritable", problem)
         log.warning("serving %s read-only: %s", self.settings.bundle_path, problem)
 
     def close(self) -> None:
@@ -241,6 +335,36 @@ class ServiceState:
         if service is not None:
             close_service(service)
         self.captions.close()
+
+
+STORAGE_REFUSALS: dict[type[StorageError], str] = {
+    StorageFull: "disk_full", StorageUnwritable: "unwritable", StorageLocked: "locked"}
+"""How /info and the metrics name each refusal of the filesystem."""
+
+
+@dataclass(frozen=True)
+class WriteRefusal:
+    """Why writes are refused now: `kind` is one of STORAGE_REFUSALS' names (the last write met
+    that), or "unwritable" (the live log could not be opened), "bundle_replaced" or "not_loaded"."""
+
+    kind: str
+    reason: str
+    since: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    count: int = 1
+    """Writes refused for this reason since `since` (1 for a state of the bundle)."""
+
+
+@dataclass(frozen=True)
+class WritesStatus:
+    enabled: bool
+    """An admin key is set: writes are allowed at all."""
+    refusal: WriteRefusal | None
+    space: DiskSpace | None
+
+
+def _writable(bundle: os.PathLike[str]) -> bool:
+    space = disk_space(Path(bundle))
+    return os.access(bundle, os.W_OK) and space is not None and not space.read_only
 
 
 def _file_identity(path: os.PathLike[str]) -> tuple[int, int] | None:

@@ -28,7 +28,11 @@ hierarchy, so a subclass inherits its parent's status unless it has its own):
     │   ├── QueryImageTooLarge      413
     │   └── ModalityUnavailable     422
     ├── ItemNotFound                404
-    └── ServiceBusy                 503  (with Retry-After)
+    ├── ServiceBusy                 503  (with Retry-After)
+    └── StorageError                503  the filesystem refused a write (clipsearch.util.storage)
+        ├── StorageFull             507  no space left (ENOSPC, EDQUOT, SQLite's SQLITE_FULL)
+        ├── StorageUnwritable       503  read-only or not permitted (EROFS, EACCES, EPERM, SQLITE_READONLY)
+        └── StorageLocked           503  (with Retry-After) another process held the lock past the timeout
 
 The server adds two of its own beside these: ServiceNotReady (503) and NotAuthenticated (401).
 Messages speak of the core's own terms; the entry points add CLI flags or HTTP field names.
@@ -147,3 +151,26 @@ class ItemNotFound(ClipSearchError):
 
 class ServiceBusy(ClipSearchError):
     """The model did not finish a query within the time limit (queued behind others, or too slow)."""
+
+
+class StorageError(ClipSearchError):
+    """The filesystem under a bundle refused a write; nothing of that write was kept.
+
+    `path` is the file or directory being written, `free_bytes` the space left on its filesystem
+    when the error was met (None where it could not be read)."""
+
+    def __init__(self, reason: str, path: str, free_bytes: int | None = None) -> None:
+        super().__init__(reason)
+        self.path, self.free_bytes = path, free_bytes
+
+
+class StorageFull(StorageError):
+    """The filesystem (or the user's quota on it) has no room left for the write."""
+
+
+class StorageUnwritable(StorageError):
+    """The filesystem is read-only, or this process may not write there."""
+
+
+class StorageLocked(StorageError):
+    """Another process held the bundle's write lock for longer than the lock timeout."""

@@ -19,6 +19,7 @@ from clipsearch.model.encoder import ClipEncoder
 from clipsearch.model.factory import load_encoder
 from clipsearch.store.bundle import Bundle, load_bundle
 from tests.support.corpora import make_image_corpus, make_text_corpus, tiny_config
+from tests.support.small_disk import MiB, SmallDisk, small_disk
 
 # The suite's references are PyTorch's own outputs, so servers and indexer runs it starts use PyTorch
 # (with the [onnx] extra installed, 'auto' would pick ONNX Runtime). tests/model/test_onnx_backend.py and
@@ -108,3 +109,10 @@ def bundle(bundle_path: Path) -> Iterator[Bundle]:
     opened = load_bundle(bundle_path)
     yield opened
     opened.close()
+
+
+@pytest.fixture()
+def disk(tmp_path: Path) -> Iterator[SmallDisk]:
+    """A 16 MiB tmpfs of this test's own, to fill, grow and remount (tests/support/small_disk.py)."""
+    with small_disk(tmp_path / "disk", 16 * MiB) as mounted:
+        yield mounted

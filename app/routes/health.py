@@ -7,7 +7,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.deps import ServiceDep, StateDep
 from app.errors import ServiceNotReady
-from app.schemas import ErrorResponse, InfoResponse
+from app.schemas import DiskInfo, ErrorResponse, InfoResponse, WritesInfo
+from app.state import ServiceState
 from clipsearch.modality import Modality
 
 router = APIRouter(tags=["operations"])  # always open: probes must not need the API key
@@ -29,8 +30,8 @@ def ready(state: StateDep) -> dict[str, str]:
 
 
 @operations.get("/info", responses={503: {"model": ErrorResponse}})
-def info(service: ServiceDep) -> InfoResponse:
-    """The model, the bundle's contents and indices, and the device in use."""
+def info(service: ServiceDep, server: StateDep) -> InfoResponse:
+    """The model, the bundle's contents and indices, the device in use, and whether writes go through."""
     manifest = service.bundle.manifest
     state = service.collection.refresh()  # counts include live changes
     return InfoResponse(
@@ -44,7 +45,20 @@ def info(service: ServiceDep) -> InfoResponse:
         text_trim=service.encoder.text_trim is not None,
         mean_batch=service.pipeline.mean_batches(), bundle_created_at=manifest.created_at,
         evaluations=manifest.evaluations, live_changes=state.changes,
-        compactions=manifest.compactions, fusion=manifest.fusion, keyword_fields=manifest.keyword_fields)
+        compactions=manifest.compactions, fusion=manifest.fusion, keyword_fields=manifest.keyword_fields,
+        writes=_writes_info(server))
+
+
+def _writes_info(state: ServiceState) -> WritesInfo:
+    status = state.writes_status()
+    refusal, space = status.refusal, status.space
+    disk = None if space is None else DiskInfo(path=str(state.settings.bundle_path), mount=str(space.mount),
+                                               free_bytes=space.free_bytes, total_bytes=space.total_bytes,
+                                               read_only=space.read_only)
+    if refusal is None:
+        return WritesInfo(enabled=status.enabled, accepted=True, disk=disk)
+    return WritesInfo(enabled=status.enabled, accepted=False, refused=refusal.kind, reason=refusal.reason,
+                      since=refusal.since, refusals=refusal.count, disk=disk)
 
 
 @operations.get("/metrics", response_class=Response)

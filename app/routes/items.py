@@ -75,7 +75,14 @@ def get_item_image(item_id: ItemId, service: ServiceDep) -> FileResponse:
 
 WRITE_ERRORS: dict[int | str, dict[str, Any]] = {**ERRORS, 403: {
     "model": ErrorResponse, "description": "Writes are off (CLIPSEARCH_ADMIN_KEY unset) or the X-Admin-Key header "
-                                           "was missing or wrong."}}
+                                           "was missing or wrong."}, 503: {
+    "model": ErrorResponse, "description": "The model or the bundle is not loaded, the bundle's filesystem is "
+                                           "read-only or not writable, or another process held its write lock past "
+                                           "CLIPSEARCH_WRITE_LOCK_TIMEOUT_S (then with Retry-After); nothing was "
+                                           "written."}, 507: {
+    "model": ErrorResponse, "description": "The disk that holds the bundle is full: the reason names its filesystem "
+                                           "and the room left; nothing was written, and writes go through again by "
+                                           "themselves once there is room."}}
 admin = [Depends(require_admin_key)]
 
 

@@ -43,6 +43,9 @@ from clipsearch.store.bundle import FusedContent, ModalityContent, on_disk_name,
 from clipsearch.store.items import Item
 from clipsearch.util.images import read_image_file
 from clipsearch.util.progress import progress_bar
+from clipsearch.util.storage import storage_errors
+
+BUILD_OUTCOME = "no bundle was written, and the shards finished so far are kept: a rerun resumes from them"
 
 log = logging.getLogger(__name__)
 
@@ -85,13 +88,14 @@ def build(config: BuildConfig, on_shard_written: Callable[[Path], None] | None =
     encoder = load_encoder(config.model, config.pretrained, config.checkpoint, config.device, backend=config.backend,
                            onnx_cache=config.onnx_cache, text_language=config.text_language)
     captioner = load_captioner(config.caption) if config.caption is not None and Modality.IMAGE in sources else None
-    store = ShardStore.open(config.out, resume_fingerprint(config, encoder.ref, encoder.device.type, sources,
-                                                           backend=encoder.backend))
-    first_id = _first_ids(sources)
-    counts = [_encode_into_shards(config, encoder, modality, items, first_id[modality], store, on_shard_written,
-                                  captioner if modality is Modality.IMAGE else None)
-              for modality, items in sources.items()]
-    summary = _finish(config, encoder, sources, store, started)
+    with storage_errors(config.out, "the build", BUILD_OUTCOME):
+        store = ShardStore.open(config.out, resume_fingerprint(config, encoder.ref, encoder.device.type, sources,
+                                                               backend=encoder.backend))
+        first_id = _first_ids(sources)
+        counts = [_encode_into_shards(config, encoder, modality, items, first_id[modality], store, on_shard_written,
+                                      captioner if modality is Modality.IMAGE else None)
+                  for modality, items in sources.items()]
+        summary = _finish(config, encoder, sources, store, started)
     summary.resumed_shards = sum(resumed for resumed, _ in counts)
     summary.captioned = sum(captioned for _, captioned in counts)
     store.remove()
@@ -107,11 +111,13 @@ def _build_on_ray(config: BuildConfig, sources: dict[Modality, list[SourceItem]]
     with RayEngine(config) as engine:
         fingerprint = resume_fingerprint(config, engine.encoder.ref, engine.pool.device, sources,
                                          backend=engine.backend) | {"engine": "ray"}
-        store = ShardStore.open(config.out, fingerprint)
-        first_id = _first_ids(sources)
-        resumed = sum(engine.encode(modality, items, first_id[modality], store, on_shard_written)
-                      for modality, items in sources.items())
-    summary = _finish(config, engine.encoder, sources, store, started)
+        with storage_errors(config.out, "the build", BUILD_OUTCOME):
+            store = ShardStore.open(config.out, fingerprint)
+            first_id = _first_ids(sources)
+            resumed = sum(engine.encode(modality, items, first_id[modality], store, on_shard_written)
+                          for modality, items in sources.items())
+    with storage_errors(config.out, "the build", BUILD_OUTCOME):
+        summary = _finish(config, engine.encoder, sources, store, started)
     summary.resumed_shards = resumed
     store.remove()
     return summary

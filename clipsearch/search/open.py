@@ -13,11 +13,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from clipsearch.errors import BundleReplaced
+from clipsearch.errors import BundleReplaced, StorageError
 from clipsearch.model.encoder import ClipEncoder
 from clipsearch.search.service import SearchService
 from clipsearch.store.bundle import Bundle, load_bundle
-from clipsearch.store.live import LIVE_FILE, LiveLog
+from clipsearch.store.live import LIVE_FILE, LOCK_TIMEOUT_S, LiveLog
 from clipsearch.store.manifest import check_model
 
 LIVE_ATTEMPTS = 3
@@ -27,32 +27,44 @@ log = logging.getLogger(__name__)
 Result = TypeVar("Result")
 
 
-def open_live_log(bundle: Bundle, dim: int | None = None) -> LiveLog:
-    """The bundle's live log, created on first use; its vectors have `dim` (default the bundle's)."""
-    return LiveLog(bundle.path / LIVE_FILE, bundle.items, dim or bundle.manifest.embedding_dim)
+def open_live_log(bundle: Bundle, dim: int | None = None, lock_timeout_s: float = LOCK_TIMEOUT_S) -> LiveLog:
+    """The bundle's live log, created on first use; its vectors have `dim` (default the bundle's),
+    and a write waits up to `lock_timeout_s` for the bundle's lock."""
+    return LiveLog(bundle.path / LIVE_FILE, bundle.items, dim or bundle.manifest.embedding_dim, lock_timeout_s)
 
 
 def open_service(encoder: ClipEncoder, path: Path, *, verify_checksums: bool = True,
-                 on_read_only: Callable[[str], None] | None = None, **options: Any) -> SearchService:
+                 on_read_only: Callable[[str], None] | None = None, lock_timeout_s: float = LOCK_TIMEOUT_S,
+                 **options: Any) -> SearchService:
     """A service over the bundle at `path` and its live log; `options` go to SearchService. The
     bundle must have been built with `encoder`'s model (ModelMismatch otherwise).
 
-    A live log that cannot be opened for writing (a read-only directory: OSError, sqlite3.Error)
-    raises, unless `on_read_only` is given: then it is told why, and the bundle is served as built."""
+    A live log that cannot be opened for writing (a read-only directory or a full disk: OSError,
+    sqlite3.Error, StorageError) raises, unless `on_read_only` is given: then it is told why, and
+    the bundle is served with its live changes read from the log where it can be read, else as built."""
     bundle = load_bundle(path, verify_checksums=verify_checksums)
     try:
         check_model(bundle.manifest, encoder.ref, encoder.embedding_dim)
         try:
-            live: LiveLog | None = open_live_log(bundle, encoder.embedding_dim)
-        except (OSError, sqlite3.Error) as error:
+            live: LiveLog | None = open_live_log(bundle, encoder.embedding_dim, lock_timeout_s)
+        except (OSError, sqlite3.Error, StorageError) as error:
             if on_read_only is None:
                 raise
-            on_read_only(f"its live log {bundle.path / LIVE_FILE} cannot be opened for writing ({error})")
-            live = None
+            live = _read_only_log(bundle, encoder.embedding_dim)
+            served = "its live changes are served, read-only" if live is not None else "it is served as built"
+            on_read_only(f"its live log {bundle.path / LIVE_FILE} cannot be opened for writing ({error}); {served}")
         return SearchService(encoder, bundle, live=live, **options)
     except BaseException:
         bundle.close()
         raise
+
+
+def _read_only_log(bundle: Bundle, dim: int) -> LiveLog | None:
+    try:
+        return LiveLog(bundle.path / LIVE_FILE, bundle.items, dim, writable=False)
+    except sqlite3.Error as error:
+        log.warning("%s: the live log cannot be read either: %s", bundle.path, error)
+        return None
 
 
 def close_service(service: SearchService) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import threading
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -32,6 +33,7 @@ from clipsearch.store.filters import Filter
 from clipsearch.store.items import Item
 from clipsearch.store.live import LIVE_IMAGES, NewItem, with_caption_vectors
 from clipsearch.util.files import atomic_path
+from clipsearch.util.storage import storage_errors
 
 UNCHANGED: Any = object()
 """Marks a field an edit leaves as it is (None clears a caption)."""
@@ -61,6 +63,7 @@ class CollectionWriter:
             raise ValueError("the service has no live log to write to")
         self.service, self.live, self.limits = service, live, limits or WriteLimits()
         self.images = live.path.parent / LIVE_IMAGES
+        self._storing = threading.Lock()
 
     def add_texts(self, entries: Sequence[TextEntry], field: str = "items") -> list[int]:
         """Add (or replace, by key) text items; their ids in order."""
@@ -88,16 +91,26 @@ class CollectionWriter:
         vectors = self.service.embed_images([entry.data for entry in entries],
                                             [f"{field}[{number}]" for number in range(len(entries))],
                                             background=True)
-        items = []
-        for entry, vector in zip(entries, vectors, strict=True):
-            digest = _sha256(entry.data)
-            path = self._store_image(entry.data, digest)
-            items.append(NewItem(entry.key or _new_key(), Modality.IMAGE, str(path), entry.caption, entry.metadata,
-                                 digest, vector))
+        items = [NewItem(entry.key or _new_key(), Modality.IMAGE, str(self._upload_path(entry.data, digest)),
+                         entry.caption, entry.metadata, digest, vector)
+                 for entry, vector, digest in zip(entries, vectors, [_sha256(entry.data) for entry in entries],
+                                                  strict=True)]
         if self.service.fusion is not None:
             items = with_caption_vectors(items, lambda captions: self.service.embed_texts(
                 captions, ["caption"] * len(captions), background=True))
-        return self._commit(items)
+        stored: list[Path] = []
+        # From storing the files to the commit, one image write at a time in this process: a write
+        # that fails removes the files it stored, which another's upload of the same bytes must not
+        # find in the meantime and then lose.
+        with self._storing:
+            try:
+                for item, entry in zip(items, entries, strict=True):
+                    if self._store_image(Path(item.uri), entry.data):
+                        stored.append(Path(item.uri))
+                return self._commit(items)
+            except BaseException:
+                self._remove_unused(stored)
+                raise
 
     def update(self, item_id: int, *, caption: str | None = UNCHANGED, text: str = UNCHANGED,
                metadata: dict[str, Any] = UNCHANGED) -> Item:
@@ -152,16 +165,29 @@ class CollectionWriter:
         self.service.collection.refresh()  # visible at once on this worker
         return ids
 
-    def _store_image(self, data: bytes, digest: str) -> Path:
+    def _upload_path(self, data: bytes, digest: str) -> Path:
+        """Where an upload is stored: named by its content, with its format's suffix."""
         with Image.open(io.BytesIO(data)) as image:  # the upload decoded already: this only names its format
             suffix = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "BMP": ".bmp", "GIF": ".gif"}.get(
                 image.format or "", ".bin")
-        self.images.mkdir(exist_ok=True)
-        path = (self.images / f"{digest}{suffix}").resolve()
-        if not path.exists():
+        return (self.images / f"{digest}{suffix}").resolve()
+
+    def _store_image(self, path: Path, data: bytes) -> bool:
+        """Store an upload at `path`, durably; whether this call wrote it (False: it was there)."""
+        if path.exists():
+            return False
+        with storage_errors(self.images, "storing an uploaded image"):
+            self.images.mkdir(exist_ok=True)
             with atomic_path(path) as temporary:
                 temporary.write_bytes(data)
-        return path
+        return True
+
+    def _remove_unused(self, stored: list[Path]) -> None:
+        """Remove the files a write that failed had stored, unless an item committed meanwhile names one
+        (the same bytes uploaded by another request): a refused write leaves no file behind."""
+        for path in stored:
+            if self.live.id_of_uri(str(path)) is None:
+                path.unlink(missing_ok=True)
 
     def _check_count(self, entries: Sequence[object], field: str) -> None:
         if not entries:

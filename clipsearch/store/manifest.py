@@ -10,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
@@ -17,7 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from clipsearch.config import ModelRef
-from clipsearch.errors import BundleFileMissing, ManifestInvalid, ModelMismatch, UnsupportedFormatVersion
+from clipsearch.errors import (
+    BundleFileMissing,
+    ManifestInvalid,
+    ModelMismatch,
+    StorageLocked,
+    UnsupportedFormatVersion,
+)
 from clipsearch.index.spec import IndexSpec
 from clipsearch.modality import Modality
 from clipsearch.util.files import atomic_write_text
@@ -25,6 +32,8 @@ from clipsearch.util.files import atomic_write_text
 FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 METRIC = "inner_product"
+LOCK_POLL_S = 0.02
+"""How often a write waiting for the bundle's lock with a timeout tries it again."""
 @dataclass(frozen=True)
 class FileRecord:
     sha256: str
@@ -137,18 +146,37 @@ def compaction_lock(path: Path, wait: bool = True) -> Iterator[bool]:
 
 
 @contextmanager
-def bundle_lock(path: Path) -> Iterator[None]:
-    """Hold the exclusive lock that serialises changes to the bundle at `path`.
+def bundle_lock(path: Path, timeout_s: float | None = None) -> Iterator[None]:
+    """Hold the exclusive lock that serialises changes to the bundle at `path`; with `timeout_s`,
+    give up after that long (StorageLocked) rather than wait for as long as another holds it.
 
     The lock is a file beside the bundle, not the bundle directory or its manifest, because changes
     replace both: a lock on a replaced file would no longer exclude anyone.
     """
-    descriptor = os.open(path.parent / f".{path.name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    lock_file = path.parent / f".{path.name}.lock"
+    descriptor = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        if timeout_s is None:
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
+        else:
+            _flock_within(descriptor, timeout_s, lock_file)
         yield
     finally:
         os.close(descriptor)  # releases the lock
+
+
+def _flock_within(descriptor: int, timeout_s: float, lock_file: Path) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise StorageLocked(f"the bundle's write lock {lock_file} was held by another process (a compaction, "
+                                    f"a sync, a rebuild or another server) for over {timeout_s:g} s; nothing was "
+                                    "written; retry shortly", str(lock_file)) from None
+            time.sleep(LOCK_POLL_S)
 
 
 def record_evaluation(path: Path, record: dict[str, Any]) -> Manifest:

@@ -14,6 +14,7 @@ from indexer.building import config_from_args
 from indexer.cli import main, parse_args
 from tests.support.corpora import write_manifest
 from tests.support.imagefiles import image_bytes, noise_image, save
+from tests.support.small_disk import SmallDisk
 
 TINY = ["--model", "tiny", "--device", "cpu", "--workers", "0", "--no-progress"]
 
@@ -130,3 +131,16 @@ def test_classify_refuses_repeated_labels_before_loading_a_model(bundle_path: Pa
                                                                  capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["classify", "--bundle", str(bundle_path), "--labels", "cat,Cat", "--no-progress"]) == 2
     assert "--labels[1]: repeats labels[0]" in capsys.readouterr().err
+
+
+def test_a_build_on_a_full_disk_stops_with_a_message_naming_the_path_and_the_free_space(
+        corpus_dir: Path, disk: SmallDisk, capsys: pytest.CaptureFixture[str]) -> None:
+    disk.fill()
+    out = disk.path / "bundle"
+    code = main(["build", "--images", str(corpus_dir / "images"), "--out", str(out), *TINY])
+    errors = capsys.readouterr().err
+    assert code == 2
+    assert f"error: no space left for the build at {out}: 0 B free of 16.0 MiB on the filesystem at {disk.path}" \
+        in errors
+    assert "Traceback" not in errors
+    assert not out.exists()

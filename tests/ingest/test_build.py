@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clipsearch.errors import ResumeMismatch
+from clipsearch.errors import ResumeMismatch, StorageFull
 from clipsearch.ingest.build import build
 from clipsearch.ingest.shards import work_dir_for
 from clipsearch.modality import Modality
@@ -25,6 +25,7 @@ from tests.support.imagefiles import (
     noise_image,
 )
 from tests.support.reference import bundle_contents
+from tests.support.small_disk import FILLER, SmallDisk
 
 
 def test_every_good_file_is_indexed_and_every_bad_one_reported(tmp_path: Path) -> None:
@@ -140,3 +141,28 @@ def test_a_gpu_build_with_pinned_workers_matches_the_cpu_bundle_within_fp16(corp
             np.testing.assert_allclose(gpu.indices[modality].reconstruct(item_id),
                                        bundle.indices[modality].reconstruct(item_id), atol=1e-2)
     gpu.close()
+
+
+def test_a_build_that_fills_the_disk_stops_naming_it_keeps_its_shards_and_a_rerun_resumes(
+        corpus_dir: Path, bundle: Bundle, disk: SmallDisk) -> None:
+    out = disk.path / "bundle"
+    written: list[Path] = []
+
+    def fill_after_two(path: Path) -> None:
+        written.append(path)
+        if len(written) == 2:
+            disk.fill()
+
+    with pytest.raises(StorageFull, match=f"no space left for the build at {out}: 0 B free of 16.0 MiB on the "
+                                          f"filesystem at {disk.path}; no bundle was written, and the shards "
+                                          "finished so far are kept: a rerun resumes from them"):
+        build(tiny_config(out, images=corpus_dir / "images", texts=corpus_dir / "texts.txt"),
+              on_shard_written=fill_after_two)
+    assert not out.exists()
+    assert sorted((work_dir_for(out) / "shards").iterdir()) == written  # the refused shard left nothing
+    assert [entry.name for entry in disk.path.iterdir() if entry.name != FILLER] == [work_dir_for(out).name]
+
+    disk.empty()
+    summary = build(tiny_config(out, images=corpus_dir / "images", texts=corpus_dir / "texts.txt"))
+    assert summary.resumed_shards == 2
+    assert bundle_contents(load_bundle(out)) == bundle_contents(bundle)

@@ -28,6 +28,7 @@ from clipsearch.store.live import LIVE_FILE, LiveLog, count_live_changes
 from indexer.cli import main
 from tests.support.corpora import make_image_corpus, make_text_corpus, tiny_config
 from tests.support.imagefiles import image_bytes, noise_image, save
+from tests.support.small_disk import SmallDisk
 
 
 @pytest.fixture()
@@ -181,3 +182,26 @@ def test_kill_9_during_a_sync_leaves_the_collection_before_or_after_it_never_bet
     finished = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert finished.returncode == 0, finished.stderr
     assert count_live_changes(path) == 41
+
+
+def test_a_sync_that_meets_a_full_disk_changes_nothing_and_succeeds_when_run_again(
+        disk: SmallDisk, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    images = make_image_corpus(tmp_path / "images", 12)
+    texts = make_text_corpus(tmp_path / "texts.txt", 6)
+    path = disk.path / "bundle"
+    build(tiny_config(path, images=images, texts=texts))
+    _change_the_sources(images, texts)
+    disk.fill()
+    command = ["sync", "--bundle", str(path), "--images", str(images), "--texts", str(texts), "--no-progress",
+               "--device", "cpu", "--backend", "torch", "--workers", "0"]
+
+    assert main(command) == 2
+    errors = capsys.readouterr().err
+    # A full disk has no room for the log's shared-memory file either: the sync stops opening it.
+    assert f"error: no space left for opening the live log at {path / LIVE_FILE}: 0 B free" in errors
+    assert f"free of 16.0 MiB on the filesystem at {disk.path}; nothing of it was kept" in errors
+    assert count_live_changes(path) == 0
+
+    disk.empty()
+    assert main(command) == 0
+    assert "added 3, updated 3, moved 1, removed 1" in capsys.readouterr().out

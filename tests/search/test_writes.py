@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 
 from clipsearch.config import QueryLimits, WriteLimits
-from clipsearch.errors import InvalidQuery
+from clipsearch.errors import InvalidQuery, StorageFull, StorageLocked
 from clipsearch.modality import Modality
 from clipsearch.model.encoder import ClipEncoder
 from clipsearch.search.open import opened_service
@@ -18,6 +19,7 @@ from clipsearch.search.writes import CollectionWriter, ImageEntry, TextEntry
 from clipsearch.store.filters import parse_filter
 from tests.support.corpora import private_copy
 from tests.support.imagefiles import image_bytes, noise_image
+from tests.support.small_disk import SmallDisk
 
 
 @pytest.fixture()
@@ -92,3 +94,35 @@ def test_deletes_are_idempotent_and_by_filter_reach_both_modalities(writer: Coll
     assert sorted(writer.delete_matching(parse_filter({"key": "tag", "match": {"value": "gone"}}, "filter"))) == \
         sorted([image, third])
     assert service.collection.item(second).text == "two"
+
+
+def test_an_upload_refused_at_its_commit_leaves_no_file_behind_but_one_committed_keeps_it(
+        encoder: ClipEncoder, bundle_path: Path, tmp_path: Path) -> None:
+    with opened_service(encoder, private_copy(bundle_path, tmp_path), lock_timeout_s=0.1) as service:
+        writer = CollectionWriter(service)
+        kept, refused = image_bytes(noise_image(5)), image_bytes(noise_image(6))
+        [kept_id] = writer.add_images([ImageEntry(kept)])
+        uploads = Path(service.collection.item(kept_id).uri).parent
+        other = sqlite3.connect(service.collection.live.path, isolation_level=None)  # type: ignore[union-attr]
+        other.execute("BEGIN IMMEDIATE")  # another process writing: the commit waits, then is refused
+        with pytest.raises(StorageLocked):
+            writer.add_images([ImageEntry(refused), ImageEntry(kept)])  # stores one new file, finds the other
+        other.execute("ROLLBACK")
+        assert sorted(path.name for path in uploads.iterdir()) == [Path(service.collection.item(kept_id).uri).name]
+
+
+def test_an_upload_on_a_full_disk_is_refused_naming_the_folder_and_stores_nothing(
+        encoder: ClipEncoder, bundle_path: Path, disk: SmallDisk) -> None:
+    with opened_service(encoder, private_copy(bundle_path, disk.path)) as service:
+        writer = CollectionWriter(service)
+        count = service.collection.count(Modality.IMAGE)
+        disk.fill()
+        with pytest.raises(StorageFull, match=f"no space left for storing an uploaded image at "
+                                              f"{disk.path / 'bundle' / 'live-images'}: 0 B free"):
+            writer.add_images([ImageEntry(image_bytes(noise_image(7)))])
+        assert service.collection.count(Modality.IMAGE) == count
+        assert not any((disk.path / "bundle" / "live-images").glob("*"))
+        disk.empty()
+        [added] = writer.add_images([ImageEntry(image_bytes(noise_image(7)))])
+        assert service.collection.count(Modality.IMAGE) == count + 1
+        assert Path(service.collection.item(added).uri).is_file()

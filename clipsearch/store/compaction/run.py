@@ -31,6 +31,7 @@ from clipsearch.store.items import ITEMS_FILE, Item, ItemStore
 from clipsearch.store.live import LIVE_FILE, Carried, LiveLog, LiveState, fold_since, start_fold
 from clipsearch.store.manifest import compaction_lock
 from clipsearch.util.faults import kill_point
+from clipsearch.util.storage import storage_errors
 
 log = logging.getLogger(__name__)
 
@@ -186,18 +187,20 @@ def compact(path: Path, policy: CompactionPolicy | None = None, use_gpu: bool = 
     with compaction_lock(path, wait) as held:
         if not held:
             return None
-        compaction = Compaction(path, policy, use_gpu)
-        try:
-            compaction.prepare(only_if_due)
-            kill_point("compaction:prepared")
-            summary = compaction.commit()
-        finally:
-            compaction.close()
-        if not summary.found and not _has_keyword_tables(path):
-            # A base from before keyword search, with nothing to fold: a compaction writes the items,
-            # and their keyword tables with them, so this one does only that.
-            rewrite_items(path, lambda item: item)
-            summary.keyword_tables_added = True
+        with storage_errors(path, "the compaction", "the bundle and its live log are as they were, and the "
+                                                    "staging files are removed"):
+            compaction = Compaction(path, policy, use_gpu)
+            try:
+                compaction.prepare(only_if_due)
+                kill_point("compaction:prepared")
+                summary = compaction.commit()
+            finally:
+                compaction.close()
+            if not summary.found and not _has_keyword_tables(path):
+                # A base from before keyword search, with nothing to fold: a compaction writes the items,
+                # and their keyword tables with them, so this one does only that.
+                rewrite_items(path, lambda item: item)
+                summary.keyword_tables_added = True
         return summary
 
 

@@ -4,6 +4,10 @@ Every write is one transaction in WAL mode with a full sync, so an acknowledged 
 kill -9 and power loss; it holds the bundle's lock and raises the generation that readers compare
 with their snapshot's. Keys are unique per modality: a write with a key that exists replaces that
 item and keeps its id. A base item's key is its uri.
+
+A write the filesystem refuses (a full disk, a read-only store, the lock held elsewhere past
+`lock_timeout_s`) is rolled back whole and raised as a StorageError (clipsearch.util.storage):
+the log stays usable, and the next write goes through once there is room again.
 """
 
 from __future__ import annotations
@@ -18,13 +22,18 @@ from pathlib import Path
 
 import numpy as np
 
-from clipsearch.errors import BundleReplaced
+from clipsearch.errors import BundleReplaced, StorageError, StorageUnwritable
 from clipsearch.modality import Modality
 from clipsearch.store.items import ItemStore
 from clipsearch.store.live.schema import ITEM_COLUMNS, create_tables, identity, migrate
 from clipsearch.store.live.state import LiveState, NewItem, replay
 from clipsearch.store.manifest import bundle_lock
 from clipsearch.util.faults import kill_point
+from clipsearch.util.storage import storage_error, storage_errors
+
+LOCK_TIMEOUT_S = 30.0
+"""How long a write waits for the bundle's lock and SQLite's before it is refused (StorageLocked)."""
+WRITING = "writing to the live log"
 
 
 class LiveLog:
@@ -35,26 +44,55 @@ class LiveLog:
     replaced under it refuses writes (BundleReplaced) rather than write to a retired file.
     """
 
-    def __init__(self, path: Path, base: ItemStore, dim: int) -> None:
-        self.path, self.base, self.dim = path, base, dim
+    def __init__(self, path: Path, base: ItemStore, dim: int, lock_timeout_s: float = LOCK_TIMEOUT_S,
+                 writable: bool = True) -> None:
+        self.path, self.base, self.dim, self.lock_timeout_s = path, base, dim, lock_timeout_s
+        self.writable = writable
+        if not writable:
+            self._connection = _read_only_connection(path)
+            self._lock = threading.Lock()
+            self._identity = identity(path)
+            return
         # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE), so two writers queue on
         # SQLite's lock instead of failing half-way through.
-        self._connection = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
         self._lock = threading.Lock()
-        with self._lock:
-            self._connection.execute("PRAGMA journal_mode=WAL")
-            self._connection.execute("PRAGMA synchronous=FULL")
-            self._connection.execute("BEGIN IMMEDIATE")
+        self._reconnect = False
+        created = not path.exists()
+        with storage_errors(path, "opening the live log"):
+            self._connect()
             try:
-                create_tables(self._connection)
-                if self.state_value("next_id") is None:
-                    self._initialise(base)
-                migrate(self._connection)
-                self._connection.execute("COMMIT")
+                self._set_up(base)
             except BaseException:
-                self._connection.execute("ROLLBACK")
+                self._connection.close()
+                if created:  # a log that could not be set up is not left behind half-made
+                    for leftover in (path, *(path.with_name(path.name + suffix) for suffix in ("-wal", "-shm"))):
+                        leftover.unlink(missing_ok=True)
                 raise
         self._identity = identity(path)
+
+    def _connect(self) -> None:
+        """(Re)open the connection: WAL mode and durable commits are set on the file and per connection."""
+        if self._reconnect:
+            self._connection.close()
+        self._connection = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None,
+                                           timeout=self.lock_timeout_s)
+        self._connection.execute("PRAGMA synchronous=FULL")
+        self._reconnect = False
+
+    def _set_up(self, base: ItemStore) -> None:
+        """WAL mode, and the tables, created (with the base's keys) or migrated."""
+        self._connection.execute("PRAGMA journal_mode=WAL")
+        self._connection.execute("BEGIN IMMEDIATE")
+        try:
+            create_tables(self._connection)
+            if self.state_value("next_id") is None:
+                self._initialise(base)
+            migrate(self._connection)
+            self._connection.execute("COMMIT")
+        except BaseException:
+            if self._connection.in_transaction:
+                self._connection.execute("ROLLBACK")
+            raise
 
     def _initialise(self, base: ItemStore) -> None:
         """Record the base's keys and where new ids start: once, when the log is created. The items
@@ -164,6 +202,12 @@ class LiveLog:
             live_id = self._key_in(self._connection, "items", modality, key)
             return live_id if live_id is not None else self._key_in(self._connection, "base_keys", modality, key)
 
+    def id_of_uri(self, uri: str) -> int | None:
+        """The id of a live item whose file is at `uri`, if one is."""
+        with self._lock:
+            row = self._connection.execute("SELECT id FROM items WHERE uri = ? LIMIT 1", (uri,)).fetchone()
+        return None if row is None else int(row[0])
+
     def key_of(self, item_id: int) -> str | None:
         with self._lock:
             row = self._connection.execute("SELECT key FROM items WHERE id = ?", (item_id,)).fetchone()
@@ -218,35 +262,89 @@ class LiveLog:
         return _Transaction(self)
 
 
+def _read_only_connection(path: Path) -> sqlite3.Connection:
+    """The log opened only to read, on a filesystem that cannot be written. A log whose writer was
+    killed still has its WAL and shared-memory files, and SQLite reads them read-only (mode=ro);
+    one closed cleanly has neither, and read-only mode would have to create them: its main file
+    holds everything, and is read as it is (immutable=1)."""
+    if not path.is_file():
+        raise sqlite3.OperationalError(f"{path} does not exist")
+    errors = []
+    for mode in ("mode=ro", "immutable=1"):
+        connection = sqlite3.connect(f"{path.resolve().as_uri()}?{mode}", uri=True, check_same_thread=False,
+                                     isolation_level=None)
+        try:
+            connection.execute("SELECT value FROM state WHERE name = 'generation'").fetchone()
+            return connection
+        except sqlite3.Error as error:
+            connection.close()
+            errors.append(f"{mode}: {error}")
+    raise sqlite3.OperationalError(f"{path} cannot be read ({'; '.join(errors)})")
+
+
 class _Transaction:
-    """BEGIN IMMEDIATE … COMMIT with the generation raised, or ROLLBACK on any error."""
+    """BEGIN IMMEDIATE … COMMIT with the generation raised, or ROLLBACK on any error; a filesystem's
+    refusal is raised as a StorageError."""
 
     def __init__(self, log: LiveLog) -> None:
         self.log = log
 
     def __enter__(self) -> sqlite3.Connection:
+        if not self.log.writable:
+            raise StorageUnwritable(f"{WRITING} at {self.log.path} was refused: it was opened read-only, its "
+                                    "filesystem being unwritable; nothing was written", str(self.log.path))
         self.held = ExitStack()
         try:
             self.held.enter_context(self.log._lock)
-            self.held.enter_context(bundle_lock(self.log.path.parent))
-            if self.log.replaced():
-                raise BundleReplaced(f"the bundle at {self.log.path.parent} was replaced (rebuilt) after this server "
-                                     "loaded it; nothing was written: restart the server to serve the new bundle")
-            self.log._connection.execute("BEGIN IMMEDIATE")
-        except BaseException:
+            with storage_errors(self.log.path, WRITING):
+                self.held.enter_context(bundle_lock(self.log.path.parent, self.log.lock_timeout_s))
+                if self.log.replaced():
+                    raise BundleReplaced(f"the bundle at {self.log.path.parent} was replaced (rebuilt) after this "
+                                         "server loaded it; nothing was written: restart the server to serve the "
+                                         "new bundle")
+                if self.log._reconnect:
+                    self.log._connect()
+                self.log._connection.execute("BEGIN IMMEDIATE")
+        except BaseException as error:
             self.held.close()
+            if isinstance(error, StorageUnwritable):
+                self.log._reconnect = True  # (as in _refusal)
             raise
         return self.log._connection
 
-    def __exit__(self, error_type: type[BaseException] | None, *_: object) -> None:
+    def __exit__(self, error_type: type[BaseException] | None, error: BaseException | None, _: object) -> None:
         connection = self.log._connection
         try:
-            if error_type is None:
-                connection.execute("UPDATE state SET value = value + 1 WHERE name = 'generation'")
-                kill_point("live:committing")
-                connection.execute("COMMIT")
+            if error is None:
+                try:
+                    connection.execute("UPDATE state SET value = value + 1 WHERE name = 'generation'")
+                    kill_point("live:committing")
+                    connection.execute("COMMIT")
+                except BaseException as failed:
+                    self._roll_back()
+                    refused = self._refusal(failed)
+                    if refused is None:
+                        raise
+                    raise refused from failed
                 kill_point("live:committed")
             else:
-                connection.execute("ROLLBACK")
+                self._roll_back()
+                refused = self._refusal(error)
+                if refused is not None:
+                    raise refused from error
         finally:
             self.held.close()
+
+    def _refusal(self, error: BaseException) -> StorageError | None:
+        refused = storage_error(error, self.log.path, WRITING)
+        if isinstance(refused, StorageUnwritable):
+            # SQLite may have opened the file read-only (its filesystem was read-only then), and
+            # would stay so after a remount: the next write connects again.
+            self.log._reconnect = True
+        return refused
+
+    def _roll_back(self) -> None:
+        # SQLite has already rolled back a transaction that met a full disk (and a ROLLBACK then
+        # fails): only one still open is rolled back here.
+        if self.log._connection.in_transaction:
+            self.log._connection.execute("ROLLBACK")

@@ -17,14 +17,16 @@ from pathlib import Path
 
 import pytest
 
-from clipsearch.errors import BundleReplaced, LiveChangesPending
+from clipsearch.errors import BundleReplaced, LiveChangesPending, StorageFull
 from clipsearch.index import faiss_index
 from clipsearch.modality import Modality
 from clipsearch.store.bundle import load_bundle, rewrite_items, write_bundle
 from clipsearch.store.compaction import Compaction, compact
 from clipsearch.store.items import Item
 from clipsearch.store.live import LIVE_FILE, LIVE_IMAGES, LiveLog, count_live_changes
+from clipsearch.util.files import file_sha256
 from tests.support.bundles import DIM, MODEL, ReferenceCollection, make_bundle, new_item
+from tests.support.small_disk import FILLER, SmallDisk
 
 
 @pytest.fixture()
@@ -235,3 +237,35 @@ def test_kill_9_at_each_step_of_a_compaction_loses_no_acknowledged_write_and_lea
     compact(path)  # a compaction after the kills finishes and cleans up their debris
     assert not list(tmp_path.glob(".bundle.*-*"))
     assert_every_acknowledged_write_is_served()
+
+
+def _files_and_hashes(directory: Path) -> dict[str, str]:
+    return {str(path.relative_to(directory)): file_sha256(path) for path in sorted(directory.rglob("*"))
+            if path.is_file()}
+
+
+def test_a_compaction_that_meets_a_full_disk_changes_nothing_and_the_next_one_succeeds(disk: SmallDisk) -> None:
+    path = make_bundle(disk.path / "bundle", 2000, texts=20)
+    bundle = load_bundle(path)
+    reference = ReferenceCollection(bundle)
+    log = LiveLog(path / LIVE_FILE, bundle.items, DIM)
+    reference.write(log, [new_item(f"new-{number}", number) for number in range(300)])
+    reference.delete(log, list(range(0, 100)))
+    log.close()
+    bundle.close()
+    before = _files_and_hashes(path)
+    disk.fill(leave_bytes=32 << 10)  # room for a little, not for a second copy of the index and the items
+
+    with pytest.raises(StorageFull, match=f"no space left for the compaction at {path}: .* free of 16.0 MiB on "
+                                          f"the filesystem at {disk.path}; the bundle and its live log are as "
+                                          "they were"):
+        compact(path)
+
+    assert _files_and_hashes(path) == before
+    assert [entry.name for entry in disk.path.iterdir()  # no staging folder, no new log
+            if entry.name != FILLER and not entry.name.endswith(".lock")] == ["bundle"]
+    reference.assert_served_by(path)
+    disk.empty()
+    summary = compact(path)
+    assert summary is not None and summary.folded == 400 and count_live_changes(path) == 0
+    reference.assert_served_by(path)

@@ -5,6 +5,11 @@ searches equal to brute force over exactly the live items, checked against a pla
 from __future__ import annotations
 
 import shutil
+import sqlite3
+import subprocess
+import sys
+import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +26,15 @@ from hypothesis.stateful import (
 )
 
 from clipsearch.config import CompactionPolicy, QueryLimits, WriteLimits
-from clipsearch.errors import BundleReplaced, InvalidQuery, ItemNotFound, LiveChangesPending
+from clipsearch.errors import (
+    BundleReplaced,
+    InvalidQuery,
+    ItemNotFound,
+    LiveChangesPending,
+    StorageFull,
+    StorageLocked,
+    StorageUnwritable,
+)
 from clipsearch.index.topk import TopK
 from clipsearch.ingest.build import build
 from clipsearch.modality import Modality
@@ -30,14 +43,17 @@ from clipsearch.search.open import close_service, open_service
 from clipsearch.search.query import QueryVector, ResultOptions
 from clipsearch.search.service import Answer, SearchService
 from clipsearch.search.writes import CollectionWriter, ImageEntry, TextEntry
-from clipsearch.store.bundle import Bundle, rewrite_items
+from clipsearch.store.bundle import Bundle, load_bundle, rewrite_items
 from clipsearch.store.compaction import Compaction
 from clipsearch.store.filters import parse_filter
 from clipsearch.store.items import Item
-from clipsearch.store.live import LIVE_FILE, count_live_changes
+from clipsearch.store.live import LIVE_FILE, LiveLog, count_live_changes
+from clipsearch.store.manifest import bundle_lock
+from tests.support.bundles import DIM, make_bundle, new_item
 from tests.support.corpora import make_text_corpus, tiny_config
 from tests.support.imagefiles import image_bytes, noise_image
 from tests.support.reference import assert_same_top_k, brute_force, filter_matches
+from tests.support.small_disk import SmallDisk
 
 TEXTS = ["a red bicycle", "a dog on the beach", "snow on a mountain", "a cat asleep", "night in the city"]
 KEYS = ["k1", "k2", "k3", "k4"]
@@ -360,3 +376,106 @@ def test_a_server_whose_bundle_was_rebuilt_under_it_refuses_writes(encoder: Clip
             writer.add_texts([TextEntry("would be lost")])
     finally:
         close_writable(bundle, service)
+
+
+def test_writes_until_the_disk_is_full_are_kept_and_the_refused_one_leaves_nothing(disk: SmallDisk) -> None:
+    bundle = load_bundle(make_bundle(disk.path / "bundle", 20))
+    log = LiveLog(bundle.path / LIVE_FILE, bundle.items, DIM)
+    try:
+        disk.fill(leave_bytes=256 << 10)
+        acknowledged: dict[int, str] = {}
+        with pytest.raises(StorageFull, match=f"no space left for writing to the live log at {log.path}: 0 B free"):
+            for batch in range(10_000):  # each batch of 50 is about 10 KiB: the disk fills long before the end
+                items = [new_item(f"k{batch}-{number}", batch * 50 + number) for number in range(50)]
+                acknowledged.update(zip(log.write(items), (item.key for item in items), strict=True))
+        state = log.state()
+        assert acknowledged and {item_id: item.uri for item_id, item in state.items.items()} == acknowledged
+        generation = state.generation
+        disk.empty()
+        [written] = log.write([new_item("after", 1)])  # the same log, with room again
+        assert log.state().generation == generation + 1 and written not in acknowledged
+    finally:
+        log.close()
+        bundle.close()
+    reopened = load_bundle(disk.path / "bundle")
+    try:
+        state = LiveLog(reopened.path / LIVE_FILE, reopened.items, DIM).state()
+        assert set(acknowledged) | {written} == set(state.items)
+    finally:
+        reopened.close()
+
+
+@pytest.mark.parametrize("holder", ["the bundle's lock", "SQLite's write lock"])
+def test_a_write_waits_for_a_lock_held_elsewhere_only_up_to_its_timeout(tmp_path: Path, holder: str) -> None:
+    bundle = load_bundle(make_bundle(tmp_path / "bundle", 5))
+    log = LiveLog(bundle.path / LIVE_FILE, bundle.items, DIM, lock_timeout_s=0.2)
+    other = sqlite3.connect(log.path, isolation_level=None)
+    try:
+        with ExitStack() as held:
+            if holder == "the bundle's lock":
+                held.enter_context(bundle_lock(bundle.path))  # another open file: flock excludes it
+            else:
+                other.execute("BEGIN IMMEDIATE")
+                held.callback(other.execute, "ROLLBACK")
+            started = time.monotonic()
+            with pytest.raises(StorageLocked, match="retry shortly"):
+                log.write([new_item("waits", 1)])
+            assert 0.2 <= time.monotonic() - started < 5
+        assert log.state().items == {}  # nothing of it was written
+        assert len(log.write([new_item("waits", 1)])) == 1  # the lock released, the same write goes through
+    finally:
+        other.close()
+        log.close()
+        bundle.close()
+
+
+KILLED_WRITER = """
+import os, sys
+from pathlib import Path
+from clipsearch.store.bundle import load_bundle
+from clipsearch.store.live import LIVE_FILE, LiveLog
+from tests.support.bundles import DIM, new_item
+bundle = load_bundle(Path(sys.argv[1]))
+log = LiveLog(bundle.path / LIVE_FILE, bundle.items, DIM)
+print(log.write([new_item("before-the-kill", 1)])[0], flush=True)
+os._exit(0)  # no close, no checkpoint: the commit is in the WAL only
+"""
+
+
+@pytest.mark.parametrize("writer", ["closed", "killed"])
+def test_a_log_on_a_read_only_filesystem_is_read_with_every_commit_and_refuses_writes(disk: SmallDisk,
+                                                                                     writer: str) -> None:
+    path = make_bundle(disk.path / "bundle", 5)
+    if writer == "killed":
+        child = subprocess.run([sys.executable, "-c", KILLED_WRITER, str(path)], capture_output=True, text=True,
+                               cwd=Path(__file__).resolve().parents[3], check=True)
+        written = int(child.stdout)
+        assert (path / f"{LIVE_FILE}-wal").stat().st_size > 0
+    else:
+        bundle = load_bundle(path)
+        log = LiveLog(path / LIVE_FILE, bundle.items, DIM)
+        [written] = log.write([new_item("before-the-remount", 1)])
+        log.close()
+        bundle.close()
+        assert not (path / f"{LIVE_FILE}-wal").exists()
+    disk.read_only()
+    bundle = load_bundle(path)
+    with ExitStack() as closing:
+        closing.callback(bundle.close)
+        if writer == "killed":
+            # SQLite opens a log it finds with its WAL read-only by itself, and refuses the first write
+            opened = LiveLog(path / LIVE_FILE, bundle.items, DIM)
+            closing.callback(opened.close)
+            with pytest.raises(StorageUnwritable, match="the filesystem is read-only"):
+                opened.write([new_item("refused", 2)])
+        else:  # one closed cleanly cannot even be opened
+            with pytest.raises(StorageUnwritable, match="the filesystem is read-only"):
+                LiveLog(path / LIVE_FILE, bundle.items, DIM)
+        reader = LiveLog(path / LIVE_FILE, bundle.items, DIM, writable=False)
+        assert set(reader.state().items) == {written}
+        with pytest.raises(StorageUnwritable, match="opened read-only"):
+            reader.write([new_item("refused", 2)])
+        reader.close()  # a mode=ro reader in this process would keep the file read-only for its other connections
+        disk.writable()
+        if writer == "killed":  # the same log writes again once the filesystem can be written
+            assert len(opened.write([new_item("after-the-remount", 3)])) == 1
