@@ -101,7 +101,9 @@ class GuardedH11Protocol(H11Protocol):
         if self.flow.read_paused:  # the app is behind, not the client: wait for it
             self._start_timer(seconds, waiting_for)
             return
-        if self.cycle is None or not self.cycle.response_started:
+        # Answered unless a response is under way: before the first request, and on a kept-alive
+        # connection whose next request stalled after the last response was complete.
+        if self.cycle is None or not self.cycle.response_started or self.cycle.response_complete:
             reason = f"{waiting_for} did not arrive within {seconds:g} s"
             body = json.dumps({"detail": reason, "field": None, "reason": reason}).encode()
             self.transport.write(b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"

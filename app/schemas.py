@@ -346,6 +346,8 @@ class InfoResponse(BaseModel):
     keyword_fields: list[str] = Field(default_factory=list, description="Metadata fields searched by keyword besides "
                                                                         "captions and texts.")
     writes: WritesInfo | None = Field(None, description="Whether writes go through, why not, and the disk's room.")
+    worker: int = Field(description="The process id of the server worker that answered (one of "
+                                    "CLIPSEARCH_SERVER_WORKERS): which one a connection reached.")
 
 
 class TextItemModel(BaseModel):

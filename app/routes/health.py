@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -46,7 +48,7 @@ def info(service: ServiceDep, server: StateDep) -> InfoResponse:
         mean_batch=service.pipeline.mean_batches(), bundle_created_at=manifest.created_at,
         evaluations=manifest.evaluations, live_changes=state.changes,
         compactions=manifest.compactions, fusion=manifest.fusion, keyword_fields=manifest.keyword_fields,
-        writes=_writes_info(server))
+        writes=_writes_info(server), worker=os.getpid())
 
 
 def _writes_info(state: ServiceState) -> WritesInfo:

@@ -18,7 +18,7 @@ from clipsearch.client import ClipSearchClient, NewText
 from clipsearch.store.compaction import compact
 from clipsearch.store.live import count_live_changes
 from clipsearch.store.manifest import read_manifest
-from tests.support.serving import ADMIN, LIMITS, serve, start_server_process
+from tests.support.serving import ADMIN, LIMITS, on_every_worker, serve, start_server_process
 
 
 @pytest.fixture()
@@ -85,21 +85,21 @@ def test_after_indexer_compact_every_worker_serves_the_new_bundle_and_sees_new_w
         assert read_manifest(live_bundle).compactions
 
         def every_worker_reloaded() -> bool:
-            # Fresh connections are spread over the workers by the kernel.
-            for _ in range(20):
-                with httpx.Client(base_url=url, timeout=10) as fresh:
-                    if not fresh.get("/info").json()["compactions"]:
-                        return False
-            return True
+            reloaded: list[bool] = []
+            on_every_worker(url, 2, lambda fresh: reloaded.append(bool(fresh.get("/info").json()["compactions"])),
+                            times=4)
+            return all(reloaded)
 
         print(f"every worker served the compacted bundle after {wait_for(every_worker_reloaded, 'reload'):.2f} s")
         with ClipSearchClient(url, admin_key=ADMIN) as writer:
             [late] = writer.add_texts([NewText("a purple okapi", "okapi")])
-        for _ in range(20):
-            with httpx.Client(base_url=url, timeout=10) as fresh:
-                found = fresh.post("/search/text", json={"text": "a purple okapi", "target": "text", "k": 1}).json()
-                assert found["results"][0]["id"] == late
-                assert fresh.get(f"/items/{ids[1]}").json()["text"] == "a purple giraffe number 1"
+
+        def sees_the_new_write(fresh: httpx.Client) -> None:
+            found = fresh.post("/search/text", json={"text": "a purple okapi", "target": "text", "k": 1}).json()
+            assert found["results"][0]["id"] == late
+            assert fresh.get(f"/items/{ids[1]}").json()["text"] == "a purple giraffe number 1"
+
+        on_every_worker(url, 2, sees_the_new_write)
     finally:
         process.kill()
         process.wait()

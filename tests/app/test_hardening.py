@@ -121,10 +121,10 @@ def read_until_closed(connection: socket.socket) -> bytes:
 
 def test_headers_sent_a_byte_at_a_time_are_cut_off_with_408(strict_server: tuple[str, int]) -> None:
     with socket.create_connection(strict_server) as connection:
-        request = b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 200
+        request = b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 1500
         sent = 0
         try:
-            for byte in request:  # one byte every 20 ms: 4 s for the whole, far past the 0.5 s limit
+            for byte in request:  # one byte every 20 ms: 30 s for the whole, 60 times the 0.5 s limit
                 connection.sendall(bytes([byte]))
                 sent += 1
                 time.sleep(0.02)

@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import os
 import re
 import socket
 import threading
@@ -45,7 +46,10 @@ def test_info_describes_model_bundle_and_device(http: httpx.Client) -> None:
     assert info["indices"]["image"]["factory"] == "Flat" and info["indices"]["image"]["exact"] is True
     assert info["device"] == "cpu" and info["cuda_graphs"] is False
     assert info["backend"] == "torch" and info["text_trim"] is True
-    assert info["threads"] == Settings(bundle_path=Path("unused")).intra_op_threads >= 1
+    assert info["threads"] == len(os.sched_getaffinity(0))  # one worker: every core this process may use
+    assert info["worker"] == os.getpid()  # served from this process
+    assert info["writes"]["enabled"] is False and info["writes"]["accepted"] is True  # no admin key set
+    assert info["writes"]["disk"]["free_bytes"] > 0 and Path(info["writes"]["disk"]["path"]).is_dir()
     # The start-up warm-up already ran one query of each kind through every stage.
     assert set(info["mean_batch"]) == {"encode-text", "encode-image", "search-image", "search-text"}
     assert all(mean >= 1 for mean in info["mean_batch"].values())

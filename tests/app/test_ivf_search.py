@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from app.settings import Settings
-from clipsearch.client import ClipSearchClient
+from clipsearch.client import ClipSearchClient, Query
+from clipsearch.index import faiss_index
 from clipsearch.ingest.build import build
 from clipsearch.modality import Modality
 from clipsearch.model.encoder import ClipEncoder
@@ -33,22 +34,27 @@ def ivf_client(ivf_bundle: Path) -> Iterator[ClipSearchClient]:
         yield client
 
 
-def test_served_ivf_recall_at_10_matches_what_the_manifest_promises(ivf_client: ClipSearchClient, ivf_bundle: Path,
-                                                                     encoder: ClipEncoder) -> None:
+def test_served_ivf_recall_at_10_is_what_the_manifest_promises_on_the_same_queries(
+        ivf_client: ClipSearchClient, ivf_bundle: Path) -> None:
     bundle = load_bundle(ivf_bundle)
     spec = bundle.manifest.modalities[Modality.IMAGE].index
     assert ivf_client.info()["indices"]["image"]["factory"] == "IVF8,Flat"
-    texts = [f"a query about subject {number}" for number in range(40)]
+    assert spec.recall_at_10 is not None and spec.recall_at_10 >= 0.95
+    # The build measured recall with the texts' vectors as queries (the other modality): served
+    # searches by those very vectors (a query of one text item is its stored vector) must reach it.
+    text_ids = [item.id for item in bundle.items if item.modality is Modality.TEXT]
     recalls = []
-    for text in texts:
-        served = ivf_client.search_text(text, k=10).ids
-        exact = brute_force_bundle(bundle, Modality.IMAGE, encoder.encode_texts([text])[0], 10).ids[0].tolist()
+    for text_id in text_ids:
+        served = ivf_client.search([Query(item_id=text_id)], target="image", k=10).ids
+        vector = faiss_index.reconstruct(bundle.indices[Modality.TEXT], text_id)
+        exact = brute_force_bundle(bundle, Modality.IMAGE, vector, 10).ids[0].tolist()
         recalls.append(len(set(served) & set(exact)) / 10)
     recall = float(np.mean(recalls))
-    print(f"served IVF8 recall@10 over {len(texts)} text queries: {recall:.3f} (manifest: {spec.recall_at_10})")
-    assert spec.recall_at_10 is not None and spec.recall_at_10 >= 0.95
-    # Other queries than the build's, so not to the digit; but what is served is what was promised.
-    assert recall == pytest.approx(spec.recall_at_10, abs=0.1)
+    print(f"served IVF8 recall@10 over the build's {len(text_ids)} text queries: {recall:.4f} "
+          f"(manifest: {spec.recall_at_10})")
+    # Equal but for the manifest's rounding to 4 places, and one near-tie in 600 hits that renormalising
+    # a stored vector (float32) can swap.
+    assert recall == pytest.approx(spec.recall_at_10, abs=1 / (10 * len(text_ids)) + 5e-5)
 
 
 @pytest.fixture(scope="module")

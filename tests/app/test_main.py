@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -13,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.serving import free_port
+from tests.support.serving import free_port, on_every_worker
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -48,20 +49,44 @@ def two_workers(bundle_path: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 
 def test_two_workers_serve_searches_with_the_cores_shared_between_them(two_workers: str) -> None:
     cores = len(os.sched_getaffinity(0))
-    for _ in range(6):
-        with httpx.Client(base_url=two_workers, timeout=30) as http:
-            info = http.get("/info")
-            assert info.status_code == 200, info.text
-            assert info.json()["threads"] == max(1, cores // 2)
-            hits = http.post("/search/text", json={"text": "a red square", "k": 3}).json()["results"]
-            assert len(hits) == 3
+
+    def searches_with_its_share_of_the_cores(http: httpx.Client) -> None:
+        assert http.get("/info").json()["threads"] == max(1, cores // 2)
+        hits = http.post("/search/text", json={"text": "a red square", "k": 3}).json()["results"]
+        assert len(hits) == 3
+
+    assert len(on_every_worker(two_workers, 2, searches_with_its_share_of_the_cores, times=6)) == 2
 
 
 def test_every_worker_holds_slow_clients_to_the_header_time_limit(two_workers: str) -> None:
     port = int(two_workers.rsplit(":", 1)[1])
-    for _ in range(4):
+    held: set[int] = set()
+    for _ in range(200):
         with socket.create_connection(("127.0.0.1", port)) as connection:
-            connection.settimeout(10)
+            connection.settimeout(30)  # far past the 0.5 s limit: only a server that never cuts off fails
+            # One whole request first, to learn which worker holds this connection...
+            connection.sendall(b"GET /info HTTP/1.1\r\nHost: test\r\n\r\n")
+            worker = json.loads(_response(connection).split(b"\r\n\r\n", 1)[1])["worker"]
+            # ...then a request whose headers never end.
+            connection.sendall(b"GET /info HTTP/1.1\r\nHost: test\r\n")
             started = time.monotonic()
-            assert connection.recv(4096).startswith(b"HTTP/1.1 408 ")
-            assert time.monotonic() - started < 5
+            answer = connection.recv(4096)
+            assert answer.startswith(b"HTTP/1.1 408 "), answer
+            assert time.monotonic() - started >= 0.5  # not before the limit
+            held.add(worker)
+        if len(held) == 2:
+            return
+    raise AssertionError(f"only {len(held)} of 2 workers answered in 200 connections")
+
+
+def _response(connection: socket.socket) -> bytes:
+    """One whole response with a content-length body, read from `connection`."""
+    received = b""
+    while b"\r\n\r\n" not in received:
+        received += connection.recv(65536)
+    head, body = received.split(b"\r\n\r\n", 1)
+    length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                  if line.lower().startswith(b"content-length:"))
+    while len(body) < length:
+        body += connection.recv(65536)
+    return head + b"\r\n\r\n" + body

@@ -10,6 +10,7 @@ import pytest
 
 from app.settings import Settings
 from clipsearch.client import ClipSearchClient, Query
+from clipsearch.index import faiss_index
 from clipsearch.modality import Modality
 from clipsearch.model.encoder import ClipEncoder
 from clipsearch.store.bundle import Bundle
@@ -156,9 +157,22 @@ def test_paging_walks_through_results_without_gaps_or_repeats(client: ClipSearch
     assert [page.more for page in pages] == [True, True, True, False]
 
 
-def test_dedup_marks_every_result_with_the_duplicates_it_absorbed(client: ClipSearchClient) -> None:
-    result = client.search_text("a photo", k=5, dedup=True)
-    assert all(hit.duplicates is not None for hit in result.results)
+@pytest.mark.parametrize("threshold", [0.94, 0.995])
+def test_dedup_groups_results_as_a_greedy_pass_over_the_plain_ranking_does(client: ClipSearchClient, bundle: Bundle,
+                                                                           threshold: float) -> None:
+    everything = bundle.manifest.modalities[Modality.IMAGE].count
+    plain = client.search_text("a photo", k=everything).ids
+    vectors = {item_id: faiss_index.reconstruct(bundle.indices[Modality.IMAGE], item_id) for item_id in plain}
+    # The reference: in rank order, an item joins the first kept item it has a cosine of at least
+    # `threshold` with, else it is kept (with all items fetched, nothing depends on fetch sizes).
+    groups: dict[int, list[int]] = {}
+    for item_id in plain:
+        home = next((kept for kept in groups if float(vectors[kept] @ vectors[item_id]) >= threshold), None)
+        groups.setdefault(item_id, []) if home is None else groups[home].append(item_id)
+    result = client.search_text("a photo", k=everything, dedup=threshold)
+    assert {hit.id: list(hit.duplicates or ()) for hit in result.results} == groups
+    assert [hit.id for hit in result.results] == list(groups)  # kept in rank order
+    assert any(groups.values())  # the tiny model's random weights put some images this close: the check bites
     assert client.search_text("a photo", k=5).results[0].duplicates is None
 
 

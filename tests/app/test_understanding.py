@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import math
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +15,10 @@ from PIL import Image
 from app.main import create_app
 from app.settings import Settings
 from clipsearch.client import ClipSearchAPIError, ClipSearchClient, Query
+from clipsearch.config import CaptionConfig
 from clipsearch.modality import Modality
+from clipsearch.model.captions import load_captioner
+from clipsearch.model.encoder import ClipEncoder
 from clipsearch.store.bundle import Bundle
 from tests.support.imagefiles import image_bytes, noise_image
 from tests.support.serving import LIMITS, serve
@@ -25,8 +29,9 @@ LABELS = ["a cat", "a dog", "a boat"]
 @pytest.fixture(scope="module")
 def captioning(bundle_path: Path) -> Iterator[tuple[str, object]]:
     """A server whose caption model is the tiny CoCa; yields its URL and its state."""
+    # Beam search: deterministic, so a caption's words can be checked against the model's own.
     settings = Settings(bundle_path=bundle_path, device="cpu", caption_model="tiny-coca", caption_pretrained="",
-                        caption_generation="top_k", caption_max_tokens=10, max_labels=4, max_explained=2,
+                        caption_generation="beam_search", caption_max_tokens=10, max_labels=4, max_explained=2,
                         **LIMITS)  # type: ignore[arg-type]
     app = create_app(settings)
     with serve(settings, app) as url:
@@ -138,12 +143,20 @@ def test_the_caption_model_loads_on_the_first_caption_request(captioning: tuple[
                                                               bundle: Bundle) -> None:
     state = captioning[1]
     assert state.captions.loaded is None  # type: ignore[attr-defined]
-    body = http.post("/caption", json={"item_id": image_ids(bundle)[0]}).json()
-    assert isinstance(body["caption"], str) and body["model"] == "tiny-coca (random weights, seed 0)"
+    item = bundle.items.get(image_ids(bundle)[0])
+    assert item is not None
+    body = http.post("/caption", json={"item_id": item.id}).json()
+    assert body["model"] == "tiny-coca (random weights, seed 0)"
     assert state.captions.loaded is not None  # type: ignore[attr-defined]
-    uploaded = http.post("/caption/image", files={"file": ("a.png", image_bytes(noise_image(2)))})
-    inline = http.post("/caption", json={"image_b64": b64(noise_image(2))})
-    assert uploaded.status_code == inline.status_code == 200
+    uploaded = http.post("/caption/image", files={"file": ("a.png", image_bytes(noise_image(2)))}).json()
+    inline = http.post("/caption", json={"image_b64": b64(noise_image(2))}).json()
+    # The same model loaded here, outside the server, captions the same pictures with the same words.
+    reference = load_captioner(CaptionConfig(model="tiny-coca", pretrained=None, device="cpu",
+                                             generation="beam_search", max_tokens=10))
+    with Image.open(item.uri) as stored:
+        expected = reference.caption_images([stored.convert("RGB"), noise_image(2)])
+    assert body["caption"] == expected[0] and uploaded["caption"] == inline["caption"] == expected[1]
+    assert expected[0] != expected[1] and all(len(caption.split()) >= 2 for caption in expected)
 
 
 def test_a_bad_caption_request_is_refused_naming_the_field(http: httpx.Client) -> None:
@@ -164,22 +177,32 @@ def test_without_the_caption_extra_caption_answers_503_naming_it(bundle_path: Pa
     assert response.status_code == 503 and "[caption] extra" in response.json()["reason"]
 
 
-def test_the_python_client_classifies_explains_and_captions(captioning: tuple[str, object], bundle: Bundle) -> None:
+def test_the_python_client_classifies_explains_and_captions(captioning: tuple[str, object], bundle: Bundle,
+                                                           encoder: ClipEncoder) -> None:
     image = image_ids(bundle)[0]
     with ClipSearchClient(captioning[0], timeout=60) as client:
         labels = client.classify(image, LABELS)
         assert sum(label.probability for label in labels) == pytest.approx(1.0)
         several = client.classify(image_bytes(noise_image(3)), LABELS, multi_label=True)
-        # Every label scored on its own (a sigmoid each, not a softmax over them), best first.
-        assert sorted(label.label for label in several) == sorted(LABELS)
-        assert all(0 <= label.probability <= 1 for label in several)
-        assert [label.probability for label in several] == sorted((label.probability for label in several),
-                                                                  reverse=True)
+        # What the server answered, label for label, best first.
+        answered = httpx.post(f"{captioning[0]}/classify", json={"image_b64": b64(noise_image(3)), "labels": LABELS,
+                                                                 "multi_label": True}, timeout=60).json()["labels"]
+        assert [(label.label, label.probability, label.cosine) for label in several] == \
+            [(label["label"], pytest.approx(label["probability"]), pytest.approx(label["cosine"]))
+             for label in answered]
+        # Every label scored on its own, a sigmoid each against one generic prompt: two labels' log-odds
+        # differ by the model's temperature times their cosines' difference.
+        scale = float(encoder.model.logit_scale.detach().exp())
+        first, last = several[0], several[-1]
+        assert math.log(first.probability / (1 - first.probability)) - \
+            math.log(last.probability / (1 - last.probability)) == \
+            pytest.approx(scale * (first.cosine - last.cosine), rel=1e-4, abs=1e-4)
         found = client.search([Query(text="a photo"), Query(item_id=image, weight=0.5)], k=3, explain=True)
         assert all(sum(hit.shares or []) == pytest.approx(hit.score, abs=1e-5) for hit in found.results)
         heatmap = client.explain([Query(text="a photo")], [image])[0]
         assert heatmap.grid.shape == (4, 4) and heatmap.overlay_png is not None
-        assert isinstance(client.caption(image), str)
+        assert client.caption(image) == httpx.post(f"{captioning[0]}/caption", json={"item_id": image},
+                                                   timeout=60).json()["caption"]
         with pytest.raises(ClipSearchAPIError) as refused:
             client.classify(image, [])
         assert refused.value.field == "labels"

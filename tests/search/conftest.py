@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -22,8 +22,15 @@ def service(encoder: ClipEncoder, bundle: Bundle) -> Iterator[SearchService]:
 
 
 @pytest.fixture()
-def batching_service(encoder: ClipEncoder, bundle: Bundle) -> Iterator[SearchService]:
-    # A wide window, so that queries sent together are sure to share batches.
-    opened = SearchService(encoder, bundle, LIMITS, batching=Batching(max_batch=64, window_s=0.3))
-    yield opened
-    opened.close()
+def batching_service(encoder: ClipEncoder, bundle: Bundle) -> Iterator[Callable[[int], SearchService]]:
+    """A service whose batches go as soon as they hold `n` queries: n queries sent together make
+    exactly one batch however slow the machine (the minute-long window only bounds a failure)."""
+    opened: list[SearchService] = []
+
+    def batching(n: int) -> SearchService:
+        opened.append(SearchService(encoder, bundle, LIMITS, batching=Batching(max_batch=n, window_s=60)))
+        return opened[-1]
+
+    yield batching
+    for service in opened:
+        service.close()

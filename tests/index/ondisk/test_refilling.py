@@ -101,9 +101,12 @@ def test_an_on_disk_index_is_trained_and_tuned_again_once_the_rows_added_pass_th
     with opened_service(encoder, path) as service:
         found = [[hit.item.id for hit in service.search(query, Modality.IMAGE, 10)] for query in queries]
     truth = brute_force(vectors, ids, queries, 10).ids
-    # The tuning's queries are drawn from the index itself; unseen ones reach a little less (0.912).
+    # The tuning's queries are drawn from the index itself; these unseen ones reach 0.912 with this
+    # seed. The bound is 6 hits of the 500 below that: room for FAISS's k-means to train other
+    # centroids on another build or CPU, and not for a refill that lost rows (each lost row costs a hit
+    # in every query whose top 10 holds it).
     assert recall_at_10(TopK(np.zeros((50, 10), np.float32), np.array(found)), TopK(np.zeros_like(truth), truth)) \
-        >= RECALL_TARGET - 0.1
+        >= 0.9
 
 
 KILLED_COMPACTION = """

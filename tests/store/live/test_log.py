@@ -4,6 +4,7 @@ searches equal to brute force over exactly the live items, checked against a pla
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import sqlite3
 import subprocess
@@ -24,6 +25,7 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
+from PIL import Image
 
 from clipsearch.config import CompactionPolicy, QueryLimits, WriteLimits
 from clipsearch.errors import (
@@ -47,7 +49,7 @@ from clipsearch.store.bundle import Bundle, load_bundle, rewrite_items
 from clipsearch.store.compaction import Compaction
 from clipsearch.store.filters import parse_filter
 from clipsearch.store.items import Item
-from clipsearch.store.live import LIVE_FILE, LiveLog, count_live_changes
+from clipsearch.store.live import LIVE_FILE, LIVE_IMAGES, LiveLog, count_live_changes
 from clipsearch.store.manifest import bundle_lock
 from tests.support.bundles import DIM, make_bundle, new_item
 from tests.support.corpora import make_text_corpus, tiny_config
@@ -94,10 +96,15 @@ class LiveCollectionMachine(RuleBasedStateMachine):
 
     @initialize()
     def load_the_base(self) -> None:
-        for item in self.bundle.items:
-            vector = self.service.collection.stored_vector(item.id)
+        # The model's vectors are its own: each base item's source embedded here, once, not read back.
+        items = list(self.bundle.items)
+        texts = [item for item in items if item.modality is Modality.TEXT]
+        images = [item for item in items if item.modality is Modality.IMAGE]
+        vectors = [*self.encoder.encode_texts([item.text or "" for item in texts]),
+                   *self.encoder.encode_images([_picture(Path(item.uri)) for item in images])]
+        for item, vector in zip([*texts, *images], vectors, strict=True):
             self.model[item.id] = (item, vector)
-            self.keys[(item.modality, item.uri)] = item.id
+            self.keys[(item.modality, item.uri)] = item.id  # a base item's key is its uri
 
     @rule(text=st.sampled_from(TEXTS), key=st.one_of(st.none(), st.sampled_from(KEYS)),
           tag=st.sampled_from(["a", "b", None]))
@@ -108,20 +115,22 @@ class LiveCollectionMachine(RuleBasedStateMachine):
             assert item_id == self.keys[(Modality.TEXT, key)]  # a replacement keeps its id
         assert item_id not in self.model or key is not None
         vector = self.encoder.encode_texts([text])[0]
-        stored_key = key if key is not None else self.writer.live.key_of(item_id)
+        stored_key = key if key is not None else self.writer.live.key_of(item_id)  # a new key: made by the log
         assert stored_key is not None
         self.keys[(Modality.TEXT, stored_key)] = item_id
-        self.model[item_id] = (Item(item_id, Modality.TEXT, stored_key, text, metadata, ""), vector)
+        self.model[item_id] = (Item(item_id, Modality.TEXT, stored_key, text, metadata, ""), vector)  # uri: its key
 
     @rule(seed=st.integers(0, 5), key=st.one_of(st.none(), st.sampled_from(KEYS)))
     def add_an_image(self, seed: int, key: str | None) -> None:
         data = image_bytes(noise_image(4000 + seed))
         [item_id] = self.writer.add_images([ImageEntry(data, key, caption=f"noise {seed}", metadata={"tag": "a"})])
-        vector = self.service.collection.stored_vector(item_id)
+        vector = self.encoder.encode_images([noise_image(4000 + seed)])[0]
         stored_key = key if key is not None else self.writer.live.key_of(item_id)
         assert stored_key is not None
         self.keys[(Modality.IMAGE, stored_key)] = item_id
-        self.model[item_id] = (Item(item_id, Modality.IMAGE, "", f"noise {seed}", {"tag": "a"}, ""), vector)
+        # An upload is stored in the bundle under its content's hash.
+        uri = str((self.path / LIVE_IMAGES / f"{hashlib.sha256(data).hexdigest()}.png").resolve())
+        self.model[item_id] = (Item(item_id, Modality.IMAGE, uri, f"noise {seed}", {"tag": "a"}, ""), vector)
 
     @rule(data=st.data())
     def replace_a_base_item_by_its_key(self, data: st.DataObject) -> None:
@@ -232,15 +241,24 @@ class LiveCollectionMachine(RuleBasedStateMachine):
 
     @invariant()
     def every_live_item_reads_back_as_written(self) -> None:
-        for item_id, (item, _) in self.model.items():
+        keys = {item_id: key for (_, key), item_id in self.keys.items()}
+        for item_id, (item, vector) in self.model.items():
             read = self.service.collection.item(item_id)
-            assert (read.modality, read.text, read.extra) == (item.modality, item.text, item.extra)
+            assert (read.modality, read.uri, read.text, read.extra) == (item.modality, item.uri, item.text, item.extra)
+            assert self.writer.live.key_of(item_id) == keys[item_id]
+            np.testing.assert_allclose(self.service.collection.stored_vector(item_id), vector, atol=1e-5)
+        assert set(keys) == set(self.model)  # every key names a live item, and every live item has one
 
     def teardown(self) -> None:
         if self.compaction is not None:
             self.compaction.close()
         close_writable(self.bundle, self.service)
         shutil.rmtree(self.path, ignore_errors=True)
+
+
+def _picture(path: Path) -> Image.Image:
+    with Image.open(path) as image:
+        return image.convert("RGB")
 
 
 def _query(vector: np.ndarray) -> QueryVector:
