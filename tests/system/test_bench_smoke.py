@@ -204,3 +204,17 @@ def test_smoke_the_scale_bench_builds_serves_and_extrapolates_an_on_disk_index(t
     serving = by_name["serving"]
     assert serving["rss_anonymous_bytes"] > 0 and serving["on_disk_ms"] > 0 and serving["in_memory_ms"] > 0
     assert by_name["extrapolated"]["count"] == 10**9  # the last of 100M and 1B
+
+
+def test_smoke_the_int8_recall_bench_scores_both_exports_on_the_same_pairs(tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime", reason="the [onnx] extra is not installed")
+    subprocess.run([sys.executable, "-m", "indexer", "demo-data", "--kind", "shapes", "--language", "en", "--out",
+                    str(tmp_path / "pairs"), "--count", "40", "--seed", "1"], cwd=ROOT, check=True, capture_output=True)
+    figures = run_bench("bench.int8_recall", "--pairs", str(tmp_path / "pairs" / "images"), "--model", "tiny",
+                        "--onnx-cache", str(tmp_path / "onnx"))
+    fp32, int8 = figures["onnx retrieval"], figures["onnx-int8 retrieval"]
+    assert fp32["images"] == int8["images"] == 40 and fp32["captions"] == int8["captions"] == 120
+    loss = figures["int8 against fp32"]
+    for direction in ("text_to_image", "image_to_text"):
+        assert loss[f"{direction}_loss"] == {
+            k: pytest.approx(fp32[direction][k] - int8[direction][k], abs=1e-3) for k in fp32[direction]}
