@@ -33,7 +33,7 @@ def two_workers(bundle_path: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         # Fresh connections land on whichever worker accepts first, so a run of 200s can all come from
         # one of them: wait for each worker's own "ready:" log line, then for /ready itself.
         ready_in_a_row, deadline = 0, time.monotonic() + 120
-        while log.read_text().count("ready: ") < 2 or ready_in_a_row < 8:
+        while log.read_text().count("clipsearch is ready: open") < 2 or ready_in_a_row < 8:
             assert server.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
             try:
                 ready = httpx.get(f"{url}/ready", timeout=5, headers={"Connection": "close"}).status_code == 200

@@ -85,16 +85,21 @@ def start_server_process(live_bundle: Path, **extra: str) -> tuple[subprocess.Po
 def on_every_worker(url: str, workers: int, check: Callable[[httpx.Client], None], times: int = 10,
                     attempts: int = 200) -> set[int]:
     """Run `check` on fresh connections, at least `times` times and until every one of `workers`
-    worker processes has answered one (each connection's worker read from /info); fails if one
-    never does within `attempts` connections. The kernel hands each connection to one worker, in
-    no set order. Returns the workers' process ids."""
+    worker processes has answered one (each connection's worker read from /info; one still loading
+    is passed over); fails if one never does within `attempts` connections. The kernel hands each
+    connection to one worker, in no set order. Returns the workers' process ids."""
     answered: set[int] = set()
-    for attempt in range(attempts):
+    checked = 0
+    for _ in range(attempts):
         with httpx.Client(base_url=url, timeout=30) as fresh:  # one connection: one worker answers all of it
             info = fresh.get("/info")
+            if info.status_code == 503 and "loading" in info.text:  # a worker still starting: not it yet
+                time.sleep(0.1)
+                continue
             assert info.status_code == 200, info.text
             answered.add(info.json()["worker"])
             check(fresh)
-        if len(answered) == workers and attempt + 1 >= times:
+            checked += 1
+        if len(answered) == workers and checked >= times:
             return answered
     raise AssertionError(f"only {len(answered)} of {workers} workers answered in {attempts} connections")
