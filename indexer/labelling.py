@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from clipsearch.config import QueryLimits
 from clipsearch.errors import BundleError, ClipSearchError
@@ -18,6 +17,7 @@ from clipsearch.modality import Modality
 from clipsearch.model.zero_shot import DEFAULT_TEMPLATES, LabelScore, ZeroShotClassifier, check_labels
 from clipsearch.store.bundle import Bundle, load_bundle, rewrite_items
 from clipsearch.store.items import Item
+from clipsearch.util.progress import progress_bar
 from indexer.common import (
     Commands,
     Fail,
@@ -96,7 +96,7 @@ def _score_images(args: argparse.Namespace, classifier: ZeroShotClassifier, labe
             raise BundleError("the bundle has no image items to label", "bundle")
         ids = [item.id for item in bundle.items if item.modality is Modality.IMAGE]
         scored: dict[int, list[LabelScore]] = {}
-        with tqdm(total=len(ids), unit="image", desc="labelling", disable=args.no_progress) as bar:
+        with progress_bar(total=len(ids), unit="image", desc="labelling", disable=args.no_progress) as bar:
             for start in range(0, len(ids), CHUNK):
                 chunk = ids[start:start + CHUNK]
                 vectors = _stored(bundle, np.array(chunk, dtype=np.int64))

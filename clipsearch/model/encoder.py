@@ -15,13 +15,13 @@ import numpy as np
 import open_clip
 import torch
 from PIL import Image
-from tqdm import tqdm
 
 from clipsearch.config import ModelRef
 from clipsearch.errors import ModelLoadError
 from clipsearch.model.graphs import GraphedForward
 from clipsearch.model.preprocess import ImagePreparer, PreprocessConfig
 from clipsearch.model.text_trim import text_trimmer
+from clipsearch.util.progress import progress_bar
 
 TEXT_GRAPH_LENGTHS = (16, 32)
 """Token lengths, besides the full context, at which trimmed text towers are captured as CUDA graphs:
@@ -163,8 +163,8 @@ class ClipEncoder:
                                 unit: str = "text") -> np.ndarray:
         """encode_texts over many texts, `batch_size` at a time (a progress bar with `progress`)."""
         vectors = np.zeros((len(texts), self.embedding_dim), dtype=np.float32)
-        with tqdm(total=len(texts), unit=unit, desc=f"encoding {unit}s", disable=not progress,
-                  dynamic_ncols=True) as bar:
+        with progress_bar(total=len(texts), unit=unit, desc=f"encoding {unit}s", disable=not progress,
+                          dynamic_ncols=True) as bar:
             for start in range(0, len(texts), batch_size):
                 vectors[start:start + batch_size] = self.encode_texts(texts[start:start + batch_size])
                 bar.update(min(batch_size, len(texts) - start))

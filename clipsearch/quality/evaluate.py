@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from clipsearch.client import ClipSearchClient
 from clipsearch.errors import SourceError
@@ -29,6 +28,7 @@ from clipsearch.ingest.loading import image_batches
 from clipsearch.ingest.sources import Columns, SourceItem, read_image_source
 from clipsearch.modality import Modality
 from clipsearch.model.encoder import ClipEncoder
+from clipsearch.util.progress import progress_bar
 
 RECALL_AT = (1, 5, 10)
 SCORE_BUDGET = 1 << 25
@@ -191,7 +191,7 @@ def encoder_functions(encoder: ClipEncoder, batch_size: int, workers: int, max_p
     def encode_images(items: Sequence[SourceItem]) -> tuple[np.ndarray, dict[int, str]]:
         vectors: list[np.ndarray] = []
         unusable: dict[int, str] = {}
-        with tqdm(total=len(items), unit="image", desc="encoding images", disable=not progress,
+        with progress_bar(total=len(items), unit="image", desc="encoding images", disable=not progress,
                   dynamic_ncols=True) as bar:
             for batch in image_batches(items, encoder, 0, batch_size, workers, max_pixels):
                 if batch.pixels is not None:
@@ -215,8 +215,9 @@ def search_ranks(corpus: PairedCorpus, search: Callable[[str, int], list[str]], 
     image when its uri is the image's, as a bundle built from the same files records it."""
     depth = max(RECALL_AT)
     ranks = []
-    for caption, owner in tqdm(zip(corpus.captions, corpus.caption_image, strict=True), total=len(corpus.captions),
-                               unit="caption", desc=description, disable=not progress):
+    for caption, owner in progress_bar(zip(corpus.captions, corpus.caption_image, strict=True),
+                                       total=len(corpus.captions), unit="caption", desc=description,
+                                       disable=not progress):
         wanted = corpus.images[owner].uri
         ranks.append(next((rank for rank, uri in enumerate(search(caption, depth)) if uri == wanted), depth))
     return np.array(ranks)
@@ -242,8 +243,8 @@ def served_ranks(corpus: PairedCorpus, client: ClipSearchClient, progress: bool 
     for caption, owner in zip(corpus.captions, corpus.caption_image, strict=True):
         captions_of.setdefault(int(owner), set()).add(caption)
     image_ranks = []
-    for position, item in enumerate(tqdm(corpus.images, unit="image", desc="image → text via the server",
-                                         disable=not progress)):
+    for position, item in enumerate(progress_bar(corpus.images, unit="image", desc="image → text via the server",
+                                                 disable=not progress)):
         assert item.path is not None  # read_pairs keeps only images with a file
         hits = client.search_image(item.path, target=Modality.TEXT, k=depth).results
         image_ranks.append(next((rank for rank, hit in enumerate(hits) if hit.text in captions_of[position]), depth))

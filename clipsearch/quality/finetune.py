@@ -30,7 +30,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from open_clip.loss import ClipLoss, SigLipLoss
-from tqdm import tqdm
 
 from clipsearch.config import DEFAULT_MAX_PIXELS
 from clipsearch.errors import FinetuneError, SourceError
@@ -38,6 +37,7 @@ from clipsearch.ingest.loading import LoadedBatch, image_batches
 from clipsearch.model.encoder import ClipEncoder
 from clipsearch.quality.evaluate import PairedCorpus, RetrievalScores, encoder_functions, evaluate
 from clipsearch.util.files import atomic_path
+from clipsearch.util.progress import progress_bar
 
 LOSSES = ("contrastive", "triplet")
 SELECTION_METRIC = "text_to_image R@5 (ties: lower mean rank)"
@@ -142,8 +142,8 @@ def finetune(encoder: ClipEncoder, corpus: PairedCorpus, config: FinetuneConfig,
         stream = None if pixels is not None else image_batches(
             [train.images[int(row)] for row in order], encoder, 0, config.batch_size, config.workers,
             config.max_pixels)
-        bar = tqdm(batches, desc=f"epoch {epoch}/{config.epochs}", unit="batch", disable=not progress,
-                   dynamic_ncols=True)
+        bar = progress_bar(batches, desc=f"epoch {epoch}/{config.epochs}", unit="batch", disable=not progress,
+                           dynamic_ncols=True)
         for step, rows in enumerate(bar, start=1):
             texts = [captions_of[row][int(rng.integers(len(captions_of[row])))] for row in rows]
             with torch.autocast("cuda", enabled=encoder.device.type == "cuda"):

@@ -16,10 +16,10 @@ from typing import Any
 import faiss
 import numpy as np
 from faiss.contrib.ondisk import merge_ondisk
-from tqdm import tqdm
 
 from clipsearch.index.spec import RECALL_QUERIES
 from clipsearch.util.files import atomic_path
+from clipsearch.util.progress import progress_bar
 
 FILL_SHARD_VECTORS = 1_000_000
 """Vectors per fill shard: its codes (72 bytes a vector for PQ64) are held in memory until written."""
@@ -82,7 +82,7 @@ def first_pass(chunks: Chunks, count: int, dim: int, work: Path, name: str, samp
         np.ascontiguousarray(recall_queries[:RECALL_QUERIES], dtype=np.float32)
     best = RunningTopK(10)
     start, last_id = 0, -1
-    bar = tqdm(total=count, unit="vector", desc="reading vectors", disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(total=count, unit="vector", desc="reading vectors", disable=not progress, dynamic_ncols=True)
     with RowWriter(work / f"{name}.vectors.npy.tmp", np.float16, (count, dim)) as vectors, \
             RowWriter(work / f"{name}.ids.npy.tmp", np.int64, (count,)) as ids:
         for chunk_ids, chunk_vectors in chunks():
@@ -191,8 +191,8 @@ def fill(chunks: Chunks, count: int, trained_path: Path, work: Path, progress: b
     while done < shard_count and paths[done].is_file():
         done += 1
     start_at = done * FILL_SHARD_VECTORS
-    bar = tqdm(total=count, initial=start_at, unit="vector", desc="filling lists", disable=not progress,
-               dynamic_ncols=True)
+    bar = progress_bar(total=count, initial=start_at, unit="vector", desc="filling lists", disable=not progress,
+                       dynamic_ncols=True)
     shard: faiss.Index | None = None
     position = 0
     for chunk_ids, chunk_vectors in chunks():
