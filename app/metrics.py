@@ -10,6 +10,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.refusals import REFUSAL_KINDS
 from clipsearch.modality import Modality
 from clipsearch.search.query import QueryVector
 from clipsearch.search.results import Answer
@@ -41,7 +42,6 @@ class BatchCollector(Collector):
 
 RefusedWrites = Callable[[], tuple[str | None, int | None]]
 """Why writes are refused now (None: they are not), and the bytes free on the bundle's filesystem."""
-REFUSAL_KINDS = ("disk_full", "unwritable", "locked", "bundle_replaced", "not_loaded")
 
 
 class WritesCollector(Collector):

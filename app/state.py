@@ -18,24 +18,14 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 from app.errors import ServiceNotReady, WritesUnavailable
 from app.metrics import Metrics
+from app.refusals import WriteRefusal, WritesStatus, refusal_after
 from app.settings import Settings
-from clipsearch.errors import (
-    BundleReplaced,
-    CannotCompact,
-    CheckpointRequired,
-    ClipSearchError,
-    StorageError,
-    StorageFull,
-    StorageLocked,
-    StorageUnwritable,
-)
+from clipsearch.errors import BundleReplaced, CannotCompact, CheckpointRequired, ClipSearchError, StorageError
 from clipsearch.index import faiss_index
 from clipsearch.index.sharding import parse_devices
 from clipsearch.model.captions import CaptionService
@@ -48,7 +38,7 @@ from clipsearch.store.compaction import compact
 from clipsearch.store.filters import Filter
 from clipsearch.store.items import Item
 from clipsearch.store.manifest import MANIFEST_FILE, read_manifest
-from clipsearch.util.storage import DiskSpace, disk_space
+from clipsearch.util.storage import disk_space
 
 log = logging.getLogger(__name__)
 
@@ -247,7 +237,7 @@ class ServiceState:
         except StorageError as error:
             self._refused(error)
             raise
-        if self.refusal is not None and self.refusal.kind in STORAGE_REFUSALS.values():
+        if self.refusal is not None and self.refusal.by_the_filesystem:
             log.info("writes to %s go through again (refused %d times since %s: %s)", self.settings.bundle_path,
                      self.refusal.count, self.refusal.since, self.refusal.kind)
             self.refusal = None
@@ -255,13 +245,8 @@ class ServiceState:
         return result
 
     def _refused(self, error: StorageError) -> None:
-        kind = next(STORAGE_REFUSALS[cls] for cls in type(error).__mro__ if cls in STORAGE_REFUSALS)
-        self.metrics.write_refusals.labels(kind).inc()
-        previous = self.refusal
-        if previous is not None and previous.kind == kind:
-            self.refusal = replace(previous, reason=error.reason, count=previous.count + 1)
-        else:
-            self.refusal = WriteRefusal(kind, error.reason)
+        self.refusal = refusal_after(self.refusal, error)
+        self.metrics.write_refusals.labels(self.refusal.kind).inc()
 
     def _refused_writes(self) -> tuple[str | None, int | None]:
         """For the metrics: why writes are refused now (None: they are not), and the bytes free."""
@@ -335,31 +320,6 @@ class ServiceState:
         if service is not None:
             close_service(service)
         self.captions.close()
-
-
-STORAGE_REFUSALS: dict[type[StorageError], str] = {
-    StorageFull: "disk_full", StorageUnwritable: "unwritable", StorageLocked: "locked"}
-"""How /info and the metrics name each refusal of the filesystem."""
-
-
-@dataclass(frozen=True)
-class WriteRefusal:
-    """Why writes are refused now: `kind` is one of STORAGE_REFUSALS' names (the last write met
-    that), or "unwritable" (the live log could not be opened), "bundle_replaced" or "not_loaded"."""
-
-    kind: str
-    reason: str
-    since: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
-    count: int = 1
-    """Writes refused for this reason since `since` (1 for a state of the bundle)."""
-
-
-@dataclass(frozen=True)
-class WritesStatus:
-    enabled: bool
-    """An admin key is set: writes are allowed at all."""
-    refusal: WriteRefusal | None
-    space: DiskSpace | None
 
 
 def _writable(bundle: os.PathLike[str]) -> bool:

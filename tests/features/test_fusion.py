@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -33,9 +32,9 @@ from clipsearch.store.bundle import CAPTIONS_FILE, FUSED_FILE, Bundle, load_bund
 from clipsearch.store.collection import Hit
 from clipsearch.store.compaction import compact
 from clipsearch.store.filters import parse_filter
-from clipsearch.store.live import LIVE_FILE, LIVE_IMAGES, LiveLog, NewItem
+from clipsearch.store.live import LIVE_FILE, LiveLog, NewItem
 from tests.support.corpora import make_image_corpus, private_copy, tiny_config
-from tests.support.imagefiles import image_bytes, noise_image, save
+from tests.support.imagefiles import image_bytes, noise_image, picture_at, save, upload_path
 from tests.support.reference import assert_same_top_k, unit_vectors
 
 DEFAULT = Fusion(0.7, 0.3)
@@ -65,13 +64,8 @@ def _embedded(encoder: ClipEncoder, images: list[tuple[int, Image.Image, str | N
 
 def _base_images(bundle: Bundle) -> list[tuple[int, Image.Image, str | None]]:
     """The bundle's images as its item store lists them: id, the picture at its uri, its caption."""
-    return [(item.id, _picture(Path(item.uri)), item.text) for item in bundle.items
+    return [(item.id, picture_at(Path(item.uri)), item.text) for item in bundle.items
             if item.modality is Modality.IMAGE]
-
-
-def _picture(path: Path) -> Image.Image:
-    with Image.open(path) as image:
-        return image.convert("RGB")
 
 
 def _by_hand(model: Vectors, query: np.ndarray, fusion: Fusion) -> dict[int, float]:
@@ -325,8 +319,7 @@ class FusedCollectionMachine(RuleBasedStateMachine):
         self.model[item_id] = (self.encoder.encode_images([noise_image(50_000 + seed)])[0],
                                self._caption_vector(caption))
         # An upload is stored in the bundle under its content's hash.
-        self.items[item_id] = (str((self.path / LIVE_IMAGES / f"{hashlib.sha256(data).hexdigest()}.png").resolve()),
-                               caption)
+        self.items[item_id] = (upload_path(self.path, data), caption)
 
     @precondition(lambda self: bool(self.model))
     @rule(pick=st.integers(0, 10_000), caption=st.sampled_from(CAPTIONS))

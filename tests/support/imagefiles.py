@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import struct
 import zlib
@@ -20,6 +21,18 @@ def image_bytes(image: Image.Image, format: str = "PNG", **options: object) -> b
     buffer = io.BytesIO()
     image.save(buffer, format=format, **options)
     return buffer.getvalue()
+
+
+def picture_at(path: Path) -> Image.Image:
+    """The RGB picture in the file at `path`, read whole (the file is closed again)."""
+    with Image.open(path) as image:
+        return image.convert("RGB")
+
+
+def upload_path(bundle: Path, data: bytes, suffix: str = ".png") -> str:
+    """Where the service stores an uploaded file of `data`: in the bundle's live-images/, named by
+    its sha256 (written out here, not asked of the code under test)."""
+    return str((bundle / "live-images" / f"{hashlib.sha256(data).hexdigest()}{suffix}").resolve())
 
 
 def save(path: Path, data: bytes) -> Path:

@@ -296,20 +296,20 @@ class _Transaction:
         self.held = ExitStack()
         try:
             self.held.enter_context(self.log._lock)
-            with storage_errors(self.log.path, WRITING):
-                self.held.enter_context(bundle_lock(self.log.path.parent, self.log.lock_timeout_s))
-                if self.log.replaced():
-                    raise BundleReplaced(f"the bundle at {self.log.path.parent} was replaced (rebuilt) after this "
-                                         "server loaded it; nothing was written: restart the server to serve the "
-                                         "new bundle")
-                if self.log._reconnect:
-                    self.log._connect()
-                self.log._connection.execute("BEGIN IMMEDIATE")
+            self.held.enter_context(bundle_lock(self.log.path.parent, self.log.lock_timeout_s))
+            if self.log.replaced():
+                raise BundleReplaced(f"the bundle at {self.log.path.parent} was replaced (rebuilt) after this "
+                                     "server loaded it; nothing was written: restart the server to serve the new "
+                                     "bundle")
+            if self.log._reconnect:
+                self.log._connect()
+            self.log._connection.execute("BEGIN IMMEDIATE")
         except BaseException as error:
             self.held.close()
-            if isinstance(error, StorageUnwritable):
-                self.log._reconnect = True  # (as in _refusal)
-            raise
+            refused = self._refusal(error)
+            if refused is None:
+                raise
+            raise refused from error
         return self.log._connection
 
     def __exit__(self, error_type: type[BaseException] | None, error: BaseException | None, _: object) -> None:

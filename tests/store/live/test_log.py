@@ -4,7 +4,6 @@ searches equal to brute force over exactly the live items, checked against a pla
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import sqlite3
 import subprocess
@@ -25,7 +24,6 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
-from PIL import Image
 
 from clipsearch.config import CompactionPolicy, QueryLimits, WriteLimits
 from clipsearch.errors import (
@@ -49,11 +47,11 @@ from clipsearch.store.bundle import Bundle, load_bundle, rewrite_items
 from clipsearch.store.compaction import Compaction
 from clipsearch.store.filters import parse_filter
 from clipsearch.store.items import Item
-from clipsearch.store.live import LIVE_FILE, LIVE_IMAGES, LiveLog, count_live_changes
+from clipsearch.store.live import LIVE_FILE, LiveLog, count_live_changes
 from clipsearch.store.manifest import bundle_lock
 from tests.support.bundles import DIM, make_bundle, new_item
 from tests.support.corpora import make_text_corpus, tiny_config
-from tests.support.imagefiles import image_bytes, noise_image
+from tests.support.imagefiles import image_bytes, noise_image, picture_at, upload_path
 from tests.support.reference import assert_same_top_k, brute_force, filter_matches
 from tests.support.small_disk import SmallDisk
 
@@ -101,7 +99,7 @@ class LiveCollectionMachine(RuleBasedStateMachine):
         texts = [item for item in items if item.modality is Modality.TEXT]
         images = [item for item in items if item.modality is Modality.IMAGE]
         vectors = [*self.encoder.encode_texts([item.text or "" for item in texts]),
-                   *self.encoder.encode_images([_picture(Path(item.uri)) for item in images])]
+                   *self.encoder.encode_images([picture_at(Path(item.uri)) for item in images])]
         for item, vector in zip([*texts, *images], vectors, strict=True):
             self.model[item.id] = (item, vector)
             self.keys[(item.modality, item.uri)] = item.id  # a base item's key is its uri
@@ -129,7 +127,7 @@ class LiveCollectionMachine(RuleBasedStateMachine):
         assert stored_key is not None
         self.keys[(Modality.IMAGE, stored_key)] = item_id
         # An upload is stored in the bundle under its content's hash.
-        uri = str((self.path / LIVE_IMAGES / f"{hashlib.sha256(data).hexdigest()}.png").resolve())
+        uri = upload_path(self.path, data)
         self.model[item_id] = (Item(item_id, Modality.IMAGE, uri, f"noise {seed}", {"tag": "a"}, ""), vector)
 
     @rule(data=st.data())
@@ -254,11 +252,6 @@ class LiveCollectionMachine(RuleBasedStateMachine):
             self.compaction.close()
         close_writable(self.bundle, self.service)
         shutil.rmtree(self.path, ignore_errors=True)
-
-
-def _picture(path: Path) -> Image.Image:
-    with Image.open(path) as image:
-        return image.convert("RGB")
 
 
 def _query(vector: np.ndarray) -> QueryVector:
