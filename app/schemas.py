@@ -39,7 +39,8 @@ class ResultOptionsModel(BaseModel):
     filter: dict[str, Any] | None = Field(None, description=(
         "Only items passing this filter, in Qdrant's style: a condition {'key', 'match' | 'range' | 'exists'} "
         "or clauses {'must', 'should', 'must_not'} of them. Keys: id, modality, uri, caption, text, or any "
-        "metadata key (dots go into nested objects; 'metadata.NAME' always means metadata)."),
+        "metadata key (dots go into nested objects; 'metadata.NAME' always means metadata), ocr_text among them "
+        "(the text read from images: {'key': 'ocr_text', 'match': {'text': 'invoice'}} holds every word given)."),
         examples=[{"must": [{"key": "album", "match": {"value": "Paris"}}, {"key": "year", "range": {"gte": 2020}}]}])
     offset: int = Field(0, ge=0, description="Skip this many results first (up to the server's max_offset): "
                                              "the next page starts at offset + k.")
@@ -259,11 +260,26 @@ class HitModel(BaseModel):
                                                              "image and the caption each add to the cosine score (an "
                                                              "image without a caption: the image alone); in vector "
                                                              "mode they add up to `score`.")
+    ocr_matches: list[OcrMatchModel] | None = Field(None, description=(
+        "For a text query's image results whose text was read (--ocr): the lines that hold words of the "
+        "query, each with its box in the image and the words it holds. The whole text is in metadata.ocr_text, "
+        "every line in metadata.ocr.lines."))
 
     @classmethod
     def of(cls, hit: Hit, shares: list[float] | None = None, deduplicated: bool = False) -> HitModel:
+        matches = [OcrMatchModel.model_validate(match) for match in hit.ocr_matches] or None
         return cls(score=hit.score, shares=shares, duplicates=list(hit.duplicates) if deduplicated else None,
-                   ranks=hit.ranks, fused=hit.fused, **ItemModel.of(hit.item).model_dump())
+                   ranks=hit.ranks, fused=hit.fused, ocr_matches=matches, **ItemModel.of(hit.item).model_dump())
+
+
+class OcrMatchModel(BaseModel):
+    text: str = Field(description="The line as read.")
+    box: list[list[int]] = Field(description="Its four corners [x, y] in the image's pixels, clockwise from the "
+                                             "top left.")
+    score: float = Field(description="The recogniser's confidence, 0 to 1.")
+    words: list[str] = Field(description="The query's words it holds (lowercase), in the query's order.")
+    spaced: str | None = Field(None, description="The line with spaces put back between words the recogniser "
+                                                 "ran together, where it did.")
 
 
 class ItemModel(BaseModel):
@@ -345,6 +361,9 @@ class InfoResponse(BaseModel):
                                                               "searches, for a bundle built with --fuse.")
     keyword_fields: list[str] = Field(default_factory=list, description="Metadata fields searched by keyword besides "
                                                                         "captions and texts.")
+    ocr: dict[str, Any] | None = Field(None, description="For a bundle built with --ocr: the engine that read its "
+                                                         "images' text (and reads images written to it) and its "
+                                                         "settings; null otherwise.")
     writes: WritesInfo | None = Field(None, description="Whether writes go through, why not, and the disk's room.")
     worker: int = Field(description="The process id of the server worker that answered (one of "
                                     "CLIPSEARCH_SERVER_WORKERS): which one a connection reached.")

@@ -44,6 +44,9 @@ class SearchHit:
     """With mode 'keyword' or 'hybrid': the hit's rank (from 1) in each list it came from ('vector', 'keyword')."""
     fused: dict[str, float] | None = None
     """In a fused bundle's image results: what the image and the caption each add to the score."""
+    ocr_matches: list[dict[str, Any]] | None = None
+    """In a text query's image results whose text was read (--ocr): the lines holding the query's
+    words, each with its `text`, `box` (four [x, y] corners in the image), `score` and `words`."""
 
 
 @dataclass(frozen=True)
@@ -267,7 +270,7 @@ def _search_result(body: dict[str, Any]) -> SearchResult:
     hits = [SearchHit(id=hit["id"], score=hit["score"], modality=Modality(hit["modality"]), uri=hit["uri"],
                       caption=hit.get("caption"), text=hit.get("text"), metadata=hit.get("metadata") or {},
                       shares=hit.get("shares"), duplicates=hit.get("duplicates"), ranks=hit.get("ranks"),
-                      fused=hit.get("fused"))
+                      fused=hit.get("fused"), ocr_matches=hit.get("ocr_matches"))
             for hit in body["results"]]
     return SearchResult(results=hits, took_ms=body["took_ms"], truncated=body.get("truncated", []),
                         matched=body.get("matched", 0), more=body.get("more", False))

@@ -7,8 +7,9 @@ is used (CaptionConfig.check is the exception: it names the setting that is wron
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Any
 
 from clipsearch.errors import ModelLoadError
 
@@ -151,3 +152,71 @@ class CaptionConfig:
         if not 7 <= self.max_tokens <= MAX_CAPTION_TOKENS:  # CoCa's minimum caption length is 5 tokens + 2
             raise ModelLoadError(f"must be between 7 and {MAX_CAPTION_TOKENS}, got {self.max_tokens}",
                                  "caption_max_tokens")
+
+
+OCR_ENGINE = "rapidocr"
+"""PP-OCR's detection, orientation and recognition models run by RapidOCR on ONNX Runtime
+(clipsearch.model.ocr): the `[ocr]` extra, whose wheel carries the models."""
+
+
+@dataclass(frozen=True)
+class OcrConfig:
+    """How text is read from images (clipsearch.model.ocr), with the defaults measured on the rendered
+    corpus (docs/quality.md, "Text in images")."""
+
+    detection_side: int = 736
+    """The image is scaled so that its shorter side is this many pixels for text detection (PP-OCR's
+    and Immich's 736); larger finds smaller text and costs more."""
+    max_side: int = 2000
+    """A larger image is scaled down to this longest side before anything else: a huge photo costs
+    no more than a large one."""
+    detection_min_score: float = 0.5
+    """A detected text box below this mean score is dropped."""
+    recognition_min_score: float = 0.5
+    """A recognised line below this confidence is dropped."""
+    detection_model: Path | None = None
+    recognition_model: Path | None = None
+    classifier_model: Path | None = None
+    """ONNX files in place of those the engine ships (PP-OCRv4 mobile), e.g. PP-OCRv5 or the larger
+    server models; None: the shipped one."""
+    threads: int = 1
+    """ONNX Runtime threads per reader. The build runs one reader in each loader worker, beside the
+    image tower, so one thread each keeps them from fighting over the cores."""
+    timeout_s: float = 20.0
+    """An image whose text is not read within this long is indexed without it, and reported."""
+
+    def as_record(self, engine: str) -> dict[str, Any]:
+        """The manifest's record of a collection read with these settings by `engine` (a description)."""
+        settings = {name: str(value) if isinstance(value, Path) else value for name, value in asdict(self).items()}
+        return {"engine": engine, "settings": settings}
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> OcrConfig:
+        """The settings of a manifest's record (unknown names, from a newer version, left out)."""
+        settings = dict(record.get("settings", {}))
+        for name in ("detection_model", "recognition_model", "classifier_model"):
+            if settings.get(name) is not None:
+                settings[name] = Path(settings[name])
+        return cls(**{field.name: settings[field.name] for field in fields(cls) if field.name in settings})
+
+    def check(self) -> None:
+        """ModelLoadError naming the setting that is wrong."""
+        if not 32 <= self.detection_side <= 4096:
+            raise ModelLoadError(f"must be between 32 and 4096, got {self.detection_side}", "ocr_detection_side")
+        if not self.detection_side <= self.max_side <= 16384:
+            raise ModelLoadError(f"must be between the detection side ({self.detection_side}) and 16384, "
+                                 f"got {self.max_side}", "ocr_max_side")
+        for name, score in (("ocr_detection_min_score", self.detection_min_score),
+                            ("ocr_recognition_min_score", self.recognition_min_score)):
+            if not 0.0 <= score < 1.0:
+                raise ModelLoadError(f"must be at least 0 and below 1, got {score}", name)
+        for name, path in (("ocr_detection_model", self.detection_model),
+                           ("ocr_recognition_model", self.recognition_model),
+                           ("ocr_classifier_model", self.classifier_model)):
+            if path is not None and not path.is_file():
+                raise ModelLoadError(f"no file at {path}", name)
+        if not 1 <= self.threads <= 256:
+            raise ModelLoadError(f"must be between 1 and 256, got {self.threads}", "ocr_threads")
+        if not self.timeout_s > 0:
+            raise ModelLoadError(f"must be above 0, got {self.timeout_s}", "ocr_timeout_s")
+

@@ -6,8 +6,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from clipsearch.config import DEFAULT_CAPTION_MODEL, DEFAULT_CAPTION_PRETRAINED, GENERATION_TYPES, CaptionConfig
-from clipsearch.errors import ClipSearchError
+from clipsearch.config import (
+    DEFAULT_CAPTION_MODEL,
+    DEFAULT_CAPTION_PRETRAINED,
+    GENERATION_TYPES,
+    CaptionConfig,
+    OcrConfig,
+)
+from clipsearch.errors import ClipSearchError, ModelLoadError
 from clipsearch.ingest.build import build, is_up_to_date
 from clipsearch.ingest.config import BuildConfig
 from clipsearch.ingest.distributed import ENGINES
@@ -30,6 +36,7 @@ from indexer.common import (
 )
 
 CAPTIONS = CaptionConfig()
+OCR = OcrConfig()
 
 
 def add_parser(commands: Commands) -> None:
@@ -96,12 +103,42 @@ def add_parser(commands: Commands) -> None:
                          help="longest caption, in tokens")
     command.add_argument("--caption-batch-size", type=positive_int, default=CAPTIONS.batch_size,
                          help="images captioned per generation call")
+    _add_ocr_arguments(command)
+
+
+def _add_ocr_arguments(command: argparse.ArgumentParser) -> None:
+    group = command.add_argument_group("text in images (the [ocr] extra: PP-OCR on ONNX Runtime)")
+    group.add_argument("--ocr", action="store_true",
+                       help="read the text in every image, searched by keyword and hybrid search and by filters on "
+                            "ocr_text; `sync` and images added over HTTP are read too")
+    group.add_argument("--ocr-detection-side", type=positive_int, default=OCR.detection_side,
+                       help="an image's shorter side is scaled up to this for text detection (larger finds smaller "
+                            "print, slower)")
+    group.add_argument("--ocr-max-side", type=positive_int, default=OCR.max_side,
+                       help="a larger image is scaled down to this longest side before its text is read")
+    group.add_argument("--ocr-detection-min-score", type=float, default=OCR.detection_min_score,
+                       help="text boxes detected below this score are dropped")
+    group.add_argument("--ocr-recognition-min-score", type=float, default=OCR.recognition_min_score,
+                       help="lines recognised below this confidence are dropped")
+    for stage in ("detection", "recognition", "classifier"):
+        group.add_argument(f"--ocr-{stage}-model", type=Path, default=None,
+                           help=f"an ONNX {stage} model in place of the shipped PP-OCRv4 mobile one (e.g. PP-OCRv5)")
+    group.add_argument("--ocr-threads", type=positive_int, default=OCR.threads,
+                       help="ONNX Runtime threads per OCR reader (one reader per --workers process)")
+    group.add_argument("--ocr-timeout-s", type=float, default=OCR.timeout_s,
+                       help="an image whose text is not read within this long is indexed without it, and reported")
 
 
 def check(args: argparse.Namespace, fail: Fail) -> None:
     check_weights(args, fail)
     if args.images is None and args.texts is None:
         fail("give --images, --texts or both")
+    ocr = _ocr_config(args)
+    if ocr is not None:
+        try:
+            ocr.check()
+        except ModelLoadError as error:
+            fail(f"--{(error.field or 'ocr').replace('_', '-')}: {error.reason}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -116,10 +153,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"(finished shards, if any, are kept in {work_dir_for(config.out)} for a rerun)", file=sys.stderr)
         return 2
     print(summary.describe())
-    for entry in summary.report["skipped"][:20]:
-        print(f"  skipped {entry['uri']}: {entry['reason']}")
-    if summary.skipped > 20:
-        print(f"  … and {summary.skipped - 20} more, listed in {config.out / 'report.json'}")
+    for kind, label in (("skipped", "skipped"), ("text_unread", "text not read in")):
+        entries = summary.report.get(kind, [])
+        for entry in entries[:20]:
+            print(f"  {label} {entry['uri']}: {entry['reason']}")
+        if len(entries) > 20:
+            print(f"  … and {len(entries) - 20} more, listed in {config.out / 'report.json'}")
     return 0
 
 
@@ -135,7 +174,19 @@ def config_from_args(args: argparse.Namespace) -> BuildConfig:
         max_pixels=args.max_pixels,
         columns=Columns(image=args.image_column, caption=args.caption_column, text=args.text_column),
         progress=not args.no_progress, caption=_caption_config(args), keyword_fields=args.keyword_fields,
-        fuse=args.fuse, engine=args.engine, ray_address=args.ray_address, ray_actors=args.ray_actors)
+        fuse=args.fuse, engine=args.engine, ray_address=args.ray_address, ray_actors=args.ray_actors,
+        ocr=_ocr_config(args))
+
+
+def _ocr_config(args: argparse.Namespace) -> OcrConfig | None:
+    if not args.ocr:
+        return None
+    return OcrConfig(detection_side=args.ocr_detection_side, max_side=args.ocr_max_side,
+                     detection_min_score=args.ocr_detection_min_score,
+                     recognition_min_score=args.ocr_recognition_min_score,
+                     detection_model=args.ocr_detection_model, recognition_model=args.ocr_recognition_model,
+                     classifier_model=args.ocr_classifier_model, threads=args.ocr_threads,
+                     timeout_s=args.ocr_timeout_s)
 
 
 def _field_names(value: str) -> tuple[str, ...]:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from indexer.common import Commands, Fail, positive_int
 from indexer.shapes import LANGUAGES, write_shapes_corpus
+from indexer.signs import write_signs_corpus
 
 # (scikit-image function, file name, caption, licence as scikit-image documents it)
 SAMPLES = [
@@ -69,17 +70,18 @@ def write_demo_corpus(out: Path) -> tuple[int, int]:
 
 def add_parser(commands: Commands) -> None:
     command = commands.add_parser("demo-data", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                                  help="write a demo corpus: public-domain photos (needs scikit-image) or rendered "
-                                       "shapes with captions")
+                                  help="write a demo corpus: public-domain photos (needs scikit-image), rendered "
+                                       "shapes with captions, or rendered signs (words in pictures, for OCR)")
     command.add_argument("--out", type=Path, required=True, help="folder to write images/ (and texts.txt) into")
-    command.add_argument("--kind", choices=["photos", "shapes"], default="photos",
+    command.add_argument("--kind", choices=["photos", "shapes", "signs"], default="photos",
                          help="photos: scikit-image's sample photos and captions; shapes: generated scenes of coloured "
-                              "shapes, three captions each (a paired corpus for eval and finetune)")
-    command.add_argument("--count", type=positive_int, default=3000, help="scenes to render (shapes)")
-    command.add_argument("--seed", type=int, default=0, help="the scenes follow from it (shapes)")
+                              "shapes, three captions each (a paired corpus for eval and finetune); signs: English "
+                              "and Chinese words on cluttered backgrounds with truth.jsonl (for --ocr and bench.ocr)")
+    command.add_argument("--count", type=positive_int, default=3000, help="scenes or signs to render")
+    command.add_argument("--seed", type=int, default=0, help="the scenes or signs follow from it")
     command.add_argument("--language", choices=LANGUAGES, default="en",
-                         help="the captions' language (shapes): English, Chinese, or both (three captions each); "
-                              "the scenes are the same whichever")
+                         help="the captions' language (shapes) or the signs' (both alternates them): English, "
+                              "Chinese, or both; the scenes are the same whichever")
     command.add_argument("--checkpoint", type=Path, default=None,
                          help="also write here the shipped tiny-multilingual checkpoint fine-tuned on the shapes "
                               "(use it with --model tiny-multilingual --checkpoint)")
@@ -91,6 +93,10 @@ def check(args: argparse.Namespace, fail: Fail) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.kind == "signs":
+        count = write_signs_corpus(args.out, args.count, args.seed, args.language)
+        print(f"wrote {count} signs to {args.out / 'images'}, what each shows in {args.out / 'truth.jsonl'}")
+        return 0
     if args.kind == "shapes":
         count = write_shapes_corpus(args.out, args.count, args.seed, args.language)
         print(f"wrote {count} scenes with captions to {args.out / 'images'}")

@@ -61,8 +61,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {describe_error(error)}", file=sys.stderr)
         return 2
     print(f"synced {args.bundle}: {summary.describe()}")
-    for uri, reason in summary.skipped[:20]:
-        print(f"  skipped {uri}: {reason}")
-    if len(summary.skipped) > 20:
-        print(f"  … and {len(summary.skipped) - 20} more")
+    for label, entries in (("skipped", summary.skipped), ("text not read in", summary.text_unread)):
+        for uri, reason in entries[:20]:
+            print(f"  {label} {uri}: {reason}")
+        if len(entries) > 20:
+            print(f"  … and {len(entries) - 20} more")
     return 0

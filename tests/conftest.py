@@ -12,12 +12,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from clipsearch.config import OFFLINE_MODEL
+from clipsearch.config import OFFLINE_MODEL, OcrConfig
 from clipsearch.index.fusion import Fusion
 from clipsearch.ingest.build import build
 from clipsearch.model.encoder import ClipEncoder
 from clipsearch.model.factory import load_encoder
 from clipsearch.store.bundle import Bundle, load_bundle
+from indexer.signs import write_signs_corpus
 from tests.support.corpora import make_image_corpus, make_text_corpus, tiny_config
 from tests.support.small_disk import MiB, SmallDisk, small_disk
 
@@ -101,6 +102,26 @@ def fused_bundle_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     make_image_corpus(root / "images", 24)
     out = root / "bundle"
     build(tiny_config(out, images=root / "images", fuse=Fusion(0.7, 0.3)))
+    return out
+
+
+SIGNS = 12
+"""Images of the rendered text corpus the OCR tests share: six English, six Chinese."""
+
+
+@pytest.fixture(scope="session")
+def signs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """indexer.signs' corpus: words on cluttered backgrounds, with truth.jsonl."""
+    root = tmp_path_factory.mktemp("signs")
+    write_signs_corpus(root, SIGNS, seed=0, language="both")
+    return root
+
+
+@pytest.fixture(scope="session")
+def ocr_bundle_path(signs_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The signs built with --ocr (PP-OCR from the [ocr] extra, as shipped)."""
+    out = tmp_path_factory.mktemp("ocr") / "bundle"
+    build(tiny_config(out, images=signs_dir / "images", ocr=OcrConfig(threads=2)))
     return out
 
 

@@ -48,7 +48,7 @@ def info(service: ServiceDep, server: StateDep) -> InfoResponse:
         mean_batch=service.pipeline.mean_batches(), bundle_created_at=manifest.created_at,
         evaluations=manifest.evaluations, live_changes=state.changes,
         compactions=manifest.compactions, fusion=manifest.fusion, keyword_fields=manifest.keyword_fields,
-        writes=_writes_info(server), worker=os.getpid())
+        ocr=manifest.ocr, writes=_writes_info(server), worker=os.getpid())
 
 
 def _writes_info(state: ServiceState) -> WritesInfo:

@@ -263,6 +263,48 @@ function showImage(img, path) {
     .then((blob) => { if (blob) img.src = URL.createObjectURL(blob); });
 }
 
+const SVG = "http://www.w3.org/2000/svg";
+
+// The boxes of the lines that hold the query's words, drawn over the thumbnail. The SVG's viewBox is
+// the image's own size and "slice" crops it as object-fit: cover crops the image, so they line up.
+function matchBoxes(img, matches) {
+  const svg = document.createElementNS(SVG, "svg");
+  svg.classList.add("ocr-boxes");
+  svg.setAttribute("preserveAspectRatio", "xMidYMid slice");
+  svg.setAttribute("aria-hidden", "true");
+  for (const match of matches) {
+    const box = document.createElementNS(SVG, "polygon");
+    box.setAttribute("points", match.box.map(([x, y]) => `${x},${y}`).join(" "));
+    svg.append(box);
+  }
+  const fit = () => svg.setAttribute("viewBox", `0 0 ${img.naturalWidth} ${img.naturalHeight}`);
+  if (img.complete && img.naturalWidth) fit(); else img.addEventListener("load", fit, { once: true });
+  return svg;
+}
+
+// The text read from an image, its matched words marked (built from text nodes: never as HTML).
+function readText(text, matches) {
+  const shown = text.length > 300 ? `${text.slice(0, 300)}…` : text;
+  const block = document.createElement("span");
+  block.className = "ocr";
+  block.title = t("card.ocr");
+  const words = [...new Set(matches.flatMap((match) => match.words))].filter(Boolean);
+  if (!words.length) { block.textContent = shown; return block; }
+  const escaped = words.sort((a, b) => b.length - a.length).map((word) => word.replace(/[.*+?^${}()|[\]\\]/g, "\\$&"));
+  const pattern = new RegExp(`(${escaped.join("|")})`, "giu");
+  for (const [number, part] of shown.split(pattern).entries()) {
+    if (!part) continue;
+    if (number % 2) {  // split() with one capturing group: the odd parts are the matches
+      const mark = document.createElement("mark");
+      mark.textContent = part;
+      block.append(mark);
+    } else {
+      block.append(document.createTextNode(part));
+    }
+  }
+  return block;
+}
+
 function render(hits, termNames, append = false) {
   const cards = hits.map((hit) => {
     const card = document.createElement("article");
@@ -279,6 +321,7 @@ function render(hits, termNames, append = false) {
       showImage(img, `/items/${hit.id}/image`);
       img.alt = hit.caption || t("card.image", { id: hit.id });
       thumb.append(img);
+      if (hit.ocr_matches) thumb.append(matchBoxes(img, hit.ocr_matches));
       thumb.addEventListener("click", () => {
         setImageQuery({ kind: "item", id: hit.id, preview: img.currentSrc || img.src });
         textInput.value = "";
@@ -333,6 +376,10 @@ function render(hits, termNames, append = false) {
       snippet.className = hit.modality === "image" ? "caption" : "snippet";
       snippet.textContent = words.length > 300 ? `${words.slice(0, 300)}…` : words;
       body.append(snippet);
+    }
+    const read = hit.metadata && hit.metadata.ocr_text;
+    if (hit.modality === "image" && typeof read === "string" && read) {
+      body.append(readText(read, hit.ocr_matches || []));
     }
     if (hit.duplicates && hit.duplicates.length) {
       const copies = document.createElement("span");

@@ -39,8 +39,10 @@ from clipsearch.modality import Modality
 from clipsearch.model.captions import Captioner, load_captioner
 from clipsearch.model.encoder import ClipEncoder
 from clipsearch.model.factory import load_encoder
+from clipsearch.model.ocr import describe, load_reader
 from clipsearch.store.bundle import FusedContent, ModalityContent, on_disk_name, write_bundle
 from clipsearch.store.items import Item
+from clipsearch.store.ocr_text import OCR_TEXT, ocr_problem
 from clipsearch.util.images import read_image_file
 from clipsearch.util.progress import progress_bar
 from clipsearch.util.storage import storage_errors
@@ -61,6 +63,8 @@ class BuildSummary:
     report: dict[str, Any] = field(repr=False, default_factory=dict)
     captioned: int = 0
     """Images given a generated caption (in this run; resumed shards not counted)."""
+    text_read: int = 0
+    """Images in which OCR found text (with --ocr)."""
 
     @property
     def items_per_s(self) -> float:
@@ -70,7 +74,10 @@ class BuildSummary:
         counts = ", ".join(f"{count} {modality}s" for modality, count in self.indexed.items())
         resumed = f", resumed after {self.resumed_shards} finished shards" if self.resumed_shards else ""
         captioned = f", captioned {self.captioned}" if self.captioned else ""
-        return (f"indexed {counts or 'nothing'}; skipped {self.skipped}, duplicates {self.duplicates}{captioned}; "
+        read = f", text found in {self.text_read} images ({len(self.report['text_unread'])} could not be read)" \
+            if "text_unread" in self.report else ""
+        return (f"indexed {counts or 'nothing'}; skipped {self.skipped}, duplicates {self.duplicates}{captioned}"
+                f"{read}; "
                 f"{self.elapsed_s:.1f} s, {self.items_per_s:.1f} items/s{resumed} → {self.out}")
 
 
@@ -88,6 +95,11 @@ def build(config: BuildConfig, on_shard_written: Callable[[Path], None] | None =
     encoder = load_encoder(config.model, config.pretrained, config.checkpoint, config.device, backend=config.backend,
                            onnx_cache=config.onnx_cache, text_language=config.text_language)
     captioner = load_captioner(config.caption) if config.caption is not None and Modality.IMAGE in sources else None
+    if config.ocr is not None:
+        # Fails now, before any work, without the [ocr] extra or with a bad model file. Not kept: the
+        # loader processes forked from this one each load their own (ONNX Runtime's sessions are
+        # not safe to use across a fork).
+        load_reader(config.ocr).close()
     with storage_errors(config.out, "the build", BUILD_OUTCOME):
         store = ShardStore.open(config.out, resume_fingerprint(config, encoder.ref, encoder.device.type, sources,
                                                                backend=encoder.backend))
@@ -108,6 +120,8 @@ def _build_on_ray(config: BuildConfig, sources: dict[Modality, list[SourceItem]]
     if config.caption is not None:
         raise IndexSettingsInvalid("--caption-model runs with the local engine only: caption with a local build, "
                                    "or leave it out")
+    if config.ocr is not None:
+        raise IndexSettingsInvalid("--ocr runs with the local engine only: read text in a local build, or leave it out")
     with RayEngine(config) as engine:
         fingerprint = resume_fingerprint(config, engine.encoder.ref, engine.pool.device, sources,
                                          backend=engine.backend) | {"engine": "ray"}
@@ -171,7 +185,7 @@ def _encode_into_shards(config: BuildConfig, encoder: ClipEncoder, modality: Mod
     start = min(done * shard_size, len(items))
     bar = progress_bar(total=len(items), initial=start, unit=modality.value, desc=f"encoding {modality.value}s",
                        disable=not config.progress, smoothing=0.1, dynamic_ncols=True)
-    batches = image_batches(items, encoder, start, config.batch_size, config.workers, config.max_pixels) \
+    batches = image_batches(items, encoder, start, config.batch_size, config.workers, config.max_pixels, config.ocr) \
         if modality is Modality.IMAGE else text_batches(items, start, config.batch_size)
     shard: list[Outcome] = []
     captioned = 0
@@ -281,17 +295,24 @@ def _finish(config: BuildConfig, encoder: ClipEncoder, sources: dict[Modality, l
             vectors[modality], ids[modality], factory, recall_queries=others[0] if others else None,
             queries_label=queries_label, use_gpu=use_gpu)
         content[modality] = ModalityContent(index=index, spec=spec)
-    report = {"skipped": skipped, "duplicates": duplicates}
+    report: dict[str, Any] = {"skipped": skipped, "duplicates": duplicates}
+    ocr_record = None
+    if config.ocr is not None:
+        # Still indexed, by their pictures: the report says which images kept their text to themselves.
+        report["text_unread"] = [{"uri": item.uri, "reason": problem} for item in items
+                                 if (problem := ocr_problem(item.extra)) is not None]
+        ocr_record = config.ocr.as_record(describe(config.ocr))
     fused = None
     if config.fuse is not None:
         fused = fused_content(config.fuse, encoder, items, ids[Modality.IMAGE], vectors[Modality.IMAGE],
                               content[Modality.IMAGE], vectors.get(Modality.TEXT), config, use_gpu)
     write_bundle(config.out, encoder.ref, encoder.embedding_dim, content, items, report, _versions(),
                  corpus_fingerprint(config, sources), discard_live_changes=config.discard_live_changes,
-                 keyword_fields=config.keyword_fields, fused=fused)
+                 keyword_fields=config.keyword_fields, fused=fused, ocr=ocr_record)
     return BuildSummary(out=config.out, indexed={modality.value: len(ids[modality]) for modality in sources},
                         skipped=len(skipped), duplicates=len(duplicates),
-                        elapsed_s=time.perf_counter() - started, resumed_shards=0, report=report)
+                        elapsed_s=time.perf_counter() - started, resumed_shards=0, report=report,
+                        text_read=sum(1 for item in items if item.extra.get(OCR_TEXT)))
 
 
 def _on_disk_content(config: BuildConfig, store: ShardStore, modality: Modality, count: int, dim: int,

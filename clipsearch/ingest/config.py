@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from clipsearch.config import DEFAULT_MAX_PIXELS, DEFAULT_MODEL, DEFAULT_PRETRAINED, CaptionConfig
+from clipsearch.config import DEFAULT_MAX_PIXELS, DEFAULT_MODEL, DEFAULT_PRETRAINED, CaptionConfig, OcrConfig
 from clipsearch.index.fusion import Fusion
 from clipsearch.index.spec import DEFAULT_FLAT_THRESHOLD, DEFAULT_ON_DISK_THRESHOLD, DEFAULT_RERANK
 from clipsearch.ingest.sources import Columns
@@ -53,6 +53,8 @@ class BuildConfig:
     progress: bool = True
     caption: CaptionConfig | None = None
     """Generate captions for images without one, with this CoCa model (clipsearch.model.captions)."""
+    ocr: OcrConfig | None = None
+    """Read the text in every image (clipsearch.model.ocr) into its metadata, searched by keyword."""
     keyword_fields: tuple[str, ...] = ()
     """Metadata fields searched by keyword, besides captions and texts (clipsearch.store.keywords)."""
     fuse: Fusion | None = None

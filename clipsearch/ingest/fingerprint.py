@@ -25,7 +25,8 @@ def embedding_settings(config: BuildConfig) -> dict[str, Any]:
             "columns": asdict(config.columns), "images": file_stat(config.images), "texts": file_stat(config.texts),
             "caption": None if config.caption is None else
             asdict(config.caption) | {"checkpoint": file_stat(config.caption.checkpoint), "device": None}} \
-        | ({"text_language": config.text_language} if config.text_language else {})  # absent in older bundles
+        | ({"text_language": config.text_language} if config.text_language else {}) \
+        | ({"ocr": asdict(config.ocr)} if config.ocr is not None else {})  # both absent in older bundles
 
 
 def corpus_fingerprint(config: BuildConfig, sources: dict[Modality, list[SourceItem]]) -> str:

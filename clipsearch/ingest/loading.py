@@ -2,24 +2,29 @@
 
 Each item becomes an Outcome: its content hash and what to encode, or the reason it is skipped.
 Image files are read, hashed, decoded and prepared in DataLoader workers, and each batch's pixels
-arrive stacked in one tensor, pinned for the GPU when there is one.
+arrive stacked in one tensor, pinned for the GPU when there is one. With OCR (clipsearch.model.ocr)
+the workers also read each image's text, each with a reader of its own, into the item's metadata
+(clipsearch.store.ocr_text).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from clipsearch.config import OcrConfig
 from clipsearch.errors import ImageDecodeError
 from clipsearch.ingest.shards import Shard
 from clipsearch.ingest.sources import SourceItem
 from clipsearch.model.encoder import ClipEncoder
+from clipsearch.model.ocr import reader_for
 from clipsearch.model.preprocess import ImagePreparer
+from clipsearch.store.ocr_text import read_image_text, with_ocr
 from clipsearch.util.files import sha256_hex
 from clipsearch.util.images import decode_image
 
@@ -72,23 +77,25 @@ class _ImageDataset(Dataset[Outcome]):
     """Reads, hashes, decodes and prepares one image's pixels; runs in DataLoader worker processes."""
 
     def __init__(self, items: Sequence[SourceItem], start: int, prepare: ImagePreparer,
-                 image_size: int, max_pixels: int) -> None:
+                 image_size: int, max_pixels: int, ocr: OcrConfig | None) -> None:
         self.items, self.start, self.prepare = items, start, prepare
-        self.image_size, self.max_pixels = image_size, max_pixels
+        self.image_size, self.max_pixels, self.ocr = image_size, max_pixels, ocr
 
     def __len__(self) -> int:
         return len(self.items) - self.start
 
     def __getitem__(self, offset: int) -> Outcome:
         position = self.start + offset
-        return read_and_prepare(position, self.items[position], self.prepare, self.image_size, self.max_pixels)
+        return read_and_prepare(position, self.items[position], self.prepare, self.image_size, self.max_pixels,
+                                self.ocr)
 
 
 def read_and_prepare(position: int, item: SourceItem, prepare: ImagePreparer, image_size: int,
-                     max_pixels: int) -> Outcome:
+                     max_pixels: int, ocr: OcrConfig | None = None) -> Outcome:
     """Read, hash, decode and prepare one image: its pixels as the payload, or the reason it is
     skipped. Every engine (DataLoader workers here, Ray tasks in clipsearch.ingest.distributed) calls this,
-    so that each gives the model the same pixels."""
+    so that each gives the model the same pixels. With `ocr`, the image's text is read into its
+    metadata too; an image whose text cannot be read is still used, and its metadata says why."""
     if item.problem is not None or item.path is None:
         return Outcome(position, item, problem=item.problem or "no file")
     try:
@@ -102,6 +109,8 @@ def read_and_prepare(position: int, item: SourceItem, prepare: ImagePreparer, im
         return Outcome(position, item, content_hash=sha256_hex(data), problem=error.reason)
     except Exception as error:  # a preprocessing failure must skip the file, not stop the build
         return Outcome(position, item, content_hash=sha256_hex(data), problem=f"cannot preprocess: {error}")
+    if ocr is not None:
+        item = replace(item, extra=with_ocr(item.extra, read_image_text(reader_for(ocr), data, max_pixels)))
     return Outcome(position, item, content_hash=sha256_hex(data), payload=tensor)
 
 
@@ -115,9 +124,10 @@ def _stack_pixels(outcomes: list[Outcome]) -> LoadedBatch:
 
 
 def image_batches(items: Sequence[SourceItem], encoder: ClipEncoder, start: int, batch_size: int, workers: int,
-                  max_pixels: int) -> Iterator[LoadedBatch]:
-    """Batches of `items` from `start` on, read, decoded and prepared in `workers` processes."""
-    dataset = _ImageDataset(items, start, encoder.prepare_image, encoder.image_size, max_pixels)
+                  max_pixels: int, ocr: OcrConfig | None = None) -> Iterator[LoadedBatch]:
+    """Batches of `items` from `start` on, read, decoded and prepared (their text read, with `ocr`)
+    in `workers` processes."""
+    dataset = _ImageDataset(items, start, encoder.prepare_image, encoder.image_size, max_pixels, ocr)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=_stack_pixels,
                         pin_memory=encoder.device.type == "cuda", prefetch_factor=4 if workers > 0 else None,
                         persistent_workers=False)

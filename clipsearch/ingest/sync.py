@@ -16,7 +16,9 @@ It manages only the items that came from the sources it is given: images under t
 (every image item not uploaded over HTTP, for a manifest file), and texts from the file given
 (give the same path as the build did: text items are named after it). Items added over HTTP are
 left alone. The result equals a rebuild of the same sources (tests/test_sync.py checks it), except
-that unchanged items keep their ids, and that generated captions are not made here.
+that unchanged items keep their ids, and that generated captions are not made here. In a bundle
+built with `--ocr` (its manifest records the settings), the text of every image embedded is read
+as the build read it; an image whose content is unchanged keeps the text read before.
 
 Everything is written in one transaction at the end, so an interrupted sync changes nothing and a
 new run starts over; a search during a sync sees the collection before it or after it.
@@ -28,11 +30,12 @@ import os
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
+from clipsearch.config import OcrConfig
 from clipsearch.ingest.build import encode_batch
 from clipsearch.ingest.loading import image_batches, text_batches
 from clipsearch.ingest.sources import Columns, SourceItem, read_image_source, read_text_source
@@ -41,6 +44,7 @@ from clipsearch.model.encoder import ClipEncoder
 from clipsearch.store.bundle import Bundle
 from clipsearch.store.items import Item
 from clipsearch.store.live import LIVE_IMAGES, LiveLog, LiveState, NewItem, with_caption_vectors
+from clipsearch.store.ocr_text import ocr_part, ocr_problem, with_ocr, without_ocr
 from clipsearch.util.faults import kill_point
 from clipsearch.util.files import sha256_hex
 from clipsearch.util.progress import progress_bar
@@ -56,10 +60,13 @@ class SyncSummary:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     """(uri, reason) of each source item left out."""
     elapsed_s: float = 0.0
+    text_unread: list[tuple[str, str]] = field(default_factory=list)
+    """(uri, reason) of each image added without its text: OCR timed out or failed on it."""
 
     def describe(self) -> str:
+        unread = f", text of {len(self.text_unread)} not read" if self.text_unread else ""
         return (f"added {self.added}, updated {self.updated}, moved {self.moved}, removed {self.removed}, "
-                f"unchanged {self.unchanged}, skipped {len(self.skipped)} in {self.elapsed_s:.1f} s")
+                f"unchanged {self.unchanged}, skipped {len(self.skipped)}{unread} in {self.elapsed_s:.1f} s")
 
 
 @dataclass(frozen=True)
@@ -88,10 +95,11 @@ def sync(bundle: Bundle, live: LiveLog, encoder: ClipEncoder, sources: SyncSourc
     stats = live.file_stats()
     plans: list[_Plan] = []
     new_stats: dict[str, tuple[int, int, str]] = {}
+    ocr = None if bundle.manifest.ocr is None else OcrConfig.from_record(bundle.manifest.ocr)
     for modality, items, in_scope in _sources(bundle, sources):
         current = {item.uri: item for item in _collection_items(bundle, state, modality) if in_scope(item.uri)}
         plan = _plan(modality, items, current, stats, new_stats, state, bundle, summary)
-        _embed(plan, modality, encoder, batch_size, workers, max_pixels, progress, summary)
+        _embed(plan, modality, encoder, batch_size, workers, max_pixels, progress, summary, ocr)
         plans.append(plan)
     writes = [item for plan in plans for item in plan.writes]
     if bundle.fusion is not None:
@@ -150,16 +158,18 @@ def _plan(modality: Modality, sources: list[SourceItem], current: dict[str, Item
             continue
         existing = current.get(source.uri)
         if existing is not None and existing.content_hash == content_hash:
-            if (existing.text, existing.extra) == (source.text, source.extra):
+            if (existing.text, without_ocr(existing.extra)) == (source.text, without_ocr(source.extra)):
                 summary.unchanged += 1
-            else:  # a sidecar changed: same vector, new caption or metadata
-                plan.writes.append(_new_item(source, modality, content_hash, _vector(existing, state, bundle)))
+            else:  # a sidecar changed: same vector and read text, new caption or metadata
+                plan.writes.append(_new_item(_keeping_text(source, existing), modality, content_hash,
+                                             _vector(existing, state, bundle)))
                 summary.updated += 1
         elif existing is not None:
             plan.embed.append((source, content_hash, existing))
         elif vanished.get(content_hash):
             moved = vanished[content_hash].pop()
-            plan.writes.append(_new_item(source, modality, content_hash, _vector(moved, state, bundle)))
+            plan.writes.append(_new_item(_keeping_text(source, moved), modality, content_hash,
+                                         _vector(moved, state, bundle)))
             plan.deletes.append(moved.id)
             summary.moved += 1
         elif content_hash in kept_hashes:
@@ -173,15 +183,20 @@ def _plan(modality: Modality, sources: list[SourceItem], current: dict[str, Item
     return plan
 
 
+def _keeping_text(source: SourceItem, existing: Item) -> SourceItem:
+    """`source` with the text read from `existing`'s image, which has the same content."""
+    return replace(source, extra=with_ocr(source.extra, ocr_part(existing.extra)))
+
+
 def _embed(plan: _Plan, modality: Modality, encoder: ClipEncoder, batch_size: int, workers: int, max_pixels: int,
-           progress: bool, summary: SyncSummary) -> None:
-    """Embed the planned sources as the build does; one that fails is skipped (and an update of it
-    deletes the old item, as a rebuild would leave it out)."""
+           progress: bool, summary: SyncSummary, ocr: OcrConfig | None = None) -> None:
+    """Embed the planned sources as the build does (reading images' text with `ocr`); one that fails
+    is skipped (and an update of it deletes the old item, as a rebuild would leave it out)."""
     if not plan.embed:
         return
     sources = [source for source, _, _ in plan.embed]
-    batches = image_batches(sources, encoder, 0, batch_size, workers, max_pixels) if modality is Modality.IMAGE \
-        else text_batches(sources, 0, batch_size)
+    batches = image_batches(sources, encoder, 0, batch_size, workers, max_pixels, ocr) \
+        if modality is Modality.IMAGE else text_batches(sources, 0, batch_size)
     bar = progress_bar(total=len(sources), unit=modality.value, desc=f"embedding {modality.value}s",
                        disable=not progress)
     for batch in batches:
@@ -194,7 +209,9 @@ def _embed(plan: _Plan, modality: Modality, encoder: ClipEncoder, batch_size: in
                     plan.deletes.append(existing.id)
                     summary.removed += 1
                 continue
-            plan.writes.append(_new_item(source, modality, content_hash, outcome.payload))
+            plan.writes.append(_new_item(outcome.source, modality, content_hash, outcome.payload))
+            if (problem := ocr_problem(outcome.source.extra)) is not None:
+                summary.text_unread.append((source.uri, problem))
             summary.added += existing is None
             summary.updated += existing is not None
         bar.update(len(batch.outcomes))

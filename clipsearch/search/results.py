@@ -18,6 +18,7 @@ from clipsearch.search.hybrid import Fused
 from clipsearch.search.query import QueryVector, ResultOptions
 from clipsearch.search.scope import Scope
 from clipsearch.store.collection import Collection, Hit
+from clipsearch.store.ocr_text import matching_lines, query_words
 
 DEDUP_OVERFETCH = 4
 """With dedup, results are fetched this many times over (and again as often as needed), so that
@@ -105,6 +106,16 @@ class Pager:
     def _collapse(self, hits: list[Hit], target: Modality, threshold: float, scope: Scope) -> list[list[int]]:
         ids = np.array([hit.item.id for hit in hits], dtype=np.int64)
         return dedup.collapse(self.collection.stored_vectors(target, ids, scope.state), threshold)
+
+
+def with_ocr_matches(answer: Answer, text: str) -> Answer:
+    """The answer's image hits each with the lines read from it that hold the words of `text`."""
+    words = query_words(text)
+    if not words:
+        return answer
+    hits = [replace(hit, ocr_matches=tuple(matches)) if (matches := matching_lines(hit.item.extra, words)) else hit
+            for hit in answer.hits]
+    return replace(answer, hits=hits)
 
 
 def _grouped(hits: list[Hit], groups: list[list[int]]) -> list[Hit]:

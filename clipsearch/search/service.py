@@ -27,7 +27,7 @@ from clipsearch.search.hybrid import Ranking, SearchMode, check_ranking
 from clipsearch.search.pipeline import QueryPipeline
 from clipsearch.search.query import QueryVector, ResultOptions, Term, check_k, check_options
 from clipsearch.search.ranking import WordSearch
-from clipsearch.search.results import Answer
+from clipsearch.search.results import Answer, with_ocr_matches
 from clipsearch.search.scope import Scoper, fused_searcher
 from clipsearch.search.uploads import UploadDecoder
 from clipsearch.search.vectors import VectorSearch
@@ -99,8 +99,10 @@ class SearchService:
         check_ranking(ranking)
         scope = self.scope(target, options.filter, self.fusion_for(target, options))
         if ranking.mode is not SearchMode.VECTOR:
-            return self.words(text, field, target, k, options, ranking, scope)
-        return self.vectors.text(text, field, target, k, options, scope)
+            answer = self.words(text, field, target, k, options, ranking, scope)
+        else:
+            answer = self.vectors.text(text, field, target, k, options, scope)
+        return with_ocr_matches(answer, text) if target is Modality.IMAGE else answer
 
     def search_image(self, data: bytes, target: Modality, k: int, field: str = "data",
                      options: ResultOptions = NO_OPTIONS) -> Answer:

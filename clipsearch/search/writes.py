@@ -5,7 +5,9 @@ batchers in their background lane (after every waiting query, a few at a time), 
 to the live log in one transaction (clipsearch.store.live): a write is all applied or not at all, and
 acknowledged only once it is durable. Uploaded image files are stored content-addressed in
 `live-images/` beside the log before the commit that names them, so a committed item's file is
-always there.
+always there. In a collection built with `--ocr` (its manifest records the settings), an image's
+text is read before its commit, as the build reads it (clipsearch.store.ocr_text), and an edit of
+its metadata keeps what was read.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import threading
 import uuid
 from collections.abc import Sequence
@@ -23,17 +26,21 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from clipsearch.config import WriteLimits
-from clipsearch.errors import InvalidQuery, ItemNotFound
+from clipsearch.config import OcrConfig, WriteLimits
+from clipsearch.errors import InvalidQuery, ItemNotFound, ModelLoadError
 from clipsearch.modality import Modality
+from clipsearch.model.ocr import TextReader, reader_for
 from clipsearch.search.query import check_text
 from clipsearch.search.service import SearchService
 from clipsearch.store.collection import Collection
 from clipsearch.store.filters import Filter
 from clipsearch.store.items import Item
 from clipsearch.store.live import LIVE_IMAGES, NewItem, with_caption_vectors
+from clipsearch.store.ocr_text import ocr_part, read_image_text, with_ocr
 from clipsearch.util.files import atomic_path
 from clipsearch.util.storage import storage_errors
+
+log = logging.getLogger(__name__)
 
 UNCHANGED: Any = object()
 """Marks a field an edit leaves as it is (None clears a caption)."""
@@ -64,6 +71,15 @@ class CollectionWriter:
         self.service, self.live, self.limits = service, live, limits or WriteLimits()
         self.images = live.path.parent / LIVE_IMAGES
         self._storing = threading.Lock()
+        self._reader: TextReader | None = None
+        self._reader_failure: ModelLoadError | None = None
+        record = service.collection.bundle.manifest.ocr
+        if record is not None:
+            try:
+                self._reader = reader_for(OcrConfig.from_record(record))
+            except ModelLoadError as error:  # searches go on; image writes say why they cannot
+                self._reader_failure = error
+                log.warning("images written to this collection cannot have their text read: %s", error)
 
     def add_texts(self, entries: Sequence[TextEntry], field: str = "items") -> list[int]:
         """Add (or replace, by key) text items; their ids in order."""
@@ -88,13 +104,18 @@ class CollectionWriter:
             if entry.caption is not None:
                 check_text(entry.caption, f"{field}[{number}].caption", self.service.limits)
         self._check_unique_keys([entry.key for entry in entries], field)
+        if self._reader_failure is not None:
+            raise ModelLoadError("this collection reads the text in its images (it was built with --ocr), and this "
+                                 f"server cannot: {self._reader_failure.reason}; nothing was written", field)
         vectors = self.service.embed_images([entry.data for entry in entries],
                                             [f"{field}[{number}]" for number in range(len(entries))],
                                             background=True)
+        metadata = [entry.metadata if self._reader is None else
+                    with_ocr(entry.metadata, read_image_text(self._reader, entry.data)) for entry in entries]
         items = [NewItem(entry.key or _new_key(), Modality.IMAGE, str(self._upload_path(entry.data, digest)),
-                         entry.caption, entry.metadata, digest, vector)
-                 for entry, vector, digest in zip(entries, vectors, [_sha256(entry.data) for entry in entries],
-                                                  strict=True)]
+                         entry.caption, extra, digest, vector)
+                 for entry, extra, vector, digest in zip(entries, metadata, vectors,
+                                                         [_sha256(entry.data) for entry in entries], strict=True)]
         if self.service.fusion is not None:
             items = with_caption_vectors(items, lambda captions: self.service.embed_texts(
                 captions, ["caption"] * len(captions), background=True))
@@ -122,7 +143,8 @@ class CollectionWriter:
             raise InvalidQuery("text", f"item {item_id} is an image; give `caption` instead")
         if caption is not UNCHANGED and caption is not None:
             check_text(caption, "caption", self.service.limits)
-        new_metadata = item.extra if metadata is UNCHANGED else metadata
+        read = ocr_part(item.extra)
+        new_metadata = item.extra if metadata is UNCHANGED else with_ocr(metadata, read) if read else metadata
         self._check_entry(None, new_metadata, "")
         vector = self.service.collection.stored_vector(item_id)
         new_text = item.text

@@ -8,6 +8,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -36,6 +37,9 @@ class Hit:
     fused: dict[str, float] | None = None
     """For fused image searches: what the image and the caption each add to the score
     (clipsearch.index.fusion.Fusion.parts)."""
+    ocr_matches: tuple[dict[str, Any], ...] = ()
+    """For a text query's image hits: the lines read from the image that hold the query's words,
+    with their boxes (clipsearch.store.ocr_text.matching_lines)."""
 
 
 class Collection:

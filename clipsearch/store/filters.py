@@ -11,6 +11,10 @@ condition names a `key` and tests it with one of:
     match: {"value": v}     equal to v (a string, number or boolean)
     match: {"any": [v…]}    equal to one of them (SQL's IN)
     match: {"prefix": "s"}  a string that starts with s
+    match: {"text": "s"}    a string that holds every word of s, case aside: a word where it stands
+                            with no letter on either side, a word of a script written without
+                            spaces (Chinese…) anywhere (as Qdrant's full-text match; for the
+                            text read from images, `{"key": "ocr_text", "match": {"text": "invoice"}}`)
     range: {"gt"|"gte"|"lt"|"lte": v}   numbers against numbers, strings against strings
                             (ISO dates compare as dates)
     exists: true | false    present and not null (an empty list counts as absent)
@@ -23,19 +27,22 @@ value that is a list matches when any of its elements does, so `{"key": "labels"
 equal 2020, and true does not equal 1.
 
 Every error names the path inside the filter that is wrong (`filter.must[1].range.gte`). Values
-reach SQLite only as bound parameters, never as SQL text.
+reach SQLite only as bound parameters, never as SQL text. `match.text` calls a function of this
+module from SQL: a connection that runs filters gets it from `add_functions`.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import sqlite3
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from clipsearch.errors import InvalidQuery
+from clipsearch.store.scripts import WORD, holds
 
 MAX_CONDITIONS = 64
 """Most conditions (leaves) in one filter."""
@@ -45,6 +52,9 @@ MAX_VALUES = 1024
 """Most values in one `match.any`."""
 MAX_STRING_CHARS = 1024
 """Longest key or string value."""
+MAX_TEXT_WORDS = 32
+"""Most words of one `match.text`."""
+MATCHES = ("value", "any", "prefix", "text")
 
 ITEM_FIELDS = ("id", "modality", "uri", "caption", "text")
 METADATA_PREFIX = "metadata."
@@ -52,6 +62,18 @@ CLAUSES = ("must", "should", "must_not")
 _NUMBER_TYPES = "('integer', 'real')"
 
 Scalar = str | int | float | bool
+
+HOLDS_FUNCTION = "clipsearch_holds"
+"""The SQL function of `match.text`: clipsearch_holds(text, word)."""
+
+
+def add_functions(connection: sqlite3.Connection) -> None:
+    """Give `connection` the SQL function filters call (`match.text`)."""
+    connection.create_function(HOLDS_FUNCTION, 2, _holds, deterministic=True)
+
+
+def _holds(text: Any, word: Any) -> bool:
+    return isinstance(text, str) and isinstance(word, str) and holds(text, word)
 
 
 @dataclass(frozen=True)
@@ -137,8 +159,8 @@ class _Compiler:
         return self.range(target, raw["range"], f"{path}.range")
 
     def match(self, target: _Target, raw: Any, path: str) -> str:
-        if not isinstance(raw, dict) or len(raw) != 1 or next(iter(raw)) not in ("value", "any", "prefix"):
-            raise InvalidQuery(path, "must be an object with exactly one of 'value', 'any' and 'prefix'")
+        if not isinstance(raw, dict) or len(raw) != 1 or next(iter(raw)) not in MATCHES:
+            raise InvalidQuery(path, "must be an object with exactly one of 'value', 'any', 'prefix' and 'text'")
         kind, given = next(iter(raw.items()))
         if kind == "value":
             value = _scalar(given, f"{path}.value")
@@ -155,11 +177,22 @@ class _Compiler:
                                          for number, value in enumerate(values)) + ")"
             return target.test(self, any_of)
         if not isinstance(given, str) or not given:
-            raise InvalidQuery(f"{path}.prefix", "must be a non-empty string")
-        _check_string(given, f"{path}.prefix")
-        target.require("string", f"{path}.prefix")
+            raise InvalidQuery(f"{path}.{kind}", "must be a non-empty string")
+        _check_string(given, f"{path}.{kind}")
+        target.require("string", f"{path}.{kind}")
+        if kind == "text":
+            return self.text(target, given, f"{path}.text")
         return target.test(self, lambda column: f"({column.is_text} AND substr({column.value}, 1, "
                                                  f"{self.bind(len(given))}) = {self.bind(given)})")
+
+    def text(self, target: _Target, given: str, path: str) -> str:
+        words = list(dict.fromkeys(word.lower() for word in WORD.findall(given)))
+        if not words:
+            raise InvalidQuery(path, "holds no letters or digits to look for")
+        if len(words) > MAX_TEXT_WORDS:
+            raise InvalidQuery(path, f"at most {MAX_TEXT_WORDS} words, got {len(words)}")
+        return target.test(self, lambda column: "(" + " AND ".join(
+            [column.is_text, *(f"{HOLDS_FUNCTION}({column.value}, {self.bind(word)})" for word in words)]) + ")")
 
     def range(self, target: _Target, raw: Any, path: str) -> str:
         bounds = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}

@@ -19,7 +19,7 @@ import numpy as np
 
 from clipsearch.errors import InvalidQuery
 from clipsearch.modality import Modality
-from clipsearch.store import keywords
+from clipsearch.store import filters, keywords
 from clipsearch.util.files import atomic_path
 
 ITEMS_FILE = "items.sqlite"
@@ -57,6 +57,7 @@ class ItemStore:
         # immutable=1: the file never changes under us, so SQLite skips locking entirely.
         self._uri = f"file:{path}?mode=ro&immutable=1"
         self._connection = sqlite3.connect(self._uri, uri=True, check_same_thread=False)
+        filters.add_functions(self._connection)
         self._lock = threading.Lock()
         self._keyword_documents: int | None = None
         """Rows of the keyword tables (None until the first keyword search): the file never changes."""
@@ -108,6 +109,7 @@ class ItemStore:
         connection: sqlite3.Connection | None = getattr(self._threads, "connection", None)
         if connection is None:
             connection = sqlite3.connect(self._uri, uri=True, check_same_thread=False)
+            filters.add_functions(connection)
             self._threads.connection = connection
             with self._lock:
                 self._keyword_connections.append(connection)

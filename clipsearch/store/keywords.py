@@ -42,9 +42,7 @@ from __future__ import annotations
 
 import itertools
 import json
-import re
 import sqlite3
-import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -53,6 +51,8 @@ import numpy as np
 
 from clipsearch.errors import InvalidQuery
 from clipsearch.modality import Modality
+from clipsearch.store.ocr_text import OCR_TEXT, keyword_body
+from clipsearch.store.scripts import WORD, is_unspaced
 
 WORDS_TABLE = "keywords_words"
 TRIGRAMS_TABLE = "keywords_trigrams"
@@ -79,8 +79,6 @@ MAX_QUERY_WORDS = 64
 """Most words of one query that are looked for (the rest are ignored)."""
 TRIGRAM = 3
 
-_WORD = re.compile(r"\w+")
-_UNSPACED_SCRIPTS = ("CJK", "HIRAGANA", "KATAKANA", "THAI", "LAO", "KHMER", "MYANMAR", "TIBETAN")
 
 
 @dataclass(frozen=True)
@@ -102,10 +100,10 @@ class KeywordQuery:
 
 def compile_query(text: str, field: str = "text") -> KeywordQuery:
     """The keyword query for `text`; InvalidQuery naming `field` when it holds no word at all."""
-    words = list(dict.fromkeys(word.lower() for word in _WORD.findall(text)))[:MAX_QUERY_WORDS]
+    words = list(dict.fromkeys(word.lower() for word in WORD.findall(text)))[:MAX_QUERY_WORDS]
     if not words:
         raise InvalidQuery(field, "holds no letters or digits to search for by keyword")
-    if not any(_is_unspaced(character) for word in words for character in word):
+    if not any(is_unspaced(character) for word in words for character in word):
         return KeywordQuery(WORDS_TABLE, _any_of(words), words=tuple(words))
     terms = tuple(dict.fromkeys(term for word in words for term in _query_terms(word)))[:MAX_QUERY_WORDS]
     return KeywordQuery(BIGRAMS_TABLE, _any_of(terms), words=terms, fallback=_trigram_query(words))
@@ -138,7 +136,7 @@ def _query_terms(word: str) -> list[str]:
 
 def _runs(text: str) -> list[tuple[bool, str]]:
     """`text` cut where it passes between a script written without spaces and any other character."""
-    return [(unspaced, "".join(run)) for unspaced, run in itertools.groupby(text, key=_is_unspaced)]
+    return [(unspaced, "".join(run)) for unspaced, run in itertools.groupby(text, key=is_unspaced)]
 
 
 def _spaced_grams(run: str) -> str:
@@ -149,10 +147,15 @@ def _spaced_grams(run: str) -> str:
 
 def keyword_text(text: str | None, extra: dict[str, Any], fields: Sequence[str]) -> str:
     """What of an item is searched by keyword: its caption or text, then its `fields` metadata values
-    (strings and numbers, and those inside lists), one per line."""
+    (strings and numbers, and those inside lists), one per line, then the text read from its image
+    (clipsearch.store.ocr_text), whatever the fields."""
     lines = [text] if text else []
     for name in fields:
-        lines.extend(_values(extra.get(name)))
+        if name != OCR_TEXT:
+            lines.extend(_values(extra.get(name)))
+    read = keyword_body(extra)
+    if read:
+        lines.append(read)
     return "\n".join(lines)
 
 
@@ -240,10 +243,6 @@ def _search(connection: sqlite3.Connection, query: KeywordQuery, modality: Modal
 
 def _any_of(words: Sequence[str]) -> str:
     return " OR ".join(f'"{word}"' for word in words)
-
-
-def _is_unspaced(character: str) -> bool:
-    return ord(character) > 0x7F and unicodedata.name(character, "").startswith(_UNSPACED_SCRIPTS)
 
 
 def _values(value: Any) -> list[str]:

@@ -77,6 +77,9 @@ class Manifest:
     fused_index: IndexSpec | None = None
     """A fused bundle's approximate index over its images' fused rows (when its image index is
     approximate too); None when fused rows are searched exactly."""
+    ocr: dict[str, Any] | None = None
+    """For a bundle built with `--ocr`: the engine that read its images' text and its settings
+    (config.OcrConfig.as_record), which `indexer sync` and live writes of images follow; None otherwise."""
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -108,7 +111,8 @@ class Manifest:
                        keyword_fields=[str(name) for name in data.get("keyword_fields", [])],
                        fusion=None if data.get("fusion") is None else
                        {str(name): float(weight) for name, weight in data["fusion"].items()},
-                       fused_index=None if data.get("fused_index") is None else IndexSpec(**data["fused_index"]))
+                       fused_index=None if data.get("fused_index") is None else IndexSpec(**data["fused_index"]),
+                       ocr=None if data.get("ocr") is None else dict(data["ocr"]))
         except UnsupportedFormatVersion:
             raise
         except json.JSONDecodeError as error:

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from app.settings import Settings
+from clipsearch.quality.reading import read_truth
 from tests.support.serving import LIMITS, serve
 
 CHROMIUM = os.environ.get("CLIPSEARCH_CHROMIUM", "/usr/bin/chromium")
@@ -299,4 +300,24 @@ def test_a_fused_collection_offers_a_caption_weight_and_shows_each_parts_share(b
         first = page.locator(".card").first
         sync_api.expect(first.locator(".caption")).to_have_text("caption of picture 9")
         sync_api.expect(first.locator(".fused")).to_have_text("image 0.000 + caption 1.000")
+        context.close()
+
+
+def test_a_picture_found_by_its_words_shows_them_marked_and_boxed(browser: Any, ocr_bundle_path: Path,
+                                                                  signs_dir: Path) -> None:
+    truth = next(truth for truth in read_truth(signs_dir) if truth.language == "en")
+    with serve(Settings(bundle_path=ocr_bundle_path, device="cpu", **LIMITS)) as url:  # type: ignore[arg-type]
+        context = browser.new_context(viewport={"width": 1280, "height": 900})
+        page = context.new_page()
+        page.goto(url)
+        page.check("input[name=mode][value=keyword]")
+        page.fill("#query-text", truth.key)
+        page.press("#query-text", "Enter")
+        first = page.locator(".card").first
+        sync_api.expect(first.locator(".source")).to_contain_text(truth.path.name)
+        sync_api.expect(first.locator(".ocr mark").first).to_have_text(re.compile(truth.key, re.IGNORECASE))
+        sync_api.expect(first.locator(".ocr")).to_contain_text(truth.lines[-1].split()[-1])
+        sync_api.expect(first.locator(".ocr-boxes polygon")).to_have_count(1)
+        page.wait_for_function("document.querySelector('.card .ocr-boxes').getAttribute('viewBox') === '0 0 480 320'")
+        first.screenshot(path=str(ARTIFACTS / "text-in-images-card.png"))
         context.close()

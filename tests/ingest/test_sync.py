@@ -162,6 +162,8 @@ def test_the_sync_command_prints_what_it_did(corpus: tuple[Path, Path, Path],
 def test_summary_describes_every_count() -> None:
     assert SyncSummary(1, 2, 3, 4, 5, [("a", "b")], 1.5).describe() == \
         "added 1, updated 2, moved 3, removed 4, unchanged 5, skipped 1 in 1.5 s"
+    assert SyncSummary(1, 0, 0, 0, 0, [], 1.5, text_unread=[("a", "text not read within 20 s")]).describe() == \
+        "added 1, updated 0, moved 0, removed 0, unchanged 0, skipped 0, text of 1 not read in 1.5 s"
 
 
 @pytest.mark.parametrize(("point", "changes"), [("sync:embedded", 0), ("live:committing", 0),

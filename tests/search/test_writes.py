@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,8 +11,9 @@ import numpy as np
 import pytest
 
 from clipsearch.config import QueryLimits, WriteLimits
-from clipsearch.errors import InvalidQuery, StorageFull, StorageLocked
+from clipsearch.errors import InvalidQuery, ModelLoadError, StorageFull, StorageLocked
 from clipsearch.modality import Modality
+from clipsearch.model import ocr
 from clipsearch.model.encoder import ClipEncoder
 from clipsearch.search.open import opened_service
 from clipsearch.search.service import SearchService
@@ -126,3 +128,18 @@ def test_an_upload_on_a_full_disk_is_refused_naming_the_folder_and_stores_nothin
         [added] = writer.add_images([ImageEntry(image_bytes(noise_image(7)))])
         assert service.collection.count(Modality.IMAGE) == count + 1
         assert Path(service.collection.item(added).uri).is_file()
+
+
+def test_without_the_ocr_extra_images_written_to_a_collection_that_reads_text_are_refused_and_nothing_written(
+        encoder: ClipEncoder, ocr_bundle_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "rapidocr_onnxruntime", None)  # as if the [ocr] extra were missing
+    monkeypatch.setattr(ocr, "_readers", {})  # nor loaded before in this process
+    with opened_service(encoder, private_copy(ocr_bundle_path, tmp_path), limits=QueryLimits(max_k=20)) as service:
+        writer = CollectionWriter(service, WriteLimits())
+        before = service.collection.count(Modality.IMAGE)
+        with pytest.raises(ModelLoadError, match=r"built with --ocr.*\[ocr\] extra.*nothing was written") as refused:
+            writer.add_images([ImageEntry(image_bytes(noise_image(3)))])
+        assert refused.value.field == "files"
+        assert service.collection.count(Modality.IMAGE) == before
+        [added] = writer.add_texts([TextEntry("texts are written as ever")])
+        assert service.collection.item(added, "id").text == "texts are written as ever"

@@ -17,7 +17,7 @@ from clipsearch.store.filters import MAX_CONDITIONS, MAX_DEPTH, parse_filter
 from clipsearch.store.items import Item, ItemStore, write_items
 from tests.support.reference import filter_matches
 
-ALBUMS = ["Paris", "paris", "Rome", "Paris 2020", ""]
+ALBUMS = ["Paris", "paris", "Rome", "Paris 2020", "", "Paris2020", "北京发票"]
 LABELS = ["beach", "city", "snow"]
 
 scalars = st.one_of(st.sampled_from(ALBUMS), st.integers(-3, 3), st.sampled_from([0.5, 2.0, -1.5]), st.booleans())
@@ -47,9 +47,12 @@ keys = st.sampled_from(["album", "year", "labels", "exif.year", "metadata.uri", 
 @st.composite
 def conditions(draw: st.DrawFn) -> dict[str, Any]:
     key = draw(keys)
-    kind = draw(st.sampled_from(["value", "any", "prefix", "range", "exists"]))
+    kind = draw(st.sampled_from(["value", "any", "prefix", "range", "exists", "text"]))
     if kind == "exists":
         return {"key": key, "exists": draw(st.booleans())}
+    if kind == "text" and key != "id":
+        return {"key": key, "match": {"text": draw(st.sampled_from(["paris", "Paris 2020", "2020", "a dog", "dog a",
+                                                                    "par", "发票", "jpg", "x.jpg"]))}}
     if key in ("id",):
         value: Any = draw(st.integers(-1, 40))
         kind = "range" if kind == "prefix" else kind
@@ -201,6 +204,11 @@ def _deep(levels: int) -> dict[str, Any]:
     ({"key": "a", "match": {"any": []}}, "filter.match.any", "non-empty list"),
     ({"key": "a", "match": {"any": [1, [2]]}}, "filter.match.any[1]", "not list"),
     ({"key": "a", "match": {"prefix": 3}}, "filter.match.prefix", "non-empty string"),
+    ({"key": "a", "match": {"text": ""}}, "filter.match.text", "non-empty string"),
+    ({"key": "a", "match": {"text": "!?"}}, "filter.match.text", "no letters or digits"),
+    ({"key": "a", "match": {"text": " ".join(f"w{n}" for n in range(40))}}, "filter.match.text", "at most 32 words"),
+    ({"key": "id", "match": {"text": "7"}}, "filter.match.text", "'id' holds numbers"),
+    ({"key": "a", "match": {"like": "x"}}, "filter.match", "'value', 'any', 'prefix' and 'text'"),
     ({"key": "id", "match": {"value": "7"}}, "filter.match.value", "'id' holds numbers"),
     ({"key": "uri", "range": {"gt": 3}}, "filter.range.gt", "'uri' holds strings"),
     ({"key": "a", "match": {"value": "\x00"}}, "filter.match.value", "NUL"),
@@ -220,3 +228,33 @@ def test_matching_ids_come_back_sorted_as_int64(store: ItemStore) -> None:
     found = store.matching_ids(Modality.IMAGE)
     assert found.dtype == np.int64
     assert found.tolist() == [1, 2, 3]
+
+
+@pytest.fixture
+def read_images(tmp_path: Path) -> ItemStore:
+    """Images with the text OCR read from them (clipsearch.store.ocr_text) in their metadata."""
+    made = [Item(1, Modality.IMAGE, "/a.jpg", None, {"ocr_text": "INVOICE 2024\nTotal due"}, "h1"),
+            Item(2, Modality.IMAGE, "/b.jpg", None, {"ocr_text": "Invoice2024 paid"}, "h2"),
+            Item(3, Modality.IMAGE, "/c.jpg", None, {"ocr_text": "北京发票 specialoffer"}, "h3"),
+            Item(4, Modality.IMAGE, "/d.jpg", "an invoice", {}, "h4"),
+            Item(5, Modality.IMAGE, "/e.jpg", None, {"ocr_text": "invoices, concatenated"}, "h5")]
+    return _store(tmp_path / "read.sqlite", made)
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("invoice", [1, 2]),           # case aside; a number may touch it, another letter may not ("invoices")
+    ("2024", [1, 2]),
+    ("invoice total", [1]),        # every word, in any of the lines
+    ("Total invoice!", [1]),       # order and punctuation aside
+    ("发票", [3]),                  # Chinese anywhere in its run
+    ("cat", []),                   # inside a word: no
+    ("offer", []),
+])
+def test_match_text_finds_items_whose_text_holds_every_word(read_images: ItemStore, text: str,
+                                                            expected: list[int]) -> None:
+    assert _ids(read_images, {"key": "ocr_text", "match": {"text": text}}) == expected
+
+
+def test_match_text_tests_item_fields_and_nested_metadata_too(read_images: ItemStore) -> None:
+    assert _ids(read_images, {"key": "caption", "match": {"text": "INVOICE"}}) == [4]
+    assert _ids(read_images, {"must_not": [{"key": "ocr_text", "match": {"text": "invoice"}}]}) == [3, 4, 5]

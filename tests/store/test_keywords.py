@@ -18,6 +18,7 @@ from clipsearch.modality import Modality
 from clipsearch.store import keywords
 from clipsearch.store.filters import parse_filter
 from clipsearch.store.items import Item, ItemStore, write_items
+from clipsearch.store.ocr_text import ocr_metadata
 
 TEXTS = [
     "a red bicycle leaning on a wall",
@@ -264,3 +265,26 @@ def test_a_bundle_built_before_keyword_search_says_how_to_get_it(tmp_path: Path)
     with pytest.raises(InvalidQuery) as raised:
         ItemStore(path).keyword_search(keywords.compile_query("red"), Modality.IMAGE)
     assert raised.value.field == "mode" and "indexer compact" in raised.value.reason
+
+
+def test_the_text_read_from_an_image_is_searched_whatever_the_keyword_fields() -> None:
+    read = ocr_metadata("rapidocr", [{"text": "Invoice2024", "box": [], "score": 1.0},
+                                     {"text": "seminarfree", "box": [], "score": 1.0, "spaced": "seminar free"}])
+    text = keywords.keyword_text("a receipt", {"album": "home", **read}, ("album", "ocr_text"))
+    assert text.splitlines() == ["a receipt", "home", "Invoice2024", "seminarfree", "seminar free", "Invoice 2024"]
+
+
+def test_words_the_recogniser_ran_together_are_found_by_keyword(tmp_path: Path) -> None:
+    lines = [{"text": "seminarfree", "box": [], "score": 1.0, "spaced": "seminar free"},
+             {"text": "Invoice2024", "box": [], "score": 1.0}]
+    made = [Item(0, Modality.IMAGE, "/a.png", None, ocr_metadata("rapidocr", lines[:1]), "h0"),
+            Item(1, Modality.IMAGE, "/b.png", None, ocr_metadata("rapidocr", lines[1:]), "h1"),
+            Item(2, Modality.IMAGE, "/c.png", "free parking", {}, "h2")]
+    write_items(tmp_path / "items.sqlite", made)
+    store = ItemStore(tmp_path / "items.sqlite")
+    try:
+        for query, expected in (("seminar", [0]), ("invoice", [1]), ("2024", [1]), ("free", [0, 2])):
+            ids, _ = store.keyword_search(keywords.compile_query(query), Modality.IMAGE, limit=5)
+            assert sorted(ids.tolist()) == expected, query
+    finally:
+        store.close()

@@ -147,3 +147,17 @@ def mutations(data: bytes, count: int, seed: int) -> list[bytes]:
             copy = copy[:int(rng.integers(1, len(copy)))]
         damaged.append(bytes(copy))
     return damaged
+
+
+def words_picture(text: str, size: tuple[int, int] = (420, 160), font_size: int = 36,
+                  font: str = "DejaVuSans.ttf") -> Image.Image:
+    """Black `text` on white (one line per line of it), in a Debian font (indexer.signs finds it):
+    something OCR reads at once."""
+    from PIL import ImageDraw, ImageFont
+
+    from indexer.signs import font_path
+
+    image = Image.new("RGB", size, "white")
+    ImageDraw.Draw(image).multiline_text((20, 30), text, font=ImageFont.truetype(str(font_path(font)), font_size),
+                                         fill="black", spacing=16)
+    return image

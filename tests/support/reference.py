@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from typing import Any
 
 import numpy as np
@@ -80,8 +82,35 @@ def filter_matches(raw: dict[str, Any], item: Item) -> bool:
     match = raw["match"]
     if "prefix" in match:
         return any(isinstance(value, str) and value.startswith(match["prefix"]) for value in values)
+    if "text" in match:
+        words = re.findall(r"\w+", match["text"].lower())
+        return any(isinstance(value, str) and all(holds_by_scanning(value, word) for word in words) for value in values)
     wanted = [match["value"]] if "value" in match else match["any"]
     return any(_same_kind(value, candidate) and value == candidate for value in values for candidate in wanted)
+
+
+def holds_by_scanning(text: str, word: str) -> bool:
+    """Whether `text` holds `word` (lowercase), found by trying every position: where no letter
+    touches a letter and no digit a digit at either end, or anywhere for a word of a script written
+    without spaces (clipsearch.store.scripts.holds, worked out the long way)."""
+    lowered = text.lower()
+    unspaced = any(ord(character) > 0x7F and unicodedata.name(character, "").startswith(
+        ("CJK", "HIRAGANA", "KATAKANA", "THAI", "LAO", "KHMER", "MYANMAR", "TIBETAN")) for character in word)
+    for start in range(len(lowered) - len(word) + 1):
+        if lowered[start:start + len(word)] != word:
+            continue
+        before = lowered[start - 1] if start > 0 else ""
+        after = lowered[start + len(word)] if start + len(word) < len(lowered) else ""
+        if unspaced or (not _alike(before, word[0]) and not _alike(after, word[-1])):
+            return True
+    return False
+
+
+def _alike(neighbour: str, end: str) -> bool:
+    """Whether a neighbouring character runs on from a word's end character: digit by digit, letter by letter."""
+    if not neighbour:
+        return False
+    return neighbour.isdigit() if end.isdigit() else neighbour.isalpha()
 
 
 def _filter_values(key: str, item: Item) -> tuple[bool, list[Any]]:

@@ -218,3 +218,25 @@ def test_smoke_the_int8_recall_bench_scores_both_exports_on_the_same_pairs(tmp_p
     for direction in ("text_to_image", "image_to_text"):
         assert loss[f"{direction}_loss"] == {
             k: pytest.approx(fp32[direction][k] - int8[direction][k], abs=1e-3) for k in fp32[direction]}
+
+
+def test_smoke_the_ocr_bench_reads_the_signs_and_finds_them_by_their_words_only_with_ocr() -> None:
+    finished = subprocess.run([sys.executable, "-m", "bench.ocr", "--count", "2", "--settings", "default",
+                               "detection_side=480", "--workers", "0"], cwd=ROOT, capture_output=True, text=True,
+                              timeout=600)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    lines = [json.loads(line) for line in finished.stdout.splitlines() if line.startswith("{")]
+    reading = [line for line in lines if line["figure"] == "reading"]
+    assert [(line["settings"], line["language"]) for line in reading] == [
+        ("default", "en"), ("default", "zh"), ("detection_side=480", "en"), ("detection_side=480", "zh")]
+    assert all(line["images"] == 2 and 0 <= line["separate_word_recall"] <= line["word_recall"] <= 1
+               for line in reading)
+    says = {(line["ocr"], line["mode"], line["language"]): line for line in lines if line["figure"] == "says"}
+    assert len(says) == 12
+    for language in ("en", "zh"):
+        assert says[(True, "keyword", language)]["r_at_1"] == 1.0
+        assert says[(False, "keyword", language)]["r_at_5"] == 0.0  # without OCR, no words to find
+    builds = [line for line in lines if line["figure"] == "build"]
+    [cost] = [line for line in lines if line["figure"] == "ocr_cost"]
+    assert cost["images_per_s_ratio"] == pytest.approx(builds[1]["images_per_s"] / builds[0]["images_per_s"],
+                                                       rel=1e-2)

@@ -15,7 +15,7 @@ import numpy as np
 
 from clipsearch.index.fusion import fused_rows
 from clipsearch.modality import Modality
-from clipsearch.store import keywords
+from clipsearch.store import filters, keywords
 from clipsearch.store.filters import Filter
 from clipsearch.store.items import Item
 
@@ -132,6 +132,7 @@ class LiveState:
         """This snapshot's live items in an in-memory SQLite database, made once (hold `_lock`)."""
         if "items" not in self._databases:
             memory = sqlite3.connect(":memory:", check_same_thread=False)
+            filters.add_functions(memory)
             memory.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, modality TEXT NOT NULL, uri TEXT NOT NULL, "
                            "text TEXT, extra TEXT NOT NULL, content_hash TEXT NOT NULL)")
             memory.executemany("INSERT INTO items VALUES (?, ?, ?, ?, ?, ?)", (
