@@ -121,7 +121,7 @@ def _build_on_ray(config: BuildConfig, sources: dict[Modality, list[SourceItem]]
         raise IndexSettingsInvalid("--caption-model runs with the local engine only: caption with a local build, "
                                    "or leave it out")
     if config.ocr is not None:
-        raise IndexSettingsInvalid("--ocr runs with the local engine only: read text in a local build, or leave it out")
+        load_reader(config.ocr).close()  # fails now, as the local build does, before Ray starts
     with RayEngine(config) as engine:
         fingerprint = resume_fingerprint(config, engine.encoder.ref, engine.pool.device, sources,
                                          backend=engine.backend) | {"engine": "ray"}

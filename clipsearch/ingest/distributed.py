@@ -4,7 +4,8 @@ The driver (the indexer's process) lists the items with the local engine's reade
 their metadata. Ray Data runs two stages over the positions of the shards not written yet:
 
 1. For images, CPU tasks read, hash, decode and prepare each file with the local engine's own
-   function (clipsearch.ingest.loading.read_and_prepare), so the model gets the same uint8 pixels.
+   function (clipsearch.ingest.loading.read_and_prepare), so the model gets the same uint8 pixels;
+   with --ocr they read each image's text too, whose metadata travels to the driver as JSON.
 2. An actor pool embeds them, one model per actor. Where the cluster has GPUs, each actor takes
    one, `--batch-size` items per forward pass.
 
@@ -21,9 +22,10 @@ storage for the output, only to read the corpus (and a --checkpoint file) at the
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import ModuleType, TracebackType
 from typing import Any
@@ -33,6 +35,7 @@ import pyarrow as pa
 import torch
 from PIL import Image
 
+from clipsearch.config import OcrConfig
 from clipsearch.errors import BuildError
 from clipsearch.ingest.config import BuildConfig
 from clipsearch.ingest.loading import Outcome, mark_duplicates, read_and_prepare, shard_of, text_outcome
@@ -43,6 +46,7 @@ from clipsearch.model.encoder import ClipEncoder
 from clipsearch.model.factory import load_encoder
 from clipsearch.model.onnx_backend import resolve_backend
 from clipsearch.model.preprocess import ImagePreparer, PreprocessConfig
+from clipsearch.store.ocr_text import ocr_part, with_ocr
 from clipsearch.util.progress import progress_bar
 
 ENGINES = ("local", "ray")
@@ -167,7 +171,7 @@ class RayEngine:
             dataset = dataset.map_batches(
                 _decode_images, batch_size=config.batch_size, num_cpus=1, batch_format="numpy",
                 fn_kwargs={"preprocess": self.encoder.preprocess_config, "blank": _blank_pixels(self.encoder),
-                           "max_pixels": config.max_pixels})
+                           "max_pixels": config.max_pixels, "ocr": config.ocr})
         dataset = dataset.map_batches(
             _Embedder, batch_size=config.batch_size, batch_format="numpy",
             compute=data.ActorPoolStrategy(size=pool.actors), num_gpus=pool.gpus_per_actor,
@@ -217,19 +221,23 @@ def _blank_pixels(encoder: ClipEncoder) -> np.ndarray:
 
 
 def _decode_images(batch: dict[str, np.ndarray], preprocess: PreprocessConfig, blank: np.ndarray,
-                   max_pixels: int) -> dict[str, np.ndarray]:
-    """Ray task: read, hash, decode and prepare a batch of image files."""
+                   max_pixels: int, ocr: OcrConfig | None = None) -> dict[str, np.ndarray]:
+    """Ray task: read, hash, decode and prepare a batch of image files (and read their text, with
+    `ocr`: the text's metadata travels as JSON, "" for none, and is joined to the item's own
+    metadata in the driver)."""
     prepare = ImagePreparer(preprocess)
     size = max(preprocess.size)
-    pixels, hashes, problems = [], [], []
+    pixels, hashes, problems, texts = [], [], [], []
     for position, path, problem in zip(batch["position"], batch["path"], batch["problem"], strict=True):
         item = SourceItem(uri=str(path), path=Path(str(path)) if path else None, problem=str(problem) or None)
-        outcome = read_and_prepare(int(position), item, prepare, size, max_pixels)
+        outcome = read_and_prepare(int(position), item, prepare, size, max_pixels, ocr)
         pixels.append(blank if outcome.problem is not None else outcome.payload.numpy())
         hashes.append(outcome.content_hash or "")
         problems.append(outcome.problem or "")
+        read = ocr_part(outcome.source.extra)
+        texts.append(json.dumps(read, ensure_ascii=False) if read else "")
     return {"position": batch["position"], "pixels": np.stack(pixels), "hash": np.array(hashes, dtype=object),
-            "problem": np.array(problems, dtype=object)}
+            "problem": np.array(problems, dtype=object), "ocr": np.array(texts, dtype=object)}
 
 
 class _Embedder:
@@ -251,13 +259,17 @@ class _Embedder:
                 vectors[usable] = self.encoder.encode_images(torch.from_numpy(batch["pixels"][usable]))
             else:
                 vectors[usable] = self.encoder.encode_texts([str(text) for text in batch["text"][usable]])
-        return {"position": batch["position"], "hash": batch["hash"], "problem": batch["problem"], "vector": vectors}
+        # The text read from images (a JSON column, "" for none) passes through to the driver.
+        read = batch["ocr"] if "ocr" in batch else np.full(len(usable), "", dtype=object)
+        return {"position": batch["position"], "hash": batch["hash"], "problem": batch["problem"], "vector": vectors,
+                "ocr": read}
 
 
 def _unbatch(batch: dict[str, np.ndarray]) -> list[dict[str, Any]]:
-    return [{"position": int(position), "hash": str(content_hash), "problem": str(problem), "vector": vector}
-            for position, content_hash, problem, vector
-            in zip(batch["position"], batch["hash"], batch["problem"], batch["vector"], strict=True)]
+    return [{"position": int(position), "hash": str(content_hash), "problem": str(problem), "vector": vector,
+             "ocr": str(read)}
+            for position, content_hash, problem, vector, read
+            in zip(batch["position"], batch["hash"], batch["problem"], batch["vector"], batch["ocr"], strict=True)]
 
 
 def _embedded_shard(rows: list[dict[str, Any]], first_id: int, dim: int) -> Shard:
@@ -268,8 +280,13 @@ def _embedded_shard(rows: list[dict[str, Any]], first_id: int, dim: int) -> Shar
     vectors = np.stack([row["vector"] for row in usable]).astype(np.float32) if usable \
         else np.zeros((0, dim), dtype=np.float32)
     return Shard(np.array([first_id + row["position"] for row in usable], dtype=np.int64), vectors,
-                 [{"position": row["position"], "hash": row["hash"] or None, "problem": row["problem"] or None}
-                  for row in rows])
+                 [{"position": row["position"], "hash": row["hash"] or None, "problem": row["problem"] or None,
+                   "ocr": row.get("ocr") or None} for row in rows])
+
+
+def _with_read_text(item: SourceItem, read: str | None) -> SourceItem:
+    """`item` with the text read from its image (OCR metadata as JSON), as the local engine gives it."""
+    return replace(item, extra=with_ocr(item.extra, json.loads(read))) if read else item
 
 
 def _with_duplicates_marked(embedded: Shard, items: Sequence[SourceItem], first_id: int, seen: dict[str, int],
@@ -277,8 +294,9 @@ def _with_duplicates_marked(embedded: Shard, items: Sequence[SourceItem], first_
     """The build's shard for an embedded one: duplicates marked in position order, as the local
     engine marks them, and each item's metadata joined back."""
     vectors = iter(embedded.vectors)
-    outcomes = [Outcome(record["position"], items[record["position"]], content_hash=record["hash"],
-                        payload=None if record["problem"] else next(vectors), problem=record["problem"])
+    outcomes = [Outcome(record["position"], _with_read_text(items[record["position"]], record.get("ocr")),
+                        content_hash=record["hash"], payload=None if record["problem"] else next(vectors),
+                        problem=record["problem"])
                 for record in embedded.records]
     mark_duplicates(outcomes, seen, first_id, keep_duplicates)
     return shard_of(outcomes, first_id, dim)

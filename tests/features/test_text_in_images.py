@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from clipsearch.config import OcrConfig, QueryLimits
-from clipsearch.errors import IndexSettingsInvalid
 from clipsearch.ingest.build import build
 from clipsearch.ingest.config import BuildConfig
 from clipsearch.ingest.fingerprint import corpus_fingerprint
@@ -80,11 +79,6 @@ def test_reading_settings_are_part_of_what_decides_the_bundle(tmp_path: Path) ->
     assert len(fingerprints) == 3
 
 
-def test_the_ray_engine_refuses_ocr_before_any_work(tmp_path: Path) -> None:
-    images = tmp_path / "images"
-    save(images / "menu.png", image_bytes(words_picture("Pumpkin soup")))
-    with pytest.raises(IndexSettingsInvalid, match="--ocr runs with the local engine only"):
-        build(tiny_config(tmp_path / "bundle", images=images, ocr=OcrConfig(), engine="ray"))
 
 
 def test_sync_reads_new_images_and_keeps_the_text_of_unchanged_and_moved_ones(tmp_path: Path,

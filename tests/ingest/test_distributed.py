@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from clipsearch.config import CaptionConfig
+from clipsearch.config import CaptionConfig, OcrConfig
 from clipsearch.errors import BuildError, IndexSettingsInvalid
 from clipsearch.ingest.build import BuildSummary, build
 from clipsearch.ingest.distributed import ActorPool, plan_actor_pool
@@ -168,3 +168,25 @@ def test_cpu_actors_reserve_half_the_cpus_and_share_all_of_them_between_their_mo
 def test_asking_for_a_gpu_on_a_cluster_without_one_is_refused() -> None:
     with pytest.raises(BuildError, match="no GPU"):
         plan_actor_pool({"CPU": 8}, "cuda", None)
+
+
+def test_a_ray_build_reads_the_text_in_images_as_the_local_build_does(local_ray: None, signs_dir: Path,
+                                                                     ocr_bundle_path: Path, tmp_path: Path) -> None:
+    summary = build(tiny_config(tmp_path / "bundle", images=signs_dir / "images", ocr=OcrConfig(threads=2),
+                                engine="ray"))
+    assert summary.text_read == 12
+    found, expected = load_bundle(tmp_path / "bundle"), load_bundle(ocr_bundle_path)
+    try:
+        for ray_item, local_item in zip(found.items, expected.items, strict=True):
+            assert (ray_item.id, ray_item.uri, ray_item.extra["ocr_text"]) == \
+                (local_item.id, local_item.uri, local_item.extra["ocr_text"])
+            ray_lines, local_lines = ray_item.extra["ocr"]["lines"], local_item.extra["ocr"]["lines"]
+            assert [line["box"] for line in ray_lines] == [line["box"] for line in local_lines]
+            # ONNX Runtime's threads may sum in another order: confidences agree to rounding
+            assert [line["score"] for line in ray_lines] == pytest.approx([line["score"] for line in local_lines],
+                                                                          abs=1e-3)
+    finally:
+        found.close()
+        expected.close()
+    assert json.loads((tmp_path / "bundle" / "manifest.json").read_text())["ocr"] == \
+        json.loads((ocr_bundle_path / "manifest.json").read_text())["ocr"]
