@@ -109,17 +109,10 @@ def _joined_where_a_word(parts: list[str]) -> list[str]:
 
 @functools.cache
 def _known_words() -> frozenset[str]:
+    """wordninja's own vocabulary (126,134 lowercase words), which it keeps only as its cost table."""
     import wordninja
 
     return frozenset(wordninja.DEFAULT_LANGUAGE_MODEL._wordcost)
-
-
-def ocr_available() -> bool:
-    try:
-        import rapidocr_onnxruntime  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 class TextReader:
