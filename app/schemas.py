@@ -50,8 +50,9 @@ class ResultOptionsModel(BaseModel):
         "in `duplicates`."))
 
     fusion: dict[str, Any] | None = Field(None, description=(
-        "Weigh an image result's image and caption: {'image': 0.5, 'caption': 0.5} (normalised to sum to 1); "
-        "default: the weights the bundle was built with (--fuse). Only for bundles with caption vectors."),
+        "Weigh an image result's picture, caption and read text: {'image': 0.6, 'caption': 0.2, 'ocr': 0.2} "
+        "(normalised to sum to 1; a part left out weighs 0); default: the weights the bundle was built with "
+        "(--fuse). Only for fused bundles, and only the parts they store."),
         examples=[{"image": 0.6, "caption": 0.4}])
 
     def options(self) -> ResultOptions:
@@ -257,9 +258,10 @@ class HitModel(BaseModel):
                                                            "(from 1) in each list it came from, 'vector' and "
                                                            "'keyword'.")
     fused: dict[str, float] | None = Field(None, description="For image results of a fused bundle: what the "
-                                                             "image and the caption each add to the cosine score (an "
-                                                             "image without a caption: the image alone); in vector "
-                                                             "mode they add up to `score`.")
+                                                             "image and each of its texts ('caption', 'ocr') add "
+                                                             "to the cosine score (a text the image lacks: its "
+                                                             "picture in its place); in vector mode they add up to "
+                                                             "`score`.")
     ocr_matches: list[OcrMatchModel] | None = Field(None, description=(
         "For a text query's image results whose text was read (--ocr): the lines that hold words of the "
         "query, each with its box in the image and the words it holds. The whole text is in metadata.ocr_text, "
@@ -357,8 +359,9 @@ class InfoResponse(BaseModel):
                                              "by a compaction.")
     compactions: list[dict[str, Any]] = Field(default_factory=list, description="The compactions that folded live "
                                               "changes into the base served, oldest first.")
-    fusion: dict[str, float] | None = Field(None, description="The default weights of image and caption in image "
-                                                              "searches, for a bundle built with --fuse.")
+    fusion: dict[str, float] | None = Field(None, description="The default weights of image, caption and read "
+                                                              "text (ocr) in image searches, for a bundle built "
+                                                              "with --fuse; the parts named are those it stores.")
     keyword_fields: list[str] = Field(default_factory=list, description="Metadata fields searched by keyword besides "
                                                                         "captions and texts.")
     ocr: dict[str, Any] | None = Field(None, description="For a bundle built with --ocr: the engine that read its "

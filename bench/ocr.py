@@ -10,11 +10,13 @@ photo-like backgrounds, 20–44 px, rotated up to 6°, some blurred; seed `--see
   threads): per language, word recall (the read text holds the word, case aside), separate-word
   recall (held as a word, in the text or a line's `spaced` form: what keyword search finds), the
   character error rate (whitespace aside) and seconds per image;
-* **"says X"**: the corpus built twice with `indexer build`'s code (`--model`, random weights by
-  default: the keyword figures do not depend on the model), with `--ocr` and without. Each sign's
+* **"says X"**: the corpus built three times with `indexer build`'s code (`--model`, random weights
+  by default: the keyword figures do not depend on the model): with `--ocr`, without, and with
+  `--ocr --fuse image=0.5,ocr=0.5` (the read text's vector as a part of item fusion). Each sign's
   key word (shown by no other sign) is a query; R@1 and R@5 of finding its sign, per language, by
-  keyword, hybrid (RRF of keyword and vector) and vector search;
-* **cost**: the two builds' images per second (`--workers` loader processes, each with a reader of
+  keyword, hybrid (RRF of keyword and vector) and vector search, and in the fused bundle by fused
+  vector search at its weights and at the read text's alone, and hybrid over the fused ranking;
+* **cost**: the first two builds' images per second (`--workers` loader processes, each with a reader of
   `--ocr-threads` threads), and the ratio. Each build loads the model again (from the cache warmed
   before them) and writes its bundle: the figures are whole builds, end to end.
 
@@ -32,6 +34,7 @@ from pathlib import Path
 
 from bench.common import emit, ratio
 from clipsearch.config import OFFLINE_MODEL, OcrConfig, QueryLimits
+from clipsearch.index.fusion import Fusion
 from clipsearch.ingest.build import build
 from clipsearch.ingest.config import BuildConfig
 from clipsearch.modality import Modality
@@ -39,6 +42,7 @@ from clipsearch.model.factory import load_encoder
 from clipsearch.model.ocr import load_reader
 from clipsearch.quality.reading import Truth, read_all, read_truth, score_reading
 from clipsearch.search.hybrid import Ranking, SearchMode
+from clipsearch.search.query import ResultOptions
 from clipsearch.search.service import SearchService
 from clipsearch.store.bundle import load_bundle
 from indexer.signs import write_signs_corpus
@@ -52,6 +56,9 @@ SETTINGS = {
 """The default (PP-OCR's and Immich's detection side, RapidOCR's minimum scores), a smaller and a
 larger detection side, and Immich's stricter recognition minimum."""
 DEPTH = 5
+FUSED = Fusion(0.5, None, 0.5)
+"""The fused build's weights: the picture and the read text, even."""
+READ_TEXT_ALONE = Fusion.of({"ocr": 1})
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -97,6 +104,11 @@ def main(argv: list[str] | None = None) -> int:
             _says(out, with_ocr, truths, args)
         emit("ocr_cost", images_per_s_ratio=ratio(elapsed[False], elapsed[True]),
              note="images/s with OCR over images/s without, same run")
+        fused = work / "bundle-ocr-fused"
+        build(BuildConfig(out=fused, images=work / "signs" / "images", model=args.model, pretrained=args.pretrained,
+                          device="cpu", workers=args.workers, progress=False, ocr=OcrConfig(threads=args.ocr_threads),
+                          fuse=FUSED))
+        _says(fused, True, truths, args)
     return 0
 
 
@@ -114,15 +126,21 @@ def _says(out: Path, with_ocr: bool, truths: list[Truth], args: argparse.Namespa
     encoder = load_encoder(args.model, args.pretrained, device="cpu")
     bundle = load_bundle(out)
     service = SearchService(encoder, bundle, QueryLimits(max_k=50))
+    stored = bundle.fusion
+    searches = [(SearchMode.HYBRID, None), (SearchMode.VECTOR, None), (SearchMode.VECTOR, READ_TEXT_ALONE)] \
+        if stored is not None else [(SearchMode.KEYWORD, None), (SearchMode.HYBRID, None), (SearchMode.VECTOR, None)]
     try:
-        for mode in (SearchMode.KEYWORD, SearchMode.HYBRID, SearchMode.VECTOR):
+        for mode, fusion in searches:
+            options = ResultOptions(fusion=fusion)
             for language in ("en", "zh"):
                 ranks = []
                 for truth in (truth for truth in truths if truth.language == language):
-                    hits = service.search_text(truth.key, Modality.IMAGE, DEPTH, ranking=Ranking(mode)).hits
+                    hits = service.search_text(truth.key, Modality.IMAGE, DEPTH, options=options,
+                                               ranking=Ranking(mode)).hits
                     names = [Path(hit.item.uri).name for hit in hits]
                     ranks.append(names.index(truth.path.name) if truth.path.name in names else DEPTH)
-                emit("says", ocr=with_ocr, mode=mode.value, language=language, queries=len(ranks),
+                weights = None if stored is None else (fusion or stored).as_dict()
+                emit("says", ocr=with_ocr, fusion=weights, mode=mode.value, language=language, queries=len(ranks),
                      r_at_1=sum(rank < 1 for rank in ranks) / len(ranks),
                      r_at_5=sum(rank < 5 for rank in ranks) / len(ranks), model=args.model)
     finally:

@@ -44,7 +44,7 @@ import torch
 from bench.common import emit, latency_summary, ratio, time_calls, unit_vectors
 from clipsearch.index import faiss_index
 from clipsearch.index.exact import ExactIndex
-from clipsearch.index.fusion import Fusion, fused_rows
+from clipsearch.index.fusion import Fusion, TextVectors, fused_rows
 from clipsearch.index.spec import EXACT_FACTORY
 from clipsearch.index.topk import TopK
 from clipsearch.modality import Modality
@@ -141,7 +141,8 @@ def _hybrid_figures(args: argparse.Namespace, resident: ExactIndex) -> None:
             store.keyword_search(compile_query(texts[next(turn) % QUERIES]), Modality.IMAGE, limit=args.k + 1)
 
         captions = unit_vectors(args.items, args.dim, seed=5)
-        fused_index = ExactIndex(fused_rows(resident.vectors(), captions, np.ones(args.items, bool)),
+        fused_index = ExactIndex(fused_rows(["caption"], resident.vectors(),
+                                            {"caption": TextVectors(captions, np.ones(args.items, bool))}),
                                  resident.row_ids, resident.device)
         del captions
         expanded = Fusion(0.7, 0.3).expand(vectors)

@@ -65,8 +65,10 @@ def add_parser(commands: Commands) -> None:
     command.add_argument("--keep-duplicates", action="store_true",
                          help="index files with identical content once each (default: only the first)")
     command.add_argument("--fuse", type=fusion_weights, default=None,
-                         help="store caption vectors and search each image by its image and its caption, weighted "
-                              "(e.g. 'image=0.7,caption=0.3'; equal weights: average fusion)")
+                         help="store the vectors of each image's caption and/or read text (ocr, with --ocr) and "
+                              "search each image by its picture and those texts, weighted (e.g. "
+                              "'image=0.7,caption=0.3' or 'image=0.6,caption=0.2,ocr=0.2'; equal weights: "
+                              "average fusion)")
     command.add_argument("--keyword-fields", type=_field_names, default=(),
                          help="metadata fields searched by keyword besides captions and texts, comma-separated "
                               "(e.g. 'title,tags,place')")

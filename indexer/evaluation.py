@@ -70,8 +70,8 @@ def add_parser(commands: Commands) -> None:
     command.add_argument("--vector-weight", type=float, default=0.5,
                          help="--mode hybrid: the vector ranking's share, 0 to 1")
     command.add_argument("--fuse", type=fusion_weights, default=None,
-                         help="with a bundle built with --fuse: weigh image and caption so (e.g. 'image=1' for "
-                              "the image alone) in the searched figures")
+                         help="with a bundle built with --fuse: weigh image, caption and ocr so (e.g. 'image=1' "
+                              "for the image alone) in the searched figures")
     add_model_arguments(command, None)
     add_speed_arguments(command)
     add_image_arguments(command)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 
 # Hugging Face files load from the package's own directories (clipsearch/model/model_configs/hf), never
 # from the network, not even to ask for a newer version. Set before anything imports huggingface_hub,
@@ -123,6 +124,18 @@ def ocr_bundle_path(signs_dir: Path, tmp_path_factory: pytest.TempPathFactory) -
     out = tmp_path_factory.mktemp("ocr") / "bundle"
     build(tiny_config(out, images=signs_dir / "images", ocr=OcrConfig(threads=2)))
     return out
+
+
+@pytest.fixture(scope="session")
+def read_fused_bundle_path(signs_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The signs, every other one captioned, built with --ocr and --fuse image=0.5,caption=0.2,ocr=0.3."""
+    root = tmp_path_factory.mktemp("read-fused")
+    images = Path(shutil.copytree(signs_dir / "images", root / "images"))
+    for number, picture in enumerate(sorted(images.glob("*.jpg"))):
+        if number % 2 == 0:
+            picture.with_suffix(".txt").write_text(f"photo number {number}")
+    build(tiny_config(root / "bundle", images=images, ocr=OcrConfig(threads=2), fuse=Fusion(0.5, 0.2, 0.3)))
+    return root / "bundle"
 
 
 @pytest.fixture()

@@ -54,7 +54,7 @@ def search_image(file: UploadFile, service: ServiceDep, metrics: MetricsDep,
                  filter: Annotated[str | None, Form(description="A filter as in /search/text, as JSON text.")] = None,
                  offset: Annotated[int, Form(ge=0)] = 0,
                  dedup: Annotated[str | None, Form(description="'true', or a cosine threshold in (0, 1].")] = None,
-                 fusion: Annotated[str | None, Form(description="Image and caption weights as in /search/text, "
+                 fusion: Annotated[str | None, Form(description="Image, caption and ocr weights as in /search/text, "
                                                                 "as JSON text.")] = None,
                  ) -> SearchResponse:
     """Find the items most similar to an uploaded image (multipart field `file`): image→image or image→text."""

@@ -1,5 +1,7 @@
 // The search page: plain JavaScript, no build step, no network beyond this server.
 import { language, setLanguage, t } from "./i18n.js";
+import { matchBoxes, readText } from "./marks.js";
+import { FUSED_TEXTS, filterJson, fusionWeights, parseFilter } from "./options.js";
 
 const $ = (id) => document.getElementById(id);
 const form = $("search-form"), textInput = $("query-text"), fileInput = $("query-file");
@@ -24,46 +26,14 @@ function mode() { return form.querySelector("input[name=mode]:checked").value; }
 let filters = [];
 let nextOffset = 0;
 
-const FILTER_PATTERN = /^\s*([^=<>!\s][^=<>!]*?)\s*(>=|<=|!=|=|>|<)\s*(.+?)\s*$/;
-const RANGES = { ">": "gt", ">=": "gte", "<": "lt", "<=": "lte" };
-
-// A typed value matches only the same type on the server, so "2020" is tried as a number and a string.
-function matchValues(text) {
-  if (/^(true|false)$/i.test(text)) return [text.toLowerCase() === "true", text];
-  if (text.trim() !== "" && !Number.isNaN(Number(text))) return [Number(text), text];
-  return [text];
-}
-
-function parseFilter(text) {
-  const parts = FILTER_PATTERN.exec(text);
-  if (!parts) return null;
-  const [, key, operator, value] = parts;
-  if (RANGES[operator]) {
-    const bound = Number.isNaN(Number(value)) ? value : Number(value);
-    return { text: `${key} ${operator} ${value}`, condition: { key, range: { [RANGES[operator]]: bound } } };
-  }
-  const condition = { key, match: { any: matchValues(value) } };
-  return operator === "!="
-    ? { text: `${key} ≠ ${value}`, negated: true, condition }
-    : { text: `${key} = ${value}`, condition };
-}
-
-function filterJson() {
-  if (!filters.length) return null;
-  const must = filters.filter((chip) => !chip.negated).map((chip) => chip.condition);
-  const mustNot = filters.filter((chip) => chip.negated).map((chip) => chip.condition);
-  return { ...(must.length ? { must } : {}), ...(mustNot.length ? { must_not: mustNot } : {}) };
-}
-
 function resultOptions(offset) {
   const options = { offset };
-  const filter = filterJson();
+  const filter = filterJson(filters);
   if (filter) options.filter = filter;
   if ($("dedup").checked) options.dedup = true;
-  if (!$("caption-weight-label").hidden && target() === "image") {
-    const caption = Number($("caption-weight").value);
-    options.fusion = { image: Math.round((1 - caption) * 10) / 10, caption };
-  }
+  const offered = FUSED_TEXTS.filter((part) => !$(`${part}-weight-label`).hidden);
+  const fusion = fusionWeights(Object.fromEntries(offered.map((part) => [part, Number($(`${part}-weight`).value)])));
+  if (fusion && target() === "image") options.fusion = fusion;
   return options;
 }
 
@@ -263,48 +233,6 @@ function showImage(img, path) {
     .then((blob) => { if (blob) img.src = URL.createObjectURL(blob); });
 }
 
-const SVG = "http://www.w3.org/2000/svg";
-
-// The boxes of the lines that hold the query's words, drawn over the thumbnail. The SVG's viewBox is
-// the image's own size and "slice" crops it as object-fit: cover crops the image, so they line up.
-function matchBoxes(img, matches) {
-  const svg = document.createElementNS(SVG, "svg");
-  svg.classList.add("ocr-boxes");
-  svg.setAttribute("preserveAspectRatio", "xMidYMid slice");
-  svg.setAttribute("aria-hidden", "true");
-  for (const match of matches) {
-    const box = document.createElementNS(SVG, "polygon");
-    box.setAttribute("points", match.box.map(([x, y]) => `${x},${y}`).join(" "));
-    svg.append(box);
-  }
-  const fit = () => svg.setAttribute("viewBox", `0 0 ${img.naturalWidth} ${img.naturalHeight}`);
-  if (img.complete && img.naturalWidth) fit(); else img.addEventListener("load", fit, { once: true });
-  return svg;
-}
-
-// The text read from an image, its matched words marked (built from text nodes: never as HTML).
-function readText(text, matches) {
-  const shown = text.length > 300 ? `${text.slice(0, 300)}…` : text;
-  const block = document.createElement("span");
-  block.className = "ocr";
-  block.title = t("card.ocr");
-  const words = [...new Set(matches.flatMap((match) => match.words))].filter(Boolean);
-  if (!words.length) { block.textContent = shown; return block; }
-  const escaped = words.sort((a, b) => b.length - a.length).map((word) => word.replace(/[.*+?^${}()|[\]\\]/g, "\\$&"));
-  const pattern = new RegExp(`(${escaped.join("|")})`, "giu");
-  for (const [number, part] of shown.split(pattern).entries()) {
-    if (!part) continue;
-    if (number % 2) {  // split() with one capturing group: the odd parts are the matches
-      const mark = document.createElement("mark");
-      mark.textContent = part;
-      block.append(mark);
-    } else {
-      block.append(document.createTextNode(part));
-    }
-  }
-  return block;
-}
-
 function render(hits, termNames, append = false) {
   const cards = hits.map((hit) => {
     const card = document.createElement("article");
@@ -343,7 +271,7 @@ function render(hits, termNames, append = false) {
       body.append(shares);
     }
     if (hit.fused) {
-      // A fused collection: what the picture and the caption each add to the score.
+      // A fused collection: what the picture and each of its texts add to the score.
       const parts = document.createElement("span");
       parts.className = "fused";
       parts.textContent = Object.entries(hit.fused).map(([part, value]) => `${part} ${value.toFixed(3)}`).join(" + ");
@@ -406,10 +334,12 @@ form.addEventListener("submit", (event) => {
 });
 $("add-filter").addEventListener("click", addFilter);
 $("dedup").addEventListener("change", () => search());
-$("caption-weight").addEventListener("input", () => {
-  $("caption-weight-value").textContent = $("caption-weight").value;
-});
-$("caption-weight").addEventListener("change", () => search());
+for (const part of FUSED_TEXTS) {
+  $(`${part}-weight`).addEventListener("input", () => {
+    $(`${part}-weight-value`).textContent = $(`${part}-weight`).value;
+  });
+  $(`${part}-weight`).addEventListener("change", () => search());
+}
 $("more").addEventListener("click", () => search(true));
 fileInput.addEventListener("change", () => { useFile(fileInput.files[0]); fileInput.value = ""; });
 $("clear-image").addEventListener("click", () => { setImageQuery(null); if (textInput.value.trim()) search(); });
@@ -462,10 +392,12 @@ $("language").value = language();
 const loadInfo = () => request("/info").then((answer) => {
   info = answer;
   showInfo();
-  if (info.fusion) {  // the collection stores caption vectors: offer their weight, starting at its own
-    $("caption-weight").value = String(Math.round(info.fusion.caption * 10) / 10);
-    $("caption-weight-value").textContent = $("caption-weight").value;
-    $("caption-weight-label").hidden = false;
+  for (const part of FUSED_TEXTS) {  // each text the collection fuses: offer its weight, starting at its own
+    if (info.fusion && part in info.fusion) {
+      $(`${part}-weight`).value = String(Math.round(info.fusion[part] * 10) / 10);
+      $(`${part}-weight-value`).textContent = $(`${part}-weight`).value;
+      $(`${part}-weight-label`).hidden = false;
+    }
   }
   setStatus("");
 }).catch((error) => setStatus(t("status.notReady", { error: error.message }), true));

@@ -41,6 +41,7 @@ from clipsearch.model.encoder import ClipEncoder
 from clipsearch.model.factory import load_encoder
 from clipsearch.model.ocr import describe, load_reader
 from clipsearch.store.bundle import FusedContent, ModalityContent, on_disk_name, write_bundle
+from clipsearch.store.fused_texts import part_text
 from clipsearch.store.items import Item
 from clipsearch.store.ocr_text import OCR_TEXT, ocr_problem
 from clipsearch.util.images import read_image_file
@@ -147,7 +148,12 @@ def _check_fusion(config: BuildConfig, images: int) -> None:
     if config.fuse is None:
         return
     if images == 0:
-        raise IndexSettingsInvalid("--fuse weighs images with their captions: give --images")
+        raise IndexSettingsInvalid("--fuse weighs images with their captions and read text: give --images")
+    if not config.fuse.text_parts:
+        raise IndexSettingsInvalid("--fuse weighs an image with its texts: name caption, ocr or both "
+                                   "(e.g. image=0.6,caption=0.2,ocr=0.2)")
+    if "ocr" in config.fuse.text_parts and config.ocr is None:
+        raise IndexSettingsInvalid("--fuse weighs ocr, the text read in each image: add --ocr to read it")
     if ondisk.is_on_disk_factory(_factory_for(config, images)):
         raise IndexSettingsInvalid("--fuse needs the image index in memory, and an IVF-PQ index is built on disk: "
                                    "leave out --fuse, or choose an IVF…,Flat --index-factory")
@@ -333,28 +339,30 @@ def _on_disk_content(config: BuildConfig, store: ShardStore, modality: Modality,
 def fused_content(fusion: Fusion, encoder: ClipEncoder, items: list[Item], image_ids: np.ndarray,
                   image_vectors: np.ndarray, image_index: ModalityContent, texts: np.ndarray | None,
                   config: BuildConfig, use_gpu: bool) -> FusedContent:
-    """What a fused bundle stores besides its indices: the captioned images' caption vectors, and
-    for an approximate image index the same kind of index over the images' fused rows (tuned, as
-    the image index is, with the texts as queries under the default weights)."""
-    caption_ids, caption_vectors = _caption_vectors(encoder, items, config)
-    captions, _ = faiss_index.build_index(caption_vectors, caption_ids, EXACT_FACTORY)
+    """What a fused bundle stores besides its indices: the vectors of each text part the fusion
+    names (captions, read text), and for an approximate image index the same kind of index over the
+    images' fused rows (tuned, as the image index is, with the texts as queries under the default
+    weights)."""
+    held = {part: _text_vectors(encoder, items, part, config) for part in fusion.text_parts}
+    stored = {part: faiss_index.build_index(vectors, ids, EXACT_FACTORY)[0] for part, (ids, vectors) in held.items()}
     if image_index.spec.exact:
-        return FusedContent(fusion, captions)
-    rows = fused_rows_by_id(image_ids, image_vectors, caption_ids, caption_vectors)
+        return FusedContent(fusion, stored)
+    rows = fused_rows_by_id(fusion.text_parts, image_ids, image_vectors, held)
     queries = None if texts is None or not len(texts) else fusion.expand(texts)
     index, spec = faiss_index.build_index(rows, image_ids, image_index.spec.factory, queries,
                                           "text (cross-modal, default weights)" if queries is not None else None,
                                           use_gpu=use_gpu)
-    return FusedContent(fusion, captions, ModalityContent(index, spec))
+    return FusedContent(fusion, stored, ModalityContent(index, spec))
 
 
-def _caption_vectors(encoder: ClipEncoder, items: list[Item], config: BuildConfig) -> tuple[np.ndarray, np.ndarray]:
-    """The ids (ascending) and caption vectors of the captioned image items."""
-    captioned = sorted((item for item in items if item.modality is Modality.IMAGE and (item.text or "").strip()),
-                       key=lambda item: item.id)
-    vectors = encoder.encode_texts_in_batches([item.text or "" for item in captioned], config.batch_size,
-                                              config.progress, unit="caption")
-    return np.array([item.id for item in captioned], dtype=np.int64), vectors
+def _text_vectors(encoder: ClipEncoder, items: list[Item], part: str,
+                  config: BuildConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The ids (ascending) and text vectors of the image items that have a text of fusion part `part`."""
+    found = sorted((item.id, text) for item in items if item.modality is Modality.IMAGE
+                   and (text := part_text(part, item.text, item.extra)))
+    vectors = encoder.encode_texts_in_batches([text for _, text in found], config.batch_size, config.progress,
+                                              unit="caption" if part == "caption" else "read text")
+    return np.array([item_id for item_id, _ in found], dtype=np.int64), vectors
 
 
 def _versions() -> dict[str, str]:

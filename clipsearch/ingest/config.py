@@ -58,8 +58,8 @@ class BuildConfig:
     keyword_fields: tuple[str, ...] = ()
     """Metadata fields searched by keyword, besides captions and texts (clipsearch.store.keywords)."""
     fuse: Fusion | None = None
-    """Store caption vectors and search images by image and caption with these default weights
-    (clipsearch.index.fusion)."""
+    """Store the vectors of the texts these weights name (caption, ocr) and search images by image and
+    texts with these default weights (clipsearch.index.fusion)."""
     engine: str = "local"
     """What embeds the items: 'local' (this process, DataLoader workers) or 'ray' (clipsearch.ingest.distributed)."""
     ray_address: str | None = None

@@ -43,7 +43,7 @@ from clipsearch.modality import Modality
 from clipsearch.model.encoder import ClipEncoder
 from clipsearch.store.bundle import Bundle
 from clipsearch.store.items import Item
-from clipsearch.store.live import LIVE_IMAGES, LiveLog, LiveState, NewItem, with_caption_vectors
+from clipsearch.store.live import LIVE_IMAGES, LiveLog, LiveState, NewItem, with_text_vectors
 from clipsearch.store.ocr_text import ocr_part, ocr_problem, with_ocr, without_ocr
 from clipsearch.util.faults import kill_point
 from clipsearch.util.files import sha256_hex
@@ -103,7 +103,8 @@ def sync(bundle: Bundle, live: LiveLog, encoder: ClipEncoder, sources: SyncSourc
         plans.append(plan)
     writes = [item for plan in plans for item in plan.writes]
     if bundle.fusion is not None:
-        writes = with_caption_vectors(writes, lambda texts: list(encoder.encode_texts_in_batches(texts, batch_size)))
+        writes = with_text_vectors(writes, bundle.fusion.text_parts,
+                                   lambda texts: list(encoder.encode_texts_in_batches(texts, batch_size)))
     kill_point("sync:embedded")
     live.apply(writes, [item_id for plan in plans for item_id in plan.deletes], new_stats)
     summary.elapsed_s = time.perf_counter() - started

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from clipsearch.errors import InvalidQuery
-from clipsearch.index.fusion import Fusion, fused_rows
+from clipsearch.index.fusion import Fusion, TextVectors, fused_rows
 from clipsearch.search import explain
 from clipsearch.search.embedding import QueryEmbedder
 from clipsearch.search.query import QueryVector, WeightedPart
@@ -32,16 +32,17 @@ class Explainer:
 
     def term_shares(self, query: QueryVector, hits: Sequence[Hit], fusion: Fusion | None = None) -> np.ndarray:
         """Each term's share of each hit's score, float64 (hits, terms). With `fusion` (the search's),
-        shares of the fused score: each term's part against image and caption."""
+        shares of the fused score: each term's part against the image and its texts."""
         parts = query.parts or (WeightedPart(1.0, query.vector, 1.0),)
         if not hits:
             return np.zeros((0, len(parts)))
         vectors = np.stack([self.collection.stored_vector(hit.item.id) for hit in hits])
         if fusion is not None:
-            captions = [self.collection.caption_vector(hit.item.id) for hit in hits]
-            vectors = fused_rows(vectors, np.stack([vector if vector is not None else np.zeros_like(vectors[0])
-                                                    for vector in captions]),
-                                 np.array([vector is not None for vector in captions]))
+            held = [self.collection.text_vectors(hit.item.id) for hit in hits]
+            texts = {part: TextVectors(np.stack([found.get(part, np.zeros_like(vectors[0])) for found in held]),
+                                       np.array([part in found for found in held]))
+                     for part in fusion.text_parts}
+            vectors = fused_rows(fusion.text_parts, vectors, texts)
             parts = tuple(replace(part, vector=fusion.expand(part.vector[None])[0]) for part in parts)
         return explain.term_shares(parts, vectors)
 

@@ -94,13 +94,13 @@ class Pager:
         return Answer(query, shown, search_s, scope.matched, more=len(hits) > options.offset + k)
 
     def _with_fused_parts(self, query: np.ndarray, hits: list[Hit], scope: Scope) -> list[Hit]:
-        """Hits of a fused search, each with what its image and its caption add to its score."""
+        """Hits of a fused search, each with what its image and each of its texts add to its score."""
         if scope.fusion is None or not hits:
             return hits
         ids = np.array([hit.item.id for hit in hits], dtype=np.int64)
         images = self.collection.stored_vectors(Modality.IMAGE, ids, scope.state)
-        return [replace(hit, fused=scope.fusion.parts(query, image, self.collection.caption_vector(hit.item.id,
-                                                                                                   scope.state)))
+        return [replace(hit, fused=scope.fusion.parts(query, image, self.collection.text_vectors(hit.item.id,
+                                                                                                 scope.state)))
                 for hit, image in zip(hits, images, strict=True)]
 
     def _collapse(self, hits: list[Hit], target: Modality, threshold: float, scope: Scope) -> list[list[int]]:

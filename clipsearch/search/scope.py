@@ -38,7 +38,8 @@ class Scope:
     live_vectors: np.ndarray
     matched: int
     fusion: Fusion | None = None
-    """Image items are scored by image and caption with these weights; `live_vectors` are fused rows."""
+    """Image items are scored by image and texts with these weights (laid out as the bundle's);
+    `live_vectors` are fused rows."""
 
 
 class Scoper:
@@ -62,23 +63,26 @@ class Scoper:
             base = self._base_allowed(target, filter, removed)
             base_count = len(base)
         segment = state.segment(target)
-        live_ids, live_vectors = segment.ids, segment.fused_rows() if fusion is not None else segment.vectors
+        live_ids = segment.ids
+        live_vectors = segment.fused_rows(fusion.text_parts) if fusion is not None else segment.vectors
         if filter is not None and len(live_ids):
             live_ids = state.matching_ids(target, filter)
             live_vectors = live_vectors[np.searchsorted(segment.ids, live_ids)]
         return Scope(state, base, base_count > 0, live_ids, live_vectors, base_count + len(live_ids), fusion)
 
     def fusion_for(self, target: Modality, options: ResultOptions) -> Fusion | None:
-        """The weights a search of `target` fuses image and caption with: the query's, else the
-        bundle's; None for texts and for bundles without caption vectors."""
+        """The weights a search of `target` fuses an image with its texts by: the query's (laid out as
+        the bundle's), else the bundle's; None for texts and for bundles not fused."""
+        stored = self.collection.bundle.fusion
         if options.fusion is not None:
             if target is not Modality.IMAGE:
-                raise InvalidQuery("fusion", "image and caption are fused in image results only; the target is text")
-            if self.collection.bundle.fusion is None:
-                raise InvalidQuery("fusion", "this bundle stores no caption vectors; build it with --fuse to weigh "
-                                             "images with their captions")
-            return options.fusion
-        return self.collection.bundle.fusion if target is Modality.IMAGE else None
+                raise InvalidQuery("fusion", "images and their texts are fused in image results only; "
+                                             "the target is text")
+            if stored is None:
+                raise InvalidQuery("fusion", "this bundle stores no caption or read-text vectors; build it with "
+                                             "--fuse to weigh images with their texts")
+            return options.fusion.laid_out_as(stored)
+        return stored if target is Modality.IMAGE else None
 
     def _base_allowed(self, target: Modality, filter: Filter | None, removed: np.ndarray) -> Allowed:
         """The base items of `target` that pass `filter` and are not hidden, prepared for the base's
@@ -127,7 +131,7 @@ def fused_searcher(collection: Collection, image: Searcher | None, devices: Sequ
         raise BundleError("a fused bundle needs its exact image index searched as a resident matrix, and it did "
                           f"not fit on {', '.join(map(str, devices))}")
     ids = image.index.row_ids
-    rows = collection.base_fused_rows(ids, image.index.vectors())
+    rows = collection.base_fused_rows(bundle.fusion.text_parts, ids, image.index.vectors())
     try:
         return image.like(rows)
     except torch.OutOfMemoryError:

@@ -34,8 +34,9 @@ from clipsearch.search.query import check_text
 from clipsearch.search.service import SearchService
 from clipsearch.store.collection import Collection
 from clipsearch.store.filters import Filter
+from clipsearch.store.fused_texts import part_text
 from clipsearch.store.items import Item
-from clipsearch.store.live import LIVE_IMAGES, NewItem, with_caption_vectors
+from clipsearch.store.live import LIVE_IMAGES, NewItem, with_text_vectors
 from clipsearch.store.ocr_text import ocr_part, read_image_text, with_ocr
 from clipsearch.util.files import atomic_path
 from clipsearch.util.storage import storage_errors
@@ -117,8 +118,7 @@ class CollectionWriter:
                  for entry, extra, vector, digest in zip(entries, metadata, vectors,
                                                          [_sha256(entry.data) for entry in entries], strict=True)]
         if self.service.fusion is not None:
-            items = with_caption_vectors(items, lambda captions: self.service.embed_texts(
-                captions, ["caption"] * len(captions), background=True))
+            items = with_text_vectors(items, self.service.fusion.text_parts, self._embed_item_texts)
         stored: list[Path] = []
         # From storing the files to the commit, one image write at a time in this process: a write
         # that fails removes the files it stored, which another's upload of the same bytes must not
@@ -159,12 +159,13 @@ class CollectionWriter:
             raise ItemNotFound(item_id, "item_id")
         hash_of = item.content_hash if text is UNCHANGED else _sha256(text.encode())
         edited = NewItem(key, item.modality, item.uri, new_text, new_metadata, hash_of, vector)
-        if self.service.fusion is not None and item.modality is Modality.IMAGE:
-            if caption is UNCHANGED:  # the caption's vector stays; only a new caption is embedded
-                edited = replace(edited, caption_vector=self.service.collection.caption_vector(item_id))
-            else:
-                [edited] = with_caption_vectors([edited], lambda captions: self.service.embed_texts(
-                    captions, ["caption"], background=True))
+        fusion = self.service.fusion
+        if fusion is not None and item.modality is Modality.IMAGE:
+            # The vector of a text that did not change stays; only a changed one is embedded again.
+            unchanged = {part: vector for part, vector in self.service.collection.text_vectors(item_id).items()
+                         if part_text(part, item.text, item.extra) == part_text(part, new_text, new_metadata)}
+            [edited] = with_text_vectors([replace(edited, text_vectors=unchanged)], fusion.text_parts,
+                                         self._embed_item_texts)
         self._commit([edited])
         return self.service.collection.item(item_id, "item_id")
 
@@ -181,6 +182,10 @@ class CollectionWriter:
         deleted = self.live.delete(doomed) if doomed else []
         self.service.collection.refresh()
         return deleted
+
+    def _embed_item_texts(self, texts: list[str]) -> list[np.ndarray]:
+        """An image's texts (caption, read text) embedded for a fused bundle, behind every query."""
+        return self.service.embed_texts(texts, ["caption"] * len(texts), background=True)
 
     def _commit(self, items: list[NewItem]) -> list[int]:
         ids = self.live.write(items)

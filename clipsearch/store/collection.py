@@ -6,6 +6,7 @@ items first, hidden base items gone."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,8 +36,8 @@ class Hit:
     """For keyword and hybrid searches: the hit's rank (from 1) in each list it came from
     ('vector', 'keyword'; clipsearch.search.hybrid)."""
     fused: dict[str, float] | None = None
-    """For fused image searches: what the image and the caption each add to the score
-    (clipsearch.index.fusion.Fusion.parts)."""
+    """For fused image searches: what the image and each of its texts (caption, ocr) add to the
+    score (clipsearch.index.fusion.Fusion.parts)."""
     ocr_matches: tuple[dict[str, Any], ...] = ()
     """For a text query's image hits: the lines read from the image that hold the query's words,
     with their boxes (clipsearch.store.ocr_text.matching_lines)."""
@@ -105,20 +106,25 @@ class Collection:
             raise ItemNotFound(item_id, field, "the item has no stored vector")
         return np.asarray(vector, dtype=np.float32)
 
-    def caption_vector(self, item_id: int, state: LiveState | None = None) -> np.ndarray | None:
-        """The caption vector a fused bundle holds for an image item; None when it has none."""
+    def text_vectors(self, item_id: int, state: LiveState | None = None) -> dict[str, np.ndarray]:
+        """The vectors a fused bundle holds of an image item's texts, by fusion text part (a text the
+        item lacks has none; clipsearch.index.fusion)."""
         state = state or self.state
         if item_id in state.items:
-            return state.segment(Modality.IMAGE).caption_vector(item_id)
-        captions = self.bundle.captions
-        return None if captions is None or state.is_removed(item_id) else faiss_index.reconstruct(captions, item_id)
+            return state.segment(Modality.IMAGE).text_vectors(item_id)
+        if state.is_removed(item_id):
+            return {}
+        return {part: vector for part, held in self.bundle.texts.items()
+                if (vector := faiss_index.reconstruct(held, item_id)) is not None}
 
-    def base_fused_rows(self, image_ids: np.ndarray, image_vectors: np.ndarray) -> np.ndarray:
+    def base_fused_rows(self, text_parts: Sequence[str], image_ids: np.ndarray, image_vectors: np.ndarray
+                        ) -> np.ndarray:
         """The base's image items as fused rows, in the order given (clipsearch.index.fusion.fused_rows)."""
-        captions = self.bundle.captions
-        assert captions is not None
-        held = faiss_index.ids_of(captions)
-        return fused_rows_by_id(image_ids, image_vectors, held, faiss_index.reconstruct_many(captions, held))
+        texts = {}
+        for part in text_parts:
+            held = faiss_index.ids_of(self.bundle.texts[part])
+            texts[part] = (held, faiss_index.reconstruct_many(self.bundle.texts[part], held))
+        return fused_rows_by_id(text_parts, image_ids, image_vectors, texts)
 
     def image_path(self, item_id: int, field: str = "id") -> Path:
         """The stored file of an image item; only paths recorded in the bundle are ever returned."""

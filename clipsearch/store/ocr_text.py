@@ -96,6 +96,15 @@ def keyword_body(extra: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def readable_text(extra: Mapping[str, Any]) -> str:
+    """The read text as the text tower embeds it in a fused bundle (clipsearch.index.fusion): each
+    line with the spaces the recogniser dropped put back; empty where none was read."""
+    lines = ocr_lines(extra)
+    if not lines:
+        return str(extra.get(OCR_TEXT) or "").strip()
+    return "\n".join(str(line.get("spaced") or line["text"]) for line in lines).strip()
+
+
 def query_words(text: str) -> list[str]:
     """The words of a query looked for in the lines, lowercased, each once; a run of a script written
     without spaces longer than two characters (北京的发票) also as its overlapping pairs, as keyword

@@ -56,7 +56,8 @@ def test_uploads_and_composed_queries_take_fusion_weights_too(fused_client: Clip
 
 @pytest.mark.parametrize(("body", "field", "reason"), [
     ({"text": "a", "fusion": {"image": -1}}, "fusion.image", "0 or more"),
-    ({"text": "a", "fusion": {"text": 1}}, "fusion.text", "only 'image' and 'caption'"),
+    ({"text": "a", "fusion": {"text": 1}}, "fusion.text", "only 'image', 'caption' and 'ocr'"),
+    ({"text": "a", "fusion": {"image": 1, "ocr": 1}}, "fusion.ocr", "stores no ocr vectors"),
     ({"text": "a", "fusion": {"image": 0, "caption": 0}}, "fusion", "above 0"),
     ({"text": "a", "fusion": "image=1"}, "fusion", "valid dictionary"),
 ])

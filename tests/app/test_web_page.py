@@ -12,6 +12,8 @@ import pytest
 
 from app.settings import Settings
 from clipsearch.quality.reading import read_truth
+from clipsearch.store.bundle import load_bundle
+from clipsearch.store.ocr_text import readable_text
 from tests.support.serving import LIMITS, serve
 
 CHROMIUM = os.environ.get("CLIPSEARCH_CHROMIUM", "/usr/bin/chromium")
@@ -320,4 +322,29 @@ def test_a_picture_found_by_its_words_shows_them_marked_and_boxed(browser: Any, 
         sync_api.expect(first.locator(".ocr-boxes polygon")).to_have_count(1)
         page.wait_for_function("document.querySelector('.card .ocr-boxes').getAttribute('viewBox') === '0 0 480 320'")
         first.screenshot(path=str(ARTIFACTS / "text-in-images-card.png"))
+        context.close()
+
+
+def test_a_collection_fused_with_read_text_offers_its_weight_beside_the_captions(browser: Any,
+                                                                                 read_fused_bundle_path: Path) -> None:
+    bundle = load_bundle(read_fused_bundle_path)
+    try:
+        sign = next(item for item in bundle.items if item.extra.get("ocr_text"))
+        said = readable_text(sign.extra)
+    finally:
+        bundle.close()
+    with serve(Settings(bundle_path=read_fused_bundle_path, device="cpu", **LIMITS)) as url:  # type: ignore[arg-type]
+        context = browser.new_context(viewport={"width": 1280, "height": 900})
+        page = context.new_page()
+        page.goto(url)
+        sync_api.expect(page.locator("#caption-weight-value")).to_have_text("0.2")
+        sync_api.expect(page.locator("#ocr-weight-value")).to_have_text("0.3")
+        page.fill("#query-text", said)
+        page.press("#query-text", "Enter")
+        sync_api.expect(page.locator(".card .fused").first).to_contain_text("image")
+        page.locator("#caption-weight").fill("0")
+        page.locator("#ocr-weight").fill("1")  # what the images say, alone
+        first = page.locator(".card").first
+        sync_api.expect(first.locator(".source")).to_contain_text(Path(sign.uri).name)
+        sync_api.expect(first.locator(".fused")).to_have_text("image 0.000 + ocr 1.000")
         context.close()

@@ -1,41 +1,38 @@
 """Item-side fusion: images searched by image and caption, against the fused score worked by hand
-(w_image · cos(q, image) + w_caption · cos(q, caption), the image standing in for a missing caption)."""
+(w_image · cos(q, image) + w_caption · cos(q, caption), the image standing in for a missing caption).
+The same with the text read in images as a third part: tests/features/test_fused_text_in_images.py."""
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings
-from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
+from hypothesis.stateful import run_state_machine_as_test
 from PIL import Image
 
 from clipsearch.errors import IndexSettingsInvalid, InvalidQuery
 from clipsearch.index import faiss_index
 from clipsearch.index.fusion import Fusion
-from clipsearch.index.topk import TopK
 from clipsearch.ingest.build import build
 from clipsearch.ingest.sync import SyncSources, sync
 from clipsearch.modality import Modality
 from clipsearch.model.encoder import ClipEncoder
 from clipsearch.search.hybrid import Ranking, SearchMode
 from clipsearch.search.open import close_service, open_service, opened_service
-from clipsearch.search.query import QueryVector, ResultOptions, TextTerm
+from clipsearch.search.query import ResultOptions, TextTerm
 from clipsearch.search.service import SearchService
 from clipsearch.search.writes import CollectionWriter, ImageEntry
-from clipsearch.store.bundle import CAPTIONS_FILE, FUSED_FILE, Bundle, load_bundle
-from clipsearch.store.collection import Hit
+from clipsearch.store.bundle import FUSED_FILE, Bundle, load_bundle
 from clipsearch.store.compaction import compact
 from clipsearch.store.filters import parse_filter
 from clipsearch.store.live import LIVE_FILE, LiveLog, NewItem
 from tests.support.corpora import make_image_corpus, private_copy, tiny_config
-from tests.support.imagefiles import image_bytes, noise_image, picture_at, save, upload_path
-from tests.support.reference import assert_same_top_k, unit_vectors
+from tests.support.fused_collection import FusedCollectionMachine
+from tests.support.imagefiles import image_bytes, noise_image, picture_at, save
+from tests.support.reference import FusedModel, assert_ranked_as, fused_scores_by_hand, unit_vectors
 
 DEFAULT = Fusion(0.7, 0.3)
 
@@ -51,14 +48,10 @@ def service(encoder: ClipEncoder, live_path: Path) -> Iterator[SearchService]:
         yield opened
 
 
-Vectors = dict[int, tuple[np.ndarray, np.ndarray | None]]
-"""The tests' own model of a fused collection: id → (image vector, caption vector or None)."""
-
-
-def _embedded(encoder: ClipEncoder, images: list[tuple[int, Image.Image, str | None]]) -> Vectors:
+def _embedded(encoder: ClipEncoder, images: list[tuple[int, Image.Image, str | None]]) -> FusedModel:
     """Each image and caption embedded here, once: never read back from the service under test."""
     pictures = encoder.encode_images([picture for _, picture, _ in images])
-    return {item_id: (vector, None if caption is None else encoder.encode_texts([caption])[0])
+    return {item_id: (vector, {} if caption is None else {"caption": encoder.encode_texts([caption])[0]})
             for (item_id, _, caption), vector in zip(images, pictures, strict=True)}
 
 
@@ -68,21 +61,10 @@ def _base_images(bundle: Bundle) -> list[tuple[int, Image.Image, str | None]]:
             if item.modality is Modality.IMAGE]
 
 
-def _by_hand(model: Vectors, query: np.ndarray, fusion: Fusion) -> dict[int, float]:
+def _by_hand(model: FusedModel, query: np.ndarray, fusion: Fusion) -> dict[int, float]:
     """Every image's fused score: w_image · cos(q, image) + w_caption · cos(q, caption), the image alone
     where there is no caption."""
-    return {item_id: float(query @ image) if caption is None else
-            fusion.image * float(query @ image) + fusion.caption * float(query @ caption)
-            for item_id, (image, caption) in model.items()}
-
-
-def _assert_ranked(hits: list[Hit], expected: dict[int, float], k: int) -> None:
-    """The hits are the k best of `expected`, scored as it says (items within 1e-5 of each other may
-    come in either order: the model's vectors are embedded apart from the bundle's)."""
-    best = sorted(expected, key=lambda item_id: (-expected[item_id], item_id))[:k]
-    assert_same_top_k(TopK(np.array([[expected[item_id] for item_id in best]], np.float32), np.array([best])),
-                      TopK(np.array([[hit.score for hit in hits]], np.float32),
-                           np.array([[hit.item.id for hit in hits]])))
+    return fused_scores_by_hand(model, query, fusion.as_dict())
 
 
 def test_a_fused_build_stores_each_captioned_images_caption_vector(fused_bundle_path: Path,
@@ -90,10 +72,11 @@ def test_a_fused_build_stores_each_captioned_images_caption_vector(fused_bundle_
     bundle = load_bundle(fused_bundle_path)
     try:
         assert bundle.manifest.fusion == pytest.approx({"image": 0.7, "caption": 0.3})
-        assert CAPTIONS_FILE in bundle.manifest.files and bundle.captions is not None
+        assert "caption.faiss" in bundle.manifest.files and set(bundle.texts) == {"caption"}
         captioned = [item for item in bundle.items if item.text]
-        assert faiss_index.ids_of(bundle.captions).tolist() == [item.id for item in captioned] and len(captioned) == 8
-        stored = faiss_index.reconstruct_many(bundle.captions, np.array([item.id for item in captioned]))
+        held = bundle.texts["caption"]
+        assert faiss_index.ids_of(held).tolist() == [item.id for item in captioned] and len(captioned) == 8
+        stored = faiss_index.reconstruct_many(held, np.array([item.id for item in captioned]))
         assert stored == pytest.approx(encoder.encode_texts([item.text or "" for item in captioned]), abs=1e-5)
     finally:
         bundle.close()
@@ -142,11 +125,11 @@ def test_an_ivf_fused_search_scores_as_the_exact_one(ivf_path: Path, tmp_path: P
         query = encoder.encode_texts(["caption of picture 6"])[0]
         expected = _by_hand(_embedded(encoder, _base_images(service.bundle)), query, fusion)
         answer = service.search_text("caption of picture 6", Modality.IMAGE, 8, options=ResultOptions(fusion=fusion))
-        _assert_ranked(answer.hits, expected, 8)
+        assert_ranked_as(answer.hits, expected, 8)
         only = ResultOptions(fusion=fusion, filter=parse_filter({"key": "number", "range": {"lte": 12}}))
         filtered = service.search_text("caption of picture 6", Modality.IMAGE, 8, options=only)
         numbers = {item.id: item.extra.get("number", 99) for item in service.bundle.items}
-        _assert_ranked(filtered.hits, {item_id: score for item_id, score in expected.items()
+        assert_ranked_as(filtered.hits, {item_id: score for item_id, score in expected.items()
                                        if numbers[item_id] <= 12}, 8)
     finally:
         close_service(service)
@@ -168,7 +151,7 @@ def test_compaction_refills_the_fused_index_with_live_images(ivf_path: Path, tmp
         query = encoder.encode_texts(["a green kite"])[0]
         answer = service.search_text("a green kite", Modality.IMAGE, 10)
         # The compacted base lists the added image (and its caption) among its own.
-        _assert_ranked(answer.hits, _by_hand(_embedded(encoder, _base_images(service.bundle)), query, DEFAULT), 10)
+        assert_ranked_as(answer.hits, _by_hand(_embedded(encoder, _base_images(service.bundle)), query, DEFAULT), 10)
     finally:
         close_service(service)
 
@@ -176,7 +159,7 @@ def test_compaction_refills_the_fused_index_with_live_images(ivf_path: Path, tmp
 def test_a_text_search_ranks_images_by_the_fused_score(service: SearchService, encoder: ClipEncoder) -> None:
     answer = service.search_text("caption of picture 9", Modality.IMAGE, 10)
     query = encoder.encode_texts(["caption of picture 9"])[0]
-    _assert_ranked(answer.hits, _by_hand(_embedded(encoder, _base_images(service.bundle)), query, DEFAULT), 10)
+    assert_ranked_as(answer.hits, _by_hand(_embedded(encoder, _base_images(service.bundle)), query, DEFAULT), 10)
     for hit in answer.hits:  # what each part adds sums to the score; an uncaptioned image is its image alone
         assert hit.fused is not None and sum(hit.fused.values()) == pytest.approx(hit.score, abs=1e-5)
         assert set(hit.fused) == ({"image", "caption"} if hit.item.text else {"image"})
@@ -189,17 +172,17 @@ def test_a_query_may_weigh_image_and_caption_its_own_way(service: SearchService,
     answer = service.search_text("caption of picture 3", Modality.IMAGE, 8, options=ResultOptions(fusion=fusion))
     model = _embedded(encoder, _base_images(service.bundle))
     expected = _by_hand(model, encoder.encode_texts(["caption of picture 3"])[0], fusion)
-    _assert_ranked(answer.hits, expected, 8)
+    assert_ranked_as(answer.hits, expected, 8)
 
 
 def test_image_and_composed_queries_are_fused_too(service: SearchService, encoder: ClipEncoder) -> None:
     model = _embedded(encoder, _base_images(service.bundle))
     picture = noise_image(1234)
     by_image = service.search_image(image_bytes(picture), Modality.IMAGE, 5)
-    _assert_ranked(by_image.hits, _by_hand(model, encoder.encode_images([picture])[0], DEFAULT), 5)
+    assert_ranked_as(by_image.hits, _by_hand(model, encoder.encode_images([picture])[0], DEFAULT), 5)
     query = service.embed_terms([TextTerm("caption of picture 6"), TextTerm("noise", 0.5)])
     composed = service.search_vector(query, Modality.IMAGE, 5)
-    _assert_ranked(composed.hits, _by_hand(model, query.vector, DEFAULT), 5)
+    assert_ranked_as(composed.hits, _by_hand(model, query.vector, DEFAULT), 5)
     shares = service.term_shares(query, composed.hits, DEFAULT)
     assert shares.sum(axis=1) == pytest.approx([hit.score for hit in composed.hits], abs=1e-5)
 
@@ -215,7 +198,7 @@ def test_a_filtered_fused_search_equals_the_fused_scores_of_the_matching_items(s
                                                               DEFAULT).items()
                 if item_id in matching}
     assert len(answer.hits) == len(matching) == 5
-    _assert_ranked(answer.hits, expected, 10)
+    assert_ranked_as(answer.hits, expected, 10)
 
 
 def test_live_images_are_fused_and_a_new_caption_reembeds_only_the_caption(service: SearchService,
@@ -224,21 +207,21 @@ def test_live_images_are_fused_and_a_new_caption_reembeds_only_the_caption(servi
     [added] = writer.add_images([ImageEntry(image_bytes(noise_image(777)), key="new", caption="a red zeppelin")])
     query = encoder.encode_texts(["a red zeppelin"])[0]
     state = service.collection.refresh()
-    assert service.collection.caption_vector(added, state) == pytest.approx(query, abs=1e-5)
+    assert service.collection.text_vectors(added, state)["caption"] == pytest.approx(query, abs=1e-5)
     answer = service.search_text("a red zeppelin", Modality.IMAGE, 30)
     model = _embedded(encoder, [*_base_images(service.bundle), (added, noise_image(777), "a red zeppelin")])
-    _assert_ranked(answer.hits, _by_hand(model, query, DEFAULT), 30)
+    assert_ranked_as(answer.hits, _by_hand(model, query, DEFAULT), 30)
     image_before = service.collection.stored_vector(added)
     writer.update(added, caption="a blue submarine")
     assert service.collection.stored_vector(added) == pytest.approx(image_before)
-    assert service.collection.caption_vector(added) == pytest.approx(encoder.encode_texts(["a blue submarine"])[0],
-                                                                      abs=1e-5)
+    assert service.collection.text_vectors(added)["caption"] == pytest.approx(
+        encoder.encode_texts(["a blue submarine"])[0], abs=1e-5)
     captioned_base = next(item for item in service.bundle.items if item.text)
-    kept = service.collection.caption_vector(captioned_base.id)
+    kept = service.collection.text_vectors(captioned_base.id)["caption"]
     writer.update(captioned_base.id, metadata={"album": "x"})  # metadata only: the caption's vector stays
-    assert service.collection.caption_vector(captioned_base.id) == pytest.approx(kept)
+    assert service.collection.text_vectors(captioned_base.id)["caption"] == pytest.approx(kept)
     writer.update(captioned_base.id, caption=None)  # no caption: the image stands alone
-    assert service.collection.caption_vector(captioned_base.id) is None
+    assert service.collection.text_vectors(captioned_base.id) == {}
 
 
 def test_fusion_is_refused_for_text_results_and_for_bundles_without_captions(service: SearchService,
@@ -268,103 +251,18 @@ def test_compaction_keeps_every_caption_vector(encoder: ClipEncoder, live_path: 
     log = LiveLog(live_path / LIVE_FILE, bundle.items, encoder.embedding_dim)
     base_captioned = [item.id for item in bundle.items if item.text]
     vector, caption = unit_vectors(2, encoder.embedding_dim, seed=9)
-    [added] = log.write([NewItem("k", Modality.IMAGE, "/x.png", "a caption", {}, "h", vector, caption)])
+    [added] = log.write([NewItem("k", Modality.IMAGE, "/x.png", "a caption", {}, "h", vector, {"caption": caption})])
     log.delete([base_captioned[0]])
     log.close()
     bundle.close()
     compact(live_path)
     compacted = load_bundle(live_path)
     try:
-        assert compacted.captions is not None
-        assert faiss_index.ids_of(compacted.captions).tolist() == sorted([*base_captioned[1:], added])
-        assert faiss_index.reconstruct(compacted.captions, added) == pytest.approx(caption)
+        held = compacted.texts["caption"]
+        assert faiss_index.ids_of(held).tolist() == sorted([*base_captioned[1:], added])
+        assert faiss_index.reconstruct(held, added) == pytest.approx(caption)
     finally:
         compacted.close()
-
-
-CAPTIONS = [None, "a red kite", "a dog on the beach", "snow at night"]
-
-
-class FusedCollectionMachine(RuleBasedStateMachine):
-    """A fused collection under adds, caption edits, deletes and compactions, beside `model`: id →
-    (image vector, caption vector or None) of every image that should be live. Every search must
-    rank as the fused scores worked from the model."""
-
-    encoder: ClipEncoder
-    source: Path
-    scratch: Path
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.path = private_copy(self.source, Path(tempfile.mkdtemp(dir=self.scratch)))
-        self._open()
-        base = _base_images(self.service.bundle)
-        self.model: Vectors = _embedded(self.encoder, base)
-        self.items: dict[int, tuple[str, str | None]] = {item.id: (item.uri, item.text)
-                                                         for item in self.service.bundle.items}
-        """id → (uri, caption) of every live image: what reading an item back must give."""
-        self.queries = self.encoder.encode_texts(["a red kite", "snow"])
-
-    def _open(self) -> None:
-        self.service = open_service(self.encoder, self.path)
-        self.writer = CollectionWriter(self.service)
-
-    def _caption_vector(self, caption: str | None) -> np.ndarray | None:
-        return None if caption is None else self.encoder.encode_texts([caption])[0]
-
-    @rule(seed=st.integers(0, 10_000), caption=st.sampled_from(CAPTIONS))
-    def add_image(self, seed: int, caption: str | None) -> None:
-        data = image_bytes(noise_image(50_000 + seed))
-        [item_id] = self.writer.add_images([ImageEntry(data, caption=caption)])
-        self.model[item_id] = (self.encoder.encode_images([noise_image(50_000 + seed)])[0],
-                               self._caption_vector(caption))
-        # An upload is stored in the bundle under its content's hash.
-        self.items[item_id] = (upload_path(self.path, data), caption)
-
-    @precondition(lambda self: bool(self.model))
-    @rule(pick=st.integers(0, 10_000), caption=st.sampled_from(CAPTIONS))
-    def set_caption(self, pick: int, caption: str | None) -> None:
-        item_id = sorted(self.model)[pick % len(self.model)]
-        self.writer.update(item_id, caption=caption)
-        self.model[item_id] = (self.model[item_id][0], self._caption_vector(caption))
-        self.items[item_id] = (self.items[item_id][0], caption)
-
-    @precondition(lambda self: len(self.model) > 1)
-    @rule(pick=st.integers(0, 10_000))
-    def delete(self, pick: int) -> None:
-        item_id = sorted(self.model)[pick % len(self.model)]
-        assert self.writer.delete([item_id]) == [item_id]
-        del self.model[item_id], self.items[item_id]
-
-    @rule()
-    def compact(self) -> None:
-        close_service(self.service)
-        compact(self.path)
-        self._open()
-
-    @invariant()
-    def searches_rank_by_the_fused_scores_of_the_live_images(self) -> None:
-        for fusion in (DEFAULT, Fusion(0.2, 0.8)):
-            for query in self.queries:
-                expected = {item_id: float(query @ image) if caption is None else
-                            fusion.image * float(query @ image) + fusion.caption * float(query @ caption)
-                            for item_id, (image, caption) in self.model.items()}
-                hits = self.service.search_vector(QueryVector(query), Modality.IMAGE, 10,
-                                                  ResultOptions(fusion=fusion)).hits
-                assert [hit.score for hit in hits] == pytest.approx(
-                    sorted(expected.values(), reverse=True)[:10], abs=1e-5)
-                assert all(expected[hit.item.id] == pytest.approx(hit.score, abs=1e-5) for hit in hits)
-
-    @invariant()
-    def every_live_image_reads_back_with_its_uri_and_caption(self) -> None:
-        assert self.service.collection.count(Modality.IMAGE) == len(self.items)
-        for item_id, (uri, caption) in self.items.items():
-            item = self.service.collection.item(item_id)
-            assert (item.modality, item.uri, item.text) == (Modality.IMAGE, uri, caption)
-
-    def teardown(self) -> None:
-        close_service(self.service)
-        shutil.rmtree(self.path.parent, ignore_errors=True)
 
 
 def test_a_fused_collection_under_any_changes_ranks_as_the_model(encoder: ClipEncoder, fused_bundle_path: Path,
@@ -390,5 +288,5 @@ def test_a_sync_embeds_the_captions_of_new_and_recaptioned_images(encoder: ClipE
         state = service.collection.refresh()
         by_uri = {item.uri: item_id for item_id, item in state.items.items()}
         for picture, caption in ((new, "a yellow balloon"), (old, "a purple umbrella")):
-            assert service.collection.caption_vector(by_uri[str(picture.resolve())], state) == pytest.approx(
+            assert service.collection.text_vectors(by_uri[str(picture.resolve())], state)["caption"] == pytest.approx(
                 encoder.encode_texts([caption])[0], abs=1e-5)

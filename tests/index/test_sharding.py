@@ -11,7 +11,7 @@ import torch
 
 from clipsearch.errors import ModelLoadError
 from clipsearch.index.exact import ExactIndex
-from clipsearch.index.fusion import Fusion, fused_rows
+from clipsearch.index.fusion import Fusion, TextVectors, fused_rows
 from clipsearch.index.searchers import ExactSearcher
 from clipsearch.index.sharding import ShardedExactIndex, merge_top_k, parse_devices
 from clipsearch.index.topk import TopK
@@ -134,7 +134,7 @@ def test_fused_rows_are_held_and_scanned_as_the_image_rows_are() -> None:
     captioned = np.arange(900) % 3 == 0
     ids = np.arange(900, dtype=np.int64) + 7
     image_searcher = ExactSearcher(ShardedExactIndex(images, ids, [CPU, CPU], scan_dtype=torch.float16))
-    rows = fused_rows(images, captions, captioned)
+    rows = fused_rows(["caption"], images, {"caption": TextVectors(captions, captioned)})
     fused = image_searcher.like(rows)
     assert isinstance(fused.index, ShardedExactIndex) and fused.index.shards[1].scan_dtype == torch.float16
     queries = Fusion(0.7, 0.3).expand(unit_vectors(4, 32, seed=3))

@@ -57,6 +57,28 @@ def assert_same_top_k(expected: TopK, found: TopK, atol: float = 1e-5) -> None:
             start = end
 
 
+FusedModel = dict[int, tuple[np.ndarray, dict[str, np.ndarray]]]
+"""A test's own model of a fused collection: id → (image vector, {text part: its vector}), the parts
+an image lacks left out."""
+
+
+def fused_scores_by_hand(model: FusedModel, query: np.ndarray, weights: dict[str, float]) -> dict[int, float]:
+    """Every image's fused score, one part at a time: Σ w_part · cos(q, part), the image's own vector
+    in place of a text it lacks (clipsearch.index.fusion). `weights` sum to 1."""
+    return {item_id: sum(weight * float(query @ (image if part == "image" else texts.get(part, image)))
+                         for part, weight in weights.items())
+            for item_id, (image, texts) in model.items()}
+
+
+def assert_ranked_as(hits: list[Any], expected: dict[int, float], k: int) -> None:
+    """The hits are the k best of `expected`, scored as it says (items within 1e-5 of each other may
+    come in either order: a model's vectors are embedded apart from the bundle's)."""
+    best = sorted(expected, key=lambda item_id: (-expected[item_id], item_id))[:k]
+    assert_same_top_k(TopK(np.array([[expected[item_id] for item_id in best]], np.float32), np.array([best])),
+                      TopK(np.array([[hit.score for hit in hits]], np.float32),
+                           np.array([[hit.item.id for hit in hits]])))
+
+
 def bundle_contents(bundle: Bundle) -> dict[str, object]:
     """Everything a bundle serves (items, vectors, index descriptions, model), for comparing two builds."""
     vectors = {modality.value: {item_id: bundle.indices[modality].reconstruct(item_id).tolist()

@@ -231,8 +231,14 @@ def test_smoke_the_ocr_bench_reads_the_signs_and_finds_them_by_their_words_only_
         ("default", "en"), ("default", "zh"), ("detection_side=480", "en"), ("detection_side=480", "zh")]
     assert all(line["images"] == 2 and 0 <= line["separate_word_recall"] <= line["word_recall"] <= 1
                for line in reading)
-    says = {(line["ocr"], line["mode"], line["language"]): line for line in lines if line["figure"] == "says"}
-    assert len(says) == 12
+    says = {(line["ocr"], json.dumps(line["fusion"]), line["mode"], line["language"]): line
+            for line in lines if line["figure"] == "says"}
+    assert len(says) == 18
+    fused = [key for key in says if key[1] != "null"]  # the fused build: at its weights and the read text's alone
+    assert sorted({(key[1], key[2]) for key in fused}) == [
+        ('{"image": 0.0, "ocr": 1.0}', "vector"), ('{"image": 0.5, "ocr": 0.5}', "hybrid"),
+        ('{"image": 0.5, "ocr": 0.5}', "vector")]
+    says = {(ocr, mode, language): line for (ocr, fusion, mode, language), line in says.items() if fusion == "null"}
     for language in ("en", "zh"):
         assert says[(True, "keyword", language)]["r_at_1"] == 1.0
         assert says[(False, "keyword", language)]["r_at_5"] == 0.0  # without OCR, no words to find

@@ -11,10 +11,11 @@ A bundle is one directory holding everything a server needs:
     image.vectors.npy  IndexIVFPQ whose inverted lists (codes and item ids) are in image.ivfdata;
     image.ids.npy   every vector at half precision by ascending item id, and those ids, for the
                     exact re-rank of its candidates (and likewise for text)
-    caption.faiss   with `--fuse` only: the caption vectors of captioned image items, by the
-                    image item's id (IndexIDMap2 over a Flat index; clipsearch.index.fusion)
+    caption.faiss   with `--fuse` naming caption (ocr) only: the caption vectors of captioned image
+    ocr.faiss       items (the vectors of the text read in them), by the image item's id
+                    (IndexIDMap2 over a Flat index; clipsearch.index.fusion)
     fused.faiss     with `--fuse` and an approximate image index only: the same kind of index over
-                    every image item's fused row [image | caption], 2d wide, by item id
+                    every image item's fused row [image | caption | ocr], by item id
     items.sqlite    one row per item: id, modality, uri, text (caption or text), extra JSON,
                     content hash; ids are the same int64 ids the indices return (clipsearch.store.items);
                     and the FTS5 keyword tables over captions, texts and the manifest's
@@ -34,7 +35,6 @@ Changes to a bundle in place (new item metadata, evaluation records) hold an exc
 """
 
 from clipsearch.store.bundle.layout import (
-    CAPTIONS_FILE,
     FUSED_FILE,
     REPORT_FILE,
     FusedContent,
@@ -42,11 +42,12 @@ from clipsearch.store.bundle.layout import (
     index_file_name,
     on_disk_file_names,
     on_disk_name,
+    text_part_file_name,
 )
 from clipsearch.store.bundle.load import Bundle, load_bundle
 from clipsearch.store.bundle.swap import recover_interrupted_swaps
 from clipsearch.store.bundle.write import rewrite_items, write_bundle, write_compacted
 
-__all__ = ["CAPTIONS_FILE", "FUSED_FILE", "REPORT_FILE", "Bundle", "FusedContent", "ModalityContent", "index_file_name",
+__all__ = ["FUSED_FILE", "REPORT_FILE", "Bundle", "FusedContent", "ModalityContent", "index_file_name",
            "load_bundle", "on_disk_file_names", "on_disk_name", "recover_interrupted_swaps", "rewrite_items",
-           "write_bundle", "write_compacted"]
+           "text_part_file_name", "write_bundle", "write_compacted"]

@@ -12,8 +12,12 @@ from clipsearch.index.spec import IndexSpec
 from clipsearch.modality import Modality
 
 REPORT_FILE = "report.json"
-CAPTIONS_FILE = "caption.faiss"
 FUSED_FILE = "fused.faiss"
+
+
+def text_part_file_name(part: str) -> str:
+    """A fused bundle's vectors of one text part ("caption.faiss", "ocr.faiss")."""
+    return f"{part}.faiss"
 
 
 def index_file_name(modality: Modality) -> str:
@@ -44,10 +48,11 @@ class ModalityContent:
 
 @dataclass(frozen=True)
 class FusedContent:
-    """What a fused build hands over besides its indices: default weights and the caption vectors."""
+    """What a fused build hands over besides its indices: default weights and the texts' vectors."""
 
     fusion: Fusion
-    captions: faiss.Index
-    """IndexIDMap2 over a Flat index: captioned image items' caption vectors, by item id."""
+    texts: dict[str, faiss.Index]
+    """Per text part of the fusion's layout, an IndexIDMap2 over a Flat index: the vectors of the
+    image items that have that text, by item id."""
     index: ModalityContent | None = None
     """For an approximate image index: the same kind of index over the images' fused rows."""

@@ -9,11 +9,11 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from clipsearch.errors import BundleError, BundleFileMissing, ChecksumMismatch, ManifestInvalid
+from clipsearch.errors import BundleError, BundleFileMissing, ChecksumMismatch, InvalidQuery, ManifestInvalid
 from clipsearch.index import faiss_index, ondisk
 from clipsearch.index.fusion import Fusion
 from clipsearch.modality import Modality
-from clipsearch.store.bundle.layout import CAPTIONS_FILE, FUSED_FILE, on_disk_file_names
+from clipsearch.store.bundle.layout import FUSED_FILE, on_disk_file_names, text_part_file_name
 from clipsearch.store.items import ITEMS_FILE, ItemStore
 from clipsearch.store.manifest import (
     MANIFEST_FILE,
@@ -29,8 +29,8 @@ class Bundle:
     manifest: Manifest
     indices: dict[Modality, faiss.Index]
     items: ItemStore
-    captions: faiss.Index | None = None
-    """The caption vectors of a fused bundle (clipsearch.index.fusion), by image item id."""
+    texts: dict[str, faiss.Index] = field(default_factory=dict)
+    """A fused bundle's vectors of each text part it fuses (clipsearch.index.fusion), by image item id."""
     fused_index: faiss.Index | None = None
     """A fused bundle's approximate index over its images' fused rows (None: searched exactly)."""
     stores: dict[Modality, ondisk.VectorStore] = field(default_factory=dict)
@@ -55,9 +55,9 @@ class Bundle:
 
     @property
     def fusion(self) -> Fusion | None:
-        """The bundle's default fusion weights; None when it stores no caption vectors."""
+        """The bundle's default fusion weights, over the text parts it stores; None when not fused."""
         weights = self.manifest.fusion
-        return None if weights is None or self.captions is None else Fusion.of(weights)
+        return None if weights is None else Fusion.of(weights)
 
     def close(self) -> None:
         self.items.close()
@@ -98,14 +98,20 @@ def load_bundle(path: Path, verify_checksums: bool = True) -> Bundle:
                               f"the manifest says {manifest.embedding_dim}")
         faiss_index.apply_params(index, record.index.params)
         indices[modality] = index
-    captions = None
+    texts = {}
     if manifest.fusion is not None:
-        if CAPTIONS_FILE not in manifest.files:
-            raise ManifestInvalid(f"{MANIFEST_FILE}: the bundle is fused but {CAPTIONS_FILE} is not among its files")
-        captions = faiss_index.load_index(path / CAPTIONS_FILE)
+        try:
+            fusion = Fusion.of(manifest.fusion)
+        except InvalidQuery as error:
+            raise ManifestInvalid(f"{MANIFEST_FILE}: fusion: {error}") from None
+        for part in fusion.text_parts:
+            name = text_part_file_name(part)
+            if name not in manifest.files:
+                raise ManifestInvalid(f"{MANIFEST_FILE}: the bundle fuses {part} but {name} is not among its files")
+            texts[part] = faiss_index.load_index(path / name)
     fused_index = None
     if manifest.fused_index is not None:
         fused_index = faiss_index.load_index(path / FUSED_FILE)
         faiss_index.apply_params(fused_index, manifest.fused_index.params)
-    return Bundle(path=path, manifest=manifest, indices=indices, items=ItemStore(path / ITEMS_FILE), captions=captions,
+    return Bundle(path=path, manifest=manifest, indices=indices, items=ItemStore(path / ITEMS_FILE), texts=texts,
                   fused_index=fused_index, stores=stores)

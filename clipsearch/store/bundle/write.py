@@ -20,13 +20,13 @@ from clipsearch.errors import BundleError, LiveChangesPending
 from clipsearch.index import faiss_index
 from clipsearch.modality import Modality
 from clipsearch.store.bundle.layout import (
-    CAPTIONS_FILE,
     FUSED_FILE,
     REPORT_FILE,
     FusedContent,
     ModalityContent,
     index_file_name,
     on_disk_file_names,
+    text_part_file_name,
 )
 from clipsearch.store.bundle.swap import link_or_copy, link_tree, new_staging, remove_retired, swap_into_place
 from clipsearch.store.items import ITEMS_FILE, Item, ItemStore, write_items
@@ -60,7 +60,7 @@ def write_bundle(out: Path, model: ModelRef, embedding_dim: int, content: dict[M
     staging = new_staging(out)
     try:
         modalities = _write_indices(staging, content)
-        _write_captions(staging, fused)
+        _write_fused(staging, fused)
         write_items(staging / ITEMS_FILE, items, keyword_fields)
         atomic_write_text(staging / REPORT_FILE, json.dumps(report, indent=2, ensure_ascii=False))
         manifest = Manifest(format_version=FORMAT_VERSION, model=model, embedding_dim=embedding_dim,
@@ -144,7 +144,7 @@ def write_compacted(path: Path, manifest: Manifest, content: dict[Modality, Moda
 
     try:
         modalities = _write_indices(staging, content)
-        _write_captions(staging, fused)
+        _write_fused(staging, fused)
         write_items(staging / ITEMS_FILE, noting_uploads(items), manifest.keyword_fields)
         link_or_copy(path / REPORT_FILE, staging / REPORT_FILE)
         updated = replace(manifest, modalities=modalities, files=_file_records(staging),
@@ -185,9 +185,10 @@ def _write_indices(staging: Path, content: dict[Modality, ModalityContent]) -> d
     return modalities
 
 
-def _write_captions(staging: Path, fused: FusedContent | None) -> None:
+def _write_fused(staging: Path, fused: FusedContent | None) -> None:
     if fused is not None:
-        faiss_index.save_index(fused.captions, staging / CAPTIONS_FILE)
+        for part, vectors in fused.texts.items():
+            faiss_index.save_index(vectors, staging / text_part_file_name(part))
         if fused.index is not None:
             faiss_index.save_index(fused.index.index, staging / FUSED_FILE)
 

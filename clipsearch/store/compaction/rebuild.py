@@ -97,27 +97,30 @@ class Rebuild:
                         chunks=ondisk.chunks_from_store(store, keep, segment.ids, live_vectors))
 
     def fused(self, images: NewBase | None, content: dict[Modality, ModalityContent]) -> FusedContent:
-        """A fused bundle's caption vectors as of the snapshot (the base's, less those of hidden
-        items, and those of live images with a caption), and its fused index over the new image
-        base: refilled with no training as the image index was, else built again."""
-        captions = self.bundle.captions
+        """A fused bundle's text vectors as of the snapshot (for each part, the base's less those of
+        hidden items, and those of live images with that text), and its fused index over the new
+        image base: refilled with no training as the image index was, else built again."""
         fusion = self.bundle.fusion
-        assert captions is not None and fusion is not None
-        kept = np.setdiff1d(faiss_index.ids_of(captions), self.state.removed_of(Modality.IMAGE), assume_unique=True)
+        assert fusion is not None
         segment = self.state.segment(Modality.IMAGE)
-        captioned = segment.captioned if segment.captioned is not None else np.zeros(len(segment.ids), bool)
-        live_vectors = segment.caption_vectors if segment.caption_vectors is not None else segment.vectors
-        ids = np.concatenate([kept, segment.ids[captioned]])
-        vectors = np.concatenate([faiss_index.reconstruct_many(captions, kept),
-                                  live_vectors.reshape(-1, captions.d)[captioned]])
-        order = np.argsort(ids, kind="stable")
-        ids, vectors = ids[order], np.ascontiguousarray(vectors[order])
-        new_captions, _ = faiss_index.build_index(vectors, ids, EXACT_FACTORY)
+        texts, held = {}, {}
+        for part in fusion.text_parts:
+            base = self.bundle.texts[part]
+            kept = np.setdiff1d(faiss_index.ids_of(base), self.state.removed_of(Modality.IMAGE), assume_unique=True)
+            live = segment.texts.get(part)
+            live_ids = segment.ids[live.present] if live is not None else np.zeros(0, np.int64)
+            live_vectors = live.vectors[live.present] if live is not None else np.zeros((0, base.d), np.float32)
+            ids = np.concatenate([kept, live_ids])
+            vectors = np.concatenate([faiss_index.reconstruct_many(base, kept), live_vectors])
+            order = np.argsort(ids, kind="stable")
+            ids, vectors = ids[order], np.ascontiguousarray(vectors[order])
+            held[part] = ids, vectors
+            texts[part], _ = faiss_index.build_index(vectors, ids, EXACT_FACTORY)
         record = self.bundle.manifest.fused_index
         image_content = content.get(Modality.IMAGE)
         if record is None or images is None or image_content is None or image_content.spec.exact:
-            return FusedContent(fusion, new_captions)
-        rows = fused_rows_by_id(images.ids, images.all_vectors(), ids, vectors)
+            return FusedContent(fusion, texts)
+        rows = fused_rows_by_id(fusion.text_parts, images.ids, images.all_vectors(), held)
         if Modality.IMAGE.value in self.retrained:
             index, spec = faiss_index.build_index(rows, images.ids, record.factory, use_gpu=self.use_gpu)
         else:
@@ -126,7 +129,7 @@ class Rebuild:
             faiss_index.apply_params(index, record.params)
             spec = replace(record, params={**record.params, "added_since_training": images.added +
                                            int(record.params.get("added_since_training", 0))})
-        return FusedContent(fusion, new_captions, ModalityContent(index, spec))
+        return FusedContent(fusion, texts, ModalityContent(index, spec))
 
     def index(self, modality: Modality, base: NewBase, others: np.ndarray | None) -> ModalityContent:
         record = self.bundle.manifest.modalities.get(modality)

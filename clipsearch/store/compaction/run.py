@@ -120,7 +120,7 @@ class Compaction:
             others = [other.recall_queries() for kind, other in bases.items() if kind is not modality]
             self.content[modality] = rebuild.index(modality, base, others[0] if others else None)
             self.summary.counts[modality.value] = len(base.ids)
-        if self.bundle.captions is not None:
+        if self.bundle.fusion is not None:
             self.fused = rebuild.fused(bases.get(Modality.IMAGE), self.content)
         self.summary.retrained, self.summary.recall_at_10 = rebuild.retrained, rebuild.recall_at_10
         self.removed = {modality: set(state.removed_of(modality).tolist()) for modality in Modality}

@@ -3,7 +3,7 @@
 from clipsearch.store.live.fold import Carried, fold_since, start_fold
 from clipsearch.store.live.log import LOCK_TIMEOUT_S, LiveLog
 from clipsearch.store.live.schema import LIVE_FILE, LIVE_IMAGES, count_live_changes
-from clipsearch.store.live.state import LiveState, NewItem, Segment, with_caption_vectors
+from clipsearch.store.live.state import LiveState, NewItem, Segment, with_text_vectors
 
 __all__ = ["LIVE_FILE", "LIVE_IMAGES", "LOCK_TIMEOUT_S", "Carried", "LiveLog", "LiveState", "NewItem", "Segment",
-           "count_live_changes", "fold_since", "start_fold", "with_caption_vectors"]
+           "count_live_changes", "fold_since", "start_fold", "with_text_vectors"]

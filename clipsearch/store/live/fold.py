@@ -15,7 +15,7 @@ import numpy as np
 from clipsearch.errors import BundleReplaced
 from clipsearch.modality import Modality
 from clipsearch.store.live.log import LiveLog
-from clipsearch.store.live.schema import create_tables, fsync, unsynced
+from clipsearch.store.live.schema import TEXT_VECTOR_COLUMNS, create_tables, fsync, unsynced
 from clipsearch.store.live.state import LiveState, members
 
 KEYS_AT_ONCE = 10_000
@@ -87,8 +87,8 @@ def fold_since(log: LiveLog, after: int, since: LiveState, new_base: dict[Modali
         # A row of `items` touched since `after` was written since: a drop deletes the row,
         # and a base item is hidden in the transaction that writes its row.
         written = old.execute(
-            "SELECT id, key, modality, uri, text, extra, content_hash, vector, written_at, caption_vector "
-            "FROM items WHERE generation > ?", (after,)).fetchall()
+            "SELECT id, key, modality, uri, text, extra, content_hash, vector, written_at, "
+            f"{', '.join(TEXT_VECTOR_COLUMNS)} FROM items WHERE generation > ?", (after,)).fetchall()
         file_stats = old.execute(
             "SELECT uri, size, mtime_ns, content_hash, generation FROM file_stats WHERE generation > ?",
             (after,)).fetchall()
@@ -105,7 +105,8 @@ def fold_since(log: LiveLog, after: int, since: LiveState, new_base: dict[Modali
                                ((item_id, modality, generation) for item_id, modality in hidden))
         connection.executemany(
             "INSERT OR REPLACE INTO items (id, key, modality, uri, text, extra, content_hash, vector, written_at, "
-            "caption_vector, generation) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            f"{', '.join(TEXT_VECTOR_COLUMNS)}, generation) "
+            f"VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?{', ?' * len(TEXT_VECTOR_COLUMNS)}, ?)",
             ((*row, generation) for row in written))
         connection.executemany("INSERT OR REPLACE INTO file_stats (uri, size, mtime_ns, content_hash, generation) "
                                "VALUES (?, ?, ?, ?, ?)", file_stats)

@@ -23,9 +23,10 @@ from pathlib import Path
 import numpy as np
 
 from clipsearch.errors import BundleReplaced, StorageError, StorageUnwritable
+from clipsearch.index.fusion import TEXT_PARTS
 from clipsearch.modality import Modality
 from clipsearch.store.items import ItemStore
-from clipsearch.store.live.schema import ITEM_COLUMNS, create_tables, identity, migrate
+from clipsearch.store.live.schema import ITEM_COLUMNS, TEXT_VECTOR_COLUMNS, create_tables, identity, migrate
 from clipsearch.store.live.state import LiveState, NewItem, replay
 from clipsearch.store.manifest import bundle_lock
 from clipsearch.util.faults import kill_point
@@ -122,7 +123,8 @@ class LiveLog:
             removed_rows = connection.execute(
                 "SELECT id, modality FROM removed WHERE generation > ? ORDER BY id", (after,)).fetchall()
             item_rows = connection.execute(
-                f"SELECT {ITEM_COLUMNS}, vector, generation, caption_vector FROM items WHERE generation > ?",
+                f"SELECT {ITEM_COLUMNS}, vector, generation, {', '.join(TEXT_VECTOR_COLUMNS)} FROM items "
+                "WHERE generation > ?",
                 (after,)).fetchall()
             dropped_rows = connection.execute(
                 "SELECT id, generation FROM dropped WHERE generation > ?", (after,)).fetchall()
@@ -164,12 +166,13 @@ class LiveLog:
             item_id = self._id_for(connection, item.modality, item.key)
             connection.execute(
                 "INSERT OR REPLACE INTO items (id, key, modality, uri, text, extra, content_hash, vector, "
-                "written_at, generation, caption_vector) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                f"written_at, generation, {', '.join(TEXT_VECTOR_COLUMNS)}) "
+                f"VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?{', ?' * len(TEXT_VECTOR_COLUMNS)})",
                 (item_id, item.key, item.modality.value, item.uri, item.text,
                  json.dumps(item.extra, ensure_ascii=False), item.content_hash,
                  np.ascontiguousarray(item.vector, dtype=np.float32).tobytes(), written_at, generation,
-                 None if item.caption_vector is None else
-                 np.ascontiguousarray(item.caption_vector, dtype=np.float32).tobytes()))
+                 *(None if (vector := item.text_vectors.get(part)) is None else
+                   np.ascontiguousarray(vector, dtype=np.float32).tobytes() for part in TEXT_PARTS)))
             ids.append(item_id)
         return ids
 

@@ -8,7 +8,8 @@ loss, and a write is one transaction: it is all there or not at all.
 
     items       items added or replaced: the same columns as the base's items.sqlite plus their
                 `key`, their vector (float32 bytes), when they were written, and in a fused
-                bundle an image's caption vector (clipsearch.index.fusion)
+                bundle the vectors of an image's caption and read text (caption_vector,
+                ocr_vector; clipsearch.index.fusion)
     removed     base items hidden: deleted, or replaced by a row of `items` with the same id
     dropped     live items deleted since they were written
                 (every row of these three records the generation that wrote it, so a reader
@@ -39,6 +40,7 @@ from contextlib import closing
 from pathlib import Path
 
 from clipsearch.errors import BundleError
+from clipsearch.index.fusion import TEXT_PARTS
 
 LIVE_FILE = "live.sqlite"
 LIVE_IMAGES = "live-images"
@@ -56,7 +58,8 @@ CREATE TABLE IF NOT EXISTS items (
     vector BLOB NOT NULL,
     written_at TEXT NOT NULL,
     generation INTEGER NOT NULL,
-    caption_vector BLOB
+    caption_vector BLOB,
+    ocr_vector BLOB
 );
 CREATE INDEX IF NOT EXISTS items_by_generation ON items (generation);
 CREATE UNIQUE INDEX IF NOT EXISTS items_by_key ON items (modality, key);
@@ -73,6 +76,8 @@ CREATE TABLE IF NOT EXISTS file_stats (
 ) WITHOUT ROWID;
 """
 ITEM_COLUMNS = "id, modality, uri, text, extra, content_hash"
+TEXT_VECTOR_COLUMNS = tuple(f"{part}_vector" for part in TEXT_PARTS)
+"""The columns of an image's text vectors in a fused bundle, one per fusion text part, in TEXT_PARTS order."""
 
 
 def create_tables(connection: sqlite3.Connection) -> None:
@@ -87,8 +92,10 @@ def migrate(connection: sqlite3.Connection) -> None:
     if "generation" not in {row[1] for row in connection.execute("PRAGMA table_info(file_stats)")}:
         # A log written before compaction existed.
         connection.execute("ALTER TABLE file_stats ADD COLUMN generation INTEGER NOT NULL DEFAULT 0")
-    if "caption_vector" not in {row[1] for row in connection.execute("PRAGMA table_info(items)")}:
-        connection.execute("ALTER TABLE items ADD COLUMN caption_vector BLOB")  # before fusion
+    columns = {row[1] for row in connection.execute("PRAGMA table_info(items)")}
+    for column in TEXT_VECTOR_COLUMNS:  # a log from before fusion (caption_vector), or before OCR's
+        if column not in columns:
+            connection.execute(f"ALTER TABLE items ADD COLUMN {column} BLOB")
 
 
 def count_live_changes(bundle: Path, folded: bool = False) -> int:

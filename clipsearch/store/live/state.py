@@ -13,10 +13,11 @@ from typing import Any
 
 import numpy as np
 
-from clipsearch.index.fusion import fused_rows
+from clipsearch.index.fusion import TEXT_PARTS, TextVectors, fused_rows
 from clipsearch.modality import Modality
 from clipsearch.store import filters, keywords
 from clipsearch.store.filters import Filter
+from clipsearch.store.fused_texts import part_text
 from clipsearch.store.items import Item
 
 
@@ -31,48 +32,47 @@ class NewItem:
     extra: dict[str, Any]
     content_hash: str
     vector: np.ndarray
-    caption_vector: np.ndarray | None = None
-    """A captioned image's caption vector, in a fused bundle (clipsearch.index.fusion)."""
+    text_vectors: dict[str, np.ndarray] = field(default_factory=dict)
+    """In a fused bundle, an image's vectors of its caption and read text, by fusion text part
+    (clipsearch.index.fusion); a text it lacks has none."""
 
 
-def with_caption_vectors(items: Sequence[NewItem], embed_texts: Callable[[list[str]], Sequence[np.ndarray]]
-                         ) -> list[NewItem]:
-    """`items` with every captioned image given its caption's vector, all embedded in one call: what
-    a fused bundle stores for each (clipsearch.index.fusion)."""
-    wanting = [number for number, item in enumerate(items)
-               if item.modality is Modality.IMAGE and (item.text or "").strip()]
-    vectors = embed_texts([items[number].text or "" for number in wanting]) if wanting else []
+def with_text_vectors(items: Sequence[NewItem], text_parts: Sequence[str],
+                      embed_texts: Callable[[list[str]], Sequence[np.ndarray]]) -> list[NewItem]:
+    """`items` with every image given the vector of each of its texts of `text_parts` it has no vector
+    for yet, all embedded in one call: what a fused bundle stores for each (clipsearch.index.fusion)."""
+    wanting = [(number, part, text) for number, item in enumerate(items) if item.modality is Modality.IMAGE
+               for part in text_parts
+               if part not in item.text_vectors and (text := part_text(part, item.text, item.extra))]
+    vectors = embed_texts([text for _, _, text in wanting]) if wanting else []
     made = list(items)
-    for number, vector in zip(wanting, vectors, strict=True):
-        made[number] = replace(made[number], caption_vector=np.asarray(vector, dtype=np.float32))
+    for (number, part, _), vector in zip(wanting, vectors, strict=True):
+        made[number] = replace(made[number], text_vectors={**made[number].text_vectors,
+                                                           part: np.asarray(vector, dtype=np.float32)})
     return made
 
 
 @dataclass(frozen=True)
 class Segment:
     """The live items of one modality: ids (int64 (m,), ascending) and their vectors (float32 (m, d)),
-    and for images in a fused bundle their caption vectors (zero rows where `captioned` is false)."""
+    and for images in a fused bundle the vectors of their texts, by fusion text part."""
 
     ids: np.ndarray
     vectors: np.ndarray
-    caption_vectors: np.ndarray | None = None
-    captioned: np.ndarray | None = None
+    texts: dict[str, TextVectors] = field(default_factory=dict)
 
-    def fused_rows(self) -> np.ndarray:
-        """These items as fused rows (clipsearch.index.fusion.fused_rows), (m, 2d)."""
+    def fused_rows(self, text_parts: Sequence[str]) -> np.ndarray:
+        """These items as fused rows (clipsearch.index.fusion.fused_rows), (m, (1 + texts) d)."""
         if not len(self.ids):
-            return np.zeros((0, 2 * self.vectors.shape[1]), np.float32)
-        captioned = self.captioned if self.captioned is not None else np.zeros(len(self.ids), bool)
-        captions = self.caption_vectors if self.caption_vectors is not None else np.zeros_like(self.vectors)
-        return fused_rows(self.vectors, captions, captioned)
+            return np.zeros((0, (1 + len(text_parts)) * self.vectors.shape[1]), np.float32)
+        return fused_rows(text_parts, self.vectors, self.texts)
 
-    def caption_vector(self, item_id: int) -> np.ndarray | None:
+    def text_vectors(self, item_id: int) -> dict[str, np.ndarray]:
+        """The vectors of a live image's texts, by part (empty for an item not here)."""
         row = int(np.searchsorted(self.ids, item_id))
-        if row < len(self.ids) and self.ids[row] == item_id and self.captioned is not None and self.captioned[row]:
-            assert self.caption_vectors is not None
-            vector: np.ndarray = self.caption_vectors[row]
-            return vector
-        return None
+        if row >= len(self.ids) or self.ids[row] != item_id:
+            return {}
+        return {part: vector for part, texts in self.texts.items() if (vector := texts.row(row)) is not None}
 
     def vector(self, item_id: int) -> np.ndarray | None:
         row = int(np.searchsorted(self.ids, item_id))
@@ -148,8 +148,8 @@ class LiveState:
 def replay(since: LiveState | None, generation: int, removed_rows: list[Any], item_rows: list[Any],
            dropped_rows: list[Any], dim: int) -> LiveState:
     """The snapshot at `generation`: `since` (None: an empty log) with the rows written after it laid
-    over it. `item_rows` hold (id, modality, uri, text, extra, content_hash, vector, generation,
-    caption_vector); `dropped_rows` (id, generation); `removed_rows` (id, modality)."""
+    over it. `item_rows` hold (id, modality, uri, text, extra, content_hash, vector, generation, and
+    one text vector per TEXT_PARTS); `dropped_rows` (id, generation); `removed_rows` (id, modality)."""
     removed = {modality: np.union1d(since.removed_of(modality) if since is not None else np.zeros(0, np.int64),
                                     [row[0] for row in removed_rows if row[1] == modality.value]).astype(np.int64)
                for modality in Modality}
@@ -157,38 +157,47 @@ def replay(since: LiveState | None, generation: int, removed_rows: list[Any], it
     vectors: dict[int, np.ndarray] = {} if since is None else {
         int(item_id): segment.vectors[row] for segment in since.segments.values()
         for row, item_id in enumerate(segment.ids)}
-    captions: dict[int, np.ndarray] = {} if since is None else {
-        int(item_id): vector for segment in since.segments.values() for item_id in segment.ids
-        if (vector := segment.caption_vector(int(item_id))) is not None}
+    texts: dict[int, dict[str, np.ndarray]] = {} if since is None else {
+        int(item_id): held for segment in since.segments.values() for item_id in segment.ids
+        if (held := segment.text_vectors(int(item_id)))}
     # Replay in the order written: a drop after a write removes the item, a write after a drop restores it.
     events = sorted([(row[7], 1, row) for row in item_rows] + [(row[1], 0, row) for row in dropped_rows],
                     key=lambda event: (event[0], event[1]))
     for _, is_write, row in events:
+        texts.pop(row[0], None)
         if is_write:
             items[row[0]] = Item(row[0], Modality(row[1]), row[2], row[3], json.loads(row[4]), row[5])
             vectors[row[0]] = np.frombuffer(row[6], dtype=np.float32)
-            if row[8] is not None:
-                captions[row[0]] = np.frombuffer(row[8], dtype=np.float32)
-            else:
-                captions.pop(row[0], None)
+            held = {part: np.frombuffer(blob, dtype=np.float32)
+                    for part, blob in zip(TEXT_PARTS, row[8:], strict=True) if blob is not None}
+            if held:
+                texts[row[0]] = held
         else:
             items.pop(row[0], None)
             vectors.pop(row[0], None)
-            captions.pop(row[0], None)
     segments = {}
     for modality in Modality:
         ids = np.array(sorted(item_id for item_id, item in items.items() if item.modality is modality),
                        dtype=np.int64)
         stacked = np.stack([vectors[int(item_id)] for item_id in ids]) if len(ids) else \
             np.zeros((0, dim), np.float32)
-        captioned = np.array([int(item_id) in captions for item_id in ids], dtype=bool)
-        caption_vectors = None  # none captioned (any bundle not fused): no second matrix of zeros
-        if captioned.any():
-            caption_vectors = np.zeros_like(stacked)
-            for row in np.flatnonzero(captioned):
-                caption_vectors[row] = captions[int(ids[row])]
-        segments[modality] = Segment(ids, stacked, caption_vectors, captioned)
+        segments[modality] = Segment(ids, stacked, _text_vectors(ids, stacked, texts))
     return LiveState(generation, removed, segments, items)
+
+
+def _text_vectors(ids: np.ndarray, vectors: np.ndarray, texts: dict[int, dict[str, np.ndarray]]
+                  ) -> dict[str, TextVectors]:
+    """The segment's text vectors by part; only parts some item has (any bundle not fused: none, and
+    no matrix of zeros)."""
+    made = {}
+    for part in TEXT_PARTS:
+        present = np.array([part in texts.get(int(item_id), {}) for item_id in ids], dtype=bool)
+        if present.any():
+            matrix = np.zeros_like(vectors)
+            for row in np.flatnonzero(present):
+                matrix[row] = texts[int(ids[row])][part]
+            made[part] = TextVectors(matrix, present)
+    return made
 
 
 def _contains(ids: np.ndarray, item_id: int) -> bool:

@@ -7,16 +7,17 @@ import json
 import numpy as np
 
 from clipsearch.modality import Modality
-from clipsearch.store.live.state import LiveState, NewItem, members, replay, with_caption_vectors
+from clipsearch.store.live.state import LiveState, NewItem, members, replay, with_text_vectors
 from tests.support.reference import unit_vectors
 
 DIM = 4
 
 
-def item_row(item_id: int, generation: int, text: str = "t", caption: np.ndarray | None = None) -> tuple[object, ...]:
+def item_row(item_id: int, generation: int, text: str = "t", caption: np.ndarray | None = None,
+             read: np.ndarray | None = None, modality: str = "text") -> tuple[object, ...]:
     vector = unit_vectors(1, DIM, seed=item_id)[0]
-    return (item_id, "text", f"uri{item_id}", text, json.dumps({}), f"h{item_id}", vector.tobytes(), generation,
-            None if caption is None else caption.astype(np.float32).tobytes())
+    return (item_id, modality, f"uri{item_id}", text, json.dumps({}), f"h{item_id}", vector.tobytes(), generation,
+            *(None if texts is None else texts.astype(np.float32).tobytes() for texts in (caption, read)))
 
 
 def test_a_drop_after_a_write_removes_the_item_and_a_write_after_a_drop_restores_it() -> None:
@@ -39,20 +40,40 @@ def test_an_empty_snapshot_has_empty_segments_of_the_right_width() -> None:
     assert LiveState(generation=-1).segment(Modality.TEXT).ids.dtype == np.int64
 
 
-def test_only_captioned_images_get_caption_vectors_in_one_call() -> None:
+def test_only_images_get_the_vectors_of_the_texts_they_have_in_one_call() -> None:
     vector = unit_vectors(1, DIM)[0]
-    items = [NewItem("a", Modality.IMAGE, "a", "a cat", {}, "ha", vector),
+    kept = np.full(DIM, 0.25, np.float32)
+    read = {"ocr_text": "SALEONLY", "ocr": {"engine": "e", "lines": [{"text": "SALEONLY", "spaced": "SALE ONLY"}]}}
+    items = [NewItem("a", Modality.IMAGE, "a", "a cat", read, "ha", vector),
              NewItem("b", Modality.IMAGE, "b", None, {}, "hb", vector),
-             NewItem("c", Modality.TEXT, "c", "a text", {}, "hc", vector)]
+             NewItem("c", Modality.TEXT, "c", "a text", read, "hc", vector),
+             NewItem("d", Modality.IMAGE, "d", "kept", {}, "hd", vector, {"caption": kept})]
     calls: list[list[str]] = []
 
     def embed(texts: list[str]) -> list[np.ndarray]:
         calls.append(texts)
         return [np.full(DIM, 0.5, np.float32) for _ in texts]
 
-    made = with_caption_vectors(items, embed)
-    assert calls == [["a cat"]]
-    assert made[0].caption_vector is not None and made[1].caption_vector is None and made[2].caption_vector is None
+    made = with_text_vectors(items, ("caption", "ocr"), embed)
+    assert calls == [["a cat", "SALE ONLY"]]  # the read text as its spaced lines say it
+    assert set(made[0].text_vectors) == {"caption", "ocr"} and made[1].text_vectors == {} == made[2].text_vectors
+    assert made[3].text_vectors["caption"] is kept  # a vector already held is not embedded again
+    assert with_text_vectors(items, ("caption",), embed)[0].text_vectors.keys() == {"caption"}
+
+
+def test_a_write_replaces_every_text_vector_of_the_item_and_a_drop_removes_them() -> None:
+    caption, read = unit_vectors(2, DIM, seed=40)
+    first = replay(None, 1, [], [item_row(1, 1, caption=caption, read=read, modality="image")], [], DIM)
+    assert set(first.segment(Modality.IMAGE).text_vectors(1)) == {"caption", "ocr"}
+    second = replay(first, 2, [], [item_row(1, 2, read=read, modality="image"),
+                                   item_row(2, 2, caption=caption, modality="image")], [], DIM)
+    segment = second.segment(Modality.IMAGE)
+    assert set(segment.text_vectors(1)) == {"ocr"} and set(segment.text_vectors(2)) == {"caption"}
+    rows = segment.fused_rows(("caption", "ocr"))
+    np.testing.assert_allclose(rows[0], np.concatenate([segment.vectors[0], segment.vectors[0], read]))
+    np.testing.assert_allclose(rows[1], np.concatenate([segment.vectors[1], caption, segment.vectors[1]]))
+    third = replay(second, 3, [], [], [(1, 3)], DIM).segment(Modality.IMAGE)
+    assert third.text_vectors(1) == {} and set(third.texts) == {"caption"}
 
 
 def test_members_finds_the_candidates_among_sorted_ids() -> None:
