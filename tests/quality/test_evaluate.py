@@ -208,6 +208,6 @@ def test_eval_measures_searches_of_the_bundle_with_the_options_given(tmp_path: P
     assert main(["eval", "--pairs", str(pairs), "--bundle", str(bundle), *tiny_without_model, "--json",
                  "--fuse", "image=1"]) == 0
     record = json.loads(capsys.readouterr().out)
-    assert record["search"]["options"] == {"fusion": {"image": 1.0, "caption": 0.0}}
+    assert record["search"]["options"] == {"fusion": {"image": 1.0}}  # as given: a part left out weighs 0
     # The picture alone, through the bundle's exact index, is the model's own text → image figure at k ≤ 10.
     assert record["search"]["text_to_image"] == record["text_to_image"]
