@@ -1,4 +1,5 @@
-"""Request and response bodies of the API, with the examples shown at /docs."""
+"""Request and response bodies of the API, with the examples shown at /docs (the write endpoints'
+in app/item_schemas.py)."""
 
 from __future__ import annotations
 
@@ -348,6 +349,9 @@ class InfoResponse(BaseModel):
     cuda_graphs: bool = Field(description="Whether the model replays captured CUDA graphs (GPU only).")
     backend: str = Field(description="What runs the model: 'torch', 'onnx' or 'onnx-int8'.")
     threads: int = Field(description="Intra-op threads of each forward pass, in this worker.")
+    torch_weights: bool = Field(True, description="Whether this worker holds the PyTorch copy of the weights: "
+                                "false once ONNX Runtime runs both towers (unless CLIPSEARCH_KEEP_TORCH_WEIGHTS), "
+                                "until explain's heatmaps build it again.")
     text_trim: bool = Field(description="Whether the text tower runs on each batch's real length (exact for this "
                                         "model).")
     mean_batch: dict[str, float] = Field(description="Queries per forward pass or search so far, by stage: how much "
@@ -370,58 +374,6 @@ class InfoResponse(BaseModel):
     writes: WritesInfo | None = Field(None, description="Whether writes go through, why not, and the disk's room.")
     worker: int = Field(description="The process id of the server worker that answered (one of "
                                     "CLIPSEARCH_SERVER_WORKERS): which one a connection reached.")
-
-
-class TextItemModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    text: str
-    key: str | None = Field(None, description="Unique among texts; an existing key replaces that item and keeps its "
-                                              "id. Default: a new key.")
-    metadata: dict[str, Any] = Field(default_factory=dict, description="Any JSON object; filters reach its fields.")
-
-
-class AddTextsRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"examples": [{"items": [
-        {"text": "a note about Paris", "key": "notes/paris", "metadata": {"album": "Paris"}}]}]})
-
-    items: list[TextItemModel]
-
-
-class WriteResponse(BaseModel):
-    ids: list[int] = Field(description="The items' ids, in the order given (a replaced item keeps its id).")
-    took_ms: float
-
-
-class EditItemRequest(BaseModel):
-    """Only the fields given change."""
-
-    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"examples": [
-        {"caption": "the Eiffel tower at night", "metadata": {"album": "Paris", "year": 2024}}]})
-
-    caption: str | None = Field(None, description="An image's caption (null clears it).")
-    text: str | None = Field(None, description="A text item's text; it is embedded again.")
-    metadata: dict[str, Any] | None = Field(None, description="Replaces the item's metadata whole (null clears it).")
-
-
-class DeleteItemsRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"examples": [
-        {"ids": [3, 7]}, {"filter": {"key": "album", "match": {"value": "old"}}}]})
-
-    ids: list[int] | None = Field(None, description="Items to delete (unknown ids are skipped).")
-    filter: dict[str, Any] | None = Field(None, description="Delete every item, of both modalities, passing this "
-                                                            "filter (as in /search).")
-
-    @model_validator(mode="after")
-    def _exactly_one(self) -> DeleteItemsRequest:
-        if (self.ids is None) == (self.filter is None):
-            raise ValueError("give exactly one of ids and filter")
-        return self
-
-
-class DeleteResponse(BaseModel):
-    deleted: list[int] = Field(description="The ids that existed and are gone.")
-    took_ms: float
 
 
 class ErrorResponse(BaseModel):

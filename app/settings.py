@@ -80,6 +80,9 @@ class Settings(BaseSettings):
                                                       "~/.cache/clipsearch/onnx).")
     threads: int | None = Field(None, ge=1, description="Threads per forward pass; by default the cores available "
                                                         "divided by server_workers.")
+    keep_torch_weights: bool = Field(False, description="Keep the PyTorch model in memory beside ONNX Runtime's "
+                                     "sessions (by default it is freed once they pass their self-check, so the "
+                                     "weights are held once; explain's heatmaps build it again on first use).")
     text_trim: bool = Field(True, description="Run the text tower on each batch's real length where that is exact "
                                               "(off only to compare speeds).")
     text_language: str | None = Field(None, description="The language code of queries, for a model whose tokenizer "

@@ -98,6 +98,8 @@ class ServiceState:
             self.encoder = encoder
             identity = _file_identity(settings.bundle_path / MANIFEST_FILE)
             service, writer = self._open_service(encoder, settings.verify_checksums)
+            if not settings.keep_torch_weights:
+                encoder.release_model()  # where ONNX Runtime runs the towers: the weights held once, not twice
             with self._lock:
                 if self._closed.is_set():  # the server stopped while this was loading
                     close_service(service)

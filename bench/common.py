@@ -83,6 +83,27 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def resident_mb(pid: int) -> dict[str, float]:
+    """The resident memory of process `pid` and every process under it (a server's workers), now and at
+    its peak (VmRSS, VmHWM), in MB."""
+    pids, found = [pid], []
+    while pids:
+        current = pids.pop()
+        found.append(current)
+        for task in Path(f"/proc/{current}/task").glob("*/children"):
+            pids.extend(int(child) for child in task.read_text().split())
+    totals = {"VmRSS": 0.0, "VmHWM": 0.0}
+    for process in found:
+        try:
+            for line in Path(f"/proc/{process}/status").read_text().splitlines():
+                name, _, value = line.partition(":")
+                if name in totals:
+                    totals[name] += int(value.split()[0]) / 1024  # kB
+        except FileNotFoundError:  # exited meanwhile
+            continue
+    return {"rss_mb": round(totals["VmRSS"], 1), "peak_rss_mb": round(totals["VmHWM"], 1)}
+
+
 @contextmanager
 def served(bundle: Path, environment: Mapping[str, str] | None = None,
            ready_within_s: float = 600) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:

@@ -41,7 +41,17 @@ import numpy as np
 import open_clip
 import torch
 
-from bench.common import WORDS, emit, latency_summary, ratio, served, synthetic_photo, time_calls, unit_vectors
+from bench.common import (
+    WORDS,
+    emit,
+    latency_summary,
+    ratio,
+    resident_mb,
+    served,
+    synthetic_photo,
+    time_calls,
+    unit_vectors,
+)
 from clipsearch.config import ModelRef
 from clipsearch.index import faiss_index
 from clipsearch.index.spec import EXACT_FACTORY
@@ -98,17 +108,20 @@ def main(argv: list[str] | None = None) -> int:
         direct = measure_direct(bundle, args, jpeg)
         if torch.cuda.is_available():
             torch.cuda.empty_cache()  # the in-process model is gone; leave the GPU to the server
-        errors, outcomes = 0, {}
+        errors, outcomes, memory = 0, {}, {}
         for label, settings in args.variant:
             environment = {"CLIPSEARCH_VERIFY_CHECKSUMS": "false", "CLIPSEARCH_DEVICE": args.device,
                            "CLIPSEARCH_SERVER_WORKERS": str(args.server_workers), **settings}
-            with served(bundle, environment) as (url, _):
+            with served(bundle, environment) as (url, server):
                 workers = int(environment["CLIPSEARCH_SERVER_WORKERS"])
                 _wait_for_every_worker(url, workers)
                 info = httpx.get(f"{url}/info", timeout=10).json()
                 emit(f"{label}server", settings=settings, workers=workers, backend=info["backend"],
-                     threads=info["threads"], text_trim=info["text_trim"])
+                     threads=info["threads"], text_trim=info["text_trim"], torch_weights=info["torch_weights"],
+                     **resident_mb(server.pid))
                 outcomes[label] = one_client, load = measure_server(url, args, jpeg, direct, label, workers)
+                memory[label] = resident_mb(server.pid)
+                emit(f"{label}server memory", after="the load", **memory[label])
                 errors += len(one_client.errors) + len(load.errors)
         (baseline, (base_one, base_load)), *others = outcomes.items()
         for label, (one_client, load) in others:
@@ -121,7 +134,9 @@ def main(argv: list[str] | None = None) -> int:
                 emit(f"{label}against {baseline or 'default '}".rstrip(), clients=args.clients,
                      one_client_text_p50_ratio=ratio(one_client.p50, base_one.p50),
                      throughput_ratio=ratio(load.rate, base_load.rate),
-                     note="p50 ratio below 1 and throughput ratio above 1 are better; same bundle, same run")
+                     rss_ratio=ratio(memory[label]["rss_mb"], memory[baseline]["rss_mb"]),
+                     note="p50 and RSS ratios below 1 and throughput ratio above 1 are better; same bundle, "
+                          "same run")
     return 1 if errors else 0
 
 

@@ -14,7 +14,7 @@ import numpy as np
 from clipsearch.config import QueryLimits
 from clipsearch.errors import BundleError, ClipSearchError
 from clipsearch.modality import Modality
-from clipsearch.model.zero_shot import DEFAULT_TEMPLATES, LabelScore, ZeroShotClassifier, check_labels
+from clipsearch.model.zero_shot import DEFAULT_TEMPLATES, Calibration, LabelScore, ZeroShotClassifier, check_labels
 from clipsearch.store.bundle import Bundle, load_bundle, rewrite_items
 from clipsearch.store.items import Item
 from clipsearch.util.progress import progress_bar
@@ -68,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         check_labels(labels, templates or DEFAULT_TEMPLATES, LIMITS)  # before a model is loaded for nothing
         encoder = bundle_encoder(args)
-        classifier = ZeroShotClassifier(encoder.model, lambda prompts: encoder.encode_texts(prompts), LIMITS)
+        classifier = ZeroShotClassifier(Calibration.of(encoder.logit_scale, encoder.logit_bias),
+                                        lambda prompts: encoder.encode_texts(prompts), LIMITS)
         scored = _score_images(args, classifier, labels, templates)
         fields = _fields(args.field, args.multi_label)
 

@@ -44,6 +44,7 @@ def info(service: ServiceDep, server: StateDep) -> InfoResponse:
         indices={modality: record.index for modality, record in manifest.modalities.items()},
         device=str(service.encoder.device), cuda_graphs=service.encoder.cuda_graphs,
         backend=service.encoder.backend, threads=service.encoder.threads,
+        torch_weights=service.encoder.holds_torch_weights,
         text_trim=service.encoder.text_trim is not None,
         mean_batch=service.pipeline.mean_batches(), bundle_created_at=manifest.created_at,
         evaluations=manifest.evaluations, live_changes=state.changes,

@@ -17,17 +17,9 @@ from starlette.convertors import Convertor, register_url_convertor
 from starlette.datastructures import UploadFile
 
 from app.deps import ServiceDep, WriterDep, require_admin_key
+from app.item_schemas import AddTextsRequest, DeleteItemsRequest, DeleteResponse, EditItemRequest, WriteResponse
 from app.routes.responses import ERRORS
-from app.schemas import (
-    MAX_ITEM_ID,
-    AddTextsRequest,
-    DeleteItemsRequest,
-    DeleteResponse,
-    EditItemRequest,
-    ErrorResponse,
-    ItemModel,
-    WriteResponse,
-)
+from app.schemas import MAX_ITEM_ID, ErrorResponse, ItemModel
 from clipsearch.errors import InvalidQuery
 from clipsearch.search.writes import UNCHANGED, ImageEntry, TextEntry
 from clipsearch.store.filters import parse_filter

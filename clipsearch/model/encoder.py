@@ -6,7 +6,10 @@ inner product between any two of them is their cosine similarity.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import logging
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -72,13 +75,20 @@ class ClipEncoder:
     """An open_clip model with its image preparation and tokenizer, ready for inference."""
 
     def __init__(self, model: Any, tokenizer: Any, ref: ModelRef, device: torch.device, text_trim: bool = True,
-                 preprocess_config: PreprocessConfig | None = None) -> None:
-        self.model = model
+                 preprocess_config: PreprocessConfig | None = None,
+                 reload: Callable[[], Any] | None = None) -> None:
+        self._model: Any = model
+        self._reload = reload
+        """Builds the same model again (the factory's), for `model` after `release_model`."""
+        self._reload_lock = threading.Lock()
         self.tokenizer = tokenizer
         self.ref = ref
         self.device = device
         self.context_length: int = int(getattr(tokenizer, "context_length", 77))
         self.dtype: torch.dtype = next(model.parameters()).dtype  # fp16 on CUDA, fp32 on the CPU
+        # Read once, so that scoring labels never needs the model itself (clipsearch.model.zero_shot).
+        self.logit_scale, self.logit_bias = (_scalar(getattr(model, name, None)) for name in ("logit_scale",
+                                                                                             "logit_bias"))
         self.preprocess_config = preprocess_config or PreprocessConfig.of_model(model)
         self.prepare_image = ImagePreparer(self.preprocess_config)
         self._mean, self._std = (torch.tensor(values, dtype=torch.float32, device=device).view(3, 1, 1)
@@ -94,6 +104,47 @@ class ClipEncoder:
         """Intra-op threads of a forward pass (torch's, and ONNX Runtime's sessions')."""
         self.embedding_dim: int = int(self.encode_texts(["probe"]).shape[1])
         self.cuda_graphs = False
+
+    @property
+    def model(self) -> Any:
+        """The PyTorch model; built again (as loaded) on first use after `release_model`."""
+        if self._model is None:
+            with self._reload_lock:
+                if self._model is None:
+                    if self._reload is None:
+                        raise ModelLoadError("the PyTorch model was released and this encoder cannot build it "
+                                             "again", "model")
+                    log.info("building the PyTorch model of %s again (released when %s took its towers)",
+                             self.ref.describe(), self.backend)
+                    model = self._reload()
+                    model.eval()
+                    if self.text_trim is not None:
+                        self.text_trim.model = model
+                    self._model = model
+        return self._model
+
+    @property
+    def holds_torch_weights(self) -> bool:
+        """Whether the PyTorch model is in memory (False after `release_model`, until `model` is used)."""
+        return self._model is not None
+
+    def release_model(self) -> bool:
+        """Free the PyTorch model where other code runs both towers (ONNX Runtime, whose sessions
+        hold their own copy of the weights): the weights are then in memory once. Whether it was
+        freed. Whatever needs the model later (explain's heatmaps) builds it again through `model`.
+        """
+        if self.backend == "torch" or self.cuda_graphs or self._reload is None:
+            return False
+        with self._reload_lock:
+            if self._model is None:
+                return False
+            self._model = None
+            if self.text_trim is not None:
+                # Only its real_length serves the towers that run now; its hold on the model must go.
+                self.text_trim.model = None
+        _return_freed_memory()
+        log.info("freed the PyTorch copy of %s's weights: %s runs its towers", self.ref.describe(), self.backend)
+        return True
 
     @property
     def towers(self) -> tuple[Tower, Tower]:
@@ -210,6 +261,17 @@ class ClipEncoder:
         if callable(wrapped):
             return len(wrapped(text)["input_ids"]) > self.context_length
         return False
+
+
+def _scalar(parameter: Any) -> float | None:
+    return None if parameter is None else float(parameter.detach().float())
+
+
+def _return_freed_memory() -> None:
+    """Hand freed heap memory back to the system: glibc keeps the pages of freed blocks below its
+    (adaptive) mmap threshold, so a freed model would otherwise still count in the RSS."""
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: its allocator decides for itself
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def _normalised_float32(features: torch.Tensor) -> np.ndarray:

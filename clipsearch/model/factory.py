@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import open_clip
 import torch
@@ -67,29 +68,33 @@ def load_encoder(model_name: str = DEFAULT_MODEL, pretrained: str | None = DEFAU
         weights = str(checkpoint)
         ref = ModelRef(model_name, checkpoint_sha256=file_sha256(checkpoint))
     precision = precision or ("fp16" if torch_device.type == "cuda" else "fp32")
-    preprocess: PreprocessConfig | None = None
-    try:
-        # Seed a private copy of the RNG so random weights are reproducible without touching
-        # the caller's random state.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(RANDOM_WEIGHTS_SEED)
-            if is_chinese_clip(model_name):
-                model, tokenizer, preprocess = load_chinese_clip(model_name, pretrained or None, checkpoint)
-                model = model.to(torch_device, torch.float16 if precision == "fp16" else torch.float32)
-            else:
+
+    def create() -> tuple[Any, Any, PreprocessConfig | None]:
+        try:
+            # Seed a private copy of the RNG so random weights are reproducible without touching
+            # the caller's random state (and built again the same, for ClipEncoder.model).
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(RANDOM_WEIGHTS_SEED)
+                if is_chinese_clip(model_name):
+                    model, tokenizer, preprocess = load_chinese_clip(model_name, pretrained or None, checkpoint)
+                    return model.to(torch_device, torch.float16 if precision == "fp16" else torch.float32), \
+                        tokenizer, preprocess
                 # A Hugging Face text tower's own pretrained weights are never fetched: the weights
                 # come from the CLIP checkpoint, or are random.
                 model = open_clip.create_model(model_name, pretrained=weights, device=torch_device,
                                                precision=precision, pretrained_text=False)
-                tokenizer = open_clip.get_tokenizer(model_name)
-        _set_language(tokenizer, text_language)
-    except ModelLoadError:
-        raise
-    except Exception as error:  # open_clip and transformers raise many kinds (OSError, HTTP errors, KeyError)
-        raise ModelLoadError(f"cannot load {ref.describe()}: {error}") from error
+                return model, open_clip.get_tokenizer(model_name), None
+        except ModelLoadError:
+            raise
+        except Exception as error:  # open_clip and transformers raise many kinds (OSError, HTTP errors, KeyError)
+            raise ModelLoadError(f"cannot load {ref.describe()}: {error}") from error
+
+    model, tokenizer, preprocess = create()
+    _set_language(tokenizer, text_language)
     model.eval()
     log.info("loaded %s on %s", ref.describe(), torch_device)
-    encoder = ClipEncoder(model, tokenizer, ref, torch_device, text_trim=text_trim, preprocess_config=preprocess)
+    encoder = ClipEncoder(model, tokenizer, ref, torch_device, text_trim=text_trim, preprocess_config=preprocess,
+                          reload=lambda: create()[0])
     if backend != "torch":
         use_onnx(encoder, backend, onnx_cache, threads)
     return encoder

@@ -22,7 +22,6 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -56,12 +55,12 @@ class Calibration:
     bias: float | None = None
 
     @classmethod
-    def of_model(cls, model: Any) -> Calibration:
-        scale = float(model.logit_scale.detach().float().exp()) if hasattr(model, "logit_scale") else None
+    def of(cls, logit_scale: float | None, logit_bias: float | None = None) -> Calibration:
+        """From the model's parameters as learnt (the scale before it is exp'd; ClipEncoder keeps both)."""
+        scale = math.exp(logit_scale) if logit_scale is not None and logit_scale < 700 else None
         if scale is None or not math.isfinite(scale):
             raise ModelLoadError("the model has no usable logit_scale, so it cannot give probabilities", "model")
-        bias = getattr(model, "logit_bias", None)
-        return cls(scale, float(bias.detach().float()) if bias is not None else None)
+        return cls(scale, logit_bias)
 
     @property
     def kind(self) -> str:
@@ -175,9 +174,9 @@ def _sigmoid(logits: np.ndarray) -> np.ndarray:
 class ZeroShotClassifier:
     """Classifies image embeddings against labels; shared by the server and the indexer."""
 
-    def __init__(self, model: Any, embed_texts: Callable[[list[str]], np.ndarray],
+    def __init__(self, calibration: Calibration, embed_texts: Callable[[list[str]], np.ndarray],
                  limits: QueryLimits | None = None) -> None:
-        self.calibration = Calibration.of_model(model)
+        self.calibration = calibration
         self.limits = limits or QueryLimits()
         self.labels = LabelEmbeddings(embed_texts)
 

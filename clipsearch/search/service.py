@@ -20,7 +20,7 @@ from clipsearch.errors import InvalidQuery, ModalityUnavailable
 from clipsearch.index.searchers import searcher_for
 from clipsearch.modality import Modality
 from clipsearch.model.encoder import ClipEncoder
-from clipsearch.model.zero_shot import LabelScore, ZeroShotClassifier
+from clipsearch.model.zero_shot import Calibration, LabelScore, ZeroShotClassifier
 from clipsearch.search.embedding import QueryEmbedder
 from clipsearch.search.explainer import Explainer
 from clipsearch.search.hybrid import Ranking, SearchMode, check_ranking
@@ -68,7 +68,8 @@ class SearchService:
         self.vectors = VectorSearch(self.collection, self.embedder)
         self.words = WordSearch(bundle, self.embedder, self.vectors.pager, rrf_k)
         self.explainer = Explainer(self.collection, self.embedder, batching.max_batch)
-        self.classifier = ZeroShotClassifier(encoder.model, self.embedder.prompts, limits)
+        self.classifier = ZeroShotClassifier(Calibration.of(encoder.logit_scale, encoder.logit_bias),
+                                             self.embedder.prompts, limits)
         self.embed_text, self.embed_image = self.embedder.text, self.embedder.image
         self.embed_texts, self.embed_images = self.embedder.texts, self.embedder.images
         self.term_shares, self.heatmaps = self.explainer.term_shares, self.explainer.heatmaps

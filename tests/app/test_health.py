@@ -45,7 +45,7 @@ def test_info_describes_model_bundle_and_device(http: httpx.Client) -> None:
     assert info["counts"] == {"image": 30, "text": 25}
     assert info["indices"]["image"]["factory"] == "Flat" and info["indices"]["image"]["exact"] is True
     assert info["device"] == "cpu" and info["cuda_graphs"] is False
-    assert info["backend"] == "torch" and info["text_trim"] is True
+    assert info["backend"] == "torch" and info["text_trim"] is True and info["torch_weights"] is True
     assert info["threads"] == len(os.sched_getaffinity(0))  # one worker: every core this process may use
     assert info["worker"] == os.getpid()  # served from this process
     assert info["writes"]["enabled"] is False and info["writes"]["accepted"] is True  # no admin key set
@@ -53,6 +53,21 @@ def test_info_describes_model_bundle_and_device(http: httpx.Client) -> None:
     # The start-up warm-up already ran one query of each kind through every stage.
     assert set(info["mean_batch"]) == {"encode-text", "encode-image", "search-image", "search-text"}
     assert all(mean >= 1 for mean in info["mean_batch"].values())
+
+
+def test_a_server_on_onnx_runtime_holds_the_weights_once_until_a_heatmap_needs_pytorchs(
+        bundle_path: Path, tmp_path: Path) -> None:
+    settings = dict(bundle_path=bundle_path, device="cpu", backend="onnx", onnx_cache=tmp_path / "onnx")
+    with serve(Settings(**settings)) as url:  # type: ignore[arg-type]
+        info = httpx.get(f"{url}/info").json()
+        assert info["backend"] == "onnx" and info["torch_weights"] is False
+        found = httpx.post(f"{url}/search/text", json={"text": "a photo", "k": 1}).json()["results"]
+        heatmap = httpx.post(f"{url}/explain", json={"queries": [{"text": "a photo"}],
+                                                     "item_ids": [found[0]["id"]]}, timeout=60)
+        assert heatmap.status_code == 200, heatmap.text
+        assert httpx.get(f"{url}/info").json()["torch_weights"] is True  # built again for the heatmap
+    with serve(Settings(**settings, keep_torch_weights=True)) as url:  # type: ignore[arg-type]
+        assert httpx.get(f"{url}/info").json()["torch_weights"] is True
 
 
 def test_metrics_count_requests_and_time_encode_and_search_apart(http: httpx.Client) -> None:

@@ -199,3 +199,27 @@ def test_hugging_face_towers_export_with_trimming_and_give_pytorchs_embeddings(n
         np.testing.assert_allclose(exported.encode_texts(texts), reference.encode_texts(texts), atol=1e-5)
     pixels = [Image.fromarray(array) for array in images(3)]
     np.testing.assert_allclose(exported.encode_images(pixels), reference.encode_images(pixels), atol=1e-5)
+
+
+def test_releasing_the_pytorch_model_keeps_every_embedding_and_it_comes_back_the_same(onnx_cache: Path,
+                                                                                     encoder: ClipEncoder) -> None:
+    released = load_encoder(OFFLINE_MODEL, pretrained=None, device="cpu", backend="onnx", onnx_cache=onnx_cache)
+    pictures = [Image.fromarray(array) for array in images(3)]
+    texts, vectors = released.encode_texts(WORDS), released.encode_images(pictures)
+    assert released.release_model() and not released.holds_torch_weights
+    assert released.text_trim is not None and released.text_trim.model is None  # no hidden hold on the weights
+    assert not released.release_model(), "released once"
+    np.testing.assert_array_equal(released.encode_texts(WORDS), texts)
+    np.testing.assert_array_equal(released.encode_images(pictures), vectors)
+    rebuilt = released.model.state_dict()  # built again on first use, as loaded
+    assert released.holds_torch_weights and released.text_trim.model is released.model
+    assert all(torch.equal(rebuilt[name], tensor) for name, tensor in encoder.model.state_dict().items())
+    np.testing.assert_array_equal(released.encode_texts(WORDS), texts)
+
+
+def test_only_a_model_whose_towers_run_elsewhere_is_released(encoder: ClipEncoder, onnx_cache: Path) -> None:
+    torch_encoder = load_encoder(OFFLINE_MODEL, pretrained=None, device="cpu", backend="torch")
+    assert not torch_encoder.release_model() and torch_encoder.holds_torch_weights
+    calibrated = load_encoder(OFFLINE_MODEL, pretrained=None, device="cpu", backend="onnx", onnx_cache=onnx_cache)
+    assert calibrated.release_model()
+    assert (calibrated.logit_scale, calibrated.logit_bias) == (float(encoder.model.logit_scale.detach()), None)

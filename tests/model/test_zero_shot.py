@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import numpy as np
 import pytest
-import torch
 
 from clipsearch.config import QueryLimits
 from clipsearch.errors import InvalidQuery
@@ -27,7 +24,7 @@ LABELS = ["a cat", "a dog", "a red car", "the sea"]
 @pytest.fixture()
 def classifier(encoder: ClipEncoder) -> ZeroShotClassifier:
     limits = QueryLimits(max_labels=5, max_templates=len(DEFAULT_TEMPLATES))
-    return ZeroShotClassifier(encoder.model, encoder.encode_texts, limits)
+    return ZeroShotClassifier(Calibration.of(encoder.logit_scale, encoder.logit_bias), encoder.encode_texts, limits)
 
 
 @pytest.fixture()
@@ -66,8 +63,7 @@ def test_multi_label_scores_each_label_on_its_own_against_the_generic_label(
 
 
 def test_a_sigmoid_trained_model_uses_its_logit_bias() -> None:
-    model = SimpleNamespace(logit_scale=torch.tensor(np.log(10.0)), logit_bias=torch.tensor(-2.0))
-    calibration = Calibration.of_model(model)
+    calibration = Calibration.of(float(np.log(10.0)), -2.0)
     assert (calibration.scale, calibration.bias) == pytest.approx((10.0, -2.0))
     cosines = np.array([[0.1, 0.3]])
     assert label_probabilities(cosines, calibration, multi_label=True)[0] == \

@@ -61,12 +61,17 @@ def test_smoke_the_http_bench_measures_one_client_many_clients_and_the_unbatched
 def test_smoke_the_http_bench_compares_server_variants_with_the_first() -> None:
     figures = run_bench("bench.http", "--items", "2000", "--texts", "100", "--model", "tiny", "--device", "cpu",
                         "--requests", "10", "--clients", "2", "--client-processes", "1", "--duration", "1",
-                        "--variant", "before:backend=torch,text_trim=false,max_batch=1",
-                        "--variant", "after:backend=torch")
-    assert figures["before server"]["text_trim"] is False and figures["after server"]["text_trim"] is True
-    assert figures["before server"]["settings"]["CLIPSEARCH_MAX_BATCH"] == "1"
+                        "--variant", "before:backend=onnx,keep_torch_weights=true,text_trim=false,max_batch=1",
+                        "--variant", "after:backend=onnx")
+    before, after = figures["before server"], figures["after server"]
+    assert before["text_trim"] is False and after["text_trim"] is True
+    assert before["torch_weights"] is True and after["torch_weights"] is False
+    assert before["settings"]["CLIPSEARCH_MAX_BATCH"] == "1"
+    assert all(0 < figures[f"{name} server memory"]["rss_mb"] <= figures[f"{name} server memory"]["peak_rss_mb"]
+               for name in ("before", "after"))
     comparison = figures["after against before"]
     assert comparison["one_client_text_p50_ratio"] > 0 and comparison["throughput_ratio"] > 0
+    assert comparison["rss_ratio"] > 0
 
 
 def test_smoke_a_short_bounded_load_has_no_errors_and_reports_the_servers_memory() -> None:
