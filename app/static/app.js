@@ -198,16 +198,22 @@ async function explain(hit, card, button) {
 }
 
 // A new search (more = false) replaces the results; "More results" (more = true) adds the next page.
+// Searches overlap (a slider moved twice, Enter pressed again): only the latest one's answer is shown,
+// whichever arrives last.
+let latestSearch = 0;
+
 async function search(more = false) {
   if (!imageQuery && !textInput.value.trim()) {
     setStatus(t("status.empty"));
     return;
   }
   const offset = more ? nextOffset : 0;
+  const mine = ++latestSearch;
   setStatus(more ? t("status.loadingMore") : t("status.searching"));
   results.setAttribute("aria-busy", "true");
   try {
     const body = await runQuery(offset);
+    if (mine !== latestSearch) return;  // a newer search was started meanwhile: its answer is the one shown
     render(body.results, body.termNames, more);
     nextOffset = offset + body.results.length;
     $("more").hidden = !body.more;
@@ -218,11 +224,12 @@ async function search(more = false) {
       ? t("status.found", { count: shown, matching, ms: body.took_ms.toFixed(1), truncated })
       : (filters.length ? t("status.noneFiltered", { matched: body.matched }) : t("status.none")));
   } catch (error) {
+    if (mine !== latestSearch) return;
     if (!more) results.replaceChildren();
     $("more").hidden = true;
     setStatus(t("status.failed", { error: error.message }), true);
   } finally {
-    results.removeAttribute("aria-busy");
+    if (mine === latestSearch) results.removeAttribute("aria-busy");
   }
 }
 
