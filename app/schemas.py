@@ -347,7 +347,14 @@ class InfoResponse(BaseModel):
     indices: dict[Modality, IndexSpec]
     device: str
     cuda_graphs: bool = Field(description="Whether the model replays captured CUDA graphs (GPU only).")
-    backend: str = Field(description="What runs the model: 'torch', 'onnx' or 'onnx-int8'.")
+    backend: str = Field(description="What runs the model: 'torch', 'onnx', 'onnx-int8', 'openvino' or "
+                                     "'openvino-int8' (a failed int8 self-check runs the fp32 export).")
+    backend_startup_ms: dict[str, float] | None = Field(None, description="With backend 'auto' and both ONNX "
+                                                        "Runtime and OpenVINO installed: one query plus one image "
+                                                        "on each at start-up, in ms; the faster runs.")
+    backend_cosine: float | None = Field(None, description="ONNX Runtime's towers' lowest cosine to PyTorch over "
+                                         "their self-check's probes (for onnx-int8, a sample of its calibration "
+                                         "images and texts too); null on PyTorch.")
     threads: int = Field(description="Intra-op threads of each forward pass, in this worker.")
     torch_weights: bool = Field(True, description="Whether this worker holds the PyTorch copy of the weights: "
                                 "false once ONNX Runtime runs both towers (unless CLIPSEARCH_KEEP_TORCH_WEIGHTS), "

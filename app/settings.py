@@ -72,12 +72,17 @@ class Settings(BaseSettings):
     batch_window_ms: float = Field(_BATCHING.window_s * 1000, ge=0, le=1000,
                                    description="How long a batch waits for more queries after its first; 0 takes "
                                                "only those already waiting.")
-    backend: Literal["auto", "torch", "onnx", "onnx-int8"] = Field(
+    backend: Literal["auto", "torch", "onnx", "onnx-int8", "openvino", "openvino-int8"] = Field(
         "auto", description="What runs the model: 'onnx' (ONNX Runtime, CPU only, needs the [onnx] extra), "
-                            "'onnx-int8' (the same, quantised: faster, less exact), 'torch', or 'auto' (onnx on a "
-                            "CPU when installed, else torch).")
+                            "'openvino' (OpenVINO on the same export, needs the [openvino] extra), either with "
+                            "'-int8' (quantised with scales calibrated on int8_calibration: faster), 'torch', or "
+                            "'auto' (on a CPU the faster of onnx and openvino as timed at start-up, or whichever "
+                            "is installed; else torch).")
     onnx_cache: Path | None = Field(None, description="Where ONNX exports are cached (default "
                                                       "~/.cache/clipsearch/onnx).")
+    int8_calibration: Path | None = Field(None, description="A folder of the collection's own images (and caption "
+                                          ".txt files) that backend 'onnx-int8' is calibrated on, such as the "
+                                          "images folder it was built from; that backend refuses to start without.")
     threads: int | None = Field(None, ge=1, description="Threads per forward pass; by default the cores available "
                                                         "divided by server_workers.")
     keep_torch_weights: bool = Field(False, description="Keep the PyTorch model in memory beside ONNX Runtime's "
@@ -141,6 +146,7 @@ class Settings(BaseSettings):
         return f"http://{host}:{self.port}"
 
     @field_validator("api_key", "admin_key", "caption_pretrained", "caption_checkpoint", "text_language",
+                     "int8_calibration",
                      "public_url", mode="before")
     @classmethod
     def _empty_means_none(cls, value: object) -> object:

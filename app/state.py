@@ -92,7 +92,8 @@ class ServiceState:
                                    settings.checkpoint if manifest.model.checkpoint_sha256 else None,
                                    settings.device, backend=settings.backend, onnx_cache=settings.onnx_cache,
                                    threads=settings.intra_op_threads, text_trim=settings.text_trim,
-                                   text_language=settings.text_language)
+                                   text_language=settings.text_language,
+                                   int8_calibration=settings.int8_calibration)
             if settings.cuda_graphs:
                 encoder.enable_cuda_graphs(settings.max_batch)
             self.encoder = encoder

@@ -1,6 +1,7 @@
 """Tower speed on each backend, against eager PyTorch measured in the same run.
 
-    python -m bench.encode --model ViT-B-32 --words 5 15 60 --batches 1 16 --backends torch onnx onnx-int8
+    python -m bench.encode --model ViT-B-32 --words 5 15 60 --batches 1 16 \
+        --backends torch onnx onnx-int8 openvino openvino-int8
     python -m bench.encode --languages
 
 With --languages it times one query and one image instead, on PyTorch, for the multilingual presets
@@ -45,6 +46,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--backends", nargs="+", choices=[name for name in BACKENDS if name != "auto"],
                         default=["torch", "onnx"], help="backends to time ('torch' is always timed: the baseline)")
     parser.add_argument("--onnx-cache", type=Path, default=default_cache_dir(), help="where ONNX exports are kept")
+    parser.add_argument("--int8-calibration", type=Path, default=None,
+                        help="the folder onnx-int8 is calibrated on (default: 16 generated photos and queries; "
+                             "speed does not depend on it)")
     parser.add_argument("--words", type=int, nargs="+", default=[5, 15, 60], help="words per query text")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 16], help="texts or images per forward pass")
     parser.add_argument("--repeats", type=int, default=20, help="timed calls per figure")
@@ -101,8 +105,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.languages:
         return compare_languages(args)
     backends = ["torch", *(name for name in args.backends if name != "torch")]
-    encoders = {backend: load_encoder(args.model, pretrained=None, device=args.device, backend=backend,
-                                      onnx_cache=args.onnx_cache) for backend in backends}
+    with tempfile.TemporaryDirectory() as work:
+        calibration = args.int8_calibration or calibration_folder(Path(work))
+        encoders = {backend: load_encoder(args.model, pretrained=None, device=args.device, backend=backend,
+                                          onnx_cache=args.onnx_cache, int8_calibration=calibration)
+                    for backend in backends}
     reference = encoders["torch"]
     emit("setup", model=args.model, device=str(reference.device), trimmed=reference.text_trim is not None,
          threads=torch.get_num_threads(), backends={name: encoder.backend for name, encoder in encoders.items()})
@@ -116,19 +123,25 @@ def main(argv: list[str] | None = None) -> int:
             tokens = int(reference.tokenizer(texts).argmax(dim=-1).max()) + 1
             expected = full_context(reference, texts)
             baseline = timed(partial(full_context, reference, texts))
+            fp32_onnx_ms = None
             for backend, encoder in encoders.items():
                 milliseconds = timed(partial(encoder.encode_texts, texts))
+                fp32_onnx_ms = milliseconds if backend == "onnx" else fp32_onnx_ms
                 emit(f"text tower, {backend}", words=words, tokens=tokens, batch=batch, ms=milliseconds,
                      full_context_ms=baseline, speedup=ratio(baseline, milliseconds),
+                     **against_onnx(backend, fp32_onnx_ms, milliseconds),
                      min_cosine=min_cosine(encoder.encode_texts(texts), expected))
     for batch in args.batches:
         pixels = torch.stack([reference.prepare_image(photo) for photo in photos(batch)])
         expected = reference.encode_images(pixels)
         baseline = timed(partial(reference.encode_images, pixels))
+        fp32_onnx_ms = None
         for backend, encoder in encoders.items():
             milliseconds = timed(partial(encoder.encode_images, pixels))
+            fp32_onnx_ms = milliseconds if backend == "onnx" else fp32_onnx_ms
             emit(f"image tower, {backend}", batch=batch, ms=milliseconds, torch_ms=baseline,
-                 speedup=ratio(baseline, milliseconds), min_cosine=min_cosine(encoder.encode_images(pixels), expected))
+                 speedup=ratio(baseline, milliseconds), **against_onnx(backend, fp32_onnx_ms, milliseconds),
+                 min_cosine=min_cosine(encoder.encode_images(pixels), expected))
     return 0
 
 
@@ -141,6 +154,22 @@ def full_context(encoder: ClipEncoder, texts: list[str]) -> np.ndarray:
 
 def min_cosine(found: np.ndarray, expected: np.ndarray) -> float:
     return float((found * expected).sum(axis=1).min())  # rows are unit vectors
+
+
+def against_onnx(backend: str, onnx_ms: float | None, milliseconds: float) -> dict[str, float | None]:
+    """An exported backend's speed-up over ONNX Runtime's fp32 export timed just before it (int8,
+    OpenVINO), where both ran."""
+    return {"vs_onnx": ratio(onnx_ms, milliseconds)} if backend not in ("torch", "onnx") and onnx_ms else {}
+
+
+def calibration_folder(work: Path) -> Path:
+    """16 generated photos and a texts.txt of queries, for an int8 export timed only for speed."""
+    folder = work / "calibration"
+    folder.mkdir()
+    for number, photo in enumerate(photos(16)):
+        photo.save(folder / f"photo{number}.jpg")
+    (folder / "texts.txt").write_text("\n".join(" ".join(WORDS[row:row + 8]) for row in range(32)))
+    return folder
 
 
 def photos(count: int) -> list[Image.Image]:

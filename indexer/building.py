@@ -168,7 +168,7 @@ def config_from_args(args: argparse.Namespace) -> BuildConfig:
     return BuildConfig(
         out=args.out, images=args.images, texts=args.texts, model=args.model, pretrained=pretrained_of(args),
         checkpoint=args.checkpoint, text_language=args.text_language, device=args.device, backend=args.backend,
-        onnx_cache=args.onnx_cache,
+        onnx_cache=args.onnx_cache, int8_calibration=args.int8_calibration,
         batch_size=args.batch_size, workers=args.workers,
         index_factory=args.index_factory, flat_threshold=args.flat_threshold,
         on_disk_threshold=args.on_disk_threshold, rerank=args.rerank, keep_duplicates=args.keep_duplicates,

@@ -67,11 +67,17 @@ def add_model_arguments(command: argparse.ArgumentParser, default_model: str | N
                          help="'auto' (CUDA if available), 'cpu', 'cuda' or 'cuda:N'")
     command.add_argument("--backend", choices=BACKENDS, default=os.environ.get("CLIPSEARCH_BACKEND", DEFAULTS.backend),
                          help="what runs the model: 'onnx' / 'onnx-int8' (ONNX Runtime, CPU only, needs the [onnx] "
-                              "extra), 'torch', or 'auto' (onnx on a CPU when installed, else torch); "
-                              "$CLIPSEARCH_BACKEND sets the default")
+                              "extra), 'openvino' / 'openvino-int8' (OpenVINO, needs the [openvino] extra), "
+                              "'torch', or 'auto' (on a CPU the faster of onnx and openvino at start-up, or the "
+                              "one installed; else torch); $CLIPSEARCH_BACKEND sets the default")
     command.add_argument("--onnx-cache", type=Path, default=os.environ.get("CLIPSEARCH_ONNX_CACHE") or None,
                          help="where ONNX exports are cached (default: $CLIPSEARCH_ONNX_CACHE, else "
                               "~/.cache/clipsearch/onnx)")
+    command.add_argument("--int8-calibration", type=Path,
+                         default=os.environ.get("CLIPSEARCH_INT8_CALIBRATION") or None,
+                         help="a folder of the collection's own images (and caption .txt files) that --backend "
+                              "onnx-int8 is calibrated on (default: $CLIPSEARCH_INT8_CALIBRATION; for build, its "
+                              "--images folder)")
 
 
 def add_speed_arguments(command: argparse.ArgumentParser) -> None:
@@ -115,7 +121,8 @@ def bundle_encoder(args: argparse.Namespace) -> ClipEncoder:
         raise CheckpointRequired("the bundle was built from a checkpoint file; give it with --checkpoint")
     encoder = load_encoder(manifest.model.name, manifest.model.pretrained,
                            args.checkpoint if manifest.model.checkpoint_sha256 else None, args.device,
-                           backend=args.backend, onnx_cache=args.onnx_cache, text_language=args.text_language)
+                           backend=args.backend, onnx_cache=args.onnx_cache, text_language=args.text_language,
+                           int8_calibration=args.int8_calibration)
     check_model(manifest, encoder.ref, encoder.embedding_dim)
     return encoder
 

@@ -148,7 +148,8 @@ def _encoder(args: argparse.Namespace, client: ClipSearchClient | None) -> ClipE
     model, pretrained = (expected.name, expected.pretrained) if expected is not None \
         else (args.model, pretrained_of(args))
     encoder = load_encoder(model, pretrained, args.checkpoint, args.device, backend=args.backend,
-                           onnx_cache=args.onnx_cache, text_language=args.text_language)
+                           onnx_cache=args.onnx_cache, text_language=args.text_language,
+                           int8_calibration=args.int8_calibration)
     if args.bundle is not None:
         check_model(manifest, encoder.ref, encoder.embedding_dim)
     return encoder

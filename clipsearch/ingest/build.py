@@ -94,7 +94,8 @@ def build(config: BuildConfig, on_shard_written: Callable[[Path], None] | None =
     if config.engine == "ray":
         return _build_on_ray(config, sources, on_shard_written, started)
     encoder = load_encoder(config.model, config.pretrained, config.checkpoint, config.device, backend=config.backend,
-                           onnx_cache=config.onnx_cache, text_language=config.text_language)
+                           onnx_cache=config.onnx_cache, text_language=config.text_language,
+                           int8_calibration=config.calibration_folder)
     captioner = load_captioner(config.caption) if config.caption is not None and Modality.IMAGE in sources else None
     if config.ocr is not None:
         # Fails now, before any work, without the [ocr] extra or with a bad model file. Not kept: the

@@ -36,6 +36,9 @@ class BuildConfig:
     """clipsearch.model.onnx_backend.BACKENDS: ONNX Runtime on a CPU where the [onnx] extra is installed."""
     onnx_cache: Path | None = None
     """Where ONNX exports are cached (default: onnx_backend.default_cache_dir())."""
+    int8_calibration: Path | None = None
+    """The folder backend 'onnx-int8' is calibrated on (clipsearch.model.int8); None: `images` when
+    that is a folder."""
     batch_size: int = 256
     workers: int = min(8, os.cpu_count() or 1)
     index_factory: str | None = None
@@ -66,3 +69,10 @@ class BuildConfig:
     """The Ray cluster for the 'ray' engine (default: RAY_ADDRESS, else a Ray instance started here)."""
     ray_actors: int | None = None
     """Embedding actors for the 'ray' engine (default: one per GPU of the cluster, else 1)."""
+
+    @property
+    def calibration_folder(self) -> Path | None:
+        """What 'onnx-int8' is calibrated on: `int8_calibration`, else the images folder being built."""
+        if self.int8_calibration is not None:
+            return self.int8_calibration
+        return self.images if self.images is not None and self.images.is_dir() else None

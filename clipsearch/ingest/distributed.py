@@ -180,6 +180,7 @@ class RayEngine:
                                    "checkpoint": config.checkpoint, "text_language": config.text_language,
                                    "device": pool.device,
                                    "backend": self.backend, "onnx_cache": config.onnx_cache,
+                                   "int8_calibration": config.calibration_folder,
                                    "threads": pool.threads, "modality": modality})
         arrived: dict[int, list[dict[str, Any]]] = {number: [] for number in todo}
         total = sum(len(span) for span in spans.values())
@@ -244,11 +245,12 @@ class _Embedder:
     """Ray actor: one model, loaded once, embedding batch after batch of one modality."""
 
     def __init__(self, model: str, pretrained: str | None, checkpoint: Path | None, text_language: str | None,
-                 device: str, backend: str, onnx_cache: Path | None, threads: int | None, modality: Modality) -> None:
+                 device: str, backend: str, onnx_cache: Path | None, int8_calibration: Path | None,
+                 threads: int | None, modality: Modality) -> None:
         if threads is not None:  # never more than this machine has
             threads = min(threads, len(os.sched_getaffinity(0)))
         self.encoder = load_encoder(model, pretrained, checkpoint, device, backend=backend, onnx_cache=onnx_cache,
-                                    threads=threads, text_language=text_language)
+                                    threads=threads, text_language=text_language, int8_calibration=int8_calibration)
         self.modality = modality
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -16,6 +16,7 @@ from clipsearch.config import ModelRef
 from clipsearch.ingest.config import BuildConfig
 from clipsearch.ingest.sources import SourceItem
 from clipsearch.modality import Modality
+from clipsearch.model.int8 import read_calibration
 
 
 def embedding_settings(config: BuildConfig) -> dict[str, Any]:
@@ -26,7 +27,16 @@ def embedding_settings(config: BuildConfig) -> dict[str, Any]:
             "caption": None if config.caption is None else
             asdict(config.caption) | {"checkpoint": file_stat(config.caption.checkpoint), "device": None}} \
         | ({"text_language": config.text_language} if config.text_language else {}) \
-        | ({"ocr": asdict(config.ocr)} if config.ocr is not None else {})  # both absent in older bundles
+        | ({"ocr": asdict(config.ocr)} if config.ocr is not None else {}) \
+        | _calibration(config)  # absent, as in older bundles, unless int8
+
+
+def _calibration(config: BuildConfig) -> dict[str, Any]:
+    """What an int8 build's vectors also depend on: the sample its scales were calibrated on."""
+    folder = config.calibration_folder
+    if not config.backend.endswith("-int8") or folder is None:
+        return {}
+    return {"int8_calibration": read_calibration(folder).digest()}
 
 
 def corpus_fingerprint(config: BuildConfig, sources: dict[Modality, list[SourceItem]]) -> str:

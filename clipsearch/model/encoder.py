@@ -100,6 +100,10 @@ class ClipEncoder:
         self._text_graphs: dict[int, Tower] = {}
         self.backend = "torch"
         """What runs the towers: 'torch', or 'onnx' / 'onnx-int8' after clipsearch.model.onnx_backend.use_onnx."""
+        self.backend_cosine: float | None = None
+        """The ONNX towers' lowest cosine to PyTorch over their self-check's probes (None on PyTorch)."""
+        self.backend_startup_ms: dict[str, float] | None = None
+        """What 'auto' measured at load for each runtime it chose between (one query plus one image)."""
         self.threads = torch.get_num_threads()
         """Intra-op threads of a forward pass (torch's, and ONNX Runtime's sessions')."""
         self.embedding_dim: int = int(self.encode_texts(["probe"]).shape[1])

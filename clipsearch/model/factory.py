@@ -27,7 +27,8 @@ from clipsearch.config import (
 from clipsearch.errors import ModelLoadError
 from clipsearch.model.chinese_clip import is_chinese_clip, load_chinese_clip
 from clipsearch.model.encoder import ClipEncoder, resolve_device
-from clipsearch.model.onnx_backend import resolve_backend, use_onnx
+from clipsearch.model.int8 import read_calibration
+from clipsearch.model.onnx_backend import resolve_backend, use_fastest, use_onnx
 from clipsearch.model.preprocess import PreprocessConfig
 from clipsearch.util.files import file_sha256
 
@@ -37,7 +38,8 @@ log = logging.getLogger(__name__)
 def load_encoder(model_name: str = DEFAULT_MODEL, pretrained: str | None = DEFAULT_PRETRAINED,
                  checkpoint: Path | None = None, device: str | None = None, backend: str = "torch",
                  onnx_cache: Path | None = None, threads: int | None = None, text_trim: bool = True,
-                 precision: str | None = None, text_language: str | None = None) -> ClipEncoder:
+                 precision: str | None = None, text_language: str | None = None,
+                 int8_calibration: Path | None = None) -> ClipEncoder:
     """Build an encoder from an open_clip model name plus a pretrained tag or a local checkpoint file.
 
     With neither (the `tiny` model, typically) the weights are random but seeded, so two loads
@@ -47,6 +49,8 @@ def load_encoder(model_name: str = DEFAULT_MODEL, pretrained: str | None = DEFAU
     False runs the text tower on its full context even where trimming is exact (for comparisons).
     `precision` 'fp32' keeps fp32 weights on a GPU too (for training). `text_language` is the language
     code a tokenizer that takes one is told (NLLB's: 'zho_Hans', 'eng_Latn'; None: its default).
+    `int8_calibration` is the folder of the collection's images (and captions) that backend 'onnx-int8'
+    is calibrated on (clipsearch.model.int8); that backend refuses to load without one.
     """
     if (model_name not in open_clip.list_models() and not is_chinese_clip(model_name)
             and not model_name.startswith(("hf-hub:", "local-dir:"))):
@@ -58,6 +62,13 @@ def load_encoder(model_name: str = DEFAULT_MODEL, pretrained: str | None = DEFAU
         raise ModelLoadError("give either a pretrained tag or a checkpoint file, not both")
     torch_device = resolve_device(device)
     backend = resolve_backend(backend, torch_device)
+    calibration = None
+    if backend.endswith("-int8"):  # read before the model loads: a wrong folder fails at once
+        if int8_calibration is None:
+            raise ModelLoadError("int8 is calibrated on a sample of the collection's own images and captions: name "
+                                 "a folder of them (--int8-calibration, CLIPSEARCH_INT8_CALIBRATION), such as the "
+                                 "images folder the collection is built from", "int8_calibration")
+        calibration = read_calibration(int8_calibration)
     if threads is not None:
         torch.set_num_threads(threads)
     weights: str | None = pretrained or None
@@ -95,8 +106,10 @@ def load_encoder(model_name: str = DEFAULT_MODEL, pretrained: str | None = DEFAU
     log.info("loaded %s on %s", ref.describe(), torch_device)
     encoder = ClipEncoder(model, tokenizer, ref, torch_device, text_trim=text_trim, preprocess_config=preprocess,
                           reload=lambda: create()[0])
-    if backend != "torch":
-        use_onnx(encoder, backend, onnx_cache, threads)
+    if backend == "auto":  # both ONNX Runtime and OpenVINO installed: the faster on this machine
+        use_fastest(encoder, onnx_cache, threads)
+    elif backend != "torch":
+        use_onnx(encoder, backend, onnx_cache, threads, calibration)
     return encoder
 
 

@@ -46,6 +46,7 @@ def test_info_describes_model_bundle_and_device(http: httpx.Client) -> None:
     assert info["indices"]["image"]["factory"] == "Flat" and info["indices"]["image"]["exact"] is True
     assert info["device"] == "cpu" and info["cuda_graphs"] is False
     assert info["backend"] == "torch" and info["text_trim"] is True and info["torch_weights"] is True
+    assert info["backend_cosine"] is None
     assert info["threads"] == len(os.sched_getaffinity(0))  # one worker: every core this process may use
     assert info["worker"] == os.getpid()  # served from this process
     assert info["writes"]["enabled"] is False and info["writes"]["accepted"] is True  # no admin key set
@@ -61,6 +62,7 @@ def test_a_server_on_onnx_runtime_holds_the_weights_once_until_a_heatmap_needs_p
     with serve(Settings(**settings)) as url:  # type: ignore[arg-type]
         info = httpx.get(f"{url}/info").json()
         assert info["backend"] == "onnx" and info["torch_weights"] is False
+        assert info["backend_cosine"] > 0.9999 and info["backend_startup_ms"] is None  # named, not timed by auto
         found = httpx.post(f"{url}/search/text", json={"text": "a photo", "k": 1}).json()["results"]
         heatmap = httpx.post(f"{url}/explain", json={"queries": [{"text": "a photo"}],
                                                      "item_ids": [found[0]["id"]]}, timeout=60)

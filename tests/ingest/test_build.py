@@ -166,3 +166,22 @@ def test_a_build_that_fills_the_disk_stops_naming_it_keeps_its_shards_and_a_reru
     summary = build(tiny_config(out, images=corpus_dir / "images", texts=corpus_dir / "texts.txt"))
     assert summary.resumed_shards == 2
     assert bundle_contents(load_bundle(out)) == bundle_contents(bundle)
+
+
+def test_an_int8_build_is_calibrated_on_its_own_images_unless_told_otherwise(tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime", reason="the [onnx] extra is not installed")
+    make_image_corpus(tmp_path / "images", 12)
+    make_image_corpus(tmp_path / "elsewhere", 3, seed=1)
+    for calibration, expected in ((None, tmp_path / "images"), (tmp_path / "elsewhere", tmp_path / "elsewhere")):
+        config = tiny_config(tmp_path / "bundle", images=tmp_path / "images", backend="onnx-int8",
+                             onnx_cache=tmp_path / "onnx", int8_calibration=calibration, discard_live_changes=True)
+        assert config.calibration_folder == expected
+        assert build(config).indexed == {"image": 12}
+    calibrated_on = {json.loads(path.read_text())["calibration"]["folder"]
+                     for path in (tmp_path / "onnx").glob("*-onnx-int8-*/export.json")}
+    assert calibrated_on == {str(tmp_path / "images"), str(tmp_path / "elsewhere")}
+
+
+def test_the_calibration_folder_of_a_build_from_a_manifest_must_be_named() -> None:
+    manifest_build = tiny_config(Path("bundle"), images=Path("photos.csv"), backend="onnx-int8")
+    assert manifest_build.calibration_folder is None  # load_encoder then refuses, naming int8_calibration

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 from pathlib import Path
@@ -17,7 +18,7 @@ from clipsearch.config import MULTILINGUAL_OFFLINE_MODEL, OFFLINE_MODEL
 from clipsearch.errors import ModelLoadError
 from clipsearch.ingest.build import build
 from clipsearch.modality import Modality
-from clipsearch.model import onnx_backend
+from clipsearch.model import int8, onnx_backend
 from clipsearch.model.encoder import ClipEncoder
 from clipsearch.model.factory import load_encoder
 from clipsearch.store.bundle import load_bundle
@@ -39,16 +40,71 @@ def onnx_encoder(onnx_cache: Path) -> ClipEncoder:
     return load_encoder(OFFLINE_MODEL, pretrained=None, device="cpu", backend="onnx", onnx_cache=onnx_cache)
 
 
+@pytest.fixture(scope="module")
+def calibration(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("calibration")
+    for number, pixels in enumerate(images(8)):
+        Image.fromarray(pixels).save(folder / f"{number}.png")
+    (folder / "texts.txt").write_text("\n".join(" ".join(WORDS[start:start + 5]) for start in range(len(WORDS))))
+    return folder
+
+
 def images(count: int) -> list[np.ndarray]:
     rng = np.random.default_rng(7)
     return [rng.integers(0, 256, (rng.integers(20, 300), rng.integers(20, 300), 3), dtype=np.uint8)
             for _ in range(count)]
 
 
-def test_auto_picks_onnx_on_a_cpu_and_torch_on_a_gpu() -> None:
-    assert onnx_backend.resolve_backend("auto", torch.device("cpu")) == "onnx"
+def test_auto_times_both_runtimes_on_a_cpu_where_both_are_installed_and_picks_torch_on_a_gpu(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    assert onnx_backend.resolve_backend("auto", torch.device("cpu")) == "auto"
     assert onnx_backend.resolve_backend("auto", torch.device("cuda")) == "torch"
     assert onnx_backend.resolve_backend("onnx-int8", torch.device("cpu")) == "onnx-int8"
+    monkeypatch.setattr(onnx_backend, "openvino_available", lambda: False)
+    assert onnx_backend.resolve_backend("auto", torch.device("cpu")) == "onnx"
+
+
+def test_openvino_without_its_extra_is_refused_naming_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(onnx_backend, "openvino_available", lambda: False)
+    with pytest.raises(ModelLoadError, match=r"needs the \[openvino\] extra") as raised:
+        onnx_backend.resolve_backend("openvino-int8", torch.device("cpu"))
+    assert raised.value.field == "backend"
+
+
+def test_openvino_runs_the_same_export_and_gives_pytorchs_embeddings(encoder: ClipEncoder, onnx_cache: Path,
+                                                                     onnx_encoder: ClipEncoder) -> None:
+    compiled = load_encoder(OFFLINE_MODEL, pretrained=None, device="cpu", backend="openvino", onnx_cache=onnx_cache)
+    assert compiled.backend == "openvino" and compiled.backend_cosine is not None
+    assert compiled.backend_cosine >= onnx_backend.MIN_COSINE["openvino"]
+    assert len(list(onnx_cache.glob(f"{OFFLINE_MODEL}-onnx-*"))) == 1, "one fp32 export, read by both runtimes"
+    texts = [" ".join(WORDS[start:]) for start in range(len(WORDS))]
+    np.testing.assert_allclose(compiled.encode_texts(texts), encoder.encode_texts(texts), atol=1e-4)
+    pictures = [Image.fromarray(pixels) for pixels in images(5)]
+    np.testing.assert_allclose(compiled.encode_images(pictures), encoder.encode_images(pictures), atol=1e-4)
+
+
+@pytest.mark.parametrize("faster", ["onnx", "openvino"])
+def test_auto_keeps_the_runtime_that_timed_faster_at_load(onnx_cache: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          faster: str) -> None:
+    timed: list[str] = []
+
+    def startup_ms(encoder: ClipEncoder, towers: onnx_backend.Towers) -> float:
+        runtime = "openvino" if type(towers).__name__ == "OpenVinoTowers" else "onnx"
+        timed.append(runtime)
+        return 1.0 if runtime == faster else 2.0
+
+    monkeypatch.setattr(onnx_backend, "startup_ms", startup_ms)
+    chosen = load_encoder(OFFLINE_MODEL, pretrained=None, device="cpu", backend="auto", onnx_cache=onnx_cache)
+    assert chosen.backend == faster and sorted(timed) == ["onnx", "openvino"]
+    assert chosen.backend_startup_ms == {faster: 1.0, "openvino" if faster == "onnx" else "onnx": 2.0}
+
+
+def test_start_up_timing_measures_the_candidate_and_leaves_the_encoders_towers(onnx_encoder: ClipEncoder,
+                                                                               onnx_cache: Path) -> None:
+    towers_before = onnx_encoder.towers
+    candidate = onnx_backend.load_towers(onnx_cache / onnx_backend.cache_key(onnx_encoder, "onnx"), 1)
+    assert onnx_backend.startup_ms(onnx_encoder, candidate) > 0
+    assert onnx_encoder.towers == towers_before and onnx_encoder.backend == "onnx"
 
 
 @pytest.mark.parametrize(("backend", "device", "reason"), [("tensorrt", "cpu", "unknown backend 'tensorrt'"),
@@ -121,15 +177,16 @@ def test_a_failed_self_check_keeps_pytorch_with_a_warning(onnx_cache: Path, enco
     np.testing.assert_array_equal(fallen_back.encode_texts(texts), encoder.encode_texts(texts))
 
 
-def test_int8_that_costs_too_much_accuracy_runs_the_fp32_export_instead(onnx_cache: Path,
+def test_int8_that_costs_too_much_accuracy_runs_the_fp32_export_instead(onnx_cache: Path, calibration: Path,
                                                                          monkeypatch: pytest.MonkeyPatch,
                                                                          caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setitem(onnx_backend.MIN_COSINE, "onnx-int8", 0.999999)  # int8 cannot reach it
     with caplog.at_level(logging.WARNING, logger="clipsearch"):
         encoder = load_encoder(OFFLINE_MODEL, pretrained=None, device="cpu", backend="onnx-int8",
-                               onnx_cache=onnx_cache)
+                               onnx_cache=onnx_cache, int8_calibration=calibration)
     assert encoder.backend == "onnx"
-    assert "running the fp32 ONNX export instead" in caplog.text
+    assert "running the fp32 export instead" in caplog.text
+    assert encoder.backend_cosine is not None and encoder.backend_cosine > 0.9999  # the fp32 export's figure
 
 
 def test_a_failed_export_keeps_pytorch_and_leaves_no_cache_entry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -155,9 +212,13 @@ def test_an_entry_another_process_finished_first_is_kept(tmp_path: Path) -> None
     assert [path.name for path in tmp_path.iterdir()] == [entry.name]
 
 
-def test_int8_is_close_to_pytorch_but_not_equal(encoder: ClipEncoder, onnx_cache: Path) -> None:
-    quantised = load_encoder(OFFLINE_MODEL, pretrained=None, device="cpu", backend="onnx-int8", onnx_cache=onnx_cache)
+def test_int8_is_close_to_pytorch_but_not_equal(encoder: ClipEncoder, onnx_cache: Path, calibration: Path) -> None:
+    quantised = load_encoder(OFFLINE_MODEL, pretrained=None, device="cpu", backend="onnx-int8", onnx_cache=onnx_cache,
+                             int8_calibration=calibration)
     assert quantised.backend == "onnx-int8"
+    assert quantised.backend_cosine is not None and quantised.backend_cosine >= onnx_backend.MIN_COSINE["onnx-int8"]
+    entry = onnx_cache / onnx_backend.cache_key(encoder, "onnx-int8", int8.read_calibration(calibration))
+    assert json.loads((entry / "export.json").read_text())["calibration"]["images"] == 8
     texts = [" ".join(WORDS[start:]) for start in range(len(WORDS))]
     cosines = (quantised.encode_texts(texts) * encoder.encode_texts(texts)).sum(axis=1)
     assert cosines.min() >= onnx_backend.MIN_COSINE["onnx-int8"]

@@ -89,8 +89,13 @@ def test_smoke_a_short_bounded_load_has_no_errors_and_reports_the_servers_memory
 def test_smoke_the_encode_bench_times_each_backend_against_pytorch_and_finds_the_same_vectors(tmp_path: Path) -> None:
     pytest.importorskip("onnxruntime", reason="the [onnx] extra is not installed")
     figures = run_bench("bench.encode", "--model", "tiny", "--words", "3", "--batches", "2", "--repeats", "3",
-                        "--min-seconds", "0", "--backends", "torch", "onnx", "--onnx-cache", str(tmp_path))
-    assert figures["setup"]["trimmed"] is True and figures["setup"]["backends"] == {"torch": "torch", "onnx": "onnx"}
+                        "--min-seconds", "0", "--backends", "torch", "onnx", "onnx-int8", "--onnx-cache", str(tmp_path))
+    assert figures["setup"]["trimmed"] is True
+    assert figures["setup"]["backends"] == {"torch": "torch", "onnx": "onnx", "onnx-int8": "onnx-int8"}
+    for tower in ("text", "image"):  # int8 against the fp32 export timed just before it
+        quantised, fp32 = figures[f"{tower} tower, onnx-int8"], figures[f"{tower} tower, onnx"]
+        assert quantised["vs_onnx"] == pytest.approx(fp32["ms"] / quantised["ms"], rel=1e-2)
+        assert quantised["min_cosine"] > 0.98
     for backend in ("torch", "onnx"):
         text = figures[f"text tower, {backend}"]
         assert text["batch"] == 2 and text["tokens"] == 5 and text["min_cosine"] > 0.99999
@@ -216,13 +221,16 @@ def test_smoke_the_int8_recall_bench_scores_both_exports_on_the_same_pairs(tmp_p
     subprocess.run([sys.executable, "-m", "indexer", "demo-data", "--kind", "shapes", "--language", "en", "--out",
                     str(tmp_path / "pairs"), "--count", "40", "--seed", "1"], cwd=ROOT, check=True, capture_output=True)
     figures = run_bench("bench.int8_recall", "--pairs", str(tmp_path / "pairs" / "images"), "--model", "tiny",
-                        "--onnx-cache", str(tmp_path / "onnx"))
-    fp32, int8 = figures["onnx retrieval"], figures["onnx-int8 retrieval"]
-    assert fp32["images"] == int8["images"] == 40 and fp32["captions"] == int8["captions"] == 120
-    loss = figures["int8 against fp32"]
-    for direction in ("text_to_image", "image_to_text"):
-        assert loss[f"{direction}_loss"] == {
-            k: pytest.approx(fp32[direction][k] - int8[direction][k], abs=1e-3) for k in fp32[direction]}
+                        "--onnx-cache", str(tmp_path / "onnx"), "--dynamic")
+    fp32 = figures["onnx retrieval"]
+    for quantised, label in (("onnx-int8", "int8 against fp32"), ("onnx-int8-dynamic", "dynamic int8 against fp32")):
+        int8 = figures[f"{quantised} retrieval"]
+        assert fp32["images"] == int8["images"] == 40 and fp32["captions"] == int8["captions"] == 120
+        loss = figures[label]
+        for direction in ("text_to_image", "image_to_text"):
+            assert loss[f"{direction}_loss"] == {
+                k: pytest.approx(fp32[direction][k] - int8[direction][k], abs=1e-3) for k in fp32[direction]}
+    assert figures["onnx-int8 retrieval"]["self_check_cosine"] > 0.98
 
 
 def test_smoke_the_ocr_bench_reads_the_signs_and_finds_them_by_their_words_only_with_ocr() -> None:
