@@ -37,7 +37,7 @@ class BuildConfig:
     onnx_cache: Path | None = None
     """Where ONNX exports are cached (default: onnx_backend.default_cache_dir())."""
     int8_calibration: Path | None = None
-    """The folder backend 'onnx-int8' is calibrated on (clipsearch.model.int8); None: `images` when
+    """The folder the int8 backends are calibrated on (clipsearch.model.int8); None: `images` when
     that is a folder."""
     batch_size: int = 256
     workers: int = min(8, os.cpu_count() or 1)
@@ -72,7 +72,7 @@ class BuildConfig:
 
     @property
     def calibration_folder(self) -> Path | None:
-        """What 'onnx-int8' is calibrated on: `int8_calibration`, else the images folder being built."""
+        """What an int8 backend is calibrated on: `int8_calibration`, else the images folder being built."""
         if self.int8_calibration is not None:
             return self.int8_calibration
         return self.images if self.images is not None and self.images.is_dir() else None

@@ -49,8 +49,8 @@ def load_encoder(model_name: str = DEFAULT_MODEL, pretrained: str | None = DEFAU
     False runs the text tower on its full context even where trimming is exact (for comparisons).
     `precision` 'fp32' keeps fp32 weights on a GPU too (for training). `text_language` is the language
     code a tokenizer that takes one is told (NLLB's: 'zho_Hans', 'eng_Latn'; None: its default).
-    `int8_calibration` is the folder of the collection's images (and captions) that backend 'onnx-int8'
-    is calibrated on (clipsearch.model.int8); that backend refuses to load without one.
+    `int8_calibration` is the folder of the collection's images (and captions) that the int8 backends
+    ('onnx-int8', 'openvino-int8') are calibrated on (clipsearch.model.int8); they refuse to load without one.
     """
     if (model_name not in open_clip.list_models() and not is_chinese_clip(model_name)
             and not model_name.startswith(("hf-hub:", "local-dir:"))):
