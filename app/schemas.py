@@ -352,9 +352,9 @@ class InfoResponse(BaseModel):
     backend_startup_ms: dict[str, float] | None = Field(None, description="With backend 'auto' and both ONNX "
                                                         "Runtime and OpenVINO installed: one query plus one image "
                                                         "on each at start-up, in ms; the faster runs.")
-    backend_cosine: float | None = Field(None, description="ONNX Runtime's towers' lowest cosine to PyTorch over "
-                                         "their self-check's probes (for onnx-int8, a sample of its calibration "
-                                         "images and texts too); null on PyTorch.")
+    backend_cosine: float | None = Field(None, description="The exported towers' lowest cosine to PyTorch over "
+                                         "their self-check's probes (for int8, a sample of its calibration images "
+                                         "and texts too); null on PyTorch.")
     threads: int = Field(description="Intra-op threads of each forward pass, in this worker.")
     torch_weights: bool = Field(True, description="Whether this worker holds the PyTorch copy of the weights: "
                                 "false once ONNX Runtime runs both towers (unless CLIPSEARCH_KEEP_TORCH_WEIGHTS), "

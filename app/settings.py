@@ -81,8 +81,9 @@ class Settings(BaseSettings):
     onnx_cache: Path | None = Field(None, description="Where ONNX exports are cached (default "
                                                       "~/.cache/clipsearch/onnx).")
     int8_calibration: Path | None = Field(None, description="A folder of the collection's own images (and caption "
-                                          ".txt files) that backend 'onnx-int8' is calibrated on, such as the "
-                                          "images folder it was built from; that backend refuses to start without.")
+                                          ".txt files) that the int8 backends (onnx-int8, openvino-int8) are "
+                                          "calibrated on, such as the images folder it was built from; they refuse "
+                                          "to start without.")
     threads: int | None = Field(None, ge=1, description="Threads per forward pass; by default the cores available "
                                                         "divided by server_workers.")
     keep_torch_weights: bool = Field(False, description="Keep the PyTorch model in memory beside ONNX Runtime's "
