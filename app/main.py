@@ -19,7 +19,7 @@ from app.deps import require_api_key
 from app.errors import install_error_handlers
 from app.metrics import RequestMetricsMiddleware
 from app.middleware import BodySizeLimit, HeadAsGet, JSONErrors
-from app.routes import captions, classify, docs, embed, explain, health, items, page, search
+from app.routes import ask, captions, classify, docs, embed, explain, health, items, page, search
 from app.routes.responses import UNAUTHORIZED
 from app.settings import Settings
 from app.state import ServiceState
@@ -44,7 +44,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     docs_locked = locked and not settings.public_docs
     app = FastAPI(title="clipsearch", version=_version(), lifespan=lifespan,
                   description="Search your own images and texts with a CLIP model: text→image, image→text, "
-                              "image→image and weighted composed queries.",
+                              "image→image and weighted composed queries; captions, and answers to questions "
+                              "about images.",
                   # Locked docs are served by app.routes.docs, behind the key, instead.
                   openapi_url=None if docs_locked else "/openapi.json",
                   docs_url=None if docs_locked else "/docs", redoc_url=None if docs_locked else "/redoc")
@@ -54,7 +55,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # the OpenAPI schema says exactly what the server asks for.
     guarded = [Depends(require_api_key)] if locked else []
     for router in (search.router, items.router, embed.router, classify.router, explain.router, captions.router,
-                   health.operations):
+                   ask.router, health.operations):
         app.include_router(router, dependencies=guarded, responses=UNAUTHORIZED if locked else None)
     if docs_locked:
         app.include_router(docs.router, dependencies=guarded)

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from clipsearch.index.fusion import Fusion
 from clipsearch.index.spec import IndexSpec
 from clipsearch.modality import Modality
+from clipsearch.model.vqa import Answer
 from clipsearch.search.dedup import DEFAULT_THRESHOLD as DEFAULT_DEDUP_THRESHOLD
 from clipsearch.search.hybrid import FusionMethod, Ranking, SearchMode
 from clipsearch.search.query import ImageTerm, ItemTerm, ResultOptions, Term, TextTerm
@@ -55,6 +56,14 @@ class ResultOptionsModel(BaseModel):
         "(normalised to sum to 1; a part left out weighs 0); default: the weights the bundle was built with "
         "(--fuse). Only for fused bundles, and only the parts they store."),
         examples=[{"image": 0.6, "caption": 0.4}])
+
+    ask: str | None = Field(None, description=(
+        "A question (in English) the question-answering model answers about each image result: each gets its "
+        "`answer` and `answer_score` (up to the server's vqa_max_hits results; text results get none)."),
+        examples=["is there a dog?"])
+    ask_filter: str | None = Field(None, description=(
+        "With `ask`: keep only the results whose answer is this, such as 'yes' (case aside); the response's "
+        "`asked.dropped` counts the others. Applies to this page: `matched` and `more` are the search's."))
 
     def options(self) -> ResultOptions:
         return result_options(self.filter, self.offset, self.dedup, self.fusion)
@@ -236,6 +245,28 @@ class CaptionResponse(BaseModel):
     took_ms: float
 
 
+class AskRequest(ImageSourceModel):
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"examples": [{
+        "item_id": 42, "question": "what colour is the car?"}]})
+
+    question: str = Field(description="A question about the image, in English (up to the server's "
+                                      "vqa_max_question_chars).")
+
+
+class AskResponse(BaseModel):
+    answer: str = Field(description="The model's answer: short, in English ('yes', 'two', 'red').")
+    score: float = Field(description="The model's probability of this answer, 0 to 1.")
+    model: str
+    took_ms: float
+
+
+class AskedModel(BaseModel):
+    question: str
+    model: str
+    answered: int = Field(description="Image results answered on this page.")
+    dropped: int = Field(description="Results `ask_filter` dropped from this page.")
+
+
 class EmbedTextRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"examples": [{"text": "a red bicycle"}]})
 
@@ -267,12 +298,17 @@ class HitModel(BaseModel):
         "For a text query's image results whose text was read (--ocr): the lines that hold words of the "
         "query, each with its box in the image and the words it holds. The whole text is in metadata.ocr_text, "
         "every line in metadata.ocr.lines."))
+    answer: str | None = Field(None, description="With `ask`: the model's answer about this image result.")
+    answer_score: float | None = Field(None, description="With `ask`: the model's probability of that answer.")
 
     @classmethod
-    def of(cls, hit: Hit, shares: list[float] | None = None, deduplicated: bool = False) -> HitModel:
+    def of(cls, hit: Hit, shares: list[float] | None = None, deduplicated: bool = False,
+           answer: Answer | None = None) -> HitModel:
         matches = [OcrMatchModel.model_validate(match) for match in hit.ocr_matches] or None
         return cls(score=hit.score, shares=shares, duplicates=list(hit.duplicates) if deduplicated else None,
-                   ranks=hit.ranks, fused=hit.fused, ocr_matches=matches, **ItemModel.of(hit.item).model_dump())
+                   ranks=hit.ranks, fused=hit.fused, ocr_matches=matches,
+                   answer=None if answer is None else answer.text,
+                   answer_score=None if answer is None else answer.score, **ItemModel.of(hit.item).model_dump())
 
 
 class OcrMatchModel(BaseModel):
@@ -309,6 +345,8 @@ class SearchResponse(BaseModel):
     truncated: list[str] = Field(default_factory=list,
                                  description="Query fields whose text was longer than the model's context "
                                              "and was truncated.")
+    asked: AskedModel | None = Field(None, description="With `ask`: the question, the model, and how many "
+                                                       "results were answered and dropped.")
 
 
 class EmbeddingResponse(BaseModel):

@@ -13,11 +13,13 @@ from clipsearch.config import (
     DEFAULT_CAPTION_MODEL,
     DEFAULT_CAPTION_PRETRAINED,
     DEFAULT_RRF_K,
+    DEFAULT_VQA_MODEL,
     GENERATION_TYPES,
     Batching,
     CaptionConfig,
     CompactionPolicy,
     QueryLimits,
+    VqaConfig,
     WriteLimits,
 )
 
@@ -25,6 +27,7 @@ from clipsearch.config import (
 _LIMITS = QueryLimits()
 _BATCHING = Batching()
 _CAPTIONS = CaptionConfig()
+_VQA = VqaConfig()
 _COMPACTION = CompactionPolicy()
 
 
@@ -63,6 +66,15 @@ class Settings(BaseSettings):
     caption_max_tokens: int = Field(_CAPTIONS.max_tokens, ge=7, le=76, description="Longest caption, in tokens.")
     caption_timeout_s: float = Field(120.0, gt=0, description="Longest a /caption request may wait for its caption "
                                                               "(503).")
+    vqa_model: str = Field(DEFAULT_VQA_MODEL, description="The BLIP question-answering model /ask and a search's "
+                           "`ask` use: a Hugging Face repository id or a local directory; loaded on the first "
+                           "question (needs the [vqa] extra).")
+    vqa_timeout_s: float = Field(120.0, gt=0, description="Longest a question may wait for its answers, the model's "
+                                                          "first load included (503).")
+    vqa_max_question_chars: int = Field(_VQA.max_question_chars, ge=1, description="Longest question, in "
+                                                                                  "characters (422).")
+    vqa_max_hits: int = Field(_VQA.max_hits, ge=1, description="Most results a search with `ask` may return, each "
+                                                               "answered by the model (422 on k above).")
     decode_timeout_s: float = Field(_LIMITS.decode_timeout_s, gt=0,
                                     description="Longest a query image may take to decode (422).")
     encode_timeout_s: float = Field(_LIMITS.encode_timeout_s, gt=0,
@@ -193,6 +205,11 @@ class Settings(BaseSettings):
         return CaptionConfig(model=self.caption_model, pretrained=self.caption_pretrained,
                              checkpoint=self.caption_checkpoint, device=self.device,
                              generation=self.caption_generation, max_tokens=self.caption_max_tokens)
+
+    @property
+    def vqa(self) -> VqaConfig:
+        return VqaConfig(model=self.vqa_model, device=self.device, max_question_chars=self.vqa_max_question_chars,
+                         max_hits=self.vqa_max_hits)
 
     @property
     def batching(self) -> Batching:

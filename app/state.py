@@ -31,6 +31,7 @@ from clipsearch.index.sharding import parse_devices
 from clipsearch.model.captions import CaptionService
 from clipsearch.model.encoder import ClipEncoder
 from clipsearch.model.factory import load_encoder
+from clipsearch.model.vqa import AskService
 from clipsearch.search.open import close_service, open_service
 from clipsearch.search.service import SearchService
 from clipsearch.search.writes import UNCHANGED, CollectionWriter, ImageEntry, TextEntry
@@ -61,6 +62,8 @@ class ServiceState:
         self.captions = CaptionService(settings.captions, max_batch=min(settings.max_batch, 8),
                                        timeout_s=settings.caption_timeout_s)
         """Loads its own model on the first /caption request."""
+        self.answers = AskService(settings.vqa, max_batch=min(settings.max_batch, 8), timeout_s=settings.vqa_timeout_s)
+        """Loads its own model on the first question (/ask, or a search's `ask`)."""
         self.writer: CollectionWriter | None = None
         self.refusal: WriteRefusal | None = WriteRefusal("not_loaded", "the bundle is not loaded yet")
         """Why writes are refused now: the bundle cannot take them, or the last one was refused."""
@@ -323,6 +326,7 @@ class ServiceState:
         if service is not None:
             close_service(service)
         self.captions.close()
+        self.answers.close()
 
 
 def _writable(bundle: os.PathLike[str]) -> bool:

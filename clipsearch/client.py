@@ -47,6 +47,10 @@ class SearchHit:
     ocr_matches: list[dict[str, Any]] | None = None
     """In a text query's image results whose text was read (--ocr): the lines holding the query's
     words, each with its `text`, `box` (four [x, y] corners in the image), `score` and `words`."""
+    answer: str | None = None
+    """With ask: the question-answering model's answer about this image hit."""
+    answer_score: float | None = None
+    """Its probability under the model, 0 to 1."""
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,25 @@ class Heatmap:
 
 
 @dataclass(frozen=True)
+class AnswerResult:
+    answer: str
+    score: float
+    """The model's probability of the answer, 0 to 1."""
+    model: str
+    took_ms: float
+
+
+@dataclass(frozen=True)
+class Asked:
+    """What a search's `ask` did: the question, the model, and the results answered and dropped."""
+
+    question: str
+    model: str
+    answered: int
+    dropped: int
+
+
+@dataclass(frozen=True)
 class SearchResult:
     results: list[SearchHit]
     took_ms: float
@@ -74,6 +97,8 @@ class SearchResult:
     """Items of the target that passed the filter (all of them without one)."""
     more: bool = False
     """Whether results go on past this page: ask again with offset + k."""
+    asked: Asked | None = None
+    """With ask: the question asked about each image hit (each hit's `answer`), and what ask_filter dropped."""
 
     @property
     def ids(self) -> list[int]:
@@ -144,24 +169,29 @@ class ClipSearchClient:
     def search_text(self, text: str, target: Modality | str = Modality.IMAGE, k: int = 10, *,
                     filter: dict[str, Any] | None = None, offset: int = 0,
                     dedup: bool | float | None = None, mode: str = "vector", hybrid_method: str = "rrf",
-                    vector_weight: float = 0.5, fusion: dict[str, float] | None = None) -> SearchResult:
+                    vector_weight: float = 0.5, fusion: dict[str, float] | None = None, ask: str | None = None,
+                    ask_filter: str | None = None) -> SearchResult:
         """Search with a text. `filter` is the server's filter JSON (e.g. {"key": "album", "match":
         {"value": "Paris"}}), `offset` skips that many results, `dedup` collapses near-duplicates.
         `mode` is 'vector', 'keyword' (BM25 over captions, texts and keyword fields) or 'hybrid'
         (both rankings fused by `hybrid_method`, 'rrf' or 'weighted', with `vector_weight` the
         vector ranking's share); each hit's `ranks` then says where it came from. `fusion` weighs
         image results' picture, caption and read text ({"image": 0.6, "caption": 0.2, "ocr": 0.2}) in
-        a fused bundle; each hit's `fused` then says what each added."""
-        body = {"text": text, "target": str(target), "k": k, **_options(filter, offset, dedup, fusion), "mode": mode,
-                "hybrid": {"method": hybrid_method, "vector_weight": vector_weight}}
+        a fused bundle; each hit's `fused` then says what each added. `ask` is a question the server's
+        question-answering model answers about each image hit (its `answer`); `ask_filter` keeps only the
+        hits with that answer ("yes")."""
+        body = {"text": text, "target": str(target), "k": k, **_options(filter, offset, dedup, fusion, ask, ask_filter),
+                "mode": mode, "hybrid": {"method": hybrid_method, "vector_weight": vector_weight}}
         return _search_result(self._post("/search/text", json=body))
 
     def search_image(self, image: ImageInput, target: Modality | str = Modality.IMAGE, k: int = 10, *,
                      filter: dict[str, Any] | None = None, offset: int = 0,
-                     dedup: bool | float | None = None, fusion: dict[str, float] | None = None) -> SearchResult:
+                     dedup: bool | float | None = None, fusion: dict[str, float] | None = None,
+                     ask: str | None = None, ask_filter: str | None = None) -> SearchResult:
         """Search with an image file's path or its bytes; options as in search_text."""
         files = {"file": ("query", _image_bytes(image), "application/octet-stream")}
         form = {"target": str(target), "k": str(k), "offset": str(offset)}
+        form.update({name: value for name, value in (("ask", ask), ("ask_filter", ask_filter)) if value is not None})
         if filter is not None:
             form["filter"] = json.dumps(filter)
         if fusion is not None:
@@ -172,11 +202,12 @@ class ClipSearchClient:
 
     def search(self, queries: list[Query], target: Modality | str = Modality.IMAGE, k: int = 10,
                explain: bool = False, *, filter: dict[str, Any] | None = None, offset: int = 0,
-               dedup: bool | float | None = None, fusion: dict[str, float] | None = None) -> SearchResult:
+               dedup: bool | float | None = None, fusion: dict[str, float] | None = None,
+               ask: str | None = None, ask_filter: str | None = None) -> SearchResult:
         """A composed query: the weighted sum of the terms' embeddings; `explain` fills each hit's
         `shares`; options as in search_text."""
         body = {"queries": [query.to_json() for query in queries], "target": str(target), "k": k, "explain": explain,
-                **_options(filter, offset, dedup, fusion)}
+                **_options(filter, offset, dedup, fusion, ask, ask_filter)}
         return _search_result(self._post("/search", json=body))
 
     def classify(self, image: ImageInput | int, labels: list[str], templates: list[str] | None = None,
@@ -197,6 +228,11 @@ class ClipSearchClient:
     def caption(self, image: ImageInput | int) -> str:
         """A generated caption for an image (path or bytes) or an image item (its id)."""
         return str(self._post("/caption", json=_image_source(image))["caption"])
+
+    def ask(self, image: ImageInput | int, question: str) -> AnswerResult:
+        """A short answer to a question about an image (path or bytes) or an image item (its id)."""
+        body = self._post("/ask", json={"question": question, **_image_source(image)})
+        return AnswerResult(answer=body["answer"], score=body["score"], model=body["model"], took_ms=body["took_ms"])
 
     def embed_text(self, text: str) -> np.ndarray:
         """float32 (d,), unit length."""
@@ -244,8 +280,10 @@ class ClipSearchClient:
 
 
 def _options(filter: dict[str, Any] | None, offset: int, dedup: bool | float | None,
-             fusion: dict[str, float] | None = None) -> dict[str, Any]:
-    given = {"filter": filter, "offset": offset or None, "dedup": dedup, "fusion": fusion}
+             fusion: dict[str, float] | None = None, ask: str | None = None,
+             ask_filter: str | None = None) -> dict[str, Any]:
+    given = {"filter": filter, "offset": offset or None, "dedup": dedup, "fusion": fusion, "ask": ask,
+             "ask_filter": ask_filter}
     return {name: value for name, value in given.items() if value is not None}
 
 
@@ -270,7 +308,10 @@ def _search_result(body: dict[str, Any]) -> SearchResult:
     hits = [SearchHit(id=hit["id"], score=hit["score"], modality=Modality(hit["modality"]), uri=hit["uri"],
                       caption=hit.get("caption"), text=hit.get("text"), metadata=hit.get("metadata") or {},
                       shares=hit.get("shares"), duplicates=hit.get("duplicates"), ranks=hit.get("ranks"),
-                      fused=hit.get("fused"), ocr_matches=hit.get("ocr_matches"))
+                      fused=hit.get("fused"), ocr_matches=hit.get("ocr_matches"), answer=hit.get("answer"),
+                      answer_score=hit.get("answer_score"))
             for hit in body["results"]]
+    asked = body.get("asked")
     return SearchResult(results=hits, took_ms=body["took_ms"], truncated=body.get("truncated", []),
-                        matched=body.get("matched", 0), more=body.get("more", False))
+                        matched=body.get("matched", 0), more=body.get("more", False),
+                        asked=None if asked is None else Asked(**asked))

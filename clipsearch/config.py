@@ -54,6 +54,8 @@ DEFAULT_CAPTION_MODEL = "coca_ViT-L-14"
 DEFAULT_CAPTION_PRETRAINED = "mscoco_finetuned_laion2b_s13b_b90k"
 GENERATION_TYPES = ("beam_search", "top_k", "top_p")
 MAX_CAPTION_TOKENS = 76
+DEFAULT_VQA_MODEL = "Salesforce/blip-vqa-base"
+"""BLIP fine-tuned for visual question answering (BSD-3-Clause, about 385M parameters): short English answers."""
 """CoCa's text context: a caption cannot be longer (start token included)."""
 
 
@@ -152,6 +154,22 @@ class CaptionConfig:
         if not 7 <= self.max_tokens <= MAX_CAPTION_TOKENS:  # CoCa's minimum caption length is 5 tokens + 2
             raise ModelLoadError(f"must be between 7 and {MAX_CAPTION_TOKENS}, got {self.max_tokens}",
                                  "caption_max_tokens")
+
+
+@dataclass(frozen=True)
+class VqaConfig:
+    """Which question-answering model, and how it answers (clipsearch.model.vqa)."""
+
+    model: str = DEFAULT_VQA_MODEL
+    """A Hugging Face repository id or a local directory of a BLIP question-answering model, or the
+    offline `tiny-blip-vqa`."""
+    device: str | None = "auto"
+    beams: int = 3
+    """Beam search's width, as BLIP's own VQA inference (3 beams, at most 10 tokens)."""
+    max_answer_tokens: int = 10
+    max_question_chars: int = 300
+    max_hits: int = 20
+    """Most search results one `ask` answers about (each is a forward pass of the whole model)."""
 
 
 OCR_ENGINE = "rapidocr"

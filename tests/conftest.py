@@ -27,9 +27,10 @@ from tests.support.small_disk import MiB, SmallDisk, small_disk
 # (with the [onnx] extra installed, 'auto' would pick ONNX Runtime). tests/model/test_onnx_backend.py and
 # the tests that name a backend cover ONNX Runtime.
 os.environ["CLIPSEARCH_BACKEND"] = "torch"
-# Servers the tests start caption with the tiny offline CoCa: tests never download weights.
+# Servers the tests start caption with the tiny offline CoCa and answer with the tiny BLIP: tests never
+# download weights.
 os.environ.update(CLIPSEARCH_CAPTION_MODEL="tiny-coca", CLIPSEARCH_CAPTION_PRETRAINED="",
-                  CLIPSEARCH_CAPTION_GENERATION="top_k")
+                  CLIPSEARCH_CAPTION_GENERATION="top_k", CLIPSEARCH_VQA_MODEL="tiny-blip-vqa")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -8,47 +8,75 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, UploadFile
 
-from app.deps import MetricsDep, ServiceDep
+from app.deps import MetricsDep, ServiceDep, StateDep
 from app.errors import api_field
 from app.routes.responses import ERRORS
 from app.schemas import (
+    AskedModel,
     ComposedSearchRequest,
     HitModel,
     SearchResponse,
     TextSearchRequest,
     result_options,
 )
+from app.state import ServiceState
 from clipsearch.errors import InvalidQuery
 from clipsearch.modality import Modality
+from clipsearch.search.asking import AskedHits, HitQuestion, answer_hits
 from clipsearch.search.query import ResultOptions
 from clipsearch.search.results import Answer
+from clipsearch.search.service import SearchService
 
 router = APIRouter(tags=["search"])
 
 
+def _question(state: ServiceState, ask: str | None, keep: str | None, k: int) -> HitQuestion | None:
+    """The search's `ask`, checked before the search runs; `ask_filter` without `ask` is refused."""
+    if ask is None:
+        if keep is not None:
+            raise InvalidQuery("ask_filter", "needs a question in ask")
+        return None
+    return HitQuestion.checked(state.answers, ask, keep, k)
 
-def _respond(answer: Answer, started: float, options: ResultOptions,
-             shares: list[list[float]] | None = None) -> SearchResponse:
+
+def _ask(question: HitQuestion | None, answer: Answer, state: ServiceState, service: SearchService
+         ) -> AskedHits | None:
+    if question is None:
+        return None
+    max_pixels = service.limits.max_pixels
+    return answer_hits(state.answers, question, answer.hits,
+                       lambda item_id: service.collection.read_image(item_id, "ask", max_pixels))
+
+
+def _respond(answer: Answer, started: float, options: ResultOptions, shares: list[list[float]] | None = None,
+             asked: AskedHits | None = None) -> SearchResponse:
     truncated = [] if answer.query is None else [api_field(name) for name in answer.query.truncated]
-    results = [HitModel.of(hit, shares[number] if shares is not None else None, options.dedup is not None)
-               for number, hit in enumerate(answer.hits)]
+    kept = {id(hit) for hit in (answer.hits if asked is None else asked.hits)}
+    answers = {} if asked is None else asked.answers
+    results = [HitModel.of(hit, shares[number] if shares is not None else None, options.dedup is not None,
+                           answers.get(hit.item.id))
+               for number, hit in enumerate(answer.hits) if id(hit) in kept]
+    summary = None if asked is None else AskedModel(question=asked.question, model=asked.model,
+                                                    answered=len(asked.answers), dropped=asked.dropped)
     return SearchResponse(results=results, matched=answer.matched, more=answer.more, truncated=truncated,
-                          took_ms=round((time.perf_counter() - started) * 1000, 3))
+                          asked=summary, took_ms=round((time.perf_counter() - started) * 1000, 3))
 
 
 @router.post("/search/text", responses=ERRORS)
-def search_text(request: TextSearchRequest, service: ServiceDep, metrics: MetricsDep) -> SearchResponse:
+def search_text(request: TextSearchRequest, service: ServiceDep, metrics: MetricsDep,
+                state: StateDep) -> SearchResponse:
     """Find the items most similar to a text: text→image, or text→text with `target: "text"`; by
-    embedding, by keyword, or both (`mode`)."""
+    embedding, by keyword, or both (`mode`). With `ask`, each image result's answer to a question."""
     started = time.perf_counter()
     options = request.options()
+    question = _question(state, request.ask, request.ask_filter, request.k)
     answer = service.search_text(request.text, request.target, request.k, options=options, ranking=request.ranking())
     metrics.observe_answer(answer, request.target)
-    return _respond(answer, started, options)
+    return _respond(answer, started, options, asked=_ask(question, answer, state, service))
 
 
 @router.post("/search/image", responses=ERRORS)
-def search_image(file: UploadFile, service: ServiceDep, metrics: MetricsDep,
+def search_image(file: UploadFile, service: ServiceDep, metrics: MetricsDep, state: StateDep,
                  target: Annotated[Modality, Form()] = Modality.IMAGE,
                  k: Annotated[int, Form(ge=1)] = 10,
                  filter: Annotated[str | None, Form(description="A filter as in /search/text, as JSON text.")] = None,
@@ -56,18 +84,24 @@ def search_image(file: UploadFile, service: ServiceDep, metrics: MetricsDep,
                  dedup: Annotated[str | None, Form(description="'true', or a cosine threshold in (0, 1].")] = None,
                  fusion: Annotated[str | None, Form(description="Image, caption and ocr weights as in /search/text, "
                                                                 "as JSON text.")] = None,
+                 ask: Annotated[str | None, Form(description="A question about each image result, as in "
+                                                             "/search/text.")] = None,
+                 ask_filter: Annotated[str | None, Form(description="Keep only the results with this answer.")
+                                       ] = None,
                  ) -> SearchResponse:
     """Find the items most similar to an uploaded image (multipart field `file`): image→image or image→text."""
     started = time.perf_counter()
     options = result_options(_form_json(filter, "filter"), offset, _form_dedup(dedup), _form_json(fusion, "fusion"))
+    question = _question(state, ask, ask_filter, k)
     data = file.file.read()  # held in memory: the multipart parser is told not to spool uploads to disk
     answer = service.search_image(data, target, k, options=options)
     metrics.observe_answer(answer, target)
-    return _respond(answer, started, options)
+    return _respond(answer, started, options, asked=_ask(question, answer, state, service))
 
 
 @router.post("/search", responses=ERRORS)
-def search_composed(request: ComposedSearchRequest, service: ServiceDep, metrics: MetricsDep) -> SearchResponse:
+def search_composed(request: ComposedSearchRequest, service: ServiceDep, metrics: MetricsDep,
+                    state: StateDep) -> SearchResponse:
     """Search with the renormalised weighted sum of several terms' embeddings.
 
     For example an image, plus "at night", minus "people". Weights may be negative.
@@ -75,6 +109,7 @@ def search_composed(request: ComposedSearchRequest, service: ServiceDep, metrics
     started = time.perf_counter()
     options = request.options()
     service.check_target(request.target, request.k, options)
+    question = _question(state, request.ask, request.ask_filter, request.k)
     query = service.embed_terms([term.to_term() for term in request.queries])
     answer = service.search_vector(query, request.target, request.k, options)
     metrics.observe_answer(answer, request.target)
@@ -84,7 +119,7 @@ def search_composed(request: ComposedSearchRequest, service: ServiceDep, metrics
         computed = iter(service.term_shares(query, answer.hits, service.fusion_for(request.target, options)).T.tolist())
         by_term = [next(computed) if term.weight != 0 else [0.0] * len(answer.hits) for term in request.queries]
         shares = [list(row) for row in zip(*by_term, strict=True)] if answer.hits else []
-    return _respond(answer, started, options, shares)
+    return _respond(answer, started, options, shares, _ask(question, answer, state, service))
 
 
 def _form_json(value: str | None, field: str) -> Any:

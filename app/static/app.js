@@ -1,4 +1,5 @@
 // The search page: plain JavaScript, no build step, no network beyond this server.
+import { answerLine, askOptions, askedStatus } from "./ask.js";
 import { language, setLanguage, t } from "./i18n.js";
 import { matchBoxes, readText } from "./marks.js";
 import { FUSED_TEXTS, filterJson, fusionWeights, parseFilter } from "./options.js";
@@ -34,7 +35,7 @@ function resultOptions(offset) {
   const offered = FUSED_TEXTS.filter((part) => !$(`${part}-weight-label`).hidden);
   const fusion = fusionWeights(Object.fromEntries(offered.map((part) => [part, Number($(`${part}-weight`).value)])));
   if (fusion && target() === "image") options.fusion = fusion;
-  return options;
+  return { ...options, ...askOptions() };
 }
 
 function renderChips() {
@@ -142,6 +143,8 @@ async function runQuery(offset) {
     if (options.filter) data.append("filter", JSON.stringify(options.filter));
     if (options.dedup) data.append("dedup", "true");
     if (options.fusion) data.append("fusion", JSON.stringify(options.fusion));
+    if (options.ask) data.append("ask", options.ask);
+    if (options.ask_filter) data.append("ask_filter", options.ask_filter);
     return request("/search/image", { method: "POST", body: data });
   }
   const { queries, names } = await queryTerms();
@@ -215,14 +218,15 @@ async function search(more = false) {
     const body = await runQuery(offset);
     if (mine !== latestSearch) return;  // a newer search was started meanwhile: its answer is the one shown
     render(body.results, body.termNames, more);
-    nextOffset = offset + body.results.length;
+    // The next page starts after every result this one held, those the answer filter dropped too.
+    nextOffset = offset + body.results.length + (body.asked ? body.asked.dropped : 0);
     $("more").hidden = !body.more;
     const truncated = body.truncated && body.truncated.length ? t("status.truncated") : "";
     const shown = results.children.length;
     const matching = filters.length ? t("status.matching", { matched: body.matched }) : "";
-    setStatus(shown
-      ? t("status.found", { count: shown, matching, ms: body.took_ms.toFixed(1), truncated })
-      : (filters.length ? t("status.noneFiltered", { matched: body.matched }) : t("status.none")));
+    const found = shown ? t("status.found", { count: shown, matching, ms: body.took_ms.toFixed(1), truncated })
+      : (filters.length ? t("status.noneFiltered", { matched: body.matched }) : t("status.none"));
+    setStatus(found + askedStatus(body.asked));
   } catch (error) {
     if (mine !== latestSearch) return;
     if (!more) results.replaceChildren();
@@ -305,6 +309,8 @@ function render(hits, termNames, append = false) {
       body.append(why);
       showLabels(hit, body);
     }
+    const answer = answerLine(hit);
+    if (answer) body.append(answer);
     const words = hit.modality === "image" ? hit.caption : hit.text;
     if (words) {
       const snippet = document.createElement("span");
@@ -340,6 +346,7 @@ form.addEventListener("submit", (event) => {
   if (document.activeElement === $("filter-input") && $("filter-input").value.trim()) addFilter(); else search();
 });
 $("add-filter").addEventListener("click", addFilter);
+$("ask-form").addEventListener("submit", (event) => { event.preventDefault(); search(); });
 $("dedup").addEventListener("change", () => search());
 for (const part of FUSED_TEXTS) {
   $(`${part}-weight`).addEventListener("input", () => {

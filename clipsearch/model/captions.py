@@ -8,9 +8,7 @@ the extra. The caption model is separate from the search model and loads only wh
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Sequence
-from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 import open_clip
@@ -18,10 +16,10 @@ import torch
 from PIL import Image
 
 from clipsearch.config import RANDOM_WEIGHTS_SEED, CaptionConfig, ModelRef
-from clipsearch.errors import ModelLoadError, ServiceBusy
+from clipsearch.errors import ModelLoadError
 from clipsearch.model.encoder import resolve_device
+from clipsearch.model.lazy import LazyBatchedModel
 from clipsearch.model.preprocess import ImagePreparer, PreprocessConfig
-from clipsearch.util.batching import MicroBatcher
 from clipsearch.util.files import file_sha256
 
 OFFLINE_CAPTION_MODEL = "tiny-coca"
@@ -128,65 +126,15 @@ def load_captioner(config: CaptionConfig) -> Captioner:
     return Captioner(model, ref, device, config)
 
 
-class CaptionService:
-    """Captions for the server: the model loads on the first request, and runs in its own batcher.
-
-    The first request starts loading the model in a background thread and waits for it up to the
-    timeout; a request that finds it still loading (a large download) is answered ServiceBusy, to
-    retry. A load that failed is tried again by the next request: settings that can never work (no
-    transformers, not a CoCa model) fail at once, before any download, and a network failure may pass.
-    Generation is slow (a forward pass per token), so it has its own thread and queue: it never
-    holds up the search model's batchers.
-    """
+class CaptionService(LazyBatchedModel[Captioner, torch.Tensor, str]):
+    """Captions for the server: the model loads on the first request and runs in its own batcher
+    (clipsearch.model.lazy)."""
 
     def __init__(self, config: CaptionConfig, max_batch: int = 8, timeout_s: float = 120.0) -> None:
-        self.config, self.max_batch, self.timeout_s = config, max_batch, timeout_s
-        self._captioner: Captioner | None = None
-        self._batcher: MicroBatcher[torch.Tensor, str] | None = None
-        self._loading: threading.Thread | None = None
-        self._failure: ModelLoadError | None = None
-        self._lock = threading.Lock()
-
-    @property
-    def loaded(self) -> Captioner | None:
-        return self._captioner
-
-    def captioner(self) -> Captioner:
-        """The loaded captioner, loading it first if this is the first request."""
-        with self._lock:
-            if self._captioner is None and (self._loading is None or not self._loading.is_alive()):
-                self._failure = None
-                self._loading = threading.Thread(target=self._load, name="load-captions", daemon=True)
-                self._loading.start()
-            loading = self._loading
-        if loading is not None:
-            loading.join(timeout=self.timeout_s)
-        if self._failure is not None:
-            raise self._failure
-        if self._captioner is None:
-            raise ServiceBusy(f"the caption model {self.config.model} is still loading; try again shortly")
-        return self._captioner
-
-    def _load(self) -> None:
-        try:
-            captioner = load_captioner(self.config)
-        except ModelLoadError as error:
-            self._failure = error
-            return
-        self._batcher = MicroBatcher(captioner.caption_stacked, self.max_batch, name="caption")
-        self._captioner = captioner
+        super().__init__(lambda: load_captioner(config), lambda captioner: captioner.caption_stacked,
+                         what=f"the caption model {config.model}", task="captioning", name="caption",
+                         max_batch=max_batch, timeout_s=timeout_s)
+        self.config = config
 
     def caption(self, images: Sequence[Image.Image]) -> list[str]:
-        captioner = self.captioner()
-        assert self._batcher is not None
-        futures = [self._batcher.submit(captioner.prepare_image(image)) for image in images]
-        try:
-            return [future.result(timeout=self.timeout_s) for future in futures]
-        except FutureTimeout:
-            for future in futures:
-                future.cancel()
-            raise ServiceBusy(f"captioning did not finish within {self.timeout_s:g} s; try again later") from None
-
-    def close(self) -> None:
-        if self._batcher is not None:
-            self._batcher.close()
+        return self.run([self.model().prepare_image(image) for image in images])

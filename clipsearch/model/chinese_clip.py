@@ -35,8 +35,6 @@ CONTEXT_LENGTH = 52
 """Chinese-CLIP's text context in training (its tokenizer allows 512): longer texts are truncated."""
 OFFLINE_DIR = Path(__file__).parent / "model_configs" / "hf" / "tiny-chinese-clip"
 """The offline `tiny-chinese-clip`: its config, tokenizer and image settings (scripts/make-tiny-towers)."""
-_RESAMPLING = {2: "bilinear", 3: "bicubic"}
-"""PIL's resampling codes, as preprocessor_config.json gives them, by the names PreprocessConfig knows."""
 
 
 def is_chinese_clip(model_name: str) -> bool:
@@ -113,20 +111,5 @@ def load_chinese_clip(model_name: str, pretrained: str | None, checkpoint: Path 
     if checkpoint is not None:
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
         wrapped.load_state_dict(state.get("state_dict", state))
-    preparation = image_preparation(ChineseCLIPImageProcessor.from_pretrained(source))
+    preparation = PreprocessConfig.of_hf_processor(ChineseCLIPImageProcessor.from_pretrained(source))
     return wrapped, ChineseClipTokenizer(tokenizer), preparation
-
-
-def image_preparation(processor: Any) -> PreprocessConfig:
-    """The PreprocessConfig equivalent of a transformers CLIP-style image processor's settings."""
-    size, mean, std = dict(processor.size), tuple(processor.image_mean), tuple(processor.image_std)
-    interpolation = _RESAMPLING.get(int(processor.resample), "bicubic")
-    if "shortest_edge" in size:  # resize the short side, then crop the centre (open_clip's way)
-        crop = dict(processor.crop_size) if processor.do_center_crop else {"height": size["shortest_edge"],
-                                                                          "width": size["shortest_edge"]}
-        return PreprocessConfig((int(crop["height"]), int(crop["width"])), mean, std,  # type: ignore[arg-type]
-                                interpolation=interpolation, resize_mode="shortest")
-    if processor.do_center_crop:
-        raise ModelLoadError(f"an image processor that resizes to {size} and then crops is not supported", "model")
-    return PreprocessConfig((int(size["height"]), int(size["width"])), mean, std,  # type: ignore[arg-type]
-                            interpolation=interpolation, resize_mode="squash")

@@ -35,6 +35,8 @@ MAX_INTERMEDIATE_FACTOR = 4
 
 _INTERPOLATIONS = {"bicubic": InterpolationMode.BICUBIC, "bilinear": InterpolationMode.BILINEAR}
 _RESIZE_MODES = ("shortest", "longest", "squash")
+_RESAMPLING = {2: "bilinear", 3: "bicubic"}
+"""PIL's resampling codes, as a transformers preprocessor_config.json gives them, by the names used here."""
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,22 @@ class PreprocessConfig:
             raise ModelLoadError(f"unknown resize mode {resize_mode!r} in the model's preprocessing configuration")
         return cls(size=(height, width), mean=_three(mean), std=_three(std), interpolation=interpolation,
                    resize_mode=resize_mode, fill_color=int(config.get("fill_color", 0)))
+
+    @classmethod
+    def of_hf_processor(cls, processor: Any) -> PreprocessConfig:
+        """The equivalent of a transformers image processor's settings (CLIP-style: Chinese-CLIP's, BLIP's)."""
+        size, mean, std = dict(processor.size), _three(processor.image_mean), _three(processor.image_std)
+        interpolation = _RESAMPLING.get(int(processor.resample), "bicubic")
+        crops = bool(getattr(processor, "do_center_crop", False))  # BLIP's processor never crops
+        if "shortest_edge" in size:  # resize the short side, then crop the centre (open_clip's way)
+            crop = dict(processor.crop_size) if crops else {"height": size["shortest_edge"],
+                                                            "width": size["shortest_edge"]}
+            return cls((int(crop["height"]), int(crop["width"])), mean, std, interpolation=interpolation,
+                       resize_mode="shortest")
+        if crops:
+            raise ModelLoadError(f"an image processor that resizes to {size} and then crops is not supported", "model")
+        return cls((int(size["height"]), int(size["width"])), mean, std, interpolation=interpolation,
+                   resize_mode="squash")
 
 
 class ImagePreparer:

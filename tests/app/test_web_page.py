@@ -187,6 +187,25 @@ def test_more_results_loads_the_next_page_until_there_are_no_more(page: Any) -> 
     assert len(set(ids)) == 30
 
 
+def test_a_question_over_the_results_answers_each_image_and_can_keep_one_answer(page: Any) -> None:
+    page.fill("#query-text", "a photo of noise")
+    page.press("#query-text", "Enter")
+    sync_api.expect(status(page)).to_contain_text("12 results")
+    page.fill("#ask-question", "is there a red circle?")
+    page.click("#ask-button")
+    answers = page.locator(".card .answer")
+    sync_api.expect(answers).to_have_count(12)
+    said = [re.fullmatch(r"answer: (.*) \(\d+%\)", line).group(1)  # type: ignore[union-attr]
+            for line in answers.all_inner_texts()]
+    page.fill("#ask-keep", said[0])
+    page.press("#ask-keep", "Enter")
+    kept = said.count(said[0])
+    sync_api.expect(page.locator(".card")).to_have_count(kept)
+    sync_api.expect(page.locator(".card .answer").first).to_contain_text(said[0])
+    if kept < 12:
+        sync_api.expect(status(page)).to_contain_text(f"({12 - kept} dropped by their answer)")
+
+
 def test_hiding_duplicates_collapses_them_into_their_best_result(page: Any) -> None:
     # The tiny model's random weights see all noise pictures as near-copies (cosine above 0.94).
     page.fill("#query-text", "a photo of noise")
@@ -209,7 +228,9 @@ def test_the_page_fits_a_phone_and_a_screenshot_is_kept(browser: Any, server_url
     phone.fill("#query-text", "a photo of noise")
     phone.press("#query-text", "Enter")
     sync_api.expect(status(phone)).to_contain_text("results in")
-    phone.wait_for_function("[...document.querySelectorAll('.card img')].every(img => img.complete)")
+    # The screenshot shows the first screen: its pictures loaded (those far below load lazily, on scrolling).
+    phone.wait_for_function("[...document.querySelectorAll('.card img')]"
+                            ".every(img => img.complete || img.getBoundingClientRect().top > innerHeight)")
     assert phone.evaluate("document.documentElement.scrollWidth") <= 375
     ARTIFACTS.mkdir(exist_ok=True)
     phone.screenshot(path=str(ARTIFACTS / "web-page-phone.png"), full_page=False)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -12,7 +11,7 @@ from PIL import Image
 
 from clipsearch.config import default_pretrained
 from clipsearch.errors import ModelLoadError
-from clipsearch.model.chinese_clip import OFFLINE_DIR, ChineseClip, image_preparation
+from clipsearch.model.chinese_clip import OFFLINE_DIR, ChineseClip
 from clipsearch.model.encoder import ClipEncoder
 from clipsearch.model.factory import load_encoder
 
@@ -95,18 +94,3 @@ def test_a_missing_repository_offline_is_a_model_load_error() -> None:
     with pytest.raises(ModelLoadError, match="chinese-clip-vit-base-patch16"):
         load_encoder("chinese-clip-vit-base-patch16", pretrained="OFA-Sys/chinese-clip-vit-base-patch16",
                      device="cpu")
-
-
-def processor(**settings: object) -> SimpleNamespace:
-    defaults: dict[str, object] = {"image_mean": [0.5] * 3, "image_std": [0.25] * 3, "resample": 3,
-                                   "do_center_crop": False, "crop_size": {"height": 224, "width": 224}}
-    return SimpleNamespace(**(defaults | settings))
-
-
-def test_image_settings_map_to_a_square_resize_or_a_resize_and_crop() -> None:
-    square = image_preparation(processor(size={"height": 224, "width": 224}))
-    assert (square.size, square.resize_mode, square.interpolation) == ((224, 224), "squash", "bicubic")
-    cropped = image_preparation(processor(size={"shortest_edge": 256}, do_center_crop=True, resample=2))
-    assert (cropped.size, cropped.resize_mode, cropped.interpolation) == ((224, 224), "shortest", "bilinear")
-    with pytest.raises(ModelLoadError, match="crops"):
-        image_preparation(processor(size={"height": 256, "width": 256}, do_center_crop=True))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import open_clip
@@ -13,6 +14,7 @@ import torch
 from PIL import Image
 
 from clipsearch.config import OFFLINE_MODEL
+from clipsearch.errors import ModelLoadError
 from clipsearch.model.encoder import ClipEncoder
 from clipsearch.model.preprocess import MAX_INTERMEDIATE_FACTOR, ImagePreparer, PreprocessConfig
 
@@ -97,3 +99,25 @@ print(len(buffer.getvalue()), tuple(pixels.shape), round(grown_mb, 1))
     assert int(png_bytes) < 1000
     assert shape.endswith("(3, 224, 224)")
     assert float(grown_mb) < 64
+
+
+def processor(**settings: object) -> SimpleNamespace:
+    defaults: dict[str, object] = {"image_mean": [0.5] * 3, "image_std": [0.25] * 3, "resample": 3,
+                                   "do_center_crop": False, "crop_size": {"height": 224, "width": 224}}
+    return SimpleNamespace(**(defaults | settings))
+
+
+def test_image_settings_map_to_a_square_resize_or_a_resize_and_crop() -> None:
+    square = PreprocessConfig.of_hf_processor(processor(size={"height": 224, "width": 224}))
+    assert (square.size, square.resize_mode, square.interpolation) == ((224, 224), "squash", "bicubic")
+    cropped = PreprocessConfig.of_hf_processor(processor(size={"shortest_edge": 256}, do_center_crop=True, resample=2))
+    assert (cropped.size, cropped.resize_mode, cropped.interpolation) == ((224, 224), "shortest", "bilinear")
+    with pytest.raises(ModelLoadError, match="crops"):
+        PreprocessConfig.of_hf_processor(processor(size={"height": 256, "width": 256}, do_center_crop=True))
+
+
+def test_an_image_processor_without_a_crop_setting_resizes_to_its_square() -> None:
+    blip_style = SimpleNamespace(size={"height": 384, "width": 384}, image_mean=[0.5] * 3, image_std=[0.25] * 3,
+                                 resample=3)
+    preparation = PreprocessConfig.of_hf_processor(blip_style)
+    assert (preparation.size, preparation.resize_mode, preparation.std) == ((384, 384), "squash", (0.25,) * 3)

@@ -259,3 +259,12 @@ def test_smoke_the_ocr_bench_reads_the_signs_and_finds_them_by_their_words_only_
     [cost] = [line for line in lines if line["figure"] == "ocr_cost"]
     assert cost["images_per_s_ratio"] == pytest.approx(builds[1]["images_per_s"] / builds[0]["images_per_s"],
                                                        rel=1e-2)
+
+
+def test_smoke_the_ask_bench_answers_alone_batched_and_for_a_page_of_results() -> None:
+    figures = run_bench("bench.ask", "--architectures", "tiny", "--questions", "6", "--clients", "3",
+                        "--max-batch", "4")
+    alone, batched = figures["tiny, one at a time"], figures["tiny, batched across requests"]
+    assert alone["questions"] == batched["questions"] == 6 and alone["answers_per_s"] > 0
+    assert batched["same_answers"] == 6 and 1 <= batched["mean_batch"] <= 4
+    assert batched["speedup"] > 0 and figures["tiny, one search's results"]["results"] == 4
