@@ -43,7 +43,7 @@ def blip_vqa_base(config: VqaConfig) -> Answerer:
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        model = BlipForQuestionAnswering(BlipConfig())
+        model = BlipForQuestionAnswering(BlipConfig())  # type: ignore[no-untyped-call]
     tokenizer = AutoTokenizer.from_pretrained(str(OFFLINE_DIR))  # type: ignore[no-untyped-call]
     preparation = PreprocessConfig.of_hf_processor(BlipImageProcessor())
     return answerer_of(model, tokenizer, preparation, "blip-vqa-base architecture (random weights)",

@@ -188,11 +188,12 @@ def mask_cross_attention(model: torch.nn.Module) -> None:
 
 
 def answerer_of(model: Any, tokenizer: Any, preparation: PreprocessConfig, description: str,
-                device: torch.device, config: VqaConfig) -> Answerer:
-    """An Answerer over a BLIP model already built (the loader's, or bench.ask's random blip-vqa-base)."""
+                device: torch.device, config: VqaConfig, half: bool | None = None) -> Answerer:
+    """An Answerer over a BLIP model already built (the loader's, or bench.ask's random blip-vqa-base),
+    in fp16 when `half` (by default on a GPU; the CPU tests run that path too)."""
     mask_cross_attention(model)
     model = model.to(device)
-    if device.type == "cuda":
+    if device.type == "cuda" if half is None else half:
         model = model.half()
     model.eval()
     log.info("loaded question-answering model %s on %s", description, device)

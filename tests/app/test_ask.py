@@ -103,8 +103,8 @@ def test_a_bad_question_or_image_is_refused_naming_the_field(http: httpx.Client,
 
 def test_a_text_item_has_no_picture_to_ask_about(http: httpx.Client, bundle: Bundle) -> None:
     response = http.post("/ask", json={"item_id": text_id(bundle), "question": QUESTION})
-    assert response.status_code in (404, 422), response.text
-    assert response.json()["field"] == "item_id"
+    assert response.status_code == 422, response.text
+    assert response.json()["field"] == "item_id" and "not an image" in response.json()["reason"]
 
 
 def test_a_broken_upload_is_refused_naming_the_file(http: httpx.Client) -> None:

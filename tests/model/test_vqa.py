@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 import pytest
 import torch
@@ -16,6 +17,7 @@ from clipsearch.model.vqa import (
     Answerer,
     AskService,
     Question,
+    answerer_of,
     checked_question,
     load_answerer,
 )
@@ -129,6 +131,20 @@ def test_the_service_batches_questions_from_concurrent_callers_into_the_same_ans
         assert [answer.text for answer in answered] == [answer.text for answer in expected]
     finally:
         service.close()
+
+
+def test_in_fp16_as_on_a_gpu_the_answers_are_fp32s() -> None:
+    """The GPU's half-precision path, run on the CPU: the same answers, probabilities within fp16's
+    precision. Short answers: random weights make near-ties, which fp16 may tip many tokens in."""
+    short = replace(TINY, max_answer_tokens=4)
+    answerer, offline = load_answerer(short), load_answerer(short)
+    half = answerer_of(offline.model, offline.tokenizer, offline.prepare_image.config, "half", offline.device, short,
+                       half=True)
+    assert next(half.model.parameters()).dtype == torch.float16
+    pairs = [(noise_image(seed), question) for seed, question in enumerate(QUESTIONS)]
+    full, halved = answerer.ask(pairs), half.ask(pairs)
+    assert [answer.text for answer in halved] == [answer.text for answer in full]
+    assert [answer.score for answer in halved] == pytest.approx([answer.score for answer in full], rel=0.05)
 
 
 @pytest.mark.gpu
