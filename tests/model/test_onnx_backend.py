@@ -127,6 +127,15 @@ def test_the_onnx_encoder_runs_on_onnx_runtime(onnx_encoder: ClipEncoder) -> Non
     assert onnx_encoder.text_trim is not None
 
 
+def test_every_pass_hands_onnx_runtimes_arena_back_after_it(onnx_cache: Path, onnx_encoder: ClipEncoder) -> None:
+    """Without it, the arena holds the largest batch's activations for good (docs/benchmarks.md)."""
+    export = next(entry for entry in onnx_cache.glob("tiny-onnx-*") if "int8" not in entry.name)
+    towers = onnx_backend.load_towers(export, threads=1)
+    assert towers.run_options.get_run_config_entry("memory.enable_memory_arena_shrinkage") == "cpu:0"
+    pixels = torch.zeros(3, 3, *onnx_encoder.preprocess_config.size)
+    assert towers.encode_image(pixels).shape[0] == 3  # the option is one ONNX Runtime accepts on a pass
+
+
 @settings(max_examples=30, derandomize=True, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(st.lists(st.sampled_from(WORDS), min_size=0, max_size=90).map(" ".join), min_size=1, max_size=9))
 def test_onnx_text_embeddings_equal_pytorchs_at_every_length_and_batch(
