@@ -104,6 +104,21 @@ def resident_mb(pid: int) -> dict[str, float]:
     return {"rss_mb": round(totals["VmRSS"], 1), "peak_rss_mb": round(totals["VmHWM"], 1)}
 
 
+def wait_until_answering(url: str, process: subprocess.Popen[bytes], log_path: Path, within_s: float) -> None:
+    """Poll `url` until it answers 200; SystemExit with the end of `log_path` if `process` exits first
+    or `within_s` passes."""
+    deadline = time.monotonic() + within_s
+    while True:
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"{url} did not answer; the server's log ends:\n{log_path.read_text()[-3000:]}")
+        time.sleep(0.2)
+
+
 @contextmanager
 def served(bundle: Path, environment: Mapping[str, str] | None = None,
            ready_within_s: float = 600) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
@@ -121,16 +136,7 @@ def served(bundle: Path, environment: Mapping[str, str] | None = None,
                                   stdout=subprocess.DEVNULL, stderr=log)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + ready_within_s
-        while True:
-            try:
-                if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"the server did not become ready; its log ends:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.2)
+        wait_until_answering(f"{url}/ready", server, log_path, ready_within_s)
         yield url, server
     finally:
         server.terminate()

@@ -49,7 +49,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from bench.common import ROOT, WORDS, emit, free_port, ratio, resident_mb, served, unit_vectors
+from bench.common import (
+    ROOT,
+    WORDS,
+    emit,
+    free_port,
+    ratio,
+    resident_mb,
+    served,
+    unit_vectors,
+    wait_until_answering,
+)
 from bench.indexing import generate_jpegs
 from clipsearch.config import RANDOM_WEIGHTS_SEED, ModelRef
 from clipsearch.index import faiss_index
@@ -256,17 +266,7 @@ def serve_clip_retrieval(args: argparse.Namespace, scratch: Path, checkpoint: Pa
                              "--columns_to_return", '["image_path"]'], cwd=scratch, stdout=log, stderr=log)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 600
-        while True:
-            try:
-                if httpx.get(f"{url}/indices-list", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if back.poll() is not None or time.monotonic() > deadline:
-                tail = (scratch / "clip-back.log").read_text()[-3000:]
-                raise SystemExit(f"clip-retrieval back did not start:\n{tail}")
-            time.sleep(0.5)
+        wait_until_answering(f"{url}/indices-list", back, scratch / "clip-back.log", 600)
         answer = httpx.post(f"{url}/knn-service", json={"text": "a dog on the beach", "modality": "image",
                                                         "num_images": 10, "indice_name": "bench"}, timeout=120)
         answer.raise_for_status()
