@@ -23,7 +23,8 @@ asked the same text queries (embedded once, by our encoder on PyTorch) and their
 compared.
 
 **Memory** (`--memory N`): N random unit vectors (as `bench.http` makes them) served by `clip-retrieval
-back` (its index built by `clip-retrieval index`) and by `python -m app` on each of
+back` (its index built by `clip-retrieval index`; `--use_jit False`, as its inference defaults to,
+and no aesthetic embeddings, which it would download) and by `python -m app` on each of
 `--memory-backends`, each asked one text query first; their resident memory (every process of
 each), in the same run.
 """
