@@ -369,7 +369,7 @@ def load_towers(directory: Path, threads: int) -> OnnxTowers:
 
     # The CPU arena keeps the largest batch's activations for good (340 MB more resident after one batch
     # of 64 images on ViT-B-32); shrinking it after each pass hands that back at no cost in speed, where
-    # turning the arena off cost a one-text query 10% (docs/benchmarks.md, "One copy of the weights").
+    # turning the arena off cost a one-text query 10% (docs/benchmarks.md, "Against clip-retrieval").
     run_options = onnxruntime.RunOptions()
     run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
 
