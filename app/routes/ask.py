@@ -10,8 +10,8 @@ from PIL import Image
 
 from app.deps import ServiceDep, StateDep
 from app.routes.responses import ERRORS
-from app.schemas import AskRequest, AskResponse
 from app.state import ServiceState
+from app.understanding_schemas import AskRequest, AskResponse
 
 router = APIRouter(prefix="/ask", tags=["ask"])
 

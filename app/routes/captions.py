@@ -9,8 +9,8 @@ from PIL import Image
 
 from app.deps import ServiceDep, StateDep
 from app.routes.responses import ERRORS
-from app.schemas import CaptionRequest, CaptionResponse
 from app.state import ServiceState
+from app.understanding_schemas import CaptionRequest, CaptionResponse
 
 router = APIRouter(prefix="/caption", tags=["caption"])
 

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Form, UploadFile
 
 from app.deps import MetricsDep, ServiceDep
 from app.routes.responses import ERRORS
-from app.schemas import ClassifyRequest, ClassifyResponse, LabelScoreModel
+from app.understanding_schemas import ClassifyRequest, ClassifyResponse, LabelScoreModel
 from clipsearch.search.service import SearchService
 
 router = APIRouter(prefix="/classify", tags=["classify"])

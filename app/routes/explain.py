@@ -10,7 +10,7 @@ from fastapi import APIRouter
 from app.deps import MetricsDep, ServiceDep
 from app.errors import api_field
 from app.routes.responses import ERRORS
-from app.schemas import ExplainRequest, ExplainResponse, HeatmapModel
+from app.understanding_schemas import ExplainRequest, ExplainResponse, HeatmapModel
 
 router = APIRouter(tags=["explain"])
 
