@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -13,6 +13,7 @@ from clipsearch.index.fusion import Fusion
 from clipsearch.index.spec import IndexSpec
 from clipsearch.modality import Modality
 from clipsearch.model.vqa import Answer
+from clipsearch.search.cutoff import OrderBy
 from clipsearch.search.dedup import DEFAULT_THRESHOLD as DEFAULT_DEDUP_THRESHOLD
 from clipsearch.search.hybrid import FusionMethod, Ranking, SearchMode
 from clipsearch.search.query import ImageTerm, ItemTerm, ResultOptions, Term, TextTerm
@@ -31,6 +32,14 @@ def decodable_base64(value: str | None) -> str | None:
         except (binascii.Error, ValueError) as error:
             raise ValueError(f"not valid base64 ({error})") from None
     return value
+
+
+class OrderByModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    key: str = Field(description="An item field (id, uri, caption, text) or a metadata key, dots for nested "
+                                 "objects, as in filters.")
+    direction: Literal["asc", "desc"] = Field("desc", description="'desc': largest or latest first.")
 
 
 class ResultOptionsModel(BaseModel):
@@ -57,6 +66,17 @@ class ResultOptionsModel(BaseModel):
         "(--fuse). Only for fused bundles, and only the parts they store."),
         examples=[{"image": 0.6, "caption": 0.4}])
 
+    min_score: float | None = Field(None, allow_inf_nan=False, description=(
+        "Only results scoring this or more, on the scale of `score`: the cosine in vector searches (-1 to 1; "
+        "fused image scores are cosines too), BM25 in keyword searches (0 and up), the fused score in hybrid "
+        "ones (RRF: at most 2/(rrf_k + 1); 'weighted': 0 to 1). `matched` then counts the results that pass; "
+        "a search that passes more than the server's max_cutoff_results is refused."), examples=[0.25])
+    order_by: OrderByModel | None = Field(None, description=(
+        "Sort the results that pass `min_score` (and the filter) by an item field or metadata key, rather than "
+        "by score: results without a value there come last, ties stay in score order. Without `min_score`, "
+        "every result the filter passes is sorted (at most max_cutoff_results)."),
+        examples=[{"key": "taken_at", "direction": "desc"}])
+
     ask: str | None = Field(None, description=(
         "A question (in English) the question-answering model answers about each image result: each gets its "
         "`answer` and `answer_score` (up to the server's vqa_max_hits results; text results get none)."),
@@ -66,14 +86,17 @@ class ResultOptionsModel(BaseModel):
         "`asked.dropped` counts the others. Applies to this page: `matched` and `more` are the search's."))
 
     def options(self) -> ResultOptions:
-        return result_options(self.filter, self.offset, self.dedup, self.fusion)
+        order_by = None if self.order_by is None else self.order_by.model_dump()
+        return result_options(self.filter, self.offset, self.dedup, self.fusion, self.min_score, order_by)
 
 
-def result_options(filter: Any, offset: int, dedup: bool | float | None, fusion: Any = None) -> ResultOptions:
-    """ResultOptions from the API's fields; a bad filter or fusion raises InvalidQuery naming its path."""
+def result_options(filter: Any, offset: int, dedup: bool | float | None, fusion: Any = None,
+                   min_score: float | None = None, order_by: Any = None) -> ResultOptions:
+    """ResultOptions from the API's fields; a bad filter, fusion or order raises InvalidQuery naming its path."""
     threshold = DEFAULT_DEDUP_THRESHOLD if dedup is True else None if dedup is False else dedup
     return ResultOptions(filter=None if filter is None else parse_filter(filter, "filter"), offset=offset,
-                         dedup=threshold, fusion=None if fusion is None else Fusion.of(fusion, "fusion"))
+                         dedup=threshold, fusion=None if fusion is None else Fusion.of(fusion, "fusion"),
+                         min_score=min_score, order_by=None if order_by is None else OrderBy.of(order_by))
 
 
 class HybridModel(BaseModel):
@@ -230,8 +253,9 @@ class ItemModel(BaseModel):
 
 class SearchResponse(BaseModel):
     results: list[HitModel]
-    matched: int = Field(description="How many items of the target passed the filter (all of them without one). "
-                                     "Fewer results than k means fewer remain past the offset.")
+    matched: int = Field(description="How many items of the target passed the filter (all of them without one), "
+                                     "and min_score when given. Fewer results than k means fewer remain past the "
+                                     "offset.")
     more: bool = Field(description="Whether results go on past this page (ask again with offset + k).")
     took_ms: float
     truncated: list[str] = Field(default_factory=list,

@@ -50,6 +50,9 @@ class Settings(BaseSettings):
                                                                         "request.")
     max_offset: int = Field(_LIMITS.max_offset, ge=0, le=100_000, description="Deepest page a search may ask for "
                             "(offset); results up to offset + k are fetched for it.")
+    max_cutoff_results: int = Field(_LIMITS.max_cutoff_results, ge=1, le=1_000_000, description="Most results a "
+                                    "search with min_score or order_by gathers to count and sort them; one that "
+                                    "passes more is refused (422 naming min_score or order_by).")
     rrf_k: int = Field(DEFAULT_RRF_K, ge=1, le=10_000, description="The constant K of reciprocal rank fusion in "
                        "hybrid searches: an item scores 1/(K + rank) per list; a larger K flattens the ranks' weight.")
     filter_cache_size: int = Field(64, ge=1, description="Filters whose matching items are kept, per worker (least "
@@ -198,7 +201,7 @@ class Settings(BaseSettings):
                            max_pixels=self.max_pixels, decode_timeout_s=self.decode_timeout_s,
                            encode_timeout_s=self.encode_timeout_s, max_labels=self.max_labels,
                            max_templates=self.max_templates, max_explained=self.max_explained,
-                           max_offset=self.max_offset)
+                           max_offset=self.max_offset, max_cutoff_results=self.max_cutoff_results)
 
     @property
     def captions(self) -> CaptionConfig:

@@ -126,6 +126,8 @@ class Query:
 
 
 ImageInput = Path | str | bytes
+OrderByInput = str | dict[str, str]
+"""A metadata key to sort by, latest or largest first, or the server's {"key", "direction"}."""
 
 
 def _image_bytes(image: ImageInput) -> bytes:
@@ -170,7 +172,8 @@ class ClipSearchClient:
                     filter: dict[str, Any] | None = None, offset: int = 0,
                     dedup: bool | float | None = None, mode: str = "vector", hybrid_method: str = "rrf",
                     vector_weight: float = 0.5, fusion: dict[str, float] | None = None, ask: str | None = None,
-                    ask_filter: str | None = None) -> SearchResult:
+                    ask_filter: str | None = None, min_score: float | None = None,
+                    order_by: OrderByInput | None = None) -> SearchResult:
         """Search with a text. `filter` is the server's filter JSON (e.g. {"key": "album", "match":
         {"value": "Paris"}}), `offset` skips that many results, `dedup` collapses near-duplicates.
         `mode` is 'vector', 'keyword' (BM25 over captions, texts and keyword fields) or 'hybrid'
@@ -179,35 +182,37 @@ class ClipSearchClient:
         image results' picture, caption and read text ({"image": 0.6, "caption": 0.2, "ocr": 0.2}) in
         a fused bundle; each hit's `fused` then says what each added. `ask` is a question the server's
         question-answering model answers about each image hit (its `answer`); `ask_filter` keeps only the
-        hits with that answer ("yes")."""
-        body = {"text": text, "target": str(target), "k": k, **_options(filter, offset, dedup, fusion, ask, ask_filter),
+        hits with that answer ("yes"). `min_score` keeps only hits scoring that or more (then `matched`
+        counts them); `order_by` sorts those by a metadata key rather than by score: "taken_at" (latest
+        first) or {"key": "taken_at", "direction": "asc"}."""
+        body = {"text": text, "target": str(target), "k": k,
+                **_options(filter, offset, dedup, fusion, ask, ask_filter, min_score, order_by),
                 "mode": mode, "hybrid": {"method": hybrid_method, "vector_weight": vector_weight}}
         return _search_result(self._post("/search/text", json=body))
 
     def search_image(self, image: ImageInput, target: Modality | str = Modality.IMAGE, k: int = 10, *,
                      filter: dict[str, Any] | None = None, offset: int = 0,
                      dedup: bool | float | None = None, fusion: dict[str, float] | None = None,
-                     ask: str | None = None, ask_filter: str | None = None) -> SearchResult:
+                     ask: str | None = None, ask_filter: str | None = None, min_score: float | None = None,
+                     order_by: OrderByInput | None = None) -> SearchResult:
         """Search with an image file's path or its bytes; options as in search_text."""
         files = {"file": ("query", _image_bytes(image), "application/octet-stream")}
-        form = {"target": str(target), "k": str(k), "offset": str(offset)}
-        form.update({name: value for name, value in (("ask", ask), ("ask_filter", ask_filter)) if value is not None})
-        if filter is not None:
-            form["filter"] = json.dumps(filter)
-        if fusion is not None:
-            form["fusion"] = json.dumps(fusion)
-        if dedup is not None:
-            form["dedup"] = str(dedup).lower()
+        options = _options(filter, offset, dedup, fusion, ask, ask_filter, min_score, order_by)
+        # Form fields are text: objects go as JSON, booleans as 'true' / 'false'.
+        form = {"target": str(target), "k": str(k),
+                **{name: json.dumps(value) if isinstance(value, dict | bool) else str(value)
+                   for name, value in options.items()}}
         return _search_result(self._post("/search/image", files=files, data=form))
 
     def search(self, queries: list[Query], target: Modality | str = Modality.IMAGE, k: int = 10,
                explain: bool = False, *, filter: dict[str, Any] | None = None, offset: int = 0,
                dedup: bool | float | None = None, fusion: dict[str, float] | None = None,
-               ask: str | None = None, ask_filter: str | None = None) -> SearchResult:
+               ask: str | None = None, ask_filter: str | None = None, min_score: float | None = None,
+               order_by: OrderByInput | None = None) -> SearchResult:
         """A composed query: the weighted sum of the terms' embeddings; `explain` fills each hit's
         `shares`; options as in search_text."""
         body = {"queries": [query.to_json() for query in queries], "target": str(target), "k": k, "explain": explain,
-                **_options(filter, offset, dedup, fusion, ask, ask_filter)}
+                **_options(filter, offset, dedup, fusion, ask, ask_filter, min_score, order_by)}
         return _search_result(self._post("/search", json=body))
 
     def classify(self, image: ImageInput | int, labels: list[str], templates: list[str] | None = None,
@@ -280,10 +285,11 @@ class ClipSearchClient:
 
 
 def _options(filter: dict[str, Any] | None, offset: int, dedup: bool | float | None,
-             fusion: dict[str, float] | None = None, ask: str | None = None,
-             ask_filter: str | None = None) -> dict[str, Any]:
+             fusion: dict[str, float] | None = None, ask: str | None = None, ask_filter: str | None = None,
+             min_score: float | None = None, order_by: OrderByInput | None = None) -> dict[str, Any]:
     given = {"filter": filter, "offset": offset or None, "dedup": dedup, "fusion": fusion, "ask": ask,
-             "ask_filter": ask_filter}
+             "ask_filter": ask_filter, "min_score": min_score,
+             "order_by": {"key": order_by, "direction": "desc"} if isinstance(order_by, str) else order_by}
     return {name: value for name, value in given.items() if value is not None}
 
 

@@ -95,6 +95,8 @@ class QueryLimits:
     """Most items one heatmap request may explain."""
     max_offset: int = 1000
     """Deepest a search may page: results past offset + k are never fetched."""
+    max_cutoff_results: int = 10_000
+    """Most hits a search with min_score or order_by gathers (all that pass, to count and sort them)."""
 
 
 @dataclass(frozen=True)

@@ -84,6 +84,11 @@ def search_image(file: UploadFile, service: ServiceDep, metrics: MetricsDep, sta
                  dedup: Annotated[str | None, Form(description="'true', or a cosine threshold in (0, 1].")] = None,
                  fusion: Annotated[str | None, Form(description="Image, caption and ocr weights as in /search/text, "
                                                                 "as JSON text.")] = None,
+                 min_score: Annotated[float | None, Form(description="Only results scoring this or more, as in "
+                                                                     "/search/text.")] = None,
+                 order_by: Annotated[str | None, Form(description="An order as in /search/text, as JSON text: "
+                                                                  '{"key": "taken_at", "direction": "desc"}.')
+                                     ] = None,
                  ask: Annotated[str | None, Form(description="A question about each image result, as in "
                                                              "/search/text.")] = None,
                  ask_filter: Annotated[str | None, Form(description="Keep only the results with this answer.")
@@ -91,7 +96,8 @@ def search_image(file: UploadFile, service: ServiceDep, metrics: MetricsDep, sta
                  ) -> SearchResponse:
     """Find the items most similar to an uploaded image (multipart field `file`): image→image or image→text."""
     started = time.perf_counter()
-    options = result_options(_form_json(filter, "filter"), offset, _form_dedup(dedup), _form_json(fusion, "fusion"))
+    options = result_options(_form_json(filter, "filter"), offset, _form_dedup(dedup), _form_json(fusion, "fusion"),
+                             min_score, _form_json(order_by, "order_by"))
     question = _question(state, ask, ask_filter, k)
     data = file.file.read()  # held in memory: the multipart parser is told not to spool uploads to disk
     answer = service.search_image(data, target, k, options=options)

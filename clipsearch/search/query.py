@@ -12,19 +12,28 @@ from clipsearch.config import QueryLimits
 from clipsearch.errors import InvalidQuery
 from clipsearch.index.fusion import Fusion
 from clipsearch.modality import Modality
+from clipsearch.search.cutoff import OrderBy, check_min_score
 from clipsearch.store.filters import Filter
 
 
 @dataclass(frozen=True)
 class ResultOptions:
-    """Which of a search's results come back: those passing `filter`, with near-duplicates (cosine
-    ≥ `dedup`) collapsed into the best-ranked of each group, from `offset` on; image items scored
-    with `fusion`'s weights of image and caption, when given (else the bundle's)."""
+    """Which of a search's results come back: those passing `filter` and scoring `min_score` or more,
+    with near-duplicates (cosine ≥ `dedup`) collapsed into the best-ranked of each group, sorted by
+    `order_by` when given (else best first), from `offset` on; image items scored with `fusion`'s
+    weights of image and caption, when given (else the bundle's)."""
 
     filter: Filter | None = None
     offset: int = 0
     dedup: float | None = None
     fusion: Fusion | None = None
+    min_score: float | None = None
+    order_by: OrderBy | None = None
+
+    @property
+    def cut_off(self) -> bool:
+        """Whether every hit that passes must be gathered (clipsearch.search.cutoff)."""
+        return self.min_score is not None or self.order_by is not None
 
 
 @dataclass(frozen=True)
@@ -97,6 +106,7 @@ def check_options(options: ResultOptions, limits: QueryLimits) -> None:
         raise InvalidQuery("offset", f"must be between 0 and {limits.max_offset}, got {options.offset}")
     if options.dedup is not None and not 0 < options.dedup <= 1:
         raise InvalidQuery("dedup", f"a cosine threshold must be above 0 and at most 1, got {options.dedup}")
+    check_min_score(options.min_score)
 
 
 def check_terms(terms: Sequence[Term], field: str, limits: QueryLimits) -> None:

@@ -16,7 +16,7 @@ from clipsearch.modality import Modality
 from clipsearch.search.embedding import QueryEmbedder
 from clipsearch.search.hybrid import HYBRID_DEPTH, Fused, RankedList, Ranking, SearchMode, fuse, merge_ranked
 from clipsearch.search.query import ResultOptions, check_text
-from clipsearch.search.results import Answer, Pager, fetch_size
+from clipsearch.search.results import Answer, Pager, cutoff_depth, fetch_size
 from clipsearch.search.scope import Scope, with_live
 from clipsearch.store import keywords
 from clipsearch.store.bundle import Bundle
@@ -33,13 +33,15 @@ class WordSearch:
                  scope: Scope) -> Answer:
         check_text(text, field, self.embedder.limits)
         words = keywords.compile_query(text, field)
+        # A cut-off sees every candidate that passes it (up to the most it may gather, and one more).
+        fetch = cutoff_depth(k, options, self.pager.max_cutoff) if options.cut_off else fetch_size(k, options)
         if ranking.mode is SearchMode.KEYWORD:
             started = time.perf_counter()
-            found = self.ranking(words, target, fetch_size(k, options), options.filter, scope)
+            found = self.ranking(words, target, fetch, options.filter, scope)
             fused = [Fused(int(item_id), float(score), {"keyword": rank})
                      for rank, (item_id, score) in enumerate(zip(found.ids, found.scores, strict=True), 1)]
             return self.pager.ranked(None, fused, time.perf_counter() - started, target, k, options, scope)
-        depth = max(fetch_size(k, options), HYBRID_DEPTH)
+        depth = max(fetch, HYBRID_DEPTH)
         embedding = self.embedder.submit_text(text, field, target if scope.searches_base else None, depth,
                                               scope.base, scope.fusion)
         started = time.perf_counter()

@@ -2,6 +2,8 @@
 
 A search fetches one result more than it shows (that one says whether a next page exists); with
 dedup it fetches DEDUP_OVERFETCH times that, and searches again deeper while too few groups remain.
+With a cut-off (min_score, order_by) it gathers every hit that passes, searching again deeper
+while the deepest hit fetched still passes (clipsearch.search.cutoff).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import numpy as np
 from clipsearch.index.topk import TopK
 from clipsearch.modality import Modality
 from clipsearch.search import dedup
+from clipsearch.search.cutoff import CUTOFF_GROWTH, ordered, too_many
 from clipsearch.search.hybrid import Fused
 from clipsearch.search.query import QueryVector, ResultOptions
 from clipsearch.search.scope import Scope
@@ -41,6 +44,7 @@ class Answer:
     hits: list[Hit]
     search_s: float
     matched: int = 0
+    """With a cut-off, how many of those also passed it."""
     more: bool = False
 
 
@@ -51,16 +55,25 @@ def fetch_size(k: int, options: ResultOptions) -> int:
     return max(wanted, min(wanted * DEDUP_OVERFETCH, DEDUP_MAX_FETCHED)) if options.dedup is not None else wanted
 
 
-class Pager:
-    """Turns what a search found into the answer its options ask for."""
+def cutoff_depth(k: int, options: ResultOptions, max_cutoff: int) -> int:
+    """How deep a ranking with a cut-off is taken at once: one more than it may gather, which tells
+    whether more pass than that (a vector search starts at fetch_size and goes deeper as needed)."""
+    return max(fetch_size(k, options), max_cutoff + 1)
 
-    def __init__(self, collection: Collection, deeper: Deeper) -> None:
-        self.collection, self.deeper = collection, deeper
+
+class Pager:
+    """Turns what a search found into the answer its options ask for; a cut-off gathers at most
+    `max_cutoff` hits."""
+
+    def __init__(self, collection: Collection, deeper: Deeper, max_cutoff: int) -> None:
+        self.collection, self.deeper, self.max_cutoff = collection, deeper, max_cutoff
 
     def page(self, query: QueryVector, found: TopK, search_s: float, target: Modality, k: int,
              options: ResultOptions, scope: Scope) -> Answer:
         """The k hits after `options.offset` of a search that fetched `found`, duplicates collapsed
         (searching again, deeper, while too few groups remain and more items exist)."""
+        if options.cut_off:
+            return self._cut_off(query, found, search_s, target, k, options, scope)
         matched = scope.matched
         hits = self.collection.hits([found], scope.state)[0]
         if options.dedup is not None:
@@ -80,7 +93,15 @@ class Pager:
     def ranked(self, query: QueryVector | None, fused: list[Fused], search_s: float, target: Modality, k: int,
                options: ResultOptions, scope: Scope) -> Answer:
         """The k hits after `options.offset` of a keyword or hybrid ranking, near-duplicates collapsed
-        among the candidates fetched."""
+        among the candidates fetched; with a cut-off, the candidates that pass it (taken to
+        cutoff_depth), sorted as it says."""
+        matched = scope.matched
+        if options.min_score is not None:
+            fused = [result for result in fused if result.score >= options.min_score]
+        if options.cut_off:
+            if len(fused) > self.max_cutoff:
+                raise too_many(len(fused), self.max_cutoff, options.min_score)
+            matched = len(fused)
         items = self.collection.hits([TopK(np.array([[result.score for result in fused]], np.float32),
                                            np.array([[result.item_id for result in fused]], np.int64))],
                                      scope.state)[0]
@@ -88,10 +109,42 @@ class Pager:
         hits = [replace(hit, ranks=ranks[hit.item.id]) for hit in items]
         if options.dedup is not None and hits:
             hits = _grouped(hits, self._collapse(hits, target, options.dedup, scope))
+        if options.order_by is not None:
+            hits = ordered(hits, options.order_by)
         shown = hits[options.offset:options.offset + k]
         if query is not None:
             shown = self._with_fused_parts(query.vector, shown, scope)
-        return Answer(query, shown, search_s, scope.matched, more=len(hits) > options.offset + k)
+        return Answer(query, shown, search_s, matched, more=len(hits) > options.offset + k)
+
+    def _cut_off(self, query: QueryVector, found: TopK, search_s: float, target: Modality, k: int,
+                 options: ResultOptions, scope: Scope) -> Answer:
+        """Every hit that passes the cut-off (searching again, deeper, while the deepest one fetched
+        passes and more items exist), near-duplicates collapsed among them, sorted, then paged."""
+        floor = -np.inf if options.min_score is None else options.min_score
+        if options.min_score is None and scope.matched > self.max_cutoff:
+            raise too_many(scope.matched, self.max_cutoff, None)
+        fetched = found.ids.shape[1]
+        while True:
+            scores = found.scores[0][found.ids[0] >= 0]
+            # Fewer than fetched: the search gave every hit it can; a score below the floor: the rest are lower.
+            if len(scores) < fetched or len(scores) >= scope.matched or scores[-1] < floor:
+                break
+            if fetched > self.max_cutoff:
+                raise too_many(fetched, self.max_cutoff, options.min_score)
+            fetched = min(scope.matched, self.max_cutoff + 1, fetched * CUTOFF_GROWTH)
+            found, seconds = self.deeper(query.vector, target, fetched, scope)
+            search_s += seconds
+        passing = (found.scores[0] >= floor) & (found.ids[0] >= 0)
+        if int(passing.sum()) > self.max_cutoff:
+            raise too_many(int(passing.sum()), self.max_cutoff, options.min_score)
+        hits = self.collection.hits([TopK(found.scores[:, passing], found.ids[:, passing])], scope.state)[0]
+        matched = len(hits)
+        if options.dedup is not None and hits:
+            hits = _grouped(hits, self._collapse(hits, target, options.dedup, scope))
+        if options.order_by is not None:
+            hits = ordered(hits, options.order_by)
+        shown = self._with_fused_parts(query.vector, hits[options.offset:options.offset + k], scope)
+        return Answer(query, shown, search_s, matched, more=len(hits) > options.offset + k)
 
     def _with_fused_parts(self, query: np.ndarray, hits: list[Hit], scope: Scope) -> list[Hit]:
         """Hits of a fused search, each with what its image and each of its texts add to its score."""

@@ -20,7 +20,7 @@ from clipsearch.store.collection import Collection
 class VectorSearch:
     def __init__(self, collection: Collection, embedder: QueryEmbedder) -> None:
         self.embedder, self.pipeline = embedder, embedder.pipeline
-        self.pager = Pager(collection, self.deeper)
+        self.pager = Pager(collection, self.deeper, embedder.limits.max_cutoff_results)
 
     def text(self, text: str, field: str, target: Modality, k: int, options: ResultOptions, scope: Scope) -> Answer:
         fetch = fetch_size(k, options)

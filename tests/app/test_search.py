@@ -157,6 +157,23 @@ def test_paging_walks_through_results_without_gaps_or_repeats(client: ClipSearch
     assert [page.more for page in pages] == [True, True, True, False]
 
 
+def test_every_kind_of_search_cuts_at_min_score_and_orders_by_metadata(client: ClipSearchClient, bundle: Bundle,
+                                                                       encoder: ClipEncoder, corpus_dir: Path) -> None:
+    query = encoder.encode_texts(["a photo"])[0]
+    ranked = brute_force_bundle(bundle, Modality.IMAGE, query, 30)
+    floor = float(ranked.scores[0][11] + ranked.scores[0][12]) / 2  # twelve pass
+    result = client.search_text("a photo", k=5, min_score=floor)
+    assert result.ids == ranked.ids[0][:5].tolist() and result.matched == 12 and result.more
+    by_number = client.search_text("a photo", k=20, order_by={"key": "number", "direction": "asc"},
+                                   filter={"key": "number", "exists": True})
+    assert [hit.metadata["number"] for hit in by_number.results] == list(range(0, 30, 3))
+    upload = client.search_image(corpus_dir / "images" / "picture_006.png", k=3, min_score=0.999, order_by="number")
+    assert upload.matched >= 1 and all(hit.score >= 0.999 for hit in upload.results)
+    composed = client.search([Query(text="a photo")], k=20, min_score=floor, order_by="uri")
+    assert [hit.uri for hit in composed.results] == sorted((hit.uri for hit in composed.results), reverse=True)
+    assert composed.matched == 12
+
+
 @pytest.mark.parametrize("threshold", [0.94, 0.995])
 def test_dedup_groups_results_as_a_greedy_pass_over_the_plain_ranking_does(client: ClipSearchClient, bundle: Bundle,
                                                                            threshold: float) -> None:
@@ -182,6 +199,10 @@ def test_dedup_groups_results_as_a_greedy_pass_over_the_plain_ranking_does(clien
     ({"text": "x", "offset": 5000}, "offset"),
     ({"text": "x", "offset": -1}, "offset"),
     ({"text": "x", "dedup": 1.5}, "dedup"),
+    ({"text": "x", "min_score": "high"}, "min_score"),
+    ({"text": "x", "order_by": {"key": "year", "direction": "up"}}, "order_by.direction"),
+    ({"text": "x", "order_by": {"key": "a..b"}}, "order_by.key"),
+    ({"text": "x", "order_by": {"direction": "asc"}}, "order_by.key"),
 ])
 def test_bad_options_are_422_naming_the_field(http: httpx.Client, body: dict[str, object], field: str) -> None:
     response = http.post("/search/text", json=body)
@@ -190,7 +211,9 @@ def test_bad_options_are_422_naming_the_field(http: httpx.Client, body: dict[str
 
 
 @pytest.mark.parametrize(("form", "field"), [({"filter": "{not json"}, "filter"), ({"dedup": "lots"}, "dedup"),
-                                             ({"filter": '{"key": "a"}'}, "filter")])
+                                             ({"filter": '{"key": "a"}'}, "filter"),
+                                             ({"min_score": "nan"}, "min_score"), ({"order_by": "year"}, "order_by"),
+                                             ({"order_by": '{"key": "year", "direction": 1}'}, "order_by.direction")])
 def test_bad_upload_options_are_422_naming_the_form_field(http: httpx.Client, form: dict[str, str],
                                                           field: str) -> None:
     files = {"file": ("q.png", image_bytes(noise_image(5)), "image/png")}
