@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-import hmac
+import json
+from functools import lru_cache
 from typing import Annotated
 
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader
-from pydantic import SecretStr
 
-from app.errors import NotAuthenticated, WritesForbidden
+from app.access import ADMIN_KEY_HEADER, API_KEY_HEADER, Caller, caller_of
 from app.metrics import Metrics
 from app.settings import Settings
 from app.state import ServiceState, Writes
+from clipsearch.search.bounds import Bounds
 from clipsearch.search.service import SearchService
 
 
@@ -33,34 +34,35 @@ def get_metrics(state: Annotated[ServiceState, Depends(get_state)]) -> Metrics:
     return state.metrics
 
 
-_api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False,
-                               description="Required when the server sets CLIPSEARCH_API_KEY.")
+_api_key_header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False, description=(
+    "Required when the server sets CLIPSEARCH_API_KEY or CLIPSEARCH_KEYS_FILE: that key, or a key made with "
+    "`python -m indexer keys create`."))
+_admin_key_header = APIKeyHeader(name=ADMIN_KEY_HEADER, scheme_name="AdminKeyHeader", auto_error=False, description=(
+    "For writes, unless X-API-Key holds a write key: the key set on the server as CLIPSEARCH_ADMIN_KEY."))
 
 
-def require_api_key(state: Annotated[ServiceState, Depends(get_state)],
-                    given: Annotated[str | None, Security(_api_key_header)]) -> None:
-    expected = state.settings.api_key
-    if expected is not None and not _key_matches(given, expected):
-        raise NotAuthenticated()
+# The gate (app.access) checks keys before a body is read; these dependencies declare the headers a
+# route takes, for the OpenAPI schema, and hand the route the caller the gate let through.
 
 
-_admin_key_header = APIKeyHeader(name="X-Admin-Key", auto_error=False,
-                                 description="Required for writes; set on the server as CLIPSEARCH_ADMIN_KEY.")
+def read_open(request: Request) -> Caller:
+    """Any caller may read (no key is set), within the rate limit."""
+    return caller_of(request.scope)
 
 
-def require_admin_key(state: Annotated[ServiceState, Depends(get_state)],
-                      given: Annotated[str | None, Security(_admin_key_header)]) -> None:
-    expected = state.settings.admin_key
-    if expected is None:
-        raise WritesForbidden("writes are turned off: set CLIPSEARCH_ADMIN_KEY on the server to allow them",
-                              "X-Admin-Key")
-    if not _key_matches(given, expected):
-        raise WritesForbidden("missing or wrong admin key", "X-Admin-Key")
+def read_with_key(request: Request, _: Annotated[str | None, Security(_api_key_header)]) -> Caller:
+    return caller_of(request.scope)
 
 
-def _key_matches(given: str | None, expected: SecretStr) -> bool:
-    # Constant-time comparison: response timing must not reveal how much of a guess was right.
-    return given is not None and hmac.compare_digest(given.encode(), expected.get_secret_value().encode())
+def admin_with_key(request: Request, _: Annotated[str | None, Security(_api_key_header)],
+                   __: Annotated[str | None, Security(_admin_key_header)]) -> Caller:
+    """The same headers as a write's; the gate asks an admin key of them (app.access.required_scope)."""
+    return caller_of(request.scope)
+
+
+def write_with_key(request: Request, _: Annotated[str | None, Security(_api_key_header)],
+                   __: Annotated[str | None, Security(_admin_key_header)]) -> Caller:
+    return caller_of(request.scope)
 
 
 def get_writer(state: Annotated[ServiceState, Depends(get_state)]) -> Writes:
@@ -72,3 +74,16 @@ WriterDep = Annotated[Writes, Depends(get_writer)]
 ServiceDep = Annotated[SearchService, Depends(get_service)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+
+
+def get_bounds(request: Request) -> Bounds:
+    """What the caller may see and change: the items its key's filter passes (all, for most callers)."""
+    return _bounds_of(caller_of(request.scope).filter_json)
+
+
+@lru_cache(maxsize=256)
+def _bounds_of(filter_json: str | None) -> Bounds:
+    return Bounds() if filter_json is None else Bounds.of(json.loads(filter_json))
+
+
+BoundsDep = Annotated[Bounds, Depends(get_bounds)]

@@ -21,11 +21,13 @@ from starlette.routing import Match
 from clipsearch.errors import (
     BundleError,
     ClipSearchError,
+    CollectionNotFound,
     ImageDecodeError,
     ImageTooLarge,
     InvalidQuery,
     ItemNotFound,
     ModelLoadError,
+    OutsideKeyFilter,
     QueryImageTooLarge,
     ServiceBusy,
     StorageError,
@@ -40,19 +42,8 @@ class ServiceNotReady(ClipSearchError):
     """The model or the bundle is not loaded (yet, or at all); the reason says which."""
 
 
-class WritesForbidden(ClipSearchError):
-    """A write was refused: writes are off (no admin key set), or the admin key was missing or wrong."""
-
-
 class WritesUnavailable(ClipSearchError):
     """The bundle cannot take writes (its directory is read-only); the reason says why."""
-
-
-class NotAuthenticated(ClipSearchError):
-    """The API key is required and was missing or wrong."""
-
-    def __init__(self) -> None:
-        super().__init__("missing or wrong API key", "X-API-Key")
 
 
 STATUS: dict[type[ClipSearchError], int] = {
@@ -66,8 +57,8 @@ STATUS: dict[type[ClipSearchError], int] = {
     InvalidQuery: 422,
     QueryImageTooLarge: 413,
     ItemNotFound: 404,
-    NotAuthenticated: 401,
-    WritesForbidden: 403,
+    CollectionNotFound: 404,
+    OutsideKeyFilter: 403,
     WritesUnavailable: 503,
     StorageError: 503,  # read-only, not permitted, or locked elsewhere: searches go on, writes come back
     StorageFull: 507,  # Insufficient Storage
@@ -75,7 +66,6 @@ STATUS: dict[type[ClipSearchError], int] = {
 HEADERS: dict[type[ClipSearchError], dict[str, str]] = {
     ServiceBusy: {"Retry-After": "1"},
     StorageLocked: {"Retry-After": "1"},
-    NotAuthenticated: {"WWW-Authenticate": "X-API-Key"},
 }
 
 

@@ -15,11 +15,12 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 from starlette.formparsers import MultiPartParser
 
-from app.deps import require_api_key
+from app.access import Access, KeyGate
+from app.deps import read_open, read_with_key
 from app.errors import install_error_handlers
 from app.metrics import RequestMetricsMiddleware
 from app.middleware import BodySizeLimit, HeadAsGet, JSONErrors
-from app.routes import ask, captions, classify, docs, embed, explain, health, items, page, search
+from app.routes import ask, captions, classify, collections, docs, embed, explain, health, items, page, search
 from app.routes.responses import UNAUTHORIZED
 from app.settings import Settings
 from app.state import ServiceState
@@ -27,7 +28,8 @@ from app.state import ServiceState
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
-    state = ServiceState(settings)
+    access = Access(settings)
+    state = ServiceState(settings, writes_enabled=access.writes_enabled)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -40,7 +42,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             state.close()  # a load still under way is abandoned, not waited for
 
-    locked = settings.api_key is not None
+    locked = access.locked
     docs_locked = locked and not settings.public_docs
     app = FastAPI(title="clipsearch", version=_version(), lifespan=lifespan,
                   description="Search your own images and texts with a CLIP model: text→image, image→text, "
@@ -51,24 +53,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   docs_url=None if docs_locked else "/docs", redoc_url=None if docs_locked else "/redoc")
     app.state.service_state = state
     install_error_handlers(app)
-    # The key guards every router but liveness, readiness and the page; declared only when set, so
-    # the OpenAPI schema says exactly what the server asks for.
-    guarded = [Depends(require_api_key)] if locked else []
+    # Keys guard every router but liveness, readiness and the page (the gate, app.access, checks them;
+    # the header is declared only when one is set, so the OpenAPI schema says what the server asks for).
+    guarded = [Depends(read_with_key if locked else read_open)]
     for router in (search.router, items.router, embed.router, classify.router, explain.router, captions.router,
-                   ask.router, health.operations):
+                   ask.router, collections.router, health.operations):
         app.include_router(router, dependencies=guarded, responses=UNAUTHORIZED if locked else None)
     if docs_locked:
-        app.include_router(docs.router, dependencies=guarded)
+        app.include_router(docs.router, dependencies=[Depends(read_with_key)])
     for router in (health.router, page.router):
         app.include_router(router)
     app.mount("/static", StaticFiles(directory=page.STATIC_DIR), name="static")
-    # Added innermost first: a request meets BodySizeLimit, JSONErrors, the metrics (which count a
-    # HEAD as a HEAD), HeadAsGet, then CORS.
+    # Added innermost first: a request meets BodySizeLimit, JSONErrors, the key gate (before any body
+    # is read), the metrics (which count a HEAD as a HEAD, and the gate's refusals), HeadAsGet, then CORS.
     if settings.allowed_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.allowed_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Content-Type", "X-API-Key"])
     app.add_middleware(HeadAsGet)
     app.add_middleware(RequestMetricsMiddleware, metrics=state.metrics)
+    app.add_middleware(KeyGate, access=access, metrics=state.metrics, docs_open=not docs_locked)
     app.add_middleware(JSONErrors)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
     # Keep whole uploads in memory (the body limit bounds them) instead of spooling them to disk.

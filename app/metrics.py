@@ -73,6 +73,10 @@ class Metrics:
                                       ["reason"], registry=self.registry)
         self.requests = Counter("clipsearch_http_requests_total", "HTTP requests served",
                                 ["method", "endpoint", "status"], registry=self.registry)
+        self.key_requests = Counter("clipsearch_key_requests_total", "Requests to routes that need a key, by the "
+                                    "key's name ('api-key', 'admin-key', 'anonymous'; 'unknown' for a wrong key) "
+                                    "and outcome (allowed, refused, limited)", ["key", "outcome"],
+                                    registry=self.registry)
         self.latency = Histogram("clipsearch_http_request_duration_seconds", "HTTP request latency",
                                  ["method", "endpoint"], buckets=_LATENCY_BUCKETS, registry=self.registry)
         self.encode = Histogram("clipsearch_encode_duration_seconds",

@@ -22,6 +22,8 @@ from clipsearch.config import (
     VqaConfig,
     WriteLimits,
 )
+from clipsearch.errors import KeyFileError
+from clipsearch.store.keys import Rate
 
 # The defaults of the limits and of batching are the core's own: no number is written twice.
 _LIMITS = QueryLimits()
@@ -134,6 +136,16 @@ class Settings(BaseSettings):
                                                         "compacted or rebuilt, to load the new one.")
     api_key: SecretStr | None = Field(None, description="When set, required in the X-API-Key header on every "
                                                         "endpoint but /health, /ready and the page itself.")
+    keys_file: Path | None = Field(None, description="A file of named keys with scopes (read, write, admin), "
+                                   "collections, filters and rates, made with `python -m indexer keys`; read again "
+                                   "whenever it changes. Set, every endpoint but /health, /ready and the page needs "
+                                   "a key in X-API-Key (CLIPSEARCH_API_KEY and CLIPSEARCH_ADMIN_KEY still work).")
+    rate_limit: str | None = Field(None, description="Requests per second (or minute) each caller may make: "
+                                   "'20/s', '600/min'; per client address without a key, per key with one (a key's "
+                                   "own --rate wins). 429 with Retry-After above; unset: no limit.")
+    rate_limit_file: Path | None = Field(None, description="Where the workers of one server share their token "
+                                         "buckets (SQLite); unset: a file in the temporary directory named after "
+                                         "the bundle.")
     cors_origins: str = Field("", description="Comma-separated origins allowed to call the API from a browser; "
                                               "none by default.")
     keep_alive_s: float = Field(75.0, gt=0, description="How long an idle keep-alive connection stays open. Longer "
@@ -162,12 +174,22 @@ class Settings(BaseSettings):
         return f"http://{host}:{self.port}"
 
     @field_validator("api_key", "admin_key", "caption_pretrained", "caption_checkpoint", "text_language",
-                     "int8_calibration",
+                     "int8_calibration", "keys_file", "rate_limit", "rate_limit_file",
                      "public_url", mode="before")
     @classmethod
     def _empty_means_none(cls, value: object) -> object:
         # Compose passes unset variables as empty strings; an empty key must not lock everyone out.
         return None if value == "" else value
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _a_rate(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                Rate.parse(value)
+            except KeyFileError as error:
+                raise ValueError(error.reason) from None
+        return value
 
     @property
     def allowed_origins(self) -> list[str]:

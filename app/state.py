@@ -53,8 +53,10 @@ RETIRE_GRACE_S = 5.0
 class ServiceState:
     """Loads the model and the bundle once, off the event loop; /ready reports how that went."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, writes_enabled: bool = False) -> None:
         self.settings = settings
+        self.writes_enabled = writes_enabled
+        """A write may be let through at all: an admin key or a keys file is set (app.access)."""
         self.service: SearchService | None = None
         self.metrics = Metrics(lambda: self.service.pipeline.batch_counts() if self.service is not None else {},
                                self._refused_writes)
@@ -262,7 +264,7 @@ class ServiceState:
 
     def writes_status(self) -> WritesStatus:
         """Whether writes go through now, why not, and the room left where the bundle is."""
-        return WritesStatus(enabled=self.settings.admin_key is not None, refusal=self.refusal,
+        return WritesStatus(enabled=self.writes_enabled, refusal=self.refusal,
                             space=disk_space(self.settings.bundle_path))
 
     def compact_if_due(self) -> None:

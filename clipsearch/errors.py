@@ -14,13 +14,15 @@ hierarchy, so a subclass inherits its parent's status unless it has its own):
     │   ├── CheckpointRequired      503
     │   ├── BundleReplaced          503
     │   ├── LiveChangesPending      503
-    │   └── CannotCompact           503
+    │   ├── CannotCompact           503
+    │   └── SnapshotInvalid         503  a snapshot archive is damaged, or cannot be restored where asked
     ├── BuildError                   —   indexer only: the build cannot start or go on
     │   ├── NoSources                —
     │   ├── IndexSettingsInvalid     —
     │   └── ResumeMismatch           —
     ├── SourceError                  —   indexer only: a corpus cannot be read at all
     ├── FinetuneError                —   indexer only: the model or settings cannot be fine-tuned as asked
+    ├── KeyFileError                 —   indexer and start-up only: a key or the keys file is refused
     ├── ModelLoadError              503
     ├── ImageDecodeError            422  bytes that should be an image are not a usable one
     │   └── ImageTooLarge           413
@@ -28,13 +30,16 @@ hierarchy, so a subclass inherits its parent's status unless it has its own):
     │   ├── QueryImageTooLarge      413
     │   └── ModalityUnavailable     422
     ├── ItemNotFound                404
+    ├── CollectionNotFound          404  no collection has the name a request gives
+    ├── OutsideKeyFilter            403  a write would put an item outside its key's filter
     ├── ServiceBusy                 503  (with Retry-After)
     └── StorageError                503  the filesystem refused a write (clipsearch.util.storage)
         ├── StorageFull             507  no space left (ENOSPC, EDQUOT, SQLite's SQLITE_FULL)
         ├── StorageUnwritable       503  read-only or not permitted (EROFS, EACCES, EPERM, SQLITE_READONLY)
         └── StorageLocked           503  (with Retry-After) another process held the lock past the timeout
 
-The server adds two of its own beside these: ServiceNotReady (503) and NotAuthenticated (401).
+The server adds ServiceNotReady (503) beside these, and its key gate answers 401, 403 and 429
+itself (app/access.py).
 Messages speak of the core's own terms; the entry points add CLI flags or HTTP field names.
 """
 
@@ -90,6 +95,11 @@ class CannotCompact(BundleError):
     """The bundle's live changes cannot be folded into its base (its index stores compressed vectors)."""
 
 
+class SnapshotInvalid(BundleError):
+    """A snapshot archive is not one, is damaged (a file missing or not matching its checksum), or
+    cannot be restored where asked (clipsearch.store.bundle.snapshot)."""
+
+
 class BuildError(ClipSearchError):
     """A build cannot start or go on as configured."""
 
@@ -112,6 +122,11 @@ class SourceError(ClipSearchError):
 
 class FinetuneError(ClipSearchError):
     """The model or the settings cannot be fine-tuned as asked."""
+
+
+class KeyFileError(ClipSearchError):
+    """A key could not be made or changed (a bad name, scope or rate; no such key), or the keys file
+    could not be read."""
 
 
 class ModelLoadError(ClipSearchError):
@@ -147,6 +162,14 @@ class ItemNotFound(ClipSearchError):
     def __init__(self, item_id: int, field: str = "id", reason: str = "no such item in the bundle") -> None:
         super().__init__(f"item {item_id}: {reason}", field)
         self.item_id = item_id
+
+
+class CollectionNotFound(ClipSearchError):
+    """No collection the server serves has the name a request gives."""
+
+
+class OutsideKeyFilter(ClipSearchError):
+    """A key bound to a filter tried to write an item that would not pass it (clipsearch.search.bounds)."""
 
 
 class ServiceBusy(ClipSearchError):

@@ -19,14 +19,17 @@ from indexer import (
     deleting,
     demo,
     evaluation,
+    keys,
     labelling,
+    snapshots,
     syncing,
     tuning,
 )
 
 COMMANDS: dict[str, ModuleType] = {
     "build": building, "classify": labelling, "sync": syncing, "add": adding, "delete": deleting,
-    "compact": compacting, "eval": evaluation, "finetune": tuning, "demo-data": demo,
+    "compact": compacting, "eval": evaluation, "finetune": tuning, "keys": keys,
+    "snapshot": snapshots, "restore": snapshots, "demo-data": demo,
 }
 """In the order `python -m indexer --help` lists them."""
 
@@ -35,7 +38,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m indexer",
                                      description="Embed image and text corpora into a searchable bundle.")
     commands = parser.add_subparsers(dest="command", required=True)
-    for command in COMMANDS.values():
+    for command in dict.fromkeys(COMMANDS.values()):  # a module with two commands adds both at once
         command.add_parser(commands)
     args = parser.parse_args(argv)
     COMMANDS[args.command].check(args, parser.error)

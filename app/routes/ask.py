@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Form, UploadFile
 from PIL import Image
 
-from app.deps import ServiceDep, StateDep
+from app.deps import BoundsDep, ServiceDep, StateDep
 from app.routes.responses import ERRORS
 from app.state import ServiceState
 from app.understanding_schemas import AskRequest, AskResponse
@@ -25,7 +25,7 @@ def _respond(state: ServiceState, image: Image.Image, question: str, started: fl
 
 
 @router.post("", responses=ERRORS)
-def ask(request: AskRequest, service: ServiceDep, state: StateDep) -> AskResponse:
+def ask(request: AskRequest, service: ServiceDep, state: StateDep, bounds: BoundsDep) -> AskResponse:
     """A short answer to a question about an image (`image_b64`, or an image item's `item_id`).
 
     The model loads on the first question, which waits for it up to the server's vqa_timeout_s; a
@@ -36,6 +36,7 @@ def ask(request: AskRequest, service: ServiceDep, state: StateDep) -> AskRespons
     data = request.image_bytes
     if data is None:
         assert request.item_id is not None
+        bounds.item(service.collection, request.item_id, "item_id")
         image = service.collection.read_image(request.item_id, "item_id", service.limits.max_pixels)
     else:
         image = service.uploads.image(data, "image_b64")

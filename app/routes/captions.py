@@ -7,7 +7,7 @@ import time
 from fastapi import APIRouter, UploadFile
 from PIL import Image
 
-from app.deps import ServiceDep, StateDep
+from app.deps import BoundsDep, ServiceDep, StateDep
 from app.routes.responses import ERRORS
 from app.state import ServiceState
 from app.understanding_schemas import CaptionRequest, CaptionResponse
@@ -24,7 +24,7 @@ def _respond(state: ServiceState, image: Image.Image, started: float) -> Caption
 
 
 @router.post("", responses=ERRORS)
-def caption(request: CaptionRequest, service: ServiceDep, state: StateDep) -> CaptionResponse:
+def caption(request: CaptionRequest, service: ServiceDep, state: StateDep, bounds: BoundsDep) -> CaptionResponse:
     """A generated caption for an image (`image_b64`, or an image item's `item_id`).
 
     The caption model loads on the first request, which waits for it up to the caption timeout; a
@@ -35,6 +35,7 @@ def caption(request: CaptionRequest, service: ServiceDep, state: StateDep) -> Ca
     data = request.image_bytes
     if data is None:
         assert request.item_id is not None
+        bounds.item(service.collection, request.item_id, "item_id")
         image = service.collection.read_image(request.item_id, "item_id", limits.max_pixels)
     else:
         image = service.uploads.image(data, "image_b64")

@@ -8,7 +8,7 @@ from typing import Annotated
 import numpy as np
 from fastapi import APIRouter, Form, UploadFile
 
-from app.deps import MetricsDep, ServiceDep
+from app.deps import BoundsDep, MetricsDep, ServiceDep
 from app.routes.responses import ERRORS
 from app.understanding_schemas import ClassifyRequest, ClassifyResponse, LabelScoreModel
 from clipsearch.search.service import SearchService
@@ -26,12 +26,13 @@ def _respond(service: SearchService, vector: np.ndarray, labels: list[str], temp
 
 
 @router.post("", responses=ERRORS)
-def classify(request: ClassifyRequest, service: ServiceDep, metrics: MetricsDep) -> ClassifyResponse:
+def classify(request: ClassifyRequest, service: ServiceDep, metrics: MetricsDep, bounds: BoundsDep) -> ClassifyResponse:
     """Every label's probability for an image (`image_b64`, or an image item's `item_id`), best first."""
     started = time.perf_counter()
     data = request.image_bytes
     if data is None:
         assert request.item_id is not None
+        bounds.item(service.collection, request.item_id, "item_id")
         vector = service.image_item_vector(request.item_id)
     else:
         query = service.embed_image(data, field="image_b64")

@@ -7,7 +7,7 @@ import time
 
 from fastapi import APIRouter
 
-from app.deps import MetricsDep, ServiceDep
+from app.deps import BoundsDep, MetricsDep, ServiceDep
 from app.errors import api_field
 from app.routes.responses import ERRORS
 from app.understanding_schemas import ExplainRequest, ExplainResponse, HeatmapModel
@@ -16,13 +16,17 @@ router = APIRouter(tags=["explain"])
 
 
 @router.post("/explain", responses=ERRORS)
-def explain(request: ExplainRequest, service: ServiceDep, metrics: MetricsDep) -> ExplainResponse:
+def explain(request: ExplainRequest, service: ServiceDep, metrics: MetricsDep, bounds: BoundsDep) -> ExplainResponse:
     """Where in each image item the query (text, image, item or a weighted mix) lights up.
 
     One extra image forward per item, batched; the grid is the model's patch grid.
     """
     started = time.perf_counter()
-    query = service.embed_terms([term.to_term() for term in request.queries], field="queries")
+    terms = [term.to_term() for term in request.queries]
+    bounds.check_terms(service.collection, terms, "queries")
+    for number, item_id in enumerate(request.item_ids):
+        bounds.item(service.collection, item_id, f"item_ids[{number}]")
+    query = service.embed_terms(terms, field="queries")
     metrics.observe_encodings(query)
     heatmaps = service.heatmaps(query, request.item_ids)
     results = [HeatmapModel(item_id=item_id,

@@ -16,11 +16,12 @@ from starlette.concurrency import run_in_threadpool
 from starlette.convertors import Convertor, register_url_convertor
 from starlette.datastructures import UploadFile
 
-from app.deps import ServiceDep, WriterDep, require_admin_key
+from app.deps import BoundsDep, ServiceDep, WriterDep, write_with_key
 from app.item_schemas import AddTextsRequest, DeleteItemsRequest, DeleteResponse, EditItemRequest, WriteResponse
-from app.routes.responses import ERRORS
-from app.schemas import MAX_ITEM_ID, ErrorResponse, ItemModel
+from app.routes.responses import ERRORS, WRITE_ERRORS
+from app.schemas import MAX_ITEM_ID, ItemModel
 from clipsearch.errors import InvalidQuery
+from clipsearch.modality import Modality
 from clipsearch.search.writes import UNCHANGED, ImageEntry, TextEntry
 from clipsearch.store.filters import parse_filter
 
@@ -47,15 +48,16 @@ router = APIRouter(prefix="/items", tags=["items"])
 
 
 @router.get("/{item_id:item_id}", responses=ERRORS)
-def get_item(item_id: ItemId, service: ServiceDep) -> ItemModel:
+def get_item(item_id: ItemId, service: ServiceDep, bounds: BoundsDep) -> ItemModel:
     """An item's metadata."""
-    return ItemModel.of(service.collection.item(item_id))
+    return ItemModel.of(bounds.item(service.collection, item_id))
 
 
 @router.get("/{item_id:item_id}/image", response_class=FileResponse, responses={
     200: {"content": {"image/*": {}}, "description": "The image file, as indexed."}, **ERRORS})
-def get_item_image(item_id: ItemId, service: ServiceDep) -> FileResponse:
+def get_item_image(item_id: ItemId, service: ServiceDep, bounds: BoundsDep) -> FileResponse:
     """The image file of an image item. Only files recorded in the bundle are ever served."""
+    bounds.item(service.collection, item_id)
     path = service.collection.image_path(item_id)
     try:
         with Image.open(path) as image:  # reads the header only, to name the real format
@@ -65,17 +67,7 @@ def get_item_image(item_id: ItemId, service: ServiceDep) -> FileResponse:
     return FileResponse(path, media_type=media_type, headers={"Cache-Control": "public, max-age=3600"})
 
 
-WRITE_ERRORS: dict[int | str, dict[str, Any]] = {**ERRORS, 403: {
-    "model": ErrorResponse, "description": "Writes are off (CLIPSEARCH_ADMIN_KEY unset) or the X-Admin-Key header "
-                                           "was missing or wrong."}, 503: {
-    "model": ErrorResponse, "description": "The model or the bundle is not loaded, the bundle's filesystem is "
-                                           "read-only or not writable, or another process held its write lock past "
-                                           "CLIPSEARCH_WRITE_LOCK_TIMEOUT_S (then with Retry-After); nothing was "
-                                           "written."}, 507: {
-    "model": ErrorResponse, "description": "The disk that holds the bundle is full: the reason names its filesystem "
-                                           "and the room left; nothing was written, and writes go through again by "
-                                           "themselves once there is room."}}
-admin = [Depends(require_admin_key)]
+admin = [Depends(write_with_key)]
 
 
 @router.post("", responses=WRITE_ERRORS, dependencies=admin, openapi_extra={"requestBody": {"content": {
@@ -85,7 +77,7 @@ admin = [Depends(require_admin_key)]
         "key": {"type": "array", "items": {"type": "string"}},
         "caption": {"type": "array", "items": {"type": "string"}},
         "metadata": {"type": "array", "items": {"type": "string", "description": "a JSON object"}}}}}}}})
-async def add_items(request: Request, writer: WriterDep) -> WriteResponse:
+async def add_items(request: Request, writer: WriterDep, service: ServiceDep, bounds: BoundsDep) -> WriteResponse:
     """Add items, or replace them by key (same id, new vector and metadata).
 
     Texts as JSON: `{"items": [{"text", "key", "metadata"}]}`. Images as multipart: one `file` field
@@ -98,6 +90,9 @@ async def add_items(request: Request, writer: WriterDep) -> WriteResponse:
         async with request.form(max_files=writer.limits.max_items + 1,
                                 max_fields=4 * writer.limits.max_items + 4) as form:  # closes the uploads after
             entries = _image_entries(form)
+        for number, image in enumerate(entries):
+            bounds.check_new(service.collection, Modality.IMAGE, image.caption, image.metadata, f"file[{number}]",
+                             image.key)
         ids = await run_in_threadpool(writer.add_images, entries, "file")
     else:
         try:
@@ -106,18 +101,26 @@ async def add_items(request: Request, writer: WriterDep) -> WriteResponse:
             raise RequestValidationError([{**entry, "loc": ("body", *entry["loc"])} for entry in error.errors()]) \
                 from None
         texts = [TextEntry(item.text, item.key, item.metadata) for item in body.items]
+        for number, text in enumerate(texts):
+            bounds.check_new(service.collection, Modality.TEXT, text.text, text.metadata, f"items[{number}]",
+                             text.key)
         ids = await run_in_threadpool(writer.add_texts, texts)
     return WriteResponse(ids=ids, took_ms=_since(started))
 
 
 @router.patch("/{item_id:item_id}", responses=WRITE_ERRORS, dependencies=admin)
-def edit_item(item_id: ItemId, request: EditItemRequest, writer: WriterDep) -> ItemModel:
+def edit_item(item_id: ItemId, request: EditItemRequest, writer: WriterDep, service: ServiceDep,
+              bounds: BoundsDep) -> ItemModel:
     """Change an image's caption, a text's text (embedded again) or any item's metadata; other fields stay."""
     given = request.model_fields_set
     if not given:
         raise InvalidQuery("body", "give at least one of caption, text and metadata")
     if "text" in given and request.text is None:
         raise InvalidQuery("text", "a text item's text cannot be removed; delete the item instead")
+    item = bounds.item(service.collection, item_id, "item_id")
+    changed_text = request.caption if "caption" in given else request.text if "text" in given else item.text
+    bounds.check_new(service.collection, item.modality, changed_text,
+                     (request.metadata or {}) if "metadata" in given else item.extra, "")
     return ItemModel.of(writer.update(
         item_id, caption=request.caption if "caption" in given else UNCHANGED,
         text=request.text if "text" in given and request.text is not None else UNCHANGED,
@@ -125,9 +128,10 @@ def edit_item(item_id: ItemId, request: EditItemRequest, writer: WriterDep) -> I
 
 
 @router.delete("/{item_id:item_id}", responses=WRITE_ERRORS, dependencies=admin)
-def delete_item(item_id: ItemId, writer: WriterDep) -> DeleteResponse:
+def delete_item(item_id: ItemId, writer: WriterDep, service: ServiceDep, bounds: BoundsDep) -> DeleteResponse:
     """Delete one item; 404 if there is no such item."""
     started = time.perf_counter()
+    bounds.item(service.collection, item_id, "item_id")
     deleted = writer.delete([item_id], "item_id")
     if not deleted:
         writer.item(item_id, "item_id")  # raises the 404
@@ -135,13 +139,16 @@ def delete_item(item_id: ItemId, writer: WriterDep) -> DeleteResponse:
 
 
 @router.post("/delete", responses=WRITE_ERRORS, dependencies=admin)
-def delete_items(request: DeleteItemsRequest, writer: WriterDep) -> DeleteResponse:
+def delete_items(request: DeleteItemsRequest, writer: WriterDep, service: ServiceDep,
+                 bounds: BoundsDep) -> DeleteResponse:
     """Delete items by id (unknown ids skipped) or every item passing a filter."""
     started = time.perf_counter()
     if request.ids is not None:
-        deleted = writer.delete(request.ids, "ids")
+        deleted = writer.delete(bounds.visible_ids(service.collection, request.ids), "ids")
     else:
-        deleted = writer.delete_matching(parse_filter(request.filter, "filter"))
+        narrowed = bounds.narrowed(parse_filter(request.filter, "filter"))
+        assert narrowed is not None
+        deleted = writer.delete_matching(narrowed)
     return DeleteResponse(deleted=deleted, took_ms=_since(started))
 
 

@@ -15,3 +15,16 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         (503, "The model or the bundle is not loaded."))}
 UNAUTHORIZED: dict[int | str, dict[str, Any]] = {401: {
     "model": ErrorResponse, "description": "The server requires an API key (X-API-Key) and it was missing or wrong."}}
+
+WRITE_ERRORS: dict[int | str, dict[str, Any]] = {**ERRORS, 403: {
+    "model": ErrorResponse, "description": "Writes are off (neither CLIPSEARCH_ADMIN_KEY nor CLIPSEARCH_KEYS_FILE "
+                                           "set), the X-Admin-Key header was missing or wrong, the X-API-Key's key may "
+                                           "not do this (its scope, its collections), or the write would put an "
+                                           "item outside the key's filter."}, 503: {
+    "model": ErrorResponse, "description": "The model or the bundle is not loaded, the bundle's filesystem is "
+                                           "read-only or not writable, or another process held its write lock past "
+                                           "CLIPSEARCH_WRITE_LOCK_TIMEOUT_S (then with Retry-After); nothing was "
+                                           "written."}, 507: {
+    "model": ErrorResponse, "description": "The disk that holds the bundle is full: the reason names its filesystem "
+                                           "and the room left; nothing was written, and writes go through again by "
+                                           "themselves once there is room."}}

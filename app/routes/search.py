@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, UploadFile
 
-from app.deps import MetricsDep, ServiceDep, StateDep
+from app.deps import BoundsDep, MetricsDep, ServiceDep, StateDep
 from app.errors import api_field
 from app.routes.responses import ERRORS
 from app.schemas import (
@@ -64,11 +64,11 @@ def _respond(answer: Answer, started: float, options: ResultOptions, shares: lis
 
 @router.post("/search/text", responses=ERRORS)
 def search_text(request: TextSearchRequest, service: ServiceDep, metrics: MetricsDep,
-                state: StateDep) -> SearchResponse:
+                state: StateDep, bounds: BoundsDep) -> SearchResponse:
     """Find the items most similar to a text: text→image, or text→text with `target: "text"`; by
     embedding, by keyword, or both (`mode`). With `ask`, each image result's answer to a question."""
     started = time.perf_counter()
-    options = request.options()
+    options = bounds.options(request.options())
     question = _question(state, request.ask, request.ask_filter, request.k)
     answer = service.search_text(request.text, request.target, request.k, options=options, ranking=request.ranking())
     metrics.observe_answer(answer, request.target)
@@ -76,7 +76,7 @@ def search_text(request: TextSearchRequest, service: ServiceDep, metrics: Metric
 
 
 @router.post("/search/image", responses=ERRORS)
-def search_image(file: UploadFile, service: ServiceDep, metrics: MetricsDep, state: StateDep,
+def search_image(file: UploadFile, service: ServiceDep, metrics: MetricsDep, state: StateDep, bounds: BoundsDep,
                  target: Annotated[Modality, Form()] = Modality.IMAGE,
                  k: Annotated[int, Form(ge=1)] = 10,
                  filter: Annotated[str | None, Form(description="A filter as in /search/text, as JSON text.")] = None,
@@ -96,8 +96,8 @@ def search_image(file: UploadFile, service: ServiceDep, metrics: MetricsDep, sta
                  ) -> SearchResponse:
     """Find the items most similar to an uploaded image (multipart field `file`): image→image or image→text."""
     started = time.perf_counter()
-    options = result_options(_form_json(filter, "filter"), offset, _form_dedup(dedup), _form_json(fusion, "fusion"),
-                             min_score, _form_json(order_by, "order_by"))
+    options = bounds.options(result_options(_form_json(filter, "filter"), offset, _form_dedup(dedup),
+                                            _form_json(fusion, "fusion"), min_score, _form_json(order_by, "order_by")))
     question = _question(state, ask, ask_filter, k)
     data = file.file.read()  # held in memory: the multipart parser is told not to spool uploads to disk
     answer = service.search_image(data, target, k, options=options)
@@ -107,16 +107,18 @@ def search_image(file: UploadFile, service: ServiceDep, metrics: MetricsDep, sta
 
 @router.post("/search", responses=ERRORS)
 def search_composed(request: ComposedSearchRequest, service: ServiceDep, metrics: MetricsDep,
-                    state: StateDep) -> SearchResponse:
+                    state: StateDep, bounds: BoundsDep) -> SearchResponse:
     """Search with the renormalised weighted sum of several terms' embeddings.
 
     For example an image, plus "at night", minus "people". Weights may be negative.
     """
     started = time.perf_counter()
-    options = request.options()
+    options = bounds.options(request.options())
     service.check_target(request.target, request.k, options)
     question = _question(state, request.ask, request.ask_filter, request.k)
-    query = service.embed_terms([term.to_term() for term in request.queries])
+    terms = [term.to_term() for term in request.queries]
+    bounds.check_terms(service.collection, terms, "terms")
+    query = service.embed_terms(terms)
     answer = service.search_vector(query, request.target, request.k, options)
     metrics.observe_answer(answer, request.target)
     shares = None

@@ -32,6 +32,9 @@ function resultOptions(offset) {
   const filter = filterJson(filters);
   if (filter) options.filter = filter;
   if ($("dedup").checked) options.dedup = true;
+  if ($("min-score").value.trim() !== "") options.min_score = Number($("min-score").value);
+  const orderKey = $("order-by").value.trim();
+  if (orderKey) options.order_by = { key: orderKey, direction: $("order-direction").value };
   const offered = FUSED_TEXTS.filter((part) => !$(`${part}-weight-label`).hidden);
   const fusion = fusionWeights(Object.fromEntries(offered.map((part) => [part, Number($(`${part}-weight`).value)])));
   if (fusion && target() === "image") options.fusion = fusion;
@@ -139,12 +142,10 @@ async function runQuery(offset) {
     data.append("file", imageQuery.file);
     data.append("target", target());
     data.append("k", String(k()));
-    data.append("offset", String(offset));
-    if (options.filter) data.append("filter", JSON.stringify(options.filter));
-    if (options.dedup) data.append("dedup", "true");
-    if (options.fusion) data.append("fusion", JSON.stringify(options.fusion));
-    if (options.ask) data.append("ask", options.ask);
-    if (options.ask_filter) data.append("ask_filter", options.ask_filter);
+    // Form fields are text: the filter, fusion and order go as JSON.
+    for (const [name, value] of Object.entries(options)) {
+      data.append(name, typeof value === "object" ? JSON.stringify(value) : String(value));
+    }
     return request("/search/image", { method: "POST", body: data });
   }
   const { queries, names } = await queryTerms();
@@ -223,9 +224,11 @@ async function search(more = false) {
     $("more").hidden = !body.more;
     const truncated = body.truncated && body.truncated.length ? t("status.truncated") : "";
     const shown = results.children.length;
-    const matching = filters.length ? t("status.matching", { matched: body.matched }) : "";
+    // With filters or a min score, `matched` counts what passes them: worth saying.
+    const counted = filters.length || $("min-score").value.trim() !== "";
+    const matching = counted ? t("status.matching", { matched: body.matched }) : "";
     const found = shown ? t("status.found", { count: shown, matching, ms: body.took_ms.toFixed(1), truncated })
-      : (filters.length ? t("status.noneFiltered", { matched: body.matched }) : t("status.none"));
+      : (counted ? t("status.noneFiltered", { matched: body.matched }) : t("status.none"));
     setStatus(found + askedStatus(body.asked));
   } catch (error) {
     if (mine !== latestSearch) return;
@@ -348,6 +351,7 @@ form.addEventListener("submit", (event) => {
 $("add-filter").addEventListener("click", addFilter);
 $("ask-form").addEventListener("submit", (event) => { event.preventDefault(); search(); });
 $("dedup").addEventListener("change", () => search());
+for (const id of ["min-score", "order-by", "order-direction"]) $(id).addEventListener("change", () => search());
 for (const part of FUSED_TEXTS) {
   $(`${part}-weight`).addEventListener("input", () => {
     $(`${part}-weight-value`).textContent = $(`${part}-weight`).value;

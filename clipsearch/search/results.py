@@ -135,10 +135,17 @@ class Pager:
             found, seconds = self.deeper(query.vector, target, fetched, scope)
             search_s += seconds
         passing = (found.scores[0] >= floor) & (found.ids[0] >= 0)
-        if int(passing.sum()) > self.max_cutoff:
-            raise too_many(int(passing.sum()), self.max_cutoff, options.min_score)
-        hits = self.collection.hits([TopK(found.scores[:, passing], found.ids[:, passing])], scope.state)[0]
-        matched = len(hits)
+        matched = int(passing.sum())
+        if matched > self.max_cutoff:
+            raise too_many(matched, self.max_cutoff, options.min_score)
+        kept = TopK(found.scores[:, passing], found.ids[:, passing])
+        if options.dedup is None and options.order_by is None:  # in score order: only the page is looked up
+            end = options.offset + k
+            page = self.collection.hits([TopK(kept.scores[:, options.offset:end], kept.ids[:, options.offset:end])],
+                                        scope.state)[0]
+            return Answer(query, self._with_fused_parts(query.vector, page, scope), search_s, matched,
+                          more=matched > end)
+        hits = self.collection.hits([kept], scope.state)[0]
         if options.dedup is not None and hits:
             hits = _grouped(hits, self._collapse(hits, target, options.dedup, scope))
         if options.order_by is not None:

@@ -96,6 +96,15 @@ def parse_filter(raw: Any, field: str = "filter") -> Filter:
     return Filter(json.dumps(raw, sort_keys=True, ensure_ascii=False), sql, tuple(compiler.params))
 
 
+def both(first: Filter | None, second: Filter | None) -> Filter | None:
+    """The items that pass both filters (None: no condition), as {"must": [first, second]} would."""
+    if first is None or second is None:
+        return first if second is None else second
+    canonical = json.dumps({"must": [json.loads(first.canonical), json.loads(second.canonical)]}, sort_keys=True,
+                           ensure_ascii=False)
+    return Filter(canonical, f"({first.sql}) AND ({second.sql})", first.params + second.params)
+
+
 class _Compiler:
     def __init__(self) -> None:
         self.params: list[Any] = []

@@ -11,6 +11,7 @@ import json
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,24 @@ class Item:
     text: str | None
     extra: dict[str, Any]
     content_hash: str
+
+
+def items_in_memory(items: Iterable[Item]) -> sqlite3.Connection:
+    """`items` in an in-memory items table with the file's columns, so that a filter's SQL runs on them
+    as it runs on the file (the live log's items; one item a write is checked against)."""
+    memory = sqlite3.connect(":memory:", check_same_thread=False)
+    filters.add_functions(memory)
+    memory.executescript(_SCHEMA)
+    memory.executemany(f"INSERT INTO items ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)", (
+        (item.id, item.modality.value, item.uri, item.text, json.dumps(item.extra, ensure_ascii=False),
+         item.content_hash) for item in items))
+    return memory
+
+
+def passes(item: Item, filter: filters.Filter) -> bool:
+    """Whether `item` passes `filter`, by the same SQL a search runs."""
+    with closing(items_in_memory([item])) as memory:
+        return memory.execute(f"SELECT 1 FROM items WHERE {filter.sql}", filter.params).fetchone() is not None
 
 
 class ItemStore:

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from app.errors import NotAuthenticated, status_of
+from app.errors import status_of
 from app.settings import Settings
 from clipsearch import errors
 from clipsearch.client import ClipSearchAPIError, ClipSearchClient
@@ -186,4 +186,4 @@ def test_a_subclass_without_its_own_entry_takes_its_parents_status() -> None:
     class Unforeseen(errors.InvalidQuery):
         """Not in the table."""
 
-    assert status_of(Unforeseen) == 422 and status_of(NotAuthenticated) == 401
+    assert status_of(Unforeseen) == 422 and status_of(errors.ItemNotFound) == 404

@@ -77,7 +77,8 @@ def test_the_openapi_schema_documents_the_key(locked_url: str) -> None:
     schema = httpx.get(f"{locked_url}/openapi.json", headers={"X-API-Key": KEY}).json()
     assert schema["components"]["securitySchemes"]["APIKeyHeader"] == {
         "type": "apiKey", "in": "header", "name": "X-API-Key",
-        "description": "Required when the server sets CLIPSEARCH_API_KEY."}
+        "description": "Required when the server sets CLIPSEARCH_API_KEY or CLIPSEARCH_KEYS_FILE: that key, or a "
+                       "key made with `python -m indexer keys create`."}
 
 
 def test_cors_allows_only_the_configured_origins(locked_url: str, http: httpx.Client) -> None:

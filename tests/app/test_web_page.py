@@ -216,6 +216,21 @@ def test_hiding_duplicates_collapses_them_into_their_best_result(page: Any) -> N
     assert page.locator(".card").count() < 12
 
 
+def test_sort_by_orders_the_results_by_metadata_and_a_min_score_cuts_them(page: Any) -> None:
+    page.fill("#order-by", "number")
+    page.select_option("#order-direction", "asc")
+    page.fill("#query-text", "a photo")
+    page.press("#query-text", "Enter")
+    sync_api.expect(page.locator(".card")).to_have_count(12)
+    # Every third picture has a number (0, 3, 6, …); the odd ones are in nested/.
+    assert page.locator(".card .source").all_text_contents()[:4] == [
+        "images/picture_000.png", "nested/picture_003.png", "images/picture_006.png", "nested/picture_009.png"]
+    page.fill("#min-score", "1.5")
+    page.dispatch_event("#min-score", "change")
+    sync_api.expect(status(page)).to_contain_text("No results: 0 items match")
+    sync_api.expect(page.locator(".card")).to_have_count(0)
+
+
 def test_an_empty_search_asks_for_input_instead_of_calling_the_server(page: Any) -> None:
     page.press("#query-text", "Enter")
     sync_api.expect(status(page)).to_contain_text("Type something")

@@ -268,3 +268,14 @@ def test_smoke_the_ask_bench_answers_alone_batched_and_for_a_page_of_results() -
     assert alone["questions"] == batched["questions"] == 6 and alone["answers_per_s"] > 0
     assert batched["same_answers"] == 6 and 1 <= batched["mean_batch"] <= 4
     assert batched["speedup"] > 0 and figures["tiny, one search's results"]["results"] == 4
+
+
+def test_smoke_the_cutoff_bench_counts_exactly_the_items_that_pass_and_times_a_snapshot() -> None:
+    figures = run_bench("bench.cutoff", "--items", "3000", "--dim", "32", "--passing", "5", "50", "--adds", "40",
+                        "--repeats", "3")
+    cut = figures["cut-off"]  # the last of its lines; the bench fails if any counted other than `passing`
+    assert cut["matched"] == cut["passing"] == 50
+    assert cut["vs_top_k"] == pytest.approx(cut["p50_ms"] / figures["top-k"]["p50_ms"], rel=2e-2)
+    snapshot = figures["snapshot"]
+    assert snapshot["files"] >= 4 and 0 < snapshot["writes_held_ms"] <= snapshot["seconds"] * 1000
+    assert snapshot["restore_s"] > 0

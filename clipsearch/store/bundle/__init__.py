@@ -31,7 +31,8 @@ A bundle is written in a staging directory beside its final path and renamed int
 once complete (exchanged with the old one in one step where the system allows it), and the
 manifest (written last) holds checksums of all other files, so nothing half-written ever loads.
 Changes to a bundle in place (new item metadata, evaluation records) hold an exclusive lock on
-`.NAME.lock` beside it (clipsearch.store.manifest.bundle_lock).
+`.NAME.lock` beside it (clipsearch.store.manifest.bundle_lock). A snapshot (bundle.snapshot) takes
+its copy under the same lock, and archives it with a checksum per file.
 """
 
 from clipsearch.store.bundle.layout import (

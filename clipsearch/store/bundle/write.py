@@ -105,16 +105,23 @@ def rewrite_items(path: Path, change: Callable[[Item], Item]) -> Manifest:
             for name in manifest.files:
                 if name != ITEMS_FILE:
                     link_or_copy(path / name, staging / name)
-            write_items(staging / ITEMS_FILE, items, manifest.keyword_fields)
-            record = FileRecord(sha256=file_sha256(staging / ITEMS_FILE), bytes=(staging / ITEMS_FILE).stat().st_size)
-            updated = replace(manifest, files={**manifest.files, ITEMS_FILE: record})
-            atomic_write_text(staging / MANIFEST_FILE, updated.to_json())
+            updated = write_items_file(staging, manifest, items)
             _carry_live_files(path, staging)
             old = swap_into_place(staging, path)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
     remove_retired(old)
+    return updated
+
+
+def write_items_file(directory: Path, manifest: Manifest, items: Iterable[Item]) -> Manifest:
+    """Write `items` as the items.sqlite of the bundle being made in `directory`, then its manifest
+    (`manifest` with that file's new checksum), last; the manifest written."""
+    write_items(directory / ITEMS_FILE, items, manifest.keyword_fields)
+    record = FileRecord(sha256=file_sha256(directory / ITEMS_FILE), bytes=(directory / ITEMS_FILE).stat().st_size)
+    updated = replace(manifest, files={**manifest.files, ITEMS_FILE: record})
+    atomic_write_text(directory / MANIFEST_FILE, updated.to_json())
     return updated
 
 

@@ -15,10 +15,10 @@ import numpy as np
 
 from clipsearch.index.fusion import TEXT_PARTS, TextVectors, fused_rows
 from clipsearch.modality import Modality
-from clipsearch.store import filters, keywords
+from clipsearch.store import keywords
 from clipsearch.store.filters import Filter
 from clipsearch.store.fused_texts import part_text
-from clipsearch.store.items import Item
+from clipsearch.store.items import Item, items_in_memory
 
 
 @dataclass(frozen=True)
@@ -131,14 +131,7 @@ class LiveState:
     def _memory(self) -> sqlite3.Connection:
         """This snapshot's live items in an in-memory SQLite database, made once (hold `_lock`)."""
         if "items" not in self._databases:
-            memory = sqlite3.connect(":memory:", check_same_thread=False)
-            filters.add_functions(memory)
-            memory.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, modality TEXT NOT NULL, uri TEXT NOT NULL, "
-                           "text TEXT, extra TEXT NOT NULL, content_hash TEXT NOT NULL)")
-            memory.executemany("INSERT INTO items VALUES (?, ?, ?, ?, ?, ?)", (
-                (item.id, item.modality.value, item.uri, item.text, json.dumps(item.extra, ensure_ascii=False),
-                 item.content_hash) for item in self.items.values()))
-            self._databases["items"] = memory
+            self._databases["items"] = items_in_memory(self.items.values())
         return self._databases["items"]
 
     def is_removed(self, item_id: int) -> bool:
