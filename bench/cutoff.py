@@ -5,11 +5,12 @@ query on the same bundle, in the same run; and what a snapshot of that bundle ho
 
 Writes a bundle of random unit vectors (exact index) whose items carry a `taken_at` date, and a
 live log with --adds items. For each count of passing items it sets `min_score` between the
-scores of that many items and the next (from the first query's own scores), then times one
-query's search (k=10) with `min_score`, and with `min_score` plus `order_by: taken_at`, against
-the same search without either (`vs_top_k`). A cut-off gathers every item that passes (searching
-deeper, eight times each step, while the deepest one found still passes), so its cost grows with
-how many pass. Queries are vectors: embedding the text costs the same either way, and is left out.
+scores of that many items and the next (from the query's own scores), then times one query's
+search (k=10) with `min_score`, and with `min_score` plus `order_by: taken_at`, against the same
+search without either (`vs_top_k`). A cut-off gathers every item that passes: the first search
+takes the best 1,024, and only when all of them pass does a second one take as many as may be
+gathered (10,001); ordering looks up every passing item, so its cost grows with how many pass.
+Queries are vectors: embedding the text costs the same either way, and is left out.
 
 Then it snapshots the bundle (clipsearch.store.bundle.snapshot) and reports how long writes were
 held up (the consistent copy under the bundle's lock) against the whole snapshot, and restores it.

@@ -17,8 +17,10 @@ from clipsearch.errors import InvalidQuery
 from clipsearch.store.collection import Hit
 from clipsearch.store.filters import METADATA_PREFIX
 
-CUTOFF_GROWTH = 8
-"""A vector search with a cut-off that fetched only hits above it searches again this many times deeper."""
+CUTOFF_FIRST_FETCH = 1024
+"""A vector search with a cut-off fetches this many hits at first (at least), and when all of them
+pass, searches once more as deep as it may gather: each search is a scan of the whole index, and a
+top-1024 costs about what a top-10 does (bench.cutoff), so two scans at most."""
 
 MAX_ORDER_KEY_CHARS = 256
 

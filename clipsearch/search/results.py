@@ -16,7 +16,7 @@ import numpy as np
 from clipsearch.index.topk import TopK
 from clipsearch.modality import Modality
 from clipsearch.search import dedup
-from clipsearch.search.cutoff import CUTOFF_GROWTH, ordered, too_many
+from clipsearch.search.cutoff import CUTOFF_FIRST_FETCH, ordered, too_many
 from clipsearch.search.hybrid import Fused
 from clipsearch.search.query import QueryVector, ResultOptions
 from clipsearch.search.scope import Scope
@@ -50,8 +50,11 @@ class Answer:
 
 def fetch_size(k: int, options: ResultOptions) -> int:
     """How many results to fetch for k after `options.offset`: one more than shown, which tells
-    whether a next page exists, and with dedup DEDUP_OVERFETCH times that."""
+    whether a next page exists; with dedup DEDUP_OVERFETCH times that; with a cut-off, at least
+    CUTOFF_FIRST_FETCH."""
     wanted = options.offset + k + 1
+    if options.cut_off:
+        return max(wanted, CUTOFF_FIRST_FETCH)
     return max(wanted, min(wanted * DEDUP_OVERFETCH, DEDUP_MAX_FETCHED)) if options.dedup is not None else wanted
 
 
@@ -119,7 +122,8 @@ class Pager:
     def _cut_off(self, query: QueryVector, found: TopK, search_s: float, target: Modality, k: int,
                  options: ResultOptions, scope: Scope) -> Answer:
         """Every hit that passes the cut-off (searching again, deeper, while the deepest one fetched
-        passes and more items exist), near-duplicates collapsed among them, sorted, then paged."""
+        passes and more items exist: once more, as deep as it may gather), near-duplicates collapsed
+        among them, sorted, then paged."""
         floor = -np.inf if options.min_score is None else options.min_score
         if options.min_score is None and scope.matched > self.max_cutoff:
             raise too_many(scope.matched, self.max_cutoff, None)
@@ -131,7 +135,7 @@ class Pager:
                 break
             if fetched > self.max_cutoff:
                 raise too_many(fetched, self.max_cutoff, options.min_score)
-            fetched = min(scope.matched, self.max_cutoff + 1, fetched * CUTOFF_GROWTH)
+            fetched = min(scope.matched, self.max_cutoff + 1)
             found, seconds = self.deeper(query.vector, target, fetched, scope)
             search_s += seconds
         passing = (found.scores[0] >= floor) & (found.ids[0] >= 0)

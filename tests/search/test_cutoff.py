@@ -13,6 +13,7 @@ from clipsearch.config import QueryLimits
 from clipsearch.errors import InvalidQuery
 from clipsearch.modality import Modality
 from clipsearch.model.encoder import ClipEncoder
+from clipsearch.search import results
 from clipsearch.search.cutoff import OrderBy, ordered, value_of
 from clipsearch.search.hybrid import Ranking, SearchMode
 from clipsearch.search.query import ResultOptions
@@ -98,12 +99,15 @@ def _threshold_passing(ranked: list[tuple[float, int]], count: int) -> float:
     return (ranked[count - 1][0] + ranked[count][0]) / 2
 
 
-def test_min_score_returns_exactly_the_items_scoring_above_it_and_counts_them(deep: SearchService,
-                                                                             bundle: Bundle) -> None:
+@pytest.mark.parametrize("first_fetch", [1024, 3])
+def test_min_score_returns_exactly_the_items_scoring_above_it_and_counts_them(deep: SearchService, bundle: Bundle,
+                                                                             first_fetch: int,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    # At 3 the first search finds too few (the 30 pictures all fit in the usual 1024): it must go deeper.
+    monkeypatch.setattr(results, "CUTOFF_FIRST_FETCH", first_fetch)
     query = deep.embed_text("a photo of noise")
     ranked = _scores_by_brute_force(bundle, query.vector)
     floor = _threshold_passing(ranked, 9)
-    # k=2 fetches 3 at first: the search must go deeper to find all 9.
     pages = [deep.search_vector(query, Modality.IMAGE, 2, ResultOptions(offset=offset, min_score=floor))
              for offset in range(0, 10, 2)]
     assert [answer.matched for answer in pages] == [9] * 5
@@ -117,7 +121,10 @@ def test_a_min_score_nothing_reaches_finds_nothing(deep: SearchService) -> None:
     assert answer.hits == [] and answer.matched == 0 and not answer.more
 
 
-def test_a_min_score_too_many_items_reach_is_refused_rather_than_half_counted(deep: SearchService) -> None:
+@pytest.mark.parametrize("first_fetch", [1024, 3])
+def test_a_min_score_too_many_items_reach_is_refused_rather_than_half_counted(
+        deep: SearchService, first_fetch: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(results, "CUTOFF_FIRST_FETCH", first_fetch)
     with pytest.raises(InvalidQuery) as refused:
         deep.search_vector(deep.embed_text("x"), Modality.IMAGE, 5, ResultOptions(min_score=-1.0))
     assert refused.value.field == "min_score" and "more than 12" in refused.value.reason
