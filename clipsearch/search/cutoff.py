@@ -10,12 +10,14 @@ No model needed.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from clipsearch.errors import InvalidQuery
 from clipsearch.store.collection import Hit
 from clipsearch.store.filters import METADATA_PREFIX
+from clipsearch.store.items import sort_value
 
 CUTOFF_FIRST_FETCH = 1024
 """A vector search with a cut-off fetches this many hits at first (at least), and when all of them
@@ -23,10 +25,6 @@ pass, searches once more as deep as it may gather: each search is a scan of the 
 top-1024 costs about what a top-10 does (bench.cutoff), so two scans at most."""
 
 MAX_ORDER_KEY_CHARS = 256
-
-_ITEM_FIELDS = ("id", "modality", "uri", "caption", "text")
-"""Keys that name an item's own fields rather than its metadata, as in filters."""
-
 
 @dataclass(frozen=True)
 class OrderBy:
@@ -61,41 +59,23 @@ def check_min_score(min_score: float | None) -> None:
         raise InvalidQuery("min_score", "must be a finite number")
 
 
-def value_of(hit: Hit, key: str) -> Any:
-    """The value `key` names in a hit's item (None where it has none): an item field, or a path
-    through its metadata ('metadata.NAME' always means metadata)."""
-    item = hit.item
-    if key in _ITEM_FIELDS:
-        if key in ("caption", "text"):
-            is_caption = item.modality.value == "image"
-            return item.text if (key == "caption") == is_caption else None
-        return item.id if key == "id" else item.modality.value if key == "modality" else item.uri
-    value: Any = item.extra
-    for part in key.removeprefix(METADATA_PREFIX).split("."):
-        if not isinstance(value, dict):
-            return None
-        value = value.get(part)
-    return value
+def order_positions(values: Sequence[str | float | None], descending: bool) -> list[int]:
+    """The positions of `values` (the sort values of hits in score order,
+    clipsearch.store.items.sort_value) sorted: numbers before strings (a field that mixes them is
+    rare, and an order must still be total), those without a value last in either direction. The
+    sort is stable, so ties stay in score order."""
+    numbers = [(value, position) for position, value in enumerate(values) if isinstance(value, float)]
+    strings = [(value, position) for position, value in enumerate(values) if isinstance(value, str)]
+    missing = [position for position, value in enumerate(values) if value is None]
+    numbers.sort(key=lambda pair: pair[0], reverse=descending)
+    strings.sort(key=lambda pair: pair[0], reverse=descending)
+    return [position for _, position in numbers] + [position for _, position in strings] + missing
 
 
 def ordered(hits: list[Hit], order: OrderBy) -> list[Hit]:
-    """`hits` (best score first) sorted by `order`'s key: numbers before strings (a field that mixes
-    them is rare, and an order must still be total), items without a number or string there last.
-    The sort is stable, so ties stay in score order."""
-    numbers: list[tuple[float, Hit]] = []
-    strings: list[tuple[str, Hit]] = []
-    missing: list[Hit] = []
-    for hit in hits:
-        value = value_of(hit, order.key)
-        if isinstance(value, int | float) and math.isfinite(value):  # booleans too: false < true
-            numbers.append((float(value), hit))
-        elif isinstance(value, str):
-            strings.append((value, hit))
-        else:  # lists and objects have no place in an order
-            missing.append(hit)
-    numbers.sort(key=lambda pair: pair[0], reverse=order.descending)
-    strings.sort(key=lambda pair: pair[0], reverse=order.descending)
-    return [hit for _, hit in numbers] + [hit for _, hit in strings] + missing
+    """`hits` (best score first) sorted by `order` (order_positions)."""
+    return [hits[position] for position in
+            order_positions([sort_value(hit.item, order.key) for hit in hits], order.descending)]
 
 
 def too_many(passed: int, limit: int, min_score: float | None) -> InvalidQuery:

@@ -16,7 +16,7 @@ import numpy as np
 from clipsearch.index.topk import TopK
 from clipsearch.modality import Modality
 from clipsearch.search import dedup
-from clipsearch.search.cutoff import CUTOFF_FIRST_FETCH, ordered, too_many
+from clipsearch.search.cutoff import CUTOFF_FIRST_FETCH, order_positions, ordered, too_many
 from clipsearch.search.hybrid import Fused
 from clipsearch.search.query import QueryVector, ResultOptions
 from clipsearch.search.scope import Scope
@@ -105,19 +105,22 @@ class Pager:
             if len(fused) > self.max_cutoff:
                 raise too_many(len(fused), self.max_cutoff, options.min_score)
             matched = len(fused)
-        items = self.collection.hits([TopK(np.array([[result.score for result in fused]], np.float32),
-                                           np.array([[result.item_id for result in fused]], np.int64))],
-                                     scope.state)[0]
+        ranking = TopK(np.array([[result.score for result in fused]], np.float32),
+                       np.array([[result.item_id for result in fused]], np.int64))
         ranks = {result.item_id: result.ranks for result in fused}
-        hits = [replace(hit, ranks=ranks[hit.item.id]) for hit in items]
-        if options.dedup is not None and hits:
-            hits = _grouped(hits, self._collapse(hits, target, options.dedup, scope))
-        if options.order_by is not None:
-            hits = ordered(hits, options.order_by)
-        shown = hits[options.offset:options.offset + k]
+        if options.dedup is None:
+            shown, more = self._page(ranking, options, k, scope), len(fused) > options.offset + k
+        else:
+            hits = self.collection.hits([ranking], scope.state)[0]
+            if hits:
+                hits = _grouped(hits, self._collapse(hits, target, options.dedup, scope))
+            if options.order_by is not None:
+                hits = ordered(hits, options.order_by)
+            shown, more = hits[options.offset:options.offset + k], len(hits) > options.offset + k
+        shown = [replace(hit, ranks=ranks[hit.item.id]) for hit in shown]
         if query is not None:
             shown = self._with_fused_parts(query.vector, shown, scope)
-        return Answer(query, shown, search_s, matched, more=len(hits) > options.offset + k)
+        return Answer(query, shown, search_s, matched, more=more)
 
     def _cut_off(self, query: QueryVector, found: TopK, search_s: float, target: Modality, k: int,
                  options: ResultOptions, scope: Scope) -> Answer:
@@ -143,19 +146,26 @@ class Pager:
         if matched > self.max_cutoff:
             raise too_many(matched, self.max_cutoff, options.min_score)
         kept = TopK(found.scores[:, passing], found.ids[:, passing])
-        if options.dedup is None and options.order_by is None:  # in score order: only the page is looked up
-            end = options.offset + k
-            page = self.collection.hits([TopK(kept.scores[:, options.offset:end], kept.ids[:, options.offset:end])],
-                                        scope.state)[0]
-            return Answer(query, self._with_fused_parts(query.vector, page, scope), search_s, matched,
-                          more=matched > end)
+        if options.dedup is None:
+            return Answer(query, self._with_fused_parts(query.vector, self._page(kept, options, k, scope), scope),
+                          search_s, matched, more=matched > options.offset + k)
         hits = self.collection.hits([kept], scope.state)[0]
-        if options.dedup is not None and hits:
+        if hits:
             hits = _grouped(hits, self._collapse(hits, target, options.dedup, scope))
         if options.order_by is not None:
             hits = ordered(hits, options.order_by)
         shown = self._with_fused_parts(query.vector, hits[options.offset:options.offset + k], scope)
         return Answer(query, shown, search_s, matched, more=len(hits) > options.offset + k)
+
+    def _page(self, ranking: TopK, options: ResultOptions, k: int, scope: Scope) -> list[Hit]:
+        """The hits after `options.offset` of a one-row `ranking` (best first), or of it sorted by
+        `options.order_by`: only the page's items are looked up (an order reads only its key of the rest)."""
+        positions = np.arange(ranking.ids.shape[1])
+        if options.order_by is not None:
+            values = self.collection.sort_values(ranking.ids[0].tolist(), options.order_by.key, scope.state)
+            positions = np.array(order_positions(values, options.order_by.descending), dtype=np.int64)
+        rows = positions[options.offset:options.offset + k]
+        return self.collection.hits([TopK(ranking.scores[:, rows], ranking.ids[:, rows])], scope.state)[0]
 
     def _with_fused_parts(self, query: np.ndarray, hits: list[Hit], scope: Scope) -> list[Hit]:
         """Hits of a fused search, each with what its image and each of its texts add to its score."""

@@ -21,7 +21,7 @@ from clipsearch.index.fusion import fused_rows_by_id
 from clipsearch.index.topk import TopK
 from clipsearch.modality import Modality
 from clipsearch.store.bundle import Bundle
-from clipsearch.store.items import Item
+from clipsearch.store.items import Item, sort_value
 from clipsearch.store.live import LiveLog, LiveState
 from clipsearch.util.images import read_image_file
 
@@ -147,6 +147,15 @@ class Collection:
             return read_image_file(path, max_pixels)
         except ImageDecodeError as error:
             raise ItemNotFound(item_id, field, f"its image file no longer decodes ({error.reason})") from error
+
+    def sort_values(self, item_ids: Sequence[int], key: str, state: LiveState | None = None
+                    ) -> list[str | float | None]:
+        """The value `key` names in each item, for sorting (clipsearch.store.items.sort_value), in the
+        order given: live items read in the snapshot, base items by one query that reads only that value."""
+        state = state or self.state
+        base = self.bundle.items.sort_values([item_id for item_id in item_ids if item_id not in state.items], key)
+        return [sort_value(state.items[item_id], key) if item_id in state.items else base.get(item_id)
+                for item_id in item_ids]
 
     def hits(self, found: list[TopK], state: LiveState | None = None) -> list[list[Hit]]:
         """One-row search results as hits: ids resolved to items (no result, id -1, is left out)."""

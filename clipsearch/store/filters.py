@@ -331,6 +331,19 @@ _ITEM_COLUMNS = {
 }
 
 
+def sort_value_sql(key: str, field: str = "order_by.key") -> tuple[str, tuple[str, ...]]:
+    """The SQL expression (and its parameters) of the value `key` names in an items row, for
+    sorting: a number, a string, 0 or 1 for a boolean, and NULL where there is none or it is a list
+    or an object (as clipsearch.store.items.sort_value reads an Item)."""
+    target = _target(key, field)
+    if isinstance(target, _ItemColumn):
+        return (target.column if target.modality is None else
+                f"(CASE WHEN modality = '{target.modality}' THEN {target.column} END)"), ()
+    assert isinstance(target, _MetadataPath)
+    return ("(CASE WHEN json_type(extra, ?) IN ('integer', 'real', 'text', 'true', 'false') "
+            "THEN json_extract(extra, ?) END)"), (target.json_path, target.json_path)
+
+
 def _target(key: str, path: str) -> _Target:
     if key in _ITEM_COLUMNS:
         return _ITEM_COLUMNS[key]

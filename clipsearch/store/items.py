@@ -51,6 +51,24 @@ class Item:
     content_hash: str
 
 
+def sort_value(item: Item, key: str) -> str | float | None:
+    """The value `key` names in `item` for sorting (an item field, or a path through its metadata,
+    'metadata.NAME' always meaning metadata): a number (a boolean as 0 or 1) or a string; None where
+    there is none, or it is a list or an object. ItemStore.sort_values reads the same in SQL."""
+    value: Any
+    if key in ("id", "modality", "uri"):
+        value = item.id if key == "id" else item.modality.value if key == "modality" else item.uri
+    elif key in ("caption", "text"):
+        value = item.text if (key == "caption") == (item.modality is Modality.IMAGE) else None
+    else:
+        value = item.extra
+        for part in key.removeprefix(filters.METADATA_PREFIX).split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+    if isinstance(value, bool | int | float):
+        return float(value)
+    return value if isinstance(value, str) else None
+
+
 def items_in_memory(items: Iterable[Item]) -> sqlite3.Connection:
     """`items` in an in-memory items table with the file's columns, so that a filter's SQL runs on them
     as it runs on the file (the live log's items; one item a write is checked against)."""
@@ -97,6 +115,15 @@ class ItemStore:
             rows = self._connection.execute(f"SELECT {_COLUMNS} FROM items WHERE id IN ({placeholders})",
                                             wanted).fetchall()
         return {row[0]: _item_from_row(row) for row in rows}
+
+    def sort_values(self, item_ids: Sequence[int], key: str) -> dict[int, str | float | None]:
+        """The value `key` names in each item, for sorting, as sort_value reads it from an Item."""
+        expression, params = filters.sort_value_sql(key)
+        with self._lock:
+            rows = self._connection.execute(
+                f"SELECT id, {expression} FROM items WHERE id IN (SELECT value FROM json_each(?))",
+                (*params, json.dumps([int(item_id) for item_id in item_ids]))).fetchall()
+        return {row[0]: float(row[1]) if isinstance(row[1], int | float) else row[1] for row in rows}
 
     def matching_ids(self, modality: Modality, condition: str = "1", params: Sequence[Any] = ()) -> np.ndarray:
         """The ids (int64 (n,), ascending) of `modality`'s items where the SQL `condition` holds

@@ -4,6 +4,7 @@ through the search service against brute force over the same bundle."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,14 +15,17 @@ from clipsearch.errors import InvalidQuery
 from clipsearch.modality import Modality
 from clipsearch.model.encoder import ClipEncoder
 from clipsearch.search import results
-from clipsearch.search.cutoff import OrderBy, ordered, value_of
+from clipsearch.search.cutoff import OrderBy, ordered
 from clipsearch.search.hybrid import Ranking, SearchMode
+from clipsearch.search.open import opened_service
 from clipsearch.search.query import ResultOptions
 from clipsearch.search.service import SearchService
+from clipsearch.search.writes import CollectionWriter, TextEntry
 from clipsearch.store.bundle import Bundle
 from clipsearch.store.collection import Hit
 from clipsearch.store.filters import parse_filter
 from clipsearch.store.items import Item
+from tests.support.corpora import private_copy
 from tests.support.reference import stored_vectors
 
 
@@ -54,14 +58,6 @@ def test_a_bad_order_is_refused_naming_its_part(raw: Any, field: str, reason: st
 def test_an_order_is_descending_unless_asked_otherwise() -> None:
     assert OrderBy.of({"key": "year"}) == OrderBy("year", descending=True)
     assert OrderBy.of({"key": "year", "direction": "asc"}) == OrderBy("year", descending=False)
-
-
-def test_a_key_names_an_item_field_or_a_path_through_the_metadata() -> None:
-    hit = _hit(7, 0.5, year=2021, place={"city": "Paris"}, uri="in metadata")
-    assert value_of(hit, "id") == 7 and value_of(hit, "caption") == "caption 7" and value_of(hit, "text") is None
-    assert value_of(hit, "uri") == "/photos/7.jpg" and value_of(hit, "metadata.uri") == "in metadata"
-    assert value_of(hit, "place.city") == "Paris" and value_of(hit, "place.country") is None
-    assert value_of(hit, "year.month") is None
 
 
 def test_numbers_sort_before_strings_and_items_without_a_value_come_last_either_way() -> None:
@@ -195,3 +191,17 @@ def test_min_score_must_be_a_finite_number(deep: SearchService) -> None:
     with pytest.raises(InvalidQuery) as refused:
         deep.search_text("x", Modality.IMAGE, 5, options=ResultOptions(min_score=float("nan")))
     assert refused.value.field == "min_score"
+
+
+def test_live_items_sort_among_the_base_items_by_the_same_values(encoder: ClipEncoder, bundle_path: Path,
+                                                                 tmp_path: Path) -> None:
+    with opened_service(encoder, private_copy(bundle_path, tmp_path)) as service:
+        writer = CollectionWriter(service)
+        [late, early] = writer.add_texts([TextEntry("a sentence written later", metadata={"rank": 99.5}),
+                                          TextEntry("a sentence written first", metadata={"rank": -1})])
+        base = [item.id for item in service.bundle.items if item.modality is Modality.TEXT]
+        answer = service.search_text("a sentence", Modality.TEXT, 20,
+                                     options=ResultOptions(order_by=OrderBy("rank", descending=True)))
+        ids = [hit.item.id for hit in answer.hits]
+        assert ids[:2] == [late, early] and set(ids[2:]) <= set(base)  # base texts have no rank: last
+        assert answer.matched == len(base) + 2
