@@ -127,15 +127,15 @@ class Access:
     def writes_enabled(self) -> bool:
         return self.admin_key is not None or self.keys is not None
 
-    def caller(self, headers: Headers, required: KeyScope) -> Caller:
-        """Who sent `headers`, if they may do what needs `required` of the default collection; else a Refusal."""
+    def caller(self, headers: Headers, required: KeyScope, collection: str = DEFAULT_COLLECTION) -> Caller:
+        """Who sent `headers`, if they may do what needs `required` of `collection`; else a Refusal."""
         given = headers.get(API_KEY_HEADER)
         caller = self._reader(given)
         if caller.scope < required:
             caller = self._writer(caller, headers.get(ADMIN_KEY_HEADER), required)
-        if caller.key is not None and not caller.key.allows(DEFAULT_COLLECTION):
+        if caller.key is not None and not caller.key.allows(collection):
             raise Refusal(403, f"key '{caller.name}' is for the collections {', '.join(caller.key.collections)}, "
-                               f"not '{DEFAULT_COLLECTION}'", API_KEY_HEADER, caller.name)
+                               f"not '{collection}'", API_KEY_HEADER, caller.name)
         return caller
 
     def wait(self, caller: Caller, client: str) -> float:
@@ -185,24 +185,31 @@ OPEN_PATHS = frozenset({"/health", "/ready", "/"})
 """Liveness, readiness and the page: probes and browsers reach them without a key."""
 DOCS_PATHS = frozenset({"/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect"})
 ONE_ITEM = re.compile(r"^/items/[^/]+$")
-COLLECTION_ACTION = re.compile(r"^/collections/[^/]+/[^/]+$")
 
 
-def required_scope(method: str, path: str, docs_open: bool) -> KeyScope | None:
-    """The scope a request needs (None: none). Writes are every change to /items; a change to a
-    collection as a whole (/collections/NAME/…) needs an admin key; everything else but the open
-    paths reads, unknown paths included (so that a caller without a key learns nothing, not even
-    which paths exist). The routes' own dependencies (app.deps) declare the same headers in the
-    OpenAPI schema, and a test holds the two together."""
+COLLECTION_PATH = re.compile(r"^/collections/([^/]+)(/.*)$")
+"""A route of one collection: /collections/NAME/search/text is /search/text of NAME."""
+
+
+def required_scope(method: str, path: str, docs_open: bool) -> tuple[KeyScope | None, str]:
+    """The scope a request needs (None: none), and the collection it is for. Writes are every change
+    to /items; a change to a collection as a whole (/collections/NAME/snapshot) needs an admin key;
+    everything else but the open paths reads, unknown paths included (so that a caller without a
+    key learns nothing, not even which paths exist). Today's paths are the default collection's.
+    The routes' own dependencies (app.deps) declare the same headers in the OpenAPI schema, and a
+    test holds the two together."""
     if method == "OPTIONS" or path in OPEN_PATHS or path.startswith("/static/") or (docs_open and path in DOCS_PATHS):
-        return None
+        return None, DEFAULT_COLLECTION
+    collection = DEFAULT_COLLECTION
+    if (inside := COLLECTION_PATH.match(path)) is not None:
+        collection, path = inside.group(1), inside.group(2)
+        if method == "POST" and path == "/snapshot":
+            return KeyScope.ADMIN, collection
     if (method == "POST" and path in ("/items", "/items/delete")) or \
             (method in ("PATCH", "DELETE") and ONE_ITEM.match(path)):
-        return KeyScope.WRITE
-    if method == "POST" and COLLECTION_ACTION.match(path):
-        return KeyScope.ADMIN
+        return KeyScope.WRITE, collection
     # Any other method reads, so that the app answers one no route takes (PUT /items/7) with 405.
-    return KeyScope.READ
+    return KeyScope.READ, collection
 
 
 class KeyGate:
@@ -215,12 +222,12 @@ class KeyGate:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        required = required_scope(scope["method"], scope["path"], self.docs_open)
+        required, collection = required_scope(scope["method"], scope["path"], self.docs_open)
         if required is None:
             await self.app(scope, receive, send)
             return
         try:
-            caller = self.access.caller(Headers(scope=scope), required)
+            caller = self.access.caller(Headers(scope=scope), required, collection)
             client = scope.get("client")
             wait = self.access.wait(caller, client[0] if client else "unknown")
             if wait > 0:

@@ -13,8 +13,10 @@ from app.access import ADMIN_KEY_HEADER, API_KEY_HEADER, Caller, caller_of
 from app.metrics import Metrics
 from app.settings import Settings
 from app.state import ServiceState, Writes
+from clipsearch.errors import CollectionNotFound
 from clipsearch.search.bounds import Bounds
 from clipsearch.search.service import SearchService
+from clipsearch.store.keys import DEFAULT_COLLECTION
 
 
 def get_state(request: Request) -> ServiceState:
@@ -74,6 +76,14 @@ WriterDep = Annotated[Writes, Depends(get_writer)]
 ServiceDep = Annotated[SearchService, Depends(get_service)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+
+
+def in_collection(collection: str) -> str:
+    """The collection a /collections/{collection}/… route is for: the one this server serves."""
+    if collection != DEFAULT_COLLECTION:
+        raise CollectionNotFound(f"no collection named {collection!r} (this server serves: {DEFAULT_COLLECTION})",
+                                 "collection")
+    return collection
 
 
 def get_bounds(request: Request) -> Bounds:

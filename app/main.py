@@ -16,7 +16,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.formparsers import MultiPartParser
 
 from app.access import Access, KeyGate
-from app.deps import read_open, read_with_key
+from app.deps import in_collection, read_open, read_with_key
 from app.errors import install_error_handlers
 from app.metrics import RequestMetricsMiddleware
 from app.middleware import BodySizeLimit, HeadAsGet, JSONErrors
@@ -56,9 +56,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Keys guard every router but liveness, readiness and the page (the gate, app.access, checks them;
     # the header is declared only when one is set, so the OpenAPI schema says what the server asks for).
     guarded = [Depends(read_with_key if locked else read_open)]
-    for router in (search.router, items.router, embed.router, classify.router, explain.router, captions.router,
-                   ask.router, collections.router, health.operations):
-        app.include_router(router, dependencies=guarded, responses=UNAUTHORIZED if locked else None)
+    answered = UNAUTHORIZED if locked else None
+    per_collection = (search.router, items.router, embed.router, classify.router, explain.router, captions.router,
+                      ask.router)
+    for router in (*per_collection, collections.router, health.operations):
+        app.include_router(router, dependencies=guarded, responses=answered)
+    # Each collection's routes under /collections/{collection}/ too: today's paths are the default's.
+    for router in per_collection:
+        app.include_router(router, prefix="/collections/{collection}", dependencies=[*guarded, Depends(in_collection)],
+                           responses=answered)
     if docs_locked:
         app.include_router(docs.router, dependencies=[Depends(read_with_key)])
     for router in (health.router, page.router):

@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import numpy as np
@@ -153,11 +154,14 @@ class NewText:
 
 class ClipSearchClient:
     def __init__(self, base_url: str = "http://localhost:8000", timeout: float = 30.0,
-                 http: httpx.Client | None = None, api_key: str | None = None, admin_key: str | None = None) -> None:
+                 http: httpx.Client | None = None, api_key: str | None = None, admin_key: str | None = None,
+                 collection: str | None = None) -> None:
+        """`collection`: send every request to /collections/{collection}/… (None: the server's default)."""
         headers = {"X-API-Key": api_key} if api_key else {}
         if admin_key:
             headers["X-Admin-Key"] = admin_key
         self._http = http or httpx.Client(base_url=base_url, timeout=timeout, headers=headers)
+        self._prefix = "" if collection is None else f"/collections/{quote(collection, safe='')}"
 
     def __enter__(self) -> ClipSearchClient:
         return self
@@ -267,7 +271,7 @@ class ClipSearchClient:
 
     def edit(self, item_id: int, **changes: Any) -> dict[str, Any]:
         """Change `caption`, `text` or `metadata` of an item; the item as it is now."""
-        return _json_or_raise(self._http.patch(f"/items/{item_id}", json=changes))
+        return _json_or_raise(self._http.patch(f"{self._prefix}/items/{item_id}", json=changes))
 
     def delete(self, item_ids: list[int] | None = None, filter: dict[str, Any] | None = None) -> list[int]:
         """Delete items by id, or every item passing `filter`; the ids deleted."""
@@ -275,13 +279,19 @@ class ClipSearchClient:
         return list(self._post("/items/delete", json=body)["deleted"])
 
     def info(self) -> dict[str, Any]:
-        return self._get("/info")
+        """The server's model, device and default collection (GET /info)."""
+        return _json_or_raise(self._http.get("/info"))
+
+    def collections(self) -> list[dict[str, Any]]:
+        """The collections the server serves: name, model, counts."""
+        listed: Any = _json_or_raise(self._http.get("/collections"))
+        return list(listed)
 
     def _get(self, path: str) -> dict[str, Any]:
-        return _json_or_raise(self._http.get(path))
+        return _json_or_raise(self._http.get(self._prefix + path))
 
     def _post(self, path: str, **request: Any) -> dict[str, Any]:
-        return _json_or_raise(self._http.post(path, **request))
+        return _json_or_raise(self._http.post(self._prefix + path, **request))
 
 
 def _options(filter: dict[str, Any] | None, offset: int, dedup: bool | float | None,

@@ -66,8 +66,13 @@ def test_a_wrong_key_and_a_revoked_key_are_401_saying_which(keyed: tuple[str, di
 
 def test_a_key_for_another_collection_is_403_naming_its_collections(keyed: tuple[str, dict[str, str], Path]) -> None:
     url, secrets, _ = keyed
-    response = httpx.post(f"{url}/search/text", json={"text": "x"}, headers=_as(secrets["elsewhere"]))
-    assert response.status_code == 403 and "holiday-photos" in response.json()["reason"]
+    for path in ("/search/text", "/collections/default/search/text"):
+        response = httpx.post(url + path, json={"text": "x"}, headers=_as(secrets["elsewhere"]))
+        assert response.status_code == 403 and "holiday-photos" in response.json()["reason"]
+    # Its own collection lets it through the gate, and this server has no such collection.
+    missing = httpx.post(f"{url}/collections/holiday-photos/search/text", json={"text": "x"},
+                         headers=_as(secrets["elsewhere"]))
+    assert missing.status_code == 404 and missing.json()["field"] == "collection"
 
 
 def test_only_an_admin_key_may_snapshot_a_collection(keyed: tuple[str, dict[str, str], Path]) -> None:
@@ -182,12 +187,14 @@ def test_the_gate_asks_for_exactly_the_keys_each_route_declares(bundle_path: Pat
     for path, operations in app.openapi()["paths"].items():
         for method, operation in operations.items():
             declared = {name for requirement in operation.get("security", []) for name in requirement}
-            concrete = path.replace("{item_id}", "7")
-            needed = required_scope(method.upper(), concrete, docs_open=False)
-            writes = KeyScope.ADMIN if path.startswith("/collections/") else KeyScope.WRITE
+            concrete = path.replace("{item_id}", "7").replace("{collection}", "holidays")
+            needed, collection = required_scope(method.upper(), concrete, docs_open=False)
+            writes = KeyScope.ADMIN if path.endswith("/snapshot") else KeyScope.WRITE
             assert needed is (writes if "AdminKeyHeader" in declared else KeyScope.READ if declared else None), \
                 (method, path, declared)
+            assert collection == ("holidays" if "{collection}" in path else "default"), path
             checked += 1
-    assert checked >= 20
-    assert required_scope("GET", "/no/such/path", docs_open=False) is KeyScope.READ  # unknown paths reveal nothing
-    assert required_scope("PUT", "/items/7", docs_open=False) is KeyScope.READ  # then 405 from the app
+    assert checked >= 40
+    # Unknown paths reveal nothing; a method no route takes is answered 405 by the app, after the key.
+    assert required_scope("GET", "/no/such/path", docs_open=False) == (KeyScope.READ, "default")
+    assert required_scope("PUT", "/items/7", docs_open=False) == (KeyScope.READ, "default")
