@@ -16,7 +16,7 @@ from typing import Any
 
 from clipsearch.errors import InvalidQuery
 from clipsearch.store.collection import Hit
-from clipsearch.store.filters import METADATA_PREFIX
+from clipsearch.store.filters import sort_value_sql
 from clipsearch.store.items import sort_value
 
 CUTOFF_FIRST_FETCH = 1024
@@ -25,6 +25,7 @@ pass, searches once more as deep as it may gather: each search is a scan of the 
 top-1024 costs about what a top-10 does (bench.cutoff), so two scans at most."""
 
 MAX_ORDER_KEY_CHARS = 256
+
 
 @dataclass(frozen=True)
 class OrderBy:
@@ -47,8 +48,7 @@ class OrderBy:
             raise InvalidQuery(f"{field}.key", "must be a non-empty string: an item field or a metadata key")
         if len(key) > MAX_ORDER_KEY_CHARS:
             raise InvalidQuery(f"{field}.key", f"at most {MAX_ORDER_KEY_CHARS} characters, got {len(key)}")
-        if any(not part for part in key.removeprefix(METADATA_PREFIX).split(".")):
-            raise InvalidQuery(f"{field}.key", "a metadata key must not have empty parts between dots")
+        sort_value_sql(key, f"{field}.key")  # a key filters could not name either is refused, naming the path
         if direction not in ("asc", "desc"):
             raise InvalidQuery(f"{field}.direction", f"must be 'asc' or 'desc', got {direction!r}")
         return cls(key, direction == "desc")

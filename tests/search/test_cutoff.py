@@ -45,6 +45,7 @@ def _ids(hits: list[Hit]) -> list[int]:
     ({"direction": "asc"}, "order_by.key", "non-empty string"),
     ({"key": "  "}, "order_by.key", "non-empty string"),
     ({"key": "a..b"}, "order_by.key", "empty parts"),
+    ({"key": 'a."b'}, "order_by.key", "must not contain"),
     ({"key": "x" * 300}, "order_by.key", "at most 256"),
     ({"key": "year", "direction": "up"}, "order_by.direction", "'asc' or 'desc'"),
     ({"key": "year", "nulls": "first"}, "order_by.nulls", "unknown field"),
