@@ -56,14 +56,10 @@ def read_with_key(request: Request, _: Annotated[str | None, Security(_api_key_h
     return caller_of(request.scope)
 
 
-def admin_with_key(request: Request, _: Annotated[str | None, Security(_api_key_header)],
-                   __: Annotated[str | None, Security(_admin_key_header)]) -> Caller:
-    """The same headers as a write's; the gate asks an admin key of them (app.access.required_scope)."""
-    return caller_of(request.scope)
-
-
 def write_with_key(request: Request, _: Annotated[str | None, Security(_api_key_header)],
                    __: Annotated[str | None, Security(_admin_key_header)]) -> Caller:
+    """Writes and admin routes take the same headers; the gate asks the scope each needs of them
+    (app.access.required_scope)."""
     return caller_of(request.scope)
 
 

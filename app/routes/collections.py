@@ -13,7 +13,7 @@ from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 from starlette.background import BackgroundTask
 
-from app.deps import ServiceDep, SettingsDep, admin_with_key, in_collection
+from app.deps import ServiceDep, SettingsDep, in_collection, write_with_key
 from app.routes.responses import ERRORS, WRITE_ERRORS
 from clipsearch.modality import Modality
 from clipsearch.store.bundle.snapshot import take_snapshot
@@ -40,7 +40,7 @@ def list_collections(service: ServiceDep) -> list[CollectionModel]:
                             live_changes=state.changes)]
 
 
-@router.post("/{collection}/snapshot", response_class=FileResponse, dependencies=[Depends(admin_with_key)],
+@router.post("/{collection}/snapshot", response_class=FileResponse, dependencies=[Depends(write_with_key)],
              responses={200: {"content": {"application/x-tar": {}}, "description": "The archive: `python -m "
                                                                                      "indexer restore` brings it "
                                                                                      "back, verified."},
