@@ -35,7 +35,8 @@ from app.errors import error_body
 from app.metrics import Metrics
 from app.settings import Settings
 from clipsearch.errors import KeyFileError
-from clipsearch.store.keys import DEFAULT_COLLECTION, ApiKey, KeyRing, KeyScope, Rate, read_keys
+from clipsearch.store.catalog import DEFAULT_COLLECTION
+from clipsearch.store.keys import ApiKey, KeyRing, KeyScope, Rate, read_keys
 from clipsearch.util.files import sha256_hex
 from clipsearch.util.rates import TokenBuckets
 
@@ -127,13 +128,14 @@ class Access:
     def writes_enabled(self) -> bool:
         return self.admin_key is not None or self.keys is not None
 
-    def caller(self, headers: Headers, required: KeyScope, collection: str = DEFAULT_COLLECTION) -> Caller:
-        """Who sent `headers`, if they may do what needs `required` of `collection`; else a Refusal."""
+    def caller(self, headers: Headers, required: KeyScope, collection: str | None = DEFAULT_COLLECTION) -> Caller:
+        """Who sent `headers`, if they may do what needs `required` of `collection` (None: of none in
+        particular); else a Refusal."""
         given = headers.get(API_KEY_HEADER)
         caller = self._reader(given)
         if caller.scope < required:
             caller = self._writer(caller, headers.get(ADMIN_KEY_HEADER), required)
-        if caller.key is not None and not caller.key.allows(collection):
+        if caller.key is not None and collection is not None and not caller.key.allows(collection):
             raise Refusal(403, f"key '{caller.name}' is for the collections {', '.join(caller.key.collections)}, "
                                f"not '{collection}'", API_KEY_HEADER, caller.name)
         return caller
@@ -189,17 +191,23 @@ ONE_ITEM = re.compile(r"^/items/[^/]+$")
 
 COLLECTION_PATH = re.compile(r"^/collections/([^/]+)(/.*)$")
 """A route of one collection: /collections/NAME/search/text is /search/text of NAME."""
+ONE_COLLECTION = re.compile(r"^/collections/([^/]+)$")
 
 
-def required_scope(method: str, path: str, docs_open: bool) -> tuple[KeyScope | None, str]:
-    """The scope a request needs (None: none), and the collection it is for. Writes are every change
-    to /items; a change to a collection as a whole (/collections/NAME/snapshot) needs an admin key;
-    everything else but the open paths reads, unknown paths included (so that a caller without a
-    key learns nothing, not even which paths exist). Today's paths are the default collection's.
-    The routes' own dependencies (app.deps) declare the same headers in the OpenAPI schema, and a
-    test holds the two together."""
+def required_scope(method: str, path: str, docs_open: bool) -> tuple[KeyScope | None, str | None]:
+    """The scope a request needs (None: none), and the collection it is for (None: the list of them,
+    which shows each key the collections it may use). Writes are every change to /items; a change to
+    a collection as a whole (making, dropping, a snapshot) needs an admin key; everything else but
+    the open paths reads, unknown paths included (so that a caller without a key learns nothing, not
+    even which paths exist). Today's paths are the default collection's. The routes' own
+    dependencies (app.deps) declare the same headers in the OpenAPI schema, and a test holds the two
+    together."""
     if method == "OPTIONS" or path in OPEN_PATHS or path.startswith("/static/") or (docs_open and path in DOCS_PATHS):
         return None, DEFAULT_COLLECTION
+    if path == "/collections":
+        return KeyScope.READ, None
+    if (itself := ONE_COLLECTION.match(path)) is not None:
+        return (KeyScope.ADMIN if method in ("PUT", "DELETE") else KeyScope.READ), itself.group(1)
     collection = DEFAULT_COLLECTION
     if (inside := COLLECTION_PATH.match(path)) is not None:
         collection, path = inside.group(1), inside.group(2)

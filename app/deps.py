@@ -1,4 +1,5 @@
-"""Dependencies the routes declare: the loaded service, the settings, the metrics."""
+"""Dependencies the routes declare: the server, the collection and its loaded service, the settings, the
+metrics, the caller's bounds."""
 
 from __future__ import annotations
 
@@ -11,29 +12,34 @@ from fastapi.security import APIKeyHeader
 
 from app.access import ADMIN_KEY_HEADER, API_KEY_HEADER, Caller, caller_of
 from app.metrics import Metrics
+from app.server import ServerState
 from app.settings import Settings
-from app.state import ServiceState, Writes
-from clipsearch.errors import CollectionNotFound
+from app.state import CollectionState, Writes
 from clipsearch.search.bounds import Bounds
 from clipsearch.search.service import SearchService
-from clipsearch.store.keys import DEFAULT_COLLECTION
+from clipsearch.store.catalog import DEFAULT_COLLECTION
 
 
-def get_state(request: Request) -> ServiceState:
-    state: ServiceState = request.app.state.service_state
-    return state
+def get_server(request: Request) -> ServerState:
+    server: ServerState = request.app.state.server
+    return server
 
 
-def get_service(state: Annotated[ServiceState, Depends(get_state)]) -> SearchService:
+def get_state(request: Request, server: Annotated[ServerState, Depends(get_server)]) -> CollectionState:
+    """The collection a route is for: /collections/{collection}/…, or the default one."""
+    return server.collection(request.path_params.get("collection", DEFAULT_COLLECTION))
+
+
+def get_service(state: Annotated[CollectionState, Depends(get_state)]) -> SearchService:
     return state.require()
 
 
-def get_settings(state: Annotated[ServiceState, Depends(get_state)]) -> Settings:
-    return state.settings
+def get_settings(server: Annotated[ServerState, Depends(get_server)]) -> Settings:
+    return server.settings
 
 
-def get_metrics(state: Annotated[ServiceState, Depends(get_state)]) -> Metrics:
-    return state.metrics
+def get_metrics(server: Annotated[ServerState, Depends(get_server)]) -> Metrics:
+    return server.metrics
 
 
 _api_key_header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False, description=(
@@ -63,22 +69,21 @@ def write_with_key(request: Request, _: Annotated[str | None, Security(_api_key_
     return caller_of(request.scope)
 
 
-def get_writer(state: Annotated[ServiceState, Depends(get_state)]) -> Writes:
+def get_writer(state: Annotated[CollectionState, Depends(get_state)]) -> Writes:
     return Writes(state, state.require_writer())
 
 
-StateDep = Annotated[ServiceState, Depends(get_state)]
+ServerDep = Annotated[ServerState, Depends(get_server)]
+StateDep = Annotated[CollectionState, Depends(get_state)]
 WriterDep = Annotated[Writes, Depends(get_writer)]
 ServiceDep = Annotated[SearchService, Depends(get_service)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 
 
-def in_collection(collection: str) -> str:
-    """The collection a /collections/{collection}/… route is for: the one this server serves."""
-    if collection != DEFAULT_COLLECTION:
-        raise CollectionNotFound(f"no collection named {collection!r} (this server serves: {DEFAULT_COLLECTION})",
-                                 "collection")
+def in_collection(collection: str, server: ServerDep) -> str:
+    """The collection a /collections/{collection}/… route is for: one this server serves (else 404)."""
+    server.collection(collection)
     return collection
 
 

@@ -21,7 +21,9 @@ from starlette.routing import Match
 from clipsearch.errors import (
     BundleError,
     ClipSearchError,
+    CollectionConflict,
     CollectionNotFound,
+    CollectionOverBudget,
     ImageDecodeError,
     ImageTooLarge,
     InvalidQuery,
@@ -58,6 +60,8 @@ STATUS: dict[type[ClipSearchError], int] = {
     QueryImageTooLarge: 413,
     ItemNotFound: 404,
     CollectionNotFound: 404,
+    CollectionConflict: 409,
+    CollectionOverBudget: 503,
     OutsideKeyFilter: 403,
     WritesUnavailable: 503,
     StorageError: 503,  # read-only, not permitted, or locked elsewhere: searches go on, writes come back

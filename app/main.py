@@ -21,26 +21,26 @@ from app.errors import install_error_handlers
 from app.metrics import RequestMetricsMiddleware
 from app.middleware import BodySizeLimit, HeadAsGet, JSONErrors
 from app.routes import ask, captions, classify, collections, docs, embed, explain, health, items, page, search
-from app.routes.responses import UNAUTHORIZED
+from app.routes.responses import UNAUTHORIZED, UNKNOWN_COLLECTION
+from app.server import ServerState
 from app.settings import Settings
-from app.state import ServiceState
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     access = Access(settings)
-    state = ServiceState(settings, writes_enabled=access.writes_enabled)
+    server = ServerState(settings, writes_enabled=access.writes_enabled)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Routes run in threads; with too few, concurrent queries could not fill a batch.
         limiter = anyio.to_thread.current_default_thread_limiter()
         limiter.total_tokens = max(limiter.total_tokens, 2 * settings.max_batch)
-        state.start_loading()
+        server.start_loading()
         try:
             yield
         finally:
-            state.close()  # a load still under way is abandoned, not waited for
+            server.close()  # a load still under way is abandoned, not waited for
 
     locked = access.locked
     docs_locked = locked and not settings.public_docs
@@ -51,20 +51,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   # Locked docs are served by app.routes.docs, behind the key, instead.
                   openapi_url=None if docs_locked else "/openapi.json",
                   docs_url=None if docs_locked else "/docs", redoc_url=None if docs_locked else "/redoc")
-    app.state.service_state = state
+    app.state.server = server
     install_error_handlers(app)
     # Keys guard every router but liveness, readiness and the page (the gate, app.access, checks them;
     # the header is declared only when one is set, so the OpenAPI schema says what the server asks for).
     guarded = [Depends(read_with_key if locked else read_open)]
     answered = UNAUTHORIZED if locked else None
     per_collection = (search.router, items.router, embed.router, classify.router, explain.router, captions.router,
-                      ask.router)
+                      ask.router, health.described)
     for router in (*per_collection, collections.router, health.operations):
         app.include_router(router, dependencies=guarded, responses=answered)
     # Each collection's routes under /collections/{collection}/ too: today's paths are the default's.
     for router in per_collection:
         app.include_router(router, prefix="/collections/{collection}", dependencies=[*guarded, Depends(in_collection)],
-                           responses=answered)
+                           responses={**(answered or {}), **UNKNOWN_COLLECTION})
     if docs_locked:
         app.include_router(docs.router, dependencies=[Depends(read_with_key)])
     for router in (health.router, page.router):
@@ -76,8 +76,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.add_middleware(CORSMiddleware, allow_origins=settings.allowed_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Content-Type", "X-API-Key"])
     app.add_middleware(HeadAsGet)
-    app.add_middleware(RequestMetricsMiddleware, metrics=state.metrics)
-    app.add_middleware(KeyGate, access=access, metrics=state.metrics, docs_open=not docs_locked)
+    app.add_middleware(RequestMetricsMiddleware, metrics=server.metrics)
+    app.add_middleware(KeyGate, access=access, metrics=server.metrics, docs_open=not docs_locked)
     app.add_middleware(JSONErrors)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
     # Keep whole uploads in memory (the body limit bounds them) instead of spooling them to disk.

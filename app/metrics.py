@@ -40,37 +40,41 @@ class BatchCollector(Collector):
         yield queries
 
 
-RefusedWrites = Callable[[], tuple[str | None, int | None]]
-"""Why writes are refused now (None: they are not), and the bytes free on the bundle's filesystem."""
+RefusedWrites = Callable[[], dict[str, tuple[str | None, int | None]]]
+"""By collection: why writes are refused now (None: they are not), and the bytes free on its filesystem."""
 
 
 class WritesCollector(Collector):
-    """Exports whether writes are refused, and why, and the room left: the figures to alert on."""
+    """Exports whether each collection's writes are refused, and why, and the room left: the figures to
+    alert on."""
 
     def __init__(self, refused: RefusedWrites) -> None:
         self.refused = refused
 
     def collect(self) -> Iterator[Metric]:
-        kind, free_bytes = self.refused()
-        refused = GaugeMetricFamily("clipsearch_writes_refused", "1 while writes are refused, by why (a full disk, "
-                                    "an unwritable store, a held lock, …)", labels=["reason"])
-        for name in REFUSAL_KINDS:
-            refused.add_metric([name], 1.0 if kind == name else 0.0)
+        refused = GaugeMetricFamily("clipsearch_writes_refused", "1 while writes are refused, by collection and why "
+                                    "(a full disk, an unwritable store, a held lock, …)",
+                                    labels=["collection", "reason"])
+        free = GaugeMetricFamily("clipsearch_bundle_free_bytes", "Bytes free on the filesystem of each collection's "
+                                 "bundle", labels=["collection"])
+        for collection, (kind, free_bytes) in self.refused().items():
+            for name in REFUSAL_KINDS:
+                refused.add_metric([collection, name], 1.0 if kind == name else 0.0)
+            if free_bytes is not None:
+                free.add_metric([collection], float(free_bytes))
         yield refused
-        if free_bytes is not None:
-            yield GaugeMetricFamily("clipsearch_bundle_free_bytes", "Bytes free on the bundle's filesystem",
-                                    value=float(free_bytes))
+        yield free
 
 
 class Metrics:
     """One registry per app, so several apps (tests) never share counters."""
 
-    def __init__(self, batch_counts: BatchCounts = dict, refused_writes: RefusedWrites = lambda: (None, None)) -> None:
+    def __init__(self, batch_counts: BatchCounts = dict, refused_writes: RefusedWrites = dict) -> None:
         self.registry = CollectorRegistry()
         self.registry.register(BatchCollector(batch_counts))
         self.registry.register(WritesCollector(refused_writes))
-        self.write_refusals = Counter("clipsearch_write_refusals_total", "Writes the filesystem refused, by why",
-                                      ["reason"], registry=self.registry)
+        self.write_refusals = Counter("clipsearch_write_refusals_total", "Writes the filesystem refused, by "
+                                      "collection and why", ["collection", "reason"], registry=self.registry)
         self.requests = Counter("clipsearch_http_requests_total", "HTTP requests served",
                                 ["method", "endpoint", "status"], registry=self.registry)
         self.key_requests = Counter("clipsearch_key_requests_total", "Requests to routes that need a key, by the "

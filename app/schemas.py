@@ -292,6 +292,16 @@ class WritesInfo(BaseModel):
     disk: DiskInfo | None = Field(None, description="The room left where the bundle is, now.")
 
 
+class MemoryInfo(BaseModel):
+    collection_bytes: int = Field(description="This collection's indices: its base's FAISS files and its live "
+                                              "vectors (an on-disk index's lists are mapped, not counted).")
+    collections_bytes: dict[str, int] = Field(description="Every collection this worker serves, as counted at "
+                                                          "load and at each reload.")
+    models_bytes: dict[str, int] = Field(description="The weights of each model loaded, shared by the collections "
+                                                     "of that model.")
+    budget_bytes: int | None = Field(description="CLIPSEARCH_MEMORY_BUDGET_MB; null: no limit.")
+
+
 class InfoResponse(BaseModel):
     model: str
     pretrained: str | None
@@ -335,6 +345,8 @@ class InfoResponse(BaseModel):
     writes: WritesInfo | None = Field(None, description="Whether writes go through, why not, and the disk's room.")
     worker: int = Field(description="The process id of the server worker that answered (one of "
                                     "CLIPSEARCH_SERVER_WORKERS): which one a connection reached.")
+    collection: str = Field("default", description="The collection described.")
+    memory: MemoryInfo | None = Field(None, description="What this worker holds in memory, against its budget.")
 
 
 class ErrorResponse(BaseModel):

@@ -36,7 +36,16 @@ _COMPACTION = CompactionPolicy()
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CLIPSEARCH_", frozen=True)
 
-    bundle_path: Path = Field(Path("bundle"), description="The bundle directory the indexer wrote.")
+    bundle_path: Path = Field(Path("bundle"), description="The bundle directory the indexer wrote: the one "
+                              "collection, 'default', when data_dir is not set.")
+    data_dir: Path | None = Field(None, description="A folder of collections, each a bundle in a subfolder named "
+                                  "after it (`indexer build --collection NAME`, or PUT /collections/NAME); the one "
+                                  "named 'default' answers the routes without /collections/NAME. Set, bundle_path "
+                                  "is not used.")
+    memory_budget_mb: float | None = Field(None, gt=0, description="Most memory the models and the collections' "
+                                           "indices may hold together; a collection that would pass it is refused "
+                                           "at load, with the figures (its routes answer 503 saying so). Unset: no "
+                                           "limit.")
     device: str = Field("auto", description="'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'.")
     devices: str = Field("", description="Where exact and GPU indices are held, split across them when several: "
                          "'cuda:0,cuda:1'; empty: every visible GPU when the model runs on one, else its device.")
@@ -173,7 +182,8 @@ class Settings(BaseSettings):
         host = "localhost" if self.host in ("0.0.0.0", "::", "127.0.0.1", "") else self.host
         return f"http://{host}:{self.port}"
 
-    @field_validator("api_key", "admin_key", "caption_pretrained", "caption_checkpoint", "text_language",
+    @field_validator("data_dir", "memory_budget_mb", "api_key", "admin_key", "caption_pretrained",
+                     "caption_checkpoint", "text_language",
                      "int8_calibration", "keys_file", "rate_limit", "rate_limit_file",
                      "public_url", mode="before")
     @classmethod

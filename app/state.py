@@ -1,10 +1,11 @@
-"""What the server holds once started: the search service, or the reason it has none.
+"""What the server holds of one collection once started: its search service, or the reason it has none.
 
 The bundle can be replaced under a running server: by a compaction (clipsearch.store.compaction, run
-here in the background or by `indexer compact`) or a rebuild. Each worker checks the manifest's
-file every `reload_poll_s`; when it is another one, the worker loads the new bundle with the model
-it has, swaps its search service for the new one, and closes the old one once the requests that
-took it have had time to finish. Until then it serves its last snapshot of the old bundle, which
+here in the background or by `indexer compact`), a rebuild, or a reindex with another model. Each
+worker checks the manifest's file every `reload_poll_s`; when it is another one, the worker loads
+the new bundle (and its model, if it is another, once per server: app.resources), swaps its search
+service for the new one, and closes the old one once the requests that took it have had time to
+finish. Until then it serves its last snapshot of the old bundle, which
 is consistent but misses what was written since the swap: that is the staleness bound during a
 swap (poll interval plus load time; docs/collections.md). A write that reaches the old log is
 refused by it (BundleReplaced) and runs again on the new bundle.
@@ -24,17 +25,16 @@ from typing import Any, TypeVar
 from app.errors import ServiceNotReady, WritesUnavailable
 from app.metrics import Metrics
 from app.refusals import WriteRefusal, WritesStatus, refusal_after
+from app.resources import MemoryLedger, Models
 from app.settings import Settings
-from clipsearch.errors import BundleReplaced, CannotCompact, CheckpointRequired, ClipSearchError, StorageError
+from clipsearch.errors import BundleReplaced, CannotCompact, ClipSearchError, StorageError
 from clipsearch.index import faiss_index
 from clipsearch.index.sharding import parse_devices
-from clipsearch.model.captions import CaptionService
 from clipsearch.model.encoder import ClipEncoder
-from clipsearch.model.factory import load_encoder
-from clipsearch.model.vqa import AskService
 from clipsearch.search.open import close_service, open_service
 from clipsearch.search.service import SearchService
 from clipsearch.search.writes import UNCHANGED, CollectionWriter, ImageEntry, TextEntry
+from clipsearch.store.bundle import resident_bytes
 from clipsearch.store.compaction import compact
 from clipsearch.store.filters import Filter
 from clipsearch.store.items import Item
@@ -50,22 +50,18 @@ RETIRE_GRACE_S = 5.0
 """A replaced service is closed this long after the longest a request may wait on it."""
 
 
-class ServiceState:
-    """Loads the model and the bundle once, off the event loop; /ready reports how that went."""
+class CollectionState:
+    """One collection: loads its bundle once (the model through the server's shared Models), off the
+    event loop, follows it on disk, and runs its writes; /ready and /collections report how that went."""
 
-    def __init__(self, settings: Settings, writes_enabled: bool = False) -> None:
-        self.settings = settings
+    def __init__(self, name: str, path: Path, settings: Settings, models: Models, metrics: Metrics,
+                 ledger: MemoryLedger, writes_enabled: bool = False) -> None:
+        self.name, self.path, self.settings = name, path, settings
+        self.models, self.metrics, self.ledger = models, metrics, ledger
         self.writes_enabled = writes_enabled
         """A write may be let through at all: an admin key or a keys file is set (app.access)."""
         self.service: SearchService | None = None
-        self.metrics = Metrics(lambda: self.service.pipeline.batch_counts() if self.service is not None else {},
-                               self._refused_writes)
         self.problem: str | None = "loading the model and the bundle"
-        self.captions = CaptionService(settings.captions, max_batch=min(settings.max_batch, 8),
-                                       timeout_s=settings.caption_timeout_s)
-        """Loads its own model on the first /caption request."""
-        self.answers = AskService(settings.vqa, max_batch=min(settings.max_batch, 8), timeout_s=settings.vqa_timeout_s)
-        """Loads its own model on the first question (/ask, or a search's `ask`)."""
         self.writer: CollectionWriter | None = None
         self.refusal: WriteRefusal | None = WriteRefusal("not_loaded", "the bundle is not loaded yet")
         """Why writes are refused now: the bundle cannot take them, or the last one was refused."""
@@ -81,53 +77,44 @@ class ServiceState:
         self._compact_after = 0.0
         """A compaction that met a full or read-only disk holds the next one off until then (monotonic s)."""
 
-    def start_loading(self) -> None:
-        """Load in a daemon thread: the server answers /health and /ready (503) meanwhile, and a
-        shutdown never has to wait for a model that is still loading."""
-        threading.Thread(target=self.load, name="load", daemon=True).start()
+    @property
+    def loading(self) -> bool:
+        return self.service is None and self.problem == "loading the model and the bundle"
 
     def load(self) -> None:
-        settings = self.settings
+        """Load the bundle and its model (once per server: app.models), within the memory budget;
+        a failure leaves the reason in `problem`, for /ready and this collection's routes."""
         try:
-            manifest = read_manifest(settings.bundle_path)  # fail fast, before loading a model
-            if manifest.model.checkpoint_sha256 and settings.checkpoint is None:
-                raise CheckpointRequired("the bundle was built from a checkpoint file; set CLIPSEARCH_CHECKPOINT "
-                                         "to that file's path")
-            encoder = load_encoder(manifest.model.name, manifest.model.pretrained,
-                                   settings.checkpoint if manifest.model.checkpoint_sha256 else None,
-                                   settings.device, backend=settings.backend, onnx_cache=settings.onnx_cache,
-                                   threads=settings.intra_op_threads, text_trim=settings.text_trim,
-                                   text_language=settings.text_language,
-                                   int8_calibration=settings.int8_calibration)
-            if settings.cuda_graphs:
-                encoder.enable_cuda_graphs(settings.max_batch)
+            manifest = read_manifest(self.path)  # fail fast, before loading a model
+            encoder = self.models.get(manifest.model)
+            self.ledger.reserve(self.name, resident_bytes(manifest))
             self.encoder = encoder
-            identity = _file_identity(settings.bundle_path / MANIFEST_FILE)
-            service, writer = self._open_service(encoder, settings.verify_checksums)
-            if not settings.keep_torch_weights:
-                encoder.release_model()  # where ONNX Runtime runs the towers: the weights held once, not twice
+            identity = _file_identity(self.path / MANIFEST_FILE)
+            service, writer = self._open_service(encoder, self.settings.verify_checksums)
             with self._lock:
-                if self._closed.is_set():  # the server stopped while this was loading
+                if self._closed.is_set():  # the server stopped (or the collection was dropped) while loading
                     close_service(service)
+                    self.ledger.release(self.name)
                     return
                 self.service, self.writer, self.problem = service, writer, None
                 if writer is not None:
                     self.refusal = None
                 self._loaded_manifest = identity
-            log.info("ready: %s over %s", encoder.ref.describe(), settings.bundle_path)
-            log.info("clipsearch is ready: open %s", settings.page_url)
-            threading.Thread(target=self._watch, name="bundle-watch", daemon=True).start()
+            log.info("ready: collection %r, %s over %s", self.name, encoder.ref.describe(), self.path)
+            threading.Thread(target=self._watch, name=f"bundle-watch-{self.name}", daemon=True).start()
         except ClipSearchError as error:
-            self.problem = f"bundle {settings.bundle_path} cannot be served: {error}"
+            self.ledger.release(self.name)
+            self.problem = f"bundle {self.path} cannot be served: {error}"
             log.error("%s", self.problem)
         except Exception as error:  # anything else still must leave a server that says why it is not ready
+            self.ledger.release(self.name)
             self.problem = f"loading failed: {type(error).__name__}: {error}"
-            log.exception("loading failed")
+            log.exception("loading %s failed", self.path)
 
     def _open_service(self, encoder: ClipEncoder, verify_checksums: bool) -> tuple[SearchService,
                                                                                    CollectionWriter | None]:
         settings = self.settings
-        service = open_service(encoder, settings.bundle_path, verify_checksums=verify_checksums,
+        service = open_service(encoder, self.path, verify_checksums=verify_checksums,
                                on_read_only=self._serve_read_only, lock_timeout_s=settings.write_lock_timeout_s,
                                limits=settings.limits,
                                use_gpu=self._use_gpu(encoder), batching=settings.batching,
@@ -151,44 +138,50 @@ class ServiceState:
                 self.open_for_writes_if_writable()
                 self.compact_if_due()
             except Exception:  # the watch must outlive any one failure; the next poll tries again
-                log.exception("watching %s failed", self.settings.bundle_path)
+                log.exception("watching %s failed", self.path)
 
     def reload_if_replaced(self) -> bool:
         """If the bundle on disk is no longer the one served, serve the new one; whether it did.
 
         A new manifest over the same files (an evaluation record added) is taken as it is. A bundle
-        that cannot be served (another model, say) leaves the old one served, read-only, and is
-        reported once.
+        of another model (`indexer reindex`) is served with that model, loaded first (once per
+        server) while the old bundle still answers. A bundle that cannot be served leaves the old one
+        served, read-only, and is reported once.
         """
         with self._reload_lock:
-            identity = _file_identity(self.settings.bundle_path / MANIFEST_FILE)
+            identity = _file_identity(self.path / MANIFEST_FILE)
             service, encoder = self.service, self.encoder
             if identity is None or identity in (self._loaded_manifest, self._failed_manifest) \
                     or service is None or encoder is None:
                 return False
             try:
-                manifest = read_manifest(self.settings.bundle_path)
+                manifest = read_manifest(self.path)
                 if manifest.files == service.bundle.manifest.files:
                     service.bundle.manifest = manifest
                     self._loaded_manifest = identity
                     return False
                 started = time.perf_counter()
+                if manifest.model != encoder.ref:
+                    encoder = self.models.get(manifest.model)
                 # The files were written (and hashed) by the compaction or build that just finished:
                 # their sizes are checked, not their hashes again.
                 new_service, writer = self._open_service(encoder, verify_checksums=False)
             except (OSError, sqlite3.Error) as error:  # replaced again while being read, say: the next poll retries
-                log.warning("%s: the new bundle could not be loaded yet: %s", self.settings.bundle_path, error)
+                log.warning("%s: the new bundle could not be loaded yet: %s", self.path, error)
                 return False
             except ClipSearchError as error:
                 self._failed_manifest = identity
                 self.writer = None
                 self.refusal = WriteRefusal("bundle_replaced", f"the bundle was replaced by one that cannot be "
                                                                f"served ({error}); restart the server")
-                log.error("%s: still serving the bundle loaded before: %s", self.settings.bundle_path, error)
+                log.error("%s: still serving the bundle loaded before: %s", self.path, error)
                 return False
             if not self._swap_in(new_service, writer, identity):
                 return False
-            log.info("loaded the new bundle at %s in %.2f s", self.settings.bundle_path, time.perf_counter() - started)
+            self.encoder = encoder
+            self.ledger.update(self.name, resident_bytes(manifest))
+            log.info("loaded the new bundle at %s (%s) in %.2f s", self.path, encoder.ref.describe(),
+                     time.perf_counter() - started)
             return True
 
     def _swap_in(self, new_service: SearchService, writer: CollectionWriter | None,
@@ -213,21 +206,21 @@ class ServiceState:
         (remounted read-write, say), open it again with its live log; whether writes go through now."""
         encoder, refusal = self.encoder, self.refusal
         if self.service is None or encoder is None or self.writer is not None or refusal is None \
-                or refusal.kind != "unwritable" or not _writable(self.settings.bundle_path):
+                or refusal.kind != "unwritable" or not _writable(self.path):
             return False
         with self._reload_lock:
-            identity = _file_identity(self.settings.bundle_path / MANIFEST_FILE)
+            identity = _file_identity(self.path / MANIFEST_FILE)
             try:
                 new_service, writer = self._open_service(encoder, verify_checksums=False)
             except (OSError, sqlite3.Error, ClipSearchError) as error:
-                log.warning("%s is still not writable: %s", self.settings.bundle_path, error)
+                log.warning("%s is still not writable: %s", self.path, error)
                 return False
             if writer is None:
                 close_service(new_service)
                 return False
             if not self._swap_in(new_service, writer, identity):
                 return False
-        log.info("%s can be written again: writes are accepted", self.settings.bundle_path)
+        log.info("%s can be written again: writes are accepted", self.path)
         return True
 
     def write(self, operation: Callable[[CollectionWriter], Result]) -> Result:
@@ -246,7 +239,7 @@ class ServiceState:
             self._refused(error)
             raise
         if self.refusal is not None and self.refusal.by_the_filesystem:
-            log.info("writes to %s go through again (refused %d times since %s: %s)", self.settings.bundle_path,
+            log.info("writes to %s go through again (refused %d times since %s: %s)", self.path,
                      self.refusal.count, self.refusal.since, self.refusal.kind)
             self.refusal = None
         self.compact_if_due()
@@ -254,9 +247,9 @@ class ServiceState:
 
     def _refused(self, error: StorageError) -> None:
         self.refusal = refusal_after(self.refusal, error)
-        self.metrics.write_refusals.labels(self.refusal.kind).inc()
+        self.metrics.write_refusals.labels(self.name, self.refusal.kind).inc()
 
-    def _refused_writes(self) -> tuple[str | None, int | None]:
+    def refused_writes(self) -> tuple[str | None, int | None]:
         """For the metrics: why writes are refused now (None: they are not), and the bytes free."""
         status = self.writes_status()
         return (None if status.refusal is None else status.refusal.kind,
@@ -265,7 +258,7 @@ class ServiceState:
     def writes_status(self) -> WritesStatus:
         """Whether writes go through now, why not, and the room left where the bundle is."""
         return WritesStatus(enabled=self.writes_enabled, refusal=self.refusal,
-                            space=disk_space(self.settings.bundle_path))
+                            space=disk_space(self.path))
 
     def compact_if_due(self) -> None:
         """Start a background compaction if the live changes this worker sees make one due."""
@@ -284,24 +277,24 @@ class ServiceState:
         """One background compaction (skipped when another worker runs one), then the new bundle loaded."""
         encoder = self.encoder
         try:
-            summary = compact(self.settings.bundle_path, self.settings.compaction,
+            summary = compact(self.path, self.settings.compaction,
                               use_gpu=encoder is not None and self._use_gpu(encoder), wait=False, only_if_due=True)
         except CannotCompact as error:
             self._auto_compact = False
-            log.error("background compaction is off for %s: %s", self.settings.bundle_path, error)
+            log.error("background compaction is off for %s: %s", self.path, error)
             return
         except StorageError as error:
             # A full or read-only disk: trying again at every poll would build the new base again
             # and again, for nothing, until there is room.
             self._compact_after = time.monotonic() + COMPACTION_RETRY_S
             log.error("background compaction of %s stopped, nothing changed; retrying in %.0f s at the earliest: %s",
-                      self.settings.bundle_path, COMPACTION_RETRY_S, error)
+                      self.path, COMPACTION_RETRY_S, error)
             return
         except ClipSearchError as error:
-            log.error("background compaction of %s failed: %s", self.settings.bundle_path, error)
+            log.error("background compaction of %s failed: %s", self.path, error)
             return
         if summary is not None and summary.folded:
-            log.info("worker %d compacted %s: %s", os.getpid(), self.settings.bundle_path, summary.describe())
+            log.info("worker %d compacted %s: %s", os.getpid(), self.path, summary.describe())
             self.reload_if_replaced()
 
     def require(self) -> SearchService:
@@ -319,16 +312,31 @@ class ServiceState:
     def _serve_read_only(self, problem: str) -> None:
         """A bundle whose directory is read-only is served as built, and writes answer 503 saying why."""
         self.refusal = WriteRefusal("unwritable", problem)
-        log.warning("serving %s read-only: %s", self.settings.bundle_path, problem)
+        log.warning("serving %s read-only: %s", self.path, problem)
 
-    def close(self) -> None:
+    def close(self, grace_s: float = 0.0) -> None:
+        """Stop following the bundle and close the service, at once or after `grace_s` (a dropped
+        collection's requests in flight finish first)."""
         with self._lock:
             self._closed.set()
-            service, self.service = self.service, None
-        if service is not None:
+            service, self.service, self.writer = self.service, None, None
+            self.problem = "the collection was closed"
+        self.ledger.release(self.name)
+        if service is None:
+            return
+        if grace_s <= 0:
             close_service(service)
-        self.captions.close()
-        self.answers.close()
+        else:
+            retire = threading.Timer(grace_s, close_service, (service,))
+            retire.daemon = True
+            retire.start()
+
+    def memory_bytes(self) -> int:
+        """What its indices hold in memory now: the base's index files and the live vectors."""
+        service = self.service
+        if service is None:
+            return 0
+        return resident_bytes(service.bundle.manifest) + service.collection.refresh().vector_bytes
 
 
 def _writable(bundle: os.PathLike[str]) -> bool:
@@ -346,10 +354,10 @@ def _file_identity(path: os.PathLike[str]) -> tuple[int, int] | None:
 
 
 class Writes:
-    """The writes the HTTP routes make, each through ServiceState.write (run again on a bundle
+    """The writes the HTTP routes make, each through CollectionState.write (run again on a bundle
     swapped in under it, and followed by a background compaction when one is due)."""
 
-    def __init__(self, state: ServiceState, writer: CollectionWriter) -> None:
+    def __init__(self, state: CollectionState, writer: CollectionWriter) -> None:
         self.state, self.limits = state, writer.limits
 
     def add_texts(self, entries: Sequence[TextEntry], field: str = "items") -> list[int]:

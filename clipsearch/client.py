@@ -279,13 +279,26 @@ class ClipSearchClient:
         return list(self._post("/items/delete", json=body)["deleted"])
 
     def info(self) -> dict[str, Any]:
-        """The server's model, device and default collection (GET /info)."""
-        return _json_or_raise(self._http.get("/info"))
+        """The model, device and contents of this client's collection, and the memory held (GET /info)."""
+        return self._get("/info")
 
     def collections(self) -> list[dict[str, Any]]:
-        """The collections the server serves: name, model, counts."""
+        """The collections the server serves (those the key may use): name, whether ready, model, counts, memory."""
         listed: Any = _json_or_raise(self._http.get("/collections"))
         return list(listed)
+
+    def create_collection(self, name: str, model: str | None = None, pretrained: str | None = None
+                          ) -> dict[str, Any]:
+        """Make an empty collection (admin key; a server with CLIPSEARCH_DATA_DIR), for `model` (default: the
+        default collection's); one that exists with that model is returned as it is."""
+        body = None if model is None else {"model": model, "pretrained": pretrained}
+        return _json_or_raise(self._http.put(f"/collections/{quote(name, safe='')}", json=body))
+
+    def drop_collection(self, name: str) -> None:
+        """Delete a collection and everything in it (admin key); the default cannot be dropped."""
+        response = self._http.delete(f"/collections/{quote(name, safe='')}")
+        if not response.is_success:
+            _json_or_raise(response)
 
     def _get(self, path: str) -> dict[str, Any]:
         return _json_or_raise(self._http.get(self._prefix + path))

@@ -31,6 +31,8 @@ hierarchy, so a subclass inherits its parent's status unless it has its own):
     │   └── ModalityUnavailable     422
     ├── ItemNotFound                404
     ├── CollectionNotFound          404  no collection has the name a request gives
+    ├── CollectionConflict          409  a collection cannot be made or dropped as asked
+    ├── CollectionOverBudget        503  loading a collection would pass the memory budget
     ├── OutsideKeyFilter            403  a write would put an item outside its key's filter
     ├── ServiceBusy                 503  (with Retry-After)
     └── StorageError                503  the filesystem refused a write (clipsearch.util.storage)
@@ -166,6 +168,15 @@ class ItemNotFound(ClipSearchError):
 
 class CollectionNotFound(ClipSearchError):
     """No collection the server serves has the name a request gives."""
+
+
+class CollectionConflict(ClipSearchError):
+    """A collection cannot be made or dropped as asked: the name is taken, it is the default, or the
+    server serves one bundle rather than a folder of collections."""
+
+
+class CollectionOverBudget(ClipSearchError):
+    """Loading a collection would take the server past its memory budget; the reason gives the figures."""
 
 
 class OutsideKeyFilter(ClipSearchError):

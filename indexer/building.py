@@ -25,6 +25,7 @@ from indexer.common import (
     DEFAULTS,
     Commands,
     Fail,
+    add_collection_arguments,
     add_image_arguments,
     add_model_arguments,
     add_speed_arguments,
@@ -33,6 +34,7 @@ from indexer.common import (
     fusion_weights,
     positive_int,
     pretrained_of,
+    resolve_collection,
 )
 
 CAPTIONS = CaptionConfig()
@@ -47,8 +49,9 @@ def add_parser(commands: Commands) -> None:
                               "are its caption / metadata) or a CSV, JSONL or Parquet manifest with an image column")
     command.add_argument("--texts", type=Path,
                          help="a text corpus: .txt (one text per line), or JSONL / CSV with a text column")
-    command.add_argument("--out", type=Path, required=True,
+    command.add_argument("--out", type=Path, default=None,
                          help="the bundle directory to write (an existing bundle there is replaced when done)")
+    add_collection_arguments(command, "out")
     add_model_arguments(command, DEFAULTS.model)
     add_speed_arguments(command)
     command.add_argument("--index-factory", default=None,
@@ -132,6 +135,7 @@ def _add_ocr_arguments(command: argparse.ArgumentParser) -> None:
 
 
 def check(args: argparse.Namespace, fail: Fail) -> None:
+    resolve_collection(args, "out", fail)
     check_weights(args, fail)
     if args.images is None and args.texts is None:
         fail("give --images, --texts or both")

@@ -18,6 +18,7 @@ from clipsearch.model.factory import load_encoder
 from clipsearch.model.onnx_backend import BACKENDS
 from clipsearch.search import open as opening
 from clipsearch.store.bundle import Bundle
+from clipsearch.store.catalog import check_collection_name
 from clipsearch.store.live import LiveLog
 from clipsearch.store.manifest import check_model, read_manifest
 
@@ -48,6 +49,34 @@ def fusion_weights(value: str) -> Fusion:
         return Fusion.parse(value)
     except InvalidQuery as error:
         raise argparse.ArgumentTypeError(error.reason) from None
+
+
+def add_collection_arguments(command: argparse.ArgumentParser, target: str) -> None:
+    """--collection NAME, with --data-dir: a collection of a server's folder of collections, instead of
+    the bundle path `--{target}` (resolved by `resolve_collection`)."""
+    command.add_argument("--collection", default=None,
+                         help=f"instead of --{target}: the collection of this name in --data-dir (a server with "
+                              "CLIPSEARCH_DATA_DIR serves it at /collections/NAME, or made with it within a poll)")
+    command.add_argument("--data-dir", type=Path, default=os.environ.get("CLIPSEARCH_DATA_DIR") or None,
+                         help="the server's folder of collections (default: $CLIPSEARCH_DATA_DIR)")
+
+
+def resolve_collection(args: argparse.Namespace, target: str, fail: Fail) -> None:
+    """Set `args.<target>` to the bundle of --collection in --data-dir, or check that it was given."""
+    given = getattr(args, target)
+    if args.collection is None:
+        if given is None:
+            fail(f"give --{target} or --collection")
+        return
+    if given is not None:
+        fail(f"give --{target} or --collection, not both")
+    if args.data_dir is None:
+        fail("--collection needs --data-dir (or $CLIPSEARCH_DATA_DIR): the server's folder of collections")
+    try:
+        check_collection_name(args.collection)
+    except InvalidQuery as error:
+        fail(f"--collection: {error.reason}")
+    setattr(args, target, args.data_dir / args.collection)
 
 
 def add_model_arguments(command: argparse.ArgumentParser, default_model: str | None) -> None:

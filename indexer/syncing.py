@@ -14,6 +14,7 @@ from indexer.common import (
     DEFAULTS,
     Commands,
     Fail,
+    add_collection_arguments,
     add_image_arguments,
     add_model_arguments,
     add_speed_arguments,
@@ -22,6 +23,7 @@ from indexer.common import (
     check_weights,
     describe_error,
     on_live_bundle,
+    resolve_collection,
 )
 
 
@@ -30,8 +32,9 @@ def add_parser(commands: Commands) -> None:
         "sync", help="bring a bundle up to date with its sources without a rebuild: embed new and changed files, "
                      "drop deleted ones, keep the vectors of moved ones",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    command.add_argument("--bundle", type=Path, required=True, help="the bundle to update (through its live log; a "
-                                                                    "server serving it sees the changes at once)")
+    command.add_argument("--bundle", type=Path, default=None, help="the bundle to update (through its live log; a "
+                                                                   "server serving it sees the changes at once)")
+    add_collection_arguments(command, "bundle")
     command.add_argument("--images", type=Path, default=None, help="the image folder or manifest it was built from")
     command.add_argument("--texts", type=Path, default=None, help="the text file it was built from (the same path "
                                                                   "as at build time: text items are named after it)")
@@ -43,6 +46,7 @@ def add_parser(commands: Commands) -> None:
 
 
 def check(args: argparse.Namespace, fail: Fail) -> None:
+    resolve_collection(args, "bundle", fail)
     check_weights(args, fail)
     check_model_from_bundle(args, fail)
     if args.images is None and args.texts is None:

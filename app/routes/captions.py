@@ -7,24 +7,24 @@ import time
 from fastapi import APIRouter, UploadFile
 from PIL import Image
 
-from app.deps import BoundsDep, ServiceDep, StateDep
+from app.deps import BoundsDep, ServerDep, ServiceDep
 from app.routes.responses import ERRORS
-from app.state import ServiceState
+from app.server import ServerState
 from app.understanding_schemas import CaptionRequest, CaptionResponse
 
 router = APIRouter(prefix="/caption", tags=["caption"])
 
 
-def _respond(state: ServiceState, image: Image.Image, started: float) -> CaptionResponse:
-    caption = state.captions.caption([image])[0]
-    captioner = state.captions.loaded
+def _respond(server: ServerState, image: Image.Image, started: float) -> CaptionResponse:
+    caption = server.captions.caption([image])[0]
+    captioner = server.captions.loaded
     assert captioner is not None  # caption() loaded it
     return CaptionResponse(caption=caption, model=captioner.ref.describe(),
                            took_ms=round((time.perf_counter() - started) * 1000, 3))
 
 
 @router.post("", responses=ERRORS)
-def caption(request: CaptionRequest, service: ServiceDep, state: StateDep, bounds: BoundsDep) -> CaptionResponse:
+def caption(request: CaptionRequest, service: ServiceDep, server: ServerDep, bounds: BoundsDep) -> CaptionResponse:
     """A generated caption for an image (`image_b64`, or an image item's `item_id`).
 
     The caption model loads on the first request, which waits for it up to the caption timeout; a
@@ -39,11 +39,11 @@ def caption(request: CaptionRequest, service: ServiceDep, state: StateDep, bound
         image = service.collection.read_image(request.item_id, "item_id", limits.max_pixels)
     else:
         image = service.uploads.image(data, "image_b64")
-    return _respond(state, image, started)
+    return _respond(server, image, started)
 
 
 @router.post("/image", responses=ERRORS)
-def caption_upload(file: UploadFile, service: ServiceDep, state: StateDep) -> CaptionResponse:
+def caption_upload(file: UploadFile, service: ServiceDep, server: ServerDep) -> CaptionResponse:
     """The same for an uploaded image (multipart field `file`)."""
     started = time.perf_counter()
-    return _respond(state, service.uploads.image(file.file.read(), "file"), started)
+    return _respond(server, service.uploads.image(file.file.read(), "file"), started)

@@ -7,14 +7,17 @@ import os
 from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from app.deps import ServiceDep, StateDep
+from app.deps import ServerDep, ServiceDep, StateDep
 from app.errors import ServiceNotReady
-from app.schemas import DiskInfo, ErrorResponse, InfoResponse, WritesInfo
-from app.state import ServiceState
+from app.schemas import DiskInfo, ErrorResponse, InfoResponse, MemoryInfo, WritesInfo
+from app.server import ServerState
+from app.state import CollectionState
 from clipsearch.modality import Modality
 
 router = APIRouter(tags=["operations"])  # always open: probes must not need the API key
 operations = APIRouter(tags=["operations"])
+described = APIRouter(tags=["operations"])
+"""/info, of each collection."""
 
 
 @router.get("/health")
@@ -24,15 +27,16 @@ def health() -> dict[str, str]:
 
 
 @router.get("/ready", responses={503: {"model": ErrorResponse, "description": "Not ready, and why."}})
-def ready(state: StateDep) -> dict[str, str]:
-    """200 once the model and the indices are loaded; 503 until then, or with the reason the bundle is unusable."""
-    if state.service is None:
-        raise ServiceNotReady(f"not ready: {state.problem}")
+def ready(server: ServerDep) -> dict[str, str]:
+    """200 once the collections are loaded (the default one served); 503 until then, or with the reason
+    the default collection's bundle is unusable. Other collections' problems are at /collections."""
+    if server.problem is not None:
+        raise ServiceNotReady(f"not ready: {server.problem}")
     return {"status": "ready"}
 
 
-@operations.get("/info", responses={503: {"model": ErrorResponse}})
-def info(service: ServiceDep, server: StateDep) -> InfoResponse:
+@described.get("/info", responses={503: {"model": ErrorResponse}})
+def info(service: ServiceDep, collection: StateDep, server: ServerDep) -> InfoResponse:
     """The model, the bundle's contents and indices, the device in use, and whether writes go through."""
     manifest = service.bundle.manifest
     state = service.collection.refresh()  # counts include live changes
@@ -51,13 +55,21 @@ def info(service: ServiceDep, server: StateDep) -> InfoResponse:
         mean_batch=service.pipeline.mean_batches(), bundle_created_at=manifest.created_at,
         evaluations=manifest.evaluations, live_changes=state.changes,
         compactions=manifest.compactions, fusion=manifest.fusion, keyword_fields=manifest.keyword_fields,
-        ocr=manifest.ocr, writes=_writes_info(server), worker=os.getpid())
+        ocr=manifest.ocr, writes=_writes_info(collection), worker=os.getpid(), collection=collection.name,
+        memory=_memory_info(collection, server))
 
 
-def _writes_info(state: ServiceState) -> WritesInfo:
+def _memory_info(collection: CollectionState, server: ServerState) -> MemoryInfo:
+    return MemoryInfo(collection_bytes=collection.memory_bytes(), collections_bytes=server.ledger.held(),
+                      models_bytes={ref.describe(): encoder.weight_bytes
+                                    for ref, encoder in server.models.loaded().items()},
+                      budget_bytes=server.ledger.budget_bytes)
+
+
+def _writes_info(state: CollectionState) -> WritesInfo:
     status = state.writes_status()
     refusal, space = status.refusal, status.space
-    disk = None if space is None else DiskInfo(path=str(state.settings.bundle_path), mount=str(space.mount),
+    disk = None if space is None else DiskInfo(path=str(state.path), mount=str(space.mount),
                                                free_bytes=space.free_bytes, total_bytes=space.total_bytes,
                                                read_only=space.read_only)
     if refusal is None:
@@ -67,6 +79,6 @@ def _writes_info(state: ServiceState) -> WritesInfo:
 
 
 @operations.get("/metrics", response_class=Response)
-def metrics(state: StateDep) -> Response:
+def metrics(server: ServerDep) -> Response:
     """Prometheus text format: requests and latency per endpoint, encode and search time."""
-    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(server.metrics.registry), media_type=CONTENT_TYPE_LATEST)

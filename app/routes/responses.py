@@ -13,6 +13,9 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         (413, "The request or its image is too large."),
         (422, "A field is invalid; `field` names it and `reason` says why."),
         (503, "The model or the bundle is not loaded."))}
+UNKNOWN_COLLECTION: dict[int | str, dict[str, Any]] = {404: {
+    "model": ErrorResponse, "description": "No collection this server serves has that name (`field`: collection), "
+                                           "or an item the request names does not exist."}}
 UNAUTHORIZED: dict[int | str, dict[str, Any]] = {401: {
     "model": ErrorResponse, "description": "The server requires an API key (X-API-Key) and it was missing or wrong."}}
 

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, UploadFile
 
-from app.deps import BoundsDep, MetricsDep, ServiceDep, StateDep
+from app.deps import BoundsDep, MetricsDep, ServerDep, ServiceDep
 from app.errors import api_field
 from app.routes.responses import ERRORS
 from app.schemas import (
@@ -19,7 +19,7 @@ from app.schemas import (
     TextSearchRequest,
     result_options,
 )
-from app.state import ServiceState
+from app.server import ServerState
 from clipsearch.errors import InvalidQuery
 from clipsearch.modality import Modality
 from clipsearch.search.asking import AskedHits, HitQuestion, answer_hits
@@ -30,21 +30,21 @@ from clipsearch.search.service import SearchService
 router = APIRouter(tags=["search"])
 
 
-def _question(state: ServiceState, ask: str | None, keep: str | None, k: int) -> HitQuestion | None:
+def _question(server: ServerState, ask: str | None, keep: str | None, k: int) -> HitQuestion | None:
     """The search's `ask`, checked before the search runs; `ask_filter` without `ask` is refused."""
     if ask is None:
         if keep is not None:
             raise InvalidQuery("ask_filter", "needs a question in ask")
         return None
-    return HitQuestion.checked(state.answers, ask, keep, k)
+    return HitQuestion.checked(server.answers, ask, keep, k)
 
 
-def _ask(question: HitQuestion | None, answer: Answer, state: ServiceState, service: SearchService
+def _ask(question: HitQuestion | None, answer: Answer, server: ServerState, service: SearchService
          ) -> AskedHits | None:
     if question is None:
         return None
     max_pixels = service.limits.max_pixels
-    return answer_hits(state.answers, question, answer.hits,
+    return answer_hits(server.answers, question, answer.hits,
                        lambda item_id: service.collection.read_image(item_id, "ask", max_pixels))
 
 
@@ -64,19 +64,19 @@ def _respond(answer: Answer, started: float, options: ResultOptions, shares: lis
 
 @router.post("/search/text", responses=ERRORS)
 def search_text(request: TextSearchRequest, service: ServiceDep, metrics: MetricsDep,
-                state: StateDep, bounds: BoundsDep) -> SearchResponse:
+                server: ServerDep, bounds: BoundsDep) -> SearchResponse:
     """Find the items most similar to a text: text→image, or text→text with `target: "text"`; by
     embedding, by keyword, or both (`mode`). With `ask`, each image result's answer to a question."""
     started = time.perf_counter()
     options = bounds.options(request.options())
-    question = _question(state, request.ask, request.ask_filter, request.k)
+    question = _question(server, request.ask, request.ask_filter, request.k)
     answer = service.search_text(request.text, request.target, request.k, options=options, ranking=request.ranking())
     metrics.observe_answer(answer, request.target)
-    return _respond(answer, started, options, asked=_ask(question, answer, state, service))
+    return _respond(answer, started, options, asked=_ask(question, answer, server, service))
 
 
 @router.post("/search/image", responses=ERRORS)
-def search_image(file: UploadFile, service: ServiceDep, metrics: MetricsDep, state: StateDep, bounds: BoundsDep,
+def search_image(file: UploadFile, service: ServiceDep, metrics: MetricsDep, server: ServerDep, bounds: BoundsDep,
                  target: Annotated[Modality, Form()] = Modality.IMAGE,
                  k: Annotated[int, Form(ge=1)] = 10,
                  filter: Annotated[str | None, Form(description="A filter as in /search/text, as JSON text.")] = None,
@@ -98,16 +98,16 @@ def search_image(file: UploadFile, service: ServiceDep, metrics: MetricsDep, sta
     started = time.perf_counter()
     options = bounds.options(result_options(_form_json(filter, "filter"), offset, _form_dedup(dedup),
                                             _form_json(fusion, "fusion"), min_score, _form_json(order_by, "order_by")))
-    question = _question(state, ask, ask_filter, k)
+    question = _question(server, ask, ask_filter, k)
     data = file.file.read()  # held in memory: the multipart parser is told not to spool uploads to disk
     answer = service.search_image(data, target, k, options=options)
     metrics.observe_answer(answer, target)
-    return _respond(answer, started, options, asked=_ask(question, answer, state, service))
+    return _respond(answer, started, options, asked=_ask(question, answer, server, service))
 
 
 @router.post("/search", responses=ERRORS)
 def search_composed(request: ComposedSearchRequest, service: ServiceDep, metrics: MetricsDep,
-                    state: StateDep, bounds: BoundsDep) -> SearchResponse:
+                    server: ServerDep, bounds: BoundsDep) -> SearchResponse:
     """Search with the renormalised weighted sum of several terms' embeddings.
 
     For example an image, plus "at night", minus "people". Weights may be negative.
@@ -115,7 +115,7 @@ def search_composed(request: ComposedSearchRequest, service: ServiceDep, metrics
     started = time.perf_counter()
     options = bounds.options(request.options())
     service.check_target(request.target, request.k, options)
-    question = _question(state, request.ask, request.ask_filter, request.k)
+    question = _question(server, request.ask, request.ask_filter, request.k)
     terms = [term.to_term() for term in request.queries]
     bounds.check_terms(service.collection, terms, "terms")
     query = service.embed_terms(terms)
@@ -127,7 +127,7 @@ def search_composed(request: ComposedSearchRequest, service: ServiceDep, metrics
         computed = iter(service.term_shares(query, answer.hits, service.fusion_for(request.target, options)).T.tolist())
         by_term = [next(computed) if term.weight != 0 else [0.0] * len(answer.hits) for term in request.queries]
         shares = [list(row) for row in zip(*by_term, strict=True)] if answer.hits else []
-    return _respond(answer, started, options, shares, _ask(question, answer, state, service))
+    return _respond(answer, started, options, shares, _ask(question, answer, server, service))
 
 
 def _form_json(value: str | None, field: str) -> Any:

@@ -1,5 +1,6 @@
 // The search page: plain JavaScript, no build step, no network beyond this server.
 import { answerLine, askOptions, askedStatus } from "./ask.js";
+import { inCollection, offerCollections } from "./collections.js";
 import { language, setLanguage, t } from "./i18n.js";
 import { matchBoxes, readText } from "./marks.js";
 import { FUSED_TEXTS, filterJson, fusionWeights, parseFilter } from "./options.js";
@@ -108,7 +109,7 @@ function base64Of(file) {
 }
 
 async function request(path, options) {
-  const response = await fetch(path, withKey(options));
+  const response = await fetch(inCollection(path), withKey(options));
   if (response.status === 401) $("key-form").hidden = false;
   let body = null;
   try { body = await response.json(); } catch { body = null; }
@@ -242,6 +243,7 @@ async function search(more = false) {
 
 // An <img> cannot send headers: with an API key, the image is fetched and shown from a blob.
 function showImage(img, path) {
+  path = inCollection(path);
   if (!apiKey) { img.src = path; return; }
   fetch(path, withKey()).then((response) => (response.ok ? response.blob() : null))
     .then((blob) => { if (blob) img.src = URL.createObjectURL(blob); });
@@ -386,6 +388,7 @@ $("key-form").addEventListener("submit", (event) => {
   sessionStorage.setItem("clipsearch-api-key", apiKey);
   $("key-form").hidden = true;
   loadInfo();
+  loadCollections();
 });
 
 let info = null;
@@ -411,12 +414,22 @@ const loadInfo = () => request("/info").then((answer) => {
   info = answer;
   showInfo();
   for (const part of FUSED_TEXTS) {  // each text the collection fuses: offer its weight, starting at its own
-    if (info.fusion && part in info.fusion) {
+    const fused = Boolean(info.fusion && part in info.fusion);
+    if (fused) {
       $(`${part}-weight`).value = String(Math.round(info.fusion[part] * 10) / 10);
       $(`${part}-weight-value`).textContent = $(`${part}-weight`).value;
-      $(`${part}-weight-label`).hidden = false;
     }
+    $(`${part}-weight-label`).hidden = !fused;
   }
   setStatus("");
 }).catch((error) => setStatus(t("status.notReady", { error: error.message }), true));
 loadInfo();
+
+// Another collection: its own contents and weights, and the query's "more like item N" no longer applies.
+const loadCollections = () => offerCollections($("collection"), $("collection-label"),
+  () => fetch("/collections", withKey()).then((response) => response.json()), () => {
+    if (imageQuery && imageQuery.kind === "item") setImageQuery(null);
+    loadInfo();
+    if (results.children.length) search();
+  });
+loadCollections();

@@ -86,6 +86,8 @@ class ClipEncoder:
         self.device = device
         self.context_length: int = int(getattr(tokenizer, "context_length", 77))
         self.dtype: torch.dtype = next(model.parameters()).dtype  # fp16 on CUDA, fp32 on the CPU
+        self.weight_bytes = sum(parameter.numel() * parameter.element_size() for parameter in model.parameters())
+        """The model's weights, as loaded: about what it holds in memory whichever runtime runs its towers."""
         # Read once, so that scoring labels never needs the model itself (clipsearch.model.zero_shot).
         self.logit_scale, self.logit_bias = (_scalar(getattr(model, name, None)) for name in ("logit_scale",
                                                                                              "logit_bias"))

@@ -29,14 +29,14 @@ from pathlib import Path
 from typing import Any
 
 from clipsearch.errors import KeyFileError
+from clipsearch.store.catalog import COLLECTION_NAME
 from clipsearch.store.filters import parse_filter
 from clipsearch.util.files import atomic_write_text, sha256_hex
 
 KEY_PREFIX = "cs_"
 FORMAT_VERSION = 1
-DEFAULT_COLLECTION = "default"
-"""The collection today's routes (those without /collections/NAME) serve."""
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_NAME = COLLECTION_NAME
+"""Keys are named as collections are."""
 _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|sec|second|m|min|minute)\s*$")
 
 

@@ -33,7 +33,7 @@ def asking(bundle_path: Path) -> Iterator[tuple[str, Any]]:
                         vqa_max_question_chars=80, **LIMITS)  # type: ignore[arg-type]
     app = create_app(settings)
     with serve(settings, app) as url:
-        yield url, app.state.service_state
+        yield url, app.state.server
 
 
 @pytest.fixture()

@@ -14,8 +14,7 @@ import httpx
 import pytest
 import uvicorn
 
-from app import healthcheck
-from app import state as state_module
+from app import healthcheck, resources
 from app.main import create_app
 from app.settings import Settings
 from tests.support.imagefiles import image_bytes, noise_image
@@ -109,7 +108,7 @@ def test_settings_come_from_prefixed_environment_variables(monkeypatch: object, 
 def test_once_ready_one_log_line_says_where_to_open_the_page(bundle_path: Path,
                                                               caplog: pytest.LogCaptureFixture) -> None:
     settings = Settings(bundle_path=bundle_path, device="cpu", public_url="http://localhost:18123")  # type: ignore[call-arg]
-    with caplog.at_level(logging.INFO, logger="app.state"), serve(settings) as url:
+    with caplog.at_level(logging.INFO, logger="app.server"), serve(settings) as url:
         assert httpx.get(f"{url}/ready").status_code == 200
     assert [record.getMessage() for record in caplog.records if "open http" in record.getMessage()] == \
         ["clipsearch is ready: open http://localhost:18123"]
@@ -152,13 +151,13 @@ def test_the_encode_metric_counts_one_forward_pass_per_embedded_term_on_every_ro
 def test_stopping_the_server_does_not_wait_for_a_model_still_loading(bundle_path: Path,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     release, loading = threading.Event(), threading.Event()
-    load_encoder = state_module.load_encoder
+    load_encoder = resources.load_encoder
 
     def slow_load(*arguments: Any, **options: Any) -> Any:
         loading.set()
         release.wait()
         return load_encoder(*arguments, **options)
-    monkeypatch.setattr(state_module, "load_encoder", slow_load)
+    monkeypatch.setattr(resources, "load_encoder", slow_load)
     application = create_app(Settings(bundle_path=bundle_path, device="cpu"))  # type: ignore[call-arg]
     server = uvicorn.Server(uvicorn.Config(application, port=0, log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -167,13 +166,13 @@ def test_stopping_the_server_does_not_wait_for_a_model_still_loading(bundle_path
     server.should_exit = True
     thread.join(timeout=15)
     stopped = not thread.is_alive()
-    state = application.state.service_state
+    [collection] = application.state.server.collections()
     release.set()  # the load now finishes, finds the server gone and closes what it loaded
     for loader in [thread for thread in threading.enumerate() if thread.name == "load"]:
         loader.join(timeout=60)
         assert not loader.is_alive()
     assert stopped
-    assert state.service is None and "loading" in (state.problem or "")
+    assert collection.service is None and collection.problem == "the collection was closed"
 
 
 def test_the_container_healthcheck_passes_once_ready_and_fails_when_nothing_answers(

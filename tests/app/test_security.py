@@ -122,7 +122,7 @@ def test_an_image_swapped_for_a_symlink_after_indexing_is_not_served(tmp_path: P
 def test_an_image_stuck_longer_than_the_decode_limit_is_refused(bundle_path: Path) -> None:
     app = create_app(Settings(bundle_path=bundle_path, device="cpu", decode_timeout_s=0.2))  # type: ignore[call-arg]
     with serve(Settings(), app=app) as url:  # type: ignore[call-arg]
-        service = app.state.service_state.require()
+        service = app.state.server.collection("default").require()
         release = threading.Event()
         for _ in range(DECODE_WORKERS):
             service.uploads._pool.submit(release.wait)  # every decoder busy with other uploads
@@ -138,7 +138,7 @@ def test_an_image_stuck_longer_than_the_decode_limit_is_refused(bundle_path: Pat
 def test_a_query_stuck_behind_the_model_longer_than_the_limit_answers_503(bundle_path: Path) -> None:
     app = create_app(Settings(bundle_path=bundle_path, device="cpu", encode_timeout_s=0.2))  # type: ignore[call-arg]
     with serve(Settings(), app=app) as url:  # type: ignore[call-arg]
-        service = app.state.service_state.require()
+        service = app.state.server.collection("default").require()
         release, encode_texts = threading.Event(), service.encoder.encode_texts
 
         def slow_encode(texts: Sequence[str]) -> np.ndarray:

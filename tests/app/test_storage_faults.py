@@ -124,8 +124,8 @@ def test_uploads_until_the_disk_is_full_get_507_and_every_acknowledged_one_survi
         assert writes["accepted"] is False and writes["refused"] == "disk_full" and writes["refusals"] >= 2
         assert writes["disk"]["mount"] == str(disk.path)
         assert writes["disk"]["free_bytes"] < 2 * 64 * 1024  # not room for two uploads
-        assert metric(url, 'clipsearch_writes_refused{reason="disk_full"}') == 1.0
-        assert metric(url, 'clipsearch_write_refusals_total{reason="disk_full"}') >= 2.0
+        assert metric(url, 'clipsearch_writes_refused{collection="default",reason="disk_full"}') == 1.0
+        assert metric(url, 'clipsearch_write_refusals_total{collection="default",reason="disk_full"}') >= 2.0
         assert not any(path.suffix == ".tmp" for path in (bundle_on_disk / "live-images").iterdir())
 
         disk.empty()  # room again: the next write goes through, with no restart
@@ -133,7 +133,7 @@ def test_uploads_until_the_disk_is_full_get_507_and_every_acknowledged_one_survi
         assert resumed.status_code == 200, resumed.text
         acknowledged[resumed.json()["ids"][0]] = 1000
         assert httpx.get(f"{url}/info").json()["writes"]["accepted"] is True
-        assert metric(url, 'clipsearch_writes_refused{reason="disk_full"}') == 0.0
+        assert metric(url, 'clipsearch_writes_refused{collection="default",reason="disk_full"}') == 0.0
 
         disk.fill()
         assert upload(url, 1001).status_code == 507

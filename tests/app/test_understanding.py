@@ -35,7 +35,7 @@ def captioning(bundle_path: Path) -> Iterator[tuple[str, object]]:
                         **LIMITS)  # type: ignore[arg-type]
     app = create_app(settings)
     with serve(settings, app) as url:
-        yield url, app.state.service_state
+        yield url, app.state.server
 
 
 @pytest.fixture()

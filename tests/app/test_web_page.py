@@ -384,3 +384,38 @@ def test_a_collection_fused_with_read_text_offers_its_weight_beside_the_captions
         sync_api.expect(first.locator(".source")).to_contain_text(Path(sign.uri).name)
         sync_api.expect(first.locator(".fused")).to_have_text("image 0.000 + ocr 1.000")
         context.close()
+
+
+def test_the_collection_picker_searches_the_collection_chosen_and_the_address_keeps_it(
+        browser: Any, bundle_path: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from clipsearch.client import ClipSearchClient, NewText
+    from tests.support.serving import ADMIN
+
+    shutil.copytree(bundle_path, tmp_path / "collections" / "default")
+    settings = Settings(data_dir=tmp_path / "collections", device="cpu", admin_key=ADMIN)  # type: ignore[call-arg]
+    with serve(settings) as url, ClipSearchClient(url, admin_key=ADMIN) as admin:
+        admin.create_collection("notes")
+        with ClipSearchClient(url, admin_key=ADMIN, collection="notes") as notes:
+            notes.add_texts([NewText("a note about the harbour"), NewText("a note about the hills")])
+        context = browser.new_context()
+        opened = context.new_page()
+        opened.goto(url)
+        sync_api.expect(opened.locator("#info")).to_contain_text("30 images")
+        picker = opened.locator("#collection")
+        sync_api.expect(picker).to_be_visible()
+        assert picker.locator("option").all_inner_texts() == ["default", "notes"]
+        picker.select_option("notes")
+        sync_api.expect(opened.locator("#info")).to_contain_text("2 texts")
+        assert opened.url.endswith("?collection=notes")
+        opened.check("input[name=target][value=text]")
+        opened.fill("#query-text", "harbour")
+        opened.press("#query-text", "Enter")
+        sync_api.expect(opened.locator(".card")).to_have_count(2)
+        assert set(opened.locator(".card .snippet").all_inner_texts()) == {"a note about the harbour",
+                                                                          "a note about the hills"}
+        opened.reload()  # the address keeps the choice
+        sync_api.expect(opened.locator("#info")).to_contain_text("2 texts")
+        sync_api.expect(picker).to_have_value("notes")
+        context.close()

@@ -43,6 +43,7 @@ from clipsearch.store.bundle.layout import (
     index_file_name,
     on_disk_file_names,
     on_disk_name,
+    resident_bytes,
     text_part_file_name,
 )
 from clipsearch.store.bundle.load import Bundle, load_bundle
@@ -50,5 +51,6 @@ from clipsearch.store.bundle.swap import recover_interrupted_swaps
 from clipsearch.store.bundle.write import rewrite_items, write_bundle, write_compacted
 
 __all__ = ["FUSED_FILE", "REPORT_FILE", "Bundle", "FusedContent", "ModalityContent", "index_file_name",
-           "load_bundle", "on_disk_file_names", "on_disk_name", "recover_interrupted_swaps", "rewrite_items",
+           "load_bundle", "on_disk_file_names", "on_disk_name", "recover_interrupted_swaps", "resident_bytes",
+           "rewrite_items",
            "text_part_file_name", "write_bundle", "write_compacted"]

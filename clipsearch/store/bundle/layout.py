@@ -10,6 +10,7 @@ from clipsearch.index import ondisk
 from clipsearch.index.fusion import Fusion
 from clipsearch.index.spec import IndexSpec
 from clipsearch.modality import Modality
+from clipsearch.store.manifest import Manifest
 
 REPORT_FILE = "report.json"
 FUSED_FILE = "fused.faiss"
@@ -22,6 +23,13 @@ def text_part_file_name(part: str) -> str:
 
 def index_file_name(modality: Modality) -> str:
     return f"{modality.value}.faiss"
+
+
+def resident_bytes(manifest: Manifest) -> int:
+    """The bytes a served bundle holds in memory: its FAISS files, read whole when loaded (an on-disk
+    index's .faiss file is its coarse quantizer; its lists and fp16 vectors are mapped from disk, and
+    items.sqlite is read as needed, so neither is counted)."""
+    return sum(record.bytes for name, record in manifest.files.items() if name.endswith(".faiss"))
 
 
 def on_disk_name(modality: Modality) -> str:

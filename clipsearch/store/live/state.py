@@ -99,6 +99,12 @@ class LiveState:
         return sum(len(segment.ids) for segment in self.segments.values()) + \
             sum(len(ids) for ids in self.removed.values())
 
+    @property
+    def vector_bytes(self) -> int:
+        """The bytes of the live items' vectors held in memory (each image's texts' too, when fused)."""
+        return sum(segment.vectors.nbytes + sum(part.vectors.nbytes for part in segment.texts.values())
+                   for segment in self.segments.values())
+
     def segment(self, modality: Modality) -> Segment:
         return self.segments.get(modality) or Segment(np.zeros(0, np.int64), np.zeros((0, 0), np.float32))
 
