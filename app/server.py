@@ -70,7 +70,7 @@ class ServerState:
             state = self._collections.get(name)
             if state is None:
                 state = CollectionState(name, self.catalog.path(name), self.settings, self.models, self.metrics,
-                                        self.ledger, self.writes_enabled)
+                                        self.ledger, self.writes_enabled, self._release_unused_models)
                 self._collections[name] = state
             return state
 
@@ -168,6 +168,13 @@ class ServerState:
             state.close(grace_s=self.settings.encode_timeout_s + RETIRE_GRACE_S)
             self.models.drop_unused(self._models_in_use())
             log.info("collection %r is no longer served", name)
+
+    def _release_unused_models(self) -> None:
+        # After the retirement grace: the replaced service still embeds the queries under way with it.
+        timer = threading.Timer(self.settings.encode_timeout_s + RETIRE_GRACE_S,
+                                lambda: self.models.drop_unused(self._models_in_use()))
+        timer.daemon = True
+        timer.start()
 
     def _models_in_use(self) -> set[ModelRef]:
         return {state.encoder.ref for state in self.collections() if state.encoder is not None}

@@ -55,8 +55,11 @@ class CollectionState:
     event loop, follows it on disk, and runs its writes; /ready and /collections report how that went."""
 
     def __init__(self, name: str, path: Path, settings: Settings, models: Models, metrics: Metrics,
-                 ledger: MemoryLedger, writes_enabled: bool = False) -> None:
+                 ledger: MemoryLedger, writes_enabled: bool = False,
+                 model_changed: Callable[[], None] | None = None) -> None:
         self.name, self.path, self.settings = name, path, settings
+        self.model_changed = model_changed
+        """Called once this collection serves another model (reindexed): the server lets go of unused ones."""
         self.models, self.metrics, self.ledger = models, metrics, ledger
         self.writes_enabled = writes_enabled
         """A write may be let through at all: an admin key or a keys file is set (app.access)."""
@@ -178,11 +181,13 @@ class CollectionState:
                 return False
             if not self._swap_in(new_service, writer, identity):
                 return False
-            self.encoder = encoder
+            changed, self.encoder = encoder is not self.encoder, encoder
             self.ledger.update(self.name, resident_bytes(manifest))
             log.info("loaded the new bundle at %s (%s) in %.2f s", self.path, encoder.ref.describe(),
                      time.perf_counter() - started)
-            return True
+        if changed and self.model_changed is not None:
+            self.model_changed()
+        return True
 
     def _swap_in(self, new_service: SearchService, writer: CollectionWriter | None,
                  identity: tuple[int, int] | None) -> bool:

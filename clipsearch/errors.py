@@ -15,6 +15,7 @@ hierarchy, so a subclass inherits its parent's status unless it has its own):
     │   ├── BundleReplaced          503
     │   ├── LiveChangesPending      503
     │   ├── CannotCompact           503
+    │   ├── CannotReindex           503  indexer only: a bundle cannot be reindexed (or rolled back) as asked
     │   └── SnapshotInvalid         503  a snapshot archive is damaged, or cannot be restored where asked
     ├── BuildError                   —   indexer only: the build cannot start or go on
     │   ├── NoSources                —
@@ -95,6 +96,10 @@ class LiveChangesPending(BundleError):
 
 class CannotCompact(BundleError):
     """The bundle's live changes cannot be folded into its base (its index stores compressed vectors)."""
+
+
+class CannotReindex(BundleError):
+    """A bundle cannot be reindexed with another model, or rolled back, as asked; the reason says why."""
 
 
 class SnapshotInvalid(BundleError):

@@ -21,6 +21,7 @@ from indexer import (
     evaluation,
     keys,
     labelling,
+    reindexing,
     snapshots,
     syncing,
     tuning,
@@ -28,8 +29,8 @@ from indexer import (
 
 COMMANDS: dict[str, ModuleType] = {
     "build": building, "classify": labelling, "sync": syncing, "add": adding, "delete": deleting,
-    "compact": compacting, "eval": evaluation, "finetune": tuning, "keys": keys,
-    "snapshot": snapshots, "restore": snapshots, "demo-data": demo,
+    "compact": compacting, "reindex": reindexing, "rollback": reindexing, "eval": evaluation, "finetune": tuning,
+    "keys": keys, "snapshot": snapshots, "restore": snapshots, "demo-data": demo,
 }
 """In the order `python -m indexer --help` lists them."""
 

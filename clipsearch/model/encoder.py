@@ -82,6 +82,9 @@ class ClipEncoder:
         """Builds the same model again (the factory's), for `model` after `release_model`."""
         self._reload_lock = threading.Lock()
         self.tokenizer = tokenizer
+        self._tokenizer_lock = threading.Lock()
+        """A Hugging Face fast tokenizer (the multilingual models') changes its own settings on each
+        call and refuses a second caller meanwhile ("Already borrowed"): one thread tokenizes at a time."""
         self.ref = ref
         self.device = device
         self.context_length: int = int(getattr(tokenizer, "context_length", 77))
@@ -195,7 +198,7 @@ class ClipEncoder:
         """Embed texts; those longer than the context are truncated. Returns float32 (n, d), unit-norm."""
         if not texts:
             return np.zeros((0, self.embedding_dim), dtype=np.float32)
-        tokens = self.tokenizer(list(texts))
+        tokens = self.tokenize(texts)
         forward = self._text_forward
         if self.text_trim is not None:
             length = self.text_trim.real_length(tokens)  # on the CPU tokens: no device round trip
@@ -211,7 +214,7 @@ class ClipEncoder:
     def text_features(self, texts: Sequence[str]) -> torch.Tensor:
         """The text tower's raw features for `texts` (not normalised), with gradients where enabled:
         what training uses. Trimmed to the batch's real length wherever that is exact."""
-        tokens = self.tokenizer(list(texts))
+        tokens = self.tokenize(texts)
         if self.text_trim is not None:
             return self.text_trim(tokens[:, :self.text_trim.real_length(tokens)].to(self.device))
         return self.model.encode_text(tokens.to(self.device))  # type: ignore[no-any-return]
@@ -240,7 +243,7 @@ class ClipEncoder:
             with torch.inference_mode():
                 height, width = self.preprocess_config.size
                 example_image = torch.zeros((1, 3, height, width), dtype=self.dtype, device=self.device)
-                example_tokens = self.tokenizer(["a photo"]).to(self.device)
+                example_tokens = self.tokenize(["a photo"]).to(self.device)
                 image_graphs = GraphedForward(self.model.encode_image, example_image, max_batch)
                 context = example_tokens.shape[1]
                 lengths = sorted({*(length for length in TEXT_GRAPH_LENGTHS if length < context), context}) \
@@ -256,16 +259,24 @@ class ClipEncoder:
         log.info("CUDA graphs captured for batches of up to %d", max_batch)
         return True
 
+    def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
+        """The tokens of `texts`, (n, context) int64; safe to call from several threads."""
+        with self._tokenizer_lock:
+            tokens: torch.Tensor = self.tokenizer(list(texts))
+        return tokens
+
     def is_truncated(self, text: str) -> bool:
         """Whether `text` has more tokens than fit in the context (start and end tokens included)."""
         encode = getattr(self.tokenizer, "encode", None)
         if encode is not None:  # open_clip's own tokenizers: the text's tokens, without start and end
-            return len(encode(text)) + 2 > self.context_length
+            with self._tokenizer_lock:
+                return len(encode(text)) + 2 > self.context_length
         # open_clip's HFTokenizer and Chinese-CLIP's wrap a transformers tokenizer, which counts its
         # special tokens itself.
         wrapped = getattr(self.tokenizer, "tokenizer", None)
         if callable(wrapped):
-            return len(wrapped(text)["input_ids"]) > self.context_length
+            with self._tokenizer_lock:
+                return len(wrapped(text)["input_ids"]) > self.context_length
         return False
 
 

@@ -329,7 +329,7 @@ def _export_fp32(encoder: ClipEncoder, target: Path) -> None:
     batch = torch.export.Dim("batch", min=1, max=4096)
     pixels = torch.zeros((2, 3, height, width), dtype=torch.float32)
     _export(_Tower(model.encode_image).eval(), pixels, "pixels", {0: batch}, target / "image.onnx")
-    tokens = encoder.tokenizer(["a photo of a dog", "a cat"])
+    tokens = encoder.tokenize(["a photo of a dog", "a cat"])
     if encoder.text_trim is not None:
         length = torch.export.Dim("length", min=2, max=encoder.context_length)
         _export(_Tower(encoder.text_trim).eval(), tokens[:, :8], "tokens", {0: batch, 1: length},

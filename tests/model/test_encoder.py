@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
 import torch
@@ -48,6 +50,23 @@ def test_a_hugging_face_tokenizer_says_when_a_text_is_cut(name: str) -> None:
     assert not multilingual.is_truncated("左边的红色圆形")
     assert multilingual.is_truncated("左边的红色圆形" * 12)  # 84 characters, each a token
     assert multilingual.encode_texts(["左边的红色圆形" * 12]).shape == (1, multilingual.embedding_dim)
+
+
+@pytest.mark.parametrize("name", ["tiny-multilingual", "tiny-chinese-clip"])
+def test_a_hugging_face_tokenizer_serves_several_threads_at_once(name: str) -> None:
+    # A fast tokenizer refuses a second caller while it runs ("Already borrowed"): requests' length
+    # checks and the batcher's forward passes share it.
+    multilingual = load_encoder(name, pretrained=None, device="cpu")
+    texts = [f"第{number}个红色圆形 a red circle number {number}" * (number % 4 + 1) for number in range(64)]
+    expected = multilingual.encode_texts(texts)
+
+    def work(number: int) -> tuple[bool, np.ndarray]:
+        return multilingual.is_truncated(texts[number]), multilingual.encode_texts([texts[number]])[0]
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(work, range(len(texts))))
+    np.testing.assert_allclose(np.stack([vector for _, vector in answers]), expected, atol=1e-5)
+    assert [cut for cut, _ in answers] == [multilingual.is_truncated(text) for text in texts]
 
 
 def test_text_longer_than_the_context_is_truncated_not_refused(encoder: ClipEncoder) -> None:

@@ -128,11 +128,14 @@ def write_items_file(directory: Path, manifest: Manifest, items: Iterable[Item])
 def write_compacted(path: Path, manifest: Manifest, content: dict[Modality, ModalityContent], items: Iterable[Item],
                     record: dict[str, Any], start_log: Callable[[Path], object],
                     carry_over: Callable[[Path], Iterable[str]],
-                    fused: FusedContent | None = None) -> tuple[Manifest, float]:
+                    fused: FusedContent | None = None, model: tuple[ModelRef, int] | None = None,
+                    keep_old_at: Path | None = None) -> tuple[Manifest, float]:
     """Replace the bundle at `path` by one with the same model and report, the indices and items
     given (and the caption and fused indices of a fused bundle), and `record` appended to its
     compactions, all or nothing. `items` (ascending ids) is read once, as it is written. Returns
-    the new manifest, and how long writes were held (the bundle's lock).
+    the new manifest, and how long writes were held (the bundle's lock). A reindex gives its
+    `model` (and its vectors' dimension), whose bundle keeps no evaluation of the old one, and
+    keeps the old bundle at `keep_old_at` (replacing one kept there before) instead of deleting it.
 
     The new bundle is written in a staging directory first, and `start_log(staging)` puts its
     live log there. Then, holding the bundle's lock, so that no write commits meanwhile,
@@ -157,6 +160,8 @@ def write_compacted(path: Path, manifest: Manifest, content: dict[Modality, Moda
         updated = replace(manifest, modalities=modalities, files=_file_records(staging),
                           compactions=[*manifest.compactions, record],
                           fused_index=None if fused is None or fused.index is None else fused.index.spec)
+        if model is not None:
+            updated = replace(updated, model=model[0], embedding_dim=model[1], evaluations=[])
         atomic_write_text(staging / MANIFEST_FILE, updated.to_json())
         start_log(staging)
         kill_point("compaction:staged")
@@ -168,7 +173,11 @@ def write_compacted(path: Path, manifest: Manifest, content: dict[Modality, Moda
             old = swap_into_place(staging, path)
             kill_point("compaction:swapped")
             held_s = time.perf_counter() - locked_at
-        remove_retired(old)
+        if keep_old_at is not None and old is not None:
+            shutil.rmtree(keep_old_at, ignore_errors=True)
+            os.replace(old, keep_old_at)
+        else:
+            remove_retired(old)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

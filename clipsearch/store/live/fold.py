@@ -1,25 +1,32 @@
 """Folding a live log into a compaction's new base: the new bundle's log, begun while writes go on
 (`start_fold`: keys and file stats, the costly part) and brought up to date (`fold_since`: the
-writes made since the snapshot folded in), once more under the bundle's lock before the swap."""
+writes made since the snapshot folded in), once more under the bundle's lock before the swap. A
+reindex (clipsearch.ingest.reindex) folds the same way, its items embedded again by its new model."""
 
 from __future__ import annotations
 
 import heapq
 import itertools
+import json
+from collections.abc import Callable, Sequence
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from clipsearch.errors import BundleReplaced
 from clipsearch.modality import Modality
+from clipsearch.store.items import Item
 from clipsearch.store.live.log import LiveLog
 from clipsearch.store.live.schema import TEXT_VECTOR_COLUMNS, create_tables, fsync, unsynced
 from clipsearch.store.live.state import LiveState, members
 
 KEYS_AT_ONCE = 10_000
 """Keys a compaction copies into the new log per step (start_fold)."""
+EmbedAgain = Callable[[Sequence[Item]], Sequence[np.ndarray]]
+"""A reindex's new model: each item's new vector (float32 (d,)), in order; raises if one cannot be made."""
 
 
 @dataclass(frozen=True)
@@ -69,7 +76,7 @@ def start_fold(log: LiveLog, new_base: dict[Modality, np.ndarray], into: Path) -
 
 
 def fold_since(log: LiveLog, after: int, since: LiveState, new_base: dict[Modality, np.ndarray],
-               into: Path) -> Carried:
+               into: Path, embed_again: EmbedAgain | None = None) -> Carried:
     """Bring the log that `start_fold` began at `into` up to date with the rows written after
     generation `after` (at first the generation of `since`, the snapshot folded into
     `new_base`; then the one this returned): added or replaced items become its live items, a
@@ -77,6 +84,8 @@ def fold_since(log: LiveLog, after: int, since: LiveState, new_base: dict[Modali
     The next id, the generation, the count of folded changes and the file stats come along,
     so that ids and keys mean what they meant. Idempotent, so it can catch up while writes go
     on, and once more holding the bundle's lock (when no write can commit) before the swap.
+    With `embed_again` (a reindex), the items written get the new model's vectors, and no fused
+    text vectors (a fused bundle is not reindexed).
     """
     with log.reading() as old:
         if log.replaced():
@@ -95,6 +104,8 @@ def fold_since(log: LiveLog, after: int, since: LiveState, new_base: dict[Modali
         generation = int(log.state_value("generation") or 0)
         next_id = int(log.state_value("next_id") or 0)
         folded = int(log.state_value("folded") or 0) + since.changes
+    if embed_again is not None and written:
+        written = _embedded_again(written, embed_again)
     gone = np.setdiff1d(changed, [row[0] for row in written])
     hidden = [(int(item_id), modality.value) for modality, ids in new_base.items()
               for item_id in members(changed, ids)]
@@ -118,3 +129,13 @@ def fold_since(log: LiveLog, after: int, since: LiveState, new_base: dict[Modali
         uris = tuple(str(row[0]) for row in connection.execute("SELECT uri FROM items"))
     fsync(into)
     return Carried(items=int(items), hidden=int(removed), generation=generation, uris=uris)
+
+
+def _embedded_again(rows: list[Any], embed_again: EmbedAgain) -> list[Any]:
+    """`fold_since`'s rows of written items (id, key, modality, uri, text, extra, content_hash, vector,
+    written_at, text vectors…), each with the new model's vector and no text vectors."""
+    items = [Item(id=int(row[0]), modality=Modality(row[2]), uri=str(row[3]), text=row[4],
+                  extra=json.loads(row[5]) if row[5] else {}, content_hash=str(row[6])) for row in rows]
+    vectors = embed_again(items)
+    return [(*row[:7], np.ascontiguousarray(vector, dtype=np.float32).tobytes(), row[8],
+             *([None] * len(TEXT_VECTOR_COLUMNS))) for row, vector in zip(rows, vectors, strict=True)]

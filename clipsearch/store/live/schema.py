@@ -114,6 +114,19 @@ def count_live_changes(bundle: Path, folded: bool = False) -> int:
     return int(row[0])
 
 
+def live_generation(bundle: Path) -> int:
+    """The generation of the bundle's live log (0 without one): it rises with every write."""
+    path = bundle / LIVE_FILE
+    if not path.is_file():
+        return 0
+    try:
+        with closing(sqlite3.connect(path, timeout=30)) as connection:
+            row = connection.execute("SELECT value FROM state WHERE name = 'generation'").fetchone()
+    except sqlite3.Error as error:
+        raise BundleError(f"{path}: the live log cannot be read ({error})") from error
+    return 0 if row is None else int(row[0])
+
+
 def identity(path: Path) -> tuple[int, int] | None:
     """Which file is at `path` (device and inode), or None if none is."""
     try:
