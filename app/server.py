@@ -103,7 +103,8 @@ class ServerState:
         with self._lock:
             state = self._collections.get(name)
         if state is None:
-            self.catalog.path(name)  # a name that could never be a collection says so (422)
+            if self.catalog.fixed:
+                self.catalog.path(name)  # 404 saying that a server of one bundle serves `default` only
             served = ", ".join(self.names()) or "none yet"
             raise CollectionNotFound(f"no collection named {name!r} (this server serves: {served})", "collection")
         return state

@@ -20,13 +20,14 @@ SCHEMATHESIS = Path(sys.executable).parent / "schemathesis"
 # Every check but one: requests the schema allows can still be refused for reasons a schema cannot
 # express (bytes that are not an image, whitespace-only text, k above the server's max_k, the image
 # of a text item), and those refusals are the point of the API's 4xx errors.
-CHECKS = ["--checks", "all", "--exclude-checks", "positive_data_acceptance"]
+EXCLUDED = "positive_data_acceptance"
 
 
-def fuzz(url: str, tmp_path: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+def fuzz(url: str, tmp_path: Path, *extra: str, exclude: str = "") -> subprocess.CompletedProcess[str]:
     if not SCHEMATHESIS.is_file():
         pytest.skip(f"schemathesis is not installed beside {sys.executable} (pip install '.[dev]')")
-    return subprocess.run([str(SCHEMATHESIS), "run", f"{url}/openapi.json", *CHECKS, "--max-examples", "15",
+    checks = ["--checks", "all", "--exclude-checks", ",".join(filter(None, (EXCLUDED, exclude)))]
+    return subprocess.run([str(SCHEMATHESIS), "run", f"{url}/openapi.json", *checks, "--max-examples", "15",
                            "--seed", "20261122", "--workers", "1", *extra],
                           capture_output=True, text=True, cwd=tmp_path, timeout=300)
 
@@ -47,3 +48,26 @@ def locked_url(bundle_path: Path) -> Iterator[str]:
 def test_fuzzing_with_an_api_key_checks_authentication_too(locked_url: str, tmp_path: Path) -> None:
     finished = fuzz(locked_url, tmp_path, "--header", "X-API-Key: fuzz-key")
     assert finished.returncode == 0, finished.stdout[-6000:]
+
+
+def test_fuzzing_the_collection_routes_as_an_admin_finds_no_failure_and_keeps_the_default(
+        bundle_path: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from tests.support.serving import ADMIN
+
+    shutil.copytree(bundle_path, tmp_path / "collections" / "default")
+    settings = Settings(data_dir=tmp_path / "collections", device="cpu", admin_key=ADMIN,  # type: ignore[call-arg]
+                        reload_poll_s=0.2)
+    with serve(settings) as url:
+        # With a good admin key sent, an X-API-Key the open server ignores is no "invalid authentication"
+        # (either header may carry a write's key): that check is left out. The first question loads
+        # the question-answering model, which can take longer than the default 10 s on a busy machine.
+        finished = fuzz(url, tmp_path, "--header", f"X-Admin-Key: {ADMIN}", "--include-path-regex", "^/collections",
+                        "--request-timeout", "60", exclude="ignored_auth")
+        assert finished.returncode == 0, finished.stdout[-6000:]
+        assert httpx.post(f"{url}/search/text", json={"text": "after the fuzz"}).status_code == 200
+        listed = httpx.get(f"{url}/collections").json()
+    on_disk = sorted(path.name for path in (tmp_path / "collections").iterdir() if not path.name.startswith("."))
+    names = [entry["name"] for entry in listed]
+    assert names[0] == "default" and sorted(names) == on_disk

@@ -279,3 +279,12 @@ def test_smoke_the_cutoff_bench_counts_exactly_the_items_that_pass_and_times_a_s
     snapshot = figures["snapshot"]
     assert snapshot["files"] >= 4 and 0 < snapshot["writes_held_ms"] <= snapshot["seconds"] * 1000
     assert snapshot["restore_s"] > 0
+
+
+def test_smoke_the_reindex_bench_loses_no_write_and_compares_with_a_build() -> None:
+    figures = run_bench("bench.reindex", "--images", "12", "--texts", "40", "--writes-per-s", "40", "--workers", "0")
+    reindexed, writes = figures["reindex"], figures["writes during the reindex"]
+    assert figures["build"]["items"] == 52 and reindexed["items"] >= 52 + 40  # the corpus and the writes before
+    assert reindexed["vs_build"] == pytest.approx(reindexed["items_per_s"] / figures["build"]["items_per_s"],
+                                                  rel=2e-2)
+    assert writes["kept"] == writes["acknowledged"] > 40 and reindexed["writes_held_ms"] > 0
