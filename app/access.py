@@ -115,7 +115,7 @@ class Access:
         self.api_key, self.admin_key = settings.api_key, settings.admin_key
         self.keys = None if settings.keys_file is None else KeyFile(settings.keys_file)
         self.rate = None if settings.rate_limit is None else Rate.parse(settings.rate_limit)
-        self.buckets_path = settings.rate_limit_file or _default_buckets_path(settings.bundle_path)
+        self.buckets_path = settings.rate_limit_file or _default_buckets_path(settings.data_dir or settings.bundle_path)
         self._buckets: TokenBuckets | None = None
         self._buckets_lock = threading.Lock()
 

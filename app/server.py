@@ -13,7 +13,7 @@ import threading
 from app.metrics import Metrics
 from app.resources import MB, MemoryLedger, Models
 from app.settings import Settings
-from app.state import RETIRE_GRACE_S, CollectionState
+from app.state import LOADING, RETIRE_GRACE_S, CollectionState
 from clipsearch.config import ModelRef
 from clipsearch.errors import CollectionConflict, CollectionNotFound, InvalidQuery, ModelLoadError
 from clipsearch.model.captions import CaptionService
@@ -116,7 +116,7 @@ class ServerState:
     def problem(self) -> str | None:
         """Why the server is not ready: still loading, or the default collection cannot be served."""
         if not self.started:
-            return "loading the model and the bundle"
+            return LOADING
         with self._lock:
             default = self._collections.get(DEFAULT_COLLECTION)
         return None if default is None else default.problem

@@ -46,6 +46,8 @@ log = logging.getLogger(__name__)
 Result = TypeVar("Result")
 COMPACTION_RETRY_S = 60.0
 """How long a background compaction that met a full or read-only disk waits before it tries again."""
+LOADING = "loading the model and the bundle"
+"""The problem of a collection not loaded yet."""
 RETIRE_GRACE_S = 5.0
 """A replaced service is closed this long after the longest a request may wait on it."""
 
@@ -64,7 +66,7 @@ class CollectionState:
         self.writes_enabled = writes_enabled
         """A write may be let through at all: an admin key or a keys file is set (app.access)."""
         self.service: SearchService | None = None
-        self.problem: str | None = "loading the model and the bundle"
+        self.problem: str | None = LOADING
         self.writer: CollectionWriter | None = None
         self.refusal: WriteRefusal | None = WriteRefusal("not_loaded", "the bundle is not loaded yet")
         """Why writes are refused now: the bundle cannot take them, or the last one was refused."""
@@ -82,10 +84,10 @@ class CollectionState:
 
     @property
     def loading(self) -> bool:
-        return self.service is None and self.problem == "loading the model and the bundle"
+        return self.service is None and self.problem == LOADING
 
     def load(self) -> None:
-        """Load the bundle and its model (once per server: app.models), within the memory budget;
+        """Load the bundle and its model (once per server: app.resources), within the memory budget;
         a failure leaves the reason in `problem`, for /ready and this collection's routes."""
         try:
             manifest = read_manifest(self.path)  # fail fast, before loading a model

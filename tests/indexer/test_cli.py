@@ -46,6 +46,26 @@ def test_unusable_arguments_stop_with_a_usage_error(arguments: list[str]) -> Non
     assert stopped.value.code == 2
 
 
+def test_a_collection_names_its_bundle_in_the_data_folder_and_a_wrong_one_is_a_usage_error(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    assert parse_args(["build", "--texts", "t", "--collection", "notes", "--data-dir", "/srv/c"]).out == \
+        Path("/srv/c/notes")
+    monkeypatch.setenv("CLIPSEARCH_DATA_DIR", "/srv/from-env")
+    assert parse_args(["sync", "--texts", "t", "--collection", "notes"]).bundle == Path("/srv/from-env/notes")
+    assert parse_args(["rollback", "--collection", "notes"]).bundle == Path("/srv/from-env/notes")
+    monkeypatch.delenv("CLIPSEARCH_DATA_DIR")
+    for arguments, said in ((["build", "--texts", "t"], "give --out or --collection"),
+                            (["build", "--texts", "t", "--out", "b", "--collection", "c", "--data-dir", "d"],
+                             "not both"),
+                            (["build", "--texts", "t", "--collection", "notes"], "--collection needs --data-dir"),
+                            (["sync", "--texts", "t", "--collection", ".hidden", "--data-dir", "d"],
+                             "--collection: '.hidden' is not a collection name"),
+                            (["reindex", "--bundle", "b"], "--model: name the model")):
+        with pytest.raises(SystemExit) as stopped:
+            parse_args(arguments)
+        assert stopped.value.code == 2 and said in capsys.readouterr().err
+
+
 def test_a_folder_and_a_text_file_build_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     for number in range(5):
         save(tmp_path / "images" / f"{number}.png", image_bytes(noise_image(number)))
