@@ -123,7 +123,8 @@ class ServerState:
 
     def create(self, name: str, model: ModelRef | None) -> tuple[bool, CollectionState]:
         """Make collection `name`, empty, for `model` (default: the default collection's), and serve it;
-        whether it was made (False: it was there, with that model; CollectionConflict with another)."""
+        whether it was made (False: it was there, with `model` if one is named; CollectionConflict with
+        another)."""
         self.catalog.changeable_path(name)  # a server of one bundle makes none (409), a bad name is refused (422)
         wanted = model or self._default_model()
         if name not in self.names() and name not in self.catalog.names():
@@ -141,9 +142,9 @@ class ServerState:
         state = self._state_of(name)
         if state.loading:
             state.load()
-        if not created:
+        if not created and model is not None:
             served = state.encoder.ref if state.encoder is not None else read_manifest(state.path).model
-            if served != wanted:
+            if served != model:
                 raise CollectionConflict(f"a collection named {name!r} exists already, with the model "
                                          f"{served.describe()}", "collection")
         return created, state

@@ -73,6 +73,7 @@ class CollectionState:
         self.encoder: ClipEncoder | None = None
         self._lock = threading.Lock()
         self._reload_lock = threading.Lock()
+        self._load_lock = threading.Lock()
         self._closed = threading.Event()
         self._loaded_manifest: tuple[int, int] | None = None
         """Which manifest file (device, inode) the service was loaded from."""
@@ -88,7 +89,13 @@ class CollectionState:
 
     def load(self) -> None:
         """Load the bundle and its model (once per server: app.resources), within the memory budget;
-        a failure leaves the reason in `problem`, for /ready and this collection's routes."""
+        a failure leaves the reason in `problem`, for /ready and this collection's routes. Once only:
+        a second call (a PUT while the server still loads it) waits for the first."""
+        with self._load_lock:
+            if self.loading:
+                self._load()
+
+    def _load(self) -> None:
         try:
             manifest = read_manifest(self.path)  # fail fast, before loading a model
             encoder = self.models.get(manifest.model)
