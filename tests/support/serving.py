@@ -4,13 +4,14 @@ process, on a free loopback port."""
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import httpx
@@ -60,13 +61,22 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+class ServerProcess(subprocess.Popen[bytes]):
+    """`python -m app` in a session of its own: kill() ends its workers with it (killing the
+    supervisor alone left each worker serving on, an orphan holding its model)."""
+
+    def kill(self) -> None:
+        with suppress(ProcessLookupError):
+            os.killpg(self.pid, signal.SIGKILL)
+
+
 def start_server_process(live_bundle: Path, **extra: str) -> tuple[subprocess.Popen[bytes], str]:
     """`python -m app` over `live_bundle` with writes on, once ready: the process and its URL."""
     port = free_port()
     environment = {**os.environ, "CLIPSEARCH_BUNDLE_PATH": str(live_bundle), "CLIPSEARCH_DEVICE": "cpu",
                    "CLIPSEARCH_ADMIN_KEY": ADMIN, "CLIPSEARCH_PORT": str(port), **extra}
-    process = subprocess.Popen([sys.executable, "-m", "app"], env=environment, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+    process = ServerProcess([sys.executable, "-m", "app"], env=environment, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     ready_in_a_row = 0  # with several workers, one may answer ready while another still loads
