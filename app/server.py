@@ -172,11 +172,8 @@ class ServerState:
             log.info("collection %r is no longer served", name)
 
     def _release_unused_models(self) -> None:
-        # After the retirement grace: the replaced service still embeds the queries under way with it.
-        timer = threading.Timer(self.settings.encode_timeout_s + RETIRE_GRACE_S,
-                                lambda: self.models.drop_unused(self._models_in_use()))
-        timer.daemon = True
-        timer.start()
+        # A service being retired keeps its own reference to its encoder until it is closed.
+        self.models.drop_unused(self._models_in_use())
 
     def _models_in_use(self) -> set[ModelRef]:
         return {state.encoder.ref for state in self.collections() if state.encoder is not None}

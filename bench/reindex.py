@@ -129,9 +129,10 @@ def main(argv: list[str] | None = None) -> int:
              carried=summary.carried, writes_held_ms=summary.writes_held_s * 1000, model=args.model_to)
         with opened_service(encoders[args.model_to], path) as service:
             state = service.collection.refresh()
+            found = {**{item.id: item.text for item in service.bundle.items}, **{
+                item_id: item.text for item_id, item in state.items.items()}}
             kept = sum(1 for item_id, text in writer.written.items()
-                       if (state.items.get(item_id) or service.bundle.items.get(item_id)) is not None
-                       and service.collection.item(item_id).text == text)
+                       if found.get(item_id) == text and not state.is_removed(item_id))
         during = latency_summary(writer.latencies)
         emit("writes during the reindex", writes=len(writer.latencies), writes_per_s=args.writes_per_s,
              quiet_p50_ms=quiet["p50_ms"], p50_ms=during["p50_ms"], p99_ms=during["p99_ms"],

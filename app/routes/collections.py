@@ -21,7 +21,6 @@ from app.state import CollectionState
 from clipsearch.config import DEFAULT_MODEL, DEFAULT_PRETRAINED, ModelRef, default_pretrained
 from clipsearch.modality import Modality
 from clipsearch.store.bundle.snapshot import take_snapshot
-from clipsearch.store.catalog import check_collection_name
 
 router = APIRouter(prefix="/collections", tags=["collections"])
 
@@ -80,7 +79,6 @@ def create_collection(collection: str, server: ServerDep, response: Response,
     """Make an empty collection (admin), served at once by this worker and within CLIPSEARCH_RELOAD_POLL_S by the
     others; fill it with writes, `indexer build --collection NAME` or `indexer sync`. Making one that exists with
     the same model changes nothing (200)."""
-    check_collection_name(collection)
     created, state = server.create(collection, None if new is None else new.model_ref())
     if not created:
         response.status_code = 200

@@ -32,6 +32,7 @@ import numpy as np
 
 from clipsearch.errors import CannotReindex
 from clipsearch.index import faiss_index
+from clipsearch.index.spec import EXACT_FACTORY, RECALL_QUERIES
 from clipsearch.ingest.build import encode_batch
 from clipsearch.ingest.loading import image_batches, text_batches
 from clipsearch.ingest.sources import SourceItem
@@ -40,7 +41,7 @@ from clipsearch.model.encoder import ClipEncoder
 from clipsearch.store.bundle import Bundle, ModalityContent, load_bundle, recover_interrupted_swaps, write_compacted
 from clipsearch.store.bundle.swap import swap_into_place
 from clipsearch.store.items import Item
-from clipsearch.store.live import LIVE_FILE, Carried, LiveLog, fold_since, live_generation, start_fold
+from clipsearch.store.live import LIVE_FILE, Carried, LiveLog, LiveState, fold_since, live_generation, start_fold
 from clipsearch.store.manifest import MANIFEST_FILE, Manifest, bundle_lock, compaction_lock, read_manifest
 from clipsearch.util.progress import progress_bar
 
@@ -102,7 +103,8 @@ class Reindex:
         self.new_ids: dict[Modality, np.ndarray] = {}
         self.items: list[Item] = []
         self.new_log = path.with_name(f".{path.name}.newlog-{os.getpid()}")
-        self._state = self.live.state()
+        self._state = LiveState(generation=-1)
+        """The snapshot `prepare` embeds."""
         self._caught_up = -1
 
     def prepare(self) -> ReindexSummary:
@@ -120,13 +122,13 @@ class Reindex:
                 self.new_ids[modality] = np.array([item.id for item in items], dtype=np.int64)
                 vectors[modality] = np.stack(self.embed(items))
         for modality, ids in self.new_ids.items():
-            others = [vectors[other][:1000] for other in vectors if other is not modality]
+            others = [vectors[other][:RECALL_QUERIES] for other in vectors if other is not modality]
             record = self.bundle.manifest.modalities.get(modality)
-            factory = record.index.factory if record is not None else "Flat"
+            factory = record.index.factory if record is not None else EXACT_FACTORY
+            label = f"{'text' if modality is Modality.IMAGE else 'image'} (cross-modal)"  # as a build's
             index, spec = faiss_index.build_index(vectors[modality], ids, factory,
                                                   recall_queries=others[0] if others else None,
-                                                  queries_label="cross-modal" if others else None,
-                                                  use_gpu=self.use_gpu)
+                                                  queries_label=label if others else None, use_gpu=self.use_gpu)
             self.content[modality] = ModalityContent(index=index, spec=spec)
             self.summary.counts[modality.value] = len(ids)
         self.new_log.unlink(missing_ok=True)
