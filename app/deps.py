@@ -98,3 +98,13 @@ def _bounds_of(filter_json: str | None) -> Bounds:
 
 
 BoundsDep = Annotated[Bounds, Depends(get_bounds)]
+
+
+def get_base_path(request: Request) -> str:
+    """The path the request's collection's routes are under: '' for the default routes, else
+    /collections/NAME (links in answers, such as a segment's thumbnail, are built on it)."""
+    name = request.path_params.get("collection")
+    return "" if name is None else f"/collections/{name}"
+
+
+BasePathDep = Annotated[str, Depends(get_base_path)]

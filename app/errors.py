@@ -35,6 +35,8 @@ from clipsearch.errors import (
     StorageError,
     StorageFull,
     StorageLocked,
+    VideoDecodeError,
+    VideoTooLarge,
 )
 
 log = logging.getLogger(__name__)
@@ -56,6 +58,8 @@ STATUS: dict[type[ClipSearchError], int] = {
     ServiceBusy: 503,
     ImageDecodeError: 422,
     ImageTooLarge: 413,
+    VideoDecodeError: 422,
+    VideoTooLarge: 413,
     InvalidQuery: 422,
     QueryImageTooLarge: 413,
     ItemNotFound: 404,

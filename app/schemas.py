@@ -16,10 +16,11 @@ from clipsearch.model.vqa import Answer
 from clipsearch.search.cutoff import OrderBy
 from clipsearch.search.dedup import DEFAULT_THRESHOLD as DEFAULT_DEDUP_THRESHOLD
 from clipsearch.search.hybrid import FusionMethod, Ranking, SearchMode
-from clipsearch.search.query import ImageTerm, ItemTerm, ResultOptions, Term, TextTerm
+from clipsearch.search.query import GROUP_BY_ITEM, ImageTerm, ItemTerm, ResultOptions, Term, TextTerm
 from clipsearch.store.collection import Hit
 from clipsearch.store.filters import parse_filter
 from clipsearch.store.items import Item
+from clipsearch.store.segments import SegmentSpan
 
 MAX_ITEM_ID = 2**63 - 1  # ids are SQLite / FAISS int64
 MAX_ABS_WEIGHT = 1000.0
@@ -77,6 +78,11 @@ class ResultOptionsModel(BaseModel):
         "every result the filter passes is sorted (at most max_cutoff_results)."),
         examples=[{"key": "taken_at", "direction": "desc"}])
 
+    group_by: Literal["item", "segments"] = Field("item", description=(
+        "For video results: each video once, scored by its best segment, with that `segment` and its best "
+        "`moments` ('item'); or every segment found as a result of its own ('segments': vector mode only, "
+        "without dedup, order_by or min_score)."))
+
     ask: str | None = Field(None, description=(
         "A question (in English) the question-answering model answers about each image result: each gets its "
         "`answer` and `answer_score` (up to the server's vqa_max_hits results; text results get none)."),
@@ -87,16 +93,19 @@ class ResultOptionsModel(BaseModel):
 
     def options(self) -> ResultOptions:
         order_by = None if self.order_by is None else self.order_by.model_dump()
-        return result_options(self.filter, self.offset, self.dedup, self.fusion, self.min_score, order_by)
+        return result_options(self.filter, self.offset, self.dedup, self.fusion, self.min_score, order_by,
+                              self.group_by)
 
 
 def result_options(filter: Any, offset: int, dedup: bool | float | None, fusion: Any = None,
-                   min_score: float | None = None, order_by: Any = None) -> ResultOptions:
+                   min_score: float | None = None, order_by: Any = None, group_by: str = GROUP_BY_ITEM
+                   ) -> ResultOptions:
     """ResultOptions from the API's fields; a bad filter, fusion or order raises InvalidQuery naming its path."""
     threshold = DEFAULT_DEDUP_THRESHOLD if dedup is True else None if dedup is False else dedup
     return ResultOptions(filter=None if filter is None else parse_filter(filter, "filter"), offset=offset,
                          dedup=threshold, fusion=None if fusion is None else Fusion.of(fusion, "fusion"),
-                         min_score=min_score, order_by=None if order_by is None else OrderBy.of(order_by))
+                         min_score=min_score, order_by=None if order_by is None else OrderBy.of(order_by),
+                         group_by=group_by)
 
 
 class HybridModel(BaseModel):
@@ -194,7 +203,7 @@ class HitModel(BaseModel):
                                      "better); with 'hybrid', the fused score.")
     modality: Modality
     uri: str = Field(description="Where the item came from: a file path or a text file and line.")
-    caption: str | None = Field(None, description="An image's caption, if it has one.")
+    caption: str | None = Field(None, description="An image's or a video's caption, if it has one.")
     text: str | None = Field(None, description="A text item's text.")
     metadata: dict[str, Any] = Field(default_factory=dict)
     shares: list[float] | None = Field(None, description="With `explain`: each query term's share of the score, "
@@ -215,15 +224,43 @@ class HitModel(BaseModel):
         "every line in metadata.ocr.lines."))
     answer: str | None = Field(None, description="With `ask`: the model's answer about this image result.")
     answer_score: float | None = Field(None, description="With `ask`: the model's probability of that answer.")
+    segment: SegmentModel | None = Field(None, description=(
+        "For a video result: the moment that scored it (with group_by 'item', its best segment)."))
+    moments: list[MomentModel] | None = Field(None, description=(
+        "For a video result of a vector or hybrid search (group_by 'item'): its best segments, each with its "
+        "score, in time order."))
 
     @classmethod
     def of(cls, hit: Hit, shares: list[float] | None = None, deduplicated: bool = False,
-           answer: Answer | None = None) -> HitModel:
+           answer: Answer | None = None, base: str = "") -> HitModel:
+        """The hit as the API gives it; `base` is the path its collection's routes are under ('' for the default)."""
         matches = [OcrMatchModel.model_validate(match) for match in hit.ocr_matches] or None
+        segment = None if hit.segment is None else SegmentModel.of(hit.item.id, hit.segment, base)
+        moments = [MomentModel.of(hit.item.id, span, base, score) for span, score in hit.moments] or None
         return cls(score=hit.score, shares=shares, duplicates=list(hit.duplicates) if deduplicated else None,
-                   ranks=hit.ranks, fused=hit.fused, ocr_matches=matches,
+                   ranks=hit.ranks, fused=hit.fused, ocr_matches=matches, segment=segment, moments=moments,
                    answer=None if answer is None else answer.text,
                    answer_score=None if answer is None else answer.score, **ItemModel.of(hit.item).model_dump())
+
+
+class SegmentModel(BaseModel):
+    position: int = Field(description="Its place among the video's segments, from 0.")
+    start_s: float = Field(description="Where it starts in the video, in seconds.")
+    end_s: float = Field(description="Where it ends (where the next one starts).")
+    thumbnail: str = Field(description="The path of its first frame, a JPEG (GET, with the same key).")
+
+    @classmethod
+    def of(cls, item_id: int, span: SegmentSpan, base: str) -> SegmentModel:
+        return cls(position=span.position, start_s=span.start_s, end_s=span.end_s,
+                   thumbnail=f"{base}/items/{item_id}/frame?at={span.start_s:g}")
+
+
+class MomentModel(SegmentModel):
+    score: float = Field(description="The segment's cosine similarity to the query.")
+
+    @classmethod
+    def of(cls, item_id: int, span: SegmentSpan, base: str, score: float = 0.0) -> MomentModel:
+        return cls(**SegmentModel.of(item_id, span, base).model_dump(), score=score)
 
 
 class OcrMatchModel(BaseModel):
@@ -246,9 +283,9 @@ class ItemModel(BaseModel):
 
     @classmethod
     def of(cls, item: Item) -> ItemModel:
-        is_image = item.modality is Modality.IMAGE
-        return cls(id=item.id, modality=item.modality, uri=item.uri, caption=item.text if is_image else None,
-                   text=None if is_image else item.text, metadata=item.extra)
+        captioned = item.modality is not Modality.TEXT  # an image's or a video's text is its caption
+        return cls(id=item.id, modality=item.modality, uri=item.uri, caption=item.text if captioned else None,
+                   text=None if captioned else item.text, metadata=item.extra)
 
 
 class SearchResponse(BaseModel):

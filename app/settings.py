@@ -19,6 +19,7 @@ from clipsearch.config import (
     CaptionConfig,
     CompactionPolicy,
     QueryLimits,
+    VideoSampling,
     VqaConfig,
     WriteLimits,
 )
@@ -27,6 +28,7 @@ from clipsearch.store.keys import Rate
 
 # The defaults of the limits and of batching are the core's own: no number is written twice.
 _LIMITS = QueryLimits()
+_VIDEO = VideoSampling()
 _BATCHING = Batching()
 _CAPTIONS = CaptionConfig()
 _VQA = VqaConfig()
@@ -54,6 +56,10 @@ class Settings(BaseSettings):
     max_k: int = Field(_LIMITS.max_k, ge=1, description="Most results one query may ask for.")
     max_upload_mb: float = Field(20.0, gt=0, description="Largest request body, uploads included (413 above).")
     max_pixels: int = Field(_LIMITS.max_pixels, ge=1, description="Largest query image, in pixels.")
+    video_max_seconds: float = Field(_VIDEO.max_seconds, gt=0, allow_inf_nan=False, description=(
+        "Longest video written to a collection (POST /items); longer ones are refused (413 naming the file)."))
+    video_timeout_s: float = Field(_VIDEO.decode_timeout_s, gt=0, allow_inf_nan=False, description=(
+        "Longest a video written to a collection may take to read; past it, refused (413 naming the file)."))
     max_query_terms: int = Field(_LIMITS.max_terms, ge=1, description="Most terms in one composed query.")
     max_text_chars: int = Field(_LIMITS.max_text_chars, ge=1, description="Longest query text, in characters.")
     max_labels: int = Field(_LIMITS.max_labels, ge=1, description="Most labels one /classify request may score.")
@@ -218,6 +224,11 @@ class Settings(BaseSettings):
     def write_limits(self) -> WriteLimits:
         return WriteLimits(max_items=self.max_write_items, max_key_chars=WriteLimits().max_key_chars,
                            max_metadata_bytes=int(self.max_metadata_kb * 1024))
+
+    @property
+    def video_bounds(self) -> VideoSampling:
+        """The bounds on reading a video written to a collection (each collection cuts as it was built)."""
+        return VideoSampling(max_seconds=self.video_max_seconds, decode_timeout_s=self.video_timeout_s)
 
     @property
     def compaction(self) -> CompactionPolicy:

@@ -133,7 +133,8 @@ class CollectionState:
                                filter_cache_size=settings.filter_cache_size, rrf_k=settings.rrf_k,
                                devices=parse_devices(settings.devices, encoder.device))
         live = service.collection.live
-        writer = CollectionWriter(service, settings.write_limits) if live is not None and live.writable else None
+        writer = CollectionWriter(service, settings.write_limits, settings.video_bounds) \
+            if live is not None and live.writable else None
         service.warm_up()
         return service, writer
 

@@ -9,6 +9,9 @@ in the same run:
   * the whole `build` (read, decode, encode, write shards, index, write the bundle), end to end,
   * with --ray, the same build on `--engine ray` (a Ray instance started here, `--ray-actors`), against
     the local engine's, both counting their model loads (Ray's actors load theirs as they start),
+  * with --videos, generated H.264 videos (a new scene every --scene-seconds, the camera panning
+    in between): read, decoded and cut into segments alone (frames/s, video-seconds/s), then built
+    end to end, against the image path's figures of the same run,
 and prints one JSON line per figure with the ratios. The model has random weights (speed only);
 no download is needed. Model loading is timed apart and left out of the end-to-end rate.
 """
@@ -16,6 +19,7 @@ no download is needed. Model loading is timed apart and left out of the end-to-e
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import sys
 import tempfile
@@ -26,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from bench.common import emit, ratio, synthetic_photo, time_calls
 from clipsearch.ingest.build import build, read_sources
@@ -35,6 +40,7 @@ from clipsearch.ingest.loading import image_batches
 from clipsearch.modality import Modality
 from clipsearch.model.encoder import ClipEncoder
 from clipsearch.model.factory import load_encoder
+from clipsearch.util.video import read_video
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -49,6 +55,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--folder", type=Path, help="keep the generated JPEGs here (default: a temporary folder)")
     parser.add_argument("--ray", action="store_true", help="also build with --engine ray (the [ray] extra)")
     parser.add_argument("--ray-actors", type=int, default=None, help="embedding actors for --ray")
+    parser.add_argument("--videos", type=int, default=0,
+                        help="also generate this many H.264 videos and index them (the [video] extra), against "
+                             "the image path of the same run")
+    parser.add_argument("--video-seconds", type=float, default=60.0, help="length of each generated video")
+    parser.add_argument("--video-fps", type=int, default=25)
+    parser.add_argument("--scene-seconds", type=float, default=4.0, help="a generated video cuts to a new scene "
+                                                                         "this often (its camera pans in between)")
     return parser.parse_args(argv)
 
 
@@ -89,10 +102,78 @@ def main(argv: list[str] | None = None) -> int:
              seconds=indexing_s, seconds_with_model_load=total_s, images_per_s=end_to_end,
              vs_tower=ratio(end_to_end, tower), vs_loader=ratio(end_to_end, loading))
         indexed = [summary.indexed["image"]]
+        if args.videos:
+            indexed.append(video_figures(args, Path(scratch), load_s, end_to_end, loading))
         if args.ray:
             indexed.append(ray_build(replace(config, out=Path(scratch) / "ray-bundle", engine="ray",
                                              ray_actors=args.ray_actors), total_s))
-    return 0 if all(count == args.images for count in indexed) else 1
+    return 0 if indexed[0] == args.images and all(count > 0 for count in indexed) else 1
+
+
+def video_figures(args: argparse.Namespace, scratch: Path, load_s: float, images_per_s: float,
+                  image_loading_per_s: float) -> int:
+    """Generate the videos, then measure reading and cutting them alone, and the whole build of them,
+    against the image path's figures of this run; returns how many videos were indexed."""
+    folder = scratch / "videos"
+    folder.mkdir()
+    started = time.perf_counter()
+    with ProcessPoolExecutor(max_workers=max(1, args.workers)) as pool:
+        sizes = list(pool.map(_write_video, [(folder / f"{number:05d}.mp4", number, args.video_seconds,
+                                              args.video_fps, args.scene_seconds, args.width, args.height)
+                                             for number in range(args.videos)]))
+    emit("generated videos", videos=args.videos, seconds_each=args.video_seconds, fps=args.video_fps,
+         width=args.width, height=args.height, scenes_each=int(np.ceil(args.video_seconds / args.scene_seconds)),
+         mean_mb=sum(sizes) / len(sizes) / 2**20, seconds=time.perf_counter() - started)
+    started = time.perf_counter()
+    with ProcessPoolExecutor(max_workers=max(1, args.workers)) as pool:
+        read = list(pool.map(_read_video, sorted(folder.iterdir())))
+    reading_s = time.perf_counter() - started
+    frames, video_s, segments = (sum(column) for column in zip(*read, strict=True))
+    emit("read + decode + cut videos alone", frames_per_s=frames / reading_s, video_seconds_per_s=video_s / reading_s,
+         segments=segments, segments_per_video=segments / args.videos, workers=args.workers,
+         frames_vs_image_loading=ratio(frames / reading_s, image_loading_per_s),
+         note="frames decoded per second against images read, decoded and prepared per second")
+    config = BuildConfig(out=scratch / "video-bundle", videos=folder, model=args.model, pretrained=None,
+                         device=args.device, batch_size=args.batch_size, workers=args.workers, progress=False)
+    started = time.perf_counter()
+    summary = build(config)
+    seconds = max(time.perf_counter() - started - load_s, 1e-9)
+    emit("video indexing end to end", videos=summary.indexed.get("video", 0), skipped=summary.skipped,
+         seconds=seconds, frames_per_s=frames / seconds, video_seconds_per_s=video_s / seconds,
+         segments_per_s=segments / seconds, segments_vs_images=ratio(segments / seconds, images_per_s),
+         note="segments embedded per second against images indexed per second end to end")
+    return summary.indexed.get("video", 0)
+
+
+def _write_video(task: tuple[Path, int, float, int, float, int, int]) -> int:
+    """An H.264 video (crf 23, like a phone's): a new scene every `scene_s`, each a synthetic photo
+    twice the frame's size that the camera pans across; returns its size in bytes."""
+    import av
+
+    path, seed, seconds, fps, scene_s, width, height = task
+    with av.open(str(path), mode="w") as output:
+        stream = output.add_stream("libx264", rate=fps, options={"crf": "23", "preset": "veryfast"})
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        scene_frames, scene = max(1, round(scene_s * fps)), None
+        for number in range(round(seconds * fps)):
+            if number % scene_frames == 0:
+                photo = synthetic_photo(seed * 1000 + number // scene_frames, width * 2, height * 2)
+                scene = np.asarray(Image.open(io.BytesIO(photo)).convert("RGB"))
+            assert scene is not None
+            offset = (number % scene_frames) * width // scene_frames
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(scene[offset // 2:offset // 2 + height,
+                                                                          offset:offset + width]), format="rgb24")
+            for packet in stream.encode(frame):
+                output.mux(packet)
+        for packet in stream.encode():
+            output.mux(packet)
+    return path.stat().st_size
+
+
+def _read_video(path: Path) -> tuple[int, float, int]:
+    """Frames decoded, seconds and segments of one video, read as the build reads it."""
+    video = read_video(path)
+    return video.decoded_frames, video.duration_s, len(video.segments)
 
 
 def ray_build(config: BuildConfig, local_s: float) -> int:

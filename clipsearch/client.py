@@ -29,6 +29,18 @@ class ClipSearchAPIError(Exception):
 
 
 @dataclass(frozen=True)
+class Moment:
+    """A stretch of a video hit: its position among the video's segments, its span in seconds, the
+    path of its first frame (GET it with `frame`), and its score where the hit lists its moments."""
+
+    position: int
+    start_s: float
+    end_s: float
+    thumbnail: str
+    score: float | None = None
+
+
+@dataclass(frozen=True)
 class SearchHit:
     id: int
     score: float
@@ -52,6 +64,10 @@ class SearchHit:
     """With ask: the question-answering model's answer about this image hit."""
     answer_score: float | None = None
     """Its probability under the model, 0 to 1."""
+    segment: Moment | None = None
+    """For a video hit: the moment that scored it (with group_by 'item', its best segment)."""
+    moments: list[Moment] | None = None
+    """For a video hit of a vector or hybrid search: its best segments with their scores, in time order."""
 
 
 @dataclass(frozen=True)
@@ -177,7 +193,7 @@ class ClipSearchClient:
                     dedup: bool | float | None = None, mode: str = "vector", hybrid_method: str = "rrf",
                     vector_weight: float = 0.5, fusion: dict[str, float] | None = None, ask: str | None = None,
                     ask_filter: str | None = None, min_score: float | None = None,
-                    order_by: OrderByInput | None = None) -> SearchResult:
+                    order_by: OrderByInput | None = None, group_by: str = "item") -> SearchResult:
         """Search with a text. `filter` is the server's filter JSON (e.g. {"key": "album", "match":
         {"value": "Paris"}}), `offset` skips that many results, `dedup` collapses near-duplicates.
         `mode` is 'vector', 'keyword' (BM25 over captions, texts and keyword fields) or 'hybrid'
@@ -188,9 +204,10 @@ class ClipSearchClient:
         question-answering model answers about each image hit (its `answer`); `ask_filter` keeps only the
         hits with that answer ("yes"). `min_score` keeps only hits scoring that or more (then `matched`
         counts them); `order_by` sorts those by a metadata key rather than by score: "taken_at" (latest
-        first) or {"key": "taken_at", "direction": "asc"}."""
+        first) or {"key": "taken_at", "direction": "asc"}. For `target` 'video', each video comes once with
+        its best `segment` and `moments`; `group_by` 'segments' gives each segment found as a hit."""
         body = {"text": text, "target": str(target), "k": k,
-                **_options(filter, offset, dedup, fusion, ask, ask_filter, min_score, order_by),
+                **_options(filter, offset, dedup, fusion, ask, ask_filter, min_score, order_by, group_by),
                 "mode": mode, "hybrid": {"method": hybrid_method, "vector_weight": vector_weight}}
         return _search_result(self._post("/search/text", json=body))
 
@@ -198,10 +215,10 @@ class ClipSearchClient:
                      filter: dict[str, Any] | None = None, offset: int = 0,
                      dedup: bool | float | None = None, fusion: dict[str, float] | None = None,
                      ask: str | None = None, ask_filter: str | None = None, min_score: float | None = None,
-                     order_by: OrderByInput | None = None) -> SearchResult:
+                     order_by: OrderByInput | None = None, group_by: str = "item") -> SearchResult:
         """Search with an image file's path or its bytes; options as in search_text."""
         files = {"file": ("query", _image_bytes(image), "application/octet-stream")}
-        options = _options(filter, offset, dedup, fusion, ask, ask_filter, min_score, order_by)
+        options = _options(filter, offset, dedup, fusion, ask, ask_filter, min_score, order_by, group_by)
         # Form fields are text: objects go as JSON, booleans as 'true' / 'false'.
         form = {"target": str(target), "k": str(k),
                 **{name: json.dumps(value) if isinstance(value, dict | bool) else str(value)
@@ -212,11 +229,11 @@ class ClipSearchClient:
                explain: bool = False, *, filter: dict[str, Any] | None = None, offset: int = 0,
                dedup: bool | float | None = None, fusion: dict[str, float] | None = None,
                ask: str | None = None, ask_filter: str | None = None, min_score: float | None = None,
-               order_by: OrderByInput | None = None) -> SearchResult:
+               order_by: OrderByInput | None = None, group_by: str = "item") -> SearchResult:
         """A composed query: the weighted sum of the terms' embeddings; `explain` fills each hit's
         `shares`; options as in search_text."""
         body = {"queries": [query.to_json() for query in queries], "target": str(target), "k": k, "explain": explain,
-                **_options(filter, offset, dedup, fusion, ask, ask_filter, min_score, order_by)}
+                **_options(filter, offset, dedup, fusion, ask, ask_filter, min_score, order_by, group_by)}
         return _search_result(self._post("/search", json=body))
 
     def classify(self, image: ImageInput | int, labels: list[str], templates: list[str] | None = None,
@@ -261,7 +278,8 @@ class ClipSearchClient:
         return list(self._post("/items", json=body)["ids"])
 
     def add_images(self, images: list[NewImage]) -> list[int]:
-        """Add image items (or replace them, by key); their ids. Needs the admin key."""
+        """Add image or video items (or replace them, by key; a video is told by its content); their
+        ids. Needs the admin key."""
         files = [("file", (f"image{number}", _image_bytes(image.image), "application/octet-stream"))
                  for number, image in enumerate(images)]
         form: dict[str, list[str]] = {
@@ -300,6 +318,13 @@ class ClipSearchClient:
         if not response.is_success:
             _json_or_raise(response)
 
+    def thumbnail(self, moment: Moment) -> bytes:
+        """The JPEG of a video hit's moment (its `segment`, or one of its `moments`): its first frame."""
+        response = self._http.get(moment.thumbnail)  # a path from the server's root, its collection's included
+        if response.is_error:
+            _json_or_raise(response)
+        return response.content
+
     def _get(self, path: str) -> dict[str, Any]:
         return _json_or_raise(self._http.get(self._prefix + path))
 
@@ -309,10 +334,12 @@ class ClipSearchClient:
 
 def _options(filter: dict[str, Any] | None, offset: int, dedup: bool | float | None,
              fusion: dict[str, float] | None = None, ask: str | None = None, ask_filter: str | None = None,
-             min_score: float | None = None, order_by: OrderByInput | None = None) -> dict[str, Any]:
+             min_score: float | None = None, order_by: OrderByInput | None = None,
+             group_by: str = "item") -> dict[str, Any]:
     given = {"filter": filter, "offset": offset or None, "dedup": dedup, "fusion": fusion, "ask": ask,
              "ask_filter": ask_filter, "min_score": min_score,
-             "order_by": {"key": order_by, "direction": "desc"} if isinstance(order_by, str) else order_by}
+             "order_by": {"key": order_by, "direction": "desc"} if isinstance(order_by, str) else order_by,
+             "group_by": None if group_by == "item" else group_by}
     return {name: value for name, value in given.items() if value is not None}
 
 
@@ -338,7 +365,9 @@ def _search_result(body: dict[str, Any]) -> SearchResult:
                       caption=hit.get("caption"), text=hit.get("text"), metadata=hit.get("metadata") or {},
                       shares=hit.get("shares"), duplicates=hit.get("duplicates"), ranks=hit.get("ranks"),
                       fused=hit.get("fused"), ocr_matches=hit.get("ocr_matches"), answer=hit.get("answer"),
-                      answer_score=hit.get("answer_score"))
+                      answer_score=hit.get("answer_score"),
+                      segment=None if hit.get("segment") is None else Moment(**hit["segment"]),
+                      moments=None if hit.get("moments") is None else [Moment(**moment) for moment in hit["moments"]])
             for hit in body["results"]]
     asked = body.get("asked")
     return SearchResult(results=hits, took_ms=body["took_ms"], truncated=body.get("truncated", []),

@@ -100,6 +100,43 @@ class QueryLimits:
 
 
 @dataclass(frozen=True)
+class VideoSampling:
+    """Which frames of a video are embedded, and the bounds on reading one (clipsearch.util.video).
+
+    A video is cut into segments at scene changes: a frame examined (`analysis_fps` a second) whose
+    small colour picture differs from the last one examined by more than `scene_threshold` (mean
+    absolute difference, 0 to 1) starts a segment; so does `max_gap_s` without one, so that a long
+    shot is still found in the middle. A video gets at most `max_segments`: past that, the two
+    neighbours that differ least are merged. Each segment is embedded by its first frame.
+    """
+
+    scene_threshold: float = 0.12
+    max_gap_s: float = 10.0
+    max_segments: int = 240
+    analysis_fps: float = 4.0
+    max_seconds: float = 4 * 3600.0
+    """Longer videos are refused (a declared duration before decoding; a stream that runs past it, when reached)."""
+    max_pixels: int = 8192 * 4320
+    """Largest frame decoded (8K), checked on the stream's header before any frame is decoded, and on every frame."""
+    decode_timeout_s: float = 600.0
+    """Wall-clock bound on reading one video; past it the video is refused, never half-indexed."""
+
+    def as_record(self) -> dict[str, Any]:
+        """How videos are cut, as a bundle's manifest records it (the bounds are each reader's own)."""
+        return {"scene_threshold": self.scene_threshold, "max_gap_s": self.max_gap_s,
+                "max_segments": self.max_segments, "analysis_fps": self.analysis_fps}
+
+    def cutting_as(self, record: dict[str, Any] | None) -> VideoSampling:
+        """These bounds, cutting videos as `record` (a manifest's) says; as these say without one."""
+        if record is None:
+            return self
+        return VideoSampling(scene_threshold=float(record["scene_threshold"]), max_gap_s=float(record["max_gap_s"]),
+                             max_segments=int(record["max_segments"]), analysis_fps=float(record["analysis_fps"]),
+                             max_seconds=self.max_seconds, max_pixels=self.max_pixels,
+                             decode_timeout_s=self.decode_timeout_s)
+
+
+@dataclass(frozen=True)
 class Batching:
     """How concurrent queries are grouped: at most `max_batch` per forward pass or search, gathered
     for up to `window_s` after the first (0: only those already waiting, so a lone query never waits)."""

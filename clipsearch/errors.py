@@ -27,6 +27,8 @@ hierarchy, so a subclass inherits its parent's status unless it has its own):
     ├── ModelLoadError              503
     ├── ImageDecodeError            422  bytes that should be an image are not a usable one
     │   └── ImageTooLarge           413
+    ├── VideoDecodeError            422  bytes that should be a video are not a usable one (or need the [video] extra)
+    │   └── VideoTooLarge           413  past a bound of clipsearch.config.VideoSampling: pixels, length, decoding time
     ├── InvalidQuery                422  a query field has a value the search cannot use
     │   ├── QueryImageTooLarge      413
     │   └── ModalityUnavailable     422
@@ -146,6 +148,14 @@ class ImageDecodeError(ClipSearchError):
 
 class ImageTooLarge(ImageDecodeError):
     """The image declares more pixels than the configured limit (decompression-bomb guard)."""
+
+
+class VideoDecodeError(ClipSearchError):
+    """Bytes that should be a video cannot be decoded, hold no frame, or the [video] extra is missing."""
+
+
+class VideoTooLarge(VideoDecodeError):
+    """The video passes a bound on its frame size, its length or the time it takes to decode."""
 
 
 class InvalidQuery(ClipSearchError):

@@ -21,6 +21,7 @@ from clipsearch.ingest.shards import work_dir_for
 from clipsearch.ingest.sources import Columns
 from clipsearch.model.captions import OFFLINE_CAPTION_MODEL
 from clipsearch.store.manifest import read_manifest
+from clipsearch.store.segments import MAX_SEGMENTS
 from indexer.common import (
     DEFAULTS,
     Commands,
@@ -29,12 +30,14 @@ from indexer.common import (
     add_image_arguments,
     add_model_arguments,
     add_speed_arguments,
+    add_video_arguments,
     check_weights,
     describe_error,
     fusion_weights,
     positive_int,
     pretrained_of,
     resolve_collection,
+    video_sampling,
 )
 
 CAPTIONS = CaptionConfig()
@@ -49,6 +52,7 @@ def add_parser(commands: Commands) -> None:
                               "are its caption / metadata) or a CSV, JSONL or Parquet manifest with an image column")
     command.add_argument("--texts", type=Path,
                          help="a text corpus: .txt (one text per line), or JSONL / CSV with a text column")
+    add_video_arguments(command)
     command.add_argument("--out", type=Path, default=None,
                          help="the bundle directory to write (an existing bundle there is replaced when done)")
     add_collection_arguments(command, "out")
@@ -137,8 +141,10 @@ def _add_ocr_arguments(command: argparse.ArgumentParser) -> None:
 def check(args: argparse.Namespace, fail: Fail) -> None:
     resolve_collection(args, "out", fail)
     check_weights(args, fail)
-    if args.images is None and args.texts is None:
-        fail("give --images, --texts or both")
+    if args.images is None and args.texts is None and args.videos is None:
+        fail("give --images, --texts, --videos or several of them")
+    if args.video_max_segments > MAX_SEGMENTS:
+        fail(f"--video-max-segments: at most {MAX_SEGMENTS}")
     ocr = _ocr_config(args)
     if ocr is not None:
         try:
@@ -170,7 +176,8 @@ def run(args: argparse.Namespace) -> int:
 
 def config_from_args(args: argparse.Namespace) -> BuildConfig:
     return BuildConfig(
-        out=args.out, images=args.images, texts=args.texts, model=args.model, pretrained=pretrained_of(args),
+        out=args.out, images=args.images, texts=args.texts, videos=args.videos, video=video_sampling(args),
+        model=args.model, pretrained=pretrained_of(args),
         checkpoint=args.checkpoint, text_language=args.text_language, device=args.device, backend=args.backend,
         onnx_cache=args.onnx_cache, int8_calibration=args.int8_calibration,
         batch_size=args.batch_size, workers=args.workers,

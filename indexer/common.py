@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeAlias, TypeVar
 
-from clipsearch.config import DEFAULT_MODEL, DEFAULT_PRETRAINED, OFFLINE_MODEL, default_pretrained
+from clipsearch.config import DEFAULT_MODEL, DEFAULT_PRETRAINED, OFFLINE_MODEL, VideoSampling, default_pretrained
 from clipsearch.errors import CheckpointRequired, ClipSearchError, InvalidQuery
 from clipsearch.index.fusion import Fusion
 from clipsearch.ingest.config import BuildConfig
@@ -114,6 +114,53 @@ def add_speed_arguments(command: argparse.ArgumentParser) -> None:
                          help="items encoded per forward pass")
     command.add_argument("--workers", type=non_negative_int, default=DEFAULTS.workers,
                          help="image decoding worker processes (0 decodes in the main process)")
+
+
+VIDEO = VideoSampling()
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number above 0, got {text}")
+    return value
+
+
+def add_video_arguments(command: argparse.ArgumentParser, cutting: bool = True) -> None:
+    """--videos and the bounds on reading one; with `cutting`, how they are cut into segments (a
+    build's: a sync cuts as the bundle's manifest records)."""
+    group = command.add_argument_group("videos (the [video] extra: PyAV)")
+    group.add_argument("--videos", type=Path,
+                       help="a folder of videos (searched recursively, recognised by content: MP4, MOV, WebM, MKV, "
+                            "AVI; name.txt / name.json beside one are its caption / metadata), or one video file")
+    if cutting:
+        group.add_argument("--video-scene-threshold", type=positive_float, default=VIDEO.scene_threshold,
+                           help="a frame that differs from the one examined before it by more than this (mean "
+                                "absolute difference of 16x16 colour pictures, 0 to 1) starts a segment")
+        group.add_argument("--video-max-gap-s", type=positive_float, default=VIDEO.max_gap_s,
+                           help="a segment starts at least this often, scene change or not")
+        group.add_argument("--video-max-segments", type=positive_int, default=VIDEO.max_segments,
+                           help="most segments per video (the least distinct neighbours are merged past it)")
+        group.add_argument("--video-analysis-fps", type=positive_float, default=VIDEO.analysis_fps,
+                           help="frames examined for scene changes per second of video")
+    group.add_argument("--video-max-seconds", type=positive_float, default=VIDEO.max_seconds,
+                       help="longer videos are skipped and reported")
+    group.add_argument("--video-timeout-s", type=positive_float, default=VIDEO.decode_timeout_s,
+                       help="a video not read within this long is skipped and reported")
+
+
+def video_sampling(args: argparse.Namespace) -> VideoSampling:
+    """The sampling add_video_arguments' flags give (the command's check refuses more than MAX_SEGMENTS);
+    the default cutting where they do not set it."""
+    return VideoSampling(scene_threshold=getattr(args, "video_scene_threshold", VIDEO.scene_threshold),
+                         max_gap_s=getattr(args, "video_max_gap_s", VIDEO.max_gap_s),
+                         max_segments=getattr(args, "video_max_segments", VIDEO.max_segments),
+                         analysis_fps=getattr(args, "video_analysis_fps", VIDEO.analysis_fps),
+                         max_seconds=args.video_max_seconds, max_pixels=VIDEO.max_pixels,
+                         decode_timeout_s=args.video_timeout_s)
 
 
 def add_image_arguments(command: argparse.ArgumentParser) -> None:

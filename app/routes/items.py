@@ -1,13 +1,15 @@
-"""Items of the collection: their metadata and, for images, the image itself; and writes (add,
+"""Items of the collection: their metadata and, for images and videos, the file itself (a video's
+frames too); and writes (add,
 replace by key, edit, delete), which need the admin key."""
 
 from __future__ import annotations
 
+import io
 import json
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Request
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse
 from PIL import Image
@@ -20,10 +22,13 @@ from app.deps import BoundsDep, ServiceDep, WriterDep, write_with_key
 from app.item_schemas import AddTextsRequest, DeleteItemsRequest, DeleteResponse, EditItemRequest, WriteResponse
 from app.routes.responses import ERRORS, WRITE_ERRORS
 from app.schemas import MAX_ITEM_ID, ItemModel
-from clipsearch.errors import InvalidQuery
+from clipsearch.config import VideoSampling
+from clipsearch.errors import InvalidQuery, ItemNotFound, VideoDecodeError, VideoTooLarge
 from clipsearch.modality import Modality
 from clipsearch.search.writes import UNCHANGED, ImageEntry, TextEntry
 from clipsearch.store.filters import parse_filter
+from clipsearch.store.segments import VIDEO_KEY
+from clipsearch.util.video import frame_at, looks_like_video, video_media_type
 
 ItemId = Annotated[int, Path(ge=0, le=MAX_ITEM_ID, description="An item's id, as search results give it.")]
 
@@ -67,6 +72,42 @@ def get_item_image(item_id: ItemId, service: ServiceDep, bounds: BoundsDep) -> F
     return FileResponse(path, media_type=media_type, headers={"Cache-Control": "public, max-age=3600"})
 
 
+@router.get("/{item_id:item_id}/video", response_class=FileResponse, responses={
+    200: {"content": {"video/*": {}}, "description": "The video file, as indexed."},
+    206: {"content": {"video/*": {}}, "description": "The byte range asked for (header Range), so that a player "
+                                                     "can seek."}, **ERRORS})
+def get_item_video(item_id: ItemId, service: ServiceDep, bounds: BoundsDep) -> FileResponse:
+    """The video file of a video item, with Range requests answered (a browser seeks in it). Only
+    files recorded in the bundle are ever served."""
+    bounds.item(service.collection, item_id)
+    path = service.collection.image_path(item_id, modality=Modality.VIDEO)
+    return FileResponse(path, media_type=video_media_type(path), headers={"Cache-Control": "public, max-age=3600"})
+
+
+@router.get("/{item_id:item_id}/frame", responses={
+    200: {"content": {"image/jpeg": {}}, "description": "The frame, at most 448 pixels on its longer side."},
+    **ERRORS})
+def get_item_frame(item_id: ItemId, service: ServiceDep, bounds: BoundsDep,
+                   at: Annotated[float, Query(ge=0, allow_inf_nan=False, description=(
+                       "Seconds into the video; a segment's `thumbnail` gives its start."))] = 0.0) -> Response:
+    """The frame a video item shows at `at` seconds, as a JPEG (a segment's thumbnail)."""
+    bounds.item(service.collection, item_id)
+    path = service.collection.image_path(item_id, "id", Modality.VIDEO)
+    duration = service.collection.item(item_id).extra.get(VIDEO_KEY, {}).get("duration_s")
+    if isinstance(duration, int | float) and at > duration:
+        raise InvalidQuery("at", f"the video is {duration:g} s long, got {at:g}")
+    try:
+        # Bounded as a query's upload is: a request never waits on one video for long.
+        frame = frame_at(path, at, VideoSampling(decode_timeout_s=service.limits.decode_timeout_s))
+    except VideoTooLarge:  # past a bound (its size, the time it took): said as such, not as a file gone
+        raise
+    except VideoDecodeError as error:
+        raise ItemNotFound(item_id, "id", f"its video file no longer decodes ({error.reason})") from error
+    buffer = io.BytesIO()
+    frame.save(buffer, format="JPEG", quality=85)
+    return Response(buffer.getvalue(), media_type="image/jpeg", headers={"Cache-Control": "public, max-age=3600"})
+
+
 admin = [Depends(write_with_key)]
 
 
@@ -80,10 +121,10 @@ admin = [Depends(write_with_key)]
 async def add_items(request: Request, writer: WriterDep, service: ServiceDep, bounds: BoundsDep) -> WriteResponse:
     """Add items, or replace them by key (same id, new vector and metadata).
 
-    Texts as JSON: `{"items": [{"text", "key", "metadata"}]}`. Images as multipart: one `file` field
-    per image, and optionally as many `key`, `caption` and `metadata` (JSON) fields, matched to the
-    files in order. Embedded through the model's batches like queries; applied all or nothing, and
-    answered once durable.
+    Texts as JSON: `{"items": [{"text", "key", "metadata"}]}`. Images and videos (told apart by their
+    content) as multipart: one `file` field per file, and optionally as many `key`, `caption` and
+    `metadata` (JSON) fields, matched to the files in order. Embedded through the model's batches
+    like queries; applied all or nothing, and answered once durable.
     """
     started = time.perf_counter()
     if request.headers.get("content-type", "").startswith("multipart/form-data"):
@@ -91,7 +132,8 @@ async def add_items(request: Request, writer: WriterDep, service: ServiceDep, bo
                                 max_fields=4 * writer.limits.max_items + 4) as form:  # closes the uploads after
             entries = _image_entries(form)
         for number, image in enumerate(entries):
-            bounds.check_new(service.collection, Modality.IMAGE, image.caption, image.metadata, f"file[{number}]",
+            modality = Modality.VIDEO if looks_like_video(image.data[:16]) else Modality.IMAGE
+            bounds.check_new(service.collection, modality, image.caption, image.metadata, f"file[{number}]",
                              image.key)
         ids = await run_in_threadpool(writer.add_images, entries, "file")
     else:

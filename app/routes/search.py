@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Form, UploadFile
 
-from app.deps import BoundsDep, MetricsDep, ServerDep, ServiceDep
+from app.deps import BasePathDep, BoundsDep, MetricsDep, ServerDep, ServiceDep
 from app.errors import api_field
 from app.routes.responses import ERRORS
 from app.schemas import (
@@ -48,13 +48,13 @@ def _ask(question: HitQuestion | None, answer: Answer, server: ServerState, serv
                        lambda item_id: service.collection.read_image(item_id, "ask", max_pixels))
 
 
-def _respond(answer: Answer, started: float, options: ResultOptions, shares: list[list[float]] | None = None,
-             asked: AskedHits | None = None) -> SearchResponse:
+def _respond(answer: Answer, started: float, options: ResultOptions, base: str,
+             shares: list[list[float]] | None = None, asked: AskedHits | None = None) -> SearchResponse:
     truncated = [] if answer.query is None else [api_field(name) for name in answer.query.truncated]
     kept = {id(hit) for hit in (answer.hits if asked is None else asked.hits)}
     answers = {} if asked is None else asked.answers
     results = [HitModel.of(hit, shares[number] if shares is not None else None, options.dedup is not None,
-                           answers.get(hit.item.id))
+                           answers.get(hit.item.id), base)
                for number, hit in enumerate(answer.hits) if id(hit) in kept]
     summary = None if asked is None else AskedModel(question=asked.question, model=asked.model,
                                                     answered=len(asked.answers), dropped=asked.dropped)
@@ -64,7 +64,7 @@ def _respond(answer: Answer, started: float, options: ResultOptions, shares: lis
 
 @router.post("/search/text", responses=ERRORS)
 def search_text(request: TextSearchRequest, service: ServiceDep, metrics: MetricsDep,
-                server: ServerDep, bounds: BoundsDep) -> SearchResponse:
+                server: ServerDep, bounds: BoundsDep, base: BasePathDep) -> SearchResponse:
     """Find the items most similar to a text: text→image, or text→text with `target: "text"`; by
     embedding, by keyword, or both (`mode`). With `ask`, each image result's answer to a question."""
     started = time.perf_counter()
@@ -72,11 +72,12 @@ def search_text(request: TextSearchRequest, service: ServiceDep, metrics: Metric
     question = _question(server, request.ask, request.ask_filter, request.k)
     answer = service.search_text(request.text, request.target, request.k, options=options, ranking=request.ranking())
     metrics.observe_answer(answer, request.target)
-    return _respond(answer, started, options, asked=_ask(question, answer, server, service))
+    return _respond(answer, started, options, base, asked=_ask(question, answer, server, service))
 
 
 @router.post("/search/image", responses=ERRORS)
 def search_image(file: UploadFile, service: ServiceDep, metrics: MetricsDep, server: ServerDep, bounds: BoundsDep,
+                 base: BasePathDep,
                  target: Annotated[Modality, Form()] = Modality.IMAGE,
                  k: Annotated[int, Form(ge=1)] = 10,
                  filter: Annotated[str | None, Form(description="A filter as in /search/text, as JSON text.")] = None,
@@ -93,21 +94,25 @@ def search_image(file: UploadFile, service: ServiceDep, metrics: MetricsDep, ser
                                                              "/search/text.")] = None,
                  ask_filter: Annotated[str | None, Form(description="Keep only the results with this answer.")
                                        ] = None,
+                 group_by: Annotated[Literal["item", "segments"], Form(description=(
+                     "For video results: each video once ('item') or every segment found ('segments'), as in "
+                     "/search/text."))] = "item",
                  ) -> SearchResponse:
     """Find the items most similar to an uploaded image (multipart field `file`): image→image or image→text."""
     started = time.perf_counter()
     options = bounds.options(result_options(_form_json(filter, "filter"), offset, _form_dedup(dedup),
-                                            _form_json(fusion, "fusion"), min_score, _form_json(order_by, "order_by")))
+                                            _form_json(fusion, "fusion"), min_score, _form_json(order_by, "order_by"),
+                                            group_by))
     question = _question(server, ask, ask_filter, k)
     data = file.file.read()  # held in memory: the multipart parser is told not to spool uploads to disk
     answer = service.search_image(data, target, k, options=options)
     metrics.observe_answer(answer, target)
-    return _respond(answer, started, options, asked=_ask(question, answer, server, service))
+    return _respond(answer, started, options, base, asked=_ask(question, answer, server, service))
 
 
 @router.post("/search", responses=ERRORS)
 def search_composed(request: ComposedSearchRequest, service: ServiceDep, metrics: MetricsDep,
-                    server: ServerDep, bounds: BoundsDep) -> SearchResponse:
+                    server: ServerDep, bounds: BoundsDep, base: BasePathDep) -> SearchResponse:
     """Search with the renormalised weighted sum of several terms' embeddings.
 
     For example an image, plus "at night", minus "people". Weights may be negative.
@@ -127,7 +132,7 @@ def search_composed(request: ComposedSearchRequest, service: ServiceDep, metrics
         computed = iter(service.term_shares(query, answer.hits, service.fusion_for(request.target, options)).T.tolist())
         by_term = [next(computed) if term.weight != 0 else [0.0] * len(answer.hits) for term in request.queries]
         shares = [list(row) for row in zip(*by_term, strict=True)] if answer.hits else []
-    return _respond(answer, started, options, shares, _ask(question, answer, server, service))
+    return _respond(answer, started, options, base, shares, _ask(question, answer, server, service))
 
 
 def _form_json(value: str | None, field: str) -> Any:

@@ -249,6 +249,50 @@ function showImage(img, path) {
     .then((blob) => { if (blob) img.src = URL.createObjectURL(blob); });
 }
 
+// A video hit plays from the moment that matched (#t=start), with a strip of its best moments that
+// seek to theirs. Without an API key the player streams the file with byte ranges; with one, an
+// element cannot send the key, so the file is fetched whole and played from a blob.
+function videoPlayer(hit) {
+  const box = document.createElement("div");
+  box.className = "video";
+  const video = document.createElement("video");
+  video.controls = true;
+  video.preload = "metadata";
+  video.setAttribute("aria-label", t("card.video", { id: hit.id }));
+  const start = hit.segment ? hit.segment.start_s : 0;
+  const path = inCollection(`/items/${hit.id}/video`);
+  if (!apiKey) video.src = `${path}#t=${start}`;
+  else {
+    fetch(path, withKey()).then((response) => (response.ok ? response.blob() : null))
+      .then((blob) => { if (blob) video.src = `${URL.createObjectURL(blob)}#t=${start}`; });
+  }
+  box.append(video);
+  if (hit.moments && hit.moments.length) {
+    const strip = document.createElement("div");
+    strip.className = "moments";
+    for (const moment of hit.moments) {
+      const button = document.createElement("button");
+      button.type = "button";
+      button.className = "moment";
+      if (hit.segment && moment.position === hit.segment.position) button.classList.add("best");
+      const label = t("card.moment", { start: moment.start_s.toFixed(1), score: moment.score.toFixed(3) });
+      button.title = label;
+      button.setAttribute("aria-label", label);
+      const img = document.createElement("img");
+      img.loading = "lazy";
+      img.alt = "";
+      showImage(img, `/items/${hit.id}/frame?at=${moment.start_s}`);
+      const time = document.createElement("span");
+      time.textContent = `${moment.start_s.toFixed(1)} s`;
+      button.append(img, time);
+      button.addEventListener("click", () => { video.currentTime = moment.start_s; video.play().catch(() => {}); });
+      strip.append(button);
+    }
+    box.append(strip);
+  }
+  return box;
+}
+
 function render(hits, termNames, append = false) {
   const cards = hits.map((hit) => {
     const card = document.createElement("article");
@@ -273,6 +317,7 @@ function render(hits, termNames, append = false) {
       });
       card.append(thumb);
     }
+    if (hit.modality === "video") card.append(videoPlayer(hit));
     const body = document.createElement("div");
     body.className = "body";
     const score = document.createElement("span");
@@ -316,10 +361,10 @@ function render(hits, termNames, append = false) {
     }
     const answer = answerLine(hit);
     if (answer) body.append(answer);
-    const words = hit.modality === "image" ? hit.caption : hit.text;
+    const words = hit.modality === "text" ? hit.text : hit.caption;
     if (words) {
       const snippet = document.createElement("span");
-      snippet.className = hit.modality === "image" ? "caption" : "snippet";
+      snippet.className = hit.modality === "text" ? "snippet" : "caption";
       snippet.textContent = words.length > 300 ? `${words.slice(0, 300)}…` : words;
       body.append(snippet);
     }

@@ -32,14 +32,25 @@ from clipsearch.index.spec import (
 from clipsearch.ingest.config import BuildConfig
 from clipsearch.ingest.distributed import ENGINES, RayEngine
 from clipsearch.ingest.fingerprint import corpus_fingerprint, resume_fingerprint
-from clipsearch.ingest.loading import LoadedBatch, Outcome, image_batches, mark_duplicates, shard_of, text_batches
+from clipsearch.ingest.loading import (
+    LoadedBatch,
+    Outcome,
+    encode_video,
+    image_batches,
+    mark_duplicates,
+    shard_of,
+    text_batches,
+    video_batches,
+    video_shard_of,
+)
 from clipsearch.ingest.shards import ShardStore
-from clipsearch.ingest.sources import SourceItem, read_image_source, read_text_source
-from clipsearch.modality import Modality
+from clipsearch.ingest.sources import SourceItem, read_image_source, read_text_source, read_video_source
+from clipsearch.modality import Modality, recall_queries_for
 from clipsearch.model.captions import Captioner, load_captioner
 from clipsearch.model.encoder import ClipEncoder
 from clipsearch.model.factory import load_encoder
 from clipsearch.model.ocr import describe, load_reader
+from clipsearch.store import segments
 from clipsearch.store.bundle import FusedContent, ModalityContent, on_disk_name, write_bundle
 from clipsearch.store.fused_texts import part_text
 from clipsearch.store.items import Item
@@ -87,11 +98,13 @@ def build(config: BuildConfig, on_shard_written: Callable[[Path], None] | None =
     started = time.perf_counter()
     sources = read_sources(config)
     if not sources:
-        raise NoSources("give images, texts or both to index")
+        raise NoSources("give images, texts, videos or several of them to index")
     _check_fusion(config, len(sources.get(Modality.IMAGE, [])))
     if config.engine not in ENGINES:
         raise IndexSettingsInvalid(f"unknown engine {config.engine!r}; choose one of {', '.join(ENGINES)}")
     if config.engine == "ray":
+        if Modality.VIDEO in sources:
+            raise IndexSettingsInvalid("videos are embedded by the local engine only: leave out --engine ray")
         return _build_on_ray(config, sources, on_shard_written, started)
     encoder = load_encoder(config.model, config.pretrained, config.checkpoint, config.device, backend=config.backend,
                            onnx_cache=config.onnx_cache, text_language=config.text_language,
@@ -140,8 +153,9 @@ def _build_on_ray(config: BuildConfig, sources: dict[Modality, list[SourceItem]]
 
 
 def _first_ids(sources: dict[Modality, list[SourceItem]]) -> dict[Modality, int]:
-    """Image ids come first, then text ids, by position in their listing."""
-    return {Modality.IMAGE: 0, Modality.TEXT: len(sources.get(Modality.IMAGE, []))}
+    """Image ids come first, then text ids, then video ids, by position in their listing."""
+    images, texts = len(sources.get(Modality.IMAGE, [])), len(sources.get(Modality.TEXT, []))
+    return {Modality.IMAGE: 0, Modality.TEXT: images, Modality.VIDEO: images + texts}
 
 
 def _check_fusion(config: BuildConfig, images: int) -> None:
@@ -171,6 +185,8 @@ def read_sources(config: BuildConfig) -> dict[Modality, list[SourceItem]]:
         sources[Modality.IMAGE] = read_image_source(config.images, config.columns)
     if config.texts is not None:
         sources[Modality.TEXT] = read_text_source(config.texts, config.columns)
+    if config.videos is not None:
+        sources[Modality.VIDEO] = read_video_source(config.videos)
     return sources
 
 
@@ -192,20 +208,29 @@ def _encode_into_shards(config: BuildConfig, encoder: ClipEncoder, modality: Mod
     start = min(done * shard_size, len(items))
     bar = progress_bar(total=len(items), initial=start, unit=modality.value, desc=f"encoding {modality.value}s",
                        disable=not config.progress, smoothing=0.1, dynamic_ncols=True)
-    batches = image_batches(items, encoder, start, config.batch_size, config.workers, config.max_pixels, config.ocr) \
-        if modality is Modality.IMAGE else text_batches(items, start, config.batch_size)
+    if modality is Modality.VIDEO:
+        batches = video_batches(items, encoder, start, config.workers, config.video)
+    elif modality is Modality.IMAGE:
+        batches = image_batches(items, encoder, start, config.batch_size, config.workers, config.max_pixels,
+                                config.ocr)
+    else:
+        batches = text_batches(items, start, config.batch_size)
+    shard_of_outcomes = video_shard_of if modality is Modality.VIDEO else shard_of
     shard: list[Outcome] = []
     captioned = 0
     for batch in batches:
         mark_duplicates(batch.outcomes, seen, first_id, config.keep_duplicates)
-        encode_batch(encoder, batch)
+        if modality is Modality.VIDEO:
+            encode_video(encoder, batch, config.batch_size)
+        else:
+            encode_batch(encoder, batch)
         if captioner is not None:
             captioned += _caption_missing(captioner, encoder, batch, config.max_pixels)
         shard.extend(batch.outcomes)
         bar.update(len(batch.outcomes))
         if len(shard) == shard_size or batch.outcomes[-1].position == len(items) - 1:
             path = store.write(modality, shard[0].position // shard_size,
-                               shard_of(shard, first_id, encoder.embedding_dim))
+                               shard_of_outcomes(shard, first_id, encoder.embedding_dim))
             shard = []
             if on_shard_written is not None:
                 on_shard_written(path)
@@ -291,9 +316,10 @@ def _finish(config: BuildConfig, encoder: ClipEncoder, sources: dict[Modality, l
     content = {}
     use_gpu = encoder.device.type == "cuda" and faiss_index.gpu_available()
     for modality in sources:
-        others = [vectors[other] for other in sources if other is not modality and len(vectors[other])]
+        queried_by = recall_queries_for(modality, (other for other in sources if len(vectors[other])))
+        others = [] if queried_by is None else [vectors[queried_by]]
         factory = factories[modality]
-        queries_label = f"{'text' if modality is Modality.IMAGE else 'image'} (cross-modal)" if others else None
+        queries_label = None if queried_by is None else f"{queried_by.value} (cross-modal)"
         if modality in on_disk:
             content[modality] = _on_disk_content(config, store, modality, len(ids[modality]), encoder.embedding_dim,
                                                  factory, others[0] if others else None, queries_label)
@@ -315,8 +341,11 @@ def _finish(config: BuildConfig, encoder: ClipEncoder, sources: dict[Modality, l
                               content[Modality.IMAGE], vectors.get(Modality.TEXT), config, use_gpu)
     write_bundle(config.out, encoder.ref, encoder.embedding_dim, content, items, report, _versions(),
                  corpus_fingerprint(config, sources), discard_live_changes=config.discard_live_changes,
-                 keyword_fields=config.keyword_fields, fused=fused, ocr=ocr_record)
-    return BuildSummary(out=config.out, indexed={modality.value: len(ids[modality]) for modality in sources},
+                 keyword_fields=config.keyword_fields, fused=fused, ocr=ocr_record,
+                 video=config.video.as_record() if Modality.VIDEO in sources else None)
+    indexed = {modality.value: segments.count_items(ids[modality]) if modality is Modality.VIDEO else len(ids[modality])
+               for modality in sources}
+    return BuildSummary(out=config.out, indexed=indexed,
                         skipped=len(skipped), duplicates=len(duplicates),
                         elapsed_s=time.perf_counter() - started, resumed_shards=0, report=report,
                         text_read=sum(1 for item in items if item.extra.get(OCR_TEXT)))

@@ -10,7 +10,14 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from clipsearch.config import DEFAULT_MAX_PIXELS, DEFAULT_MODEL, DEFAULT_PRETRAINED, CaptionConfig, OcrConfig
+from clipsearch.config import (
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_MODEL,
+    DEFAULT_PRETRAINED,
+    CaptionConfig,
+    OcrConfig,
+    VideoSampling,
+)
 from clipsearch.index.fusion import Fusion
 from clipsearch.index.spec import DEFAULT_FLAT_THRESHOLD, DEFAULT_ON_DISK_THRESHOLD, DEFAULT_RERANK
 from clipsearch.ingest.sources import Columns
@@ -26,6 +33,9 @@ class BuildConfig:
     out: Path
     images: Path | None = None
     texts: Path | None = None
+    videos: Path | None = None
+    """A folder of videos (or one file), recognised by content; each a segmented item (clipsearch.util.video)."""
+    video: VideoSampling = field(default_factory=VideoSampling)
     model: str = DEFAULT_MODEL
     pretrained: str | None = DEFAULT_PRETRAINED
     checkpoint: Path | None = None

@@ -1,4 +1,4 @@
-"""Source items into batches ready to encode: texts as they are, images decoded in worker processes.
+"""Source items into batches ready to encode: texts as they are, images and videos decoded in worker processes.
 
 Each item becomes an Outcome: its content hash and what to encode, or the reason it is skipped.
 Image files are read, hashed, decoded and prepared in DataLoader workers, and each batch's pixels
@@ -17,16 +17,18 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from clipsearch.config import OcrConfig
-from clipsearch.errors import ImageDecodeError
+from clipsearch.config import OcrConfig, VideoSampling
+from clipsearch.errors import ImageDecodeError, VideoDecodeError
 from clipsearch.ingest.shards import Shard
 from clipsearch.ingest.sources import SourceItem
 from clipsearch.model.encoder import ClipEncoder
 from clipsearch.model.ocr import reader_for
 from clipsearch.model.preprocess import ImagePreparer
 from clipsearch.store.ocr_text import read_image_text, with_ocr
-from clipsearch.util.files import sha256_hex
+from clipsearch.store.segments import segment_ids, with_spans
+from clipsearch.util.files import file_sha256, sha256_hex
 from clipsearch.util.images import decode_image
+from clipsearch.util.video import read_video
 
 
 @dataclass
@@ -132,6 +134,89 @@ def image_batches(items: Sequence[SourceItem], encoder: ClipEncoder, start: int,
                         pin_memory=encoder.device.type == "cuda", prefetch_factor=4 if workers > 0 else None,
                         persistent_workers=False)
     yield from loader
+
+
+@dataclass
+class VideoPayload:
+    """A video read for embedding: its segments' first frames prepared for the model, stacked
+    (uint8 (m, 3, H, W)), their spans, and what its header said."""
+
+    pixels: torch.Tensor
+    spans: list[tuple[float, float]]
+    record: dict[str, Any]
+
+
+class _VideoDataset(Dataset[Outcome]):
+    """Reads, hashes, segments and prepares one video; runs in DataLoader worker processes."""
+
+    def __init__(self, items: Sequence[SourceItem], start: int, prepare: ImagePreparer,
+                 sampling: VideoSampling) -> None:
+        self.items, self.start, self.prepare, self.sampling = items, start, prepare, sampling
+
+    def __len__(self) -> int:
+        return len(self.items) - self.start
+
+    def __getitem__(self, offset: int) -> Outcome:
+        position = self.start + offset
+        return read_and_prepare_video(position, self.items[position], self.prepare, self.sampling)
+
+
+def read_and_prepare_video(position: int, item: SourceItem, prepare: ImagePreparer,
+                           sampling: VideoSampling) -> Outcome:
+    """Read, hash, segment and prepare one video: its VideoPayload, or the reason it is skipped."""
+    if item.problem is not None or item.path is None:
+        return Outcome(position, item, problem=item.problem or "no file")
+    try:
+        content_hash = file_sha256(item.path)
+    except OSError as error:
+        return Outcome(position, item, problem=f"cannot read file: {error.strerror or error}")
+    try:
+        video = read_video(item.path, sampling)
+        pixels = torch.stack([prepare(segment.frame) for segment in video.segments])
+    except VideoDecodeError as error:
+        return Outcome(position, item, content_hash=content_hash, problem=error.reason)
+    except Exception as error:  # a preprocessing failure must skip the file, not stop the build
+        return Outcome(position, item, content_hash=content_hash, problem=f"cannot preprocess: {error}")
+    spans = [(segment.start_s, segment.end_s) for segment in video.segments]
+    return Outcome(position, item, content_hash=content_hash, payload=VideoPayload(pixels, spans, video.record()))
+
+
+def video_batches(items: Sequence[SourceItem], encoder: ClipEncoder, start: int, workers: int,
+                  sampling: VideoSampling) -> Iterator[LoadedBatch]:
+    """One batch per video of `items` from `start` on, read and segmented in `workers` processes (a
+    video's frames are many: one video already fills a batch of the model's)."""
+    dataset = _VideoDataset(items, start, encoder.prepare_image, sampling)
+    loader = DataLoader(dataset, batch_size=None, num_workers=workers, prefetch_factor=2 if workers > 0 else None,
+                        persistent_workers=False)
+    for outcome in loader:
+        yield LoadedBatch([outcome])
+
+
+def encode_video(encoder: ClipEncoder, batch: LoadedBatch, batch_size: int) -> None:
+    """Embed the segments of the batch's usable video, `batch_size` frames at a time: its payload's
+    pixels become its segments' vectors (float32 (m, d))."""
+    for outcome in batch.outcomes:
+        if outcome.problem is None and isinstance(outcome.payload, VideoPayload):
+            pixels = outcome.payload.pixels
+            vectors = [encoder.encode_images(pixels[start:start + batch_size])
+                       for start in range(0, len(pixels), batch_size)]
+            outcome.payload = replace(outcome.payload, pixels=torch.from_numpy(np.concatenate(vectors)))
+
+
+def video_shard_of(outcomes: list[Outcome], first_id: int, dim: int) -> Shard:
+    """The shard of `outcomes` (videos): each video's segments' ids (clipsearch.store.segments) and
+    vectors, and one record per video, its metadata holding its segments' spans."""
+    ids, vectors, records = [np.zeros(0, np.int64)], [np.zeros((0, dim), np.float32)], []
+    for outcome in outcomes:
+        item_id, extra = first_id + outcome.position, outcome.source.extra
+        if outcome.problem is None and isinstance(outcome.payload, VideoPayload):
+            ids.append(segment_ids(item_id, len(outcome.payload.spans)))
+            vectors.append(outcome.payload.pixels.numpy().astype(np.float32))
+            extra = with_spans(extra, outcome.payload.record, outcome.payload.spans)
+        records.append({"id": item_id, "uri": outcome.source.uri, "text": outcome.source.text, "extra": extra,
+                        "hash": outcome.content_hash, "problem": outcome.problem,
+                        "duplicate_of": outcome.duplicate_of})
+    return Shard(np.concatenate(ids), np.concatenate(vectors), records)
 
 
 def mark_duplicates(batch: list[Outcome], seen: dict[str, int], first_id: int, keep_duplicates: bool) -> None:

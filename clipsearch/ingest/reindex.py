@@ -30,14 +30,16 @@ from typing import Any
 
 import numpy as np
 
+from clipsearch.config import VideoSampling
 from clipsearch.errors import CannotReindex
 from clipsearch.index import faiss_index
 from clipsearch.index.spec import EXACT_FACTORY, RECALL_QUERIES
 from clipsearch.ingest.build import encode_batch
-from clipsearch.ingest.loading import image_batches, text_batches
+from clipsearch.ingest.loading import VideoPayload, encode_video, image_batches, text_batches, video_batches
 from clipsearch.ingest.sources import SourceItem
-from clipsearch.modality import Modality
+from clipsearch.modality import Modality, recall_queries_for
 from clipsearch.model.encoder import ClipEncoder
+from clipsearch.store import segments
 from clipsearch.store.bundle import Bundle, ModalityContent, load_bundle, recover_interrupted_swaps, write_compacted
 from clipsearch.store.bundle.swap import swap_into_place
 from clipsearch.store.items import Item
@@ -116,21 +118,28 @@ class Reindex:
         self.items = list(heapq.merge(base, sorted(state.items.values(), key=lambda item: item.id),
                                       key=lambda item: item.id))
         vectors: dict[Modality, np.ndarray] = {}
+        index_ids: dict[Modality, np.ndarray] = {}
         for modality in Modality:
             items = [item for item in self.items if item.modality is modality]
             if items:
                 self.new_ids[modality] = np.array([item.id for item in items], dtype=np.int64)
-                vectors[modality] = np.stack(self.embed(items))
-        for modality, ids in self.new_ids.items():
-            others = [vectors[other][:RECALL_QUERIES] for other in vectors if other is not modality]
+                embedded = self.embed(items)
+                if modality is Modality.VIDEO:  # each video's segments are rows of their own
+                    vectors[modality] = np.concatenate(embedded)
+                    index_ids[modality] = np.concatenate([segments.segment_ids(item.id, len(rows))
+                                                          for item, rows in zip(items, embedded, strict=True)])
+                else:
+                    vectors[modality], index_ids[modality] = np.stack(embedded), self.new_ids[modality]
+        for modality, ids in index_ids.items():
+            queried_by = recall_queries_for(modality, vectors)  # as a build's
             record = self.bundle.manifest.modalities.get(modality)
             factory = record.index.factory if record is not None else EXACT_FACTORY
-            label = f"{'text' if modality is Modality.IMAGE else 'image'} (cross-modal)"  # as a build's
-            index, spec = faiss_index.build_index(vectors[modality], ids, factory,
-                                                  recall_queries=others[0] if others else None,
-                                                  queries_label=label if others else None, use_gpu=self.use_gpu)
+            index, spec = faiss_index.build_index(
+                vectors[modality], ids, factory,
+                recall_queries=None if queried_by is None else vectors[queried_by][:RECALL_QUERIES],
+                queries_label=None if queried_by is None else f"{queried_by.value} (cross-modal)", use_gpu=self.use_gpu)
             self.content[modality] = ModalityContent(index=index, spec=spec)
-            self.summary.counts[modality.value] = len(ids)
+            self.summary.counts[modality.value] = len(self.new_ids[modality])
         self.new_log.unlink(missing_ok=True)
         start_fold(self.live, self.new_ids, self.new_log)
         self._caught_up = state.generation
@@ -147,8 +156,11 @@ class Reindex:
             chosen = [item for item in items if item.modality is modality]
             if not chosen:
                 continue
-            sources = [SourceItem(uri=item.uri, path=Path(item.uri) if modality is Modality.IMAGE else None,
+            sources = [SourceItem(uri=item.uri, path=Path(item.uri) if modality is not Modality.TEXT else None,
                                   text=item.text) for item in chosen]
+            if modality is Modality.VIDEO:
+                self._embed_videos(chosen, sources, found, problems)
+                continue
             batches = image_batches(sources, self.encoder, 0, self.batch_size, self.workers, self.max_pixels) \
                 if modality is Modality.IMAGE else text_batches(sources, 0, self.batch_size)
             bar = progress_bar(total=len(chosen), unit=modality.value, desc=f"embedding {modality.value}s again",
@@ -168,6 +180,26 @@ class Reindex:
             raise CannotReindex(f"{len(problems)} items cannot be embedded again: {'; '.join(problems[:MAX_REPORTED])}"
                                 f"{more}. Delete them (or put their files back), then reindex")
         return [found[item.id] for item in items]
+
+    def _embed_videos(self, chosen: Sequence[Item], sources: list[SourceItem], found: dict[int, np.ndarray],
+                      problems: list[str]) -> None:
+        """Each video's segments' vectors (m, d) into `found`, cut as the bundle's were: the same file
+        cuts into the same segments, so one that does not was changed, and is a problem."""
+        sampling = VideoSampling().cutting_as(self.bundle.manifest.video)
+        bar = progress_bar(total=len(chosen), unit="video", desc="embedding videos again", disable=not self.progress)
+        for batch in video_batches(sources, self.encoder, 0, self.workers, sampling):
+            encode_video(self.encoder, batch, self.batch_size)
+            for outcome in batch.outcomes:
+                item, payload = chosen[outcome.position], outcome.payload
+                if outcome.problem is not None or not isinstance(payload, VideoPayload):
+                    problems.append(f"item {item.id} ({item.uri}): {outcome.problem or 'not embedded'}")
+                elif payload.spans != segments.spans_of(item.extra):
+                    problems.append(f"item {item.id} ({item.uri}): its video now cuts into {len(payload.spans)} "
+                                    f"segments, not the {len(segments.spans_of(item.extra))} indexed; it changed")
+                else:
+                    found[item.id] = payload.pixels.numpy()
+            bar.update(len(batch.outcomes))
+        bar.close()
 
     def catch_up(self) -> Carried:
         """Bring the new log up to date with what was written since the last catch-up, embedded again."""

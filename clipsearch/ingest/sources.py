@@ -1,6 +1,6 @@
-"""Corpus readers: turn an image folder, an image manifest or a text corpus into source items.
+"""Corpus readers: turn an image folder, an image manifest, a video folder or a text corpus into source items.
 
-Readers only list; they never decode images. Items already known to be unusable (a file the
+Readers only list; they never decode images or videos. Items already known to be unusable (a file the
 manifest names that does not exist, a malformed line) are listed too, with their problem, so the
 build reports them and every item keeps a stable position.
 """
@@ -16,9 +16,11 @@ from typing import Any
 
 from clipsearch.errors import SourceError
 from clipsearch.util.images import IMAGE_SUFFIXES
+from clipsearch.util.video import looks_like_video
 
 MANIFEST_SUFFIXES = frozenset({".csv", ".jsonl", ".parquet"})
 TEXT_SUFFIXES = frozenset({".txt", ".jsonl", ".csv"})
+SIDECAR_SUFFIXES = frozenset({".txt", ".json"})
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,35 @@ def read_image_source(source: Path, columns: Columns = Columns()) -> list[Source
         raise SourceError(f"{source} is neither a folder nor a manifest "
                           f"({', '.join(sorted(MANIFEST_SUFFIXES))})", "images")
     raise SourceError(f"no folder or file at {source}", "images")
+
+
+def read_video_source(source: Path) -> list[SourceItem]:
+    """List the videos of a folder (recursively), recognised by content (clipsearch.util.video.looks_like_video),
+    each with its sidecar caption (.txt) and metadata (.json) as an image has; or one video file."""
+    if source.is_file():
+        return [SourceItem(uri=str(source.resolve()), path=source.resolve())]
+    if not source.is_dir():
+        raise SourceError(f"no folder or file at {source}", "videos")
+    resolved_root = source.resolve()
+    found = []
+    for path in sorted(source.rglob("*"), key=lambda path: path.relative_to(source).as_posix()):
+        if path.suffix.lower() in SIDECAR_SUFFIXES or path.suffix.lower() in IMAGE_SUFFIXES or not path.is_file():
+            continue
+        try:
+            with path.open("rb") as file:
+                head = file.read(16)
+        except OSError as error:
+            found.append(SourceItem(uri=str(path), problem=f"cannot read file: {error.strerror or error}"))
+            continue
+        if not looks_like_video(head):
+            continue
+        uri = str(path.resolve())
+        if not path.resolve().is_relative_to(resolved_root):
+            found.append(SourceItem(uri=str(path), problem=f"symbolic link leaves the corpus folder (to {uri})"))
+            continue
+        caption, extra, problem = _read_sidecars(path)
+        found.append(SourceItem(uri=uri, path=path.resolve(), text=caption, extra=extra, problem=problem))
+    return found
 
 
 def read_text_source(source: Path, columns: Columns = Columns()) -> list[SourceItem]:

@@ -13,7 +13,8 @@ Like rclip's folder sync, by mark and sweep:
 * an item whose file is gone is deleted.
 
 It manages only the items that came from the sources it is given: images under the folder given
-(every image item not uploaded over HTTP, for a manifest file), and texts from the file given
+(every image item not uploaded over HTTP, for a manifest file), videos under the folder given
+(cut into segments as the bundle's were), and texts from the file given
 (give the same path as the build did: text items are named after it). Items added over HTTP are
 left alone. The result equals a rebuild of the same sources (tests/test_sync.py checks it), except
 that unchanged items keep their ids, and that generated captions are not made here. In a bundle
@@ -32,21 +33,23 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from clipsearch.config import OcrConfig
+from clipsearch.config import OcrConfig, VideoSampling
 from clipsearch.ingest.build import encode_batch
-from clipsearch.ingest.loading import image_batches, text_batches
-from clipsearch.ingest.sources import Columns, SourceItem, read_image_source, read_text_source
+from clipsearch.ingest.loading import VideoPayload, encode_video, image_batches, text_batches, video_batches
+from clipsearch.ingest.sources import Columns, SourceItem, read_image_source, read_text_source, read_video_source
 from clipsearch.modality import Modality
 from clipsearch.model.encoder import ClipEncoder
 from clipsearch.store.bundle import Bundle
 from clipsearch.store.items import Item
 from clipsearch.store.live import LIVE_IMAGES, LiveLog, LiveState, NewItem, with_text_vectors
 from clipsearch.store.ocr_text import ocr_part, ocr_problem, with_ocr, without_ocr
+from clipsearch.store.segments import VIDEO_KEY, items_of, segment_ids, spans_of, with_spans
 from clipsearch.util.faults import kill_point
-from clipsearch.util.files import sha256_hex
+from clipsearch.util.files import file_sha256, sha256_hex
 from clipsearch.util.progress import progress_bar
 
 
@@ -74,6 +77,9 @@ class SyncSources:
     images: Path | None = None
     texts: Path | None = None
     columns: Columns = field(default_factory=Columns)
+    videos: Path | None = None
+    video: VideoSampling = field(default_factory=VideoSampling)
+    """The bounds on reading a video; each is cut as the bundle's videos were (its manifest's record)."""
 
 
 @dataclass
@@ -96,10 +102,14 @@ def sync(bundle: Bundle, live: LiveLog, encoder: ClipEncoder, sources: SyncSourc
     plans: list[_Plan] = []
     new_stats: dict[str, tuple[int, int, str]] = {}
     ocr = None if bundle.manifest.ocr is None else OcrConfig.from_record(bundle.manifest.ocr)
+    video = sources.video.cutting_as(bundle.manifest.video)
     for modality, items, in_scope in _sources(bundle, sources):
         current = {item.uri: item for item in _collection_items(bundle, state, modality) if in_scope(item.uri)}
         plan = _plan(modality, items, current, stats, new_stats, state, bundle, summary)
-        _embed(plan, modality, encoder, batch_size, workers, max_pixels, progress, summary, ocr)
+        if modality is Modality.VIDEO:
+            _embed_videos(plan, encoder, batch_size, workers, progress, summary, video)
+        else:
+            _embed(plan, modality, encoder, batch_size, workers, max_pixels, progress, summary, ocr)
         plans.append(plan)
     writes = [item for plan in plans for item in plan.writes]
     if bundle.fusion is not None:
@@ -125,6 +135,10 @@ def _sources(bundle: Bundle, sources: SyncSources) -> list[tuple[Modality, list[
             found.append((Modality.IMAGE, items, lambda uri: uri.startswith(root)))
         else:
             found.append((Modality.IMAGE, items, lambda uri: not uri.startswith(uploads)))
+    if sources.videos is not None:
+        under = str(sources.videos.resolve()) + (os.sep if sources.videos.is_dir() else "")
+        found.append((Modality.VIDEO, read_video_source(sources.videos),
+                      lambda uri: uri.startswith(under) if under.endswith(os.sep) else uri == under))
     if sources.texts is not None:
         prefix = f"{sources.texts}#L"
         found.append((Modality.TEXT, read_text_source(sources.texts, sources.columns),
@@ -159,7 +173,7 @@ def _plan(modality: Modality, sources: list[SourceItem], current: dict[str, Item
             continue
         existing = current.get(source.uri)
         if existing is not None and existing.content_hash == content_hash:
-            if (existing.text, without_ocr(existing.extra)) == (source.text, without_ocr(source.extra)):
+            if (existing.text, _from_sidecars(existing.extra)) == (source.text, _from_sidecars(source.extra)):
                 summary.unchanged += 1
             else:  # a sidecar changed: same vector and read text, new caption or metadata
                 plan.writes.append(_new_item(_keeping_text(source, existing), modality, content_hash,
@@ -184,8 +198,17 @@ def _plan(modality: Modality, sources: list[SourceItem], current: dict[str, Item
     return plan
 
 
+def _from_sidecars(extra: dict[str, Any]) -> dict[str, Any]:
+    """An item's metadata as its sidecar gives it: without the text read in it or its video's segments."""
+    return {key: value for key, value in without_ocr(extra).items() if key != VIDEO_KEY}
+
+
 def _keeping_text(source: SourceItem, existing: Item) -> SourceItem:
-    """`source` with the text read from `existing`'s image, which has the same content."""
+    """`source` with the text read from `existing`'s image, or the segments of `existing`'s video,
+    which has the same content."""
+    if existing.modality is Modality.VIDEO:
+        video = {key: value for key, value in existing.extra.get(VIDEO_KEY, {}).items() if key != "segments"}
+        return replace(source, extra=with_spans(source.extra, video, spans_of(existing.extra)))
     return replace(source, extra=with_ocr(source.extra, ocr_part(existing.extra)))
 
 
@@ -219,6 +242,33 @@ def _embed(plan: _Plan, modality: Modality, encoder: ClipEncoder, batch_size: in
     bar.close()
 
 
+def _embed_videos(plan: _Plan, encoder: ClipEncoder, batch_size: int, workers: int, progress: bool,
+                  summary: SyncSummary, sampling: VideoSampling) -> None:
+    """Cut and embed the planned videos as the build does; one that fails is skipped (an update of
+    it deletes the old item, as in `_embed`)."""
+    if not plan.embed:
+        return
+    sources = [source for source, _, _ in plan.embed]
+    bar = progress_bar(total=len(sources), unit="video", desc="embedding videos", disable=not progress)
+    for batch in video_batches(sources, encoder, 0, workers, sampling):
+        encode_video(encoder, batch, batch_size)
+        for outcome in batch.outcomes:
+            source, content_hash, existing = plan.embed[outcome.position]
+            payload = outcome.payload
+            if outcome.problem is not None or not isinstance(payload, VideoPayload):
+                summary.skipped.append((source.uri, outcome.problem or "could not be embedded"))
+                if existing is not None:
+                    plan.deletes.append(existing.id)
+                    summary.removed += 1
+                continue
+            cut = replace(source, extra=with_spans(source.extra, payload.record, payload.spans))
+            plan.writes.append(_new_item(cut, Modality.VIDEO, content_hash, payload.pixels.numpy()))
+            summary.added += existing is None
+            summary.updated += existing is not None
+        bar.update(len(batch.outcomes))
+    bar.close()
+
+
 def _content_hash(source: SourceItem, stats: dict[str, tuple[int, int, str]],
                   new_stats: dict[str, tuple[int, int, str]]) -> str | None:
     if source.path is None:
@@ -229,7 +279,7 @@ def _content_hash(source: SourceItem, stats: dict[str, tuple[int, int, str]],
         if recorded is not None and recorded[:2] == (stat.st_size, stat.st_mtime_ns):
             content_hash = recorded[2]
         else:
-            content_hash = sha256_hex(source.path.read_bytes())
+            content_hash = file_sha256(source.path)
     except OSError:
         return None
     new_stats[source.uri] = (stat.st_size, stat.st_mtime_ns, content_hash)
@@ -237,6 +287,13 @@ def _content_hash(source: SourceItem, stats: dict[str, tuple[int, int, str]],
 
 
 def _vector(item: Item, state: LiveState, bundle: Bundle) -> np.ndarray:
+    """The vector an item holds (a video's: its segments', (m, d))."""
+    if item.modality is Modality.VIDEO:
+        if item.id in state.items:
+            videos = state.segment(Modality.VIDEO)
+            rows: np.ndarray = videos.vectors[np.isin(items_of(videos.ids), [item.id])]
+            return rows
+        return bundle.base_vectors(Modality.VIDEO, segment_ids(item.id, len(spans_of(item.extra))))
     live = state.segment(item.modality).vector(item.id)
     if live is not None:
         return live

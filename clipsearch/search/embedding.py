@@ -14,6 +14,7 @@ from typing import TypeVar
 
 import numpy as np
 import torch
+from PIL import Image
 
 from clipsearch.config import QueryLimits
 from clipsearch.errors import ServiceBusy
@@ -62,6 +63,12 @@ class QueryEmbedder:
         futures = [self.submit_image(self.uploads.result(decoding, field), background=background)
                    for decoding, field in zip(decodings, fields, strict=True)]
         return [self.wait(future).vector for future in futures]
+
+    def frames(self, frames: Sequence[Image.Image], background: bool = False) -> np.ndarray:
+        """Unit vectors (float32 (m, d)) of decoded pictures (a video's segments' frames), prepared for the
+        model and embedded side by side (`background` as texts)."""
+        futures = [self.submit_image(self.encoder.prepare_image(frame), background=background) for frame in frames]
+        return np.stack([self.wait(future).vector for future in futures])
 
     def terms(self, terms: Sequence[Term], field: str, stored_vector: Callable[[int, str], np.ndarray]) -> QueryVector:
         """The weighted sum of the terms' unit embeddings (an item's is `stored_vector(id, field)`),

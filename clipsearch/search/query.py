@@ -15,6 +15,8 @@ from clipsearch.modality import Modality
 from clipsearch.search.cutoff import OrderBy, check_min_score
 from clipsearch.store.filters import Filter
 
+GROUP_BY_ITEM, GROUP_BY_SEGMENTS = "item", "segments"
+
 
 @dataclass(frozen=True)
 class ResultOptions:
@@ -29,6 +31,13 @@ class ResultOptions:
     fusion: Fusion | None = None
     min_score: float | None = None
     order_by: OrderBy | None = None
+    group_by: str = GROUP_BY_ITEM
+    """For video results: each video once, by its best segment ('item'), or every segment found
+    ('segments'; clipsearch.store.segments)."""
+
+    @property
+    def by_segments(self) -> bool:
+        return self.group_by == GROUP_BY_SEGMENTS
 
     @property
     def cut_off(self) -> bool:
@@ -107,6 +116,21 @@ def check_options(options: ResultOptions, limits: QueryLimits) -> None:
     if options.dedup is not None and not 0 < options.dedup <= 1:
         raise InvalidQuery("dedup", f"a cosine threshold must be above 0 and at most 1, got {options.dedup}")
     check_min_score(options.min_score)
+    if options.group_by not in (GROUP_BY_ITEM, GROUP_BY_SEGMENTS):
+        raise InvalidQuery("group_by", f"'{GROUP_BY_ITEM}' or '{GROUP_BY_SEGMENTS}', got {options.group_by!r}")
+
+
+def check_grouping(options: ResultOptions, target: Modality, by_vector: bool) -> None:
+    """Refuse `group_by: segments` where there are no segments, or with an option that compares whole items."""
+    if not options.by_segments:
+        return
+    if target is not Modality.VIDEO:
+        raise InvalidQuery("group_by", f"only video results have segments; the target is {target.value}")
+    if not by_vector:
+        raise InvalidQuery("group_by", "segments are found by vector search: use mode 'vector'")
+    for name in ("dedup", "order_by", "min_score"):
+        if getattr(options, name) is not None:
+            raise InvalidQuery(name, "not with group_by 'segments': it compares whole items")
 
 
 def check_terms(terms: Sequence[Term], field: str, limits: QueryLimits) -> None:

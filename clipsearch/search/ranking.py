@@ -17,7 +17,7 @@ from clipsearch.search.embedding import QueryEmbedder
 from clipsearch.search.hybrid import HYBRID_DEPTH, Fused, RankedList, Ranking, SearchMode, fuse, merge_ranked
 from clipsearch.search.query import ResultOptions, check_text
 from clipsearch.search.results import Answer, Pager, cutoff_depth, fetch_size
-from clipsearch.search.scope import Scope, with_live
+from clipsearch.search.scope import Scope, best_per_item, with_live
 from clipsearch.store import keywords
 from clipsearch.store.bundle import Bundle
 from clipsearch.store.filters import Filter
@@ -51,6 +51,8 @@ class WordSearch:
         query = self.embedder.text_vector(embedded, text, field)
         by_vector = with_live(embedded.found if embedded.found is not None else TopK.empty(1), scope,
                               query.vector, depth)
+        if target is Modality.VIDEO:
+            by_vector = best_per_item(by_vector)
         fused = fuse({"vector": RankedList(by_vector.ids[0], by_vector.scores[0]), "keyword": by_words},
                      ranking, self.rrf_k)
         return self.pager.ranked(query, fused, embedded.search_s + keyword_s, target, k, options, scope)

@@ -20,12 +20,15 @@ from clipsearch.search.cutoff import CUTOFF_FIRST_FETCH, order_positions, ordere
 from clipsearch.search.hybrid import Fused
 from clipsearch.search.query import QueryVector, ResultOptions
 from clipsearch.search.scope import Scope
+from clipsearch.store import segments
 from clipsearch.store.collection import Collection, Hit
 from clipsearch.store.ocr_text import matching_lines, query_words
 
 DEDUP_OVERFETCH = 4
 """With dedup, results are fetched this many times over (and again as often as needed), so that
 k remain after collapsing when they exist."""
+MOMENTS = 5
+"""Best segments listed with each video hit."""
 DEDUP_MAX_FETCHED = 4096
 """Most results one deduplicated search compares (their pairwise cosines take 64 MB)."""
 
@@ -78,7 +81,7 @@ class Pager:
         if options.cut_off:
             return self._cut_off(query, found, search_s, target, k, options, scope)
         matched = scope.matched
-        hits = self.collection.hits([found], scope.state)[0]
+        hits = self.collection.hits([found], scope.state, of_segments=options.by_segments)[0]
         if options.dedup is not None:
             wanted, fetched = fetch_size(k, ResultOptions(offset=options.offset)), found.ids.shape[1]
             groups = self._collapse(hits, target, options.dedup, scope)
@@ -90,7 +93,7 @@ class Pager:
                 hits = self.collection.hits([deeper], scope.state)[0]
                 groups = self._collapse(hits, target, options.dedup, scope)
             hits = _grouped(hits, groups)
-        shown = self._with_fused_parts(query.vector, hits[options.offset:options.offset + k], scope)
+        shown = self._shown(query.vector, hits[options.offset:options.offset + k], scope)
         return Answer(query, shown, search_s, matched, more=len(hits) > options.offset + k)
 
     def ranked(self, query: QueryVector | None, fused: list[Fused], search_s: float, target: Modality, k: int,
@@ -119,7 +122,7 @@ class Pager:
             shown, more = hits[options.offset:options.offset + k], len(hits) > options.offset + k
         shown = [replace(hit, ranks=ranks[hit.item.id]) for hit in shown]
         if query is not None:
-            shown = self._with_fused_parts(query.vector, shown, scope)
+            shown = self._shown(query.vector, shown, scope)
         return Answer(query, shown, search_s, matched, more=more)
 
     def _cut_off(self, query: QueryVector, found: TopK, search_s: float, target: Modality, k: int,
@@ -147,14 +150,14 @@ class Pager:
             raise too_many(matched, self.max_cutoff, options.min_score)
         kept = TopK(found.scores[:, passing], found.ids[:, passing])
         if options.dedup is None:
-            return Answer(query, self._with_fused_parts(query.vector, self._page(kept, options, k, scope), scope),
+            return Answer(query, self._shown(query.vector, self._page(kept, options, k, scope), scope),
                           search_s, matched, more=matched > options.offset + k)
         hits = self.collection.hits([kept], scope.state)[0]
         if hits:
             hits = _grouped(hits, self._collapse(hits, target, options.dedup, scope))
         if options.order_by is not None:
             hits = ordered(hits, options.order_by)
-        shown = self._with_fused_parts(query.vector, hits[options.offset:options.offset + k], scope)
+        shown = self._shown(query.vector, hits[options.offset:options.offset + k], scope)
         return Answer(query, shown, search_s, matched, more=len(hits) > options.offset + k)
 
     def _page(self, ranking: TopK, options: ResultOptions, k: int, scope: Scope) -> list[Hit]:
@@ -165,10 +168,14 @@ class Pager:
             values = self.collection.sort_values(ranking.ids[0].tolist(), options.order_by.key, scope.state)
             positions = np.array(order_positions(values, options.order_by.descending), dtype=np.int64)
         rows = positions[options.offset:options.offset + k]
-        return self.collection.hits([TopK(ranking.scores[:, rows], ranking.ids[:, rows])], scope.state)[0]
+        return self.collection.hits([TopK(ranking.scores[:, rows], ranking.ids[:, rows])], scope.state,
+                                    of_segments=options.by_segments)[0]
 
-    def _with_fused_parts(self, query: np.ndarray, hits: list[Hit], scope: Scope) -> list[Hit]:
-        """Hits of a fused search, each with what its image and each of its texts add to its score."""
+    def _shown(self, query: np.ndarray, hits: list[Hit], scope: Scope) -> list[Hit]:
+        """The hits shown, with what a fused search's image and each of its texts add to each score,
+        and each video item's best moments."""
+        hits = [self._with_moments(query, hit, scope) if hit.item.modality is Modality.VIDEO and hit.segment is None
+                else hit for hit in hits]
         if scope.fusion is None or not hits:
             return hits
         ids = np.array([hit.item.id for hit in hits], dtype=np.int64)
@@ -176,6 +183,18 @@ class Pager:
         return [replace(hit, fused=scope.fusion.parts(query, image, self.collection.text_vectors(hit.item.id,
                                                                                                  scope.state)))
                 for hit, image in zip(hits, images, strict=True)]
+
+    def _with_moments(self, query: np.ndarray, hit: Hit, scope: Scope) -> Hit:
+        """A video hit with the segment that scores it best, and its MOMENTS best segments with their
+        scores, in time order (the strip a page shows under the video)."""
+        ids, vectors = self.collection.segment_vectors(hit.item.id, scope.state)
+        if not len(ids):
+            return hit
+        scores = vectors @ query
+        best = np.argsort(-scores, kind="stable")[:MOMENTS]
+        spans = [segments.span_of(hit.item.extra, int(ids[row])) for row in sorted(best.tolist())]
+        moments = tuple((span, float(scores[span.position])) for span in spans if span is not None)
+        return replace(hit, segment=segments.span_of(hit.item.extra, int(ids[best[0]])), moments=moments)
 
     def _collapse(self, hits: list[Hit], target: Modality, threshold: float, scope: Scope) -> list[list[int]]:
         ids = np.array([hit.item.id for hit in hits], dtype=np.int64)

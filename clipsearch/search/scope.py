@@ -21,6 +21,7 @@ from clipsearch.index.searchers import Allowed, ExactSearcher, Searcher, searche
 from clipsearch.index.topk import TopK
 from clipsearch.modality import Modality
 from clipsearch.search.query import ResultOptions
+from clipsearch.store import segments
 from clipsearch.store.collection import Collection
 from clipsearch.store.filters import Filter
 from clipsearch.store.live import LiveState
@@ -49,7 +50,7 @@ class Scoper:
         self.collection, self.searchers, self.cache_size = collection, searchers, cache_size
         # The base items each recent filter allows, per target. Entries are keyed by the number of
         # hidden base ids too (it only grows), so a delete makes a new entry, never a stale one.
-        self._allowed: OrderedDict[tuple[Modality, str, int], Allowed] = OrderedDict()
+        self._allowed: OrderedDict[tuple[Modality, str, int], tuple[Allowed, int]] = OrderedDict()
         self._lock = threading.Lock()
 
     def __call__(self, target: Modality, filter: Filter | None, fusion: Fusion | None = None) -> Scope:
@@ -60,15 +61,17 @@ class Scoper:
         base_count = self.collection.base_count(target) - len(removed)
         base = None
         if base_count > 0 and (filter is not None or len(removed)):
-            base = self._base_allowed(target, filter, removed)
-            base_count = len(base)
+            base, base_count = self._base_allowed(target, filter, removed)
         segment = state.segment(target)
         live_ids = segment.ids
         live_vectors = segment.fused_rows(fusion.text_parts) if fusion is not None else segment.vectors
         if filter is not None and len(live_ids):
             live_ids = state.matching_ids(target, filter)
+            if target is Modality.VIDEO:  # the items that pass, as their segments
+                live_ids = segments.of_items(live_ids, segment.ids)
             live_vectors = live_vectors[np.searchsorted(segment.ids, live_ids)]
-        return Scope(state, base, base_count > 0, live_ids, live_vectors, base_count + len(live_ids), fusion)
+        live_count = segments.count_items(live_ids) if target is Modality.VIDEO else len(live_ids)
+        return Scope(state, base, base_count > 0, live_ids, live_vectors, base_count + live_count, fusion)
 
     def fusion_for(self, target: Modality, options: ResultOptions) -> Fusion | None:
         """The weights a search of `target` fuses an image with its texts by: the query's (laid out as
@@ -77,27 +80,34 @@ class Scoper:
         if options.fusion is not None:
             if target is not Modality.IMAGE:
                 raise InvalidQuery("fusion", "images and their texts are fused in image results only; "
-                                             "the target is text")
+                                             f"the target is {target.value}")
             if stored is None:
                 raise InvalidQuery("fusion", "this bundle stores no caption or read-text vectors; build it with "
                                              "--fuse to weigh images with their texts")
             return options.fusion.laid_out_as(stored)
         return stored if target is Modality.IMAGE else None
 
-    def _base_allowed(self, target: Modality, filter: Filter | None, removed: np.ndarray) -> Allowed:
+    def _base_allowed(self, target: Modality, filter: Filter | None, removed: np.ndarray) -> tuple[Allowed, int]:
         """The base items of `target` that pass `filter` and are not hidden, prepared for the base's
-        searcher; cached. Hidden ids only ever grow in number, so their count versions the entry."""
+        searcher (a video's as its segments), and how many items they are; cached. Hidden ids only
+        ever grow in number, so their count versions the entry."""
         key = (target, "" if filter is None else filter.canonical, len(removed))
         with self._lock:
             if key in self._allowed:
                 self._allowed.move_to_end(key)
                 return self._allowed[key]
         searcher, bundle = self.searchers[target], self.collection.bundle
+        held = bundle.base_ids(target)
         if filter is None:
-            made = searcher.allow_all_but(removed, bundle.base_ids(target))
+            hidden = segments.of_items(removed, held) if target is Modality.VIDEO else removed
+            allowed = searcher.allow_all_but(hidden, held)
+            made = (allowed, self.collection.base_count(target) - len(removed) if target is Modality.VIDEO
+                     else len(allowed))
         else:
             ids = bundle.items.matching_ids(target, filter.sql, filter.params)
-            made = searcher.allow(np.setdiff1d(ids, removed, assume_unique=True) if len(removed) else ids)
+            ids = np.setdiff1d(ids, removed, assume_unique=True) if len(removed) else ids
+            allowed = searcher.allow(segments.of_items(ids, held) if target is Modality.VIDEO else ids)
+            made = (allowed, len(ids) if target is Modality.VIDEO else len(allowed))
         with self._lock:
             self._allowed[key] = made
             while len(self._allowed) > self.cache_size:
@@ -116,6 +126,15 @@ def with_live(found: TopK, scope: Scope, query: np.ndarray, k: int) -> TopK:
     ids = np.concatenate([found.ids[0][valid], scope.live_ids])
     order = np.argsort(-scores, kind="stable")[:k]
     return TopK(scores[order][None].astype(np.float32), ids[order][None])
+
+
+def best_per_item(found: TopK) -> TopK:
+    """A one-row ranking of video segments as one of their items, each at its best segment's score."""
+    ids = found.ids[0][found.ids[0] >= 0]
+    items = segments.items_of(ids)
+    _, first = np.unique(items, return_index=True)
+    first.sort()  # best first, as the segments were
+    return TopK(found.scores[:, :len(ids)][:, first], items[first][None])
 
 
 def fused_searcher(collection: Collection, image: Searcher | None, devices: Sequence[torch.device],

@@ -25,7 +25,7 @@ from clipsearch.search.embedding import QueryEmbedder
 from clipsearch.search.explainer import Explainer
 from clipsearch.search.hybrid import Ranking, SearchMode, check_ranking
 from clipsearch.search.pipeline import QueryPipeline
-from clipsearch.search.query import QueryVector, ResultOptions, Term, check_k, check_options
+from clipsearch.search.query import QueryVector, ResultOptions, Term, check_grouping, check_k, check_options
 from clipsearch.search.ranking import WordSearch
 from clipsearch.search.results import Answer, with_ocr_matches
 from clipsearch.search.scope import Scoper, fused_searcher
@@ -98,6 +98,7 @@ class SearchService:
         or, by `ranking`, search its words (keyword) or do both and fuse the rankings (hybrid)."""
         self.check_target(target, k, options)
         check_ranking(ranking)
+        check_grouping(options, target, ranking.mode is SearchMode.VECTOR)
         scope = self.scope(target, options.filter, self.fusion_for(target, options))
         if ranking.mode is not SearchMode.VECTOR:
             answer = self.words(text, field, target, k, options, ranking, scope)
@@ -109,6 +110,7 @@ class SearchService:
                      options: ResultOptions = NO_OPTIONS) -> Answer:
         """Decode and embed the image `data` and search `target` for it, batched like search_text."""
         self.check_target(target, k, options)
+        check_grouping(options, target, True)
         scope = self.scope(target, options.filter, self.fusion_for(target, options))
         return self.vectors.image(self.uploads.decode(data, field), target, k, options, scope)
 
@@ -123,6 +125,7 @@ class SearchService:
     def search_vector(self, query: QueryVector, target: Modality, k: int,
                       options: ResultOptions = NO_OPTIONS) -> Answer:
         self.check_target(target, k, options)
+        check_grouping(options, target, True)
         scope = self.scope(target, options.filter, self.fusion_for(target, options))
         return self.vectors.vector(query, target, k, options, scope)
 
@@ -130,7 +133,8 @@ class SearchService:
         """Top-k for each row of `queries` (float32 (n, d)); scores are cosine similarities."""
         self.check_target(target, k)
         futures = [self.pipeline.search(query, target, k) for query in queries]
-        return self.collection.hits([self.embedder.wait(future, "the search").found for future in futures])
+        return self.collection.hits([self.embedder.wait(future, "the search").found for future in futures],
+                                    of_segments=target is Modality.VIDEO)
 
     def classify(self, image_vector: np.ndarray, labels: Sequence[str], templates: Sequence[str] | None = None,
                  multi_label: bool = False) -> list[LabelScore]:

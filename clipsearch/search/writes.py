@@ -3,11 +3,12 @@
 Every write is checked whole before anything is embedded, embedded through the search service's
 batchers in their background lane (after every waiting query, a few at a time), then committed
 to the live log in one transaction (clipsearch.store.live): a write is all applied or not at all, and
-acknowledged only once it is durable. Uploaded image files are stored content-addressed in
-`live-images/` beside the log before the commit that names them, so a committed item's file is
-always there. In a collection built with `--ocr` (its manifest records the settings), an image's
-text is read before its commit, as the build reads it (clipsearch.store.ocr_text), and an edit of
-its metadata keeps what was read.
+acknowledged only once it is durable. Uploaded image and video files are stored content-addressed
+in `live-images/` beside the log before the commit that names them, so a committed item's file is
+always there; a video is cut into segments as the build cut the collection's (clipsearch.util.video).
+In a collection built with `--ocr` (its manifest records the settings), an image's text is read
+before its commit, as the build reads it (clipsearch.store.ocr_text), and an edit of its metadata
+keeps what was read.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from clipsearch.config import OcrConfig, WriteLimits
-from clipsearch.errors import InvalidQuery, ItemNotFound, ModelLoadError
+from clipsearch.config import OcrConfig, VideoSampling, WriteLimits
+from clipsearch.errors import InvalidQuery, ItemNotFound, ModelLoadError, VideoDecodeError
 from clipsearch.modality import Modality
 from clipsearch.model.ocr import TextReader, reader_for
 from clipsearch.search.query import check_text
@@ -38,10 +39,15 @@ from clipsearch.store.fused_texts import part_text
 from clipsearch.store.items import Item
 from clipsearch.store.live import LIVE_IMAGES, NewItem, with_text_vectors
 from clipsearch.store.ocr_text import ocr_part, read_image_text, with_ocr
+from clipsearch.store.segments import with_spans
 from clipsearch.util.files import atomic_path
 from clipsearch.util.storage import storage_errors
+from clipsearch.util.video import VideoSummary, looks_like_video, read_video
 
 log = logging.getLogger(__name__)
+
+VIDEO_SUFFIXES = {"mp4": ".mp4", "matroska": ".mkv", "avi": ".avi"}
+"""An uploaded video's stored name's suffix, by its container family (clipsearch.util.video)."""
 
 UNCHANGED: Any = object()
 """Marks a field an edit leaves as it is (None clears a caption)."""
@@ -65,11 +71,14 @@ class ImageEntry:
 class CollectionWriter:
     """Writes through one search service to its live log."""
 
-    def __init__(self, service: SearchService, limits: WriteLimits | None = None) -> None:
+    def __init__(self, service: SearchService, limits: WriteLimits | None = None,
+                 video: VideoSampling | None = None) -> None:
         live = service.collection.live
         if live is None:
             raise ValueError("the service has no live log to write to")
         self.service, self.live, self.limits = service, live, limits or WriteLimits()
+        # Cut as the collection's videos were when it was built; read within this server's bounds.
+        self.video = (video or VideoSampling()).cutting_as(service.collection.bundle.manifest.video)
         self.images = live.path.parent / LIVE_IMAGES
         self._storing = threading.Lock()
         self._reader: TextReader | None = None
@@ -98,25 +107,28 @@ class CollectionWriter:
                                      vector) for key, entry, vector in zip(keys, entries, vectors, strict=True)])
 
     def add_images(self, entries: Sequence[ImageEntry], field: str = "files") -> list[int]:
-        """Add (or replace, by key) image items from uploaded files; their ids in order."""
+        """Add (or replace, by key) image and video items from uploaded files (a video recognised by
+        its content: clipsearch.util.video); their ids in order, all written or none."""
         self._check_count(entries, field)
         for number, entry in enumerate(entries):
             self._check_entry(entry.key, entry.metadata, f"{field}[{number}]")
             if entry.caption is not None:
                 check_text(entry.caption, f"{field}[{number}].caption", self.service.limits)
         self._check_unique_keys([entry.key for entry in entries], field)
-        if self._reader_failure is not None:
+        is_video = [looks_like_video(entry.data[:16]) for entry in entries]
+        if self._reader_failure is not None and not all(is_video):
             raise ModelLoadError("this collection reads the text in its images (it was built with --ocr), and this "
                                  f"server cannot: {self._reader_failure.reason}; nothing was written", field)
-        vectors = self.service.embed_images([entry.data for entry in entries],
-                                            [f"{field}[{number}]" for number in range(len(entries))],
-                                            background=True)
-        metadata = [entry.metadata if self._reader is None else
-                    with_ocr(entry.metadata, read_image_text(self._reader, entry.data)) for entry in entries]
-        items = [NewItem(entry.key or _new_key(), Modality.IMAGE, str(self._upload_path(entry.data, digest)),
-                         entry.caption, extra, digest, vector)
-                 for entry, extra, vector, digest in zip(entries, metadata, vectors,
-                                                         [_sha256(entry.data) for entry in entries], strict=True)]
+        videos = {number: self._read_video(entry.data, f"{field}[{number}]")
+                  for number, entry in enumerate(entries) if is_video[number]}
+        pictures = [number for number in range(len(entries)) if not is_video[number]]
+        vectors: dict[int, np.ndarray] = dict(zip(pictures, self.service.embed_images(
+            [entries[number].data for number in pictures], [f"{field}[{number}]" for number in pictures],
+            background=True), strict=True))
+        for number, video in videos.items():
+            vectors[number] = self.service.embedder.frames([segment.frame for segment in video.segments],
+                                                           background=True)
+        items = [self._new_item(entry, videos.get(number), vectors[number]) for number, entry in enumerate(entries)]
         if self.service.fusion is not None:
             items = with_text_vectors(items, self.service.fusion.text_parts, self._embed_item_texts)
         stored: list[Path] = []
@@ -133,20 +145,44 @@ class CollectionWriter:
                 self._remove_unused(stored)
                 raise
 
+    def _read_video(self, data: bytes, field: str) -> VideoSummary:
+        try:
+            return read_video(data, self.video)
+        except VideoDecodeError as error:
+            raise type(error)(error.reason, field) from None
+
+    def _new_item(self, entry: ImageEntry, video: VideoSummary | None, vector: np.ndarray) -> NewItem:
+        """An uploaded image's or video's item: its file stored under its content hash (an image's
+        text read first, in a collection built with --ocr; a video's segments' spans in its metadata)."""
+        digest = _sha256(entry.data)
+        if video is not None:
+            path = (self.images / f"{digest}{VIDEO_SUFFIXES[video.container]}").resolve()
+            extra = with_spans(entry.metadata, video.record(),
+                               [(segment.start_s, segment.end_s) for segment in video.segments])
+            return NewItem(entry.key or _new_key(), Modality.VIDEO, str(path), entry.caption, extra, digest, vector)
+        extra = entry.metadata if self._reader is None else \
+            with_ocr(entry.metadata, read_image_text(self._reader, entry.data))
+        return NewItem(entry.key or _new_key(), Modality.IMAGE, str(self._upload_path(entry.data, digest)),
+                       entry.caption, extra, digest, vector)
+
     def update(self, item_id: int, *, caption: str | None = UNCHANGED, text: str = UNCHANGED,
                metadata: dict[str, Any] = UNCHANGED) -> Item:
         """Edit an item's caption (images), text (texts: embedded again) or metadata (replaced whole)."""
         item = self.service.collection.item(item_id, "item_id")
-        if caption is not UNCHANGED and item.modality is not Modality.IMAGE:
+        if caption is not UNCHANGED and item.modality is Modality.TEXT:
             raise InvalidQuery("caption", f"item {item_id} is a text; give `text` instead")
         if text is not UNCHANGED and item.modality is not Modality.TEXT:
-            raise InvalidQuery("text", f"item {item_id} is an image; give `caption` instead")
+            raise InvalidQuery("text", f"item {item_id} is an {item.modality.value}; give `caption` instead"
+                               if item.modality is Modality.IMAGE else
+                               f"item {item_id} is a {item.modality.value}; give `caption` instead")
         if caption is not UNCHANGED and caption is not None:
             check_text(caption, "caption", self.service.limits)
         read = ocr_part(item.extra)
         new_metadata = item.extra if metadata is UNCHANGED else with_ocr(metadata, read) if read else metadata
         self._check_entry(None, new_metadata, "")
-        vector = self.service.collection.stored_vector(item_id)
+        # A video keeps every segment's vector, not the one that stands for it in a query.
+        vector = self.service.collection.segment_vectors(item_id)[1] if item.modality is Modality.VIDEO else \
+            self.service.collection.stored_vector(item_id)
         new_text = item.text
         if text is not UNCHANGED:
             check_text(text, "text", self.service.limits)

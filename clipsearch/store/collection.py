@@ -20,9 +20,11 @@ from clipsearch.index import faiss_index
 from clipsearch.index.fusion import fused_rows_by_id
 from clipsearch.index.topk import TopK
 from clipsearch.modality import Modality
+from clipsearch.store import segments
 from clipsearch.store.bundle import Bundle
 from clipsearch.store.items import Item, sort_value
 from clipsearch.store.live import LiveLog, LiveState
+from clipsearch.store.segments import SegmentSpan
 from clipsearch.util.images import read_image_file
 
 
@@ -41,6 +43,10 @@ class Hit:
     ocr_matches: tuple[dict[str, Any], ...] = ()
     """For a text query's image hits: the lines read from the image that hold the query's words,
     with their boxes (clipsearch.store.ocr_text.matching_lines)."""
+    segment: SegmentSpan | None = None
+    """For a video hit: the moment that scored it (its best segment, or the one found)."""
+    moments: tuple[tuple[SegmentSpan, float], ...] = ()
+    """For a video hit of a vector query: its best segments with their scores, in time order."""
 
 
 class Collection:
@@ -51,6 +57,7 @@ class Collection:
         self.live = live
         self.state = LiveState(generation=-1)
         self._refresh_lock = threading.Lock()
+        self._video_items: int | None = None
         self.refresh()
 
     def refresh(self) -> LiveState:
@@ -69,15 +76,28 @@ class Collection:
 
     def count(self, modality: Modality, state: LiveState | None = None) -> int:
         state = state or self.state
-        return self.base_count(modality) - len(state.removed_of(modality)) + len(state.segment(modality).ids)
+        live = state.segment(modality).ids
+        return self.base_count(modality) - len(state.removed_of(modality)) + \
+            (segments.count_items(live) if modality is Modality.VIDEO else len(live))
 
     def base_count(self, modality: Modality) -> int:
+        """How many base items of `modality` there are (a video's segments are one item)."""
         index = self.bundle.indices.get(modality)
-        return 0 if index is None else int(index.ntotal)
+        if index is None:
+            return 0
+        if modality is Modality.VIDEO:
+            if self._video_items is None:
+                self._video_items = segments.count_items(self.bundle.base_ids(modality))
+            return self._video_items
+        return int(index.ntotal)
 
     def stored_vectors(self, modality: Modality, item_ids: np.ndarray, state: LiveState | None = None) -> np.ndarray:
-        """The vectors (float32 (m, d)) held for `item_ids` (int64 (m,)), all of `modality`."""
+        """The vectors (float32 (m, d)) held for `item_ids` (int64 (m,)), all of `modality`; a video's is
+        the mean of its segments', of unit length."""
         state = state or self.state
+        if modality is Modality.VIDEO:
+            return np.stack([self.video_vector(int(item_id), state) for item_id in item_ids]) if len(item_ids) \
+                else np.zeros((0, self.bundle.manifest.embedding_dim), dtype=np.float32)
         segment = state.segment(modality)
         live = np.isin(item_ids, segment.ids)
         vectors = np.zeros((len(item_ids), self.bundle.manifest.embedding_dim), dtype=np.float32)
@@ -86,6 +106,24 @@ class Collection:
         if (~live).any():
             vectors[~live] = self.bundle.base_vectors(modality, item_ids[~live])
         return vectors
+
+    def segment_vectors(self, item_id: int, state: LiveState | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The segment ids and vectors (float32 (m, d)) of a video item, by position."""
+        state = state or self.state
+        live = state.segment(Modality.VIDEO)
+        if item_id in state.items:
+            held = segments.of_items(np.array([item_id]), live.ids)
+            return held, live.vectors[np.searchsorted(live.ids, held)]
+        held = segments.segment_ids(item_id, len(segments.spans_of(self.item(item_id, state=state).extra)))
+        return held, self.bundle.base_vectors(Modality.VIDEO, held)
+
+    def video_vector(self, item_id: int, state: LiveState | None = None) -> np.ndarray:
+        """A video item's one vector: the mean of its segments', of unit length (what a query by the
+        item, or a comparison of two videos, uses)."""
+        _, vectors = self.segment_vectors(item_id, state)
+        mean = vectors.astype(np.float64).mean(axis=0)
+        unit: np.ndarray = (mean / max(float(np.linalg.norm(mean)), 1e-12)).astype(np.float32)
+        return unit
 
     def item(self, item_id: int, field: str = "id", state: LiveState | None = None) -> Item:
         state = state or self.state
@@ -100,6 +138,8 @@ class Collection:
         """The vector (float32 (d,)) held for an item."""
         state = self.state
         item = self.item(item_id, field, state)
+        if item.modality is Modality.VIDEO:
+            return self.video_vector(item_id, state)
         vector = state.segment(item.modality).vector(item_id) if item_id in state.items else \
             self.bundle.base_vector(item.modality, item_id)
         if vector is None:
@@ -126,14 +166,18 @@ class Collection:
             texts[part] = (held, faiss_index.reconstruct_many(self.bundle.texts[part], held))
         return fused_rows_by_id(text_parts, image_ids, image_vectors, texts)
 
-    def image_path(self, item_id: int, field: str = "id") -> Path:
-        """The stored file of an image item; only paths recorded in the bundle are ever returned."""
+    def image_path(self, item_id: int, field: str = "id", modality: Modality = Modality.IMAGE) -> Path:
+        """The stored file of an image item (or of a video item, with `modality`); only paths recorded
+        in the bundle are ever returned."""
         item = self.item(item_id, field)
-        if item.modality is not Modality.IMAGE:
-            raise InvalidQuery(field, f"item {item_id} is a {item.modality.value}, not an image")
+        if item.modality is not modality:
+            raise InvalidQuery(field, f"item {item_id} is a {item.modality.value}, not an {modality.value}"
+                               if modality is Modality.IMAGE else
+                               f"item {item_id} is a {item.modality.value}, not a {modality.value}")
         path = Path(item.uri)
         if not path.is_file():
-            raise ItemNotFound(item_id, field, "its image file is no longer at the path recorded in the bundle")
+            raise ItemNotFound(item_id, field, f"its {modality.value} file is no longer at the path recorded in the "
+                                               "bundle")
         # The indexer records fully resolved paths. If that no longer resolves to itself, a symbolic
         # link was put in its place (or above it) since: it may point anywhere, so nothing is served.
         if path.resolve() != path:
@@ -157,13 +201,17 @@ class Collection:
         return [sort_value(state.items[item_id], key) if item_id in state.items else base.get(item_id)
                 for item_id in item_ids]
 
-    def hits(self, found: list[TopK], state: LiveState | None = None) -> list[list[Hit]]:
-        """One-row search results as hits: ids resolved to items (no result, id -1, is left out)."""
+    def hits(self, found: list[TopK], state: LiveState | None = None, of_segments: bool = False) -> list[list[Hit]]:
+        """One-row search results as hits: ids resolved to items (no result, id -1, is left out); with
+        `of_segments`, the ids are video segments' (clipsearch.store.segments), each a hit with its span."""
         state = state or self.state
-        wanted = [int(item_id) for result in found for item_id in result.ids[0] if item_id >= 0]
+        rows = [result.ids[0][result.ids[0] >= 0] for result in found]
+        item_ids = [segments.items_of(ids) if of_segments else ids for ids in rows]
+        wanted = [int(item_id) for ids in item_ids for item_id in ids]
         items = self.bundle.items.get_many([item_id for item_id in wanted if item_id not in state.items])
         items.update({item_id: state.items[item_id] for item_id in wanted if item_id in state.items})
-        return [[Hit(items[int(item_id)], float(score))
-                 for score, item_id in zip(result.scores[0], result.ids[0], strict=True)
-                 if item_id >= 0 and int(item_id) in items]
-                for result in found]
+        return [[Hit(items[int(item_id)], float(score),
+                     segment=segments.span_of(items[int(item_id)].extra, int(vector_id)) if of_segments else None)
+                 for score, vector_id, item_id in zip(result.scores[0][result.ids[0] >= 0], ids, owners, strict=True)
+                 if int(item_id) in items]
+                for result, ids, owners in zip(found, rows, item_ids, strict=True)]

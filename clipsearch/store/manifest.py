@@ -80,6 +80,9 @@ class Manifest:
     ocr: dict[str, Any] | None = None
     """For a bundle built with `--ocr`: the engine that read its images' text and its settings
     (config.OcrConfig.as_record), which `indexer sync` and live writes of images follow; None otherwise."""
+    video: dict[str, Any] | None = None
+    """For a bundle built with videos: how they were cut into segments (config.VideoSampling), which
+    `indexer sync` and live writes of videos follow; None otherwise."""
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -112,7 +115,8 @@ class Manifest:
                        fusion=None if data.get("fusion") is None else
                        {str(name): float(weight) for name, weight in data["fusion"].items()},
                        fused_index=None if data.get("fused_index") is None else IndexSpec(**data["fused_index"]),
-                       ocr=None if data.get("ocr") is None else dict(data["ocr"]))
+                       ocr=None if data.get("ocr") is None else dict(data["ocr"]),
+                       video=None if data.get("video") is None else dict(data["video"]))
         except UnsupportedFormatVersion:
             raise
         except json.JSONDecodeError as error:

@@ -185,3 +185,34 @@ def test_an_int8_build_is_calibrated_on_its_own_images_unless_told_otherwise(tmp
 def test_the_calibration_folder_of_a_build_from_a_manifest_must_be_named() -> None:
     manifest_build = tiny_config(Path("bundle"), images=Path("photos.csv"), backend="onnx-int8")
     assert manifest_build.calibration_folder is None  # load_encoder then refuses, naming int8_calibration
+
+
+def test_a_video_is_one_item_whose_segments_are_the_rows_of_the_video_index(tmp_path: Path) -> None:
+    pytest.importorskip("av")
+    from clipsearch.model.factory import load_encoder
+    from clipsearch.store import segments
+    from clipsearch.util.video import read_video
+    from tests.support.videos import four_scenes
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    four_scenes(videos / "a.mp4")
+    (videos / "copy.bin").write_bytes((videos / "a.mp4").read_bytes())  # the same video under another name
+    (videos / "cut.mov").write_bytes((videos / "a.mp4").read_bytes()[:500])
+    (videos / "notes.md").write_text("not a video")  # recognised by content: left out, not reported
+    make_text_corpus(tmp_path / "texts.txt", 3)
+    summary = build(tiny_config(tmp_path / "out", videos=videos, texts=tmp_path / "texts.txt"))
+    assert summary.indexed == {"text": 3, "video": 1} and summary.duplicates == 1 and summary.skipped == 1
+    assert "not a readable video" in summary.report["skipped"][0]["reason"]
+    bundle = load_bundle(tmp_path / "out")
+    try:
+        (video,) = [item for item in bundle.items if item.modality is Modality.VIDEO]
+        assert video.id == 3  # after the texts
+        ids = np.sort(np.asarray(bundle.base_ids(Modality.VIDEO)))
+        assert ids.tolist() == segments.segment_ids(video.id, 4).tolist()
+        assert segments.spans_of(video.extra) == [(0.0, 2.0), (2.0, 4.0), (4.0, 6.0), (6.0, 8.0)]
+        encoder = load_encoder("tiny", pretrained=None, device="cpu", backend="torch")
+        expected = encoder.encode_images([segment.frame for segment in read_video(videos / "a.mp4").segments])
+        np.testing.assert_allclose(bundle.base_vectors(Modality.VIDEO, ids), expected, atol=1e-5)
+    finally:
+        bundle.close()

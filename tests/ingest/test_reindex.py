@@ -61,7 +61,7 @@ def test_every_item_is_kept_with_the_new_models_vector_and_the_old_bundle_kept(
     assert items_of(live_bundle, other_encoder) == before  # ids, uris, texts and metadata, uploads included
     bundle = load_bundle(live_bundle)
     try:
-        for modality in Modality:
+        for modality in (Modality.IMAGE, Modality.TEXT):  # the bundle's; videos: the test at the end
             ids, vectors = stored_vectors(bundle, modality)
             items = [bundle.items.get(int(item_id)) for item_id in ids]
             expected = other_encoder.encode_texts([item.text or "" for item in items if item is not None]) \
@@ -135,3 +135,30 @@ def _image(uri: str):  # type: ignore[no-untyped-def]
 
     with Image.open(uri) as image:
         return image.convert("RGB")
+
+
+def test_videos_are_cut_as_before_and_each_segment_embedded_by_the_new_model(
+        tmp_path: Path, encoder: ClipEncoder, other_encoder: ClipEncoder) -> None:
+    pytest.importorskip("av")
+    from clipsearch.ingest.build import build
+    from clipsearch.store import segments
+    from clipsearch.util.video import read_video
+    from tests.support.corpora import tiny_config
+    from tests.support.videos import SCENE_COLOURS, four_scenes, write_scenes
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    four_scenes(videos / "four.mp4")
+    build(tiny_config(tmp_path / "bundle", videos=videos))
+    upload = write_scenes(tmp_path / "upload.mkv", [(SCENE_COLOURS[4], 1.0), (SCENE_COLOURS[5], 1.0)],
+                          container="matroska")
+    with opened_service(encoder, tmp_path / "bundle") as service:
+        [uploaded] = CollectionWriter(service).add_images([ImageEntry(upload.read_bytes(), key="upload")])
+    summary = reindex(tmp_path / "bundle", other_encoder, progress=False)
+    assert summary.counts == {"video": 2}
+    with opened_service(other_encoder, tmp_path / "bundle") as service:
+        for item_id, source in ((0, videos / "four.mp4"), (uploaded, upload)):
+            ids, vectors = service.collection.segment_vectors(item_id)
+            expected = other_encoder.encode_images([segment.frame for segment in read_video(source).segments])
+            assert ids.tolist() == segments.segment_ids(item_id, len(expected)).tolist()
+            np.testing.assert_allclose(vectors, expected, atol=1e-5)

@@ -10,21 +10,23 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from clipsearch.config import QueryLimits
+from clipsearch.config import QueryLimits, VideoSampling
 from clipsearch.ingest.build import build
 from clipsearch.ingest.sync import SyncSources, SyncSummary, sync
 from clipsearch.modality import Modality
 from clipsearch.model.encoder import ClipEncoder
-from clipsearch.search.query import QueryVector
+from clipsearch.search.query import QueryVector, ResultOptions
 from clipsearch.search.service import SearchService
 from clipsearch.search.writes import CollectionWriter, TextEntry
 from clipsearch.store.bundle import Bundle, load_bundle
 from clipsearch.store.live import LIVE_FILE, LiveLog, count_live_changes
+from clipsearch.store.segments import SegmentSpan
 from indexer.cli import main
 from tests.support.corpora import make_image_corpus, make_text_corpus, tiny_config
 from tests.support.imagefiles import image_bytes, noise_image, save
@@ -81,6 +83,7 @@ def test_a_synced_bundle_answers_as_a_rebuild_and_keeps_unchanged_ids(corpus: tu
                                   fresh.collection.stored_vectors(Modality.IMAGE, np.array([0, 3]))])
         for target in Modality:
             assert service.collection.count(target, service.collection.refresh()) == fresh.collection.count(target)
+        for target in fresh.modalities:
             assert _answers(service, queries, target) == _answers(fresh, queries, target)
         synced = {hit.item.uri: hit.item for hit in service.search(queries[0], Modality.IMAGE, 50)}
         assert synced[str((images / "picture_000.png").resolve())].text == "a new caption for picture 0"
@@ -207,3 +210,44 @@ def test_a_sync_that_meets_a_full_disk_changes_nothing_and_succeeds_when_run_aga
     disk.empty()
     assert main(command) == 0
     assert "added 3, updated 3, moved 1, removed 1" in capsys.readouterr().out
+
+
+def _video_answers(service: SearchService, queries: np.ndarray, group_by: str
+                   ) -> list[list[tuple[float, str, SegmentSpan | None]]]:
+    """Each query's video hits as (score, uri, segment), best first; segments of one still scene score
+    alike, and their order among themselves is not the answer's."""
+    return [sorted((round(hit.score, 5), hit.item.uri, hit.segment) for hit in service.search_vector(
+        QueryVector(query), Modality.VIDEO, 20, ResultOptions(group_by=group_by)).hits)[::-1] for query in queries]
+
+
+def test_a_synced_video_folder_answers_as_a_rebuild_and_a_second_sync_changes_nothing(
+        tmp_path: Path, encoder: ClipEncoder) -> None:
+    pytest.importorskip("av")
+    from tests.support.videos import SCENE_COLOURS, four_scenes, write_scenes
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    four_scenes(videos / "four.mp4")
+    write_scenes(videos / "gone.mp4", [(SCENE_COLOURS[4], 2.0)])
+    write_scenes(videos / "moved.webm", [(SCENE_COLOURS[5], 1.0), (SCENE_COLOURS[0], 1.0)],
+                 codec="libvpx-vp9", container="webm")
+    build(tiny_config(tmp_path / "bundle", videos=videos, video=replace(VideoSampling(), max_gap_s=1.5)))
+    bundle, live, service = _open(tmp_path / "bundle", encoder)
+    four_id = next(item.id for item in bundle.items if item.uri.endswith("four.mp4"))
+    (videos / "gone.mp4").unlink()                                                         # deleted
+    os.replace(videos / "moved.webm", videos / "renamed.webm")                             # moved
+    write_scenes(videos / "new.mkv", [(SCENE_COLOURS[3], 4.0)], container="matroska")      # added: 0-1.5-3-4
+    (videos / "four.txt").write_text("a caption for four")                                 # sidecar only
+    summary = sync(bundle, live, encoder, SyncSources(videos=videos), batch_size=8, progress=False)
+    assert (summary.added, summary.updated, summary.moved, summary.removed) == (1, 1, 1, 1)
+    service.collection.refresh()
+    build(tiny_config(tmp_path / "rebuilt", videos=videos, video=replace(VideoSampling(), max_gap_s=1.5)))
+    _, _, rebuilt = _open(tmp_path / "rebuilt", encoder)
+    queries = encoder.encode_texts(["a red scene", "blue", "yellow at night"])
+    for group_by in ("item", "segments"):
+        assert _video_answers(service, queries, group_by) == _video_answers(rebuilt, queries, group_by)
+    assert service.collection.item(four_id).text == "a caption for four"  # kept its id
+    new = next(item for item in service.collection.state.items.values() if item.uri.endswith("new.mkv"))
+    assert new.extra["video"]["segments"] == [[0.0, 1.5], [1.5, 3.0], [3.0, 4.0]]
+    again = sync(bundle, live, encoder, SyncSources(videos=videos), batch_size=8, progress=False)
+    assert (again.added, again.updated, again.moved, again.removed, again.unchanged) == (0, 0, 0, 0, 3)

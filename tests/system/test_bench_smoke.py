@@ -47,6 +47,19 @@ def test_smoke_the_indexing_bench_indexes_every_generated_jpeg_and_relates_it_to
         assert on_ray["images"] == 40 and on_ray["vs_local"] > 0
 
 
+def test_smoke_the_indexing_bench_with_videos_relates_decoding_and_indexing_them_to_the_image_path() -> None:
+    pytest.importorskip("av")
+    figures = run_bench("bench.indexing", "--images", "20", "--model", "tiny", "--batch-size", "16", "--workers", "1",
+                        "--device", "cpu", "--videos", "2", "--video-seconds", "6", "--scene-seconds", "2",
+                        "--width", "160", "--height", "120")
+    assert figures["generated videos"]["videos"] == 2 and figures["generated videos"]["scenes_each"] == 3
+    alone = figures["read + decode + cut videos alone"]
+    assert alone["frames_per_s"] > 0 and alone["segments"] >= 6 and alone["frames_vs_image_loading"] > 0
+    end_to_end = figures["video indexing end to end"]
+    assert end_to_end["videos"] == 2 and end_to_end["skipped"] == 0 and end_to_end["segments_vs_images"] > 0
+    assert end_to_end["video_seconds_per_s"] == pytest.approx(12 / end_to_end["seconds"], rel=0.01)
+
+
 def test_smoke_the_http_bench_measures_one_client_many_clients_and_the_unbatched_baseline() -> None:
     figures = run_bench("bench.http", "--items", "2000", "--texts", "100", "--model", "tiny", "--device", "cpu",
                         "--requests", "20", "--clients", "4", "--client-processes", "2", "--duration", "1",

@@ -37,13 +37,18 @@ class Bundle:
     """The fp16 vectors of the modalities whose index is on disk (clipsearch.index.ondisk)."""
 
     def base_ids(self, modality: Modality) -> np.ndarray:
-        """The ids (int64, ascending) of the base items of `modality`."""
+        """The ids (int64, ascending) of the base items of `modality` (a video's: its segments'; none
+        for a modality the bundle lacks)."""
+        if modality not in self.indices:
+            return np.zeros(0, np.int64)
         store = self.stores.get(modality)
         return np.asarray(store.ids) if store is not None else faiss_index.ids_of(self.indices[modality])
 
     def base_vectors(self, modality: Modality, ids: np.ndarray) -> np.ndarray:
         """The stored vectors (float32 (m, d)) of base items `ids`, all of `modality` (an on-disk
         index's from its fp16 store: its PQ codes are too coarse to stand for them)."""
+        if modality not in self.indices and not len(ids):
+            return np.zeros((0, self.manifest.embedding_dim), np.float32)
         store = self.stores.get(modality)
         return store.vectors_of(ids) if store is not None else \
             faiss_index.reconstruct_many(self.indices[modality], ids)

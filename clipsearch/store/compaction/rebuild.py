@@ -17,6 +17,7 @@ from clipsearch.index import faiss_index, ondisk
 from clipsearch.index.fusion import fused_rows_by_id
 from clipsearch.index.spec import EXACT_FACTORY, RECALL_QUERIES, default_factory
 from clipsearch.modality import Modality
+from clipsearch.store import segments
 from clipsearch.store.bundle import FUSED_FILE, Bundle, FusedContent, ModalityContent, on_disk_name
 from clipsearch.store.live import LiveState
 
@@ -76,7 +77,8 @@ class Rebuild:
                 factory = self.bundle.manifest.modalities[modality].index.factory
                 raise CannotCompact(f"the {modality.value} index ({factory}) stores compressed vectors, which "
                                     "cannot be read back exactly; rebuild the bundle to fold its live changes in")
-            kept = np.setdiff1d(faiss_index.ids_of(index), self.state.removed_of(modality), assume_unique=True)
+            held = faiss_index.ids_of(index)
+            kept = np.setdiff1d(held, self._hidden(modality, held), assume_unique=True)
             kept_vectors = faiss_index.reconstruct_many(index, kept)
         segment = self.state.segment(modality)
         ids = np.concatenate([kept, segment.ids])
@@ -84,12 +86,17 @@ class Rebuild:
         order = np.argsort(ids, kind="stable")
         return NewBase(ids[order], np.ascontiguousarray(vectors[order]), added=len(segment.ids))
 
+    def _hidden(self, modality: Modality, held: np.ndarray) -> np.ndarray:
+        """The ids among `held` (an index's) of the base items the snapshot hides: a video's segments' for videos."""
+        removed = self.state.removed_of(modality)
+        return segments.of_items(removed, held) if modality is Modality.VIDEO else removed
+
     def _new_on_disk_base(self, modality: Modality) -> NewBase:
         """An on-disk index's new base: its stored rows not hidden, and the live ones, read a block
         at a time from its fp16 store."""
         store = self.bundle.stores[modality]
         stored_ids = np.asarray(store.ids)
-        keep = ~np.isin(stored_ids, self.state.removed_of(modality))
+        keep = ~np.isin(stored_ids, self._hidden(modality, stored_ids))
         segment = self.state.segment(modality)
         live_vectors = segment.vectors.reshape(-1, self.bundle.manifest.embedding_dim)
         ids = np.sort(np.concatenate([stored_ids[keep], segment.ids]))
@@ -131,10 +138,11 @@ class Rebuild:
                                            int(record.params.get("added_since_training", 0))})
         return FusedContent(fusion, texts, ModalityContent(index, spec))
 
-    def index(self, modality: Modality, base: NewBase, others: np.ndarray | None) -> ModalityContent:
+    def index(self, modality: Modality, base: NewBase, queried_by: Modality | None,
+              others: np.ndarray | None) -> ModalityContent:
+        """The new index of `modality`, its recall measured with `others`, vectors of `queried_by`."""
         record = self.bundle.manifest.modalities.get(modality)
-        queries_label = f"{'text' if modality is Modality.IMAGE else 'image'} (cross-modal)" \
-            if others is not None else None
+        queries_label = None if queried_by is None else f"{queried_by.value} (cross-modal)"
         if record is not None and record.index.params.get("on_disk"):
             try:
                 return self._on_disk_index(modality, base, others, queries_label)

@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 
 from clipsearch.config import CompactionPolicy
-from clipsearch.modality import Modality
+from clipsearch.modality import Modality, recall_queries_for
+from clipsearch.store import segments
 from clipsearch.store.bundle import (
     Bundle,
     FusedContent,
@@ -115,11 +116,14 @@ class Compaction:
         rebuild = Rebuild(self.bundle, state, self.policy, self.use_gpu, self.work)
         bases = {modality: rebuild.new_base(modality) for modality in Modality}
         bases = {modality: base for modality, base in bases.items() if len(base.ids)}
-        self.new_ids = {modality: base.ids for modality, base in bases.items()}
+        # The new base's items (a video's segments are one item), by which the new log keeps their keys.
+        self.new_ids = {modality: np.unique(segments.items_of(base.ids)) if modality is Modality.VIDEO else base.ids
+                        for modality, base in bases.items()}
         for modality, base in bases.items():
-            others = [other.recall_queries() for kind, other in bases.items() if kind is not modality]
-            self.content[modality] = rebuild.index(modality, base, others[0] if others else None)
-            self.summary.counts[modality.value] = len(base.ids)
+            queried_by = recall_queries_for(modality, bases)
+            self.content[modality] = rebuild.index(modality, base, queried_by,
+                                                   None if queried_by is None else bases[queried_by].recall_queries())
+            self.summary.counts[modality.value] = len(self.new_ids[modality])
         if self.bundle.fusion is not None:
             self.fused = rebuild.fused(bases.get(Modality.IMAGE), self.content)
         self.summary.retrained, self.summary.recall_at_10 = rebuild.retrained, rebuild.recall_at_10

@@ -19,6 +19,7 @@ from clipsearch.store import keywords
 from clipsearch.store.filters import Filter
 from clipsearch.store.fused_texts import part_text
 from clipsearch.store.items import Item, items_in_memory
+from clipsearch.store.segments import count_items, items_of, segment_ids
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,7 @@ class NewItem:
     extra: dict[str, Any]
     content_hash: str
     vector: np.ndarray
+    """A video's: its segments' vectors, float32 (m, d), by position (clipsearch.store.segments)."""
     text_vectors: dict[str, np.ndarray] = field(default_factory=dict)
     """In a fused bundle, an image's vectors of its caption and read text, by fusion text part
     (clipsearch.index.fusion); a text it lacks has none."""
@@ -55,7 +57,8 @@ def with_text_vectors(items: Sequence[NewItem], text_parts: Sequence[str],
 @dataclass(frozen=True)
 class Segment:
     """The live items of one modality: ids (int64 (m,), ascending) and their vectors (float32 (m, d)),
-    and for images in a fused bundle the vectors of their texts, by fusion text part."""
+    and for images in a fused bundle the vectors of their texts, by fusion text part. A video's
+    segments are rows of their own, under their segment ids (clipsearch.store.segments)."""
 
     ids: np.ndarray
     vectors: np.ndarray
@@ -96,8 +99,8 @@ class LiveState:
     @property
     def changes(self) -> int:
         """Live items and hidden base items: what a compaction would fold in (clipsearch.store.compaction)."""
-        return sum(len(segment.ids) for segment in self.segments.values()) + \
-            sum(len(ids) for ids in self.removed.values())
+        return sum(count_items(segment.ids) if modality is Modality.VIDEO else len(segment.ids)
+                   for modality, segment in self.segments.items()) + sum(len(ids) for ids in self.removed.values())
 
     @property
     def vector_bytes(self) -> int:
@@ -154,8 +157,12 @@ def replay(since: LiveState | None, generation: int, removed_rows: list[Any], it
                for modality in Modality}
     items = dict(since.items) if since is not None else {}
     vectors: dict[int, np.ndarray] = {} if since is None else {
-        int(item_id): segment.vectors[row] for segment in since.segments.values()
-        for row, item_id in enumerate(segment.ids)}
+        int(item_id): segment.vectors[row] for modality, segment in since.segments.items()
+        if modality is not Modality.VIDEO for row, item_id in enumerate(segment.ids)}
+    if since is not None:  # a video's rows, gathered back into its (m, d)
+        videos = since.segment(Modality.VIDEO)
+        owners = items_of(videos.ids)
+        vectors.update({int(item_id): videos.vectors[owners == item_id] for item_id in np.unique(owners)})
     texts: dict[int, dict[str, np.ndarray]] = {} if since is None else {
         int(item_id): held for segment in since.segments.values() for item_id in segment.ids
         if (held := segment.text_vectors(int(item_id)))}
@@ -166,7 +173,8 @@ def replay(since: LiveState | None, generation: int, removed_rows: list[Any], it
         texts.pop(row[0], None)
         if is_write:
             items[row[0]] = Item(row[0], Modality(row[1]), row[2], row[3], json.loads(row[4]), row[5])
-            vectors[row[0]] = np.frombuffer(row[6], dtype=np.float32)
+            vector = np.frombuffer(row[6], dtype=np.float32)
+            vectors[row[0]] = vector.reshape(-1, dim) if row[1] == Modality.VIDEO.value else vector
             held = {part: np.frombuffer(blob, dtype=np.float32)
                     for part, blob in zip(TEXT_PARTS, row[8:], strict=True) if blob is not None}
             if held:
@@ -174,14 +182,26 @@ def replay(since: LiveState | None, generation: int, removed_rows: list[Any], it
         else:
             items.pop(row[0], None)
             vectors.pop(row[0], None)
-    segments = {}
+    segments: dict[Modality, Segment] = {}
     for modality in Modality:
         ids = np.array(sorted(item_id for item_id, item in items.items() if item.modality is modality),
                        dtype=np.int64)
+        if modality is Modality.VIDEO:
+            segments[modality] = _video_segment(ids, vectors, dim)
+            continue
         stacked = np.stack([vectors[int(item_id)] for item_id in ids]) if len(ids) else \
             np.zeros((0, dim), np.float32)
         segments[modality] = Segment(ids, stacked, _text_vectors(ids, stacked, texts))
     return LiveState(generation, removed, segments, items)
+
+
+def _video_segment(item_ids: np.ndarray, vectors: dict[int, np.ndarray], dim: int) -> Segment:
+    """The live videos `item_ids` (ascending) as rows of their segments, under segment ids (ascending too)."""
+    if not len(item_ids):
+        return Segment(np.zeros(0, np.int64), np.zeros((0, dim), np.float32))
+    held = [vectors[int(item_id)] for item_id in item_ids]
+    ids = np.concatenate([segment_ids(int(item_id), len(rows)) for item_id, rows in zip(item_ids, held, strict=True)])
+    return Segment(ids, np.concatenate(held).astype(np.float32, copy=False))
 
 
 def _text_vectors(ids: np.ndarray, vectors: np.ndarray, texts: dict[int, dict[str, np.ndarray]]

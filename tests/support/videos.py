@@ -1,0 +1,51 @@
+"""Video files made in the tests with PyAV: coloured scenes that change at known times."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+SCENE_COLOURS = ((200, 30, 30), (30, 160, 40), (30, 40, 200), (220, 200, 40), (150, 40, 160), (20, 170, 170))
+
+
+def scene_frame(colour: Sequence[int], width: int, height: int, seed: int) -> np.ndarray:
+    """One frame of a scene: its colour with a lighter square whose place the seed picks, and a little noise."""
+    rng = np.random.default_rng(seed)
+    frame = np.empty((height, width, 3), dtype=np.uint8)
+    frame[:] = colour
+    y, x = int(rng.integers(0, height // 2)), int(rng.integers(0, width // 2))
+    frame[y:y + height // 3, x:x + width // 3] = np.minimum(255, np.array(colour) + 60)
+    return frame
+
+
+def write_scenes(path: Path, scenes: Sequence[tuple[Sequence[int], float]], fps: int = 10, width: int = 96,
+                 height: int = 64, codec: str = "libx264", container: str | None = None, static: bool = True) -> Path:
+    """A video of `scenes` (colour, seconds) one after another; each scene's frames are the same
+    picture (or, with static=False, the square moves a little from frame to frame)."""
+    import av
+
+    options = {"crf": "18", "preset": "ultrafast"} if codec == "libx264" else {}
+    with av.open(str(path), mode="w", format=container) as output:
+        stream = output.add_stream(codec, rate=fps, options=options)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.time_base = Fraction(1, fps)
+        number = 0
+        for scene, (colour, seconds) in enumerate(scenes):
+            for frame_in_scene in range(round(seconds * fps)):
+                seed = scene * 1000 + (0 if static else frame_in_scene // 3)
+                frame = av.VideoFrame.from_ndarray(scene_frame(colour, width, height, seed), format="rgb24")
+                frame.pts = number
+                number += 1
+                for packet in stream.encode(frame):
+                    output.mux(packet)
+        for packet in stream.encode():
+            output.mux(packet)
+    return path
+
+
+def four_scenes(path: Path, **options: object) -> Path:
+    """Red 0–2 s, green 2–4 s, blue 4–6 s, yellow 6–8 s."""
+    return write_scenes(path, [(colour, 2.0) for colour in SCENE_COLOURS[:4]], **options)  # type: ignore[arg-type]
