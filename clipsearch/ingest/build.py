@@ -209,7 +209,8 @@ def _encode_into_shards(config: BuildConfig, encoder: ClipEncoder, modality: Mod
     bar = progress_bar(total=len(items), initial=start, unit=modality.value, desc=f"encoding {modality.value}s",
                        disable=not config.progress, smoothing=0.1, dynamic_ncols=True)
     if modality is Modality.VIDEO:
-        batches = video_batches(items, encoder, start, config.workers, config.video)
+        batches = video_batches(items, encoder, start, config.workers, config.video, config.batch_size,
+                                lambda position: position % shard_size == 0)
     elif modality is Modality.IMAGE:
         batches = image_batches(items, encoder, start, config.batch_size, config.workers, config.max_pixels,
                                 config.ocr)

@@ -9,7 +9,7 @@ the workers also read each image's text, each with a reader of its own, into the
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -139,11 +139,13 @@ def image_batches(items: Sequence[SourceItem], encoder: ClipEncoder, start: int,
 @dataclass
 class VideoPayload:
     """A video read for embedding: its segments' first frames prepared for the model, stacked
-    (uint8 (m, 3, H, W)), their spans, and what its header said."""
+    (uint8 (m, 3, H, W)), their spans, and what its header said; once embedded, the segments'
+    vectors (float32 (m, d)), and no pixels."""
 
-    pixels: torch.Tensor
+    pixels: torch.Tensor | None
     spans: list[tuple[float, float]]
     record: dict[str, Any]
+    vectors: np.ndarray | None = None
 
 
 class _VideoDataset(Dataset[Outcome]):
@@ -182,25 +184,44 @@ def read_and_prepare_video(position: int, item: SourceItem, prepare: ImagePrepar
 
 
 def video_batches(items: Sequence[SourceItem], encoder: ClipEncoder, start: int, workers: int,
-                  sampling: VideoSampling) -> Iterator[LoadedBatch]:
-    """One batch per video of `items` from `start` on, read and segmented in `workers` processes (a
-    video's frames are many: one video already fills a batch of the model's)."""
+                  sampling: VideoSampling, frames_per_batch: int = 1,
+                  starts_batch: Callable[[int], bool] | None = None) -> Iterator[LoadedBatch]:
+    """Batches of whole videos of `items` from `start` on, read and cut in `workers` processes: each
+    holds videos until their segments reach `frames_per_batch` frames, so that short videos share a
+    batch of the model's; a video at a position where `starts_batch` holds (a shard's first) starts a
+    new one, so that a resumed build makes the same batches."""
     dataset = _VideoDataset(items, start, encoder.prepare_image, sampling)
     loader = DataLoader(dataset, batch_size=None, num_workers=workers, prefetch_factor=2 if workers > 0 else None,
                         persistent_workers=False)
+    pending: list[Outcome] = []
+    frames = 0
     for outcome in loader:
-        yield LoadedBatch([outcome])
+        if pending and starts_batch is not None and starts_batch(outcome.position):
+            yield LoadedBatch(pending)
+            pending, frames = [], 0
+        pending.append(outcome)
+        frames += len(outcome.payload.spans) if isinstance(outcome.payload, VideoPayload) else 0
+        if frames >= frames_per_batch:
+            yield LoadedBatch(pending)
+            pending, frames = [], 0
+    if pending:
+        yield LoadedBatch(pending)
 
 
 def encode_video(encoder: ClipEncoder, batch: LoadedBatch, batch_size: int) -> None:
-    """Embed the segments of the batch's usable video, `batch_size` frames at a time: its payload's
-    pixels become its segments' vectors (float32 (m, d))."""
-    for outcome in batch.outcomes:
-        if outcome.problem is None and isinstance(outcome.payload, VideoPayload):
-            pixels = outcome.payload.pixels
-            vectors = [encoder.encode_images(pixels[start:start + batch_size])
-                       for start in range(0, len(pixels), batch_size)]
-            outcome.payload = replace(outcome.payload, pixels=torch.from_numpy(np.concatenate(vectors)))
+    """Embed the segments of the batch's usable videos together, `batch_size` frames at a time: each
+    payload's pixels become its segments' vectors."""
+    usable = [(outcome.payload, outcome.payload.pixels) for outcome in batch.outcomes
+              if outcome.problem is None and isinstance(outcome.payload, VideoPayload)
+              and outcome.payload.pixels is not None]
+    if not usable:
+        return
+    pixels = torch.cat([frames for _, frames in usable])
+    vectors = np.concatenate([encoder.encode_images(pixels[start:start + batch_size])
+                              for start in range(0, len(pixels), batch_size)])
+    ends = np.cumsum([len(frames) for _, frames in usable])
+    for (payload, _), rows in zip(usable, np.split(vectors, ends[:-1]), strict=True):
+        payload.vectors, payload.pixels = rows, None
 
 
 def video_shard_of(outcomes: list[Outcome], first_id: int, dim: int) -> Shard:
@@ -209,9 +230,10 @@ def video_shard_of(outcomes: list[Outcome], first_id: int, dim: int) -> Shard:
     ids, vectors, records = [np.zeros(0, np.int64)], [np.zeros((0, dim), np.float32)], []
     for outcome in outcomes:
         item_id, extra = first_id + outcome.position, outcome.source.extra
-        if outcome.problem is None and isinstance(outcome.payload, VideoPayload):
+        if outcome.problem is None and isinstance(outcome.payload, VideoPayload) \
+                and outcome.payload.vectors is not None:
             ids.append(segment_ids(item_id, len(outcome.payload.spans)))
-            vectors.append(outcome.payload.pixels.numpy().astype(np.float32))
+            vectors.append(outcome.payload.vectors.astype(np.float32, copy=False))
             extra = with_spans(extra, outcome.payload.record, outcome.payload.spans)
         records.append({"id": item_id, "uri": outcome.source.uri, "text": outcome.source.text, "extra": extra,
                         "hash": outcome.content_hash, "problem": outcome.problem,

@@ -187,17 +187,17 @@ class Reindex:
         cuts into the same segments, so one that does not was changed, and is a problem."""
         sampling = VideoSampling().cutting_as(self.bundle.manifest.video)
         bar = progress_bar(total=len(chosen), unit="video", desc="embedding videos again", disable=not self.progress)
-        for batch in video_batches(sources, self.encoder, 0, self.workers, sampling):
+        for batch in video_batches(sources, self.encoder, 0, self.workers, sampling, self.batch_size):
             encode_video(self.encoder, batch, self.batch_size)
             for outcome in batch.outcomes:
                 item, payload = chosen[outcome.position], outcome.payload
-                if outcome.problem is not None or not isinstance(payload, VideoPayload):
+                if outcome.problem is not None or not isinstance(payload, VideoPayload) or payload.vectors is None:
                     problems.append(f"item {item.id} ({item.uri}): {outcome.problem or 'not embedded'}")
                 elif payload.spans != segments.spans_of(item.extra):
                     problems.append(f"item {item.id} ({item.uri}): its video now cuts into {len(payload.spans)} "
                                     f"segments, not the {len(segments.spans_of(item.extra))} indexed; it changed")
                 else:
-                    found[item.id] = payload.pixels.numpy()
+                    found[item.id] = payload.vectors
             bar.update(len(batch.outcomes))
         bar.close()
 

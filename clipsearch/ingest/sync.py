@@ -250,19 +250,19 @@ def _embed_videos(plan: _Plan, encoder: ClipEncoder, batch_size: int, workers: i
         return
     sources = [source for source, _, _ in plan.embed]
     bar = progress_bar(total=len(sources), unit="video", desc="embedding videos", disable=not progress)
-    for batch in video_batches(sources, encoder, 0, workers, sampling):
+    for batch in video_batches(sources, encoder, 0, workers, sampling, batch_size):
         encode_video(encoder, batch, batch_size)
         for outcome in batch.outcomes:
             source, content_hash, existing = plan.embed[outcome.position]
             payload = outcome.payload
-            if outcome.problem is not None or not isinstance(payload, VideoPayload):
+            if outcome.problem is not None or not isinstance(payload, VideoPayload) or payload.vectors is None:
                 summary.skipped.append((source.uri, outcome.problem or "could not be embedded"))
                 if existing is not None:
                     plan.deletes.append(existing.id)
                     summary.removed += 1
                 continue
             cut = replace(source, extra=with_spans(source.extra, payload.record, payload.spans))
-            plan.writes.append(_new_item(cut, Modality.VIDEO, content_hash, payload.pixels.numpy()))
+            plan.writes.append(_new_item(cut, Modality.VIDEO, content_hash, payload.vectors))
             summary.added += existing is None
             summary.updated += existing is not None
         bar.update(len(batch.outcomes))

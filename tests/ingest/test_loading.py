@@ -78,3 +78,29 @@ def test_a_shard_holds_the_vectors_of_the_encoded_and_the_records_of_all() -> No
     assert [record["problem"] for record in made.records] == [None, "broken"]
     empty = shard_of(outcomes[1:], first_id=10, dim=2)
     assert empty.vectors.shape == (0, 2) and empty.vectors.dtype == np.float32
+
+
+def test_short_videos_share_a_batch_of_frames_which_never_crosses_a_shard_and_each_gets_its_own_vectors(
+        encoder: ClipEncoder, tmp_path: Path) -> None:
+    import pytest
+
+    pytest.importorskip("av")
+    from clipsearch.config import VideoSampling
+    from clipsearch.ingest.loading import VideoPayload, encode_video, video_batches
+    from clipsearch.util.video import read_video
+    from tests.support.videos import SCENE_COLOURS, write_scenes
+
+    paths = [write_scenes(tmp_path / f"{number}.mp4", [(SCENE_COLOURS[(number + scene) % 6], 1.0)
+                                                       for scene in range(number % 3 + 1)]) for number in range(6)]
+    items = [SourceItem(uri=str(path), path=path) for path in paths]
+    batches = list(video_batches(items, encoder, 0, 0, VideoSampling(), frames_per_batch=4,
+                                 starts_batch=lambda position: position % 4 == 0))
+    # 1, 2, 3, 1, 2, 3 segments: videos gather until four frames, and position 4 starts a batch.
+    assert [[outcome.position for outcome in batch.outcomes] for batch in batches] == [[0, 1, 2], [3], [4, 5]]
+    for batch in batches:
+        encode_video(encoder, batch, batch_size=3)
+        for outcome in batch.outcomes:
+            assert isinstance(outcome.payload, VideoPayload) and outcome.payload.pixels is None
+            frames = [segment.frame for segment in read_video(paths[outcome.position]).segments]
+            assert outcome.payload.vectors is not None
+            np.testing.assert_allclose(outcome.payload.vectors, encoder.encode_images(frames), atol=1e-5)
