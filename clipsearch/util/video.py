@@ -133,8 +133,12 @@ def video_media_type(path: Path) -> str:
     try:
         with av.open(str(path)) as container:
             family = _family(container.format.name)
+        with path.open("rb") as file:
+            head = file.read(64)
     except (av.error.FFmpegError, OSError):
         return "application/octet-stream"
+    if family == "matroska" and b"webm" in head:  # WebM is Matroska whose header's DocType says so
+        return VIDEO_MEDIA_TYPES["webm"]
     return VIDEO_MEDIA_TYPES.get(family or "", "application/octet-stream")
 
 

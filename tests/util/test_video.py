@@ -81,6 +81,9 @@ def test_a_frame_at_a_time_is_the_one_shown_then(tmp_path: Path) -> None:
     red, _green, blue = frame_at(path, 5.3).getpixel((90, 60))
     assert blue > 150 and red < 80
     assert video_media_type(path) == "video/mp4"
+    webm = four_scenes(tmp_path / "four.webm", codec="libvpx-vp9", container="webm")
+    matroska = four_scenes(tmp_path / "four.mkv", container="matroska")
+    assert (video_media_type(webm), video_media_type(matroska)) == ("video/webm", "video/x-matroska")
 
 
 def test_a_truncated_file_gives_the_frames_before_the_cut_or_a_reason(tmp_path: Path) -> None:
