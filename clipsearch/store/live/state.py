@@ -159,10 +159,12 @@ def replay(since: LiveState | None, generation: int, removed_rows: list[Any], it
     vectors: dict[int, np.ndarray] = {} if since is None else {
         int(item_id): segment.vectors[row] for modality, segment in since.segments.items()
         if modality is not Modality.VIDEO for row, item_id in enumerate(segment.ids)}
-    if since is not None:  # a video's rows, gathered back into its (m, d)
+    if since is not None and len(since.segment(Modality.VIDEO).ids):  # each video's rows back into its (m, d)
         videos = since.segment(Modality.VIDEO)
-        owners = items_of(videos.ids)
-        vectors.update({int(item_id): videos.vectors[owners == item_id] for item_id in np.unique(owners)})
+        owners = items_of(videos.ids)  # ascending: each video's rows lie together
+        firsts = np.flatnonzero(np.r_[True, owners[1:] != owners[:-1]])
+        vectors.update({int(item_id): rows for item_id, rows in zip(owners[firsts], np.split(videos.vectors,
+                                                                                          firsts[1:]), strict=True)})
     texts: dict[int, dict[str, np.ndarray]] = {} if since is None else {
         int(item_id): held for segment in since.segments.values() for item_id in segment.ids
         if (held := segment.text_vectors(int(item_id)))}

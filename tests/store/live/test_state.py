@@ -79,3 +79,21 @@ def test_a_write_replaces_every_text_vector_of_the_item_and_a_drop_removes_them(
 def test_members_finds_the_candidates_among_sorted_ids() -> None:
     assert members(np.array([5, 2, 9]), np.array([1, 2, 3, 9])).tolist() == [2, 9]
     assert members(np.array([5]), np.zeros(0, np.int64)).tolist() == []
+
+
+def video_row(item_id: int, generation: int, segments: int) -> tuple[object, ...]:
+    vectors = unit_vectors(segments, DIM, seed=100 + item_id)
+    return (item_id, "video", f"uri{item_id}", None, json.dumps({}), f"h{item_id}", vectors.tobytes(), generation,
+            None, None)
+
+
+def test_a_live_videos_segments_are_rows_of_their_own_and_a_newer_snapshot_keeps_them() -> None:
+    from clipsearch.store.segments import segment_ids
+
+    older = replay(None, 2, [], [video_row(5, 1, 3), video_row(8, 2, 2)], [], DIM)
+    newer = replay(older, 4, [], [item_row(9, 3), video_row(12, 4, 1)], [(8, 4)], DIM)
+    videos = newer.segment(Modality.VIDEO)
+    assert videos.ids.tolist() == [*segment_ids(5, 3), *segment_ids(12, 1)]
+    np.testing.assert_array_equal(videos.vectors[:3], unit_vectors(3, DIM, seed=105))
+    np.testing.assert_array_equal(videos.vectors[3:], unit_vectors(1, DIM, seed=112))
+    assert newer.changes == 3  # two videos and a text, whatever their segments
