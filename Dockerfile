@@ -47,7 +47,7 @@ COPY pyproject.toml README.md ./src/
 COPY clipsearch ./src/clipsearch
 COPY app ./src/app
 COPY indexer ./src/indexer
-RUN pip install $PIP_OPTIONS "./src[${EXTRAS},caption,multilingual,vqa,video,demo]"
+RUN pip install $PIP_OPTIONS "./src[${EXTRAS},caption,multilingual,vqa,video,audio,demo]"
 # Text in images (the [ocr] extra: PP-OCR on ONNX Runtime, its models inside the rapidocr wheel), with
 # OpenCV's headless build in place of the opencv-python that rapidocr asks for: the server draws no
 # windows, and the headless build needs no X11 or OpenGL libraries (measured: 173 MB installed

@@ -19,6 +19,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from clipsearch.errors import (
+    AudioDecodeError,
+    AudioTooLarge,
     BundleError,
     ClipSearchError,
     CollectionConflict,
@@ -60,6 +62,8 @@ STATUS: dict[type[ClipSearchError], int] = {
     ImageTooLarge: 413,
     VideoDecodeError: 422,
     VideoTooLarge: 413,
+    AudioDecodeError: 422,
+    AudioTooLarge: 413,
     InvalidQuery: 422,
     QueryImageTooLarge: 413,
     ItemNotFound: 404,

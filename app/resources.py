@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable
 from app.settings import Settings
 from clipsearch.config import ModelRef
 from clipsearch.errors import CheckpointRequired, CollectionOverBudget
+from clipsearch.model.audio import AudioEncoder, load_audio_encoder
 from clipsearch.model.encoder import ClipEncoder
 from clipsearch.model.factory import load_encoder
 
@@ -26,6 +27,16 @@ class Models:
         self._loaded: dict[ModelRef, ClipEncoder] = {}
         self._loading: dict[ModelRef, threading.Lock] = {}
         self._lock = threading.Lock()
+        self._audio: dict[str, AudioEncoder] = {}
+        self._audio_lock = threading.Lock()
+
+    def audio(self, name: str) -> AudioEncoder:
+        """The audio model `name` (a collection's manifest names it), loaded now if no collection has
+        loaded it yet (ModelLoadError names the [audio] extra when it is missing)."""
+        with self._audio_lock:  # rare and small beside the image models: one load at a time
+            if name not in self._audio:
+                self._audio[name] = load_audio_encoder(name, self.settings.device)
+            return self._audio[name]
 
     def get(self, ref: ModelRef) -> ClipEncoder:
         """The encoder of `ref`, loaded now if no collection has loaded it yet (ModelLoadError,

@@ -79,9 +79,9 @@ class ResultOptionsModel(BaseModel):
         examples=[{"key": "taken_at", "direction": "desc"}])
 
     group_by: Literal["item", "segments"] = Field("item", description=(
-        "For video results: each video once, scored by its best segment, with that `segment` and its best "
-        "`moments` ('item'); or every segment found as a result of its own ('segments': vector mode only, "
-        "without dedup, order_by or min_score)."))
+        "For video and sound results: each item once, scored by its best segment (a sound's: window), with "
+        "that `segment` and its best `moments` ('item'); or every segment found as a result of its own "
+        "('segments': vector mode only, without dedup, order_by or min_score)."))
 
     ask: str | None = Field(None, description=(
         "A question (in English) the question-answering model answers about each image result: each gets its "
@@ -225,18 +225,21 @@ class HitModel(BaseModel):
     answer: str | None = Field(None, description="With `ask`: the model's answer about this image result.")
     answer_score: float | None = Field(None, description="With `ask`: the model's probability of that answer.")
     segment: SegmentModel | None = Field(None, description=(
-        "For a video result: the moment that scored it (with group_by 'item', its best segment)."))
+        "For a video or sound result: the moment that scored it (with group_by 'item', its best segment or "
+        "window)."))
     moments: list[MomentModel] | None = Field(None, description=(
-        "For a video result of a vector or hybrid search (group_by 'item'): its best segments, each with its "
-        "score, in time order."))
+        "For a video or sound result of a vector or hybrid search (group_by 'item'): its best segments or "
+        "windows, each with its score, in time order."))
 
     @classmethod
     def of(cls, hit: Hit, shares: list[float] | None = None, deduplicated: bool = False,
            answer: Answer | None = None, base: str = "") -> HitModel:
         """The hit as the API gives it; `base` is the path its collection's routes are under ('' for the default)."""
         matches = [OcrMatchModel.model_validate(match) for match in hit.ocr_matches] or None
-        segment = None if hit.segment is None else SegmentModel.of(hit.item.id, hit.segment, base)
-        moments = [MomentModel.of(hit.item.id, span, base, score) for span, score in hit.moments] or None
+        framed = hit.item.modality is Modality.VIDEO
+        segment = None if hit.segment is None else SegmentModel.of(hit.item.id, hit.segment, base, framed=framed)
+        moments = [MomentModel.of(hit.item.id, span, base, framed=framed, score=score)
+                   for span, score in hit.moments] or None
         return cls(score=hit.score, shares=shares, duplicates=list(hit.duplicates) if deduplicated else None,
                    ranks=hit.ranks, fused=hit.fused, ocr_matches=matches, segment=segment, moments=moments,
                    answer=None if answer is None else answer.text,
@@ -244,23 +247,26 @@ class HitModel(BaseModel):
 
 
 class SegmentModel(BaseModel):
-    position: int = Field(description="Its place among the video's segments, from 0.")
-    start_s: float = Field(description="Where it starts in the video, in seconds.")
-    end_s: float = Field(description="Where it ends (where the next one starts).")
-    thumbnail: str = Field(description="The path of its first frame, a JPEG (GET, with the same key).")
+    position: int = Field(description="Its place among the video's segments (or the sound's windows), from 0.")
+    start_s: float = Field(description="Where it starts in the video or the sound, in seconds.")
+    end_s: float = Field(description="Where it ends (a video's segment: where the next one starts; a sound's "
+                                     "windows overlap).")
+    thumbnail: str | None = Field(None, description="A video segment's first frame, a JPEG (GET, with the same "
+                                                    "key); none for a sound's window.")
 
     @classmethod
-    def of(cls, item_id: int, span: SegmentSpan, base: str) -> SegmentModel:
+    def of(cls, item_id: int, span: SegmentSpan, base: str, *, framed: bool = True) -> SegmentModel:
+        """`framed`: a video's segment, which has a frame to show."""
         return cls(position=span.position, start_s=span.start_s, end_s=span.end_s,
-                   thumbnail=f"{base}/items/{item_id}/frame?at={span.start_s:g}")
+                   thumbnail=f"{base}/items/{item_id}/frame?at={span.start_s:g}" if framed else None)
 
 
 class MomentModel(SegmentModel):
     score: float = Field(description="The segment's cosine similarity to the query.")
 
     @classmethod
-    def of(cls, item_id: int, span: SegmentSpan, base: str, score: float = 0.0) -> MomentModel:
-        return cls(**SegmentModel.of(item_id, span, base).model_dump(), score=score)
+    def of(cls, item_id: int, span: SegmentSpan, base: str, *, framed: bool = True, score: float = 0.0) -> MomentModel:
+        return cls(**SegmentModel.of(item_id, span, base, framed=framed).model_dump(), score=score)
 
 
 class OcrMatchModel(BaseModel):

@@ -15,6 +15,7 @@ from clipsearch.config import (
     DEFAULT_RRF_K,
     DEFAULT_VQA_MODEL,
     GENERATION_TYPES,
+    AudioSampling,
     Batching,
     CaptionConfig,
     CompactionPolicy,
@@ -29,6 +30,7 @@ from clipsearch.store.keys import Rate
 # The defaults of the limits and of batching are the core's own: no number is written twice.
 _LIMITS = QueryLimits()
 _VIDEO = VideoSampling()
+_SOUND = AudioSampling()
 _BATCHING = Batching()
 _CAPTIONS = CaptionConfig()
 _VQA = VqaConfig()
@@ -60,6 +62,10 @@ class Settings(BaseSettings):
         "Longest video written to a collection (POST /items); longer ones are refused (413 naming the file)."))
     video_timeout_s: float = Field(_VIDEO.decode_timeout_s, gt=0, allow_inf_nan=False, description=(
         "Longest a video written to a collection may take to read; past it, refused (413 naming the file)."))
+    audio_max_seconds: float = Field(_SOUND.max_seconds, gt=0, allow_inf_nan=False, description=(
+        "Longest sound written to a collection (POST /items); longer ones are refused (413 naming the file)."))
+    audio_timeout_s: float = Field(_SOUND.decode_timeout_s, gt=0, allow_inf_nan=False, description=(
+        "Longest a sound written to a collection may take to read; past it, refused (413 naming the file)."))
     max_query_terms: int = Field(_LIMITS.max_terms, ge=1, description="Most terms in one composed query.")
     max_text_chars: int = Field(_LIMITS.max_text_chars, ge=1, description="Longest query text, in characters.")
     max_labels: int = Field(_LIMITS.max_labels, ge=1, description="Most labels one /classify request may score.")
@@ -70,6 +76,8 @@ class Settings(BaseSettings):
     max_cutoff_results: int = Field(_LIMITS.max_cutoff_results, ge=1, le=1_000_000, description="Most results a "
                                     "search with min_score or order_by gathers to count and sort them; one that "
                                     "passes more is refused (422 naming min_score or order_by).")
+    max_query_audio_s: float = Field(_LIMITS.max_audio_seconds, gt=0, le=3600, allow_inf_nan=False, description=(
+        "Longest sound clip a query may upload (POST /search/audio); longer ones are refused (413 naming the file)."))
     rrf_k: int = Field(DEFAULT_RRF_K, ge=1, le=10_000, description="The constant K of reciprocal rank fusion in "
                        "hybrid searches: an item scores 1/(K + rank) per list; a larger K flattens the ranks' weight.")
     filter_cache_size: int = Field(64, ge=1, description="Filters whose matching items are kept, per worker (least "
@@ -231,6 +239,11 @@ class Settings(BaseSettings):
         return VideoSampling(max_seconds=self.video_max_seconds, decode_timeout_s=self.video_timeout_s)
 
     @property
+    def audio_bounds(self) -> AudioSampling:
+        """The bounds on reading a sound written to a collection (each collection cuts as it was built)."""
+        return AudioSampling(max_seconds=self.audio_max_seconds, decode_timeout_s=self.audio_timeout_s)
+
+    @property
     def compaction(self) -> CompactionPolicy:
         return CompactionPolicy(self.compact_min_changes, self.compact_fraction, self.retrain_fraction)
 
@@ -244,7 +257,8 @@ class Settings(BaseSettings):
                            max_pixels=self.max_pixels, decode_timeout_s=self.decode_timeout_s,
                            encode_timeout_s=self.encode_timeout_s, max_labels=self.max_labels,
                            max_templates=self.max_templates, max_explained=self.max_explained,
-                           max_offset=self.max_offset, max_cutoff_results=self.max_cutoff_results)
+                           max_offset=self.max_offset, max_cutoff_results=self.max_cutoff_results,
+                           max_audio_seconds=self.max_query_audio_s)
 
     @property
     def captions(self) -> CaptionConfig:

@@ -128,12 +128,13 @@ class CollectionState:
         settings = self.settings
         service = open_service(encoder, self.path, verify_checksums=verify_checksums,
                                on_read_only=self._serve_read_only, lock_timeout_s=settings.write_lock_timeout_s,
+                               audio_models=self.models.audio,
                                limits=settings.limits,
                                use_gpu=self._use_gpu(encoder), batching=settings.batching,
                                filter_cache_size=settings.filter_cache_size, rrf_k=settings.rrf_k,
                                devices=parse_devices(settings.devices, encoder.device))
         live = service.collection.live
-        writer = CollectionWriter(service, settings.write_limits, settings.video_bounds) \
+        writer = CollectionWriter(service, settings.write_limits, settings.video_bounds, settings.audio_bounds) \
             if live is not None and live.writable else None
         service.warm_up()
         return service, writer

@@ -30,13 +30,14 @@ class ClipSearchAPIError(Exception):
 
 @dataclass(frozen=True)
 class Moment:
-    """A stretch of a video hit: its position among the video's segments, its span in seconds, the
-    path of its first frame (GET it with `frame`), and its score where the hit lists its moments."""
+    """A stretch of a video or sound hit: its position among the video's segments (the sound's
+    windows), its span in seconds, the path of a video segment's first frame (GET it with
+    `thumbnail`; none for a sound), and its score where the hit lists its moments."""
 
     position: int
     start_s: float
     end_s: float
-    thumbnail: str
+    thumbnail: str | None = None
     score: float | None = None
 
 
@@ -225,6 +226,19 @@ class ClipSearchClient:
                    for name, value in options.items()}}
         return _search_result(self._post("/search/image", files=files, data=form))
 
+    def search_audio(self, sound: Path | bytes, k: int = 10, *, filter: dict[str, Any] | None = None,
+                     offset: int = 0, dedup: bool | float | None = None, min_score: float | None = None,
+                     order_by: OrderByInput | None = None, group_by: str = "item") -> SearchResult:
+        """Search the collection's sounds with a sound clip's path or its bytes (WAV, FLAC, MP3, Ogg):
+        each sound hit carries the window that matched best (`segment`) and its best `moments`."""
+        data = sound.read_bytes() if isinstance(sound, Path) else sound
+        options = _options(filter, offset, dedup, None, None, None, min_score, order_by, group_by)
+        form = {"target": str(Modality.AUDIO), "k": str(k),
+                **{name: json.dumps(value) if isinstance(value, dict | bool) else str(value)
+                   for name, value in options.items()}}
+        return _search_result(self._post("/search/audio", files={"file": ("query", data, "application/octet-stream")},
+                                         data=form))
+
     def search(self, queries: list[Query], target: Modality | str = Modality.IMAGE, k: int = 10,
                explain: bool = False, *, filter: dict[str, Any] | None = None, offset: int = 0,
                dedup: bool | float | None = None, fusion: dict[str, float] | None = None,
@@ -278,8 +292,8 @@ class ClipSearchClient:
         return list(self._post("/items", json=body)["ids"])
 
     def add_images(self, images: list[NewImage]) -> list[int]:
-        """Add image or video items (or replace them, by key; a video is told by its content); their
-        ids. Needs the admin key."""
+        """Add image, video or sound items (or replace them, by key; each is told by its content); their
+        ids. Needs the admin key (a sound needs a collection built with sounds)."""
         files = [("file", (f"image{number}", _image_bytes(image.image), "application/octet-stream"))
                  for number, image in enumerate(images)]
         form: dict[str, list[str]] = {
@@ -320,6 +334,8 @@ class ClipSearchClient:
 
     def thumbnail(self, moment: Moment) -> bytes:
         """The JPEG of a video hit's moment (its `segment`, or one of its `moments`): its first frame."""
+        if moment.thumbnail is None:
+            raise ValueError("a sound's window has no frame: only a video's moments have thumbnails")
         response = self._http.get(moment.thumbnail)  # a path from the server's root, its collection's included
         if response.is_error:
             _json_or_raise(response)

@@ -97,6 +97,8 @@ class QueryLimits:
     """Deepest a search may page: results past offset + k are never fetched."""
     max_cutoff_results: int = 10_000
     """Most hits a search with min_score or order_by gathers (all that pass, to count and sort them)."""
+    max_audio_seconds: float = 60.0
+    """Longest sound clip a query may upload (its windows are embedded and averaged)."""
 
 
 @dataclass(frozen=True)
@@ -133,6 +135,42 @@ class VideoSampling:
         return VideoSampling(scene_threshold=float(record["scene_threshold"]), max_gap_s=float(record["max_gap_s"]),
                              max_segments=int(record["max_segments"]), analysis_fps=float(record["analysis_fps"]),
                              max_seconds=self.max_seconds, max_pixels=self.max_pixels,
+                             decode_timeout_s=self.decode_timeout_s)
+
+
+DEFAULT_AUDIO_MODEL = "laion/clap-htsat-unfused"
+"""LAION's CLAP (Apache-2.0) through transformers' ClapModel: sounds and English texts in one space of
+their own, 512-d, 48 kHz audio in 10 s windows."""
+OFFLINE_AUDIO_MODEL = "tiny-clap"
+"""A tiny CLAP shipped in model_configs/hf/ (scripts/make-tiny-towers): random weights, for tests."""
+
+
+@dataclass(frozen=True)
+class AudioSampling:
+    """How a sound file is cut into windows, and the bounds on reading one (clipsearch.util.audio).
+
+    A recording is cut into windows of the audio model's own length (CLAP's 10 s), starting every
+    `hop_s`, the last one ending at the end; a recording shorter than a window is one window.
+    Windows overlap so that a sound is whole in at least one of them.
+    """
+
+    model: str = DEFAULT_AUDIO_MODEL
+    """A Hugging Face repository id or a local directory of a CLAP model, or the offline `tiny-clap`."""
+    hop_s: float = 5.0
+    max_seconds: float = 4 * 3600.0
+    """Longer recordings are refused (a declared duration before decoding; a stream that runs past it, when reached)."""
+    decode_timeout_s: float = 600.0
+    """Wall-clock bound on reading one recording; past it the recording is refused, never half-indexed."""
+
+    def as_record(self, window_s: float, sampling_rate: int) -> dict[str, Any]:
+        """How sounds are cut, as a bundle's manifest records it, with the model's window and rate."""
+        return {"model": self.model, "hop_s": self.hop_s, "window_s": window_s, "sampling_rate": sampling_rate}
+
+    def cutting_as(self, record: dict[str, Any] | None) -> AudioSampling:
+        """These bounds, with the model and hop that `record` (a manifest's) names; these without one."""
+        if record is None:
+            return self
+        return AudioSampling(model=str(record["model"]), hop_s=float(record["hop_s"]), max_seconds=self.max_seconds,
                              decode_timeout_s=self.decode_timeout_s)
 
 

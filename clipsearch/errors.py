@@ -29,6 +29,8 @@ hierarchy, so a subclass inherits its parent's status unless it has its own):
     │   └── ImageTooLarge           413
     ├── VideoDecodeError            422  bytes that should be a video are not a usable one (or need the [video] extra)
     │   └── VideoTooLarge           413  past a bound of clipsearch.config.VideoSampling: pixels, length, decoding time
+    ├── AudioDecodeError            422  bytes that should be a sound are not a usable one (or need the [audio] extra)
+    │   └── AudioTooLarge           413  past a bound of clipsearch.config.AudioSampling: length, decoding time
     ├── InvalidQuery                422  a query field has a value the search cannot use
     │   ├── QueryImageTooLarge      413
     │   └── ModalityUnavailable     422
@@ -156,6 +158,14 @@ class VideoDecodeError(ClipSearchError):
 
 class VideoTooLarge(VideoDecodeError):
     """The video passes a bound on its frame size, its length or the time it takes to decode."""
+
+
+class AudioDecodeError(ClipSearchError):
+    """Bytes that should be a sound file cannot be decoded, hold no sound, or the [audio] extra is missing."""
+
+
+class AudioTooLarge(AudioDecodeError):
+    """The recording passes a bound on its length or the time it takes to decode."""
 
 
 class InvalidQuery(ClipSearchError):

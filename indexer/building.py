@@ -26,11 +26,13 @@ from indexer.common import (
     DEFAULTS,
     Commands,
     Fail,
+    add_audio_arguments,
     add_collection_arguments,
     add_image_arguments,
     add_model_arguments,
     add_speed_arguments,
     add_video_arguments,
+    audio_sampling,
     check_weights,
     describe_error,
     fusion_weights,
@@ -53,6 +55,7 @@ def add_parser(commands: Commands) -> None:
     command.add_argument("--texts", type=Path,
                          help="a text corpus: .txt (one text per line), or JSONL / CSV with a text column")
     add_video_arguments(command)
+    add_audio_arguments(command)
     command.add_argument("--out", type=Path, default=None,
                          help="the bundle directory to write (an existing bundle there is replaced when done)")
     add_collection_arguments(command, "out")
@@ -141,8 +144,8 @@ def _add_ocr_arguments(command: argparse.ArgumentParser) -> None:
 def check(args: argparse.Namespace, fail: Fail) -> None:
     resolve_collection(args, "out", fail)
     check_weights(args, fail)
-    if args.images is None and args.texts is None and args.videos is None:
-        fail("give --images, --texts, --videos or several of them")
+    if args.images is None and args.texts is None and args.videos is None and args.audio is None:
+        fail("give --images, --texts, --videos, --audio or several of them")
     if args.video_max_segments > MAX_SEGMENTS:
         fail(f"--video-max-segments: at most {MAX_SEGMENTS}")
     ocr = _ocr_config(args)
@@ -177,6 +180,7 @@ def run(args: argparse.Namespace) -> int:
 def config_from_args(args: argparse.Namespace) -> BuildConfig:
     return BuildConfig(
         out=args.out, images=args.images, texts=args.texts, videos=args.videos, video=video_sampling(args),
+        audio=args.audio, sound=audio_sampling(args),
         model=args.model, pretrained=pretrained_of(args),
         checkpoint=args.checkpoint, text_language=args.text_language, device=args.device, backend=args.backend,
         onnx_cache=args.onnx_cache, int8_calibration=args.int8_calibration,

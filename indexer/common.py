@@ -9,7 +9,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeAlias, TypeVar
 
-from clipsearch.config import DEFAULT_MODEL, DEFAULT_PRETRAINED, OFFLINE_MODEL, VideoSampling, default_pretrained
+from clipsearch.config import (
+    DEFAULT_MODEL,
+    DEFAULT_PRETRAINED,
+    OFFLINE_MODEL,
+    AudioSampling,
+    VideoSampling,
+    default_pretrained,
+)
 from clipsearch.errors import CheckpointRequired, ClipSearchError, InvalidQuery
 from clipsearch.index.fusion import Fusion
 from clipsearch.ingest.config import BuildConfig
@@ -117,6 +124,7 @@ def add_speed_arguments(command: argparse.ArgumentParser) -> None:
 
 
 VIDEO = VideoSampling()
+SOUND = AudioSampling()
 
 
 def positive_float(text: str) -> float:
@@ -161,6 +169,33 @@ def video_sampling(args: argparse.Namespace) -> VideoSampling:
                          analysis_fps=getattr(args, "video_analysis_fps", VIDEO.analysis_fps),
                          max_seconds=args.video_max_seconds, max_pixels=VIDEO.max_pixels,
                          decode_timeout_s=args.video_timeout_s)
+
+
+def add_audio_arguments(command: argparse.ArgumentParser, cutting: bool = True) -> None:
+    """--audio and the bounds on reading a recording; with `cutting`, the audio model and how recordings
+    are cut into windows (a sync embeds and cuts as the bundle's manifest says)."""
+    group = command.add_argument_group("sounds (the [audio] extra: CLAP through transformers, PyAV)")
+    group.add_argument("--audio", type=Path,
+                       help="a folder of sound files (searched recursively, recognised by content: WAV, FLAC, MP3, "
+                            "Ogg; name.txt / name.json beside one are its caption / metadata), or one sound file")
+    if cutting:
+        group.add_argument("--audio-model", default=SOUND.model,
+                           help="the CLAP model that embeds sounds and the texts that search them: a Hugging Face "
+                                "repository id, a local directory, or the offline tiny-clap (random weights)")
+        group.add_argument("--audio-hop-s", type=positive_float, default=SOUND.hop_s,
+                           help="seconds between the starts of a recording's windows (each as long as the model's, "
+                                "10 s for CLAP): less overlaps more")
+    group.add_argument("--audio-max-seconds", type=positive_float, default=SOUND.max_seconds,
+                       help="longer recordings are skipped and reported")
+    group.add_argument("--audio-timeout-s", type=positive_float, default=SOUND.decode_timeout_s,
+                       help="a recording not read within this long is skipped and reported")
+
+
+def audio_sampling(args: argparse.Namespace) -> AudioSampling:
+    """The cutting and bounds add_audio_arguments' flags give."""
+    return AudioSampling(model=getattr(args, "audio_model", SOUND.model),
+                         hop_s=getattr(args, "audio_hop_s", SOUND.hop_s), max_seconds=args.audio_max_seconds,
+                         decode_timeout_s=args.audio_timeout_s)
 
 
 def add_image_arguments(command: argparse.ArgumentParser) -> None:

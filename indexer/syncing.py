@@ -14,11 +14,13 @@ from indexer.common import (
     DEFAULTS,
     Commands,
     Fail,
+    add_audio_arguments,
     add_collection_arguments,
     add_image_arguments,
     add_model_arguments,
     add_speed_arguments,
     add_video_arguments,
+    audio_sampling,
     bundle_encoder,
     check_model_from_bundle,
     check_weights,
@@ -42,6 +44,7 @@ def add_parser(commands: Commands) -> None:
                                                                   "as at build time: text items are named after it)")
     command.add_argument("--text-column", default=DEFAULTS.columns.text, help="text column of a JSONL or CSV file")
     add_video_arguments(command, cutting=False)
+    add_audio_arguments(command, cutting=False)
     add_model_arguments(command, None)
     add_speed_arguments(command)
     add_image_arguments(command)
@@ -52,8 +55,8 @@ def check(args: argparse.Namespace, fail: Fail) -> None:
     resolve_collection(args, "bundle", fail)
     check_weights(args, fail)
     check_model_from_bundle(args, fail)
-    if args.images is None and args.texts is None and args.videos is None:
-        fail("give --images, --texts, --videos or several of them")
+    if args.images is None and args.texts is None and args.videos is None and args.audio is None:
+        fail("give --images, --texts, --videos, --audio or several of them")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -61,7 +64,8 @@ def run(args: argparse.Namespace) -> int:
         encoder = bundle_encoder(args)
         sources = SyncSources(args.images, args.texts, Columns(image=args.image_column, caption=args.caption_column,
                                                                 text=args.text_column),
-                              videos=args.videos, video=video_sampling(args))
+                              videos=args.videos, video=video_sampling(args), audio=args.audio,
+                              sound=audio_sampling(args))
         summary = on_live_bundle(args.bundle, encoder.embedding_dim, lambda bundle, live: sync(
             bundle, live, encoder, sources, batch_size=args.batch_size, workers=args.workers,
             max_pixels=args.max_pixels, progress=not args.no_progress))

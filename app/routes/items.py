@@ -1,6 +1,5 @@
-"""Items of the collection: their metadata and, for images and videos, the file itself (a video's
-frames too); and writes (add,
-replace by key, edit, delete), which need the admin key."""
+"""Items of the collection: their metadata and, for images, videos and sounds, the file itself (a
+video's frames too); and writes (add, replace by key, edit, delete), which need the admin key."""
 
 from __future__ import annotations
 
@@ -27,7 +26,8 @@ from clipsearch.errors import InvalidQuery, ItemNotFound, VideoDecodeError, Vide
 from clipsearch.modality import Modality
 from clipsearch.search.writes import UNCHANGED, ImageEntry, TextEntry
 from clipsearch.store.filters import parse_filter
-from clipsearch.store.segments import VIDEO_KEY
+from clipsearch.store.segments import AUDIO_KEY, VIDEO_KEY
+from clipsearch.util.audio import audio_media_type, looks_like_audio
 from clipsearch.util.video import frame_at, looks_like_video, video_media_type
 
 ItemId = Annotated[int, Path(ge=0, le=MAX_ITEM_ID, description="An item's id, as search results give it.")]
@@ -63,7 +63,7 @@ def get_item(item_id: ItemId, service: ServiceDep, bounds: BoundsDep) -> ItemMod
 def get_item_image(item_id: ItemId, service: ServiceDep, bounds: BoundsDep) -> FileResponse:
     """The image file of an image item. Only files recorded in the bundle are ever served."""
     bounds.item(service.collection, item_id)
-    path = service.collection.image_path(item_id)
+    path = service.collection.file_path(item_id)
     try:
         with Image.open(path) as image:  # reads the header only, to name the real format
             media_type = Image.MIME.get(image.format or "", "application/octet-stream")
@@ -80,8 +80,23 @@ def get_item_video(item_id: ItemId, service: ServiceDep, bounds: BoundsDep) -> F
     """The video file of a video item, with Range requests answered (a browser seeks in it). Only
     files recorded in the bundle are ever served."""
     bounds.item(service.collection, item_id)
-    path = service.collection.image_path(item_id, modality=Modality.VIDEO)
+    path = service.collection.file_path(item_id, modality=Modality.VIDEO)
     return FileResponse(path, media_type=video_media_type(path), headers={"Cache-Control": "public, max-age=3600"})
+
+
+@router.get("/{item_id:item_id}/audio", response_class=FileResponse, responses={
+    200: {"content": {"audio/*": {}}, "description": "The sound file, as indexed."},
+    206: {"content": {"audio/*": {}}, "description": "The byte range asked for (header Range), so that a player "
+                                                     "can seek."}, **ERRORS})
+def get_item_audio(item_id: ItemId, service: ServiceDep, bounds: BoundsDep) -> FileResponse:
+    """The sound file of a sound item, with Range requests answered (a browser seeks in it). Only
+    files recorded in the bundle are ever served."""
+    item = bounds.item(service.collection, item_id)
+    path = service.collection.file_path(item_id, modality=Modality.AUDIO)
+    record = item.extra.get(AUDIO_KEY)
+    container = record.get("container") if isinstance(record, dict) else None
+    return FileResponse(path, media_type=audio_media_type(str(container)),
+                        headers={"Cache-Control": "public, max-age=3600"})
 
 
 @router.get("/{item_id:item_id}/frame", responses={
@@ -92,7 +107,7 @@ def get_item_frame(item_id: ItemId, service: ServiceDep, bounds: BoundsDep,
                        "Seconds into the video; a segment's `thumbnail` gives its start."))] = 0.0) -> Response:
     """The frame a video item shows at `at` seconds, as a JPEG (a segment's thumbnail)."""
     bounds.item(service.collection, item_id)
-    path = service.collection.image_path(item_id, "id", Modality.VIDEO)
+    path = service.collection.file_path(item_id, "id", Modality.VIDEO)
     duration = service.collection.item(item_id).extra.get(VIDEO_KEY, {}).get("duration_s")
     if isinstance(duration, int | float) and at > duration:
         raise InvalidQuery("at", f"the video is {duration:g} s long, got {at:g}")
@@ -121,8 +136,8 @@ admin = [Depends(write_with_key)]
 async def add_items(request: Request, writer: WriterDep, service: ServiceDep, bounds: BoundsDep) -> WriteResponse:
     """Add items, or replace them by key (same id, new vector and metadata).
 
-    Texts as JSON: `{"items": [{"text", "key", "metadata"}]}`. Images and videos (told apart by their
-    content) as multipart: one `file` field per file, and optionally as many `key`, `caption` and
+    Texts as JSON: `{"items": [{"text", "key", "metadata"}]}`. Images, videos and sounds (told apart
+    by their content) as multipart: one `file` field per file, and optionally as many `key`, `caption` and
     `metadata` (JSON) fields, matched to the files in order. Embedded through the model's batches
     like queries; applied all or nothing, and answered once durable.
     """
@@ -132,7 +147,9 @@ async def add_items(request: Request, writer: WriterDep, service: ServiceDep, bo
                                 max_fields=4 * writer.limits.max_items + 4) as form:  # closes the uploads after
             entries = _image_entries(form)
         for number, image in enumerate(entries):
-            modality = Modality.VIDEO if looks_like_video(image.data[:16]) else Modality.IMAGE
+            head = image.data[:16]
+            modality = Modality.VIDEO if looks_like_video(head) else Modality.AUDIO if looks_like_audio(head) \
+                else Modality.IMAGE
             bounds.check_new(service.collection, modality, image.caption, image.metadata, f"file[{number}]",
                              image.key)
         ids = await run_in_threadpool(writer.add_images, entries, "file")

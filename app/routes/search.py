@@ -110,6 +110,31 @@ def search_image(file: UploadFile, service: ServiceDep, metrics: MetricsDep, ser
     return _respond(answer, started, options, base, asked=_ask(question, answer, server, service))
 
 
+@router.post("/search/audio", responses=ERRORS)
+def search_audio(file: UploadFile, service: ServiceDep, metrics: MetricsDep, bounds: BoundsDep, base: BasePathDep,
+                 target: Annotated[Modality, Form(description="Sounds only: 'audio'.")] = Modality.AUDIO,
+                 k: Annotated[int, Form(ge=1)] = 10,
+                 filter: Annotated[str | None, Form(description="A filter as in /search/text, as JSON text.")] = None,
+                 offset: Annotated[int, Form(ge=0)] = 0,
+                 dedup: Annotated[str | None, Form(description="'true', or a cosine threshold in (0, 1].")] = None,
+                 min_score: Annotated[float | None, Form(description="Only results scoring this or more, as in "
+                                                                     "/search/text.")] = None,
+                 order_by: Annotated[str | None, Form(description="An order as in /search/text, as JSON text.")
+                                     ] = None,
+                 group_by: Annotated[Literal["item", "segments"], Form(description=(
+                     "Each sound once ('item') or every window found ('segments'), as in /search/text."))] = "item",
+                 ) -> SearchResponse:
+    """Find the sounds most like an uploaded clip (multipart field `file`: WAV, FLAC, MP3 or Ogg, at most
+    CLIPSEARCH_MAX_QUERY_AUDIO_S long): audio→audio, in the audio model's space."""
+    started = time.perf_counter()
+    options = bounds.options(result_options(_form_json(filter, "filter"), offset, _form_dedup(dedup), None,
+                                            min_score, _form_json(order_by, "order_by"), group_by))
+    data = file.file.read()  # held in memory, as an image query's is
+    answer = service.search_audio(data, target, k, options=options)
+    metrics.observe_answer(answer, target)
+    return _respond(answer, started, options, base)
+
+
 @router.post("/search", responses=ERRORS)
 def search_composed(request: ComposedSearchRequest, service: ServiceDep, metrics: MetricsDep,
                     server: ServerDep, bounds: BoundsDep, base: BasePathDep) -> SearchResponse:

@@ -81,7 +81,9 @@ function setImageQuery(query) {
   $("image-query").hidden = !query;
   weightLabel.hidden = !query;
   if (query) {
-    $("image-query-preview").src = query.preview;
+    // A sound clip has no picture to show: its name says what the query is.
+    $("image-query-preview").hidden = isSound(query.file);
+    if (!isSound(query.file)) $("image-query-preview").src = query.preview;
     labelImageQuery();
   }
 }
@@ -97,6 +99,10 @@ function useFile(file) {
   const objectUrl = URL.createObjectURL(file);
   setImageQuery({ kind: "upload", file, name: file.name, preview: objectUrl, objectUrl });
   search();
+}
+
+function isSound(file) {
+  return Boolean(file) && (file.type.startsWith("audio/") || /\.(wav|flac|mp3|ogg|opus)$/i.test(file.name || ""));
 }
 
 function base64Of(file) {
@@ -139,15 +145,17 @@ async function runQuery(offset) {
   const options = resultOptions(offset);
   if (!imageQuery) return postJson("/search/text", { text, target: target(), k: k(), mode: mode(), ...options });
   if (!text && imageQuery.kind === "upload") {
+    // A sound clip searches sounds, in the audio model's space; a picture searches the image model's.
+    const sound = isSound(imageQuery.file);
     const data = new FormData();
     data.append("file", imageQuery.file);
-    data.append("target", target());
+    data.append("target", sound ? "audio" : target());
     data.append("k", String(k()));
     // Form fields are text: the filter, fusion and order go as JSON.
     for (const [name, value] of Object.entries(options)) {
       data.append(name, typeof value === "object" ? JSON.stringify(value) : String(value));
     }
-    return request("/search/image", { method: "POST", body: data });
+    return request(sound ? "/search/audio" : "/search/image", { method: "POST", body: data });
   }
   const { queries, names } = await queryTerms();
   const body = await postJson("/search", { queries, target: target(), k: k(), explain: queries.length > 1,
@@ -252,15 +260,17 @@ function showImage(img, path) {
 // A video hit plays from the moment that matched (#t=start), with a strip of its best moments that
 // seek to theirs. Without an API key the player streams the file with byte ranges; with one, an
 // element cannot send the key, so the file is fetched whole and played from a blob.
-function videoPlayer(hit) {
+// A sound hit does the same with an <audio> player and a strip of its best windows' times.
+function mediaPlayer(hit) {
+  const isVideo = hit.modality === "video";
   const box = document.createElement("div");
-  box.className = "video";
-  const video = document.createElement("video");
+  box.className = isVideo ? "video" : "sound";
+  const video = document.createElement(isVideo ? "video" : "audio");
   video.controls = true;
   video.preload = "metadata";
-  video.setAttribute("aria-label", t("card.video", { id: hit.id }));
+  video.setAttribute("aria-label", t(isVideo ? "card.video" : "card.sound", { id: hit.id }));
   const start = hit.segment ? hit.segment.start_s : 0;
-  const path = inCollection(`/items/${hit.id}/video`);
+  const path = inCollection(`/items/${hit.id}/${isVideo ? "video" : "audio"}`);
   if (!apiKey) video.src = `${path}#t=${start}`;
   else {
     fetch(path, withKey()).then((response) => (response.ok ? response.blob() : null))
@@ -278,13 +288,16 @@ function videoPlayer(hit) {
       const label = t("card.moment", { start: moment.start_s.toFixed(1), score: moment.score.toFixed(3) });
       button.title = label;
       button.setAttribute("aria-label", label);
-      const img = document.createElement("img");
-      img.loading = "lazy";
-      img.alt = "";
-      showImage(img, `/items/${hit.id}/frame?at=${moment.start_s}`);
+      if (moment.thumbnail) {  // a video's segment shows its frame; a sound's window only its time
+        const img = document.createElement("img");
+        img.loading = "lazy";
+        img.alt = "";
+        showImage(img, `/items/${hit.id}/frame?at=${moment.start_s}`);
+        button.append(img);
+      }
       const time = document.createElement("span");
       time.textContent = `${moment.start_s.toFixed(1)} s`;
-      button.append(img, time);
+      button.append(time);
       button.addEventListener("click", () => { video.currentTime = moment.start_s; video.play().catch(() => {}); });
       strip.append(button);
     }
@@ -317,7 +330,7 @@ function render(hits, termNames, append = false) {
       });
       card.append(thumb);
     }
-    if (hit.modality === "video") card.append(videoPlayer(hit));
+    if (hit.modality === "video" || hit.modality === "audio") card.append(mediaPlayer(hit));
     const body = document.createElement("div");
     body.className = "body";
     const score = document.createElement("span");

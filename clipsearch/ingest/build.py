@@ -44,8 +44,16 @@ from clipsearch.ingest.loading import (
     video_shard_of,
 )
 from clipsearch.ingest.shards import ShardStore
-from clipsearch.ingest.sources import SourceItem, read_image_source, read_text_source, read_video_source
+from clipsearch.ingest.sounds import SoundBuild, encode_sounds_into_shards
+from clipsearch.ingest.sources import (
+    SourceItem,
+    read_audio_source,
+    read_image_source,
+    read_text_source,
+    read_video_source,
+)
 from clipsearch.modality import Modality, recall_queries_for
+from clipsearch.model.audio import AudioEncoder, load_audio_encoder
 from clipsearch.model.captions import Captioner, load_captioner
 from clipsearch.model.encoder import ClipEncoder
 from clipsearch.model.factory import load_encoder
@@ -98,18 +106,22 @@ def build(config: BuildConfig, on_shard_written: Callable[[Path], None] | None =
     started = time.perf_counter()
     sources = read_sources(config)
     if not sources:
-        raise NoSources("give images, texts, videos or several of them to index")
+        raise NoSources("give images, texts, videos, sounds or several of them to index")
     _check_fusion(config, len(sources.get(Modality.IMAGE, [])))
     if config.engine not in ENGINES:
         raise IndexSettingsInvalid(f"unknown engine {config.engine!r}; choose one of {', '.join(ENGINES)}")
     if config.engine == "ray":
-        if Modality.VIDEO in sources:
-            raise IndexSettingsInvalid("videos are embedded by the local engine only: leave out --engine ray")
+        if Modality.VIDEO in sources or Modality.AUDIO in sources:
+            raise IndexSettingsInvalid("videos and sounds are embedded by the local engine only: leave out "
+                                       "--engine ray")
         return _build_on_ray(config, sources, on_shard_written, started)
     encoder = load_encoder(config.model, config.pretrained, config.checkpoint, config.device, backend=config.backend,
                            onnx_cache=config.onnx_cache, text_language=config.text_language,
                            int8_calibration=config.calibration_folder)
     captioner = load_captioner(config.caption) if config.caption is not None and Modality.IMAGE in sources else None
+    # The audio model's name is the whole of its identity (a repository or a directory): recorded in the
+    # manifest, and the resume fingerprint's settings.
+    audio = load_audio_encoder(config.sound.model, config.device) if Modality.AUDIO in sources else None
     if config.ocr is not None:
         # Fails now, before any work, without the [ocr] extra or with a bad model file. Not kept: the
         # loader processes forked from this one each load their own (ONNX Runtime's sessions are
@@ -121,8 +133,13 @@ def build(config: BuildConfig, on_shard_written: Callable[[Path], None] | None =
         first_id = _first_ids(sources)
         counts = [_encode_into_shards(config, encoder, modality, items, first_id[modality], store, on_shard_written,
                                       captioner if modality is Modality.IMAGE else None)
-                  for modality, items in sources.items()]
-        summary = _finish(config, encoder, sources, store, started)
+                  for modality, items in sources.items() if not modality.own_space]
+        if audio is not None:
+            sounds = SoundBuild(audio, config.sound, config.batch_size, config.batch_size * config.batches_per_shard,
+                                config.workers, config.keep_duplicates, config.progress)
+            counts.append((encode_sounds_into_shards(sounds, sources[Modality.AUDIO], first_id[Modality.AUDIO], store,
+                                                     on_shard_written), 0))
+        summary = _finish(config, encoder, sources, store, started, audio)
     summary.resumed_shards = sum(resumed for resumed, _ in counts)
     summary.captioned = sum(captioned for _, captioned in counts)
     store.remove()
@@ -153,9 +170,11 @@ def _build_on_ray(config: BuildConfig, sources: dict[Modality, list[SourceItem]]
 
 
 def _first_ids(sources: dict[Modality, list[SourceItem]]) -> dict[Modality, int]:
-    """Image ids come first, then text ids, then video ids, by position in their listing."""
+    """Image ids come first, then text ids, then video ids, then sounds', by position in their listing."""
     images, texts = len(sources.get(Modality.IMAGE, [])), len(sources.get(Modality.TEXT, []))
-    return {Modality.IMAGE: 0, Modality.TEXT: images, Modality.VIDEO: images + texts}
+    videos = len(sources.get(Modality.VIDEO, []))
+    return {Modality.IMAGE: 0, Modality.TEXT: images, Modality.VIDEO: images + texts,
+            Modality.AUDIO: images + texts + videos}
 
 
 def _check_fusion(config: BuildConfig, images: int) -> None:
@@ -187,6 +206,8 @@ def read_sources(config: BuildConfig) -> dict[Modality, list[SourceItem]]:
         sources[Modality.TEXT] = read_text_source(config.texts, config.columns)
     if config.videos is not None:
         sources[Modality.VIDEO] = read_video_source(config.videos)
+    if config.audio is not None:
+        sources[Modality.AUDIO] = read_audio_source(config.audio)
     return sources
 
 
@@ -288,12 +309,14 @@ def _caption_missing(captioner: Captioner, encoder: ClipEncoder, batch: LoadedBa
 
 
 def _finish(config: BuildConfig, encoder: ClipEncoder, sources: dict[Modality, list[SourceItem]],
-            store: ShardStore, started: float) -> BuildSummary:
+            store: ShardStore, started: float, audio: AudioEncoder | None = None) -> BuildSummary:
     """Gather the shards, build one index per modality and write the bundle."""
     # An index built on disk reads its vectors from the shards as it goes; only the first few,
     # the other modality's recall queries, are gathered here.
+    dims = {modality: audio.embedding_dim if modality.own_space and audio is not None else encoder.embedding_dim
+            for modality in sources}
     factories = {modality: _factory_for(config, sum(len(part) for part in store.read_ids(modality)),
-                                        encoder.embedding_dim) for modality in sources}
+                                        dims[modality]) for modality in sources}
     on_disk = {modality for modality, factory in factories.items() if ondisk.is_on_disk_factory(factory)}
     vectors: dict[Modality, np.ndarray] = {}
     ids: dict[Modality, np.ndarray] = {}
@@ -301,7 +324,7 @@ def _finish(config: BuildConfig, encoder: ClipEncoder, sources: dict[Modality, l
     skipped: list[dict[str, Any]] = []
     duplicates: list[dict[str, Any]] = []
     for modality in sources:
-        id_parts, vector_parts = [np.zeros(0, np.int64)], [np.zeros((0, encoder.embedding_dim), np.float32)]
+        id_parts, vector_parts = [np.zeros(0, np.int64)], [np.zeros((0, dims[modality]), np.float32)]
         for shard in store.read(modality):
             id_parts.append(shard.ids)
             if modality not in on_disk or sum(map(len, vector_parts)) < RECALL_QUERIES:
@@ -322,7 +345,7 @@ def _finish(config: BuildConfig, encoder: ClipEncoder, sources: dict[Modality, l
         factory = factories[modality]
         queries_label = None if queried_by is None else f"{queried_by.value} (cross-modal)"
         if modality in on_disk:
-            content[modality] = _on_disk_content(config, store, modality, len(ids[modality]), encoder.embedding_dim,
+            content[modality] = _on_disk_content(config, store, modality, len(ids[modality]), dims[modality],
                                                  factory, others[0] if others else None, queries_label)
             continue
         index, spec = faiss_index.build_index(
@@ -343,8 +366,10 @@ def _finish(config: BuildConfig, encoder: ClipEncoder, sources: dict[Modality, l
     write_bundle(config.out, encoder.ref, encoder.embedding_dim, content, items, report, _versions(),
                  corpus_fingerprint(config, sources), discard_live_changes=config.discard_live_changes,
                  keyword_fields=config.keyword_fields, fused=fused, ocr=ocr_record,
-                 video=config.video.as_record() if Modality.VIDEO in sources else None)
-    indexed = {modality.value: segments.count_items(ids[modality]) if modality is Modality.VIDEO else len(ids[modality])
+                 video=config.video.as_record() if Modality.VIDEO in sources else None,
+                 audio=None if audio is None else
+                 config.sound.as_record(audio.window_s, audio.sampling_rate) | {"embedding_dim": audio.embedding_dim})
+    indexed = {modality.value: segments.count_items(ids[modality]) if modality.timed else len(ids[modality])
                for modality in sources}
     return BuildSummary(out=config.out, indexed=indexed,
                         skipped=len(skipped), duplicates=len(duplicates),

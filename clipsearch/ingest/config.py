@@ -14,6 +14,7 @@ from clipsearch.config import (
     DEFAULT_MAX_PIXELS,
     DEFAULT_MODEL,
     DEFAULT_PRETRAINED,
+    AudioSampling,
     CaptionConfig,
     OcrConfig,
     VideoSampling,
@@ -36,6 +37,10 @@ class BuildConfig:
     videos: Path | None = None
     """A folder of videos (or one file), recognised by content; each a segmented item (clipsearch.util.video)."""
     video: VideoSampling = field(default_factory=VideoSampling)
+    audio: Path | None = None
+    """A folder of sound files (or one file), recognised by content; each an item of windows embedded by
+    the audio model (clipsearch.util.audio, clipsearch.model.audio)."""
+    sound: AudioSampling = field(default_factory=AudioSampling)
     model: str = DEFAULT_MODEL
     pretrained: str | None = DEFAULT_PRETRAINED
     checkpoint: Path | None = None

@@ -124,7 +124,7 @@ class Reindex:
             if items:
                 self.new_ids[modality] = np.array([item.id for item in items], dtype=np.int64)
                 embedded = self.embed(items)
-                if modality is Modality.VIDEO:  # each video's segments are rows of their own
+                if modality.timed:  # each video's (or sound's) segments are rows of their own
                     vectors[modality] = np.concatenate(embedded)
                     index_ids[modality] = np.concatenate([segments.segment_ids(item.id, len(rows))
                                                           for item, rows in zip(items, embedded, strict=True)])
@@ -160,6 +160,9 @@ class Reindex:
                                   text=item.text) for item in chosen]
             if modality is Modality.VIDEO:
                 self._embed_videos(chosen, sources, found, problems)
+                continue
+            if modality.own_space:
+                self._keep_sounds(chosen, found)
                 continue
             batches = image_batches(sources, self.encoder, 0, self.batch_size, self.workers, self.max_pixels) \
                 if modality is Modality.IMAGE else text_batches(sources, 0, self.batch_size)
@@ -200,6 +203,19 @@ class Reindex:
                     found[item.id] = payload.vectors
             bar.update(len(batch.outcomes))
         bar.close()
+
+    def _keep_sounds(self, chosen: Sequence[Item], found: dict[int, np.ndarray]) -> None:
+        """Each sound's windows' vectors (m, d) into `found`, as they are: the audio model embedded them,
+        and a new image model changes nothing of them (writes made meanwhile read in the log's latest
+        snapshot)."""
+        state = self.live.state()
+        held = state.segment(Modality.AUDIO)
+        for item in chosen:
+            if item.id in state.items:
+                found[item.id] = held.vectors[np.isin(segments.items_of(held.ids), [item.id])]
+            else:
+                found[item.id] = self.bundle.base_vectors(Modality.AUDIO, segments.segment_ids(
+                    item.id, len(segments.spans_of(item.extra, Modality.AUDIO))))
 
     def catch_up(self) -> Carried:
         """Bring the new log up to date with what was written since the last catch-up, embedded again."""

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from clipsearch.errors import SourceError
+from clipsearch.util.audio import looks_like_audio
 from clipsearch.util.images import IMAGE_SUFFIXES
 from clipsearch.util.video import looks_like_video
 
@@ -59,10 +60,20 @@ def read_image_source(source: Path, columns: Columns = Columns()) -> list[Source
 def read_video_source(source: Path) -> list[SourceItem]:
     """List the videos of a folder (recursively), recognised by content (clipsearch.util.video.looks_like_video),
     each with its sidecar caption (.txt) and metadata (.json) as an image has; or one video file."""
+    return _read_media_source(source, looks_like_video, "videos")
+
+
+def read_audio_source(source: Path) -> list[SourceItem]:
+    """List the sound files of a folder (recursively), recognised by content (WAV, FLAC, MP3, Ogg:
+    clipsearch.util.audio.looks_like_audio), with their sidecars as videos have; or one sound file."""
+    return _read_media_source(source, looks_like_audio, "audio")
+
+
+def _read_media_source(source: Path, recognises: Callable[[bytes], bool], field: str) -> list[SourceItem]:
     if source.is_file():
         return [SourceItem(uri=str(source.resolve()), path=source.resolve())]
     if not source.is_dir():
-        raise SourceError(f"no folder or file at {source}", "videos")
+        raise SourceError(f"no folder or file at {source}", field)
     resolved_root = source.resolve()
     found = []
     for path in sorted(source.rglob("*"), key=lambda path: path.relative_to(source).as_posix()):
@@ -74,7 +85,7 @@ def read_video_source(source: Path) -> list[SourceItem]:
         except OSError as error:
             found.append(SourceItem(uri=str(path), problem=f"cannot read file: {error.strerror or error}"))
             continue
-        if not looks_like_video(head):
+        if not recognises(head):
             continue
         uri = str(path.resolve())
         if not path.resolve().is_relative_to(resolved_root):

@@ -14,7 +14,8 @@ Like rclip's folder sync, by mark and sweep:
 
 It manages only the items that came from the sources it is given: images under the folder given
 (every image item not uploaded over HTTP, for a manifest file), videos under the folder given
-(cut into segments as the bundle's were), and texts from the file given
+(cut into segments as the bundle's were), sounds under the folder given (cut into windows and
+embedded by the audio model as the bundle's were), and texts from the file given
 (give the same path as the build did: text items are named after it). Items added over HTTP are
 left alone. The result equals a rebuild of the same sources (tests/test_sync.py checks it), except
 that unchanged items keep their ids, and that generated captions are not made here. In a bundle
@@ -37,17 +38,27 @@ from typing import Any
 
 import numpy as np
 
-from clipsearch.config import OcrConfig, VideoSampling
+from clipsearch.config import AudioSampling, OcrConfig, VideoSampling
+from clipsearch.errors import SourceError
 from clipsearch.ingest.build import encode_batch
 from clipsearch.ingest.loading import VideoPayload, encode_video, image_batches, text_batches, video_batches
-from clipsearch.ingest.sources import Columns, SourceItem, read_image_source, read_text_source, read_video_source
+from clipsearch.ingest.sounds import SoundPayload, encode_sounds, sound_batches
+from clipsearch.ingest.sources import (
+    Columns,
+    SourceItem,
+    read_audio_source,
+    read_image_source,
+    read_text_source,
+    read_video_source,
+)
 from clipsearch.modality import Modality
+from clipsearch.model.audio import AudioEncoder, load_audio_encoder
 from clipsearch.model.encoder import ClipEncoder
 from clipsearch.store.bundle import Bundle
 from clipsearch.store.items import Item
 from clipsearch.store.live import LIVE_IMAGES, LiveLog, LiveState, NewItem, with_text_vectors
 from clipsearch.store.ocr_text import ocr_part, ocr_problem, with_ocr, without_ocr
-from clipsearch.store.segments import VIDEO_KEY, items_of, segment_ids, spans_of, with_spans
+from clipsearch.store.segments import AUDIO_KEY, VIDEO_KEY, items_of, key_of, segment_ids, spans_of, with_spans
 from clipsearch.util.faults import kill_point
 from clipsearch.util.files import file_sha256, sha256_hex
 from clipsearch.util.progress import progress_bar
@@ -80,6 +91,9 @@ class SyncSources:
     videos: Path | None = None
     video: VideoSampling = field(default_factory=VideoSampling)
     """The bounds on reading a video; each is cut as the bundle's videos were (its manifest's record)."""
+    audio: Path | None = None
+    sound: AudioSampling = field(default_factory=AudioSampling)
+    """The bounds on reading a sound; each is cut, and embedded, as the bundle's sounds were (its manifest's record)."""
 
 
 @dataclass
@@ -93,8 +107,10 @@ class _Plan:
 
 
 def sync(bundle: Bundle, live: LiveLog, encoder: ClipEncoder, sources: SyncSources, batch_size: int = 256,
-         workers: int = 0, max_pixels: int = 64_000_000, progress: bool = True) -> SyncSummary:
-    """Compare the sources with the collection, embed what is new or changed, and apply it all at once."""
+         workers: int = 0, max_pixels: int = 64_000_000, progress: bool = True,
+         audio: AudioEncoder | None = None) -> SyncSummary:
+    """Compare the sources with the collection, embed what is new or changed, and apply it all at once.
+    Sounds are embedded by `audio`, the audio model the bundle's manifest names (loaded here when not given)."""
     started = time.perf_counter()
     summary = SyncSummary()
     state = live.state()
@@ -103,11 +119,20 @@ def sync(bundle: Bundle, live: LiveLog, encoder: ClipEncoder, sources: SyncSourc
     new_stats: dict[str, tuple[int, int, str]] = {}
     ocr = None if bundle.manifest.ocr is None else OcrConfig.from_record(bundle.manifest.ocr)
     video = sources.video.cutting_as(bundle.manifest.video)
+    sound = sources.sound.cutting_as(bundle.manifest.audio)
+    if sources.audio is not None:
+        if bundle.manifest.audio is None:
+            raise SourceError("the bundle was built without sounds, so it has no audio model to embed them: "
+                              "rebuild it with --audio", "audio")
+        audio = audio or load_audio_encoder(sound.model, str(encoder.device))
     for modality, items, in_scope in _sources(bundle, sources):
         current = {item.uri: item for item in _collection_items(bundle, state, modality) if in_scope(item.uri)}
         plan = _plan(modality, items, current, stats, new_stats, state, bundle, summary)
         if modality is Modality.VIDEO:
             _embed_videos(plan, encoder, batch_size, workers, progress, summary, video)
+        elif modality is Modality.AUDIO:
+            assert audio is not None
+            _embed_sounds(plan, audio, batch_size, workers, progress, summary, sound)
         else:
             _embed(plan, modality, encoder, batch_size, workers, max_pixels, progress, summary, ocr)
         plans.append(plan)
@@ -139,6 +164,10 @@ def _sources(bundle: Bundle, sources: SyncSources) -> list[tuple[Modality, list[
         under = str(sources.videos.resolve()) + (os.sep if sources.videos.is_dir() else "")
         found.append((Modality.VIDEO, read_video_source(sources.videos),
                       lambda uri: uri.startswith(under) if under.endswith(os.sep) else uri == under))
+    if sources.audio is not None:
+        under_audio = str(sources.audio.resolve()) + (os.sep if sources.audio.is_dir() else "")
+        found.append((Modality.AUDIO, read_audio_source(sources.audio),
+                      lambda uri: uri.startswith(under_audio) if under_audio.endswith(os.sep) else uri == under_audio))
     if sources.texts is not None:
         prefix = f"{sources.texts}#L"
         found.append((Modality.TEXT, read_text_source(sources.texts, sources.columns),
@@ -199,16 +228,18 @@ def _plan(modality: Modality, sources: list[SourceItem], current: dict[str, Item
 
 
 def _from_sidecars(extra: dict[str, Any]) -> dict[str, Any]:
-    """An item's metadata as its sidecar gives it: without the text read in it or its video's segments."""
-    return {key: value for key, value in without_ocr(extra).items() if key != VIDEO_KEY}
+    """An item's metadata as its sidecar gives it: without the text read in it or its video's (or sound's) segments."""
+    return {key: value for key, value in without_ocr(extra).items() if key not in (VIDEO_KEY, AUDIO_KEY)}
 
 
 def _keeping_text(source: SourceItem, existing: Item) -> SourceItem:
-    """`source` with the text read from `existing`'s image, or the segments of `existing`'s video,
-    which has the same content."""
-    if existing.modality is Modality.VIDEO:
-        video = {key: value for key, value in existing.extra.get(VIDEO_KEY, {}).items() if key != "segments"}
-        return replace(source, extra=with_spans(source.extra, video, spans_of(existing.extra)))
+    """`source` with the text read from `existing`'s image, or the segments of `existing`'s video (or
+    sound), which has the same content."""
+    if existing.modality.timed:
+        key = key_of(existing.modality)
+        record = {name: value for name, value in existing.extra.get(key, {}).items() if name != "segments"}
+        return replace(source, extra=with_spans(source.extra, record, spans_of(existing.extra, existing.modality),
+                                                key))
     return replace(source, extra=with_ocr(source.extra, ocr_part(existing.extra)))
 
 
@@ -269,6 +300,33 @@ def _embed_videos(plan: _Plan, encoder: ClipEncoder, batch_size: int, workers: i
     bar.close()
 
 
+def _embed_sounds(plan: _Plan, encoder: AudioEncoder, batch_size: int, workers: int, progress: bool,
+                  summary: SyncSummary, sampling: AudioSampling) -> None:
+    """Cut and embed the planned sounds as the build does; one that fails is skipped (an update of
+    it deletes the old item, as in `_embed`)."""
+    if not plan.embed:
+        return
+    sources = [source for source, _, _ in plan.embed]
+    bar = progress_bar(total=len(sources), unit="recording", desc="embedding sounds", disable=not progress)
+    for batch in sound_batches(sources, encoder, 0, workers, sampling, batch_size, lambda position: False):
+        encode_sounds(encoder, batch, batch_size)
+        for outcome in batch.outcomes:
+            source, content_hash, existing = plan.embed[outcome.position]
+            payload = outcome.payload
+            if outcome.problem is not None or not isinstance(payload, SoundPayload) or payload.vectors is None:
+                summary.skipped.append((source.uri, outcome.problem or "could not be embedded"))
+                if existing is not None:
+                    plan.deletes.append(existing.id)
+                    summary.removed += 1
+                continue
+            cut = replace(source, extra=with_spans(source.extra, payload.record, payload.spans, AUDIO_KEY))
+            plan.writes.append(_new_item(cut, Modality.AUDIO, content_hash, payload.vectors))
+            summary.added += existing is None
+            summary.updated += existing is not None
+        bar.update(len(batch.outcomes))
+    bar.close()
+
+
 def _content_hash(source: SourceItem, stats: dict[str, tuple[int, int, str]],
                   new_stats: dict[str, tuple[int, int, str]]) -> str | None:
     if source.path is None:
@@ -287,13 +345,13 @@ def _content_hash(source: SourceItem, stats: dict[str, tuple[int, int, str]],
 
 
 def _vector(item: Item, state: LiveState, bundle: Bundle) -> np.ndarray:
-    """The vector an item holds (a video's: its segments', (m, d))."""
-    if item.modality is Modality.VIDEO:
+    """The vector an item holds (a video's or a sound's: its segments', (m, d))."""
+    if item.modality.timed:
         if item.id in state.items:
-            videos = state.segment(Modality.VIDEO)
-            rows: np.ndarray = videos.vectors[np.isin(items_of(videos.ids), [item.id])]
+            held = state.segment(item.modality)
+            rows: np.ndarray = held.vectors[np.isin(items_of(held.ids), [item.id])]
             return rows
-        return bundle.base_vectors(Modality.VIDEO, segment_ids(item.id, len(spans_of(item.extra))))
+        return bundle.base_vectors(item.modality, segment_ids(item.id, len(spans_of(item.extra, item.modality))))
     live = state.segment(item.modality).vector(item.id)
     if live is not None:
         return live

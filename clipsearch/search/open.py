@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from clipsearch.errors import BundleReplaced, StorageError
+from clipsearch.model.audio import AudioEncoder, load_audio_encoder
 from clipsearch.model.encoder import ClipEncoder
 from clipsearch.search.service import SearchService
 from clipsearch.store.bundle import Bundle, load_bundle
 from clipsearch.store.live import LIVE_FILE, LOCK_TIMEOUT_S, LiveLog
-from clipsearch.store.manifest import check_model
+from clipsearch.store.manifest import Manifest, check_audio_model, check_model
 
 LIVE_ATTEMPTS = 3
 """Times a write runs in all when the bundle is compacted or rebuilt under it."""
@@ -35,9 +36,11 @@ def open_live_log(bundle: Bundle, dim: int | None = None, lock_timeout_s: float 
 
 def open_service(encoder: ClipEncoder, path: Path, *, verify_checksums: bool = True,
                  on_read_only: Callable[[str], None] | None = None, lock_timeout_s: float = LOCK_TIMEOUT_S,
-                 **options: Any) -> SearchService:
+                 audio_models: Callable[[str], AudioEncoder] | None = None, **options: Any) -> SearchService:
     """A service over the bundle at `path` and its live log; `options` go to SearchService. The
-    bundle must have been built with `encoder`'s model (ModelMismatch otherwise).
+    bundle must have been built with `encoder`'s model (ModelMismatch otherwise); a bundle with
+    sounds opens with the audio model its manifest names, from `audio_models` (a name → the encoder,
+    loaded once by the caller), else loaded here on `encoder`'s device.
 
     A live log that cannot be opened for writing (a read-only directory or a full disk: OSError,
     sqlite3.Error, StorageError) raises, unless `on_read_only` is given: then it is told why, and
@@ -45,6 +48,7 @@ def open_service(encoder: ClipEncoder, path: Path, *, verify_checksums: bool = T
     bundle = load_bundle(path, verify_checksums=verify_checksums)
     try:
         check_model(bundle.manifest, encoder.ref, encoder.embedding_dim)
+        audio = _audio_model(bundle.manifest, audio_models, encoder)
         try:
             live: LiveLog | None = open_live_log(bundle, encoder.embedding_dim, lock_timeout_s)
         except (OSError, sqlite3.Error, StorageError) as error:
@@ -53,10 +57,20 @@ def open_service(encoder: ClipEncoder, path: Path, *, verify_checksums: bool = T
             live = _read_only_log(bundle, encoder.embedding_dim)
             served = "its live changes are served, read-only" if live is not None else "it is served as built"
             on_read_only(f"its live log {bundle.path / LIVE_FILE} cannot be opened for writing ({error}); {served}")
-        return SearchService(encoder, bundle, live=live, **options)
+        return SearchService(encoder, bundle, live=live, audio=audio, **options)
     except BaseException:
         bundle.close()
         raise
+
+
+def _audio_model(manifest: Manifest, audio_models: Callable[[str], AudioEncoder] | None,
+                 encoder: ClipEncoder) -> AudioEncoder | None:
+    if manifest.audio is None:
+        return None
+    name = str(manifest.audio["model"])
+    audio = audio_models(name) if audio_models is not None else load_audio_encoder(name, str(encoder.device))
+    check_audio_model(manifest, audio.ref.name, audio.embedding_dim)
+    return audio
 
 
 def _read_only_log(bundle: Bundle, dim: int) -> LiveLog | None:

@@ -124,8 +124,8 @@ def check_grouping(options: ResultOptions, target: Modality, by_vector: bool) ->
     """Refuse `group_by: segments` where there are no segments, or with an option that compares whole items."""
     if not options.by_segments:
         return
-    if target is not Modality.VIDEO:
-        raise InvalidQuery("group_by", f"only video results have segments; the target is {target.value}")
+    if not target.timed:
+        raise InvalidQuery("group_by", f"only video and sound results have segments; the target is {target.value}")
     if not by_vector:
         raise InvalidQuery("group_by", "segments are found by vector search: use mode 'vector'")
     for name in ("dedup", "order_by", "min_score"):

@@ -18,6 +18,8 @@ from clipsearch.search.hybrid import HYBRID_DEPTH, Fused, RankedList, Ranking, S
 from clipsearch.search.query import ResultOptions, check_text
 from clipsearch.search.results import Answer, Pager, cutoff_depth, fetch_size
 from clipsearch.search.scope import Scope, best_per_item, with_live
+from clipsearch.search.sounds import SoundQueries
+from clipsearch.search.vectors import VectorSearch
 from clipsearch.store import keywords
 from clipsearch.store.bundle import Bundle
 from clipsearch.store.filters import Filter
@@ -26,8 +28,11 @@ from clipsearch.store.filters import Filter
 class WordSearch:
     """Keyword and hybrid text searches over one bundle and its live items."""
 
-    def __init__(self, bundle: Bundle, embedder: QueryEmbedder, pager: Pager, rrf_k: int) -> None:
-        self.bundle, self.embedder, self.pager, self.rrf_k = bundle, embedder, pager, rrf_k
+    def __init__(self, bundle: Bundle, embedder: QueryEmbedder, vectors: VectorSearch, rrf_k: int,
+                 sounds: SoundQueries | None = None) -> None:
+        """`sounds` embeds the texts of hybrid searches of sounds, in the audio model's space."""
+        self.bundle, self.embedder, self.vectors, self.rrf_k, self.sounds = bundle, embedder, vectors, rrf_k, sounds
+        self.pager: Pager = vectors.pager
 
     def __call__(self, text: str, field: str, target: Modality, k: int, options: ResultOptions, ranking: Ranking,
                  scope: Scope) -> Answer:
@@ -42,6 +47,8 @@ class WordSearch:
                      for rank, (item_id, score) in enumerate(zip(found.ids, found.scores, strict=True), 1)]
             return self.pager.ranked(None, fused, time.perf_counter() - started, target, k, options, scope)
         depth = max(fetch, HYBRID_DEPTH)
+        if target.own_space and self.sounds is not None:
+            return self._hybrid_sounds(text, field, words, target, k, depth, options, ranking, scope)
         embedding = self.embedder.submit_text(text, field, target if scope.searches_base else None, depth,
                                               scope.base, scope.fusion)
         started = time.perf_counter()
@@ -51,11 +58,23 @@ class WordSearch:
         query = self.embedder.text_vector(embedded, text, field)
         by_vector = with_live(embedded.found if embedded.found is not None else TopK.empty(1), scope,
                               query.vector, depth)
-        if target is Modality.VIDEO:
+        if target.timed:
             by_vector = best_per_item(by_vector)
         fused = fuse({"vector": RankedList(by_vector.ids[0], by_vector.scores[0]), "keyword": by_words},
                      ranking, self.rrf_k)
         return self.pager.ranked(query, fused, embedded.search_s + keyword_s, target, k, options, scope)
+
+    def _hybrid_sounds(self, text: str, field: str, words: keywords.KeywordQuery, target: Modality, k: int,
+                       depth: int, options: ResultOptions, ranking: Ranking, scope: Scope) -> Answer:
+        """A hybrid search of sounds: the text embedded by the audio model's own text tower."""
+        assert self.sounds is not None
+        query = self.sounds.text(text, field)
+        by_vector, search_s = self.vectors.deeper(query.vector, target, depth, scope)
+        started = time.perf_counter()
+        by_words = self.ranking(words, target, depth, options.filter, scope)
+        fused = fuse({"vector": RankedList(by_vector.ids[0], by_vector.scores[0]), "keyword": by_words},
+                     ranking, self.rrf_k)
+        return self.pager.ranked(query, fused, search_s + time.perf_counter() - started, target, k, options, scope)
 
     def ranking(self, words: keywords.KeywordQuery, target: Modality, depth: int, filter: Filter | None,
                 scope: Scope) -> RankedList:

@@ -174,7 +174,7 @@ class Pager:
     def _shown(self, query: np.ndarray, hits: list[Hit], scope: Scope) -> list[Hit]:
         """The hits shown, with what a fused search's image and each of its texts add to each score,
         and each video item's best moments."""
-        hits = [self._with_moments(query, hit, scope) if hit.item.modality is Modality.VIDEO and hit.segment is None
+        hits = [self._with_moments(query, hit, scope) if hit.item.modality.timed and hit.segment is None
                 else hit for hit in hits]
         if scope.fusion is None or not hits:
             return hits
@@ -192,9 +192,10 @@ class Pager:
             return hit
         scores = vectors @ query
         best = np.argsort(-scores, kind="stable")[:MOMENTS]
-        spans = [segments.span_of(hit.item.extra, int(ids[row])) for row in sorted(best.tolist())]
+        spans = [segments.span_of(hit.item.extra, int(ids[row]), hit.item.modality) for row in sorted(best.tolist())]
         moments = tuple((span, float(scores[span.position])) for span in spans if span is not None)
-        return replace(hit, segment=segments.span_of(hit.item.extra, int(ids[best[0]])), moments=moments)
+        best_span = segments.span_of(hit.item.extra, int(ids[best[0]]), hit.item.modality)
+        return replace(hit, segment=best_span, moments=moments)
 
     def _collapse(self, hits: list[Hit], target: Modality, threshold: float, scope: Scope) -> list[list[int]]:
         ids = np.array([hit.item.id for hit in hits], dtype=np.int64)

@@ -67,10 +67,10 @@ class Scoper:
         live_vectors = segment.fused_rows(fusion.text_parts) if fusion is not None else segment.vectors
         if filter is not None and len(live_ids):
             live_ids = state.matching_ids(target, filter)
-            if target is Modality.VIDEO:  # the items that pass, as their segments
+            if target.timed:  # the items that pass, as their segments
                 live_ids = segments.of_items(live_ids, segment.ids)
             live_vectors = live_vectors[np.searchsorted(segment.ids, live_ids)]
-        live_count = segments.count_items(live_ids) if target is Modality.VIDEO else len(live_ids)
+        live_count = segments.count_items(live_ids) if target.timed else len(live_ids)
         return Scope(state, base, base_count > 0, live_ids, live_vectors, base_count + live_count, fusion)
 
     def fusion_for(self, target: Modality, options: ResultOptions) -> Fusion | None:
@@ -99,15 +99,15 @@ class Scoper:
         searcher, bundle = self.searchers[target], self.collection.bundle
         held = bundle.base_ids(target)
         if filter is None:
-            hidden = segments.of_items(removed, held) if target is Modality.VIDEO else removed
+            hidden = segments.of_items(removed, held) if target.timed else removed
             allowed = searcher.allow_all_but(hidden, held)
-            made = (allowed, self.collection.base_count(target) - len(removed) if target is Modality.VIDEO
+            made = (allowed, self.collection.base_count(target) - len(removed) if target.timed
                      else len(allowed))
         else:
             ids = bundle.items.matching_ids(target, filter.sql, filter.params)
             ids = np.setdiff1d(ids, removed, assume_unique=True) if len(removed) else ids
-            allowed = searcher.allow(segments.of_items(ids, held) if target is Modality.VIDEO else ids)
-            made = (allowed, len(ids) if target is Modality.VIDEO else len(allowed))
+            allowed = searcher.allow(segments.of_items(ids, held) if target.timed else ids)
+            made = (allowed, len(ids) if target.timed else len(allowed))
         with self._lock:
             self._allowed[key] = made
             while len(self._allowed) > self.cache_size:

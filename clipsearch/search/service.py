@@ -19,6 +19,7 @@ from clipsearch.config import DEFAULT_RRF_K, Batching, QueryLimits
 from clipsearch.errors import InvalidQuery, ModalityUnavailable
 from clipsearch.index.searchers import searcher_for
 from clipsearch.modality import Modality
+from clipsearch.model.audio import AudioEncoder
 from clipsearch.model.encoder import ClipEncoder
 from clipsearch.model.zero_shot import Calibration, LabelScore, ZeroShotClassifier
 from clipsearch.search.embedding import QueryEmbedder
@@ -29,6 +30,7 @@ from clipsearch.search.query import QueryVector, ResultOptions, Term, check_grou
 from clipsearch.search.ranking import WordSearch
 from clipsearch.search.results import Answer, with_ocr_matches
 from clipsearch.search.scope import Scoper, fused_searcher
+from clipsearch.search.sounds import SoundQueries
 from clipsearch.search.uploads import UploadDecoder
 from clipsearch.search.vectors import VectorSearch
 from clipsearch.store.bundle import Bundle
@@ -44,13 +46,15 @@ class SearchService:
 
     Concurrent queries are micro-batched (clipsearch.search.pipeline). Exact (Flat) indices are searched
     as a resident matrix on `devices` (default: the model's; split across several, clipsearch.index.sharding),
-    others with FAISS, on the GPU when `use_gpu` (clipsearch.index.searchers).
+    others with FAISS, on the GPU when `use_gpu` (clipsearch.index.searchers). A bundle with sounds
+    needs their `audio` model (the one its manifest names), whose own towers embed the queries that
+    target them (clipsearch.search.sounds).
     """
 
     def __init__(self, encoder: ClipEncoder, bundle: Bundle, limits: QueryLimits | None = None,
                  use_gpu: bool = False, batching: Batching | None = None, filter_cache_size: int = 64,
                  live: LiveLog | None = None, rrf_k: int = DEFAULT_RRF_K,
-                 devices: Sequence[torch.device] | None = None) -> None:
+                 devices: Sequence[torch.device] | None = None, audio: AudioEncoder | None = None) -> None:
         limits, batching = limits or QueryLimits(), batching or Batching()
         self.encoder, self.bundle, self.limits, self.fusion = encoder, bundle, limits, bundle.fusion
         self.collection = Collection(bundle, live)
@@ -66,7 +70,10 @@ class SearchService:
         self.embedder = QueryEmbedder(encoder, self.pipeline, self.uploads, limits)
         self.scope = Scoper(self.collection, searchers, filter_cache_size)
         self.vectors = VectorSearch(self.collection, self.embedder)
-        self.words = WordSearch(bundle, self.embedder, self.vectors.pager, rrf_k)
+        record = bundle.manifest.audio
+        self.sounds = SoundQueries(audio, float(record["hop_s"]), limits, batching) \
+            if audio is not None and record is not None else None
+        self.words = WordSearch(bundle, self.embedder, self.vectors, rrf_k, self.sounds)
         self.explainer = Explainer(self.collection, self.embedder, batching.max_batch)
         self.classifier = ZeroShotClassifier(Calibration.of(encoder.logit_scale, encoder.logit_bias),
                                              self.embedder.prompts, limits)
@@ -83,6 +90,9 @@ class SearchService:
         """Run one query of each kind through every stage, so the first real one is not slow."""
         gray = self.encoder.prepare_image(Image.new("RGB", (self.encoder.image_size,) * 2, (127, 127, 127)))
         for modality in self.modalities:
+            if modality.own_space:
+                self.search_text("a dog barking", modality, 1)
+                continue
             self.embedder.wait(self.embedder.submit_text("a photo of a dog", "text", modality, 1))
             image = self.embedder.wait(self.embedder.submit_image(gray, modality, 1))
             self.search(image.vector, modality, 1)
@@ -90,6 +100,8 @@ class SearchService:
     def close(self) -> None:
         self.pipeline.close()
         self.uploads.close()
+        if self.sounds is not None:
+            self.sounds.close()
         self.explainer.close()
 
     def search_text(self, text: str, target: Modality, k: int, field: str = "text",
@@ -102,6 +114,8 @@ class SearchService:
         scope = self.scope(target, options.filter, self.fusion_for(target, options))
         if ranking.mode is not SearchMode.VECTOR:
             answer = self.words(text, field, target, k, options, ranking, scope)
+        elif target.own_space:
+            answer = self.vectors.vector(self._sounds().text(text, field), target, k, options, scope)
         else:
             answer = self.vectors.text(text, field, target, k, options, scope)
         return with_ocr_matches(answer, text) if target is Modality.IMAGE else answer
@@ -110,13 +124,34 @@ class SearchService:
                      options: ResultOptions = NO_OPTIONS) -> Answer:
         """Decode and embed the image `data` and search `target` for it, batched like search_text."""
         self.check_target(target, k, options)
+        if target.own_space:
+            raise InvalidQuery("target", f"{target.value} items are in the audio model's space: search them by text "
+                                         "or by a sound clip (/search/audio), not by an image")
         check_grouping(options, target, True)
         scope = self.scope(target, options.filter, self.fusion_for(target, options))
         return self.vectors.image(self.uploads.decode(data, field), target, k, options, scope)
 
+    def search_audio(self, data: bytes, target: Modality, k: int, field: str = "file",
+                     options: ResultOptions = NO_OPTIONS) -> Answer:
+        """Read the sound clip `data`, embed it with the audio model and search `target` (sounds) for it."""
+        self.check_target(target, k, options)
+        if not target.own_space:
+            raise InvalidQuery("target", f"a sound clip searches sounds (target 'audio'), not {target.value} "
+                                         "items: they are in the image model's space")
+        check_grouping(options, target, True)
+        scope = self.scope(target, options.filter, None)
+        return self.vectors.vector(self._sounds().clip(data, field), target, k, options, scope)
+
     def embed_terms(self, terms: Sequence[Term], field: str = "terms") -> QueryVector:
-        """The weighted sum of the terms' unit embeddings, renormalised to unit length."""
-        return self.embedder.terms(terms, field, self.collection.stored_vector)
+        """The weighted sum of the terms' unit embeddings, renormalised to unit length (in the image
+        model's space: an item of the audio model's is refused, naming its term)."""
+        def stored_vector(item_id: int, term_field: str) -> np.ndarray:
+            item = self.collection.item(item_id, term_field)
+            if item.modality.own_space:
+                raise InvalidQuery(term_field, f"item {item_id} is a {item.modality.value} item, in the audio "
+                                               "model's space; composed queries mix the image model's vectors")
+            return self.collection.stored_vector(item_id, term_field)
+        return self.embedder.terms(terms, field, stored_vector)
 
     def search(self, query: np.ndarray, target: Modality, k: int) -> list[Hit]:
         """The k items of `target` modality most similar to `query` (float32 (d,)), best first."""
@@ -125,6 +160,9 @@ class SearchService:
     def search_vector(self, query: QueryVector, target: Modality, k: int,
                       options: ResultOptions = NO_OPTIONS) -> Answer:
         self.check_target(target, k, options)
+        if target.own_space:  # a vector given here is the image model's: a composed query, an item's
+            raise InvalidQuery("target", f"{target.value} items are in the audio model's space: search them by "
+                                         "text (/search/text) or by a sound clip (/search/audio)")
         check_grouping(options, target, True)
         scope = self.scope(target, options.filter, self.fusion_for(target, options))
         return self.vectors.vector(query, target, k, options, scope)
@@ -134,7 +172,7 @@ class SearchService:
         self.check_target(target, k)
         futures = [self.pipeline.search(query, target, k) for query in queries]
         return self.collection.hits([self.embedder.wait(future, "the search").found for future in futures],
-                                    of_segments=target is Modality.VIDEO)
+                                    of_segments=target.timed)
 
     def classify(self, image_vector: np.ndarray, labels: Sequence[str], templates: Sequence[str] | None = None,
                  multi_label: bool = False) -> list[LabelScore]:
@@ -155,3 +193,8 @@ class SearchService:
         if target not in self.modalities:
             present = ", ".join(sorted(self.modalities)) or "none"
             raise ModalityUnavailable("target", f"the bundle has no {target.value} items (it has: {present})")
+
+    def _sounds(self) -> SoundQueries:
+        if self.sounds is None:  # a bundle with sounds always opens with its audio model (clipsearch.search.open)
+            raise ModalityUnavailable("target", "this collection was opened without its audio model")
+        return self.sounds

@@ -48,7 +48,7 @@ class VectorSearch:
 
     def deeper(self, vector: np.ndarray, target: Modality, fetch: int, scope: Scope) -> tuple[TopK, float]:
         """The top `fetch` items (a video by its best segment) of the base and the live items together."""
-        if target is not Modality.VIDEO:
+        if not target.timed:
             return self.vectors(vector, target, fetch, scope)
         asked = fetch * SEGMENTS_OVERFETCH
         found, search_s = self.vectors(vector, target, asked, scope)
@@ -85,7 +85,7 @@ class VectorSearch:
     @staticmethod
     def _vectors_to_fetch(fetch: int, target: Modality, options: ResultOptions) -> int:
         """How many vectors a search of `fetch` results fetches first: a video's segments are several."""
-        return fetch * SEGMENTS_OVERFETCH if target is Modality.VIDEO and not options.by_segments else fetch
+        return fetch * SEGMENTS_OVERFETCH if target.timed and not options.by_segments else fetch
 
     def _answer(self, query: QueryVector, embedded: Embedded, target: Modality, k: int, options: ResultOptions,
                 scope: Scope) -> Answer:
@@ -93,7 +93,7 @@ class VectorSearch:
         fetch = fetch_size(k, options)
         asked = self._vectors_to_fetch(fetch, target, options)
         found, search_s = with_live(base, scope, query.vector, asked), embedded.search_s
-        if target is Modality.VIDEO and not options.by_segments:
+        if target.timed and not options.by_segments:
             found, search_s = self._best_segments(found, asked, search_s, query.vector, target, fetch, scope)
         return self.pager.page(query, found, search_s, target, k, options, scope)
 

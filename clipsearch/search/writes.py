@@ -3,9 +3,11 @@
 Every write is checked whole before anything is embedded, embedded through the search service's
 batchers in their background lane (after every waiting query, a few at a time), then committed
 to the live log in one transaction (clipsearch.store.live): a write is all applied or not at all, and
-acknowledged only once it is durable. Uploaded image and video files are stored content-addressed
-in `live-images/` beside the log before the commit that names them, so a committed item's file is
-always there; a video is cut into segments as the build cut the collection's (clipsearch.util.video).
+acknowledged only once it is durable. Uploaded image, video and sound files are stored
+content-addressed in `live-images/` beside the log before the commit that names them, so a committed
+item's file is always there; a video is cut into segments as the build cut the collection's
+(clipsearch.util.video), a sound into windows as the build cut its sounds, embedded by the audio
+model the collection was built with (clipsearch.util.audio, clipsearch.search.sounds).
 In a collection built with `--ocr` (its manifest records the settings), an image's text is read
 before its commit, as the build reads it (clipsearch.store.ocr_text), and an edit of its metadata
 keeps what was read.
@@ -27,19 +29,21 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from clipsearch.config import OcrConfig, VideoSampling, WriteLimits
-from clipsearch.errors import InvalidQuery, ItemNotFound, ModelLoadError, VideoDecodeError
+from clipsearch.config import AudioSampling, OcrConfig, VideoSampling, WriteLimits
+from clipsearch.errors import AudioDecodeError, InvalidQuery, ItemNotFound, ModelLoadError, VideoDecodeError
 from clipsearch.modality import Modality
 from clipsearch.model.ocr import TextReader, reader_for
 from clipsearch.search.query import check_text
 from clipsearch.search.service import SearchService
+from clipsearch.search.sounds import SoundQueries
 from clipsearch.store.collection import Collection
 from clipsearch.store.filters import Filter
 from clipsearch.store.fused_texts import part_text
 from clipsearch.store.items import Item
 from clipsearch.store.live import LIVE_IMAGES, NewItem, with_text_vectors
 from clipsearch.store.ocr_text import ocr_part, read_image_text, with_ocr
-from clipsearch.store.segments import with_spans
+from clipsearch.store.segments import AUDIO_KEY, carried_over, with_spans
+from clipsearch.util.audio import AudioClip, looks_like_audio, read_audio
 from clipsearch.util.files import atomic_path
 from clipsearch.util.storage import storage_errors
 from clipsearch.util.video import VideoSummary, looks_like_video, read_video
@@ -48,6 +52,8 @@ log = logging.getLogger(__name__)
 
 VIDEO_SUFFIXES = {"mp4": ".mp4", "matroska": ".mkv", "avi": ".avi"}
 """An uploaded video's stored name's suffix, by its container family (clipsearch.util.video)."""
+SOUND_SUFFIXES = {"wav": ".wav", "flac": ".flac", "mp3": ".mp3", "ogg": ".ogg"}
+"""An uploaded sound's stored name's suffix, by its format (clipsearch.util.audio)."""
 
 UNCHANGED: Any = object()
 """Marks a field an edit leaves as it is (None clears a caption)."""
@@ -72,13 +78,14 @@ class CollectionWriter:
     """Writes through one search service to its live log."""
 
     def __init__(self, service: SearchService, limits: WriteLimits | None = None,
-                 video: VideoSampling | None = None) -> None:
+                 video: VideoSampling | None = None, audio: AudioSampling | None = None) -> None:
         live = service.collection.live
         if live is None:
             raise ValueError("the service has no live log to write to")
         self.service, self.live, self.limits = service, live, limits or WriteLimits()
         # Cut as the collection's videos were when it was built; read within this server's bounds.
         self.video = (video or VideoSampling()).cutting_as(service.collection.bundle.manifest.video)
+        self.audio = (audio or AudioSampling()).cutting_as(service.collection.bundle.manifest.audio)
         self.images = live.path.parent / LIVE_IMAGES
         self._storing = threading.Lock()
         self._reader: TextReader | None = None
@@ -107,8 +114,8 @@ class CollectionWriter:
                                      vector) for key, entry, vector in zip(keys, entries, vectors, strict=True)])
 
     def add_images(self, entries: Sequence[ImageEntry], field: str = "files") -> list[int]:
-        """Add (or replace, by key) image and video items from uploaded files (a video recognised by
-        its content: clipsearch.util.video); their ids in order, all written or none."""
+        """Add (or replace, by key) image, video and sound items from uploaded files (told apart by their
+        content: clipsearch.util.video, clipsearch.util.audio); their ids in order, all written or none."""
         self._check_count(entries, field)
         for number, entry in enumerate(entries):
             self._check_entry(entry.key, entry.metadata, f"{field}[{number}]")
@@ -116,19 +123,27 @@ class CollectionWriter:
                 check_text(entry.caption, f"{field}[{number}].caption", self.service.limits)
         self._check_unique_keys([entry.key for entry in entries], field)
         is_video = [looks_like_video(entry.data[:16]) for entry in entries]
-        if self._reader_failure is not None and not all(is_video):
+        is_sound = [looks_like_audio(entry.data[:16]) and not is_video[number] for number, entry in enumerate(entries)]
+        timed = [video or sound for video, sound in zip(is_video, is_sound, strict=True)]
+        if self._reader_failure is not None and not all(timed):
             raise ModelLoadError("this collection reads the text in its images (it was built with --ocr), and this "
                                  f"server cannot: {self._reader_failure.reason}; nothing was written", field)
         videos = {number: self._read_video(entry.data, f"{field}[{number}]")
                   for number, entry in enumerate(entries) if is_video[number]}
-        pictures = [number for number in range(len(entries)) if not is_video[number]]
+        sounds = {number: self._read_sound(entry.data, f"{field}[{number}]")
+                  for number, entry in enumerate(entries) if is_sound[number]}
+        pictures = [number for number in range(len(entries)) if not timed[number]]
         vectors: dict[int, np.ndarray] = dict(zip(pictures, self.service.embed_images(
             [entries[number].data for number in pictures], [f"{field}[{number}]" for number in pictures],
             background=True), strict=True))
         for number, video in videos.items():
             vectors[number] = self.service.embedder.frames([segment.frame for segment in video.segments],
                                                            background=True)
-        items = [self._new_item(entry, videos.get(number), vectors[number]) for number, entry in enumerate(entries)]
+        for number, sound in sounds.items():
+            vectors[number] = self._sounds().windows([sound.excerpt(start, end) for start, end in self._windows(sound)],
+                                                     background=True)
+        items = [self._sound_item(entry, sounds[number], vectors[number]) if number in sounds else
+                 self._new_item(entry, videos.get(number), vectors[number]) for number, entry in enumerate(entries)]
         if self.service.fusion is not None:
             items = with_text_vectors(items, self.service.fusion.text_parts, self._embed_item_texts)
         stored: list[Path] = []
@@ -151,6 +166,32 @@ class CollectionWriter:
         except VideoDecodeError as error:
             raise type(error)(error.reason, field) from None
 
+    def _read_sound(self, data: bytes, field: str) -> AudioClip:
+        """A sound upload read at the audio model's rate, within this server's bounds; refused naming
+        `field` in a collection without an audio model (built without sounds)."""
+        sounds = self._sounds(field)
+        try:
+            return read_audio(data, sounds.encoder.sampling_rate, self.audio)
+        except AudioDecodeError as error:
+            raise type(error)(error.reason, field) from None
+
+    def _sounds(self, field: str = "file") -> SoundQueries:
+        sounds = self.service.sounds
+        if sounds is None:
+            raise InvalidQuery(field, "this collection was built without sounds, so it has no audio model to embed "
+                                      "one: build it with --audio to hold sounds")
+        return sounds
+
+    def _windows(self, sound: AudioClip) -> list[tuple[float, float]]:
+        return sound.windows(self._sounds().encoder.window_s, self.audio.hop_s)
+
+    def _sound_item(self, entry: ImageEntry, sound: AudioClip, vectors: np.ndarray) -> NewItem:
+        """An uploaded sound's item: its file stored under its content hash, its windows' spans in its metadata."""
+        digest = _sha256(entry.data)
+        path = (self.images / f"{digest}{SOUND_SUFFIXES[sound.container]}").resolve()
+        extra = with_spans(entry.metadata, sound.record(), self._windows(sound), AUDIO_KEY)
+        return NewItem(entry.key or _new_key(), Modality.AUDIO, str(path), entry.caption, extra, digest, vectors)
+
     def _new_item(self, entry: ImageEntry, video: VideoSummary | None, vector: np.ndarray) -> NewItem:
         """An uploaded image's or video's item: its file stored under its content hash (an image's
         text read first, in a collection built with --ocr; a video's segments' spans in its metadata)."""
@@ -172,16 +213,17 @@ class CollectionWriter:
         if caption is not UNCHANGED and item.modality is Modality.TEXT:
             raise InvalidQuery("caption", f"item {item_id} is a text; give `text` instead")
         if text is not UNCHANGED and item.modality is not Modality.TEXT:
-            raise InvalidQuery("text", f"item {item_id} is an {item.modality.value}; give `caption` instead"
-                               if item.modality is Modality.IMAGE else
-                               f"item {item_id} is a {item.modality.value}; give `caption` instead")
+            article = "an" if item.modality in (Modality.IMAGE, Modality.AUDIO) else "a"
+            raise InvalidQuery("text", f"item {item_id} is {article} {item.modality.value}; give `caption` instead")
         if caption is not UNCHANGED and caption is not None:
             check_text(caption, "caption", self.service.limits)
         read = ocr_part(item.extra)
         new_metadata = item.extra if metadata is UNCHANGED else with_ocr(metadata, read) if read else metadata
+        if item.modality.timed:
+            new_metadata = carried_over(new_metadata, item.extra)
         self._check_entry(None, new_metadata, "")
-        # A video keeps every segment's vector, not the one that stands for it in a query.
-        vector = self.service.collection.segment_vectors(item_id)[1] if item.modality is Modality.VIDEO else \
+        # A video (or a sound) keeps every segment's vector, not the one that stands for it in a query.
+        vector = self.service.collection.segment_vectors(item_id)[1] if item.modality.timed else \
             self.service.collection.stored_vector(item_id)
         new_text = item.text
         if text is not UNCHANGED:

@@ -78,29 +78,29 @@ class Collection:
         state = state or self.state
         live = state.segment(modality).ids
         return self.base_count(modality) - len(state.removed_of(modality)) + \
-            (segments.count_items(live) if modality is Modality.VIDEO else len(live))
+            (segments.count_items(live) if modality.timed else len(live))
 
     def base_count(self, modality: Modality) -> int:
         """How many base items of `modality` there are (a video's segments are one item)."""
         index = self.bundle.indices.get(modality)
         if index is None:
             return 0
-        if modality is Modality.VIDEO:
+        if modality.timed:
             if self._video_items is None:
                 self._video_items = segments.count_items(self.bundle.base_ids(modality))
             return self._video_items
         return int(index.ntotal)
 
     def stored_vectors(self, modality: Modality, item_ids: np.ndarray, state: LiveState | None = None) -> np.ndarray:
-        """The vectors (float32 (m, d)) held for `item_ids` (int64 (m,)), all of `modality`; a video's is
-        the mean of its segments', of unit length."""
+        """The vectors (float32 (m, d)) held for `item_ids` (int64 (m,)), all of `modality`; a video's (or
+        a recording's) is the mean of its segments', of unit length."""
         state = state or self.state
-        if modality is Modality.VIDEO:
-            return np.stack([self.video_vector(int(item_id), state) for item_id in item_ids]) if len(item_ids) \
-                else np.zeros((0, self.bundle.manifest.embedding_dim), dtype=np.float32)
+        if modality.timed:
+            return np.stack([self.timed_vector(int(item_id), state) for item_id in item_ids]) if len(item_ids) \
+                else np.zeros((0, self.bundle.manifest.dim_of(modality)), dtype=np.float32)
         segment = state.segment(modality)
         live = np.isin(item_ids, segment.ids)
-        vectors = np.zeros((len(item_ids), self.bundle.manifest.embedding_dim), dtype=np.float32)
+        vectors = np.zeros((len(item_ids), self.bundle.manifest.dim_of(modality)), dtype=np.float32)
         if live.any():
             vectors[live] = segment.vectors[np.searchsorted(segment.ids, item_ids[live])]
         if (~live).any():
@@ -108,18 +108,19 @@ class Collection:
         return vectors
 
     def segment_vectors(self, item_id: int, state: LiveState | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """The segment ids and vectors (float32 (m, d)) of a video item, by position."""
+        """The segment ids and vectors (float32 (m, d)) of a video or a recording, by position."""
         state = state or self.state
-        live = state.segment(Modality.VIDEO)
+        modality = self.item(item_id, state=state).modality
+        live = state.segment(modality)
         if item_id in state.items:
             held = segments.of_items(np.array([item_id]), live.ids)
             return held, live.vectors[np.searchsorted(live.ids, held)]
-        held = segments.segment_ids(item_id, len(segments.spans_of(self.item(item_id, state=state).extra)))
-        return held, self.bundle.base_vectors(Modality.VIDEO, held)
+        held = segments.segment_ids(item_id, len(segments.spans_of(self.item(item_id, state=state).extra, modality)))
+        return held, self.bundle.base_vectors(modality, held)
 
-    def video_vector(self, item_id: int, state: LiveState | None = None) -> np.ndarray:
-        """A video item's one vector: the mean of its segments', of unit length (what a query by the
-        item, or a comparison of two videos, uses)."""
+    def timed_vector(self, item_id: int, state: LiveState | None = None) -> np.ndarray:
+        """A video's or a recording's one vector: the mean of its segments', of unit length (what a
+        query by the item, or a comparison of two of them, uses)."""
         _, vectors = self.segment_vectors(item_id, state)
         mean = vectors.astype(np.float64).mean(axis=0)
         unit: np.ndarray = (mean / max(float(np.linalg.norm(mean)), 1e-12)).astype(np.float32)
@@ -138,8 +139,8 @@ class Collection:
         """The vector (float32 (d,)) held for an item."""
         state = self.state
         item = self.item(item_id, field, state)
-        if item.modality is Modality.VIDEO:
-            return self.video_vector(item_id, state)
+        if item.modality.timed:
+            return self.timed_vector(item_id, state)
         vector = state.segment(item.modality).vector(item_id) if item_id in state.items else \
             self.bundle.base_vector(item.modality, item_id)
         if vector is None:
@@ -166,14 +167,13 @@ class Collection:
             texts[part] = (held, faiss_index.reconstruct_many(self.bundle.texts[part], held))
         return fused_rows_by_id(text_parts, image_ids, image_vectors, texts)
 
-    def image_path(self, item_id: int, field: str = "id", modality: Modality = Modality.IMAGE) -> Path:
-        """The stored file of an image item (or of a video item, with `modality`); only paths recorded
-        in the bundle are ever returned."""
+    def file_path(self, item_id: int, field: str = "id", modality: Modality = Modality.IMAGE) -> Path:
+        """The stored file of an image item (or of a video or sound item, with `modality`); only paths
+        recorded in the bundle are ever returned."""
         item = self.item(item_id, field)
         if item.modality is not modality:
-            raise InvalidQuery(field, f"item {item_id} is a {item.modality.value}, not an {modality.value}"
-                               if modality is Modality.IMAGE else
-                               f"item {item_id} is a {item.modality.value}, not a {modality.value}")
+            article = "an" if modality in (Modality.IMAGE, Modality.AUDIO) else "a"
+            raise InvalidQuery(field, f"item {item_id} is a {item.modality.value}, not {article} {modality.value}")
         path = Path(item.uri)
         if not path.is_file():
             raise ItemNotFound(item_id, field, f"its {modality.value} file is no longer at the path recorded in the "
@@ -186,7 +186,7 @@ class Collection:
 
     def read_image(self, item_id: int, field: str = "id", max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
         """An image item's picture, decoded; a file that no longer decodes is an item gone, naming `field`."""
-        path = self.image_path(item_id, field)
+        path = self.file_path(item_id, field)
         try:
             return read_image_file(path, max_pixels)
         except ImageDecodeError as error:
@@ -211,7 +211,8 @@ class Collection:
         items = self.bundle.items.get_many([item_id for item_id in wanted if item_id not in state.items])
         items.update({item_id: state.items[item_id] for item_id in wanted if item_id in state.items})
         return [[Hit(items[int(item_id)], float(score),
-                     segment=segments.span_of(items[int(item_id)].extra, int(vector_id)) if of_segments else None)
+                     segment=segments.span_of(items[int(item_id)].extra, int(vector_id), items[int(item_id)].modality)
+                     if of_segments else None)
                  for score, vector_id, item_id in zip(result.scores[0][result.ids[0] >= 0], ids, owners, strict=True)
                  if int(item_id) in items]
                 for result, ids, owners in zip(found, rows, item_ids, strict=True)]

@@ -83,6 +83,18 @@ class Manifest:
     video: dict[str, Any] | None = None
     """For a bundle built with videos: how they were cut into segments (config.VideoSampling), which
     `indexer sync` and live writes of videos follow; None otherwise."""
+    audio: dict[str, Any] | None = None
+    """For a bundle built with sound files: the audio model that embedded them, its `embedding_dim`,
+    and how recordings were cut into windows (config.AudioSampling.as_record); None otherwise."""
+
+    def dim_of(self, modality: Modality) -> int:
+        """The dimension of `modality`'s vectors: the audio model's for sounds, the model's for the rest."""
+        if modality.own_space:
+            if self.audio is None:
+                raise ManifestInvalid(f"{MANIFEST_FILE}: the bundle holds {modality.value} items but records no "
+                                      "audio model")
+            return int(self.audio["embedding_dim"])
+        return self.embedding_dim
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -116,7 +128,8 @@ class Manifest:
                        {str(name): float(weight) for name, weight in data["fusion"].items()},
                        fused_index=None if data.get("fused_index") is None else IndexSpec(**data["fused_index"]),
                        ocr=None if data.get("ocr") is None else dict(data["ocr"]),
-                       video=None if data.get("video") is None else dict(data["video"]))
+                       video=None if data.get("video") is None else dict(data["video"]),
+                       audio=None if data.get("audio") is None else dict(data["audio"]))
         except UnsupportedFormatVersion:
             raise
         except json.JSONDecodeError as error:
@@ -209,3 +222,13 @@ def check_model(manifest: Manifest, model: ModelRef, embedding_dim: int) -> None
     if embedding_dim != manifest.embedding_dim:
         raise ModelMismatch(f"the model gives {embedding_dim}-d embeddings, the bundle holds "
                             f"{manifest.embedding_dim}-d vectors")
+
+
+def check_audio_model(manifest: Manifest, model_name: str, embedding_dim: int) -> None:
+    """Refuse to serve a bundle's sounds with an audio model other than the one that embedded them."""
+    if manifest.audio is None:
+        return
+    if model_name != manifest.audio["model"] or embedding_dim != int(manifest.audio["embedding_dim"]):
+        raise ModelMismatch(f"the bundle's sounds were embedded by {manifest.audio['model']} "
+                            f"({manifest.audio['embedding_dim']}-d), but the audio model loaded is {model_name} "
+                            f"({embedding_dim}-d)")

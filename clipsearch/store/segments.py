@@ -1,10 +1,11 @@
-"""A video item's segments: each one vector of the video index, held under an id of its own.
+"""A timed item's segments (a video's scenes, a recording's windows): each one vector of its
+modality's index, held under an id of its own.
 
-A video is one item (one row of items.sqlite, one id); each of its segments is a row of the video
-index, with the id `item_id << SEGMENT_BITS | position`, so that a search's result names the item
-and the moment at once, and the segments of a set of items are found among an index's ids with one
-shift. The time spans of the segments are kept in the item's metadata under `video` (with what the
-video's header said), in position order.
+A video or a recording is one item (one row of items.sqlite, one id); each of its segments is a row
+of the video (or audio) index, with the id `item_id << SEGMENT_BITS | position`, so that a search's
+result names the item and the moment at once, and the segments of a set of items are found among an
+index's ids with one shift. The time spans of the segments are kept in the item's metadata under
+`video` (or `audio`), with what the file's header said, in position order.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from clipsearch.modality import Modality
+
 SEGMENT_BITS = 16
 MAX_SEGMENTS = 1 << SEGMENT_BITS
 """Most segments one video may have (clipsearch.config.VideoSampling.max_segments stays below it)."""
@@ -22,11 +25,13 @@ MAX_VIDEO_ITEM_ID = (1 << (63 - SEGMENT_BITS)) - 1
 """The largest item id a video may have: its segments' ids must stay int64."""
 VIDEO_KEY = "video"
 """An item's metadata key for its video: duration_s, width, height, codec, container, and `segments`."""
+AUDIO_KEY = "audio"
+"""An item's metadata key for its recording: duration_s, sample_rate, channels, codec, container, and `segments`."""
 
 
 @dataclass(frozen=True, order=True)
 class SegmentSpan:
-    """One moment of a video item: its position among the item's segments and its time span."""
+    """One moment of a video or a recording: its position among the item's segments and its time span."""
 
     position: int
     start_s: float
@@ -64,23 +69,36 @@ def count_items(held: np.ndarray) -> int:
     return len(np.unique(items_of(held))) if len(held) else 0
 
 
-def with_spans(extra: Mapping[str, Any], video: Mapping[str, Any], spans: Sequence[tuple[float, float]]
-               ) -> dict[str, Any]:
-    """An item's metadata with its video's record and its segments' spans."""
-    return {**extra, VIDEO_KEY: {**video, "segments": [[round(start, 3), round(end, 3)] for start, end in spans]}}
+def with_spans(extra: Mapping[str, Any], record: Mapping[str, Any], spans: Sequence[tuple[float, float]],
+               key: str = VIDEO_KEY) -> dict[str, Any]:
+    """An item's metadata with its video's (or, with `key` AUDIO_KEY, its recording's) record and its
+    segments' spans."""
+    return {**extra, key: {**record, "segments": [[round(start, 3), round(end, 3)] for start, end in spans]}}
 
 
-def spans_of(extra: Mapping[str, Any]) -> list[tuple[float, float]]:
-    """The time spans of a video item's segments, by position (none for other items)."""
-    video = extra.get(VIDEO_KEY)
-    segments = video.get("segments") if isinstance(video, Mapping) else None
+def carried_over(metadata: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    """New `metadata` for an item whose metadata was `extra`, with its video's or recording's record
+    (its segments' spans) kept: a user's metadata replaces theirs, never the item's segments."""
+    return {**metadata, **{key: extra[key] for key in (VIDEO_KEY, AUDIO_KEY) if key in extra}}
+
+
+def key_of(modality: Modality) -> str:
+    """Where an item of `modality` keeps its segments' record in its metadata."""
+    return AUDIO_KEY if modality is Modality.AUDIO else VIDEO_KEY
+
+
+def spans_of(extra: Mapping[str, Any], modality: Modality = Modality.VIDEO) -> list[tuple[float, float]]:
+    """The time spans of a video's (or a recording's, with `modality`) segments, by position (none
+    for other items)."""
+    timed = extra.get(key_of(modality))
+    segments = timed.get("segments") if isinstance(timed, Mapping) else None
     if not isinstance(segments, list):
         return []
     return [(float(span[0]), float(span[1])) for span in segments]
 
 
-def span_of(extra: Mapping[str, Any], segment_id: int) -> SegmentSpan | None:
-    """The span of one segment of the video item whose metadata is `extra`."""
+def span_of(extra: Mapping[str, Any], segment_id: int, modality: Modality = Modality.VIDEO) -> SegmentSpan | None:
+    """The span of one segment of the video (or recording, with `modality`) whose metadata is `extra`."""
     position = int(positions_of(np.array([segment_id]))[0])
-    spans = spans_of(extra)
+    spans = spans_of(extra, modality)
     return SegmentSpan(position, *spans[position]) if position < len(spans) else None

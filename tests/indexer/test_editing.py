@@ -54,7 +54,7 @@ def test_added_texts_and_images_are_in_the_collection_and_a_key_replaces_its_ite
     collection = collection_of(live_copy)
     assert collection.item(giraffe).extra == {"album": "zoo"} and collection.item(zebra).text == "a striped zebra"
     assert collection.item(okapi).modality is Modality.IMAGE and collection.item(okapi).text == "an okapi"
-    assert collection.image_path(okapi).parent.name == "live-images"
+    assert collection.file_path(okapi).parent.name == "live-images"
 
 
 def test_items_are_deleted_by_id_by_key_and_by_filter(live_copy: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -162,3 +162,31 @@ def test_videos_are_cut_as_before_and_each_segment_embedded_by_the_new_model(
             expected = other_encoder.encode_images([segment.frame for segment in read_video(source).segments])
             assert ids.tolist() == segments.segment_ids(item_id, len(expected)).tolist()
             np.testing.assert_allclose(vectors, expected, atol=1e-5)
+
+
+def test_sounds_keep_their_windows_vectors_the_audio_model_is_not_the_one_replaced(
+        tmp_path: Path, encoder: ClipEncoder, other_encoder: ClipEncoder) -> None:
+    pytest.importorskip("av")
+    pytest.importorskip("transformers")
+    from clipsearch.config import OFFLINE_AUDIO_MODEL, AudioSampling
+    from clipsearch.ingest.build import build
+    from tests.support.corpora import make_image_corpus, tiny_config
+    from tests.support.sounds import NOISE, TONES, three_parts, write_sound
+
+    sounds = tmp_path / "sounds"
+    sounds.mkdir()
+    three_parts(sounds / "three.wav")
+    build(tiny_config(tmp_path / "bundle", audio=sounds, images=make_image_corpus(tmp_path / "images", 3),
+                      sound=AudioSampling(model=OFFLINE_AUDIO_MODEL)))
+    upload = write_sound(tmp_path / "upload.flac", [(TONES[2], 3.0), (NOISE, 3.0)], kind="flac")
+    with opened_service(encoder, tmp_path / "bundle") as service:
+        [uploaded] = CollectionWriter(service).add_images([ImageEntry(upload.read_bytes(), key="upload")])
+        before = {item_id: service.collection.segment_vectors(item_id) for item_id in (3, uploaded)}
+    summary = reindex(tmp_path / "bundle", other_encoder, progress=False)
+    assert summary.counts == {"image": 3, "audio": 2}
+    with opened_service(other_encoder, tmp_path / "bundle") as service:
+        for item_id, (ids, vectors) in before.items():
+            kept_ids, kept = service.collection.segment_vectors(item_id)
+            assert kept_ids.tolist() == ids.tolist()
+            np.testing.assert_array_equal(kept, vectors)
+        assert service.search_text("a whistle", Modality.AUDIO, 5).hits[0].segment is not None

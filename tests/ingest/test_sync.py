@@ -251,3 +251,60 @@ def test_a_synced_video_folder_answers_as_a_rebuild_and_a_second_sync_changes_no
     assert new.extra["video"]["segments"] == [[0.0, 1.5], [1.5, 3.0], [3.0, 4.0]]
     again = sync(bundle, live, encoder, SyncSources(videos=videos), batch_size=8, progress=False)
     assert (again.added, again.updated, again.moved, again.removed, again.unchanged) == (0, 0, 0, 0, 3)
+
+
+def test_a_synced_sound_folder_answers_as_a_rebuild_and_a_second_sync_changes_nothing(
+        tmp_path: Path, encoder: ClipEncoder) -> None:
+    pytest.importorskip("av")
+    pytest.importorskip("transformers")
+    from clipsearch.config import OFFLINE_AUDIO_MODEL, AudioSampling
+    from clipsearch.model.audio import load_audio_encoder
+    from tests.support.sounds import NOISE, TONES, three_parts, write_sound
+
+    sounds = tmp_path / "sounds"
+    sounds.mkdir()
+    three_parts(sounds / "three.wav")
+    write_sound(sounds / "gone.flac", [(TONES[1], 4.0)], kind="flac")
+    write_sound(sounds / "moved.ogg", [(NOISE, 6.0)], kind="ogg", seed=5)
+    cutting = AudioSampling(model=OFFLINE_AUDIO_MODEL, hop_s=4.0)
+    build(tiny_config(tmp_path / "bundle", audio=sounds, sound=cutting))
+    audio = load_audio_encoder(OFFLINE_AUDIO_MODEL, "cpu")
+    bundle = load_bundle(tmp_path / "bundle")
+    live = LiveLog(tmp_path / "bundle" / LIVE_FILE, bundle.items, encoder.embedding_dim)
+    service = SearchService(encoder, bundle, QueryLimits(max_k=50), live=live, audio=audio)
+    three_id = next(item.id for item in bundle.items if item.uri.endswith("three.wav"))
+    (sounds / "gone.flac").unlink()                                                     # deleted
+    os.replace(sounds / "moved.ogg", sounds / "renamed.ogg")                            # moved
+    write_sound(sounds / "new.mp3", [(TONES[4], 14.0)], kind="mp3")                     # added
+    (sounds / "three.txt").write_text("a caption for three")                            # sidecar only
+    summary = sync(bundle, live, encoder, SyncSources(audio=sounds), batch_size=8, progress=False, audio=audio)
+    assert (summary.added, summary.updated, summary.moved, summary.removed) == (1, 1, 1, 1)
+    service.collection.refresh()
+    build(tiny_config(tmp_path / "rebuilt", audio=sounds, sound=cutting))
+    rebuilt_bundle = load_bundle(tmp_path / "rebuilt")
+    rebuilt = SearchService(encoder, rebuilt_bundle, QueryLimits(max_k=50), audio=audio)
+
+    def answers(searched: SearchService, group_by: str) -> list[list[tuple[float, str, SegmentSpan | None]]]:
+        return [sorted((round(hit.score, 5), hit.item.uri, hit.segment) for hit in searched.search_text(
+            text, Modality.AUDIO, 20, options=ResultOptions(group_by=group_by)).hits)[::-1]
+            for text in ("a dog barking", "rain on a roof", "a whistle")]
+
+    for group_by in ("item", "segments"):
+        assert answers(service, group_by) == answers(rebuilt, group_by)
+    assert service.collection.item(three_id).text == "a caption for three"  # kept its id and its windows
+    assert service.collection.item(three_id).extra["audio"]["segments"][0] == [0.0, 10.0]
+    again = sync(bundle, live, encoder, SyncSources(audio=sounds), batch_size=8, progress=False, audio=audio)
+    assert (again.added, again.updated, again.moved, again.removed, again.unchanged) == (0, 0, 0, 0, 3)
+    for opened in (service, rebuilt):
+        opened.close()
+
+
+def test_syncing_sounds_into_a_bundle_built_without_them_is_refused_naming_audio(
+        corpus: tuple[Path, Path, Path], encoder: ClipEncoder, tmp_path: Path) -> None:
+    from clipsearch.errors import SourceError
+
+    bundle, live, service = _open(corpus[0], encoder)
+    with pytest.raises(SourceError, match="built without sounds") as refused:
+        sync(bundle, live, encoder, SyncSources(audio=tmp_path), progress=False)
+    assert refused.value.field == "audio"
+    service.close()

@@ -35,7 +35,7 @@ def test_an_unknown_id_is_an_item_not_found_naming_the_field(bundle: Bundle) -> 
 def test_only_image_items_have_an_image(bundle: Bundle) -> None:
     text_id = int(stored_vectors(bundle, Modality.TEXT)[0][0])
     with pytest.raises(InvalidQuery, match="is a text, not an image"):
-        Collection(bundle).image_path(text_id)
+        Collection(bundle).file_path(text_id)
 
 
 def test_live_adds_and_deletes_are_counted_and_resolved(bundle_path: Path, tmp_path: Path) -> None:

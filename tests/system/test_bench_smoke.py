@@ -60,6 +60,20 @@ def test_smoke_the_indexing_bench_with_videos_relates_decoding_and_indexing_them
     assert end_to_end["video_seconds_per_s"] == pytest.approx(12 / end_to_end["seconds"], rel=0.01)
 
 
+def test_smoke_the_sounds_bench_relates_indexing_sounds_to_reading_them_and_to_the_audio_tower() -> None:
+    pytest.importorskip("av")
+    pytest.importorskip("transformers")
+    figures = run_bench("bench.sounds", "--recordings", "2", "--seconds", "12", "--model", "tiny-clap",
+                        "--batch-size", "4", "--workers", "1", "--device", "cpu")
+    assert figures["generated"]["recordings"] == 2
+    assert figures["read + decode + resample alone"]["audio_seconds_per_s"] > 0
+    tower = figures["audio tower alone"]
+    assert tower["audio_seconds_per_s"] == pytest.approx(5 * tower["windows_per_s"], rel=0.01)
+    end_to_end = figures["sound indexing end to end"]
+    assert end_to_end["recordings"] == 2 and end_to_end["skipped"] == 0
+    assert end_to_end["audio_seconds_per_s"] == pytest.approx(24 / end_to_end["seconds"], rel=0.01)
+
+
 def test_smoke_the_http_bench_measures_one_client_many_clients_and_the_unbatched_baseline() -> None:
     figures = run_bench("bench.http", "--items", "2000", "--texts", "100", "--model", "tiny", "--device", "cpu",
                         "--requests", "20", "--clients", "4", "--client-processes", "2", "--duration", "1",

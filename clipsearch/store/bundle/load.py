@@ -48,7 +48,7 @@ class Bundle:
         """The stored vectors (float32 (m, d)) of base items `ids`, all of `modality` (an on-disk
         index's from its fp16 store: its PQ codes are too coarse to stand for them)."""
         if modality not in self.indices and not len(ids):
-            return np.zeros((0, self.manifest.embedding_dim), np.float32)
+            return np.zeros((0, self.manifest.dim_of(modality)), np.float32)
         store = self.stores.get(modality)
         return store.vectors_of(ids) if store is not None else \
             faiss_index.reconstruct_many(self.indices[modality], ids)
@@ -98,9 +98,9 @@ def load_bundle(path: Path, verify_checksums: bool = True) -> Bundle:
             stores[modality] = ondisk.VectorStore(path / vectors_name, path / ids_name)
         else:
             index = faiss_index.load_index(path / record.index_file)
-        if index.d != manifest.embedding_dim:
+        if index.d != manifest.dim_of(modality):
             raise BundleError(f"{record.index_file}: vectors have dimension {index.d}, "
-                              f"the manifest says {manifest.embedding_dim}")
+                              f"the manifest says {manifest.dim_of(modality)}")
         faiss_index.apply_params(index, record.index.params)
         indices[modality] = index
     texts = {}

@@ -49,7 +49,8 @@ def write_bundle(out: Path, model: ModelRef, embedding_dim: int, content: dict[M
                  items: Iterable[Item], report: dict[str, Any], versions: dict[str, str],
                  corpus_fingerprint: str | None = None, discard_live_changes: bool = False,
                  keyword_fields: Sequence[str] = (), fused: FusedContent | None = None,
-                 ocr: dict[str, Any] | None = None, video: dict[str, Any] | None = None) -> Manifest:
+                 ocr: dict[str, Any] | None = None, video: dict[str, Any] | None = None,
+                 audio: dict[str, Any] | None = None) -> Manifest:
     """Write a complete bundle at `out`, replacing an earlier bundle there, all or nothing.
 
     An earlier bundle holding live changes is replaced only with `discard_live_changes`: else
@@ -70,7 +71,7 @@ def write_bundle(out: Path, model: ModelRef, embedding_dim: int, content: dict[M
                             corpus_fingerprint=corpus_fingerprint, keyword_fields=list(keyword_fields),
                             fusion=None if fused is None else fused.fusion.as_dict(),
                             fused_index=None if fused is None or fused.index is None else fused.index.spec,
-                            ocr=ocr, video=video)
+                            ocr=ocr, video=video, audio=audio)
         atomic_write_text(staging / MANIFEST_FILE, manifest.to_json())
         with bundle_lock(out):  # not while `indexer classify` rewrites the bundle, nor a server writes to it
             if not discard_live_changes:

@@ -70,7 +70,8 @@ class Rebuild:
         if modality in self.bundle.stores:
             return self._new_on_disk_base(modality)
         index = self.bundle.indices.get(modality)
-        dim = self.bundle.manifest.embedding_dim
+        dim = self.bundle.manifest.dim_of(modality) if modality in self.bundle.indices else \
+            self.bundle.manifest.embedding_dim
         kept, kept_vectors = np.zeros(0, np.int64), np.zeros((0, dim), np.float32)
         if index is not None:
             if not faiss_index.is_lossless(index):
@@ -89,7 +90,7 @@ class Rebuild:
     def _hidden(self, modality: Modality, held: np.ndarray) -> np.ndarray:
         """The ids among `held` (an index's) of the base items the snapshot hides: a video's segments' for videos."""
         removed = self.state.removed_of(modality)
-        return segments.of_items(removed, held) if modality is Modality.VIDEO else removed
+        return segments.of_items(removed, held) if modality.timed else removed
 
     def _new_on_disk_base(self, modality: Modality) -> NewBase:
         """An on-disk index's new base: its stored rows not hidden, and the live ones, read a block
@@ -98,7 +99,7 @@ class Rebuild:
         stored_ids = np.asarray(store.ids)
         keep = ~np.isin(stored_ids, self._hidden(modality, stored_ids))
         segment = self.state.segment(modality)
-        live_vectors = segment.vectors.reshape(-1, self.bundle.manifest.embedding_dim)
+        live_vectors = segment.vectors.reshape(-1, self.bundle.manifest.dim_of(modality))
         ids = np.sort(np.concatenate([stored_ids[keep], segment.ids]))
         return NewBase(ids, None, added=len(segment.ids),
                         chunks=ondisk.chunks_from_store(store, keep, segment.ids, live_vectors))
@@ -188,7 +189,7 @@ class Rebuild:
             faiss_index.apply_params(files.index, params)
             return ModalityContent(files.index, replace(record.index, params={**params, "added_since_training": added}),
                                    on_disk=files)
-        files, spec = ondisk.build_on_disk(base.chunks, len(base.ids), self.bundle.manifest.embedding_dim,
+        files, spec = ondisk.build_on_disk(base.chunks, len(base.ids), self.bundle.manifest.dim_of(modality),
                                            record.index.factory, work, name, others, queries_label)
         self.retrained.append(modality.value)
         if spec.recall_at_10 is not None:

@@ -117,7 +117,7 @@ class Compaction:
         bases = {modality: rebuild.new_base(modality) for modality in Modality}
         bases = {modality: base for modality, base in bases.items() if len(base.ids)}
         # The new base's items (a video's segments are one item), by which the new log keeps their keys.
-        self.new_ids = {modality: np.unique(segments.items_of(base.ids)) if modality is Modality.VIDEO else base.ids
+        self.new_ids = {modality: np.unique(segments.items_of(base.ids)) if modality.timed else base.ids
                         for modality, base in bases.items()}
         for modality, base in bases.items():
             queried_by = recall_queries_for(modality, bases)

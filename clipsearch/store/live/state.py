@@ -19,7 +19,7 @@ from clipsearch.store import keywords
 from clipsearch.store.filters import Filter
 from clipsearch.store.fused_texts import part_text
 from clipsearch.store.items import Item, items_in_memory
-from clipsearch.store.segments import count_items, items_of, segment_ids
+from clipsearch.store.segments import count_items, items_of, segment_ids, spans_of
 
 
 @dataclass(frozen=True)
@@ -99,7 +99,7 @@ class LiveState:
     @property
     def changes(self) -> int:
         """Live items and hidden base items: what a compaction would fold in (clipsearch.store.compaction)."""
-        return sum(count_items(segment.ids) if modality is Modality.VIDEO else len(segment.ids)
+        return sum(count_items(segment.ids) if modality.timed else len(segment.ids)
                    for modality, segment in self.segments.items()) + sum(len(ids) for ids in self.removed.values())
 
     @property
@@ -158,12 +158,14 @@ def replay(since: LiveState | None, generation: int, removed_rows: list[Any], it
     items = dict(since.items) if since is not None else {}
     vectors: dict[int, np.ndarray] = {} if since is None else {
         int(item_id): segment.vectors[row] for modality, segment in since.segments.items()
-        if modality is not Modality.VIDEO for row, item_id in enumerate(segment.ids)}
-    if since is not None and len(since.segment(Modality.VIDEO).ids):  # each video's rows back into its (m, d)
-        videos = since.segment(Modality.VIDEO)
-        owners = items_of(videos.ids)  # ascending: each video's rows lie together
+        if not modality.timed for row, item_id in enumerate(segment.ids)}
+    for timed in (modality for modality in Modality if modality.timed):  # each one's rows back into its (m, d)
+        rows_of = since.segment(timed) if since is not None else None
+        if rows_of is None or not len(rows_of.ids):
+            continue
+        owners = items_of(rows_of.ids)  # ascending: each item's rows lie together
         firsts = np.flatnonzero(np.r_[True, owners[1:] != owners[:-1]])
-        vectors.update({int(item_id): rows for item_id, rows in zip(owners[firsts], np.split(videos.vectors,
+        vectors.update({int(item_id): rows for item_id, rows in zip(owners[firsts], np.split(rows_of.vectors,
                                                                                           firsts[1:]), strict=True)})
     texts: dict[int, dict[str, np.ndarray]] = {} if since is None else {
         int(item_id): held for segment in since.segments.values() for item_id in segment.ids
@@ -174,9 +176,12 @@ def replay(since: LiveState | None, generation: int, removed_rows: list[Any], it
     for _, is_write, row in events:
         texts.pop(row[0], None)
         if is_write:
-            items[row[0]] = Item(row[0], Modality(row[1]), row[2], row[3], json.loads(row[4]), row[5])
+            item = items[row[0]] = Item(row[0], Modality(row[1]), row[2], row[3], json.loads(row[4]), row[5])
             vector = np.frombuffer(row[6], dtype=np.float32)
-            vectors[row[0]] = vector.reshape(-1, dim) if row[1] == Modality.VIDEO.value else vector
+            # A timed item's rows are its segments, as many as its spans (a sound's are the audio model's size).
+            if item.modality.timed:
+                vector = vector.reshape(len(spans_of(item.extra, item.modality)), -1)
+            vectors[row[0]] = vector
             held = {part: np.frombuffer(blob, dtype=np.float32)
                     for part, blob in zip(TEXT_PARTS, row[8:], strict=True) if blob is not None}
             if held:
@@ -188,8 +193,8 @@ def replay(since: LiveState | None, generation: int, removed_rows: list[Any], it
     for modality in Modality:
         ids = np.array(sorted(item_id for item_id, item in items.items() if item.modality is modality),
                        dtype=np.int64)
-        if modality is Modality.VIDEO:
-            segments[modality] = _video_segment(ids, vectors, dim)
+        if modality.timed:
+            segments[modality] = _timed_segment(ids, vectors, dim)
             continue
         stacked = np.stack([vectors[int(item_id)] for item_id in ids]) if len(ids) else \
             np.zeros((0, dim), np.float32)
@@ -197,8 +202,9 @@ def replay(since: LiveState | None, generation: int, removed_rows: list[Any], it
     return LiveState(generation, removed, segments, items)
 
 
-def _video_segment(item_ids: np.ndarray, vectors: dict[int, np.ndarray], dim: int) -> Segment:
-    """The live videos `item_ids` (ascending) as rows of their segments, under segment ids (ascending too)."""
+def _timed_segment(item_ids: np.ndarray, vectors: dict[int, np.ndarray], dim: int) -> Segment:
+    """The live videos (or sounds) `item_ids` (ascending) as rows of their segments, under segment ids
+    (ascending too)."""
     if not len(item_ids):
         return Segment(np.zeros(0, np.int64), np.zeros((0, dim), np.float32))
     held = [vectors[int(item_id)] for item_id in item_ids]

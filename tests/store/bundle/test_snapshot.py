@@ -75,7 +75,7 @@ def test_a_restored_bundle_finds_its_uploaded_images_at_their_new_place(served: 
     info = take_snapshot(served.bundle.path, tmp_path / "snapshot.tar")
     restored = restore_snapshot(info.path, tmp_path / "moved" / "bundle")
     with opened_service(encoder, restored) as service:
-        path = service.collection.image_path(added)
+        path = service.collection.file_path(added)
         assert path.is_relative_to(restored.resolve()) and path.read_bytes() == picture
         assert service.search_image(picture, Modality.IMAGE, 1).hits[0].item.id == added
         np.testing.assert_allclose(service.collection.stored_vector(added), served.collection.stored_vector(added))

@@ -314,7 +314,7 @@ def test_an_uploaded_image_is_stored_and_served_from_the_bundle(encoder: ClipEnc
     try:
         data = image_bytes(noise_image(99))
         [item_id] = writer.add_images([ImageEntry(data, "holiday/1.png", "a caption", {"album": "x"})])
-        path = service.collection.image_path(item_id)
+        path = service.collection.file_path(item_id)
         assert path.read_bytes() == data and path.parent == (live_copy / "live-images").resolve()
         assert service.search_image(data, Modality.IMAGE, 1).hits[0].item.id == item_id
     finally:

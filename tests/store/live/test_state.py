@@ -81,10 +81,26 @@ def test_members_finds_the_candidates_among_sorted_ids() -> None:
     assert members(np.array([5]), np.zeros(0, np.int64)).tolist() == []
 
 
-def video_row(item_id: int, generation: int, segments: int) -> tuple[object, ...]:
-    vectors = unit_vectors(segments, DIM, seed=100 + item_id)
-    return (item_id, "video", f"uri{item_id}", None, json.dumps({}), f"h{item_id}", vectors.tobytes(), generation,
-            None, None)
+def video_row(item_id: int, generation: int, segments: int, modality: str = "video",
+              dim: int = DIM) -> tuple[object, ...]:
+    """A live video's row (or a sound's, with `modality` 'audio'): its segments' vectors in one blob,
+    their spans (one second each) in its metadata."""
+    vectors = unit_vectors(segments, dim, seed=100 + item_id)
+    extra = {modality: {"segments": [[float(second), float(second + 1)] for second in range(segments)]}}
+    return (item_id, modality, f"uri{item_id}", None, json.dumps(extra), f"h{item_id}", vectors.tobytes(),
+            generation, None, None)
+
+
+def test_a_live_sounds_windows_are_rows_of_the_audio_models_size_beside_videos_of_the_image_models() -> None:
+    from clipsearch.store.segments import segment_ids
+
+    older = replay(None, 2, [], [video_row(5, 1, 2), video_row(7, 2, 3, "audio", dim=DIM + 3)], [], DIM)
+    newer = replay(older, 3, [], [video_row(9, 3, 1, "audio", dim=DIM + 3)], [], DIM)
+    sounds = newer.segment(Modality.AUDIO)
+    assert sounds.ids.tolist() == [*segment_ids(7, 3), *segment_ids(9, 1)]
+    assert sounds.vectors.shape == (4, DIM + 3) and newer.segment(Modality.VIDEO).vectors.shape == (2, DIM)
+    np.testing.assert_array_equal(sounds.vectors[:3], unit_vectors(3, DIM + 3, seed=107))
+    assert newer.changes == 3
 
 
 def test_a_live_videos_segments_are_rows_of_their_own_and_a_newer_snapshot_keeps_them() -> None:
