@@ -114,7 +114,7 @@ def real_size_model(folder: Path) -> str:
     from transformers import ClapConfig, ClapModel
 
     torch.manual_seed(0)
-    ClapModel(ClapConfig(projection_dim=512)).save_pretrained(folder)
+    ClapModel(ClapConfig(projection_dim=512)).save_pretrained(folder)  # type: ignore[no-untyped-call]
     for name in ("tokenizer.json", "tokenizer_config.json", "preprocessor_config.json"):
         shutil.copy(OFFLINE_DIR / name, folder / name)
     return str(folder)

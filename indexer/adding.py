@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 from clipsearch.config import WriteLimits
 from clipsearch.errors import ClipSearchError, InvalidQuery
 from clipsearch.model.encoder import ClipEncoder
+from clipsearch.search.open import audio_model_of
 from clipsearch.search.service import SearchService
 from clipsearch.search.writes import CollectionWriter, ImageEntry, TextEntry
 from clipsearch.store.bundle import Bundle
@@ -39,8 +40,8 @@ def add_parser(commands: Commands) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     command.add_argument("--bundle", type=Path, required=True, help="the bundle to add to")
     command.add_argument("--text", action="append", default=[], help="a text to add (repeat for more)")
-    command.add_argument("--image", action="append", default=[], type=Path, help="an image file to add (repeat for "
-                                                                                    "more; not with --text)")
+    command.add_argument("--image", action="append", default=[], type=Path, help="an image, video or sound file to "
+                         "add, told apart by its content (repeat for more; not with --text)")
     command.add_argument("--key", action="append", default=[],
                          help="the key of each item, in order (repeat; an existing key replaces that item and keeps "
                               "its id); default: new keys")
@@ -91,7 +92,7 @@ def _with_writer(args: argparse.Namespace, write: Callable[[CollectionWriter], R
     in meanwhile). One command is one write, of any size."""
 
     def on(bundle: Bundle, live: LiveLog) -> Result:
-        service = SearchService(encoder, bundle, live=live)
+        service = SearchService(encoder, bundle, live=live, audio=audio_model_of(bundle.manifest, encoder))
         try:
             return write(CollectionWriter(service, replace(WriteLimits(), max_items=sys.maxsize)))
         finally:

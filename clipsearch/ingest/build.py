@@ -23,18 +23,18 @@ import torch
 
 from clipsearch.errors import ImageDecodeError, IndexSettingsInvalid, NoSources
 from clipsearch.index import faiss_index, ondisk
-from clipsearch.index.fusion import Fusion, fused_rows_by_id
 from clipsearch.index.spec import (
-    EXACT_FACTORY,
     RECALL_QUERIES,
     default_factory,
 )
 from clipsearch.ingest.config import BuildConfig
 from clipsearch.ingest.distributed import ENGINES, RayEngine
 from clipsearch.ingest.fingerprint import corpus_fingerprint, resume_fingerprint
+from clipsearch.ingest.fusing import fused_content
 from clipsearch.ingest.loading import (
     LoadedBatch,
     Outcome,
+    encode_batch,
     encode_video,
     image_batches,
     mark_duplicates,
@@ -59,8 +59,7 @@ from clipsearch.model.encoder import ClipEncoder
 from clipsearch.model.factory import load_encoder
 from clipsearch.model.ocr import describe, load_reader
 from clipsearch.store import segments
-from clipsearch.store.bundle import FusedContent, ModalityContent, on_disk_name, write_bundle
-from clipsearch.store.fused_texts import part_text
+from clipsearch.store.bundle import ModalityContent, on_disk_name, write_bundle
 from clipsearch.store.items import Item
 from clipsearch.store.ocr_text import OCR_TEXT, ocr_problem
 from clipsearch.util.images import read_image_file
@@ -260,23 +259,6 @@ def _encode_into_shards(config: BuildConfig, encoder: ClipEncoder, modality: Mod
     return done, captioned
 
 
-def encode_batch(encoder: ClipEncoder, batch: LoadedBatch) -> None:
-    """Set each usable outcome's payload (its text, or nothing for an image) to its embedding."""
-    if batch.pixels is not None:
-        # Rows of items found to be duplicates after decoding are encoded too, then dropped: cheaper
-        # than restacking the batch.
-        vectors = encoder.encode_images(batch.pixels)
-        for outcome, vector in zip(batch.decoded, vectors, strict=True):
-            if outcome.problem is None:
-                outcome.payload = vector
-        return
-    usable = [outcome for outcome in batch.outcomes if outcome.problem is None and isinstance(outcome.payload, str)]
-    if usable:
-        vectors = encoder.encode_texts([outcome.payload for outcome in usable])
-        for outcome, vector in zip(usable, vectors, strict=True):
-            outcome.payload = vector
-
-
 def _caption_missing(captioner: Captioner, encoder: ClipEncoder, batch: LoadedBatch, max_pixels: int) -> int:
     """Give every usable image of the batch that has no caption a generated one; returns how many.
 
@@ -390,35 +372,6 @@ def _on_disk_content(config: BuildConfig, store: ShardStore, modality: Modality,
                                        store.work / f"ondisk-{modality.value}", on_disk_name(modality),
                                        recall_queries, queries_label, config.rerank, config.progress)
     return ModalityContent(index=files.index, spec=spec, on_disk=files)
-
-
-def fused_content(fusion: Fusion, encoder: ClipEncoder, items: list[Item], image_ids: np.ndarray,
-                  image_vectors: np.ndarray, image_index: ModalityContent, texts: np.ndarray | None,
-                  config: BuildConfig, use_gpu: bool) -> FusedContent:
-    """What a fused bundle stores besides its indices: the vectors of each text part the fusion
-    names (captions, read text), and for an approximate image index the same kind of index over the
-    images' fused rows (tuned, as the image index is, with the texts as queries under the default
-    weights)."""
-    held = {part: _text_vectors(encoder, items, part, config) for part in fusion.text_parts}
-    stored = {part: faiss_index.build_index(vectors, ids, EXACT_FACTORY)[0] for part, (ids, vectors) in held.items()}
-    if image_index.spec.exact:
-        return FusedContent(fusion, stored)
-    rows = fused_rows_by_id(fusion.text_parts, image_ids, image_vectors, held)
-    queries = None if texts is None or not len(texts) else fusion.expand(texts)
-    index, spec = faiss_index.build_index(rows, image_ids, image_index.spec.factory, queries,
-                                          "text (cross-modal, default weights)" if queries is not None else None,
-                                          use_gpu=use_gpu)
-    return FusedContent(fusion, stored, ModalityContent(index, spec))
-
-
-def _text_vectors(encoder: ClipEncoder, items: list[Item], part: str,
-                  config: BuildConfig) -> tuple[np.ndarray, np.ndarray]:
-    """The ids (ascending) and text vectors of the image items that have a text of fusion part `part`."""
-    found = sorted((item.id, text) for item in items if item.modality is Modality.IMAGE
-                   and (text := part_text(part, item.text, item.extra)))
-    vectors = encoder.encode_texts_in_batches([text for _, text in found], config.batch_size, config.progress,
-                                              unit="caption" if part == "caption" else "read text")
-    return np.array([item_id for item_id, _ in found], dtype=np.int64), vectors
 
 
 def _versions() -> dict[str, str]:

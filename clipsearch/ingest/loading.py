@@ -241,6 +241,23 @@ def video_shard_of(outcomes: list[Outcome], first_id: int, dim: int) -> Shard:
     return Shard(np.concatenate(ids), np.concatenate(vectors), records)
 
 
+def encode_batch(encoder: ClipEncoder, batch: LoadedBatch) -> None:
+    """Set each usable outcome's payload (its text, or nothing for an image) to its embedding."""
+    if batch.pixels is not None:
+        # Rows of items found to be duplicates after decoding are encoded too, then dropped: cheaper
+        # than restacking the batch.
+        vectors = encoder.encode_images(batch.pixels)
+        for outcome, vector in zip(batch.decoded, vectors, strict=True):
+            if outcome.problem is None:
+                outcome.payload = vector
+        return
+    usable = [outcome for outcome in batch.outcomes if outcome.problem is None and isinstance(outcome.payload, str)]
+    if usable:
+        vectors = encoder.encode_texts([outcome.payload for outcome in usable])
+        for outcome, vector in zip(usable, vectors, strict=True):
+            outcome.payload = vector
+
+
 def mark_duplicates(batch: list[Outcome], seen: dict[str, int], first_id: int, keep_duplicates: bool) -> None:
     """Mark each usable outcome whose content was seen before as a duplicate of the first item with
     it (by id), and add the others to `seen` (content hash → id): applied in position order, the

@@ -34,8 +34,14 @@ from clipsearch.config import VideoSampling
 from clipsearch.errors import CannotReindex
 from clipsearch.index import faiss_index
 from clipsearch.index.spec import EXACT_FACTORY, RECALL_QUERIES
-from clipsearch.ingest.build import encode_batch
-from clipsearch.ingest.loading import VideoPayload, encode_video, image_batches, text_batches, video_batches
+from clipsearch.ingest.loading import (
+    VideoPayload,
+    encode_batch,
+    encode_video,
+    image_batches,
+    text_batches,
+    video_batches,
+)
 from clipsearch.ingest.sources import SourceItem
 from clipsearch.modality import Modality, recall_queries_for
 from clipsearch.model.encoder import ClipEncoder

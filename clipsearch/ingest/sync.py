@@ -40,8 +40,14 @@ import numpy as np
 
 from clipsearch.config import AudioSampling, OcrConfig, VideoSampling
 from clipsearch.errors import SourceError
-from clipsearch.ingest.build import encode_batch
-from clipsearch.ingest.loading import VideoPayload, encode_video, image_batches, text_batches, video_batches
+from clipsearch.ingest.loading import (
+    VideoPayload,
+    encode_batch,
+    encode_video,
+    image_batches,
+    text_batches,
+    video_batches,
+)
 from clipsearch.ingest.sounds import SoundPayload, encode_sounds, sound_batches
 from clipsearch.ingest.sources import (
     Columns,

@@ -48,7 +48,7 @@ def open_service(encoder: ClipEncoder, path: Path, *, verify_checksums: bool = T
     bundle = load_bundle(path, verify_checksums=verify_checksums)
     try:
         check_model(bundle.manifest, encoder.ref, encoder.embedding_dim)
-        audio = _audio_model(bundle.manifest, audio_models, encoder)
+        audio = audio_model_of(bundle.manifest, encoder, audio_models)
         try:
             live: LiveLog | None = open_live_log(bundle, encoder.embedding_dim, lock_timeout_s)
         except (OSError, sqlite3.Error, StorageError) as error:
@@ -63,8 +63,10 @@ def open_service(encoder: ClipEncoder, path: Path, *, verify_checksums: bool = T
         raise
 
 
-def _audio_model(manifest: Manifest, audio_models: Callable[[str], AudioEncoder] | None,
-                 encoder: ClipEncoder) -> AudioEncoder | None:
+def audio_model_of(manifest: Manifest, encoder: ClipEncoder,
+                   audio_models: Callable[[str], AudioEncoder] | None = None) -> AudioEncoder | None:
+    """The audio model a bundle's sounds were embedded by (None for a bundle without sounds): from
+    `audio_models` when given, else loaded on `encoder`'s device; ModelMismatch if it is not that one."""
     if manifest.audio is None:
         return None
     name = str(manifest.audio["model"])

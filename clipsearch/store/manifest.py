@@ -88,11 +88,9 @@ class Manifest:
     and how recordings were cut into windows (config.AudioSampling.as_record); None otherwise."""
 
     def dim_of(self, modality: Modality) -> int:
-        """The dimension of `modality`'s vectors: the audio model's for sounds, the model's for the rest."""
-        if modality.own_space:
-            if self.audio is None:
-                raise ManifestInvalid(f"{MANIFEST_FILE}: the bundle holds {modality.value} items but records no "
-                                      "audio model")
+        """The dimension of `modality`'s vectors: the audio model's for sounds, the model's for the rest
+        (and for sounds in a bundle that holds none: no vector of them is ever made)."""
+        if modality.own_space and self.audio is not None:
             return int(self.audio["embedding_dim"])
         return self.embedding_dim
 

@@ -109,3 +109,28 @@ def test_a_command_that_meets_a_compaction_runs_again_on_the_new_bundle(
     assert seen_compactions == [0, 1]  # refused on the old bundle, written on the new one
     assert "compacted or rebuilt meanwhile; nothing was written; running again" in capsys.readouterr().err
     assert collection_of(live_copy).item(written).text == "two"
+
+
+def test_a_sound_added_to_a_collection_built_with_sounds_is_cut_and_embedded_by_its_audio_model(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    pytest.importorskip("av")
+    pytest.importorskip("transformers")
+    from clipsearch.config import OFFLINE_AUDIO_MODEL, AudioSampling
+    from clipsearch.ingest.build import build
+    from tests.support.corpora import make_image_corpus, tiny_config
+    from tests.support.sounds import TONES, three_parts, write_sound
+
+    sounds = tmp_path / "sounds"
+    sounds.mkdir()
+    three_parts(sounds / "three.wav")
+    build(tiny_config(tmp_path / "with-sounds", audio=sounds, sound=AudioSampling(model=OFFLINE_AUDIO_MODEL)))
+    new = write_sound(tmp_path / "new.flac", [(TONES[2], 12.0)], kind="flac")
+    code, out, _ = run(capsys, "add", "--bundle", str(tmp_path / "with-sounds"), "--image", str(new))
+    assert code == 0, out
+    [added] = json.loads(out)["ids"]
+    collection = collection_of(tmp_path / "with-sounds")
+    assert collection.item(added).modality is Modality.AUDIO
+    assert collection.segment_vectors(added)[1].shape == (2, 32)  # 12 s: 0–10 and 2–12
+    build(tiny_config(tmp_path / "images-only", images=make_image_corpus(tmp_path / "images", 2)))
+    code, _, err = run(capsys, "add", "--bundle", str(tmp_path / "images-only"), "--image", str(new))
+    assert code == 2 and "built without sounds" in err

@@ -15,10 +15,12 @@ TESTS = ROOT / "tests"
 
 WITHOUT_TESTS_OF_THEIR_OWN = {
     "config.py": "frozen records and defaults, each tested where it is used (CaptionConfig.check: model/test_captions)",
-    "modality.py": "an enum of two names",
     "errors.py": "the exception tree; its HTTP statuses are tested in tests/app/test_errors.py",
     "client.py": "the typed HTTP client, tested against the real server throughout tests/app/",
     "index/topk.py": "the one result record (scores and ids)",
+    "ingest/fusing.py": "the fused build's caption vectors and fused index, tested through the build in "
+                        "tests/features/test_fusion.py (each captioned image's caption vector stored; an approximate "
+                        "image index gets a fused index of the same kind, searched as the exact one)",
     "ingest/config.py": "BuildConfig, a frozen record; the indexer's flags are tested into it in indexer/test_cli",
     "model/graphs.py": "CUDA-graph capture, which needs a GPU: tested in model/test_encoder (gpu-marked)",
 }

@@ -70,8 +70,7 @@ class Rebuild:
         if modality in self.bundle.stores:
             return self._new_on_disk_base(modality)
         index = self.bundle.indices.get(modality)
-        dim = self.bundle.manifest.dim_of(modality) if modality in self.bundle.indices else \
-            self.bundle.manifest.embedding_dim
+        dim = self.bundle.manifest.dim_of(modality)
         kept, kept_vectors = np.zeros(0, np.int64), np.zeros((0, dim), np.float32)
         if index is not None:
             if not faiss_index.is_lossless(index):
