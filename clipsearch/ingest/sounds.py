@@ -29,6 +29,11 @@ from clipsearch.util.audio import read_audio
 from clipsearch.util.files import file_sha256
 from clipsearch.util.progress import progress_bar
 
+MAX_WINDOWS_PER_PASS = 32
+"""Most windows in one pass of the audio tower, whatever the build's batch size: each window is a
+256×256 spectrogram image through HTSAT's Swin blocks, far more than an image's pass of a CLIP
+tower holds (bench.sounds measured its throughput at this size)."""
+
 
 @dataclass
 class SoundPayload:
@@ -100,14 +105,15 @@ def sound_batches(items: Sequence[SourceItem], encoder: AudioEncoder, start: int
 
 
 def encode_sounds(encoder: AudioEncoder, batch: LoadedBatch, batch_size: int) -> None:
-    """Embed the windows of the batch's usable recordings together, `batch_size` at a time: each
-    payload's samples become its windows' vectors."""
+    """Embed the windows of the batch's usable recordings together, `batch_size` at a time (at most
+    MAX_WINDOWS_PER_PASS): each payload's samples become its windows' vectors."""
     usable = [outcome.payload for outcome in batch.outcomes
               if outcome.problem is None and isinstance(outcome.payload, SoundPayload)
               and outcome.payload.windows is not None]
     if not usable:
         return
     windows = [window for payload in usable for window in payload.windows or []]
+    batch_size = min(batch_size, MAX_WINDOWS_PER_PASS)
     vectors = np.concatenate([encoder.encode_audio(windows[start:start + batch_size])
                               for start in range(0, len(windows), batch_size)])
     ends = np.cumsum([len(payload.spans) for payload in usable])

@@ -143,3 +143,15 @@ def test_without_the_ocr_extra_images_written_to_a_collection_that_reads_text_ar
         assert service.collection.count(Modality.IMAGE) == before
         [added] = writer.add_texts([TextEntry("texts are written as ever")])
         assert service.collection.item(added, "id").text == "texts are written as ever"
+
+
+def test_a_sound_written_to_a_collection_built_without_sounds_is_refused_naming_its_file(
+        writer: CollectionWriter, service: SearchService, tmp_path: Path) -> None:
+    pytest.importorskip("av")
+    from tests.support.sounds import TONES, write_sound
+
+    sound = write_sound(tmp_path / "tone.wav", [(TONES[1], 2.0)]).read_bytes()
+    before = service.collection.refresh().generation
+    with pytest.raises(InvalidQuery, match="built without sounds") as refused:
+        writer.add_images([ImageEntry(image_bytes(noise_image(7))), ImageEntry(sound)], "file")
+    assert refused.value.field == "file[1]" and service.collection.refresh().generation == before
