@@ -385,6 +385,10 @@ class InfoResponse(BaseModel):
     ocr: dict[str, Any] | None = Field(None, description="For a bundle built with --ocr: the engine that read its "
                                                          "images' text (and reads images written to it) and its "
                                                          "settings; null otherwise.")
+    audio: dict[str, Any] | None = Field(None, description="For a collection with sounds: the audio model that "
+                                         "embeds them and the queries that target them, its `embedding_dim`, and "
+                                         "how recordings are cut (`window_s`, `hop_s`, `sampling_rate`); null "
+                                         "otherwise.")
     writes: WritesInfo | None = Field(None, description="Whether writes go through, why not, and the disk's room.")
     worker: int = Field(description="The process id of the server worker that answered (one of "
                                     "CLIPSEARCH_SERVER_WORKERS): which one a connection reached.")

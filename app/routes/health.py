@@ -55,8 +55,8 @@ def info(service: ServiceDep, collection: StateDep, server: ServerDep) -> InfoRe
         mean_batch=service.pipeline.mean_batches(), bundle_created_at=manifest.created_at,
         evaluations=manifest.evaluations, live_changes=state.changes,
         compactions=manifest.compactions, fusion=manifest.fusion, keyword_fields=manifest.keyword_fields,
-        ocr=manifest.ocr, writes=_writes_info(collection), worker=os.getpid(), collection=collection.name,
-        memory=_memory_info(collection, server))
+        ocr=manifest.ocr, audio=manifest.audio, writes=_writes_info(collection), worker=os.getpid(),
+        collection=collection.name, memory=_memory_info(collection, server))
 
 
 def _memory_info(collection: CollectionState, server: ServerState) -> MemoryInfo:

@@ -166,6 +166,12 @@ def test_a_clip_longer_than_the_query_limit_is_refused_with_413(http: httpx.Clie
     assert response.status_code == 413 and response.json()["field"] == "file"
 
 
+def test_info_names_the_audio_model_and_counts_the_sounds(http: httpx.Client) -> None:
+    info = http.get("/info").json()
+    assert info["audio"]["model"] == OFFLINE_AUDIO_MODEL and info["audio"]["embedding_dim"] == 32
+    assert info["counts"]["audio"] == 3 and info["indices"]["audio"]["exact"]
+
+
 def test_an_unreadable_sound_file_is_reported_by_the_build_and_not_indexed(sound_bundle: Path) -> None:
     report = json.loads((sound_bundle / "report.json").read_text())
     assert [entry["uri"].rsplit("/", 1)[1] for entry in report["skipped"]] == ["broken.mp3"]
