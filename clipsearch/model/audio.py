@@ -23,8 +23,9 @@ import numpy as np
 import torch
 
 from clipsearch.config import OFFLINE_AUDIO_MODEL, RANDOM_WEIGHTS_SEED, ModelRef
-from clipsearch.errors import ModelLoadError
+from clipsearch.errors import InvalidQuery, ModelLoadError
 from clipsearch.model.encoder import resolve_device
+from clipsearch.util.languages import reads_as_latin
 
 OFFLINE_DIR = Path(__file__).parent / "model_configs" / "hf" / OFFLINE_AUDIO_MODEL
 EXTRA_HINT = "sound search needs the [audio] extra: pip install 'clipsearch[audio]'"
@@ -75,6 +76,14 @@ class AudioEncoder:
             embedded = self.model.get_text_features(input_ids=tokens.input_ids.to(self.device),
                                                     attention_mask=tokens.attention_mask.to(self.device))
         return _unit(embedded)
+
+    @staticmethod
+    def check_language(text: str, field: str) -> None:
+        """Refuse a text mostly outside the Latin script, naming `field`: LAION's CLAP models read English
+        only (their text tower is RoBERTa, trained on English captions), and would embed it as noise."""
+        if not reads_as_latin(text):
+            raise InvalidQuery(field, "the audio model reads English only: search sounds in English, or by their "
+                                      "captions' words in any language (mode 'keyword')")
 
     def is_truncated(self, text: str) -> bool:
         """Whether `text` is longer than the text tower reads (its end is dropped)."""

@@ -17,7 +17,6 @@ same alone or batched with longer ones (a test checks it).
 from __future__ import annotations
 
 import logging
-import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,15 +30,13 @@ from clipsearch.errors import InvalidQuery, ModelLoadError
 from clipsearch.model.encoder import resolve_device
 from clipsearch.model.lazy import LazyBatchedModel
 from clipsearch.model.preprocess import ImagePreparer, PreprocessConfig
+from clipsearch.util.languages import reads_as_latin
 
 OFFLINE_VQA_MODEL = "tiny-blip-vqa"
 """A tiny BLIP shipped in model_configs/hf/ (scripts/make-tiny-towers): random weights, for tests."""
 OFFLINE_DIR = Path(__file__).parent / "model_configs" / "hf" / OFFLINE_VQA_MODEL
 ANSWER_LANGUAGE = "English"
 """BLIP was trained on English questions (VQAv2) only."""
-MAX_FOREIGN_SHARE = 0.25
-"""A question with at least this share of its letters outside the Latin script is refused: it is
-not English, and BLIP would answer it with a guess."""
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +64,7 @@ def checked_question(question: str, max_chars: int, field: str = "question") -> 
         raise InvalidQuery(field, "must not be empty")
     if len(tidy) > max_chars:
         raise InvalidQuery(field, f"must be at most {max_chars} characters, got {len(tidy)}")
-    letters = [character for character in tidy if character.isalpha()]
-    foreign = sum(1 for letter in letters if not unicodedata.name(letter, "").startswith("LATIN"))
-    if letters and foreign >= MAX_FOREIGN_SHARE * len(letters):
+    if not reads_as_latin(tidy):  # not English: BLIP would answer it with a guess
         raise InvalidQuery(field, f"the question-answering model understands {ANSWER_LANGUAGE} only; "
                                   f"ask in {ANSWER_LANGUAGE}")
     return tidy

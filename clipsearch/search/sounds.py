@@ -42,8 +42,10 @@ class SoundQueries:
             _timed(encoder.encode_audio), batching.max_batch, batching.window_s, name="encode-audio")
 
     def text(self, text: str, field: str = "text") -> QueryVector:
-        """A text's unit vector in the audio model's space (checked first, naming `field`)."""
+        """A text's unit vector in the audio model's space (checked first, naming `field`: a text the
+        model cannot read, such as Chinese for LAION's English CLAP, is refused)."""
         check_text(text, field, self.limits)
+        self.encoder.check_language(text, field)
         vector, seconds = self._wait(self._texts.submit(text))
         truncated = (field,) if self.encoder.is_truncated(text) else ()
         return QueryVector(vector, truncated, (Encoding(Modality.TEXT, seconds),))

@@ -119,3 +119,14 @@ def test_an_item_of_the_audio_models_space_is_refused_in_a_composed_query(sounds
     with pytest.raises(InvalidQuery, match="audio model's space") as refused:
         sounds_service.embed_terms([ItemTerm(0)])
     assert refused.value.field == "terms[0].item_id"
+
+
+def test_a_chinese_text_is_refused_by_the_english_audio_model_but_found_by_keyword(
+        sounds_service: SearchService) -> None:
+    from clipsearch.search.hybrid import Ranking, SearchMode
+
+    for mode in (SearchMode.VECTOR, SearchMode.HYBRID):
+        with pytest.raises(InvalidQuery, match="reads English only") as refused:
+            sounds_service.search_text("狗叫声", Modality.AUDIO, 5, field="query", ranking=Ranking(mode))
+        assert refused.value.field == "query"
+    assert sounds_service.search_text("狗叫声", Modality.AUDIO, 5, ranking=Ranking(SearchMode.KEYWORD)).hits == []
