@@ -229,7 +229,7 @@ class ClipSearchClient:
     def search_audio(self, sound: Path | bytes, k: int = 10, *, filter: dict[str, Any] | None = None,
                      offset: int = 0, dedup: bool | float | None = None, min_score: float | None = None,
                      order_by: OrderByInput | None = None, group_by: str = "item") -> SearchResult:
-        """Search the collection's sounds with a sound clip's path or its bytes (WAV, FLAC, MP3, Ogg):
+        """Search the collection's sounds with a sound clip's path or its bytes (WAV, FLAC, MP3, Ogg, M4A):
         each sound hit carries the window that matched best (`segment`) and its best `moments`."""
         data = sound.read_bytes() if isinstance(sound, Path) else sound
         options = _options(filter, offset, dedup, None, None, None, min_score, order_by, group_by)

@@ -177,7 +177,7 @@ def add_audio_arguments(command: argparse.ArgumentParser, cutting: bool = True) 
     group = command.add_argument_group("sounds (the [audio] extra: CLAP through transformers, PyAV)")
     group.add_argument("--audio", type=Path,
                        help="a folder of sound files (searched recursively, recognised by content: WAV, FLAC, MP3, "
-                            "Ogg; name.txt / name.json beside one are its caption / metadata), or one sound file")
+                            "Ogg, M4A; name.txt / name.json beside one are its caption / metadata), or one sound file")
     if cutting:
         group.add_argument("--audio-model", default=SOUND.model,
                            help="the CLAP model that embeds sounds and the texts that search them: a Hugging Face "

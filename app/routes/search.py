@@ -124,7 +124,7 @@ def search_audio(file: UploadFile, service: ServiceDep, metrics: MetricsDep, bou
                  group_by: Annotated[Literal["item", "segments"], Form(description=(
                      "Each sound once ('item') or every window found ('segments'), as in /search/text."))] = "item",
                  ) -> SearchResponse:
-    """Find the sounds most like an uploaded clip (multipart field `file`: WAV, FLAC, MP3 or Ogg, at most
+    """Find the sounds most like an uploaded clip (multipart field `file`: WAV, FLAC, MP3, Ogg or M4A, at most
     CLIPSEARCH_MAX_QUERY_AUDIO_S long): audio→audio, in the audio model's space."""
     started = time.perf_counter()
     options = bounds.options(result_options(_form_json(filter, "filter"), offset, _form_dedup(dedup), None,

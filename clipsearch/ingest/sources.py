@@ -64,7 +64,7 @@ def read_video_source(source: Path) -> list[SourceItem]:
 
 
 def read_audio_source(source: Path) -> list[SourceItem]:
-    """List the sound files of a folder (recursively), recognised by content (WAV, FLAC, MP3, Ogg:
+    """List the sound files of a folder (recursively), recognised by content (WAV, FLAC, MP3, Ogg, M4A:
     clipsearch.util.audio.looks_like_audio), with their sidecars as videos have; or one sound file."""
     return _read_media_source(source, looks_like_audio, "audio")
 

@@ -52,7 +52,7 @@ log = logging.getLogger(__name__)
 
 VIDEO_SUFFIXES = {"mp4": ".mp4", "matroska": ".mkv", "avi": ".avi"}
 """An uploaded video's stored name's suffix, by its container family (clipsearch.util.video)."""
-SOUND_SUFFIXES = {"wav": ".wav", "flac": ".flac", "mp3": ".mp3", "ogg": ".ogg"}
+SOUND_SUFFIXES = {"wav": ".wav", "flac": ".flac", "mp3": ".mp3", "ogg": ".ogg", "m4a": ".m4a"}
 """An uploaded sound's stored name's suffix, by its format (clipsearch.util.audio)."""
 
 UNCHANGED: Any = object()

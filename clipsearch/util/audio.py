@@ -26,8 +26,12 @@ from clipsearch.errors import AudioDecodeError, AudioTooLarge
 
 DEFAULT_SAMPLING = AudioSampling()
 EXTRA_HINT = "sound files need the [audio] extra: pip install 'clipsearch[audio]'"
-AUDIO_MEDIA_TYPES = {"wav": "audio/wav", "flac": "audio/flac", "mp3": "audio/mpeg", "ogg": "audio/ogg"}
-"""The container formats accepted, by what FFmpeg's probe names them, with the type they are served as."""
+AUDIO_MEDIA_TYPES = {"wav": "audio/wav", "flac": "audio/flac", "mp3": "audio/mpeg", "ogg": "audio/ogg",
+                     "m4a": "audio/mp4"}
+"""The container formats accepted, by what FFmpeg's probe names them, with the type they are served as
+(`m4a`: the MP4 family's, AAC or ALAC in phones' voice memos and music libraries)."""
+M4A_BRANDS = (b"M4A ", b"M4B ", b"M4P ")
+"""An MP4 file's major brands that say it holds sound only (music, audiobooks), not a video."""
 
 
 @dataclass(frozen=True)
@@ -73,9 +77,11 @@ def window_spans(duration_s: float, window_s: float, hop_s: float) -> list[tuple
 
 
 def looks_like_audio(head: bytes) -> bool:
-    """Whether the first bytes of a file are a sound file's: RIFF WAVE, FLAC, Ogg, MP3 (an ID3 tag or
-    an MPEG audio frame's sync word). Files are recognised by content, never by name."""
+    """Whether the first bytes of a file are a sound file's: RIFF WAVE, FLAC, Ogg, an MP4 of a sound-only
+    brand (M4A), MP3 (an ID3 tag or an MPEG audio frame's sync word). Files are recognised by content,
+    never by name."""
     return (head[:4] == b"RIFF" and head[8:12] == b"WAVE") or head.startswith((b"fLaC", b"OggS", b"ID3")) \
+        or (head[4:8] == b"ftyp" and head[8:12] in M4A_BRANDS) \
         or (len(head) >= 2 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0 and head[1] & 0x06 != 0)
 
 

@@ -67,10 +67,12 @@ class VideoSummary:
 
 
 def looks_like_video(head: bytes) -> bool:
-    """Whether the first bytes of a file are a video container's: ISO (MP4, MOV: `ftyp` at 4), EBML
+    """Whether the first bytes of a file are a video container's: ISO (MP4, MOV: `ftyp` at 4, but not a
+    picture's brand nor a sound-only one, M4A: clipsearch.util.audio), EBML
     (Matroska, WebM), RIFF AVI. Files are recognised by content, never by name."""
     return (len(head) >= 12 and head[4:8] == b"ftyp" and head[8:12] not in (b"avif", b"avis", b"heic", b"heix",
-                                                                          b"mif1", b"msf1")) \
+                                                                          b"mif1", b"msf1",  # pictures
+                                                                          b"M4A ", b"M4B ", b"M4P ")) \
         or head.startswith(b"\x1a\x45\xdf\xa3") or (head[:4] == b"RIFF" and head[8:12] == b"AVI ")
 
 

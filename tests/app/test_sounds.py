@@ -303,3 +303,16 @@ def test_fuzzing_the_search_and_item_routes_of_a_collection_with_sounds_finds_no
                     exclude="ignored_auth")
     assert finished.returncode == 0, finished.stdout[-6000:]
     assert httpx.post(f"{url}/search/text", json={"text": "after the fuzz", "target": "audio"}).status_code == 200
+
+
+def test_an_m4a_written_to_the_collection_is_a_sound_served_as_audio_mp4(
+        writable: tuple[httpx.Client, Path], tmp_path: Path) -> None:
+    http, _ = writable
+    memo = write_sound(tmp_path / "memo.m4a", [(TONES[1], 4.0)], kind="m4a", rate=44_100, channels=2)
+    written = http.post("/items", files=[("file", ("memo.m4a", memo.read_bytes()))])
+    assert written.status_code == 200, written.text
+    [memo_id] = written.json()["ids"]
+    item = http.get(f"/items/{memo_id}").json()
+    assert item["modality"] == "audio" and item["uri"].endswith(".m4a")
+    assert item["metadata"]["audio"]["codec"] == "aac" and item["metadata"]["audio"]["channels"] == 2
+    assert http.get(f"/items/{memo_id}/audio").headers["content-type"] == "audio/mp4"

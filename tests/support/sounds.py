@@ -11,7 +11,7 @@ TONES = (220.0, 440.0, 880.0, 1760.0, 3520.0)
 NOISE = 0.0
 """A part of 'frequency' NOISE is white noise, not a tone."""
 FORMATS = {"wav": ("wav", "pcm_s16le"), "flac": ("flac", "flac"), "mp3": ("mp3", "libmp3lame"),
-           "ogg": ("ogg", "libopus")}
+           "ogg": ("ogg", "libopus"), "m4a": ("ipod", "aac")}
 """What each sound format is written as: (container, encoder). Ogg holds Opus: this FFmpeg has no Vorbis encoder."""
 
 
@@ -39,7 +39,7 @@ def write_sound(path: Path, parts: Sequence[tuple[float, float]], rate: int = 48
     with av.open(str(path), mode="w", format=container) as output:
         stream = output.add_stream(codec, rate=rate, layout=layout)
         planar = np.ascontiguousarray(np.stack([samples] * channels))
-        step = 960  # Opus takes 20 ms frames at 48 kHz; the others take any
+        step = 960 if codec == "libopus" else 1024  # Opus takes 20 ms frames at 48 kHz, AAC 1024 samples
         for start in range(0, planar.shape[1], step):
             frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(planar[:, start:start + step]), format="fltp",
                                                layout=layout)

@@ -1,4 +1,4 @@
-"""Reading sounds: WAV, FLAC, MP3 and Ogg decoded to mono samples at the model's rate, cut into
+"""Reading sounds: WAV, FLAC, MP3, Ogg and M4A decoded to mono samples at the model's rate, cut into
 overlapping windows that cover the whole; and every bad file refused with its reason, within the bounds."""
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ RATE = 48_000
 
 
 @pytest.mark.parametrize(("kind", "rate", "channels"), [("wav", 48_000, 1), ("flac", 44_100, 2), ("mp3", 44_100, 2),
-                                                        ("ogg", 48_000, 1)])
+                                                        ("ogg", 48_000, 1), ("m4a", 44_100, 2)])
 def test_every_format_is_read_as_mono_samples_at_the_models_rate(
         tmp_path: Path, kind: str, rate: int, channels: int) -> None:
     path = write_sound(tmp_path / f"tone.{kind}", [(TONES[1], 3.0)], rate=rate, channels=channels, kind=kind)
@@ -35,7 +35,8 @@ def test_every_format_is_read_as_mono_samples_at_the_models_rate(
     assert clip.sample_rate == RATE and clip.samples.dtype == np.float32 and clip.samples.ndim == 1
     assert clip.duration_s == pytest.approx(3.0, abs=0.06)  # MP3 and Opus pad their first and last frames
     assert clip.record() == {"duration_s": pytest.approx(3.0, abs=0.06), "sample_rate": rate, "channels": channels,
-                             "codec": {"wav": "pcm_s16le", "flac": "flac", "mp3": "mp3float", "ogg": "opus"}[kind],
+                             "codec": {"wav": "pcm_s16le", "flac": "flac", "mp3": "mp3float", "ogg": "opus",
+                                       "m4a": "aac"}[kind],
                              "container": kind}
     # The 440 Hz tone survives the resampling: its strongest frequency is still 440 Hz.
     spectrum = np.abs(np.fft.rfft(clip.samples[RATE // 2:RATE // 2 + RATE]))
@@ -85,11 +86,20 @@ def test_what_is_not_a_sound_is_refused_with_its_reason(data: bytes, reason: str
         read_audio(data, RATE)
 
 
-def test_a_video_is_not_a_sound_file_even_with_a_sound_track(tmp_path: Path) -> None:
+def test_a_video_is_not_taken_for_a_sound_file_and_without_a_sound_track_has_none_to_read(tmp_path: Path) -> None:
     video = four_scenes(tmp_path / "four.mp4").read_bytes()
     assert not looks_like_audio(video[:16])
-    with pytest.raises(AudioDecodeError, match="not a sound format accepted here"):
+    with pytest.raises(AudioDecodeError, match="holds no audio stream"):
         read_audio(video, RATE)
+    with pytest.raises(AudioDecodeError, match="not a sound format accepted here"):
+        read_audio(four_scenes(tmp_path / "four.webm", codec="libvpx-vp9", container="webm"), RATE)
+
+
+def test_an_m4a_is_a_sound_not_a_video(tmp_path: Path) -> None:
+    from clipsearch.util.video import looks_like_video
+
+    head = write_sound(tmp_path / "memo.m4a", [(TONES[1], 1.0)], kind="m4a").read_bytes()[:16]
+    assert looks_like_audio(head) and not looks_like_video(head)
 
 
 def test_a_truncated_file_gives_the_sound_before_the_cut(tmp_path: Path) -> None:
@@ -126,8 +136,8 @@ def test_files_are_recognised_by_content_not_name() -> None:
 
 
 def test_each_format_is_served_as_its_media_type() -> None:
-    assert [audio_media_type(name) for name in ("wav", "flac", "mp3", "ogg", "aiff")] == \
-        ["audio/wav", "audio/flac", "audio/mpeg", "audio/ogg", "application/octet-stream"]
+    assert [audio_media_type(name) for name in ("wav", "flac", "mp3", "ogg", "m4a", "aiff")] == \
+        ["audio/wav", "audio/flac", "audio/mpeg", "audio/ogg", "audio/mp4", "application/octet-stream"]
 
 
 @pytest.fixture(scope="module", params=["mp3", "ogg", "flac"])
