@@ -37,13 +37,22 @@ tower holds (bench.sounds measured its throughput at this size)."""
 
 @dataclass
 class SoundPayload:
-    """A recording read for embedding: its windows' samples, their spans and what its header said;
-    once embedded, the windows' vectors (float32 (m, d)), and no samples."""
+    """A recording read for embedding: its samples (mono float32 at the model's rate), its windows'
+    spans and what its header said; once embedded, the windows' vectors (float32 (m, d)), and no
+    samples. The samples travel from the loader worker once, whole: windows overlap, and cut there
+    each would be copied on its own."""
 
-    windows: list[np.ndarray] | None
+    samples: np.ndarray | None
+    sample_rate: int
     spans: list[tuple[float, float]]
     record: dict[str, Any]
     vectors: np.ndarray | None = None
+
+    def windows(self) -> list[np.ndarray]:
+        """The windows' samples (views of the recording's)."""
+        assert self.samples is not None
+        return [self.samples[round(start * self.sample_rate):round(end * self.sample_rate)]
+                for start, end in self.spans]
 
 
 def read_and_cut(position: int, item: SourceItem, sample_rate: int, window_s: float,
@@ -59,9 +68,8 @@ def read_and_cut(position: int, item: SourceItem, sample_rate: int, window_s: fl
         clip = read_audio(item.path, sample_rate, sampling)
     except AudioDecodeError as error:
         return Outcome(position, item, content_hash=content_hash, problem=error.reason)
-    spans = clip.windows(window_s, sampling.hop_s)
-    windows = [clip.excerpt(start, end) for start, end in spans]
-    return Outcome(position, item, content_hash=content_hash, payload=SoundPayload(windows, spans, clip.record()))
+    payload = SoundPayload(clip.samples, clip.sample_rate, clip.windows(window_s, sampling.hop_s), clip.record())
+    return Outcome(position, item, content_hash=content_hash, payload=payload)
 
 
 class _SoundDataset(Dataset[Outcome]):
@@ -109,16 +117,16 @@ def encode_sounds(encoder: AudioEncoder, batch: LoadedBatch, batch_size: int) ->
     MAX_WINDOWS_PER_PASS): each payload's samples become its windows' vectors."""
     usable = [outcome.payload for outcome in batch.outcomes
               if outcome.problem is None and isinstance(outcome.payload, SoundPayload)
-              and outcome.payload.windows is not None]
+              and outcome.payload.samples is not None]
     if not usable:
         return
-    windows = [window for payload in usable for window in payload.windows or []]
+    windows = [window for payload in usable for window in payload.windows()]
     batch_size = min(batch_size, MAX_WINDOWS_PER_PASS)
     vectors = np.concatenate([encoder.encode_audio(windows[start:start + batch_size])
                               for start in range(0, len(windows), batch_size)])
     ends = np.cumsum([len(payload.spans) for payload in usable])
     for payload, rows in zip(usable, np.split(vectors, ends[:-1]), strict=True):
-        payload.vectors, payload.windows = rows, None
+        payload.vectors, payload.samples = rows, None
 
 
 def sound_shard_of(outcomes: list[Outcome], first_id: int, dim: int) -> Shard:

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from clipsearch.errors import BundleReplaced, StorageError
+from clipsearch.errors import BundleReplaced, ModelLoadError, StorageError
 from clipsearch.model.audio import AudioEncoder, load_audio_encoder
 from clipsearch.model.encoder import ClipEncoder
 from clipsearch.search.service import SearchService
@@ -40,7 +40,8 @@ def open_service(encoder: ClipEncoder, path: Path, *, verify_checksums: bool = T
     """A service over the bundle at `path` and its live log; `options` go to SearchService. The
     bundle must have been built with `encoder`'s model (ModelMismatch otherwise); a bundle with
     sounds opens with the audio model its manifest names, from `audio_models` (a name → the encoder,
-    loaded once by the caller), else loaded here on `encoder`'s device.
+    loaded once by the caller), else loaded here on `encoder`'s device. An audio model that cannot be
+    loaded (the [audio] extra missing, say) leaves the rest served: its sounds' searches say why.
 
     A live log that cannot be opened for writing (a read-only directory or a full disk: OSError,
     sqlite3.Error, StorageError) raises, unless `on_read_only` is given: then it is told why, and
@@ -48,7 +49,11 @@ def open_service(encoder: ClipEncoder, path: Path, *, verify_checksums: bool = T
     bundle = load_bundle(path, verify_checksums=verify_checksums)
     try:
         check_model(bundle.manifest, encoder.ref, encoder.embedding_dim)
-        audio = audio_model_of(bundle.manifest, encoder, audio_models)
+        try:
+            audio = audio_model_of(bundle.manifest, encoder, audio_models)
+        except ModelLoadError as error:  # the rest is served; searches and writes of sounds say why not
+            log.warning("%s: its sounds cannot be searched: %s", path, error.reason)
+            audio, options["audio_problem"] = None, error.reason
         try:
             live: LiveLog | None = open_live_log(bundle, encoder.embedding_dim, lock_timeout_s)
         except (OSError, sqlite3.Error, StorageError) as error:

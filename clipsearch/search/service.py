@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from clipsearch.config import DEFAULT_RRF_K, Batching, QueryLimits
-from clipsearch.errors import InvalidQuery, ModalityUnavailable
+from clipsearch.errors import InvalidQuery, ModalityUnavailable, ModelLoadError
 from clipsearch.index.searchers import searcher_for
 from clipsearch.modality import Modality
 from clipsearch.model.audio import AudioEncoder
@@ -54,7 +54,8 @@ class SearchService:
     def __init__(self, encoder: ClipEncoder, bundle: Bundle, limits: QueryLimits | None = None,
                  use_gpu: bool = False, batching: Batching | None = None, filter_cache_size: int = 64,
                  live: LiveLog | None = None, rrf_k: int = DEFAULT_RRF_K,
-                 devices: Sequence[torch.device] | None = None, audio: AudioEncoder | None = None) -> None:
+                 devices: Sequence[torch.device] | None = None, audio: AudioEncoder | None = None,
+                 audio_problem: str | None = None) -> None:
         limits, batching = limits or QueryLimits(), batching or Batching()
         self.encoder, self.bundle, self.limits, self.fusion = encoder, bundle, limits, bundle.fusion
         self.collection = Collection(bundle, live)
@@ -73,6 +74,8 @@ class SearchService:
         record = bundle.manifest.audio
         self.sounds = SoundQueries(audio, float(record["hop_s"]), limits, batching) \
             if audio is not None and record is not None else None
+        self.audio_problem = audio_problem or "this collection was opened without its audio model"
+        """Why the sounds of a bundle that has them cannot be searched, when `sounds` is None."""
         self.words = WordSearch(bundle, self.embedder, self.vectors, rrf_k, self.sounds)
         self.explainer = Explainer(self.collection, self.embedder, batching.max_batch)
         self.classifier = ZeroShotClassifier(Calibration.of(encoder.logit_scale, encoder.logit_bias),
@@ -91,7 +94,8 @@ class SearchService:
         gray = self.encoder.prepare_image(Image.new("RGB", (self.encoder.image_size,) * 2, (127, 127, 127)))
         for modality in self.modalities:
             if modality.own_space:
-                self.search_text("a dog barking", modality, 1)
+                if self.sounds is not None:
+                    self.search_text("a dog barking", modality, 1)
                 continue
             self.embedder.wait(self.embedder.submit_text("a photo of a dog", "text", modality, 1))
             image = self.embedder.wait(self.embedder.submit_image(gray, modality, 1))
@@ -195,6 +199,6 @@ class SearchService:
             raise ModalityUnavailable("target", f"the bundle has no {target.value} items (it has: {present})")
 
     def _sounds(self) -> SoundQueries:
-        if self.sounds is None:  # a bundle with sounds always opens with its audio model (clipsearch.search.open)
-            raise ModalityUnavailable("target", "this collection was opened without its audio model")
+        if self.sounds is None:
+            raise ModelLoadError(f"this collection's sounds cannot be searched: {self.audio_problem}", "target")
         return self.sounds

@@ -178,8 +178,9 @@ class CollectionWriter:
     def _sounds(self, field: str = "file") -> SoundQueries:
         sounds = self.service.sounds
         if sounds is None:
-            if self.service.bundle.manifest.audio is not None:  # clipsearch.search.open always gives it one
-                raise ModelLoadError("this collection was opened without its audio model; nothing was written", field)
+            if self.service.bundle.manifest.audio is not None:
+                raise ModelLoadError(f"this collection's sounds cannot be embedded: {self.service.audio_problem}; "
+                                     "nothing was written", field)
             raise InvalidQuery(field, "this collection was built without sounds, so it has no audio model to embed "
                                       "one: build it with --audio to hold sounds")
         return sounds

@@ -130,3 +130,19 @@ def test_a_chinese_text_is_refused_by_the_english_audio_model_but_found_by_keywo
             sounds_service.search_text("狗叫声", Modality.AUDIO, 5, field="query", ranking=Ranking(mode))
         assert refused.value.field == "query"
     assert sounds_service.search_text("狗叫声", Modality.AUDIO, 5, ranking=Ranking(SearchMode.KEYWORD)).hits == []
+
+
+def test_without_its_audio_model_a_collection_is_served_and_its_sounds_searches_say_why(
+        sounds_service: SearchService, encoder: ClipEncoder) -> None:
+    from clipsearch.errors import ModelLoadError
+    from clipsearch.search.open import opened_service
+
+    def missing_extra(name: str) -> AudioEncoder:
+        raise ModelLoadError("sound search needs the [audio] extra: pip install 'clipsearch[audio]'", "audio_model")
+
+    with opened_service(encoder, sounds_service.bundle.path, audio_models=missing_extra) as service:
+        service.warm_up()
+        assert service.modalities == {Modality.AUDIO} and service.collection.count(Modality.AUDIO) == 3
+        with pytest.raises(ModelLoadError, match=r"sounds cannot be searched: .*\[audio\] extra") as refused:
+            service.search_text("a dog barking", Modality.AUDIO, 3)
+        assert refused.value.field == "target"
