@@ -9,7 +9,7 @@ the workers also read each image's text, each with a reader of its own, into the
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -193,17 +193,28 @@ def video_batches(items: Sequence[SourceItem], encoder: ClipEncoder, start: int,
     dataset = _VideoDataset(items, start, encoder.prepare_image, sampling)
     loader = DataLoader(dataset, batch_size=None, num_workers=workers, prefetch_factor=2 if workers > 0 else None,
                         persistent_workers=False)
+    return whole_items_in_batches(loader, frames_per_batch, starts_batch,
+                                  lambda payload: len(payload.spans) if isinstance(payload, VideoPayload) else 0)
+
+
+def whole_items_in_batches(outcomes: Iterable[Outcome], rows_per_batch: int,
+                           starts_batch: Callable[[int], bool] | None,
+                           rows_of: Callable[[Any], int]) -> Iterator[LoadedBatch]:
+    """Outcomes of items of several rows each (a video's segments, a recording's windows) in batches
+    of whole items: each batch holds items until their rows (`rows_of(payload)`) reach
+    `rows_per_batch`; an item at a position where `starts_batch` holds (a shard's first) starts a new
+    one, so that a resumed build makes the same batches."""
     pending: list[Outcome] = []
-    frames = 0
-    for outcome in loader:
+    rows = 0
+    for outcome in outcomes:
         if pending and starts_batch is not None and starts_batch(outcome.position):
             yield LoadedBatch(pending)
-            pending, frames = [], 0
+            pending, rows = [], 0
         pending.append(outcome)
-        frames += len(outcome.payload.spans) if isinstance(outcome.payload, VideoPayload) else 0
-        if frames >= frames_per_batch:
+        rows += rows_of(outcome.payload)
+        if rows >= rows_per_batch:
             yield LoadedBatch(pending)
-            pending, frames = [], 0
+            pending, rows = [], 0
     if pending:
         yield LoadedBatch(pending)
 

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from clipsearch.config import AudioSampling
 from clipsearch.errors import AudioDecodeError
-from clipsearch.ingest.loading import LoadedBatch, Outcome, mark_duplicates
+from clipsearch.ingest.loading import LoadedBatch, Outcome, mark_duplicates, whole_items_in_batches
 from clipsearch.ingest.shards import Shard, ShardStore
 from clipsearch.ingest.sources import SourceItem
 from clipsearch.modality import Modality
@@ -97,19 +97,8 @@ def sound_batches(items: Sequence[SourceItem], encoder: AudioEncoder, start: int
     dataset = _SoundDataset(items, start, encoder.sampling_rate, encoder.window_s, sampling)
     loader = DataLoader(dataset, batch_size=None, num_workers=workers, prefetch_factor=2 if workers > 0 else None,
                         persistent_workers=False)
-    pending: list[Outcome] = []
-    windows = 0
-    for outcome in loader:
-        if pending and starts_batch(outcome.position):
-            yield LoadedBatch(pending)
-            pending, windows = [], 0
-        pending.append(outcome)
-        windows += len(outcome.payload.spans) if isinstance(outcome.payload, SoundPayload) else 0
-        if windows >= windows_per_batch:
-            yield LoadedBatch(pending)
-            pending, windows = [], 0
-    if pending:
-        yield LoadedBatch(pending)
+    return whole_items_in_batches(loader, windows_per_batch, starts_batch,
+                                  lambda payload: len(payload.spans) if isinstance(payload, SoundPayload) else 0)
 
 
 def encode_sounds(encoder: AudioEncoder, batch: LoadedBatch, batch_size: int) -> None:
