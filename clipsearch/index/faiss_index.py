@@ -194,7 +194,9 @@ def to_gpus(index: faiss.Index, gpus: Sequence[int]) -> faiss.Index:
     if len(gpus) == 1:
         resources = faiss.StandardGpuResources()
         gpu_index = faiss.index_cpu_to_gpu(resources, gpus[0], index)
-        gpu_index.referenced_resources = resources  # type: ignore[attr-defined]  # kept alive with the index
+        # Kept alive with the index. `referenced_objects` is the one name FAISS's own wrappers use for
+        # this, and the only new attribute its Python classes accept (since 1.12 any other raises).
+        gpu_index.referenced_objects = [resources]  # type: ignore[attr-defined]
         return gpu_index
     options = faiss.GpuMultipleClonerOptions()
     options.shard = True

@@ -24,7 +24,7 @@ import torch
 
 from clipsearch.config import OFFLINE_AUDIO_MODEL, RANDOM_WEIGHTS_SEED, ModelRef
 from clipsearch.errors import InvalidQuery, ModelLoadError
-from clipsearch.model.encoder import resolve_device
+from clipsearch.model.encoder import resolve_device, weights_dtype
 from clipsearch.util.languages import reads_as_latin
 
 OFFLINE_DIR = Path(__file__).parent / "model_configs" / "hf" / OFFLINE_AUDIO_MODEL
@@ -43,7 +43,7 @@ class AudioEncoder:
                  max_text_tokens: int) -> None:
         self.model, self.features, self.tokenizer, self.ref, self.device = model, features, tokenizer, ref, device
         self.max_text_tokens = max_text_tokens
-        self.dtype: torch.dtype = next(model.parameters()).dtype
+        self.dtype = weights_dtype(model)
         self.sampling_rate = int(features.sampling_rate)
         self.window_s = float(features.nb_max_samples) / self.sampling_rate
         self._lock = threading.Lock()

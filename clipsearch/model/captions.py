@@ -17,7 +17,7 @@ from PIL import Image
 
 from clipsearch.config import RANDOM_WEIGHTS_SEED, CaptionConfig, ModelRef
 from clipsearch.errors import ModelLoadError
-from clipsearch.model.encoder import resolve_device
+from clipsearch.model.encoder import resolve_device, weights_dtype
 from clipsearch.model.lazy import LazyBatchedModel
 from clipsearch.model.preprocess import ImagePreparer, PreprocessConfig
 from clipsearch.util.files import file_sha256
@@ -46,7 +46,7 @@ class Captioner:
         self.model, self.ref, self.device, self.config = model, ref, device, config
         self.preprocess_config = PreprocessConfig.of_model(model)
         self.prepare_image = ImagePreparer(self.preprocess_config)
-        self.dtype: torch.dtype = next(model.parameters()).dtype
+        self.dtype = weights_dtype(model.visual)  # the image tower's, which the pixels enter
         self._mean, self._std = (torch.tensor(values, dtype=torch.float32, device=device).view(3, 1, 1)
                                  for values in (self.preprocess_config.mean, self.preprocess_config.std))
 
@@ -92,8 +92,12 @@ def _initialise_decoder_projection(model: Any) -> None:
             torch.nn.init.normal_(projection, std=projection.shape[0] ** -0.5)
 
 
-def load_captioner(config: CaptionConfig) -> Captioner:
-    """Load the caption model; ModelLoadError names what is wrong (the extra, the model, the file)."""
+def load_captioner(config: CaptionConfig, half: bool | None = None) -> Captioner:
+    """Load the caption model; ModelLoadError names what is wrong (the extra, the model, the file).
+
+    In fp16 when `half` (by default: on a GPU). Every weight is halved ("pure_fp16"): open_clip's
+    mixed "fp16" leaves the attentional pooler's query in fp32, which CoCa's image tower then
+    multiplies with fp16 weights and fails."""
     config.check()
     if not transformers_available():
         raise ModelLoadError("caption generation needs Hugging Face transformers: install the [caption] extra "
@@ -115,8 +119,9 @@ def load_captioner(config: CaptionConfig) -> Captioner:
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(RANDOM_WEIGHTS_SEED)
+            halved = device.type == "cuda" if half is None else half
             model = open_clip.create_model(config.model, pretrained=weights, device=device,
-                                           precision="fp16" if device.type == "cuda" else "fp32")
+                                           precision="pure_fp16" if halved else "fp32")
             if weights is None:
                 _initialise_decoder_projection(model)
     except Exception as error:  # open_clip raises many kinds (RuntimeError, HTTP errors, KeyError)

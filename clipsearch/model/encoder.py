@@ -71,6 +71,19 @@ def resolve_device(device: str | None) -> torch.device:
     return resolved
 
 
+def weights_dtype(module: torch.nn.Module) -> torch.dtype:
+    """The dtype that most of `module`'s weights are in: the one its inputs must be cast to.
+
+    Not the first parameter's: open_clip's fp16 (`precision="fp16"`, what the factory asks for on a
+    GPU) converts convolutions, linear layers and projections and leaves embeddings and LayerNorms in
+    fp32, and which parameter comes first differs from model to model."""
+    elements: dict[torch.dtype, int] = {}
+    for parameter in module.parameters():
+        if parameter.is_floating_point():
+            elements[parameter.dtype] = elements.get(parameter.dtype, 0) + parameter.numel()
+    return max(elements, key=elements.__getitem__) if elements else torch.float32
+
+
 class ClipEncoder:
     """An open_clip model with its image preparation and tokenizer, ready for inference."""
 
@@ -88,7 +101,9 @@ class ClipEncoder:
         self.ref = ref
         self.device = device
         self.context_length: int = int(getattr(tokenizer, "context_length", 77))
-        self.dtype: torch.dtype = next(model.parameters()).dtype  # fp16 on CUDA, fp32 on the CPU
+        # Pixels go in at the image tower's dtype (fp16 on CUDA, fp32 on the CPU); texts go in as token ids.
+        # The whole model's majority would not do: a small model's fp32 token embedding outweighs the rest.
+        self.dtype = weights_dtype(getattr(model, "visual", model))
         self.weight_bytes = sum(parameter.numel() * parameter.element_size() for parameter in model.parameters())
         """The model's weights, as loaded: about what it holds in memory whichever runtime runs its towers."""
         # Read once, so that scoring labels never needs the model itself (clipsearch.model.zero_shot).

@@ -27,7 +27,7 @@ from PIL import Image
 
 from clipsearch.config import RANDOM_WEIGHTS_SEED, VqaConfig
 from clipsearch.errors import InvalidQuery, ModelLoadError
-from clipsearch.model.encoder import resolve_device
+from clipsearch.model.encoder import resolve_device, weights_dtype
 from clipsearch.model.lazy import LazyBatchedModel
 from clipsearch.model.preprocess import ImagePreparer, PreprocessConfig
 from clipsearch.util.languages import reads_as_latin
@@ -81,7 +81,7 @@ class Answerer:
         self.model, self.tokenizer, self.description, self.device, self.config = (model, tokenizer, description,
                                                                                   device, config)
         self.prepare_image = ImagePreparer(preparation)
-        self.dtype: torch.dtype = next(model.parameters()).dtype
+        self.dtype = weights_dtype(model)
         self._mean, self._std = (torch.tensor(values, dtype=torch.float32, device=device).view(3, 1, 1)
                                  for values in (preparation.mean, preparation.std))
         text_config = model.config.text_config

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -93,11 +94,21 @@ def test_a_caption_model_changes_the_corpus_fingerprint(tmp_path: Path) -> None:
     assert corpus_fingerprint(plain, {}) != corpus_fingerprint(captioned, {})
 
 
+@pytest.mark.parametrize("generation", ["beam_search", "top_k"])
+def test_in_fp16_as_on_a_gpu_the_captions_are_fp32s(generation: str) -> None:
+    """The GPU's half-precision path run on the CPU, with the same weights: the same captions."""
+    config = replace(TINY, generation=generation, max_tokens=10)
+    half = load_captioner(config, half=True)
+    assert half.dtype == torch.float16 and {parameter.dtype for parameter in half.model.parameters()} == {torch.float16}
+    images = [noise_image(seed) for seed in range(4)]
+    assert half.caption_images(images) == load_captioner(config).caption_images(images)
+
+
 @pytest.mark.gpu
 def test_on_a_gpu_captions_are_generated_in_fp16() -> None:
     gpu = load_captioner(CaptionConfig(model=OFFLINE_CAPTION_MODEL, pretrained=None, device="cuda",
                                        generation="beam_search", max_tokens=10))
-    assert next(gpu.model.parameters()).dtype == torch.float16
+    assert gpu.dtype == torch.float16
     texts = gpu.caption_images([noise_image(seed) for seed in range(4)])
     assert len(texts) == 4 and all(isinstance(text, str) for text in texts)
 

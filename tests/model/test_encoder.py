@@ -86,10 +86,24 @@ def test_text_longer_than_the_context_is_truncated_not_refused(encoder: ClipEnco
 
 
 
+def test_in_fp16_as_on_a_gpu_images_and_texts_embed_as_in_fp32_within_fp16_precision(encoder: ClipEncoder) -> None:
+    """The GPU's half-precision path run on the CPU: open_clip's fp16 leaves the embeddings and LayerNorms
+    in fp32, and the pixels must enter at the image tower's dtype all the same."""
+    half = load_encoder(OFFLINE_MODEL, pretrained=None, device="cpu", precision="fp16", backend="torch")
+    assert half.dtype == torch.float16 and half.model.visual.conv1.weight.dtype == torch.float16
+    assert half.model.token_embedding.weight.dtype == torch.float32  # larger than the rest of this tiny model
+    images = [noise_image(seed) for seed in range(3)]
+    in_half, in_full = half.encode_images(images), encoder.encode_images(images)
+    assert_unit_float32(in_half, 3, half.embedding_dim)
+    np.testing.assert_allclose(in_half, in_full, atol=1e-2)
+    np.testing.assert_allclose(half.encode_texts(["a dog", "a cat"]), encoder.encode_texts(["a dog", "a cat"]),
+                               atol=1e-2)
+
+
 @pytest.mark.gpu
 def test_on_gpu_the_encoder_runs_fp16_and_still_returns_unit_float32() -> None:
     gpu = load_encoder(OFFLINE_MODEL, pretrained=None, device="cuda")
-    assert next(gpu.model.parameters()).dtype == torch.float16
+    assert gpu.dtype == torch.float16
     assert_unit_float32(gpu.encode_texts(["a", "b"]), 2, gpu.embedding_dim)
     assert_unit_float32(gpu.encode_images([noise_image(0)]), 1, gpu.embedding_dim)
 

@@ -93,6 +93,15 @@ def test_raw_tokens_remain_available_for_comparison(encoder: ClipEncoder) -> Non
     assert torch.allclose(raw.norm(dim=-1), torch.ones(1, 4, 4), atol=1e-5)
 
 
+def test_in_fp16_as_on_a_gpu_heatmaps_match_fp32s_within_fp16_precision(encoder: ClipEncoder) -> None:
+    half = load_encoder(OFFLINE_MODEL, pretrained=None, device="cpu", precision="fp16", backend="torch")
+    view = encoder.prepare_image(halves("red", "blue"))[None]
+    query = encoder.encode_texts(["red"])[0]
+    in_full = similarity_grids(PatchFeatures(encoder.model)(encoder.model_input(view)), query)
+    in_half = similarity_grids(PatchFeatures(half.model)(half.model_input(view)), query)
+    assert np.allclose(in_full, in_half, atol=2e-2)
+
+
 @pytest.mark.gpu
 def test_on_a_gpu_heatmaps_match_the_cpus_within_fp16(encoder: ClipEncoder) -> None:
     gpu = load_encoder(OFFLINE_MODEL, pretrained=None, device="cuda")
