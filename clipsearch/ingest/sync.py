@@ -31,7 +31,7 @@ from __future__ import annotations
 import os
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,7 @@ import numpy as np
 from clipsearch.config import AudioSampling, OcrConfig, VideoSampling
 from clipsearch.errors import SourceError
 from clipsearch.ingest.loading import (
+    LoadedBatch,
     VideoPayload,
     encode_batch,
     encode_video,
@@ -134,11 +135,14 @@ def sync(bundle: Bundle, live: LiveLog, encoder: ClipEncoder, sources: SyncSourc
     for modality, items, in_scope in _sources(bundle, sources):
         current = {item.uri: item for item in _collection_items(bundle, state, modality) if in_scope(item.uri)}
         plan = _plan(modality, items, current, stats, new_stats, state, bundle, summary)
+        # The batches are lazy: nothing is read or embedded when the plan has nothing to embed.
         if modality is Modality.VIDEO:
-            _embed_videos(plan, encoder, batch_size, workers, progress, summary, video)
+            _embed_timed(plan, modality, _videos_embedded(plan, encoder, batch_size, workers, video), progress,
+                         summary)
         elif modality is Modality.AUDIO:
             assert audio is not None
-            _embed_sounds(plan, audio, batch_size, workers, progress, summary, sound)
+            _embed_timed(plan, modality, _sounds_embedded(plan, audio, batch_size, workers, sound), progress,
+                         summary)
         else:
             _embed(plan, modality, encoder, batch_size, workers, max_pixels, progress, summary, ocr)
         plans.append(plan)
@@ -279,54 +283,43 @@ def _embed(plan: _Plan, modality: Modality, encoder: ClipEncoder, batch_size: in
     bar.close()
 
 
-def _embed_videos(plan: _Plan, encoder: ClipEncoder, batch_size: int, workers: int, progress: bool,
-                  summary: SyncSummary, sampling: VideoSampling) -> None:
-    """Cut and embed the planned videos as the build does; one that fails is skipped (an update of
-    it deletes the old item, as in `_embed`)."""
-    if not plan.embed:
-        return
-    sources = [source for source, _, _ in plan.embed]
-    bar = progress_bar(total=len(sources), unit="video", desc="embedding videos", disable=not progress)
-    for batch in video_batches(sources, encoder, 0, workers, sampling, batch_size):
+def _videos_embedded(plan: _Plan, encoder: ClipEncoder, batch_size: int, workers: int,
+                     sampling: VideoSampling) -> Iterator[LoadedBatch]:
+    for batch in video_batches([source for source, _, _ in plan.embed], encoder, 0, workers, sampling, batch_size):
         encode_video(encoder, batch, batch_size)
-        for outcome in batch.outcomes:
-            source, content_hash, existing = plan.embed[outcome.position]
-            payload = outcome.payload
-            if outcome.problem is not None or not isinstance(payload, VideoPayload) or payload.vectors is None:
-                summary.skipped.append((source.uri, outcome.problem or "could not be embedded"))
-                if existing is not None:
-                    plan.deletes.append(existing.id)
-                    summary.removed += 1
-                continue
-            cut = replace(source, extra=with_spans(source.extra, payload.record, payload.spans))
-            plan.writes.append(_new_item(cut, Modality.VIDEO, content_hash, payload.vectors))
-            summary.added += existing is None
-            summary.updated += existing is not None
-        bar.update(len(batch.outcomes))
-    bar.close()
+        yield batch
 
 
-def _embed_sounds(plan: _Plan, encoder: AudioEncoder, batch_size: int, workers: int, progress: bool,
-                  summary: SyncSummary, sampling: AudioSampling) -> None:
-    """Cut and embed the planned sounds as the build does; one that fails is skipped (an update of
-    it deletes the old item, as in `_embed`)."""
+def _sounds_embedded(plan: _Plan, encoder: AudioEncoder, batch_size: int, workers: int,
+                     sampling: AudioSampling) -> Iterator[LoadedBatch]:
+    for batch in sound_batches([source for source, _, _ in plan.embed], encoder, 0, workers, sampling, batch_size,
+                               lambda position: False):
+        encode_sounds(encoder, batch, batch_size)
+        yield batch
+
+
+def _embed_timed(plan: _Plan, modality: Modality, batches: Iterator[LoadedBatch], progress: bool,
+                 summary: SyncSummary) -> None:
+    """Take the planned videos or sounds, cut and embedded as the build does, into the plan; one that
+    fails is skipped (an update of it deletes the old item, as in `_embed`)."""
     if not plan.embed:
         return
-    sources = [source for source, _, _ in plan.embed]
-    bar = progress_bar(total=len(sources), unit="recording", desc="embedding sounds", disable=not progress)
-    for batch in sound_batches(sources, encoder, 0, workers, sampling, batch_size, lambda position: False):
-        encode_sounds(encoder, batch, batch_size)
+    unit = "video" if modality is Modality.VIDEO else "recording"
+    bar = progress_bar(total=len(plan.embed), unit=unit, desc=f"embedding {modality.value}",
+                       disable=not progress)
+    for batch in batches:
         for outcome in batch.outcomes:
             source, content_hash, existing = plan.embed[outcome.position]
             payload = outcome.payload
-            if outcome.problem is not None or not isinstance(payload, SoundPayload) or payload.vectors is None:
+            if outcome.problem is not None or not isinstance(payload, VideoPayload | SoundPayload) \
+                    or payload.vectors is None:
                 summary.skipped.append((source.uri, outcome.problem or "could not be embedded"))
                 if existing is not None:
                     plan.deletes.append(existing.id)
                     summary.removed += 1
                 continue
-            cut = replace(source, extra=with_spans(source.extra, payload.record, payload.spans, AUDIO_KEY))
-            plan.writes.append(_new_item(cut, Modality.AUDIO, content_hash, payload.vectors))
+            cut = replace(source, extra=with_spans(source.extra, payload.record, payload.spans, key_of(modality)))
+            plan.writes.append(_new_item(cut, modality, content_hash, payload.vectors))
             summary.added += existing is None
             summary.updated += existing is not None
         bar.update(len(batch.outcomes))
