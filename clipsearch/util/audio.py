@@ -12,17 +12,17 @@ four-hour default bound), so the bound on length is also the bound on memory.
 
 from __future__ import annotations
 
-import io
 import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 
 from clipsearch.config import AudioSampling
 from clipsearch.errors import AudioDecodeError, AudioTooLarge
+from clipsearch.util.media import failure_reason, open_media
 
 DEFAULT_SAMPLING = AudioSampling()
 EXTRA_HINT = "sound files need the [audio] extra: pip install 'clipsearch[audio]'"
@@ -98,16 +98,8 @@ def read_audio(source: Path | bytes, sample_rate: int, sampling: AudioSampling =
     within `sampling`'s bounds."""
     av = _av()
     deadline = time.monotonic() + sampling.decode_timeout_s
-    if isinstance(source, bytes) and not source:
-        raise AudioDecodeError("empty file (0 bytes)")
-    file: IO[bytes] | str = io.BytesIO(source) if isinstance(source, bytes) else str(source)
-    try:
-        container = av.open(file, mode="r", timeout=sampling.decode_timeout_s)
-    except av.error.FFmpegError as error:
-        _check_time(sampling, deadline)
-        raise AudioDecodeError(f"not a readable sound file ({_reason(error)})") from None
-    except (OSError, ValueError) as error:
-        raise AudioDecodeError(f"cannot open the file: {error}") from None
+    container = open_media(av, source, sampling.decode_timeout_s, "sound file", AudioDecodeError,
+                           lambda: _check_time(sampling, deadline))
     with container:
         family = _family(container.format.name)
         if family is None:
@@ -147,7 +139,7 @@ def read_audio(source: Path | bytes, sample_rate: int, sampling: AudioSampling =
         except (av.error.FFmpegError, ValueError) as error:
             _check_time(sampling, deadline)
             if not held:
-                raise AudioDecodeError(f"no sound could be decoded ({_reason(error)})") from None
+                raise AudioDecodeError(f"no sound could be decoded ({failure_reason(error)})") from None
             # A file cut short still gives what was decoded before the cut.
     if not held:
         raise AudioDecodeError("the recording holds no sound")
@@ -178,7 +170,3 @@ def _family(format_name: str) -> str | None:
 def _check_time(sampling: AudioSampling, deadline: float) -> None:
     if time.monotonic() > deadline:
         raise AudioTooLarge(f"reading the recording took over {sampling.decode_timeout_s:g} s; refused")
-
-
-def _reason(error: Exception) -> str:
-    return getattr(error, "strerror", None) or str(error) or type(error).__name__

@@ -15,17 +15,17 @@ two neighbours that differ least is removed.
 
 from __future__ import annotations
 
-import io
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from clipsearch.config import VideoSampling
 from clipsearch.errors import VideoDecodeError, VideoTooLarge
+from clipsearch.util.media import failure_reason, open_media
 
 DEFAULT_SAMPLING = VideoSampling()
 EXTRA_HINT = "video files need the [video] extra: pip install 'clipsearch[video]'"
@@ -88,16 +88,8 @@ def read_video(source: Path | bytes, sampling: VideoSampling = DEFAULT_SAMPLING)
     """The segments of the video in `source` (a path, or the file's bytes), within `sampling`'s bounds."""
     av = _av()
     deadline = time.monotonic() + sampling.decode_timeout_s
-    file: IO[bytes] | str = io.BytesIO(source) if isinstance(source, bytes) else str(source)
-    if isinstance(source, bytes) and not source:
-        raise VideoDecodeError("empty file (0 bytes)")
-    try:
-        container = av.open(file, mode="r", timeout=sampling.decode_timeout_s)
-    except av.error.FFmpegError as error:
-        _check_time(sampling, deadline)  # FFmpeg's own timeout interrupts it with an error of its own
-        raise VideoDecodeError(f"not a readable video ({_reason(error)})") from None
-    except (OSError, ValueError) as error:
-        raise VideoDecodeError(f"cannot open the file: {error}") from None
+    container = open_media(av, source, sampling.decode_timeout_s, "video", VideoDecodeError,
+                           lambda: _check_time(sampling, deadline))
     with container:
         family = _family(container.format.name)
         if family is None:
@@ -120,7 +112,7 @@ def read_video(source: Path | bytes, sampling: VideoSampling = DEFAULT_SAMPLING)
         except av.error.FFmpegError as error:
             _check_time(sampling, deadline)
             if not segmenter.frames:
-                raise VideoDecodeError(f"no frame could be decoded ({_reason(error)})") from None
+                raise VideoDecodeError(f"no frame could be decoded ({failure_reason(error)})") from None
             # A file cut short still gives what was decoded before the cut; the end is where it stopped.
         codec = stream.codec_context.name
     if not segmenter.frames:
@@ -167,7 +159,7 @@ def frame_at(path: Path, at_s: float, sampling: VideoSampling = DEFAULT_SAMPLING
                 if frame.time is not None and frame.time >= at_s:
                     break
     except av.error.FFmpegError as error:
-        raise VideoDecodeError(f"not a readable video ({_reason(error)})") from None
+        raise VideoDecodeError(f"not a readable video ({failure_reason(error)})") from None
     if shown is None:
         raise VideoDecodeError(f"no frame at {at_s:.3f} s")
     return _scaled(shown, side)
@@ -210,9 +202,6 @@ def _check_time(sampling: VideoSampling, deadline: float) -> None:
     if time.monotonic() > deadline:
         raise VideoTooLarge(f"reading the video took over {sampling.decode_timeout_s:g} s; refused")
 
-
-def _reason(error: Exception) -> str:
-    return getattr(error, "strerror", None) or str(error) or type(error).__name__
 
 
 def _scaled(frame: Any, side: int) -> Image.Image:
