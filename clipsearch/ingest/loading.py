@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -163,17 +164,26 @@ class _VideoDataset(Dataset[Outcome]):
         return read_and_prepare_video(position, self.items[position], self.prepare, self.sampling)
 
 
-def read_and_prepare_video(position: int, item: SourceItem, prepare: ImagePreparer,
-                           sampling: VideoSampling) -> Outcome:
-    """Read, hash, segment and prepare one video: its VideoPayload, or the reason it is skipped."""
+def hash_of_file(position: int, item: SourceItem) -> tuple[str, Path] | Outcome:
+    """The SHA-256 of a video's or a sound's file (read whole before it is decoded) and its path; or,
+    when it has none or cannot be read, the Outcome that skips it."""
     if item.problem is not None or item.path is None:
         return Outcome(position, item, problem=item.problem or "no file")
     try:
-        content_hash = file_sha256(item.path)
+        return file_sha256(item.path), item.path
     except OSError as error:
         return Outcome(position, item, problem=f"cannot read file: {error.strerror or error}")
+
+
+def read_and_prepare_video(position: int, item: SourceItem, prepare: ImagePreparer,
+                           sampling: VideoSampling) -> Outcome:
+    """Read, hash, segment and prepare one video: its VideoPayload, or the reason it is skipped."""
+    hashed = hash_of_file(position, item)
+    if isinstance(hashed, Outcome):
+        return hashed
+    content_hash, path = hashed
     try:
-        video = read_video(item.path, sampling)
+        video = read_video(path, sampling)
         pixels = torch.stack([prepare(segment.frame) for segment in video.segments])
     except VideoDecodeError as error:
         return Outcome(position, item, content_hash=content_hash, problem=error.reason)

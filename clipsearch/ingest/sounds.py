@@ -19,14 +19,13 @@ from torch.utils.data import DataLoader, Dataset
 
 from clipsearch.config import AudioSampling
 from clipsearch.errors import AudioDecodeError
-from clipsearch.ingest.loading import LoadedBatch, Outcome, mark_duplicates, whole_items_in_batches
+from clipsearch.ingest.loading import LoadedBatch, Outcome, hash_of_file, mark_duplicates, whole_items_in_batches
 from clipsearch.ingest.shards import Shard, ShardStore
 from clipsearch.ingest.sources import SourceItem
 from clipsearch.modality import Modality
 from clipsearch.model.audio import AudioEncoder
 from clipsearch.store.segments import AUDIO_KEY, segment_ids, with_spans
 from clipsearch.util.audio import read_audio
-from clipsearch.util.files import file_sha256
 from clipsearch.util.progress import progress_bar
 
 MAX_WINDOWS_PER_PASS = 32
@@ -58,14 +57,12 @@ class SoundPayload:
 def read_and_cut(position: int, item: SourceItem, sample_rate: int, window_s: float,
                  sampling: AudioSampling) -> Outcome:
     """Read, hash and cut one recording: its SoundPayload, or the reason it is skipped."""
-    if item.problem is not None or item.path is None:
-        return Outcome(position, item, problem=item.problem or "no file")
+    hashed = hash_of_file(position, item)
+    if isinstance(hashed, Outcome):
+        return hashed
+    content_hash, path = hashed
     try:
-        content_hash = file_sha256(item.path)
-    except OSError as error:
-        return Outcome(position, item, problem=f"cannot read file: {error.strerror or error}")
-    try:
-        clip = read_audio(item.path, sample_rate, sampling)
+        clip = read_audio(path, sample_rate, sampling)
     except AudioDecodeError as error:
         return Outcome(position, item, content_hash=content_hash, problem=error.reason)
     payload = SoundPayload(clip.samples, clip.sample_rate, clip.windows(window_s, sampling.hop_s), clip.record())
