@@ -28,6 +28,7 @@ from clipsearch.search.writes import UNCHANGED, ImageEntry, TextEntry
 from clipsearch.store.filters import parse_filter
 from clipsearch.store.segments import AUDIO_KEY, VIDEO_KEY
 from clipsearch.util.audio import audio_media_type, looks_like_audio
+from clipsearch.util.media import MEDIA_HEAD_BYTES
 from clipsearch.util.video import frame_at, looks_like_video, video_media_type
 
 ItemId = Annotated[int, Path(ge=0, le=MAX_ITEM_ID, description="An item's id, as search results give it.")]
@@ -147,7 +148,7 @@ async def add_items(request: Request, writer: WriterDep, service: ServiceDep, bo
                                 max_fields=4 * writer.limits.max_items + 4) as form:  # closes the uploads after
             entries = _image_entries(form)
         for number, image in enumerate(entries):
-            head = image.data[:16]
+            head = image.data[:MEDIA_HEAD_BYTES]
             modality = Modality.VIDEO if looks_like_video(head) else Modality.AUDIO if looks_like_audio(head) \
                 else Modality.IMAGE
             bounds.check_new(service.collection, modality, image.caption, image.metadata, f"file[{number}]",

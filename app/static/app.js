@@ -102,7 +102,7 @@ function useFile(file) {
 }
 
 function isSound(file) {
-  return Boolean(file) && (file.type.startsWith("audio/") || /\.(wav|flac|mp3|ogg|opus|m4a)$/i.test(file.name || ""));
+  return Boolean(file) && (file.type.startsWith("audio/") || /\.(wav|flac|mp3|ogg|opus|m4a|weba|mka)$/i.test(file.name || ""));
 }
 
 function base64Of(file) {

@@ -17,6 +17,7 @@ from typing import Any
 from clipsearch.errors import SourceError
 from clipsearch.util.audio import looks_like_audio
 from clipsearch.util.images import IMAGE_SUFFIXES
+from clipsearch.util.media import MEDIA_HEAD_BYTES
 from clipsearch.util.video import looks_like_video
 
 MANIFEST_SUFFIXES = frozenset({".csv", ".jsonl", ".parquet"})
@@ -81,7 +82,7 @@ def _read_media_source(source: Path, recognises: Callable[[bytes], bool], field:
             continue
         try:
             with path.open("rb") as file:
-                head = file.read(16)
+                head = file.read(MEDIA_HEAD_BYTES)
         except OSError as error:
             found.append(SourceItem(uri=str(path), problem=f"cannot read file: {error.strerror or error}"))
             continue

@@ -43,8 +43,9 @@ from clipsearch.store.items import Item
 from clipsearch.store.live import LIVE_IMAGES, NewItem, with_text_vectors
 from clipsearch.store.ocr_text import ocr_part, read_image_text, with_ocr
 from clipsearch.store.segments import AUDIO_KEY, carried_over, with_spans
-from clipsearch.util.audio import AudioClip, looks_like_audio, read_audio
+from clipsearch.util.audio import AUDIO_MEDIA_TYPES, AudioClip, looks_like_audio, read_audio
 from clipsearch.util.files import atomic_path
+from clipsearch.util.media import MEDIA_HEAD_BYTES
 from clipsearch.util.storage import storage_errors
 from clipsearch.util.video import VideoSummary, looks_like_video, read_video
 
@@ -52,8 +53,8 @@ log = logging.getLogger(__name__)
 
 VIDEO_SUFFIXES = {"mp4": ".mp4", "matroska": ".mkv", "avi": ".avi"}
 """An uploaded video's stored name's suffix, by its container family (clipsearch.util.video)."""
-SOUND_SUFFIXES = {"wav": ".wav", "flac": ".flac", "mp3": ".mp3", "ogg": ".ogg", "m4a": ".m4a"}
-"""An uploaded sound's stored name's suffix, by its format (clipsearch.util.audio)."""
+SOUND_SUFFIXES = {container: f".{container}" for container in AUDIO_MEDIA_TYPES}
+"""An uploaded sound's stored name's suffix, by its format (clipsearch.util.audio): each is its own name."""
 
 UNCHANGED: Any = object()
 """Marks a field an edit leaves as it is (None clears a caption)."""
@@ -122,8 +123,9 @@ class CollectionWriter:
             if entry.caption is not None:
                 check_text(entry.caption, f"{field}[{number}].caption", self.service.limits)
         self._check_unique_keys([entry.key for entry in entries], field)
-        is_video = [looks_like_video(entry.data[:16]) for entry in entries]
-        is_sound = [looks_like_audio(entry.data[:16]) and not is_video[number] for number, entry in enumerate(entries)]
+        heads = [entry.data[:MEDIA_HEAD_BYTES] for entry in entries]
+        is_video = [looks_like_video(head) for head in heads]
+        is_sound = [looks_like_audio(head) and not video for head, video in zip(heads, is_video, strict=True)]
         timed = [video or sound for video, sound in zip(is_video, is_sound, strict=True)]
         if self._reader_failure is not None and not all(timed):
             raise ModelLoadError("this collection reads the text in its images (it was built with --ocr), and this "

@@ -22,14 +22,15 @@ import numpy as np
 
 from clipsearch.config import AudioSampling
 from clipsearch.errors import AudioDecodeError, AudioTooLarge
-from clipsearch.util.media import failure_reason, open_media
+from clipsearch.util.media import failure_reason, is_matroska_sound, open_media
 
 DEFAULT_SAMPLING = AudioSampling()
 EXTRA_HINT = "sound files need the [audio] extra: pip install 'clipsearch[audio]'"
 AUDIO_MEDIA_TYPES = {"wav": "audio/wav", "flac": "audio/flac", "mp3": "audio/mpeg", "ogg": "audio/ogg",
-                     "m4a": "audio/mp4"}
+                     "m4a": "audio/mp4", "webm": "audio/webm"}
 """The container formats accepted, by what FFmpeg's probe names them, with the type they are served as
-(`m4a`: the MP4 family's, AAC or ALAC in phones' voice memos and music libraries)."""
+(`m4a`: the MP4 family's, AAC or ALAC in phones' voice memos and music libraries; `webm`: Matroska's,
+which FFmpeg names "matroska,webm", as browsers record it)."""
 M4A_BRANDS = (b"M4A ", b"M4B ", b"M4P ")
 """An MP4 file's major brands that say it holds sound only (music, audiobooks), not a video."""
 
@@ -69,18 +70,22 @@ def window_spans(duration_s: float, window_s: float, hop_s: float) -> list[tuple
     are in milliseconds' precision, as items keep them."""
     if duration_s <= window_s:
         return [(0.0, round(duration_s, 3))]
-    starts = [round(position * hop_s, 3) for position in range(math.ceil((duration_s - window_s) / hop_s))]
+    # Both ends are rounded from the exact times, so that windows a hop apart which abut exactly still
+    # abut once rounded (rounding the start, then adding the window, can leave a millisecond between them).
+    starts = [position * hop_s for position in range(math.ceil((duration_s - window_s) / hop_s))]
     last = round(duration_s - window_s, 3)
-    if starts and starts[-1] >= last:  # the end is within a millisecond of a window's: that one ends at the end
+    if starts and round(starts[-1], 3) >= last:  # the end is within a millisecond of a window's: that one ends there
         starts.pop()
-    return [(start, round(start + window_s, 3)) for start in starts] + [(last, round(duration_s, 3))]
+    return [(float(round(start, 3)), float(round(start + window_s, 3))) for start in starts] + \
+        [(float(last), float(round(duration_s, 3)))]
 
 
 def looks_like_audio(head: bytes) -> bool:
-    """Whether the first bytes of a file are a sound file's: RIFF WAVE, FLAC, Ogg, an MP4 of a sound-only
-    brand (M4A), MP3 (an ID3 tag or an MPEG audio frame's sync word). Files are recognised by content,
-    never by name."""
+    """Whether the first bytes of a file (MEDIA_HEAD_BYTES of them) are a sound file's: RIFF WAVE, FLAC,
+    Ogg, an MP4 of a sound-only brand (M4A), a Matroska or WebM file whose tracks are sound only, MP3
+    (an ID3 tag or an MPEG audio frame's sync word). Files are recognised by content, never by name."""
     return (head[:4] == b"RIFF" and head[8:12] == b"WAVE") or head.startswith((b"fLaC", b"OggS", b"ID3")) \
+        or is_matroska_sound(head) \
         or (head[4:8] == b"ftyp" and head[8:12] in M4A_BRANDS) \
         or (len(head) >= 2 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0 and head[1] & 0x06 != 0)
 

@@ -25,7 +25,7 @@ from PIL import Image
 
 from clipsearch.config import VideoSampling
 from clipsearch.errors import VideoDecodeError, VideoTooLarge
-from clipsearch.util.media import failure_reason, open_media
+from clipsearch.util.media import EBML_MAGIC, failure_reason, is_matroska_sound, open_media
 
 DEFAULT_SAMPLING = VideoSampling()
 EXTRA_HINT = "video files need the [video] extra: pip install 'clipsearch[video]'"
@@ -67,13 +67,15 @@ class VideoSummary:
 
 
 def looks_like_video(head: bytes) -> bool:
-    """Whether the first bytes of a file are a video container's: ISO (MP4, MOV: `ftyp` at 4, but not a
-    picture's brand nor a sound-only one, M4A: clipsearch.util.audio), EBML
-    (Matroska, WebM), RIFF AVI. Files are recognised by content, never by name."""
+    """Whether the first bytes of a file (MEDIA_HEAD_BYTES of them) are a video container's: ISO (MP4,
+    MOV: `ftyp` at 4, but not a picture's brand nor a sound-only one, M4A: clipsearch.util.audio), EBML
+    (Matroska, WebM; but not one whose tracks are sound only), RIFF AVI. Files are recognised by
+    content, never by name."""
     return (len(head) >= 12 and head[4:8] == b"ftyp" and head[8:12] not in (b"avif", b"avis", b"heic", b"heix",
                                                                           b"mif1", b"msf1",  # pictures
                                                                           b"M4A ", b"M4B ", b"M4P ")) \
-        or head.startswith(b"\x1a\x45\xdf\xa3") or (head[:4] == b"RIFF" and head[8:12] == b"AVI ")
+        or (head.startswith(EBML_MAGIC) and not is_matroska_sound(head)) \
+        or (head[:4] == b"RIFF" and head[8:12] == b"AVI ")
 
 
 def _av() -> Any:

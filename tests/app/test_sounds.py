@@ -305,14 +305,21 @@ def test_fuzzing_the_search_and_item_routes_of_a_collection_with_sounds_finds_no
     assert httpx.post(f"{url}/search/text", json={"text": "after the fuzz", "target": "audio"}).status_code == 200
 
 
-def test_an_m4a_written_to_the_collection_is_a_sound_served_as_audio_mp4(
-        writable: tuple[httpx.Client, Path], tmp_path: Path) -> None:
+@pytest.mark.parametrize(("kind", "codec", "media_type"), [("m4a", "aac", "audio/mp4"), ("webm", "opus", "audio/webm")])
+def test_a_phones_or_a_browsers_recording_written_to_the_collection_is_a_sound_served_as_such(
+        writable: tuple[httpx.Client, Path], tmp_path: Path, kind: str, codec: str, media_type: str) -> None:
+    """An M4A (phones' voice memos) and a sound-only WebM (browsers' MediaRecorder) are sounds, though
+    their containers also hold videos."""
     http, _ = writable
-    memo = write_sound(tmp_path / "memo.m4a", [(TONES[1], 4.0)], kind="m4a", rate=44_100, channels=2)
-    written = http.post("/items", files=[("file", ("memo.m4a", memo.read_bytes()))])
+    channels = 2 if kind == "m4a" else 1
+    memo = write_sound(tmp_path / f"memo.{kind}", [(TONES[1], 4.0)], kind=kind, rate=48_000, channels=channels)
+    written = http.post("/items", files=[("file", (f"memo.{kind}", memo.read_bytes()))])
     assert written.status_code == 200, written.text
     [memo_id] = written.json()["ids"]
     item = http.get(f"/items/{memo_id}").json()
-    assert item["modality"] == "audio" and item["uri"].endswith(".m4a")
-    assert item["metadata"]["audio"]["codec"] == "aac" and item["metadata"]["audio"]["channels"] == 2
-    assert http.get(f"/items/{memo_id}/audio").headers["content-type"] == "audio/mp4"
+    assert item["modality"] == "audio" and item["uri"].endswith(f".{kind}")
+    assert item["metadata"]["audio"]["codec"] == codec and item["metadata"]["audio"]["channels"] == channels
+    assert http.get(f"/items/{memo_id}/audio").headers["content-type"] == media_type
+    found = http.post("/search/audio", files={"file": (f"clip.{kind}", memo.read_bytes())})
+    assert found.status_code == 200, found.text
+    assert found.json()["results"][0]["id"] == memo_id  # the same recording, embedded alike

@@ -5,9 +5,11 @@ from pathlib import Path
 import pytest
 
 from clipsearch.errors import SourceError
-from clipsearch.ingest.sources import Columns, read_image_source, read_text_source
+from clipsearch.ingest.sources import Columns, read_audio_source, read_image_source, read_text_source, read_video_source
 from tests.support.corpora import write_manifest
 from tests.support.imagefiles import image_bytes, noise_image, save
+from tests.support.sounds import TONES, write_sound
+from tests.support.videos import four_scenes
 
 
 def test_a_folder_is_read_recursively_with_any_letter_case_and_sidecars(tmp_path: Path) -> None:
@@ -91,3 +93,18 @@ def test_missing_sources_are_refused_naming_which_source(tmp_path: Path) -> None
     with pytest.raises(SourceError, match="no file") as texts:
         read_text_source(tmp_path / "nope.txt")
     assert (images.value.field, texts.value.field) == ("images", "texts")
+
+
+def test_a_media_folder_tells_videos_from_sounds_by_content_whatever_their_container(tmp_path: Path) -> None:
+    """WebM and MP4 hold videos and sounds alike: a sound-only WebM (a browser's recording) or M4A is a
+    sound, a WebM with pictures a video; names never decide."""
+    pytest.importorskip("av")
+    folder = tmp_path / "media"
+    folder.mkdir()
+    write_sound(folder / "recorded.webm", [(TONES[1], 1.0)], kind="webm")
+    write_sound(folder / "memo.m4a", [(TONES[2], 1.0)], kind="m4a")
+    four_scenes(folder / "scenes.webm", codec="libvpx-vp9", container="webm")
+    four_scenes(folder / "named-like-a-sound.ogg", container="mp4")  # an MP4 inside
+    assert sorted(Path(item.uri).name for item in read_audio_source(folder)) == ["memo.m4a", "recorded.webm"]
+    assert sorted(Path(item.uri).name for item in read_video_source(folder)) == ["named-like-a-sound.ogg",
+                                                                                 "scenes.webm"]

@@ -11,8 +11,9 @@ TONES = (220.0, 440.0, 880.0, 1760.0, 3520.0)
 NOISE = 0.0
 """A part of 'frequency' NOISE is white noise, not a tone."""
 FORMATS = {"wav": ("wav", "pcm_s16le"), "flac": ("flac", "flac"), "mp3": ("mp3", "libmp3lame"),
-           "ogg": ("ogg", "libopus"), "m4a": ("ipod", "aac")}
-"""What each sound format is written as: (container, encoder). Ogg holds Opus: this FFmpeg has no Vorbis encoder."""
+           "ogg": ("ogg", "libopus"), "m4a": ("ipod", "aac"), "webm": ("webm", "libopus")}
+"""What each sound format is written as: (container, encoder). Ogg holds Opus: this FFmpeg has no Vorbis encoder.
+WebM holds Opus too, as browsers record it."""
 
 
 def samples_of(parts: Sequence[tuple[float, float]], rate: int, seed: int = 0) -> np.ndarray:
