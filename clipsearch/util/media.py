@@ -1,5 +1,6 @@
-"""Opening untrusted media files with PyAV, for clipsearch.util.video and clipsearch.util.audio: what
-FFmpeg raises while opening one becomes the caller's own error, with a short reason."""
+"""Untrusted media files, for clipsearch.util.video and clipsearch.util.audio: opening one with PyAV
+(what FFmpeg raises becomes the caller's own error, with a short reason), and telling a Matroska or
+WebM file's sound from a video by the track list in its first bytes, before anything is decoded."""
 
 from __future__ import annotations
 
