@@ -34,6 +34,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -43,6 +44,7 @@ import torch
 
 from bench.common import (
     WORDS,
+    cpu_seconds,
     emit,
     latency_summary,
     ratio,
@@ -119,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
                 emit(f"{label}server", settings=settings, workers=workers, backend=info["backend"],
                      threads=info["threads"], text_trim=info["text_trim"], torch_weights=info["torch_weights"],
                      **resident_mb(server.pid))
-                outcomes[label] = one_client, load = measure_server(url, args, jpeg, direct, label, workers)
+                outcomes[label] = one_client, load = measure_server(url, args, jpeg, direct, label, workers,
+                                                                    server.pid)
                 memory[label] = resident_mb(server.pid)
                 emit(f"{label}server memory", after="the load", **memory[label])
                 errors += len(one_client.errors) + len(load.errors)
@@ -186,21 +189,32 @@ def measure_direct(bundle_path: Path, args: argparse.Namespace, jpeg: bytes) -> 
 
 
 def measure_server(url: str, args: argparse.Namespace, jpeg: bytes, direct: dict[str, float],
-                   label: str, workers: int) -> tuple[Tally, Tally]:
-    """The one-client figures and the concurrent one; returns the one-client text and the concurrent tallies."""
-    health = run_clients(url, "health", jpeg, clients=1, processes=0, requests=args.requests)
-    emit(f"{label}health, one client", **health.figures())
-    text = run_clients(url, "text", jpeg, clients=1, processes=0, requests=args.requests)
+                   label: str, workers: int, server_pid: int) -> tuple[Tally, Tally]:
+    """The one-client figures and the concurrent one; returns the one-client text and the concurrent tallies.
+
+    Each figure also gives the server's CPU time per request (its processes, all threads): what bounds
+    one server's throughput when its Python work, not the model, is what requests wait for."""
+    def clients(kind: str, **options: Any) -> tuple[Tally, float | None]:
+        before = cpu_seconds(server_pid)
+        tally = run_clients(url, kind, jpeg, **options)
+        after = cpu_seconds(server_pid)
+        spent = None if before is None or after is None or not tally.latencies_s else \
+            round(1000 * (after - before) / len(tally.latencies_s), 3)
+        return tally, spent
+
+    health, health_cpu = clients("health", clients=1, processes=0, requests=args.requests)
+    emit(f"{label}health, one client", **health.figures(), server_cpu_ms_per_request=health_cpu)
+    text, text_cpu = clients("text", clients=1, processes=0, requests=args.requests)
     emit(f"{label}text query, one client", **text.figures(), vs_direct=ratio(text.p50, direct["text_p50_ms"]),
-         vs_health=ratio(text.p50, health.p50))
-    image = run_clients(url, "image", jpeg, clients=1, processes=0, requests=max(20, args.requests // 5))
+         vs_health=ratio(text.p50, health.p50), server_cpu_ms_per_request=text_cpu)
+    image, image_cpu = clients("image", clients=1, processes=0, requests=max(20, args.requests // 5))
     emit(f"{label}image upload, one client", **image.figures(), vs_direct=ratio(image.p50, direct["image_p50_ms"]),
-         upload_kb=round(len(jpeg) / 1024, 1))
+         upload_kb=round(len(jpeg) / 1024, 1), server_cpu_ms_per_request=image_cpu)
     run_clients(url, "text", jpeg, clients=args.clients, processes=args.client_processes, duration=1.0)  # warm-up
-    load = run_clients(url, "text", jpeg, clients=args.clients, processes=args.client_processes,
-                       duration=args.duration)
+    load, load_cpu = clients("text", clients=args.clients, processes=args.client_processes, duration=args.duration)
     emit(f"{label}text queries, {args.clients} clients", **load.figures(), client_processes=args.client_processes,
-         server_workers=workers, vs_one_client_rate=ratio(load.rate, text.rate))
+         server_workers=workers, vs_one_client_rate=ratio(load.rate, text.rate), server_cpu_ms_per_request=load_cpu,
+         vs_health_cpu=None if load_cpu is None or health_cpu is None else ratio(load_cpu, health_cpu))
     for error in (health.errors + text.errors + image.errors + load.errors)[:5]:
         emit("error", detail=error)
     text.errors += health.errors + image.errors

@@ -83,6 +83,10 @@ def test_smoke_the_http_bench_measures_one_client_many_clients_and_the_unbatched
         assert figures[figure]["errors"] == 0 and figures[figure]["requests"] > 0, figure
     assert figures["text query, one client"]["vs_direct"] > 0
     assert figures["micro-batching effect"]["throughput_ratio"] > 0
+    # The server's own CPU time per request: a text query costs it more than /health does.
+    assert 0 < figures["health, one client"]["server_cpu_ms_per_request"] \
+        < figures["text query, one client"]["server_cpu_ms_per_request"]
+    assert figures["text queries, 4 clients"]["vs_health_cpu"] > 1
 
 
 def test_smoke_the_http_bench_compares_server_variants_with_the_first() -> None:
