@@ -59,7 +59,7 @@ def matroska_track_kinds(head: bytes) -> set[str] | None:
     while start >= 0 and not kinds:  # the id also stands in the seek index, as the value that points to the list
         size, body = _vint(head, start + len(_TRACKS))
         if size is not None:
-            for element, entry_start, entry_end in _children(head, body, min(body + size, len(head))):
+            for element, entry_start, entry_end in _children(head, body, body + size):
                 if element != _TRACK_ENTRY:
                     continue
                 for field, value_start, value_end in _children(head, entry_start, entry_end):
@@ -89,7 +89,7 @@ def _children(data: bytes, start: int, end: int) -> list[tuple[int, int, int]]:
     """The elements between `start` and `end`: (the id's first byte, where its value starts, where it
     ends). The ids looked for here are one byte long. Stops at anything it cannot read."""
     found = []
-    position = start
+    position, end = start, min(end, len(data))  # a size may claim more than the head holds
     while position < end:
         element = data[position]
         if element == 0:

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import av
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from clipsearch.errors import AudioTooLarge, VideoDecodeError
 from clipsearch.util.media import EBML_MAGIC, is_matroska_sound, matroska_track_kinds, open_media
@@ -70,3 +72,12 @@ def test_a_head_without_the_track_list_or_not_matroska_says_nothing() -> None:
     assert matroska_track_kinds(whole[:60]) is None  # cut before the tracks: unknown, taken for a video
     assert matroska_track_kinds(b"RIFF\x00\x00\x00\x00WAVEfmt ") is None
     assert matroska_track_kinds(EBML_MAGIC + b"\xff" * 64) is None  # nothing readable: no answer, no error
+
+
+@settings(max_examples=300, deadline=None)
+@given(body=st.binary(max_size=512), cut=st.integers(0, 600))
+def test_any_bytes_after_the_magic_give_an_answer_and_never_an_error(body: bytes, cut: int) -> None:
+    """The track list is read from untrusted uploads: damaged sizes, ids and cuts end the reading."""
+    for head in (EBML_MAGIC + body, (matroska(track(2)) + body)[:cut], matroska(track(1), track(2))[:cut] + body):
+        kinds = matroska_track_kinds(head)
+        assert kinds is None or kinds <= {"video", "audio", "subtitle", "other"}
