@@ -80,9 +80,12 @@ def get_item_image(item_id: ItemId, service: ServiceDep, bounds: BoundsDep) -> F
 def get_item_video(item_id: ItemId, service: ServiceDep, bounds: BoundsDep) -> FileResponse:
     """The video file of a video item, with Range requests answered (a browser seeks in it). Only
     files recorded in the bundle are ever served."""
-    bounds.item(service.collection, item_id)
+    item = bounds.item(service.collection, item_id)
     path = service.collection.file_path(item_id, modality=Modality.VIDEO)
-    return FileResponse(path, media_type=video_media_type(path), headers={"Cache-Control": "public, max-age=3600"})
+    record = item.extra.get(VIDEO_KEY)
+    family = record.get("container") if isinstance(record, dict) else None
+    return FileResponse(path, media_type=video_media_type(path, family if isinstance(family, str) else None),
+                        headers={"Cache-Control": "public, max-age=3600"})
 
 
 @router.get("/{item_id:item_id}/audio", response_class=FileResponse, responses={

@@ -123,15 +123,21 @@ def read_video(source: Path | bytes, sampling: VideoSampling = DEFAULT_SAMPLING)
     return VideoSummary(segments, segments[-1].end_s, width, height, codec, family, segmenter.frames)
 
 
-def video_media_type(path: Path) -> str:
-    """The media type a video file is served as, from its container (application/octet-stream if none)."""
-    av = _av()
+def video_media_type(path: Path, family: str | None = None) -> str:
+    """The media type a video file is served as, from its container family (as VideoSummary.container
+    recorded it; FFmpeg probes the file when none is given), application/octet-stream if none. A
+    player asks again for every range it seeks to, so the family an item recorded saves a probe."""
     try:
-        with av.open(str(path)) as container:
-            family = _family(container.format.name)
+        if family is None:
+            av = _av()
+            try:
+                with av.open(str(path)) as container:
+                    family = _family(container.format.name)
+            except av.error.FFmpegError:
+                return "application/octet-stream"
         with path.open("rb") as file:
             head = file.read(64)
-    except (av.error.FFmpegError, OSError):
+    except OSError:
         return "application/octet-stream"
     if family == "matroska" and b"webm" in head:  # WebM is Matroska whose header's DocType says so
         return VIDEO_MEDIA_TYPES["webm"]

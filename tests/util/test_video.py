@@ -84,6 +84,10 @@ def test_a_frame_at_a_time_is_the_one_shown_then(tmp_path: Path) -> None:
     webm = four_scenes(tmp_path / "four.webm", codec="libvpx-vp9", container="webm")
     matroska = four_scenes(tmp_path / "four.mkv", container="matroska")
     assert (video_media_type(webm), video_media_type(matroska)) == ("video/webm", "video/x-matroska")
+    # The family an item recorded gives the same type without a probe.
+    recorded = {file: read_video(file).container for file in (path, webm, matroska)}
+    assert [video_media_type(file, recorded[file]) for file in (path, webm, matroska)] == \
+        ["video/mp4", "video/webm", "video/x-matroska"]
 
 
 def test_a_truncated_file_gives_the_frames_before_the_cut_or_a_reason(tmp_path: Path) -> None:
