@@ -94,10 +94,11 @@ def test_a_caption_model_changes_the_corpus_fingerprint(tmp_path: Path) -> None:
     assert corpus_fingerprint(plain, {}) != corpus_fingerprint(captioned, {})
 
 
-@pytest.mark.parametrize("generation", ["beam_search", "top_k"])
-def test_in_fp16_as_on_a_gpu_the_captions_are_fp32s(generation: str) -> None:
-    """The GPU's half-precision path run on the CPU, with the same weights: the same captions."""
-    config = replace(TINY, generation=generation, max_tokens=10)
+def test_in_fp16_as_on_a_gpu_the_captions_are_fp32s() -> None:
+    """The GPU's half-precision path run on the CPU, with the same weights: the same captions. Beam
+    search, which is deterministic: top-k sampling draws from probabilities that fp16 shifts a little,
+    so one sampled word in a caption may differ (CI's random test order found such a draw)."""
+    config = replace(TINY, generation="beam_search", max_tokens=10)
     half = load_captioner(config, half=True)
     assert half.dtype == torch.float16 and {parameter.dtype for parameter in half.model.parameters()} == {torch.float16}
     images = [noise_image(seed) for seed in range(4)]
