@@ -7,7 +7,7 @@ is used (CaptionConfig.check is the exception: it names the setting that is wron
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -161,17 +161,23 @@ class AudioSampling:
     """Longer recordings are refused (a declared duration before decoding; a stream that runs past it, when reached)."""
     decode_timeout_s: float = 600.0
     """Wall-clock bound on reading one recording; past it the recording is refused, never half-indexed."""
+    video_sound: bool = False
+    """Whether each video's sound track is indexed too, as a sound item of its own with the video's key
+    and uri (clipsearch.store.segments.SOUND_OF_VIDEO): found by text→audio and audio→audio queries."""
 
     def as_record(self, window_s: float, sampling_rate: int) -> dict[str, Any]:
         """How sounds are cut, as a bundle's manifest records it, with the model's window and rate."""
-        return {"model": self.model, "hop_s": self.hop_s, "window_s": window_s, "sampling_rate": sampling_rate}
+        return {"model": self.model, "hop_s": self.hop_s, "window_s": window_s, "sampling_rate": sampling_rate,
+                "video_sound": self.video_sound}
 
     def cutting_as(self, record: dict[str, Any] | None) -> AudioSampling:
-        """These bounds, with the model and hop that `record` (a manifest's) names; these without one."""
+        """These bounds, with the model and hop that `record` (a manifest's) names, and whether its videos'
+        sound tracks are indexed (none in a bundle without sounds); these without one."""
         if record is None:
-            return self
+            return replace(self, video_sound=False)
         return AudioSampling(model=str(record["model"]), hop_s=float(record["hop_s"]), max_seconds=self.max_seconds,
-                             decode_timeout_s=self.decode_timeout_s)
+                             decode_timeout_s=self.decode_timeout_s,
+                             video_sound=bool(record.get("video_sound", False)))
 
 
 @dataclass(frozen=True)

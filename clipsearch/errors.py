@@ -30,7 +30,8 @@ hierarchy, so a subclass inherits its parent's status unless it has its own):
     ├── VideoDecodeError            422  bytes that should be a video are not a usable one (or need the [video] extra)
     │   └── VideoTooLarge           413  past a bound of clipsearch.config.VideoSampling: pixels, length, decoding time
     ├── AudioDecodeError            422  bytes that should be a sound are not a usable one (or need the [audio] extra)
-    │   └── AudioTooLarge           413  past a bound of clipsearch.config.AudioSampling: length, decoding time
+    │   ├── AudioTooLarge           413  past a bound of clipsearch.config.AudioSampling: length, decoding time
+    │   └── NoSoundTrack            422  a video holds no sound: not a fault when its sound track is asked for
     ├── InvalidQuery                422  a query field has a value the search cannot use
     │   ├── QueryImageTooLarge      413
     │   └── ModalityUnavailable     422
@@ -166,6 +167,11 @@ class AudioDecodeError(ClipSearchError):
 
 class AudioTooLarge(AudioDecodeError):
     """The recording passes a bound on its length or the time it takes to decode."""
+
+
+class NoSoundTrack(AudioDecodeError):
+    """The file holds no audio stream: a silent video, whose sound track there is nothing to index of
+    (clipsearch.util.audio.read_audio with `of_video`)."""
 
 
 class InvalidQuery(ClipSearchError):

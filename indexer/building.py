@@ -146,6 +146,8 @@ def check(args: argparse.Namespace, fail: Fail) -> None:
     check_weights(args, fail)
     if args.images is None and args.texts is None and args.videos is None and args.audio is None:
         fail("give --images, --texts, --videos, --audio or several of them")
+    if args.video_sound and args.videos is None:
+        fail("--video-sound indexes the sound tracks of videos: give --videos")
     if args.video_max_segments > MAX_SEGMENTS:
         fail(f"--video-max-segments: at most {MAX_SEGMENTS}")
     ocr = _ocr_config(args)

@@ -185,6 +185,10 @@ def add_audio_arguments(command: argparse.ArgumentParser, cutting: bool = True) 
         group.add_argument("--audio-hop-s", type=positive_float, default=SOUND.hop_s,
                            help="seconds between the starts of a recording's windows (each as long as the model's, "
                                 "10 s for CLAP): less overlaps more")
+        group.add_argument("--video-sound", action=argparse.BooleanOptionalAction, default=None,
+                           help="index each video's sound track too, as a sound item with the video's key, searched "
+                                "by text→audio and audio→audio queries (default: when --audio gives sounds; "
+                                "--video-sound alone loads the audio model for the videos' sounds)")
     group.add_argument("--audio-max-seconds", type=positive_float, default=SOUND.max_seconds,
                        help="longer recordings are skipped and reported")
     group.add_argument("--audio-timeout-s", type=positive_float, default=SOUND.decode_timeout_s,
@@ -193,9 +197,11 @@ def add_audio_arguments(command: argparse.ArgumentParser, cutting: bool = True) 
 
 def audio_sampling(args: argparse.Namespace) -> AudioSampling:
     """The cutting and bounds add_audio_arguments' flags give."""
+    video_sound = getattr(args, "video_sound", None)
     return AudioSampling(model=getattr(args, "audio_model", SOUND.model),
                          hop_s=getattr(args, "audio_hop_s", SOUND.hop_s), max_seconds=args.audio_max_seconds,
-                         decode_timeout_s=args.audio_timeout_s)
+                         decode_timeout_s=args.audio_timeout_s,
+                         video_sound=args.audio is not None if video_sound is None else video_sound)
 
 
 def add_image_arguments(command: argparse.ArgumentParser) -> None:

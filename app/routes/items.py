@@ -26,7 +26,7 @@ from clipsearch.errors import InvalidQuery, ItemNotFound, VideoDecodeError, Vide
 from clipsearch.modality import Modality
 from clipsearch.search.writes import UNCHANGED, ImageEntry, TextEntry
 from clipsearch.store.filters import parse_filter
-from clipsearch.store.segments import AUDIO_KEY, VIDEO_KEY
+from clipsearch.store.segments import AUDIO_KEY, VIDEO_KEY, is_sound_of_video
 from clipsearch.util.audio import audio_media_type, looks_like_audio
 from clipsearch.util.media import MEDIA_HEAD_BYTES
 from clipsearch.util.video import frame_at, looks_like_video, video_media_type
@@ -93,14 +93,15 @@ def get_item_video(item_id: ItemId, service: ServiceDep, bounds: BoundsDep) -> F
     206: {"content": {"audio/*": {}}, "description": "The byte range asked for (header Range), so that a player "
                                                      "can seek."}, **ERRORS})
 def get_item_audio(item_id: ItemId, service: ServiceDep, bounds: BoundsDep) -> FileResponse:
-    """The sound file of a sound item, with Range requests answered (a browser seeks in it). Only
-    files recorded in the bundle are ever served."""
+    """The sound file of a sound item, with Range requests answered (a browser seeks in it); for a
+    video's sound track, the video file, as a video. Only files recorded in the bundle are ever served."""
     item = bounds.item(service.collection, item_id)
     path = service.collection.file_path(item_id, modality=Modality.AUDIO)
     record = item.extra.get(AUDIO_KEY)
     container = record.get("container") if isinstance(record, dict) else None
-    return FileResponse(path, media_type=audio_media_type(str(container)),
-                        headers={"Cache-Control": "public, max-age=3600"})
+    media_type = video_media_type(path, container if isinstance(container, str) else None) \
+        if is_sound_of_video(item.extra) else audio_media_type(str(container))
+    return FileResponse(path, media_type=media_type, headers={"Cache-Control": "public, max-age=3600"})
 
 
 @router.get("/{item_id:item_id}/frame", responses={

@@ -260,12 +260,14 @@ function showImage(img, path) {
 // A video hit plays from the moment that matched (#t=start), with a strip of its best moments that
 // seek to theirs. Without an API key the player streams the file with byte ranges; with one, an
 // element cannot send the key, so the file is fetched whole and played from a blob.
-// A sound hit does the same with an <audio> player and a strip of its best windows' times.
+// A sound hit does the same with an <audio> player and a strip of its best windows' times; a
+// video's sound track (metadata.audio.of_video) with a <video> player: its file is the video.
 function mediaPlayer(hit) {
   const isVideo = hit.modality === "video";
+  const shown = isVideo || Boolean(hit.metadata && hit.metadata.audio && hit.metadata.audio.of_video);
   const box = document.createElement("div");
-  box.className = isVideo ? "video" : "sound";
-  const video = document.createElement(isVideo ? "video" : "audio");
+  box.className = shown ? "video" : "sound";
+  const video = document.createElement(shown ? "video" : "audio");
   video.controls = true;
   video.preload = "metadata";
   video.setAttribute("aria-label", t(isVideo ? "card.video" : "card.sound", { id: hit.id }));

@@ -71,6 +71,10 @@ BUILD_OUTCOME = "no bundle was written, and the shards finished so far are kept:
 log = logging.getLogger(__name__)
 
 
+COUNTED = {Modality.AUDIO.value: "sounds"}
+"""What a build's summary calls its items of a modality, where it is not the modality's name and an s."""
+
+
 @dataclass
 class BuildSummary:
     out: Path
@@ -90,7 +94,8 @@ class BuildSummary:
         return sum(self.indexed.values()) / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
     def describe(self) -> str:
-        counts = ", ".join(f"{count} {modality}s" for modality, count in self.indexed.items())
+        counts = ", ".join(f"{count} {COUNTED.get(modality, modality + 's')}"
+                           for modality, count in self.indexed.items())
         resumed = f", resumed after {self.resumed_shards} finished shards" if self.resumed_shards else ""
         captioned = f", captioned {self.captioned}" if self.captioned else ""
         read = f", text found in {self.text_read} images ({len(self.report['text_unread'])} could not be read)" \
@@ -207,6 +212,10 @@ def read_sources(config: BuildConfig) -> dict[Modality, list[SourceItem]]:
         sources[Modality.VIDEO] = read_video_source(config.videos)
     if config.audio is not None:
         sources[Modality.AUDIO] = read_audio_source(config.audio)
+    if config.indexes_video_sound:
+        # Each video again, for its sound track: after the sound files, so that their ids do not move.
+        sources[Modality.AUDIO] = sources.get(Modality.AUDIO, []) + [
+            replace(video, sound_of_video=True) for video in sources[Modality.VIDEO] if video.problem is None]
     return sources
 
 

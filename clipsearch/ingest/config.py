@@ -41,6 +41,7 @@ class BuildConfig:
     """A folder of sound files (or one file), recognised by content; each an item of windows embedded by
     the audio model (clipsearch.util.audio, clipsearch.model.audio)."""
     sound: AudioSampling = field(default_factory=AudioSampling)
+    """How sounds are cut and read, and whether the videos' sound tracks are indexed as sounds too (`video_sound`)."""
     model: str = DEFAULT_MODEL
     pretrained: str | None = DEFAULT_PRETRAINED
     checkpoint: Path | None = None
@@ -91,3 +92,13 @@ class BuildConfig:
         if self.int8_calibration is not None:
             return self.int8_calibration
         return self.images if self.images is not None and self.images.is_dir() else None
+
+    @property
+    def indexes_video_sound(self) -> bool:
+        """Whether the videos' sound tracks are indexed as sounds (there are videos, and it is asked)."""
+        return self.videos is not None and self.sound.video_sound
+
+    @property
+    def embeds_sounds(self) -> bool:
+        """Whether the build has sounds for the audio model: sound files, or the videos' sound tracks."""
+        return self.audio is not None or self.indexes_video_sound

@@ -29,7 +29,7 @@ def embedding_settings(config: BuildConfig) -> dict[str, Any]:
         | ({"text_language": config.text_language} if config.text_language else {}) \
         | ({"ocr": asdict(config.ocr)} if config.ocr is not None else {}) \
         | ({"videos": file_stat(config.videos), "video": asdict(config.video)} if config.videos is not None else {}) \
-        | ({"audio": file_stat(config.audio), "sound": asdict(config.sound)} if config.audio is not None else {}) \
+        | ({"audio": file_stat(config.audio), "sound": asdict(config.sound)} if config.embeds_sounds else {}) \
         | _calibration(config)  # absent, as in older bundles, unless int8
 
 

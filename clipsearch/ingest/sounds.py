@@ -1,7 +1,9 @@
 """Sound files in a build: each recording read, cut into windows and embedded by the audio model, into shards.
 
-A recording is one item; its windows (clipsearch.util.audio.window_spans) are its segments, rows of
-the audio index under segment ids (clipsearch.store.segments), as a video's scenes are. Files are
+A recording is one item; so is a video's sound track, read from the video file, in a build that
+indexes them (clipsearch.store.segments.SOUND_OF_VIDEO). Its windows
+(clipsearch.util.audio.window_spans) are its segments, rows of the audio index under segment ids
+(clipsearch.store.segments), as a video's scenes are. Files are
 read, hashed and resampled in DataLoader worker processes while the model embeds the ones before;
 a file that cannot be read is skipped and reported, as an image that cannot be decoded is. Shards
 are resumable as the other modalities' are: a rerun goes on from the first unfinished one.
@@ -18,13 +20,13 @@ import numpy as np
 from torch.utils.data import DataLoader, Dataset
 
 from clipsearch.config import AudioSampling
-from clipsearch.errors import AudioDecodeError
+from clipsearch.errors import AudioDecodeError, NoSoundTrack
 from clipsearch.ingest.loading import LoadedBatch, Outcome, hash_of_file, mark_duplicates, whole_items_in_batches
 from clipsearch.ingest.shards import Shard, ShardStore
 from clipsearch.ingest.sources import SourceItem
 from clipsearch.modality import Modality
 from clipsearch.model.audio import AudioEncoder
-from clipsearch.store.segments import AUDIO_KEY, segment_ids, with_spans
+from clipsearch.store.segments import AUDIO_KEY, SOUND_OF_VIDEO, segment_ids, with_spans
 from clipsearch.util.audio import read_audio
 from clipsearch.util.progress import progress_bar
 
@@ -56,17 +58,26 @@ class SoundPayload:
 
 def read_and_cut(position: int, item: SourceItem, sample_rate: int, window_s: float,
                  sampling: AudioSampling) -> Outcome:
-    """Read, hash and cut one recording: its SoundPayload, or the reason it is skipped."""
+    """Read, hash and cut one recording (or a video's sound track): its SoundPayload, or the reason it
+    is skipped; for a video without sound, neither (it has no sound item, and nothing is wrong with it)."""
     hashed = hash_of_file(position, item)
     if isinstance(hashed, Outcome):
         return hashed
     content_hash, path = hashed
     try:
-        clip = read_audio(path, sample_rate, sampling)
+        clip = read_audio(path, sample_rate, sampling, of_video=item.sound_of_video)
+    except NoSoundTrack:
+        return Outcome(position, item)
     except AudioDecodeError as error:
         return Outcome(position, item, content_hash=content_hash, problem=error.reason)
-    payload = SoundPayload(clip.samples, clip.sample_rate, clip.windows(window_s, sampling.hop_s), clip.record())
+    record = clip.record() | ({SOUND_OF_VIDEO: True} if item.sound_of_video else {})
+    payload = SoundPayload(clip.samples, clip.sample_rate, clip.windows(window_s, sampling.hop_s), record)
     return Outcome(position, item, content_hash=content_hash, payload=payload)
+
+
+def is_silent_video(outcome: Outcome) -> bool:
+    """Whether `outcome` is a video's sound track that is not there (read_and_cut): no item, no report."""
+    return outcome.source.sound_of_video and outcome.problem is None and outcome.payload is None
 
 
 class _SoundDataset(Dataset[Outcome]):
@@ -120,6 +131,8 @@ def sound_shard_of(outcomes: list[Outcome], first_id: int, dim: int) -> Shard:
     recording, its metadata holding its windows' spans under `audio`."""
     ids, vectors, records = [np.zeros(0, np.int64)], [np.zeros((0, dim), np.float32)], []
     for outcome in outcomes:
+        if is_silent_video(outcome):
+            continue
         item_id, extra = first_id + outcome.position, outcome.source.extra
         payload = outcome.payload
         if outcome.problem is None and isinstance(payload, SoundPayload) and payload.vectors is not None:

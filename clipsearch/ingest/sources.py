@@ -44,6 +44,8 @@ class SourceItem:
     extra: dict[str, Any] = field(default_factory=dict)
     problem: str | None = None
     """Set when the item is already known to be unusable; the build skips and reports it."""
+    sound_of_video: bool = False
+    """Set on a video listed again as a sound, for its sound track (clipsearch.store.segments.SOUND_OF_VIDEO)."""
 
 
 def read_image_source(source: Path, columns: Columns = Columns()) -> list[SourceItem]:

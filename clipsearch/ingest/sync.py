@@ -14,8 +14,9 @@ Like rclip's folder sync, by mark and sweep:
 
 It manages only the items that came from the sources it is given: images under the folder given
 (every image item not uploaded over HTTP, for a manifest file), videos under the folder given
-(cut into segments as the bundle's were), sounds under the folder given (cut into windows and
-embedded by the audio model as the bundle's were), and texts from the file given
+(cut into segments as the bundle's were; and their sound tracks, in a bundle that indexes them as
+sounds), sounds under the folder given (cut into windows and embedded by the audio model as the
+bundle's were), and texts from the file given
 (give the same path as the build did: text items are named after it). Items added over HTTP are
 left alone. The result equals a rebuild of the same sources (tests/test_sync.py checks it), except
 that unchanged items keep their ids, and that generated captions are not made here. In a bundle
@@ -49,7 +50,7 @@ from clipsearch.ingest.loading import (
     text_batches,
     video_batches,
 )
-from clipsearch.ingest.sounds import SoundPayload, encode_sounds, sound_batches
+from clipsearch.ingest.sounds import SoundPayload, encode_sounds, is_silent_video, sound_batches
 from clipsearch.ingest.sources import (
     Columns,
     SourceItem,
@@ -65,7 +66,16 @@ from clipsearch.store.bundle import Bundle
 from clipsearch.store.items import Item
 from clipsearch.store.live import LIVE_IMAGES, LiveLog, LiveState, NewItem, with_text_vectors
 from clipsearch.store.ocr_text import ocr_part, ocr_problem, with_ocr, without_ocr
-from clipsearch.store.segments import AUDIO_KEY, VIDEO_KEY, items_of, key_of, segment_ids, spans_of, with_spans
+from clipsearch.store.segments import (
+    AUDIO_KEY,
+    VIDEO_KEY,
+    is_sound_of_video,
+    items_of,
+    key_of,
+    segment_ids,
+    spans_of,
+    with_spans,
+)
 from clipsearch.util.faults import kill_point
 from clipsearch.util.files import file_sha256, sha256_hex
 from clipsearch.util.progress import progress_bar
@@ -127,13 +137,13 @@ def sync(bundle: Bundle, live: LiveLog, encoder: ClipEncoder, sources: SyncSourc
     ocr = None if bundle.manifest.ocr is None else OcrConfig.from_record(bundle.manifest.ocr)
     video = sources.video.cutting_as(bundle.manifest.video)
     sound = sources.sound.cutting_as(bundle.manifest.audio)
-    if sources.audio is not None:
-        if bundle.manifest.audio is None:
-            raise SourceError("the bundle was built without sounds, so it has no audio model to embed them: "
-                              "rebuild it with --audio", "audio")
+    if sources.audio is not None and bundle.manifest.audio is None:
+        raise SourceError("the bundle was built without sounds, so it has no audio model to embed them: "
+                          "rebuild it with --audio", "audio")
+    if sources.audio is not None or (sources.videos is not None and sound.video_sound):
         audio = audio or load_audio_encoder(sound.model, str(encoder.device))
-    for modality, items, in_scope in _sources(bundle, sources):
-        current = {item.uri: item for item in _collection_items(bundle, state, modality) if in_scope(item.uri)}
+    for modality, items, in_scope in _sources(bundle, sources, sound.video_sound):
+        current = {item.uri: item for item in _collection_items(bundle, state, modality) if in_scope(item)}
         plan = _plan(modality, items, current, stats, new_stats, state, bundle, summary)
         # The batches are lazy: nothing is read or embedded when the plan has nothing to embed.
         if modality is Modality.VIDEO:
@@ -156,33 +166,46 @@ def sync(bundle: Bundle, live: LiveLog, encoder: ClipEncoder, sources: SyncSourc
     return summary
 
 
-InScope = Callable[[str], bool]
-"""Whether an item's uri came from the source being synced."""
+InScope = Callable[[Item], bool]
+"""Whether an item came from the source being synced."""
 
 
-def _sources(bundle: Bundle, sources: SyncSources) -> list[tuple[Modality, list[SourceItem], InScope]]:
-    found = []
+def _sources(bundle: Bundle, sources: SyncSources,
+             video_sound: bool) -> list[tuple[Modality, list[SourceItem], InScope]]:
+    """Each source's modality, its items, and which of the collection's items came from it; with
+    `video_sound`, the videos again, for their sound tracks (sound items of their own)."""
+    found: list[tuple[Modality, list[SourceItem], InScope]] = []
     if sources.images is not None:
         items = read_image_source(sources.images, sources.columns)
         uploads = str((bundle.path / LIVE_IMAGES).resolve()) + os.sep
         if sources.images.is_dir():
             root = str(sources.images.resolve()) + os.sep
-            found.append((Modality.IMAGE, items, lambda uri: uri.startswith(root)))
+            found.append((Modality.IMAGE, items, lambda item: item.uri.startswith(root)))
         else:
-            found.append((Modality.IMAGE, items, lambda uri: not uri.startswith(uploads)))
+            found.append((Modality.IMAGE, items, lambda item: not item.uri.startswith(uploads)))
     if sources.videos is not None:
-        under = str(sources.videos.resolve()) + (os.sep if sources.videos.is_dir() else "")
-        found.append((Modality.VIDEO, read_video_source(sources.videos),
-                      lambda uri: uri.startswith(under) if under.endswith(os.sep) else uri == under))
+        under_videos = _under(sources.videos)
+        videos = read_video_source(sources.videos)
+        found.append((Modality.VIDEO, videos, lambda item: under_videos(item.uri)))
+        if video_sound:
+            # A silent video has no sound item: it is read again (its header only) at every sync.
+            found.append((Modality.AUDIO, [replace(video, sound_of_video=True) for video in videos],
+                          lambda item: under_videos(item.uri) and is_sound_of_video(item.extra)))
     if sources.audio is not None:
-        under_audio = str(sources.audio.resolve()) + (os.sep if sources.audio.is_dir() else "")
+        under_audio = _under(sources.audio)
         found.append((Modality.AUDIO, read_audio_source(sources.audio),
-                      lambda uri: uri.startswith(under_audio) if under_audio.endswith(os.sep) else uri == under_audio))
+                      lambda item: under_audio(item.uri) and not is_sound_of_video(item.extra)))
     if sources.texts is not None:
         prefix = f"{sources.texts}#L"
         found.append((Modality.TEXT, read_text_source(sources.texts, sources.columns),
-                      lambda uri: uri.startswith(prefix)))
+                      lambda item: item.uri.startswith(prefix)))
     return found
+
+
+def _under(source: Path) -> Callable[[str], bool]:
+    """Whether a uri is a file under the folder `source`, or is the file `source`."""
+    under = str(source.resolve()) + (os.sep if source.is_dir() else "")
+    return (lambda uri: uri.startswith(under)) if under.endswith(os.sep) else (lambda uri: uri == under)
 
 
 def _collection_items(bundle: Bundle, state: LiveState, modality: Modality) -> list[Item]:
@@ -311,6 +334,11 @@ def _embed_timed(plan: _Plan, modality: Modality, batches: Iterator[LoadedBatch]
         for outcome in batch.outcomes:
             source, content_hash, existing = plan.embed[outcome.position]
             payload = outcome.payload
+            if is_silent_video(outcome):  # no sound track (any more): no sound item, and nothing to report
+                if existing is not None:
+                    plan.deletes.append(existing.id)
+                    summary.removed += 1
+                continue
             if outcome.problem is not None or not isinstance(payload, VideoPayload | SoundPayload) \
                     or payload.vectors is None:
                 summary.skipped.append((source.uri, outcome.problem or "could not be embedded"))

@@ -7,7 +7,9 @@ acknowledged only once it is durable. Uploaded image, video and sound files are 
 content-addressed in `live-images/` beside the log before the commit that names them, so a committed
 item's file is always there; a video is cut into segments as the build cut the collection's
 (clipsearch.util.video), a sound into windows as the build cut its sounds, embedded by the audio
-model the collection was built with (clipsearch.util.audio, clipsearch.search.sounds).
+model the collection was built with (clipsearch.util.audio, clipsearch.search.sounds). In a collection
+that indexes videos' sound tracks (its manifest's audio record says `video_sound`), a video's sound
+track is a sound item under the video's key, written, edited and deleted with it.
 In a collection built with `--ocr` (its manifest records the settings), an image's text is read
 before its commit, as the build reads it (clipsearch.store.ocr_text), and an edit of its metadata
 keeps what was read.
@@ -30,7 +32,14 @@ import numpy as np
 from PIL import Image
 
 from clipsearch.config import AudioSampling, OcrConfig, VideoSampling, WriteLimits
-from clipsearch.errors import AudioDecodeError, InvalidQuery, ItemNotFound, ModelLoadError, VideoDecodeError
+from clipsearch.errors import (
+    AudioDecodeError,
+    InvalidQuery,
+    ItemNotFound,
+    ModelLoadError,
+    NoSoundTrack,
+    VideoDecodeError,
+)
 from clipsearch.modality import Modality
 from clipsearch.model.ocr import TextReader, reader_for
 from clipsearch.search.query import check_text
@@ -42,7 +51,7 @@ from clipsearch.store.fused_texts import part_text
 from clipsearch.store.items import Item
 from clipsearch.store.live import LIVE_IMAGES, NewItem, with_text_vectors
 from clipsearch.store.ocr_text import ocr_part, read_image_text, with_ocr
-from clipsearch.store.segments import AUDIO_KEY, carried_over, with_spans
+from clipsearch.store.segments import AUDIO_KEY, SOUND_OF_VIDEO, VIDEO_KEY, carried_over, is_sound_of_video, with_spans
 from clipsearch.util.audio import AUDIO_MEDIA_TYPES, AudioClip, looks_like_audio, read_audio
 from clipsearch.util.files import atomic_path
 from clipsearch.util.media import MEDIA_HEAD_BYTES
@@ -123,6 +132,8 @@ class CollectionWriter:
             if entry.caption is not None:
                 check_text(entry.caption, f"{field}[{number}].caption", self.service.limits)
         self._check_unique_keys([entry.key for entry in entries], field)
+        # Each entry's key now: a video and its sound track are written under the same one.
+        entries = [replace(entry, key=entry.key or _new_key()) for entry in entries]
         heads = [entry.data[:MEDIA_HEAD_BYTES] for entry in entries]
         is_video = [looks_like_video(head) for head in heads]
         is_sound = [looks_like_audio(head) and not video for head, video in zip(heads, is_video, strict=True)]
@@ -134,6 +145,8 @@ class CollectionWriter:
                   for number, entry in enumerate(entries) if is_video[number]}
         sounds = {number: self._read_sound(entry.data, f"{field}[{number}]")
                   for number, entry in enumerate(entries) if is_sound[number]}
+        tracks = {number: track for number in videos
+                  if (track := self._read_sound_track(entries[number], f"{field}[{number}]")) is not None}
         pictures = [number for number in range(len(entries)) if not timed[number]]
         vectors: dict[int, np.ndarray] = dict(zip(pictures, self.service.embed_images(
             [entries[number].data for number in pictures], [f"{field}[{number}]" for number in pictures],
@@ -142,12 +155,17 @@ class CollectionWriter:
             vectors[number] = self.service.embedder.frames([segment.frame for segment in video.segments],
                                                            background=True)
         for number, sound in sounds.items():
-            vectors[number] = self._sounds().windows([sound.excerpt(start, end) for start, end in self._windows(sound)],
-                                                     background=True)
+            vectors[number] = self._embed_windows(sound)
         items = [self._sound_item(entry, sounds[number], vectors[number]) if number in sounds else
                  self._new_item(entry, videos.get(number), vectors[number]) for number, entry in enumerate(entries)]
         if self.service.fusion is not None:
             items = with_text_vectors(items, self.service.fusion.text_parts, self._embed_item_texts)
+        # A video's sound track is an item of its own, its file the video's; one the video had, and no longer
+        # has, goes with this write.
+        tracks_written = [self._sound_item(entries[number], track, self._embed_windows(track), Path(items[number].uri))
+                          for number, track in tracks.items()]
+        tracks_gone = [sound_id for number in videos if number not in tracks
+                       and (sound_id := self._sound_track_id(str(entries[number].key))) is not None]
         stored: list[Path] = []
         # From storing the files to the commit, one image write at a time in this process: a write
         # that fails removes the files it stored, which another's upload of the same bytes must not
@@ -157,7 +175,7 @@ class CollectionWriter:
                 for item, entry in zip(items, entries, strict=True):
                     if self._store_image(Path(item.uri), entry.data):
                         stored.append(Path(item.uri))
-                return self._commit(items)
+                return self._commit(items + tracks_written, tracks_gone)[:len(items)]
             except BaseException:
                 self._remove_unused(stored)
                 raise
@@ -187,14 +205,70 @@ class CollectionWriter:
                                       "one: build it with --audio to hold sounds")
         return sounds
 
+    def _read_sound_track(self, entry: ImageEntry, field: str) -> AudioClip | None:
+        """The sound track of an uploaded video, read as a sound upload is, in a collection that indexes
+        videos' sound tracks (None in others, and for a silent video). A key that names a sound item
+        which is not a video's sound track is refused: the track would replace it."""
+        if not self.audio.video_sound:
+            return None
+        sounds = self._sounds(field)
+        try:
+            track = read_audio(entry.data, sounds.encoder.sampling_rate, self.audio, of_video=True)
+        except NoSoundTrack:
+            return None
+        except AudioDecodeError as error:
+            raise type(error)(f"its sound track: {error.reason}", field) from None
+        held = self.live.id_of(Modality.AUDIO, str(entry.key))
+        if held is not None and self._sound_track_id(str(entry.key)) is None and self._exists(held):
+            raise InvalidQuery(f"{field}.key", f"names sound item {held}, and this video's sound track is kept under "
+                                               "its key: give the video another key")
+        return track
+
+    def _sound_track_id(self, key: str) -> int | None:
+        """The id of the sound item that is the sound track of the video with `key`, if there is one."""
+        sound_id = self.live.id_of(Modality.AUDIO, key)
+        if sound_id is None:
+            return None
+        try:
+            sound = self.service.collection.item(sound_id)
+        except ItemNotFound:  # deleted: its key stays known
+            return None
+        return sound_id if is_sound_of_video(sound.extra) else None
+
+    def _sound_tracks_of(self, item_ids: Sequence[int]) -> list[int]:
+        """The ids of the sound tracks of the videos among `item_ids`."""
+        found = []
+        for item_id in item_ids:
+            key = self.live.key_of(item_id)
+            if key is None or not self._exists(item_id, Modality.VIDEO):
+                continue
+            if (sound_id := self._sound_track_id(key)) is not None:
+                found.append(sound_id)
+        return found
+
+    def _exists(self, item_id: int, modality: Modality | None = None) -> bool:
+        """Whether item `item_id` is in the collection now (and of `modality`, when given)."""
+        try:
+            item = self.service.collection.item(item_id)
+        except ItemNotFound:
+            return False
+        return modality is None or item.modality is modality
+
     def _windows(self, sound: AudioClip) -> list[tuple[float, float]]:
         return sound.windows(self._sounds().encoder.window_s, self.audio.hop_s)
 
-    def _sound_item(self, entry: ImageEntry, sound: AudioClip, vectors: np.ndarray) -> NewItem:
-        """An uploaded sound's item: its file stored under its content hash, its windows' spans in its metadata."""
+    def _embed_windows(self, sound: AudioClip) -> np.ndarray:
+        return self._sounds().windows([sound.excerpt(start, end) for start, end in self._windows(sound)],
+                                      background=True)
+
+    def _sound_item(self, entry: ImageEntry, sound: AudioClip, vectors: np.ndarray,
+                    video_path: Path | None = None) -> NewItem:
+        """An uploaded sound's item: its file stored under its content hash, its windows' spans in its
+        metadata. With `video_path`, the sound track of the video stored there, under the video's key."""
         digest = _sha256(entry.data)
-        path = (self.images / f"{digest}{SOUND_SUFFIXES[sound.container]}").resolve()
-        extra = with_spans(entry.metadata, sound.record(), self._windows(sound), AUDIO_KEY)
+        path = video_path or (self.images / f"{digest}{SOUND_SUFFIXES[sound.container]}").resolve()
+        record = sound.record() | ({SOUND_OF_VIDEO: True} if video_path is not None else {})
+        extra = with_spans(entry.metadata, record, self._windows(sound), AUDIO_KEY)
         return NewItem(entry.key or _new_key(), Modality.AUDIO, str(path), entry.caption, extra, digest, vectors)
 
     def _new_item(self, entry: ImageEntry, video: VideoSummary | None, vector: np.ndarray) -> NewItem:
@@ -213,8 +287,12 @@ class CollectionWriter:
 
     def update(self, item_id: int, *, caption: str | None = UNCHANGED, text: str = UNCHANGED,
                metadata: dict[str, Any] = UNCHANGED) -> Item:
-        """Edit an item's caption (images), text (texts: embedded again) or metadata (replaced whole)."""
+        """Edit an item's caption (images), text (texts: embedded again) or metadata (replaced whole); a
+        video's sound track, when it has one indexed, takes the same caption and metadata."""
         item = self.service.collection.item(item_id, "item_id")
+        if is_sound_of_video(item.extra):
+            raise InvalidQuery("item_id", f"item {item_id} is the sound track of a video (uri {item.uri}): edit the "
+                                          "video, and its sound track follows")
         if caption is not UNCHANGED and item.modality is Modality.TEXT:
             raise InvalidQuery("caption", f"item {item_id} is a text; give `text` instead")
         if text is not UNCHANGED and item.modality is not Modality.TEXT:
@@ -249,20 +327,33 @@ class CollectionWriter:
                          if part_text(part, item.text, item.extra) == part_text(part, new_text, new_metadata)}
             [edited] = with_text_vectors([replace(edited, text_vectors=unchanged)], fusion.text_parts,
                                          self._embed_item_texts)
-        self._commit([edited])
+        track = self._sound_track_id(key) if item.modality is Modality.VIDEO else None
+        self._commit([edited] if track is None else [edited, self._edited_track(track, new_text, new_metadata)])
         return self.service.collection.item(item_id, "item_id")
 
+    def _edited_track(self, sound_id: int, caption: str | None, video_metadata: dict[str, Any]) -> NewItem:
+        """A video's sound track with the video's new caption and metadata, its windows kept."""
+        sound = self.service.collection.item(sound_id)
+        metadata = carried_over({name: value for name, value in video_metadata.items() if name != VIDEO_KEY},
+                                sound.extra)
+        key = self.live.key_of(sound_id)
+        assert key is not None  # found by its key
+        return NewItem(key, Modality.AUDIO, sound.uri, caption, metadata, sound.content_hash,
+                       self.service.collection.segment_vectors(sound_id)[1])
+
     def delete(self, item_ids: Sequence[int], field: str = "ids") -> list[int]:
-        """Delete items by id; the ids that were there (unknown ids are not an error: deleting is idempotent)."""
+        """Delete items by id, and the sound tracks of videos among them; the ids that were there (unknown
+        ids are not an error: deleting is idempotent)."""
         self._check_count(item_ids, field)
-        deleted = self.live.delete(item_ids)
+        deleted = self.live.delete([*item_ids, *self._sound_tracks_of(item_ids)])
         self.service.collection.refresh()
         return deleted
 
     def delete_matching(self, filter: Filter) -> list[int]:
-        """Delete every item, of both modalities, that passes `filter`; the ids deleted."""
+        """Delete every item, of every modality, that passes `filter`, and the sound tracks of the videos
+        among them; the ids deleted."""
         doomed = ids_matching(self.service.collection, filter)
-        deleted = self.live.delete(doomed) if doomed else []
+        deleted = self.live.delete([*doomed, *self._sound_tracks_of(doomed)]) if doomed else []
         self.service.collection.refresh()
         return deleted
 
@@ -270,8 +361,9 @@ class CollectionWriter:
         """An image's texts (caption, read text) embedded for a fused bundle, behind every query."""
         return self.service.embed_texts(texts, ["caption"] * len(texts), background=True)
 
-    def _commit(self, items: list[NewItem]) -> list[int]:
-        ids = self.live.write(items)
+    def _commit(self, items: list[NewItem], deletes: Sequence[int] = ()) -> list[int]:
+        """Write `items` and delete `deletes` in one transaction; the items' ids, in order."""
+        ids = self.live.apply(items, deletes, {}) if deletes else self.live.write(items)
         self.service.collection.refresh()  # visible at once on this worker
         return ids
 

@@ -57,7 +57,8 @@ class Collection:
         self.live = live
         self.state = LiveState(generation=-1)
         self._refresh_lock = threading.Lock()
-        self._video_items: int | None = None
+        self._timed_items: dict[Modality, int] = {}
+        """How many base items each timed modality has (the base never changes), counted once."""
         self.refresh()
 
     def refresh(self) -> LiveState:
@@ -86,9 +87,9 @@ class Collection:
         if index is None:
             return 0
         if modality.timed:
-            if self._video_items is None:
-                self._video_items = segments.count_items(self.bundle.base_ids(modality))
-            return self._video_items
+            if modality not in self._timed_items:
+                self._timed_items[modality] = segments.count_items(self.bundle.base_ids(modality))
+            return self._timed_items[modality]
         return int(index.ntotal)
 
     def stored_vectors(self, modality: Modality, item_ids: np.ndarray, state: LiveState | None = None) -> np.ndarray:

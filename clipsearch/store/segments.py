@@ -26,7 +26,12 @@ MAX_VIDEO_ITEM_ID = (1 << (63 - SEGMENT_BITS)) - 1
 VIDEO_KEY = "video"
 """An item's metadata key for its video: duration_s, width, height, codec, container, and `segments`."""
 AUDIO_KEY = "audio"
-"""An item's metadata key for its recording: duration_s, sample_rate, channels, codec, container, and `segments`."""
+"""An item's metadata key for its recording: duration_s, sample_rate, channels, codec, container, and `segments`
+(and `of_video`, true, in a video's sound track: SOUND_OF_VIDEO)."""
+SOUND_OF_VIDEO = "of_video"
+"""In a sound item's recording record, marks it as the sound track of the video item with the same key
+(and uri): indexed as a sound, written, edited and deleted with its video (clipsearch.search.writes,
+clipsearch.ingest.sync). Its container is the video's (clipsearch.util.video's family names)."""
 
 
 @dataclass(frozen=True, order=True)
@@ -80,6 +85,12 @@ def carried_over(metadata: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[
     """New `metadata` for an item whose metadata was `extra`, with its video's or recording's record
     (its segments' spans) kept: a user's metadata replaces theirs, never the item's segments."""
     return {**metadata, **{key: extra[key] for key in (VIDEO_KEY, AUDIO_KEY) if key in extra}}
+
+
+def is_sound_of_video(extra: Mapping[str, Any]) -> bool:
+    """Whether the item whose metadata is `extra` is a video's sound track (SOUND_OF_VIDEO)."""
+    record = extra.get(AUDIO_KEY)
+    return isinstance(record, Mapping) and record.get(SOUND_OF_VIDEO) is True
 
 
 def key_of(modality: Modality) -> str:

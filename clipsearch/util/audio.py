@@ -21,8 +21,9 @@ from typing import Any
 import numpy as np
 
 from clipsearch.config import AudioSampling
-from clipsearch.errors import AudioDecodeError, AudioTooLarge
+from clipsearch.errors import AudioDecodeError, AudioTooLarge, NoSoundTrack
 from clipsearch.util.media import failure_reason, is_matroska_sound, open_media
+from clipsearch.util.video import container_family
 
 DEFAULT_SAMPLING = AudioSampling()
 EXTRA_HINT = "sound files need the [audio] extra: pip install 'clipsearch[audio]'"
@@ -98,20 +99,23 @@ def _av() -> Any:
     return av
 
 
-def read_audio(source: Path | bytes, sample_rate: int, sampling: AudioSampling = DEFAULT_SAMPLING) -> AudioClip:
+def read_audio(source: Path | bytes, sample_rate: int, sampling: AudioSampling = DEFAULT_SAMPLING,
+               of_video: bool = False) -> AudioClip:
     """The recording in `source` (a path, or the file's bytes) as mono samples at `sample_rate`,
-    within `sampling`'s bounds."""
+    within `sampling`'s bounds. With `of_video`, the sound track of a video file (its container, as
+    clipsearch.util.video names it, is the clip's): NoSoundTrack when it has none."""
     av = _av()
     deadline = time.monotonic() + sampling.decode_timeout_s
-    container = open_media(av, source, sampling.decode_timeout_s, "sound file", AudioDecodeError,
-                           lambda: _check_time(sampling, deadline))
+    container = open_media(av, source, sampling.decode_timeout_s, "video" if of_video else "sound file",
+                           AudioDecodeError, lambda: _check_time(sampling, deadline))
     with container:
-        family = _family(container.format.name)
+        family = (container_family if of_video else _family)(container.format.name)
         if family is None:
-            raise AudioDecodeError(f"a {container.format.long_name or container.format.name} file is not a sound "
-                                   f"format accepted here ({', '.join(AUDIO_MEDIA_TYPES)})")
+            accepted = "the video formats accepted here" if of_video else ", ".join(AUDIO_MEDIA_TYPES)
+            raise AudioDecodeError(f"a {container.format.long_name or container.format.name} file is not a "
+                                   f"{'video' if of_video else 'sound'} format accepted here ({accepted})")
         if not container.streams.audio:
-            raise AudioDecodeError("the file holds no audio stream")
+            raise (NoSoundTrack if of_video else AudioDecodeError)("the file holds no audio stream")
         stream = container.streams.audio[0]
         if stream.codec_context is None:
             raise AudioDecodeError("the recording's codec cannot be decoded by this build of FFmpeg")

@@ -93,7 +93,7 @@ def read_video(source: Path | bytes, sampling: VideoSampling = DEFAULT_SAMPLING)
     container = open_media(av, source, sampling.decode_timeout_s, "video", VideoDecodeError,
                            lambda: _check_time(sampling, deadline))
     with container:
-        family = _family(container.format.name)
+        family = container_family(container.format.name)
         if family is None:
             raise VideoDecodeError(f"a {container.format.long_name or container.format.name} file is not a video "
                                    f"container accepted here ({', '.join(VIDEO_MEDIA_TYPES)})")
@@ -132,7 +132,7 @@ def video_media_type(path: Path, family: str | None = None) -> str:
             av = _av()
             try:
                 with av.open(str(path)) as container:
-                    family = _family(container.format.name)
+                    family = container_family(container.format.name)
             except av.error.FFmpegError:
                 return "application/octet-stream"
         with path.open("rb") as file:
@@ -173,7 +173,7 @@ def frame_at(path: Path, at_s: float, sampling: VideoSampling = DEFAULT_SAMPLING
     return _scaled(shown, side)
 
 
-def _family(format_name: str) -> str | None:
+def container_family(format_name: str) -> str | None:
     """The accepted container family of FFmpeg's demuxer names ('mov,mp4,m4a,3gp,3g2,mj2' is one demuxer)."""
     names = set(format_name.split(","))
     if "mp4" in names:

@@ -177,7 +177,7 @@ def test_an_unreadable_sound_file_is_reported_by_the_build_and_not_indexed(sound
     assert [entry["uri"].rsplit("/", 1)[1] for entry in report["skipped"]] == ["broken.mp3"]
     manifest = json.loads((sound_bundle / "manifest.json").read_text())
     assert manifest["audio"] == {"model": OFFLINE_AUDIO_MODEL, "hop_s": 5.0, "window_s": 10.0,
-                                 "sampling_rate": 48_000, "embedding_dim": 32}
+                                 "sampling_rate": 48_000, "embedding_dim": 32, "video_sound": False}
 
 
 @pytest.fixture()
@@ -323,3 +323,79 @@ def test_a_phones_or_a_browsers_recording_written_to_the_collection_is_a_sound_s
     found = http.post("/search/audio", files={"file": (f"clip.{kind}", memo.read_bytes())})
     assert found.status_code == 200, found.text
     assert found.json()["results"][0]["id"] == memo_id  # the same recording, embedded alike
+
+
+@pytest.fixture(scope="module")
+def video_sound_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A server over a collection of videos whose sound tracks are indexed as sounds: talk.mp4 (a 220 Hz
+    tone 0–10 s, then noise to 20 s, under two scenes) and silent.webm (no sound track)."""
+    from tests.support.videos import SCENE_COLOURS, write_scenes
+
+    videos = tmp_path_factory.mktemp("videos")
+    write_scenes(videos / "talk.mp4", [(SCENE_COLOURS[0], 10.0), (SCENE_COLOURS[1], 10.0)], fps=2,
+                 sound=[(TONES[0], 10.0), (NOISE, 10.0)])
+    write_scenes(videos / "silent.webm", [(SCENE_COLOURS[2], 3.0)], codec="libvpx-vp9")
+    out = tmp_path_factory.mktemp("video-sound-bundle") / "bundle"
+    build(tiny_config(out, videos=videos, sound=AudioSampling(model=OFFLINE_AUDIO_MODEL, video_sound=True)))
+    settings = Settings(bundle_path=out, device="cpu", admin_key=ADMIN, auto_compact=False,  # type: ignore[arg-type]
+                        reload_poll_s=3600, **{**LIMITS, "max_upload_mb": 8.0})
+    with serve(settings) as served:
+        yield served
+
+
+def test_a_clip_of_a_videos_sound_finds_the_video_at_that_moment_and_its_file_plays_as_the_video(
+        video_sound_url: str, tmp_path: Path) -> None:
+    from tests.support.videos import SCENE_COLOURS, write_scenes
+
+    with httpx.Client(base_url=video_sound_url, timeout=60, headers={"X-Admin-Key": ADMIN}) as http:
+        clip = _wav(samples_of([(TONES[0], 10.0), (NOISE, 10.0)], 48_000)[10 * 48_000:])
+        found = http.post("/search/audio", files={"file": ("clip.wav", clip)}, data={"k": "10"}).json()
+        assert found["matched"] == 1  # the silent video has no sound track
+        [hit] = found["results"]
+        assert hit["modality"] == "audio" and hit["uri"].endswith("talk.mp4")
+        assert hit["metadata"]["audio"]["of_video"] is True
+        assert (hit["segment"]["start_s"], hit["segment"]["end_s"]) == (10.0, 20.0)
+        served = http.get(f"/items/{hit['id']}/audio", headers={"Range": "bytes=0-15"})
+        assert served.status_code == 206 and served.headers["content-type"] == "video/mp4"
+        recordings = {"must_not": [{"key": "metadata.audio.of_video", "match": {"value": True}}]}
+        assert http.post("/search/text", json={"text": "x", "target": "audio", "filter": recordings}).json()[
+            "matched"] == 0
+
+        upload = write_scenes(tmp_path / "new.mp4", [(SCENE_COLOURS[3], 2.0)], sound=[(TONES[4], 2.0)])
+        written = http.post("/items", files=[("file", ("new.mp4", upload.read_bytes()))], data={"key": "new"})
+        assert written.status_code == 200, written.text
+        [video_id] = written.json()["ids"]
+        assert http.get(f"/items/{video_id}").json()["modality"] == "video"
+        tracks = http.post("/search/text", json={"text": "a whistle", "target": "audio", "k": 10}).json()
+        assert tracks["matched"] == 2
+        [track_id] = [hit["id"] for hit in tracks["results"] if hit["id"] != found["results"][0]["id"]]
+        assert http.get(f"/items/{track_id}").json()["uri"] == http.get(f"/items/{video_id}").json()["uri"]
+        assert http.patch(f"/items/{track_id}", json={"caption": "x"}).json()["field"] == "item_id"
+        deleted = http.request("DELETE", f"/items/{video_id}")
+        assert deleted.status_code == 200 and sorted(deleted.json()["deleted"]) == sorted([video_id, track_id])
+        assert http.post("/search/text", json={"text": "a whistle", "target": "audio"}).json()["matched"] == 1
+
+
+def test_the_page_plays_a_videos_sound_track_hit_as_the_video_from_its_window(video_sound_url: str) -> None:
+    import os
+    import re
+
+    sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed (pip install '.[dev]')")
+    chromium = os.environ.get("CLIPSEARCH_CHROMIUM", "/usr/bin/chromium")
+    if not Path(chromium).exists():
+        pytest.skip(f"no Chromium at {chromium} (apt-get install chromium); browser tests not run")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, headless=True, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"])
+        try:
+            page = browser.new_page()
+            page.goto(video_sound_url)
+            page.check("input[name=target][value=audio]")
+            page.fill("#query-text", "someone talking")
+            page.press("#query-text", "Enter")
+            card = page.locator(".card").first
+            sync_api.expect(card.locator("video")).to_have_attribute("src", re.compile(r"/items/\d+/audio#t=\d"))
+            assert card.locator("audio").count() == 0
+        finally:
+            browser.close()

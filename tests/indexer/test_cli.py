@@ -35,10 +35,19 @@ def test_the_default_model_uses_its_pretrained_weights_and_other_models_none() -
         is None
 
 
+def test_videos_sound_tracks_are_indexed_with_sound_files_or_when_asked_and_never_when_refused() -> None:
+    def video_sound(*flags: str) -> bool:
+        return config_from_args(parse_args(["build", "--videos", "v", "--out", "b", *flags])).indexes_video_sound
+
+    assert not video_sound() and video_sound("--audio", "s") and video_sound("--video-sound")
+    assert not video_sound("--audio", "s", "--no-video-sound")
+
+
 @pytest.mark.parametrize("arguments", [
     ["build", "--out", "b"],
     ["build", "--images", "x", "--out", "b", "--batch-size", "0"],
     ["build", "--images", "x", "--out", "b", "--checkpoint", "w.pt", "--pretrained", "openai"],
+    ["build", "--images", "x", "--out", "b", "--video-sound"],
 ])
 def test_unusable_arguments_stop_with_a_usage_error(arguments: list[str]) -> None:
     with pytest.raises(SystemExit) as stopped:

@@ -26,7 +26,7 @@ from clipsearch.search.service import SearchService
 from clipsearch.search.writes import CollectionWriter, TextEntry
 from clipsearch.store.bundle import Bundle, load_bundle
 from clipsearch.store.live import LIVE_FILE, LiveLog, count_live_changes
-from clipsearch.store.segments import SegmentSpan
+from clipsearch.store.segments import SegmentSpan, is_sound_of_video
 from indexer.cli import main
 from tests.support.corpora import make_image_corpus, make_text_corpus, tiny_config
 from tests.support.imagefiles import image_bytes, noise_image, save
@@ -295,6 +295,63 @@ def test_a_synced_sound_folder_answers_as_a_rebuild_and_a_second_sync_changes_no
     assert service.collection.item(three_id).extra["audio"]["segments"][0] == [0.0, 10.0]
     again = sync(bundle, live, encoder, SyncSources(audio=sounds), batch_size=8, progress=False, audio=audio)
     assert (again.added, again.updated, again.moved, again.removed, again.unchanged) == (0, 0, 0, 0, 3)
+    for opened in (service, rebuilt):
+        opened.close()
+
+
+def test_videos_sound_tracks_follow_their_videos_through_a_sync_as_a_rebuild_would(
+        tmp_path: Path, encoder: ClipEncoder) -> None:
+    pytest.importorskip("av")
+    pytest.importorskip("transformers")
+    from clipsearch.config import OFFLINE_AUDIO_MODEL, AudioSampling
+    from clipsearch.model.audio import load_audio_encoder
+    from tests.support.sounds import NOISE, TONES, write_sound
+    from tests.support.videos import SCENE_COLOURS, write_scenes
+
+    def video(name: str, colour: int, sound: list[tuple[float, float]] | None) -> None:
+        write_scenes(videos / name, [(SCENE_COLOURS[colour], 2.0), (SCENE_COLOURS[colour + 1], 2.0)], sound=sound)
+
+    videos, sounds = tmp_path / "videos", tmp_path / "sounds"
+    videos.mkdir()
+    sounds.mkdir()
+    video("talk.mp4", 0, [(TONES[0], 4.0)])
+    video("quiet.mp4", 1, None)
+    video("gone.mp4", 2, [(TONES[2], 4.0)])
+    video("moved.mp4", 3, [(NOISE, 4.0)])
+    write_sound(sounds / "hum.wav", [(TONES[1], 3.0)])
+    cutting = AudioSampling(model=OFFLINE_AUDIO_MODEL, video_sound=True)
+    build(tiny_config(tmp_path / "bundle", videos=videos, audio=sounds, sound=cutting))
+    audio = load_audio_encoder(OFFLINE_AUDIO_MODEL, "cpu")
+    bundle = load_bundle(tmp_path / "bundle")
+    live = LiveLog(tmp_path / "bundle" / LIVE_FILE, bundle.items, encoder.embedding_dim)
+    service = SearchService(encoder, bundle, QueryLimits(max_k=50), live=live, audio=audio)
+    (videos / "gone.mp4").unlink()                                          # both items go
+    os.replace(videos / "moved.mp4", videos / "renamed.mp4")                # both move
+    video("quiet.mp4", 1, [(TONES[4], 4.0)])                                # gains a sound track
+    video("talk.mp4", 0, None)                                              # loses its sound track
+    video("new.mkv", 4, [(TONES[3], 4.0)])                                  # both added
+    # The sync is told of the videos only: the sound files' item is not its to touch.
+    summary = sync(bundle, live, encoder, SyncSources(videos=videos), batch_size=8, progress=False, audio=audio)
+    # Added: new.mkv's video and sound track, quiet.mp4's sound track. Updated: talk.mp4's and quiet.mp4's
+    # videos. Removed: gone.mp4's video and sound track, talk.mp4's sound track.
+    assert (summary.added, summary.updated, summary.moved, summary.removed) == (3, 2, 2, 3)
+    assert summary.skipped == []
+    service.collection.refresh()
+    build(tiny_config(tmp_path / "rebuilt", videos=videos, audio=sounds, sound=cutting))
+    rebuilt = SearchService(encoder, load_bundle(tmp_path / "rebuilt"), QueryLimits(max_k=50), audio=audio)
+
+    def tracks(searched: SearchService) -> list[list[tuple[float, str, bool]]]:
+        return [sorted((round(hit.score, 5), Path(hit.item.uri).name, is_sound_of_video(hit.item.extra))
+                       for hit in searched.search_text(text, Modality.AUDIO, 20).hits)[::-1]
+                for text in ("a dog barking", "someone speaking")]
+
+    assert tracks(service) == tracks(rebuilt)
+    assert sorted(name for _, name, of_video in tracks(service)[0] if of_video) == \
+        ["new.mkv", "quiet.mp4", "renamed.mp4"]
+    again = sync(bundle, live, encoder, SyncSources(videos=videos, audio=sounds), batch_size=8, progress=False,
+                 audio=audio)
+    # Four videos, three sound tracks, one sound file; talk.mp4, silent now, is read again and has no track.
+    assert (again.added, again.updated, again.moved, again.removed, again.unchanged) == (0, 0, 0, 0, 8)
     for opened in (service, rebuilt):
         opened.close()
 

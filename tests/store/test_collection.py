@@ -61,3 +61,28 @@ def test_live_adds_and_deletes_are_counted_and_resolved(bundle_path: Path, tmp_p
     finally:
         live.close()
         bundle.close()
+
+
+def test_videos_and_sounds_are_counted_each_as_items_of_their_own_modality(tmp_path: Path) -> None:
+    pytest.importorskip("av")
+    pytest.importorskip("transformers")
+    from clipsearch.config import OFFLINE_AUDIO_MODEL, AudioSampling
+    from clipsearch.ingest.build import build
+    from tests.support.corpora import tiny_config
+    from tests.support.sounds import TONES
+    from tests.support.videos import SCENE_COLOURS, write_scenes
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    write_scenes(videos / "talk.mp4", [(SCENE_COLOURS[0], 2.0), (SCENE_COLOURS[1], 2.0)], sound=[(TONES[0], 4.0)])
+    write_scenes(videos / "silent.mp4", [(SCENE_COLOURS[2], 2.0)])
+    build(tiny_config(tmp_path / "out", videos=videos, sound=AudioSampling(model=OFFLINE_AUDIO_MODEL,
+                                                                            video_sound=True)))
+    bundle = load_bundle(tmp_path / "out")
+    try:
+        collection = Collection(bundle)
+        # Counted once each (the base never changes), and never one for the other.
+        assert [collection.count(Modality.VIDEO), collection.count(Modality.AUDIO)] == [2, 1]
+        assert [collection.count(Modality.AUDIO), collection.count(Modality.VIDEO)] == [1, 2]
+    finally:
+        bundle.close()

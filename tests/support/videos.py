@@ -5,9 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from tests.support.sounds import samples_of
+
+SOUND_RATE = 48_000
 SCENE_COLOURS = ((200, 30, 30), (30, 160, 40), (30, 40, 200), (220, 200, 40), (150, 40, 160), (20, 170, 170))
 
 
@@ -22,9 +26,11 @@ def scene_frame(colour: Sequence[int], width: int, height: int, seed: int) -> np
 
 
 def write_scenes(path: Path, scenes: Sequence[tuple[Sequence[int], float]], fps: int = 10, width: int = 96,
-                 height: int = 64, codec: str = "libx264", container: str | None = None, static: bool = True) -> Path:
+                 height: int = 64, codec: str = "libx264", container: str | None = None, static: bool = True,
+                 sound: Sequence[tuple[float, float]] | None = None) -> Path:
     """A video of `scenes` (colour, seconds) one after another; each scene's frames are the same
-    picture (or, with static=False, the square moves a little from frame to frame)."""
+    picture (or, with static=False, the square moves a little from frame to frame). With `sound`
+    (frequency, seconds parts: tests.support.sounds.samples_of), a sound track too: AAC, or Opus in WebM."""
     import av
 
     options = {"crf": "18", "preset": "ultrafast"} if codec == "libx264" else {}
@@ -32,6 +38,9 @@ def write_scenes(path: Path, scenes: Sequence[tuple[Sequence[int], float]], fps:
         stream = output.add_stream(codec, rate=fps, options=options)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.time_base = Fraction(1, fps)
+        # Every stream is added before the first packet is written (the header names them all).
+        track = None if sound is None else output.add_stream("libopus" if output.format.name == "webm" else "aac",
+                                                             rate=SOUND_RATE, layout="mono")
         number = 0
         for scene, (colour, seconds) in enumerate(scenes):
             for frame_in_scene in range(round(seconds * fps)):
@@ -43,9 +52,27 @@ def write_scenes(path: Path, scenes: Sequence[tuple[Sequence[int], float]], fps:
                     output.mux(packet)
         for packet in stream.encode():
             output.mux(packet)
+        if track is not None:
+            _write_sound_track(output, track, sound or ())
     return path
 
 
 def four_scenes(path: Path, **options: object) -> Path:
     """Red 0–2 s, green 2–4 s, blue 4–6 s, yellow 6–8 s."""
     return write_scenes(path, [(colour, 2.0) for colour in SCENE_COLOURS[:4]], **options)  # type: ignore[arg-type]
+
+
+def _write_sound_track(output: Any, stream: Any, parts: Sequence[tuple[float, float]]) -> None:
+    """Encode the mono sound of `parts` into `stream`, a sound stream of `output` (open for writing)."""
+    import av
+
+    samples = samples_of(parts, SOUND_RATE)
+    step = 960 if stream.codec_context.name == "libopus" else 1024  # Opus: 20 ms frames at 48 kHz; AAC: 1024
+    for start in range(0, len(samples), step):
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples[None, start:start + step]), format="fltp",
+                                           layout="mono")
+        frame.sample_rate, frame.pts = SOUND_RATE, start
+        for packet in stream.encode(frame):
+            output.mux(packet)
+    for packet in stream.encode(None):
+        output.mux(packet)

@@ -14,11 +14,11 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from clipsearch.config import AudioSampling
-from clipsearch.errors import AudioDecodeError, AudioTooLarge
+from clipsearch.errors import AudioDecodeError, AudioTooLarge, NoSoundTrack
 from clipsearch.util.audio import audio_media_type, looks_like_audio, read_audio, window_spans
 from clipsearch.util.media import MEDIA_HEAD_BYTES
 from tests.support.sounds import NOISE, TONES, samples_of, three_parts, write_sound
-from tests.support.videos import four_scenes
+from tests.support.videos import SCENE_COLOURS, four_scenes, write_scenes
 
 pytest.importorskip("av")
 
@@ -100,6 +100,31 @@ def test_a_video_is_not_taken_for_a_sound_file_and_without_a_sound_track_has_non
         read_audio(webm, RATE)
     with pytest.raises(AudioDecodeError, match="not a sound format accepted here"):
         read_audio(four_scenes(tmp_path / "four.avi", container="avi"), RATE)
+
+
+@pytest.mark.parametrize(("name", "codec", "container"), [("talk.mp4", "libx264", "mp4"),
+                                                          ("talk.webm", "libvpx-vp9", "matroska"),
+                                                          ("talk.mkv", "libx264", "matroska")])
+def test_a_videos_sound_track_is_read_as_its_samples_with_the_videos_container(
+        tmp_path: Path, name: str, codec: str, container: str) -> None:
+    parts = [(TONES[0], 2.0), (TONES[3], 2.0)]
+    video = write_scenes(tmp_path / name, [(colour, 2.0) for colour in SCENE_COLOURS[:2]], codec=codec, sound=parts)
+    track = read_audio(video, RATE, of_video=True)
+    assert track.container == container and track.channels == 1
+    assert track.duration_s == pytest.approx(4.0, abs=0.03)  # AAC and Opus pad to whole frames
+    # Lossy, so compared by where the energy is: the low tone's band in the first half, the high one's after.
+    written = samples_of(parts, RATE)
+    for half in (slice(0, 2 * RATE), slice(2 * RATE, 4 * RATE)):
+        read_spectrum = np.abs(np.fft.rfft(track.samples[half]))
+        assert np.argmax(read_spectrum) == np.argmax(np.abs(np.fft.rfft(written[half])))
+
+
+def test_a_silent_video_has_no_sound_track_which_is_said_apart_from_a_broken_one(tmp_path: Path) -> None:
+    with pytest.raises(NoSoundTrack, match="holds no audio stream"):
+        read_audio(four_scenes(tmp_path / "four.mp4"), RATE, of_video=True)
+    with pytest.raises(AudioDecodeError, match="not a video format accepted here") as refused:
+        read_audio(write_sound(tmp_path / "tone.wav", [(TONES[1], 1.0)]), RATE, of_video=True)
+    assert not isinstance(refused.value, NoSoundTrack)
 
 
 def test_an_m4a_is_a_sound_not_a_video(tmp_path: Path) -> None:
