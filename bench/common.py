@@ -42,6 +42,43 @@ def unit_vectors(count: int, dim: int, seed: int = 0, chunk: int = 1 << 18) -> n
     return vectors
 
 
+def synthetic_sound(seed: int, seconds: float, rate: int = 44_100) -> np.ndarray:
+    """Mono float32 samples of `seconds`: a new sound every 2 to 8 s (a tone, a chirp or noise), as a
+    podcast's or a home video's sound changes."""
+    rng = np.random.default_rng(seed)
+    pieces, made = [], 0.0
+    while made < seconds:
+        length = min(float(rng.uniform(2, 8)), seconds - made)
+        times = np.arange(int(length * rate)) / rate
+        kind = int(rng.integers(3))
+        if kind == 0:
+            piece = np.sin(2 * np.pi * rng.uniform(100, 4000) * times)
+        elif kind == 1:
+            start, stop = rng.uniform(100, 4000, 2)
+            piece = np.sin(2 * np.pi * (start * times + (stop - start) * times ** 2 / (2 * length)))
+        else:
+            piece = rng.uniform(-1, 1, len(times))
+        pieces.append(0.3 * piece)
+        made += length
+    return np.concatenate(pieces).astype(np.float32)
+
+
+def encode_sound(output: Any, stream: Any, samples: np.ndarray, rate: int, channels: int, step: int) -> None:
+    """Encode mono `samples` (the same on every channel) into `stream` of the PyAV `output`, `step` at a time."""
+    import av
+
+    layout = "stereo" if channels == 2 else "mono"
+    planar = np.ascontiguousarray(np.stack([samples] * channels))
+    for start in range(0, planar.shape[1], step):
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(planar[:, start:start + step]), format="fltp",
+                                           layout=layout)
+        frame.sample_rate, frame.pts = rate, start
+        for packet in stream.encode(frame):
+            output.mux(packet)
+    for packet in stream.encode(None):
+        output.mux(packet)
+
+
 def synthetic_photo(seed: int, width: int = 640, height: int = 480, quality: int = 85) -> bytes:
     """A JPEG that compresses like a photo (about 55 KB at 640×480): smooth colour blobs plus grain."""
     rng = np.random.default_rng(seed)

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from bench.common import emit, ratio, synthetic_photo, time_calls
+from bench.common import emit, encode_sound, ratio, synthetic_photo, synthetic_sound, time_calls
 from clipsearch.ingest.build import build, read_sources
 from clipsearch.ingest.config import BuildConfig
 from clipsearch.ingest.distributed import import_ray
@@ -41,6 +41,9 @@ from clipsearch.modality import Modality
 from clipsearch.model.encoder import ClipEncoder
 from clipsearch.model.factory import load_encoder
 from clipsearch.util.video import read_video
+
+SOUND_RATE = 48_000
+"""A generated video's sound track's rate, a phone's."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -118,9 +121,9 @@ def video_figures(args: argparse.Namespace, scratch: Path, load_s: float, images
     folder.mkdir()
     started = time.perf_counter()
     with ProcessPoolExecutor(max_workers=max(1, args.workers)) as pool:
-        sizes = list(pool.map(_write_video, [(folder / f"{number:05d}.mp4", number, args.video_seconds,
-                                              args.video_fps, args.scene_seconds, args.width, args.height)
-                                             for number in range(args.videos)]))
+        sizes = list(pool.map(write_video, [(folder / f"{number:05d}.mp4", number, args.video_seconds,
+                                             args.video_fps, args.scene_seconds, args.width, args.height, False)
+                                            for number in range(args.videos)]))
     emit("generated videos", videos=args.videos, seconds_each=args.video_seconds, fps=args.video_fps,
          width=args.width, height=args.height, scenes_each=int(np.ceil(args.video_seconds / args.scene_seconds)),
          mean_mb=sum(sizes) / len(sizes) / 2**20, seconds=time.perf_counter() - started)
@@ -145,15 +148,18 @@ def video_figures(args: argparse.Namespace, scratch: Path, load_s: float, images
     return summary.indexed.get("video", 0)
 
 
-def _write_video(task: tuple[Path, int, float, int, float, int, int]) -> int:
+def write_video(task: tuple[Path, int, float, int, float, int, int, bool]) -> int:
     """An H.264 video (crf 23, like a phone's): a new scene every `scene_s`, each a synthetic photo
-    twice the frame's size that the camera pans across; returns its size in bytes."""
+    twice the frame's size that the camera pans across; with `sound`, an AAC track at 48 kHz stereo
+    (bench.common.synthetic_sound). Returns its size in bytes."""
     import av
 
-    path, seed, seconds, fps, scene_s, width, height = task
+    path, seed, seconds, fps, scene_s, width, height, sound = task
     with av.open(str(path), mode="w") as output:
         stream = output.add_stream("libx264", rate=fps, options={"crf": "23", "preset": "veryfast"})
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        # Every stream is added before the first packet is written (the header names them all).
+        track = output.add_stream("aac", rate=SOUND_RATE, layout="stereo") if sound else None
         scene_frames, scene = max(1, round(scene_s * fps)), None
         for number in range(round(seconds * fps)):
             if number % scene_frames == 0:
@@ -167,6 +173,8 @@ def _write_video(task: tuple[Path, int, float, int, float, int, int]) -> int:
                 output.mux(packet)
         for packet in stream.encode():
             output.mux(packet)
+        if track is not None:
+            encode_sound(output, track, synthetic_sound(seed, seconds, SOUND_RATE), SOUND_RATE, 2, 1024)
     return path.stat().st_size
 
 

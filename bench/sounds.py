@@ -9,6 +9,8 @@ noise that change every few seconds), then measures:
   * the audio tower alone on windows already decoded (windows/s, and what that is in audio-seconds/s at
     the build's 5 s hop),
   * the whole `build` of them (read, resample, cut, embed, write, index), end to end,
+  * with --videos, generated videos with a sound track, built with their pictures only and then with
+    their sound tracks too (`--video-sound`): what the tracks add, against the sound files' rate,
 and prints one JSON line per figure with the ratios. `--model clap-htsat-unfused-size` is transformers'
 ClapModel at LAION's clap-htsat-unfused's size (HTSAT, 768 wide, 2-2-6-2 blocks; a RoBERTa text tower)
 with random weights, saved to a local directory and loaded from it as a local checkpoint is: the same
@@ -29,7 +31,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.common import emit, ratio
+from bench.common import emit, encode_sound, ratio, synthetic_sound
+from bench.indexing import write_video
 from clipsearch.config import OFFLINE_AUDIO_MODEL, AudioSampling
 from clipsearch.ingest.build import build
 from clipsearch.ingest.config import BuildConfig
@@ -47,6 +50,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=32, help="windows per pass of the audio tower")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="reading worker processes")
     parser.add_argument("--device", default="auto", help="'auto', 'cpu' or 'cuda'")
+    parser.add_argument("--videos", type=int, default=0,
+                        help="also generate this many 640×480 H.264 videos with an AAC sound track, and build them "
+                             "with and without their sound tracks indexed (--video-sound)")
+    parser.add_argument("--video-seconds", type=float, default=60.0, help="length of each generated video")
+    parser.add_argument("--image-model", default="ViT-B-32",
+                        help="the open_clip model (random weights) that embeds the videos' pictures")
     return parser.parse_args(argv)
 
 
@@ -105,7 +114,44 @@ def main(argv: list[str] | None = None) -> int:
              seconds=indexing_s, seconds_with_model_load=total_s, audio_seconds_per_s=end_to_end,
              vs_reading=ratio(end_to_end, reading),
              vs_tower=ratio(end_to_end, tower * hop))
-    return 0 if summary.indexed.get("audio", 0) == args.recordings else 1
+        tracks = video_track_figures(args, root, model, load_s, end_to_end) if args.videos else args.videos
+    return 0 if summary.indexed.get("audio", 0) == args.recordings and tracks == args.videos else 1
+
+
+def video_track_figures(args: argparse.Namespace, root: Path, model: str, audio_load_s: float,
+                        sounds_per_s: float) -> int:
+    """Generate videos with sound tracks, build them with their pictures only and with their sound
+    tracks too: what the tracks add, against the pictures alone and the sound files' rate of this run.
+    Returns how many sound tracks were indexed."""
+    folder = root / "videos"
+    folder.mkdir()
+    started = time.perf_counter()
+    with ProcessPoolExecutor(args.workers) as pool:
+        sizes = list(pool.map(write_video, [(folder / f"{number:05d}.mp4", number, args.video_seconds, 25, 4.0, 640,
+                                             480, True) for number in range(args.videos)]))
+    emit("generated videos", videos=args.videos, seconds_each=args.video_seconds, mean_mb=np.mean(sizes) / 2**20,
+         seconds=time.perf_counter() - started)
+    seconds: dict[bool, float] = {}
+    for video_sound in (False, True):
+        config = BuildConfig(out=root / f"videos-{video_sound}", videos=folder,
+                             sound=AudioSampling(model=model, video_sound=video_sound), model=args.image_model,
+                             pretrained=None, device=args.device, batch_size=args.batch_size, workers=args.workers,
+                             progress=False)
+        build_started = time.perf_counter()
+        summary = build(config)
+        # The audio model's load is timed apart (setup), as the sound files' build leaves it out.
+        seconds[video_sound] = time.perf_counter() - build_started - (audio_load_s if video_sound else 0.0)
+    tracks = summary.indexed.get("audio", 0)
+    extra = seconds[True] - seconds[False]
+    # None where the tracks cost less than the timing's noise (the tiny models of the smoke test).
+    track_rate = tracks * args.video_seconds / extra if extra > 0 else None
+    emit("videos' sound tracks", videos=summary.indexed.get("video", 0), tracks=tracks,
+         pictures_only_s=seconds[False], with_tracks_s=seconds[True], tracks_s=extra,
+         track_audio_seconds_per_s=track_rate,
+         vs_sound_files=None if track_rate is None else ratio(track_rate, sounds_per_s),
+         with_tracks_vs_pictures_only=ratio(seconds[True], seconds[False]),
+         note="the build's seconds with the tracks over those without; the tracks' rate against sound files'")
+    return int(tracks)
 
 
 def real_size_model(folder: Path) -> str:
@@ -121,39 +167,15 @@ def real_size_model(folder: Path) -> str:
 
 
 def _write_recording(task: tuple[Path, int, float]) -> int:
-    """An MP3 of `seconds`: a new sound every 2 to 8 s (a tone, a chirp or noise), the same on both channels."""
+    """An MP3 of `seconds` (bench.common.synthetic_sound), the same on both channels."""
     import av
 
     path, seed, seconds = task
-    rng = np.random.default_rng(seed)
     rate = 44_100
-    pieces, made = [], 0.0
-    while made < seconds:
-        length = min(float(rng.uniform(2, 8)), seconds - made)
-        times = np.arange(int(length * rate)) / rate
-        kind = int(rng.integers(3))
-        if kind == 0:
-            piece = np.sin(2 * np.pi * rng.uniform(100, 4000) * times)
-        elif kind == 1:
-            start, stop = rng.uniform(100, 4000, 2)
-            piece = np.sin(2 * np.pi * (start * times + (stop - start) * times ** 2 / (2 * length)))
-        else:
-            piece = rng.uniform(-1, 1, len(times))
-        pieces.append(0.3 * piece)
-        made += length
-    samples = np.concatenate(pieces).astype(np.float32)
     with av.open(str(path), mode="w", format="mp3") as output:
         stream = output.add_stream("libmp3lame", rate=rate, layout="stereo")
         stream.bit_rate = 128_000
-        planar = np.ascontiguousarray(np.stack([samples, samples]))
-        for start in range(0, planar.shape[1], 1152 * 8):
-            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(planar[:, start:start + 1152 * 8]),
-                                               format="fltp", layout="stereo")
-            frame.sample_rate, frame.pts = rate, start
-            for packet in stream.encode(frame):
-                output.mux(packet)
-        for packet in stream.encode(None):
-            output.mux(packet)
+        encode_sound(output, stream, synthetic_sound(seed, seconds, rate), rate, 2, 1152 * 8)
     return path.stat().st_size
 
 

@@ -236,7 +236,10 @@ class CollectionWriter:
         return sound_id if is_sound_of_video(sound.extra) else None
 
     def _sound_tracks_of(self, item_ids: Sequence[int]) -> list[int]:
-        """The ids of the sound tracks of the videos among `item_ids`."""
+        """The ids of the sound tracks of the videos among `item_ids` (none looked up in a collection that
+        indexes no tracks: a delete by filter may name a million items)."""
+        if not self.audio.video_sound:
+            return []
         found = []
         for item_id in item_ids:
             key = self.live.key_of(item_id)

@@ -60,11 +60,12 @@ def test_smoke_the_indexing_bench_with_videos_relates_decoding_and_indexing_them
     assert end_to_end["video_seconds_per_s"] == pytest.approx(12 / end_to_end["seconds"], rel=0.01)
 
 
-def test_smoke_the_sounds_bench_relates_indexing_sounds_to_reading_them_and_to_the_audio_tower() -> None:
+def test_smoke_the_sounds_bench_relates_indexing_sounds_and_videos_tracks_to_reading_and_the_tower() -> None:
     pytest.importorskip("av")
     pytest.importorskip("transformers")
     figures = run_bench("bench.sounds", "--recordings", "2", "--seconds", "12", "--model", "tiny-clap",
-                        "--batch-size", "4", "--workers", "1", "--device", "cpu")
+                        "--batch-size", "4", "--workers", "1", "--device", "cpu", "--videos", "2",
+                        "--video-seconds", "6", "--image-model", "tiny")
     assert figures["generated"]["recordings"] == 2
     assert figures["read + decode + resample alone"]["audio_seconds_per_s"] > 0
     tower = figures["audio tower alone"]
@@ -72,6 +73,9 @@ def test_smoke_the_sounds_bench_relates_indexing_sounds_to_reading_them_and_to_t
     end_to_end = figures["sound indexing end to end"]
     assert end_to_end["recordings"] == 2 and end_to_end["skipped"] == 0
     assert end_to_end["audio_seconds_per_s"] == pytest.approx(24 / end_to_end["seconds"], rel=0.01)
+    tracks = figures["videos' sound tracks"]
+    assert tracks["videos"] == 2 and tracks["tracks"] == 2
+    assert tracks["with_tracks_s"] > 0 and tracks["pictures_only_s"] > 0  # the tiny models' difference is noise
 
 
 def test_smoke_the_http_bench_measures_one_client_many_clients_and_the_unbatched_baseline() -> None:
