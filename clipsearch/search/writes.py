@@ -293,7 +293,7 @@ class CollectionWriter:
         """Edit an item's caption (images), text (texts: embedded again) or metadata (replaced whole); a
         video's sound track, when it has one indexed, takes the same caption and metadata."""
         item = self.service.collection.item(item_id, "item_id")
-        if is_sound_of_video(item.extra):
+        if item.modality is Modality.AUDIO and is_sound_of_video(item.extra):
             raise InvalidQuery("item_id", f"item {item_id} is the sound track of a video (uri {item.uri}): edit the "
                                           "video, and its sound track follows")
         if caption is not UNCHANGED and item.modality is Modality.TEXT:

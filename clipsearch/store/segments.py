@@ -88,7 +88,9 @@ def carried_over(metadata: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[
 
 
 def is_sound_of_video(extra: Mapping[str, Any]) -> bool:
-    """Whether the item whose metadata is `extra` is a video's sound track (SOUND_OF_VIDEO)."""
+    """Whether the sound item whose metadata is `extra` is a video's sound track (SOUND_OF_VIDEO). A sound
+    item's `audio` record is always the one its reading wrote (clipsearch.store.segments.carried_over);
+    another item's `audio` metadata is its user's, and says nothing."""
     record = extra.get(AUDIO_KEY)
     return isinstance(record, Mapping) and record.get(SOUND_OF_VIDEO) is True
 

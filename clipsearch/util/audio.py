@@ -23,7 +23,7 @@ import numpy as np
 from clipsearch.config import AudioSampling
 from clipsearch.errors import AudioDecodeError, AudioTooLarge, NoSoundTrack
 from clipsearch.util.media import failure_reason, is_matroska_sound, open_media
-from clipsearch.util.video import container_family
+from clipsearch.util.video import VIDEO_MEDIA_TYPES, container_family
 
 DEFAULT_SAMPLING = AudioSampling()
 EXTRA_HINT = "sound files need the [audio] extra: pip install 'clipsearch[audio]'"
@@ -111,7 +111,7 @@ def read_audio(source: Path | bytes, sample_rate: int, sampling: AudioSampling =
     with container:
         family = (container_family if of_video else _family)(container.format.name)
         if family is None:
-            accepted = "the video formats accepted here" if of_video else ", ".join(AUDIO_MEDIA_TYPES)
+            accepted = ", ".join(VIDEO_MEDIA_TYPES if of_video else AUDIO_MEDIA_TYPES)
             raise AudioDecodeError(f"a {container.format.long_name or container.format.name} file is not a "
                                    f"{'video' if of_video else 'sound'} format accepted here ({accepted})")
         if not container.streams.audio:

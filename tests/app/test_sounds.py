@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,7 @@ import pytest
 from app.settings import Settings
 from clipsearch.config import OFFLINE_AUDIO_MODEL, AudioSampling
 from clipsearch.ingest.build import build
+from tests.support.browser import chromium, expect, first_card_for
 from tests.support.corpora import make_image_corpus, tiny_config
 from tests.support.imagefiles import image_bytes, noise_image
 from tests.support.serving import ADMIN, LIMITS, serve
@@ -246,37 +248,19 @@ def test_a_sound_written_past_the_servers_bound_is_refused_and_nothing_is_writte
 
 def test_the_page_plays_a_sound_hit_from_its_window_and_searches_with_an_uploaded_clip(
         url: str, tmp_path: Path) -> None:
-    import os
-    import re
-
-    sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed (pip install '.[dev]')")
-    chromium = os.environ.get("CLIPSEARCH_CHROMIUM", "/usr/bin/chromium")
-    if not Path(chromium).exists():
-        pytest.skip(f"no Chromium at {chromium} (apt-get install chromium); browser tests not run")
     clip = tmp_path / "clip.wav"
     clip.write_bytes(_wav(samples_of([(TONES[0], 12.0), (NOISE, 12.0), (TONES[3], 12.0)], 48_000)[
         10 * 48_000:20 * 48_000]))
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium, headless=True, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync"])
-        try:
-            page = browser.new_page()
-            page.goto(url)
-            page.check("input[name=target][value=audio]")
-            page.fill("#query-text", "a whistle")
-            page.press("#query-text", "Enter")
-            card = page.locator(".card").first
-            sync_api.expect(card.locator("audio")).to_have_attribute("src", re.compile(r"/items/\d+/audio#t=\d"))
-            sync_api.expect(card.locator(".moments .moment").first).to_be_visible()
-            assert card.locator(".moment img").count() == 0  # a window has no frame to show
-            page.fill("#query-text", "")
-            page.set_input_files("#query-file", str(clip))
-            best = page.locator(".card").first
-            sync_api.expect(best.locator("audio")).to_have_attribute("src", re.compile(r"/audio#t=10(\.0)?$"))
-            assert page.locator("#image-query-preview").is_hidden()
-        finally:
-            browser.close()
+    with chromium() as browser:
+        page, card = first_card_for(browser, url, "audio", "a whistle")
+        expect(card.locator("audio")).to_have_attribute("src", re.compile(r"/items/\d+/audio#t=\d"))
+        expect(card.locator(".moments .moment").first).to_be_visible()
+        assert card.locator(".moment img").count() == 0  # a window has no frame to show
+        page.fill("#query-text", "")
+        page.set_input_files("#query-file", str(clip))
+        best = page.locator(".card").first
+        expect(best.locator("audio")).to_have_attribute("src", re.compile(r"/audio#t=10(\.0)?$"))
+        assert page.locator("#image-query-preview").is_hidden()
 
 
 def test_the_client_searches_with_a_clip_and_returns_each_sound_with_its_window(url: str, tmp_path: Path) -> None:
@@ -377,25 +361,7 @@ def test_a_clip_of_a_videos_sound_finds_the_video_at_that_moment_and_its_file_pl
 
 
 def test_the_page_plays_a_videos_sound_track_hit_as_the_video_from_its_window(video_sound_url: str) -> None:
-    import os
-    import re
-
-    sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed (pip install '.[dev]')")
-    chromium = os.environ.get("CLIPSEARCH_CHROMIUM", "/usr/bin/chromium")
-    if not Path(chromium).exists():
-        pytest.skip(f"no Chromium at {chromium} (apt-get install chromium); browser tests not run")
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium, headless=True, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync"])
-        try:
-            page = browser.new_page()
-            page.goto(video_sound_url)
-            page.check("input[name=target][value=audio]")
-            page.fill("#query-text", "someone talking")
-            page.press("#query-text", "Enter")
-            card = page.locator(".card").first
-            sync_api.expect(card.locator("video")).to_have_attribute("src", re.compile(r"/items/\d+/audio#t=\d"))
-            assert card.locator("audio").count() == 0
-        finally:
-            browser.close()
+    with chromium() as browser:
+        _, card = first_card_for(browser, video_sound_url, "audio", "someone talking")
+        expect(card.locator("video")).to_have_attribute("src", re.compile(r"/items/\d+/audio#t=\d"))
+        assert card.locator("audio").count() == 0

@@ -19,6 +19,7 @@ from PIL import Image
 
 from app.settings import Settings
 from clipsearch.ingest.build import build
+from tests.support.browser import chromium, expect, first_card_for
 from tests.support.corpora import make_image_corpus, tiny_config
 from tests.support.fuzzing import fuzz
 from tests.support.imagefiles import image_bytes
@@ -177,30 +178,13 @@ def test_group_by_segments_is_refused_where_there_are_no_segments_or_whole_items
 
 
 def test_the_page_plays_a_video_hit_from_its_moment_with_a_strip_of_its_best_moments(url: str) -> None:
-    import os
-
-    sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed (pip install '.[dev]')")
-    chromium = os.environ.get("CLIPSEARCH_CHROMIUM", "/usr/bin/chromium")
-    if not Path(chromium).exists():
-        pytest.skip(f"no Chromium at {chromium} (apt-get install chromium); browser tests not run")
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium, headless=True, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync"])
-        try:
-            page = browser.new_page()
-            page.goto(url)
-            page.check("input[name=target][value=video]")
-            page.fill("#query-text", "four colours")
-            page.press("#query-text", "Enter")
-            card = page.locator(".card").first
-            sync_api.expect(card.locator("video")).to_have_attribute("src", re.compile(r"/items/\d+/video#t=\d"))
-            moments = card.locator(".moments .moment")
-            sync_api.expect(moments.first).to_be_visible()
-            assert card.locator(".moment.best").count() == 1
-            page.wait_for_function("document.querySelector('.moment img').naturalWidth > 0")
-        finally:
-            browser.close()
+    with chromium() as browser:
+        page, card = first_card_for(browser, url, "video", "four colours")
+        expect(card.locator("video")).to_have_attribute("src", re.compile(r"/items/\d+/video#t=\d"))
+        moments = card.locator(".moments .moment")
+        expect(moments.first).to_be_visible()
+        assert card.locator(".moment.best").count() == 1
+        page.wait_for_function("document.querySelector('.moment img').naturalWidth > 0")
 
 
 @pytest.fixture()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,9 +13,9 @@ from app.settings import Settings
 from clipsearch.quality.reading import read_truth
 from clipsearch.store.bundle import load_bundle
 from clipsearch.store.ocr_text import readable_text
+from tests.support.browser import CHROMIUM, chromium
 from tests.support.serving import LIMITS, serve
 
-CHROMIUM = os.environ.get("CLIPSEARCH_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed (pip install '.[dev]')")
@@ -27,12 +26,8 @@ if not Path(CHROMIUM).is_file():
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    with sync_api.sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync"])
+    with chromium() as launched:
         yield launched
-        launched.close()
 
 
 @pytest.fixture()
