@@ -120,6 +120,8 @@ def read_video(source: Path | bytes, sampling: VideoSampling = DEFAULT_SAMPLING)
     if not segmenter.frames:
         raise VideoDecodeError("the video holds no frame")
     segments = segmenter.finish()
+    if segmenter.rotation % 180:  # recorded as shown: a portrait video is taller than wide
+        width, height = height, width
     return VideoSummary(segments, segments[-1].end_s, width, height, codec, family, segmenter.frames)
 
 
@@ -235,9 +237,13 @@ class _Segmenter:
         self.last_duration = 0.0
         self.next_examined = 0.0
         self.previous: np.ndarray | None = None
+        self.rotation = 0
+        """Degrees the first frame is turned to be shown (a phone's portrait video is stored on its side)."""
 
     def add(self, frame: Any, at: float) -> None:
         self.frames += 1
+        if self.frames == 1:
+            self.rotation = int(getattr(frame, "rotation", 0) or 0)
         if frame.duration is not None and frame.time_base is not None:
             self.last_duration = float(frame.duration * frame.time_base)
         elif at > self.last_time:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Sequence
 from fractions import Fraction
 from pathlib import Path
@@ -76,3 +77,32 @@ def _write_sound_track(output: Any, stream: Any, parts: Sequence[tuple[float, fl
             output.mux(packet)
     for packet in stream.encode(None):
         output.mux(packet)
+
+
+def turned_a_quarter(path: Path) -> Path:
+    """`path` (an MP4) marked to be shown turned a quarter clockwise, as a phone held upright records:
+    its track header's matrix rewritten in place (this FFmpeg's muxer does not write one)."""
+    data = bytearray(path.read_bytes())
+    matrix = data.index(b"tkhd") + 44  # after the box's type: version and flags, times, ids, layer, volume
+    data[matrix:matrix + 36] = struct.pack(">9i", 0, 1 << 16, 0, -(1 << 16), 0, 0, 0, 0, 1 << 30)
+    path.write_bytes(bytes(data))
+    return path
+
+
+def two_halves(path: Path, seconds: float = 1.0, fps: int = 10, width: int = 96, height: int = 64) -> Path:
+    """An MP4 whose frames are red on their left half and blue on their right, as stored."""
+    import av
+
+    frame = np.empty((height, width, 3), dtype=np.uint8)
+    frame[:, :width // 2], frame[:, width // 2:] = SCENE_COLOURS[0], SCENE_COLOURS[2]
+    with av.open(str(path), mode="w") as output:
+        stream = output.add_stream("libx264", rate=fps, options={"crf": "18", "preset": "ultrafast"})
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for number in range(round(seconds * fps)):
+            picture = av.VideoFrame.from_ndarray(frame, format="rgb24")
+            picture.pts = number
+            for packet in stream.encode(picture):
+                output.mux(packet)
+        for packet in stream.encode():
+            output.mux(packet)
+    return path

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from clipsearch.config import VideoSampling
 from clipsearch.errors import VideoDecodeError, VideoTooLarge
 from clipsearch.util.video import frame_at, looks_like_video, read_video, video_media_type
-from tests.support.videos import SCENE_COLOURS, four_scenes, write_scenes
+from tests.support.videos import SCENE_COLOURS, four_scenes, turned_a_quarter, two_halves, write_scenes
 
 pytest.importorskip("av")
 
@@ -88,6 +88,18 @@ def test_a_frame_at_a_time_is_the_one_shown_then(tmp_path: Path) -> None:
     recorded = {file: read_video(file).container for file in (path, webm, matroska)}
     assert [video_media_type(file, recorded[file]) for file in (path, webm, matroska)] == \
         ["video/mp4", "video/webm", "video/x-matroska"]
+
+
+def test_a_phones_portrait_video_stored_on_its_side_is_read_upright_and_recorded_as_shown(tmp_path: Path) -> None:
+    # Stored 96×64, red on the left; shown turned a quarter clockwise: 64×96, red on top.
+    video = read_video(turned_a_quarter(two_halves(tmp_path / "portrait.mp4")))
+    assert (video.width, video.height) == (64, 96)
+    for picture in (video.segments[0].frame, frame_at(tmp_path / "portrait.mp4", 0.5)):
+        assert picture.size == (64, 96)
+        top, bottom = picture.getpixel((32, 10)), picture.getpixel((32, 85))
+        assert top[0] > 150 > top[2] and bottom[2] > 150 > bottom[0]
+    stored = read_video(two_halves(tmp_path / "landscape.mp4"))
+    assert (stored.width, stored.height) == (96, 64) and stored.segments[0].frame.size == (96, 64)
 
 
 def test_a_truncated_file_gives_the_frames_before_the_cut_or_a_reason(tmp_path: Path) -> None:
