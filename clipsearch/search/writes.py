@@ -37,7 +37,6 @@ from clipsearch.errors import (
     InvalidQuery,
     ItemNotFound,
     ModelLoadError,
-    NoSoundTrack,
     VideoDecodeError,
 )
 from clipsearch.modality import Modality
@@ -45,13 +44,14 @@ from clipsearch.model.ocr import TextReader, reader_for
 from clipsearch.search.query import check_text
 from clipsearch.search.service import SearchService
 from clipsearch.search.sounds import SoundQueries
+from clipsearch.search.tracks import SoundTracks
 from clipsearch.store.collection import Collection
 from clipsearch.store.filters import Filter
 from clipsearch.store.fused_texts import part_text
 from clipsearch.store.items import Item
 from clipsearch.store.live import LIVE_IMAGES, NewItem, with_text_vectors
 from clipsearch.store.ocr_text import ocr_part, read_image_text, with_ocr
-from clipsearch.store.segments import AUDIO_KEY, SOUND_OF_VIDEO, VIDEO_KEY, carried_over, is_sound_of_video, with_spans
+from clipsearch.store.segments import AUDIO_KEY, SOUND_OF_VIDEO, carried_over, is_sound_of_video, with_spans
 from clipsearch.util.audio import AUDIO_MEDIA_TYPES, AudioClip, looks_like_audio, read_audio
 from clipsearch.util.files import atomic_path
 from clipsearch.util.media import MEDIA_HEAD_BYTES
@@ -97,6 +97,7 @@ class CollectionWriter:
         self.video = (video or VideoSampling()).cutting_as(service.collection.bundle.manifest.video)
         self.audio = (audio or AudioSampling()).cutting_as(service.collection.bundle.manifest.audio)
         self.images = live.path.parent / LIVE_IMAGES
+        self.tracks = SoundTracks(service.collection, live, self.audio)
         self._storing = threading.Lock()
         self._reader: TextReader | None = None
         self._reader_failure: ModelLoadError | None = None
@@ -165,7 +166,7 @@ class CollectionWriter:
         tracks_written = [self._sound_item(entries[number], track, self._embed_windows(track), Path(items[number].uri))
                           for number, track in tracks.items()]
         tracks_gone = [sound_id for number in videos if number not in tracks
-                       and (sound_id := self._sound_track_id(str(entries[number].key))) is not None]
+                       and (sound_id := self.tracks.id_of(str(entries[number].key))) is not None]
         stored: list[Path] = []
         # From storing the files to the commit, one image write at a time in this process: a write
         # that fails removes the files it stored, which another's upload of the same bytes must not
@@ -206,56 +207,10 @@ class CollectionWriter:
         return sounds
 
     def _read_sound_track(self, entry: ImageEntry, field: str) -> AudioClip | None:
-        """The sound track of an uploaded video, read as a sound upload is, in a collection that indexes
-        videos' sound tracks (None in others, and for a silent video). A key that names a sound item
-        which is not a video's sound track is refused: the track would replace it."""
-        if not self.audio.video_sound:
+        """The sound track of an uploaded video, in a collection that indexes them (SoundTracks.read)."""
+        if not self.tracks.indexed:
             return None
-        sounds = self._sounds(field)
-        try:
-            track = read_audio(entry.data, sounds.encoder.sampling_rate, self.audio, of_video=True)
-        except NoSoundTrack:
-            return None
-        except AudioDecodeError as error:
-            raise type(error)(f"its sound track: {error.reason}", field) from None
-        held = self.live.id_of(Modality.AUDIO, str(entry.key))
-        if held is not None and self._sound_track_id(str(entry.key)) is None and self._exists(held):
-            raise InvalidQuery(f"{field}.key", f"names sound item {held}, and this video's sound track is kept under "
-                                               "its key: give the video another key")
-        return track
-
-    def _sound_track_id(self, key: str) -> int | None:
-        """The id of the sound item that is the sound track of the video with `key`, if there is one."""
-        sound_id = self.live.id_of(Modality.AUDIO, key)
-        if sound_id is None:
-            return None
-        try:
-            sound = self.service.collection.item(sound_id)
-        except ItemNotFound:  # deleted: its key stays known
-            return None
-        return sound_id if is_sound_of_video(sound.extra) else None
-
-    def _sound_tracks_of(self, item_ids: Sequence[int]) -> list[int]:
-        """The ids of the sound tracks of the videos among `item_ids` (none looked up in a collection that
-        indexes no tracks: a delete by filter may name a million items)."""
-        if not self.audio.video_sound:
-            return []
-        found = []
-        for item_id in item_ids:
-            key = self.live.key_of(item_id)
-            if key is None or not self._exists(item_id, Modality.VIDEO):
-                continue
-            if (sound_id := self._sound_track_id(key)) is not None:
-                found.append(sound_id)
-        return found
-
-    def _exists(self, item_id: int, modality: Modality | None = None) -> bool:
-        """Whether item `item_id` is in the collection now (and of `modality`, when given)."""
-        try:
-            item = self.service.collection.item(item_id)
-        except ItemNotFound:
-            return False
-        return modality is None or item.modality is modality
+        return self.tracks.read(entry.data, str(entry.key), self._sounds(field).encoder.sampling_rate, field)
 
     def _windows(self, sound: AudioClip) -> list[tuple[float, float]]:
         return sound.windows(self._sounds().encoder.window_s, self.audio.hop_s)
@@ -330,25 +285,15 @@ class CollectionWriter:
                          if part_text(part, item.text, item.extra) == part_text(part, new_text, new_metadata)}
             [edited] = with_text_vectors([replace(edited, text_vectors=unchanged)], fusion.text_parts,
                                          self._embed_item_texts)
-        track = self._sound_track_id(key) if item.modality is Modality.VIDEO else None
-        self._commit([edited] if track is None else [edited, self._edited_track(track, new_text, new_metadata)])
+        track = self.tracks.id_of(key) if item.modality is Modality.VIDEO else None
+        self._commit([edited] if track is None else [edited, self.tracks.edited(track, new_text, new_metadata)])
         return self.service.collection.item(item_id, "item_id")
-
-    def _edited_track(self, sound_id: int, caption: str | None, video_metadata: dict[str, Any]) -> NewItem:
-        """A video's sound track with the video's new caption and metadata, its windows kept."""
-        sound = self.service.collection.item(sound_id)
-        metadata = carried_over({name: value for name, value in video_metadata.items() if name != VIDEO_KEY},
-                                sound.extra)
-        key = self.live.key_of(sound_id)
-        assert key is not None  # found by its key
-        return NewItem(key, Modality.AUDIO, sound.uri, caption, metadata, sound.content_hash,
-                       self.service.collection.segment_vectors(sound_id)[1])
 
     def delete(self, item_ids: Sequence[int], field: str = "ids") -> list[int]:
         """Delete items by id, and the sound tracks of videos among them; the ids that were there (unknown
         ids are not an error: deleting is idempotent)."""
         self._check_count(item_ids, field)
-        deleted = self.live.delete([*item_ids, *self._sound_tracks_of(item_ids)])
+        deleted = self.live.delete([*item_ids, *self.tracks.of_videos(item_ids)])
         self.service.collection.refresh()
         return deleted
 
@@ -356,7 +301,7 @@ class CollectionWriter:
         """Delete every item, of every modality, that passes `filter`, and the sound tracks of the videos
         among them; the ids deleted."""
         doomed = ids_matching(self.service.collection, filter)
-        deleted = self.live.delete([*doomed, *self._sound_tracks_of(doomed)]) if doomed else []
+        deleted = self.live.delete([*doomed, *self.tracks.of_videos(doomed)]) if doomed else []
         self.service.collection.refresh()
         return deleted
 
