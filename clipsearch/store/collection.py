@@ -97,8 +97,7 @@ class Collection:
         a recording's) is the mean of its segments', of unit length."""
         state = state or self.state
         if modality.timed:
-            return np.stack([self.timed_vector(int(item_id), state) for item_id in item_ids]) if len(item_ids) \
-                else np.zeros((0, self.bundle.manifest.dim_of(modality)), dtype=np.float32)
+            return self._timed_vectors(modality, np.asarray(item_ids, dtype=np.int64), state)
         segment = state.segment(modality)
         live = np.isin(item_ids, segment.ids)
         vectors = np.zeros((len(item_ids), self.bundle.manifest.dim_of(modality)), dtype=np.float32)
@@ -123,9 +122,36 @@ class Collection:
         """A video's or a recording's one vector: the mean of its segments', of unit length (what a
         query by the item, or a comparison of two of them, uses)."""
         _, vectors = self.segment_vectors(item_id, state)
-        mean = vectors.astype(np.float64).mean(axis=0)
-        unit: np.ndarray = (mean / max(float(np.linalg.norm(mean)), 1e-12)).astype(np.float32)
+        unit: np.ndarray = _unit_means(vectors, np.zeros(1, dtype=np.int64))[0]
         return unit
+
+    def _timed_vectors(self, modality: Modality, item_ids: np.ndarray, state: LiveState) -> np.ndarray:
+        """timed_vector of each of `item_ids` (videos or recordings, all of `modality`), read together:
+        the base items' records in one lookup and their segments' vectors in one read (a deduplicated
+        search compares thousands of them), the live items' from the snapshot."""
+        vectors = np.zeros((len(item_ids), self.bundle.manifest.dim_of(modality)), dtype=np.float32)
+        live = np.fromiter((int(item_id) in state.items for item_id in item_ids), dtype=bool, count=len(item_ids))
+        if live.any():
+            held = state.segment(modality)
+            items, firsts = np.unique(segments.items_of(held.ids), return_index=True)
+            found = np.searchsorted(items, item_ids[live])
+            if (found >= len(items)).any() or (items[np.minimum(found, len(items) - 1)] != item_ids[live]).any():
+                raise ItemNotFound(int(item_ids[live][0]), "id", f"it holds no {modality.value} segments")
+            vectors[live] = _unit_means(held.vectors, firsts)[found]
+        base = item_ids[~live]
+        if len(base):
+            records = self.bundle.items.get_many([int(item_id) for item_id in base])
+            counts = []
+            for item_id in base:
+                record = records.get(int(item_id))
+                if record is None or record.modality is not modality or state.is_removed(int(item_id)):
+                    raise ItemNotFound(int(item_id), "id")
+                counts.append(len(segments.spans_of(record.extra, modality)))
+            held_ids = np.concatenate([segments.segment_ids(int(item_id), count)
+                                       for item_id, count in zip(base, counts, strict=True)])
+            starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+            vectors[~live] = _unit_means(self.bundle.base_vectors(modality, held_ids), starts)
+        return vectors
 
     def item(self, item_id: int, field: str = "id", state: LiveState | None = None) -> Item:
         state = state or self.state
@@ -217,3 +243,14 @@ class Collection:
                  for score, vector_id, item_id in zip(result.scores[0][result.ids[0] >= 0], ids, owners, strict=True)
                  if int(item_id) in items]
                 for result, ids, owners in zip(found, rows, item_ids, strict=True)]
+
+
+def _unit_means(vectors: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """The mean of each run of rows of `vectors` (runs starting at `starts`, ascending, the last
+    running to the end), of unit length, float32 (len(starts), d); summed in float64."""
+    sums = np.add.reduceat(vectors.astype(np.float64), starts, axis=0)
+    counts = np.diff(np.append(starts, len(vectors)))[:, None]
+    means = sums / counts
+    norms = np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12)
+    unit: np.ndarray = (means / norms).astype(np.float32)
+    return unit

@@ -86,3 +86,52 @@ def test_videos_and_sounds_are_counted_each_as_items_of_their_own_modality(tmp_p
         assert [collection.count(Modality.AUDIO), collection.count(Modality.VIDEO)] == [1, 2]
     finally:
         bundle.close()
+
+
+def test_videos_one_vectors_read_together_are_each_the_unit_mean_of_its_segments(tmp_path: Path) -> None:
+    pytest.importorskip("av")
+    from clipsearch.ingest.build import build
+    from clipsearch.store.segments import segment_ids, with_spans
+    from tests.support.corpora import tiny_config
+    from tests.support.videos import SCENE_COLOURS, write_scenes
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for number, scenes in enumerate((1, 3, 2)):
+        write_scenes(videos / f"{number}.mp4", [(SCENE_COLOURS[number + scene], 1.0) for scene in range(scenes)])
+    build(tiny_config(tmp_path / "out", videos=videos))
+    bundle = load_bundle(tmp_path / "out")
+    live = LiveLog(tmp_path / "out" / LIVE_FILE, bundle.items, bundle.manifest.embedding_dim)
+    try:
+        base = sorted(item.id for item in bundle.items)
+        written = {}
+        for number, count in enumerate((4, 1)):
+            rows = unit_vectors(count, dim=bundle.manifest.embedding_dim, seed=number)
+            spans = [(float(at), float(at + 1)) for at in range(count)]
+            [item_id] = live.write([NewItem(f"live{number}", Modality.VIDEO, f"live{number}.mp4", None,
+                                            with_spans({}, {"duration_s": float(count)}, spans), "h", rows)])
+            written[item_id] = rows
+        live.delete([base[0]])
+        collection = Collection(bundle, live)
+
+        def reference(item_id: int) -> np.ndarray:  # the mean of the item's segments, of unit length
+            rows = written.get(item_id)
+            if rows is None:
+                count = len(bundle.items.get(item_id).extra["video"]["segments"])  # type: ignore[union-attr]
+                rows = bundle.base_vectors(Modality.VIDEO, segment_ids(item_id, count))
+            mean = rows.astype(np.float64).mean(axis=0)
+            return (mean / np.linalg.norm(mean)).astype(np.float32)
+
+        # Live and base items mixed, in the order asked, a base one twice.
+        live_ids = sorted(written, reverse=True)
+        asked = np.array([*live_ids, base[2], base[1], base[2]], dtype=np.int64)
+        found = collection.stored_vectors(Modality.VIDEO, asked)
+        np.testing.assert_allclose(found, np.stack([reference(int(item_id)) for item_id in asked]), atol=1e-6)
+        np.testing.assert_allclose(found[-1], collection.timed_vector(base[2]), atol=1e-6)
+        with pytest.raises(ItemNotFound):  # deleted
+            collection.stored_vectors(Modality.VIDEO, np.array([base[1], base[0]], dtype=np.int64))
+        assert collection.stored_vectors(Modality.VIDEO, np.zeros(0, dtype=np.int64)).shape == \
+            (0, bundle.manifest.embedding_dim)
+    finally:
+        live.close()
+        bundle.close()
