@@ -163,7 +163,7 @@ class CollectionWriter:
             items = with_text_vectors(items, self.service.fusion.text_parts, self._embed_item_texts)
         # A video's sound track is an item of its own, its file the video's; one the video had, and no longer
         # has, goes with this write.
-        tracks_written = [self._sound_item(entries[number], track, self._embed_windows(track), Path(items[number].uri))
+        tracks_written = [self._sound_item(entries[number], track, self._embed_windows(track), items[number])
                           for number, track in tracks.items()]
         tracks_gone = [sound_id for number in videos if number not in tracks
                        and (sound_id := self.tracks.id_of(str(entries[number].key))) is not None]
@@ -220,14 +220,17 @@ class CollectionWriter:
                                       background=True)
 
     def _sound_item(self, entry: ImageEntry, sound: AudioClip, vectors: np.ndarray,
-                    video_path: Path | None = None) -> NewItem:
+                    video: NewItem | None = None) -> NewItem:
         """An uploaded sound's item: its file stored under its content hash, its windows' spans in its
-        metadata. With `video_path`, the sound track of the video stored there, under the video's key."""
-        digest = _sha256(entry.data)
-        path = video_path or (self.images / f"{digest}{SOUND_SUFFIXES[sound.container]}").resolve()
-        record = sound.record() | ({SOUND_OF_VIDEO: True} if video_path is not None else {})
+        metadata. With `video`, the sound track of that video's item: its file, hash and key."""
+        if video is None:
+            digest = _sha256(entry.data)
+            path = str((self.images / f"{digest}{SOUND_SUFFIXES[sound.container]}").resolve())
+        else:  # the upload was hashed once, for its video
+            digest, path = video.content_hash, video.uri
+        record = sound.record() | ({SOUND_OF_VIDEO: True} if video is not None else {})
         extra = with_spans(entry.metadata, record, self._windows(sound), AUDIO_KEY)
-        return NewItem(entry.key or _new_key(), Modality.AUDIO, str(path), entry.caption, extra, digest, vectors)
+        return NewItem(entry.key or _new_key(), Modality.AUDIO, path, entry.caption, extra, digest, vectors)
 
     def _new_item(self, entry: ImageEntry, video: VideoSummary | None, vector: np.ndarray) -> NewItem:
         """An uploaded image's or video's item: its file stored under its content hash (an image's

@@ -55,6 +55,7 @@ def test_a_written_videos_sound_track_is_written_edited_and_deleted_with_it(
     assert track_id is not None and track_id != video_id
     video, track = collection.item(video_id), collection.item(track_id)
     assert track.modality is Modality.AUDIO and track.uri == video.uri and track.text == "a caption"
+    assert track.content_hash == video.content_hash  # the same file: sync and dedup see them alike
     assert track.extra["album"] == "trip" and track.extra["audio"]["of_video"] is True
     [[start, end]] = track.extra["audio"]["segments"]  # one window: the 2 s track (AAC pads it to whole frames)
     assert start == 0.0 and end == pytest.approx(2.0, abs=0.025)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -35,21 +36,28 @@ def write_sound(path: Path, parts: Sequence[tuple[float, float]], rate: int = 48
     import av
 
     container, codec = FORMATS[kind]
-    samples = samples_of(parts, rate, seed)
-    layout = "stereo" if channels == 2 else "mono"
     with av.open(str(path), mode="w", format=container) as output:
-        stream = output.add_stream(codec, rate=rate, layout=layout)
-        planar = np.ascontiguousarray(np.stack([samples] * channels))
-        step = 960 if codec == "libopus" else 1024  # Opus takes 20 ms frames at 48 kHz, AAC 1024 samples
-        for start in range(0, planar.shape[1], step):
-            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(planar[:, start:start + step]), format="fltp",
-                                               layout=layout)
-            frame.sample_rate, frame.pts = rate, start
-            for packet in stream.encode(frame):
-                output.mux(packet)
-        for packet in stream.encode(None):
-            output.mux(packet)
+        stream = output.add_stream(codec, rate=rate, layout="stereo" if channels == 2 else "mono")
+        encode_samples(output, stream, samples_of(parts, rate, seed), rate, channels)
     return path
+
+
+def encode_samples(output: Any, stream: Any, samples: np.ndarray, rate: int, channels: int = 1) -> None:
+    """Encode mono `samples` (the same on every channel) into `stream`, a sound stream of the PyAV
+    container `output` open for writing, and flush it."""
+    import av
+
+    layout = "stereo" if channels == 2 else "mono"
+    planar = np.ascontiguousarray(np.stack([samples] * channels))
+    step = 960 if stream.codec_context.name == "libopus" else 1024  # Opus: 20 ms frames at 48 kHz; AAC: 1024
+    for start in range(0, planar.shape[1], step):
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(planar[:, start:start + step]), format="fltp",
+                                           layout=layout)
+        frame.sample_rate, frame.pts = rate, start
+        for packet in stream.encode(frame):
+            output.mux(packet)
+    for packet in stream.encode(None):
+        output.mux(packet)
 
 
 def three_parts(path: Path, **options: object) -> Path:

@@ -6,11 +6,10 @@ import struct
 from collections.abc import Sequence
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from tests.support.sounds import samples_of
+from tests.support.sounds import encode_samples, samples_of
 
 SOUND_RATE = 48_000
 SCENE_COLOURS = ((200, 30, 30), (30, 160, 40), (30, 40, 200), (220, 200, 40), (150, 40, 160), (20, 170, 170))
@@ -54,29 +53,13 @@ def write_scenes(path: Path, scenes: Sequence[tuple[Sequence[int], float]], fps:
         for packet in stream.encode():
             output.mux(packet)
         if track is not None:
-            _write_sound_track(output, track, sound or ())
+            encode_samples(output, track, samples_of(sound or (), SOUND_RATE), SOUND_RATE)
     return path
 
 
 def four_scenes(path: Path, **options: object) -> Path:
     """Red 0–2 s, green 2–4 s, blue 4–6 s, yellow 6–8 s."""
     return write_scenes(path, [(colour, 2.0) for colour in SCENE_COLOURS[:4]], **options)  # type: ignore[arg-type]
-
-
-def _write_sound_track(output: Any, stream: Any, parts: Sequence[tuple[float, float]]) -> None:
-    """Encode the mono sound of `parts` into `stream`, a sound stream of `output` (open for writing)."""
-    import av
-
-    samples = samples_of(parts, SOUND_RATE)
-    step = 960 if stream.codec_context.name == "libopus" else 1024  # Opus: 20 ms frames at 48 kHz; AAC: 1024
-    for start in range(0, len(samples), step):
-        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples[None, start:start + step]), format="fltp",
-                                           layout="mono")
-        frame.sample_rate, frame.pts = SOUND_RATE, start
-        for packet in stream.encode(frame):
-            output.mux(packet)
-    for packet in stream.encode(None):
-        output.mux(packet)
 
 
 def turned_a_quarter(path: Path) -> Path:
