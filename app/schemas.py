@@ -63,8 +63,9 @@ class ResultOptionsModel(BaseModel):
 
     fusion: dict[str, Any] | None = Field(None, description=(
         "Weigh an image result's picture, caption and read text: {'image': 0.6, 'caption': 0.2, 'ocr': 0.2} "
-        "(normalised to sum to 1; a part left out weighs 0); default: the weights the bundle was built with "
-        "(--fuse). Only for fused bundles, and only the parts they store."),
+        "(a video result's: its best segment under 'image', and its caption); normalised to sum to 1, a part "
+        "left out weighs 0; default: the weights the bundle was built with (--fuse). Only for fused bundles, "
+        "only the parts they store, and for videos only over an exact video index."),
         examples=[{"image": 0.6, "caption": 0.4}])
 
     min_score: float | None = Field(None, allow_inf_nan=False, description=(
@@ -213,11 +214,11 @@ class HitModel(BaseModel):
     ranks: dict[str, int] | None = Field(None, description="With mode 'keyword' or 'hybrid': this result's rank "
                                                            "(from 1) in each list it came from, 'vector' and "
                                                            "'keyword'.")
-    fused: dict[str, float] | None = Field(None, description="For image results of a fused bundle: what the "
-                                                             "image and each of its texts ('caption', 'ocr') add "
-                                                             "to the cosine score (a text the image lacks: its "
-                                                             "picture in its place); in vector mode they add up to "
-                                                             "`score`.")
+    fused: dict[str, float] | None = Field(None, description="For image and video results of a fused bundle: "
+                                                             "what the image (a video's best segment) and each of "
+                                                             "its texts ('caption', 'ocr') add to the cosine score "
+                                                             "(a text it lacks: its picture in its place); in "
+                                                             "vector mode they add up to `score`.")
     ocr_matches: list[OcrMatchModel] | None = Field(None, description=(
         "For a text query's image results whose text was read (--ocr): the lines that hold words of the "
         "query, each with its box in the image and the words it holds. The whole text is in metadata.ocr_text, "
@@ -378,8 +379,9 @@ class InfoResponse(BaseModel):
     compactions: list[dict[str, Any]] = Field(default_factory=list, description="The compactions that folded live "
                                               "changes into the base served, oldest first.")
     fusion: dict[str, float] | None = Field(None, description="The default weights of image, caption and read "
-                                                              "text (ocr) in image searches, for a bundle built "
-                                                              "with --fuse; the parts named are those it stores.")
+                                                              "text (ocr) in image and video searches, for a "
+                                                              "bundle built with --fuse; the parts named are those "
+                                                              "it stores.")
     keyword_fields: list[str] = Field(default_factory=list, description="Metadata fields searched by keyword besides "
                                                                         "captions and texts.")
     ocr: dict[str, Any] | None = Field(None, description="For a bundle built with --ocr: the engine that read its "

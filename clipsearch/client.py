@@ -200,7 +200,7 @@ class ClipSearchClient:
         `mode` is 'vector', 'keyword' (BM25 over captions, texts and keyword fields) or 'hybrid'
         (both rankings fused by `hybrid_method`, 'rrf' or 'weighted', with `vector_weight` the
         vector ranking's share); each hit's `ranks` then says where it came from. `fusion` weighs
-        image results' picture, caption and read text ({"image": 0.6, "caption": 0.2, "ocr": 0.2}) in
+        image (and video) results' picture, caption and read text ({"image": 0.6, "caption": 0.2, "ocr": 0.2}) in
         a fused bundle; each hit's `fused` then says what each added. `ask` is a question the server's
         question-answering model answers about each image hit (its `answer`); `ask_filter` keeps only the
         hits with that answer ("yes"). `min_score` keeps only hits scoring that or more (then `matched`

@@ -75,8 +75,9 @@ def add_parser(commands: Commands) -> None:
     command.add_argument("--keep-duplicates", action="store_true",
                          help="index files with identical content once each (default: only the first)")
     command.add_argument("--fuse", type=fusion_weights, default=None,
-                         help="store the vectors of each image's caption and/or read text (ocr, with --ocr) and "
-                              "search each image by its picture and those texts, weighted (e.g. "
+                         help="store the vectors of each image's caption and/or read text (ocr, with --ocr), and "
+                              "each video's caption, and search each image (video: its best segment) by its "
+                              "picture and those texts, weighted (e.g. "
                               "'image=0.7,caption=0.3' or 'image=0.6,caption=0.2,ocr=0.2'; equal weights: "
                               "average fusion)")
     command.add_argument("--keyword-fields", type=_field_names, default=(),

@@ -1,4 +1,5 @@
-"""Item-side fusion: an image item searched by its picture and its texts together. No model needed.
+"""Item-side fusion: an image item searched by its picture and its texts together, and a video by its
+segments and its caption. No model needed.
 
 A fused collection (built with `--fuse image=0.6,caption=0.2,ocr=0.2`) stores, beside each image
 vector, the text tower's vector of each of the image's texts that the weights name: its caption,
@@ -14,6 +15,15 @@ The score is linear in every vector, so one search computes it: an image item is
 [image | caption | ocr] (the image again in place of a missing text; only the parts the bundle
 stores, its layout), and a query the row [w_image · q | w_caption · q | w_ocr · q]. Their inner
 product is the fused score, and queries with different weights still share one matrix product.
+
+A video item is scored by its best segment (clipsearch.store.segments); fused, by
+
+    w_image · max_s cos(q, segment s) + w_caption · cos(q, caption),
+
+which is the best over its segments of each segment's fused score, since its caption's term is the
+same for all of them. So a video's segment is the row [segment | caption of its video] (the segment
+again where the video has no caption, and always for `ocr`: no text is read in videos), and the one
+search over such rows, with the best segment per video kept, scores videos as images are scored.
 """
 
 from __future__ import annotations
@@ -26,10 +36,13 @@ from typing import Any
 import numpy as np
 
 from clipsearch.errors import InvalidQuery
+from clipsearch.modality import Modality
 
 TEXT_PARTS = ("caption", "ocr")
 """An image item's texts that fusion can weigh, in the order of their blocks in a fused row."""
 PARTS = ("image", *TEXT_PARTS)
+FUSED_MODALITIES = (Modality.IMAGE, Modality.VIDEO)
+"""The items fusion weighs with their texts: images, and videos (their segments, with their caption)."""
 
 _EXAMPLE = '{"image": 0.6, "caption": 0.2, "ocr": 0.2}'
 
@@ -100,6 +113,14 @@ class Fusion:
         """Query rows (float32 (n, d)) as fused rows (n, (1 + texts) d): [w_image · q | w_text · q …]."""
         weights = (self.image, *(self.weight(part) for part in self.text_parts))
         return np.concatenate([weight * queries for weight in weights], axis=-1).astype(np.float32)
+
+    def scores(self, query: np.ndarray, images: np.ndarray, texts: Mapping[str, np.ndarray]) -> np.ndarray:
+        """The fused scores (float32 (m,)) of rows `images` (m, d) that share the texts `texts`: a video's
+        segments, with its caption."""
+        standing_in = sum(self.weight(part) for part in self.text_parts if part not in texts)
+        added = sum(self.weight(part) * float(query @ texts[part]) for part in self.text_parts if part in texts)
+        scores: np.ndarray = ((self.image + standing_in) * (images @ query) + added).astype(np.float32)
+        return scores
 
     def parts(self, query: np.ndarray, image: np.ndarray, texts: Mapping[str, np.ndarray]) -> dict[str, float]:
         """What each vector adds to an item's fused score (they sum to it): the image takes the share

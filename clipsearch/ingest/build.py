@@ -111,7 +111,7 @@ def build(config: BuildConfig, on_shard_written: Callable[[Path], None] | None =
     sources = read_sources(config)
     if not sources:
         raise NoSources("give images, texts, videos, sounds or several of them to index")
-    _check_fusion(config, len(sources.get(Modality.IMAGE, [])))
+    _check_fusion(config, len(sources.get(Modality.IMAGE, [])), len(sources.get(Modality.VIDEO, [])))
     if config.engine not in ENGINES:
         raise IndexSettingsInvalid(f"unknown engine {config.engine!r}; choose one of {', '.join(ENGINES)}")
     if config.engine == "ray":
@@ -181,18 +181,19 @@ def _first_ids(sources: dict[Modality, list[SourceItem]]) -> dict[Modality, int]
             Modality.AUDIO: images + texts + videos}
 
 
-def _check_fusion(config: BuildConfig, images: int) -> None:
+def _check_fusion(config: BuildConfig, images: int, videos: int) -> None:
     """Refuse --fuse where it cannot work, before anything is embedded."""
     if config.fuse is None:
         return
-    if images == 0:
-        raise IndexSettingsInvalid("--fuse weighs images with their captions and read text: give --images")
+    if images == 0 and videos == 0:
+        raise IndexSettingsInvalid("--fuse weighs images with their captions and read text, and videos with "
+                                   "their captions: give --images or --videos")
     if not config.fuse.text_parts:
         raise IndexSettingsInvalid("--fuse weighs an image with its texts: name caption, ocr or both "
                                    "(e.g. image=0.6,caption=0.2,ocr=0.2)")
     if "ocr" in config.fuse.text_parts and config.ocr is None:
         raise IndexSettingsInvalid("--fuse weighs ocr, the text read in each image: add --ocr to read it")
-    if ondisk.is_on_disk_factory(_factory_for(config, images)):
+    if images and ondisk.is_on_disk_factory(_factory_for(config, images)):
         raise IndexSettingsInvalid("--fuse needs the image index in memory, and an IVF-PQ index is built on disk: "
                                    "leave out --fuse, or choose an IVF…,Flat --index-factory")
 
@@ -352,8 +353,13 @@ def _finish(config: BuildConfig, encoder: ClipEncoder, sources: dict[Modality, l
         ocr_record = config.ocr.as_record(describe(config.ocr))
     fused = None
     if config.fuse is not None:
-        fused = fused_content(config.fuse, encoder, items, ids[Modality.IMAGE], vectors[Modality.IMAGE],
-                              content[Modality.IMAGE], vectors.get(Modality.TEXT), config, use_gpu)
+        if Modality.VIDEO in content and not content[Modality.VIDEO].spec.exact:
+            log.warning("the videos' index is approximate (%s): videos are searched by their segments alone, "
+                        "not fused with their captions (fusion needs an exact video index)",
+                        content[Modality.VIDEO].spec.factory)
+        fused = fused_content(config.fuse, encoder, items, ids.get(Modality.IMAGE, np.zeros(0, np.int64)),
+                              vectors.get(Modality.IMAGE, np.zeros((0, encoder.embedding_dim), np.float32)),
+                              content.get(Modality.IMAGE), vectors.get(Modality.TEXT), config, use_gpu)
     write_bundle(config.out, encoder.ref, encoder.embedding_dim, content, items, report, _versions(),
                  corpus_fingerprint(config, sources), discard_live_changes=config.discard_live_changes,
                  keyword_fields=config.keyword_fields, fused=fused, ocr=ocr_record,

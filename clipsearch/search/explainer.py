@@ -36,7 +36,7 @@ class Explainer:
         parts = query.parts or (WeightedPart(1.0, query.vector, 1.0),)
         if not hits:
             return np.zeros((0, len(parts)))
-        vectors = np.stack([self._scored_vector(hit) for hit in hits])
+        vectors = np.stack([self.collection.scored_vector(hit) for hit in hits])
         if fusion is not None:
             held = [self.collection.text_vectors(hit.item.id) for hit in hits]
             texts = {part: TextVectors(np.stack([found.get(part, np.zeros_like(vectors[0])) for found in held]),
@@ -45,13 +45,6 @@ class Explainer:
             vectors = fused_rows(fusion.text_parts, vectors, texts)
             parts = tuple(replace(part, vector=fusion.expand(part.vector[None])[0]) for part in parts)
         return explain.term_shares(parts, vectors)
-
-    def _scored_vector(self, hit: Hit) -> np.ndarray:
-        """The vector a hit was scored by: a video hit's, its segment's."""
-        if hit.segment is not None:
-            vector: np.ndarray = self.collection.segment_vectors(hit.item.id)[1][hit.segment.position]
-            return vector
-        return self.collection.stored_vector(hit.item.id)
 
     def heatmaps(self, query: QueryVector, item_ids: Sequence[int], field: str = "item_ids") -> list[explain.Heatmap]:
         """Where in each image item the query lights up, one patch grid per item."""

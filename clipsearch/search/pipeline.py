@@ -38,7 +38,7 @@ class Pending:
     k: int = 0
     allowed: Allowed | None = None
     fusion: Fusion | None = None
-    """Search image items by image and caption with these weights (clipsearch.index.fusion)."""
+    """Search image (video) items by image (segment) and caption with these weights (clipsearch.index.fusion)."""
 
 
 @dataclass(frozen=True)
@@ -60,21 +60,22 @@ class Searched:
 SearchRequest = tuple[np.ndarray, int, Allowed | None]
 """An embedded vector, its k, and the items it may find (None: all)."""
 
-FUSED = "image+caption"
-"""The name of the fused image search's stage (clipsearch.index.fusion)."""
+FUSED = "+caption"
+"""A fused search's stage is named by its target and this: "image+caption", "video+caption"
+(clipsearch.index.fusion)."""
 
 
 class QueryPipeline:
     """The batchers of one search service, and the fused encode-and-search steps they run."""
 
     def __init__(self, encoder: ClipEncoder, searchers: Mapping[Modality, Searcher], batching: Batching,
-                 fused: Searcher | None = None) -> None:
+                 fused: Mapping[Modality, Searcher] | None = None) -> None:
         """`fused` searches image items by their fused rows, [image | caption] (clipsearch.index.fusion),
         held as the image searcher holds the images (same ids, same rows or kind of index), so that
-        the items a filter allows serve both."""
+        the items a filter allows serve both; and video items by their segments', likewise."""
         self.encoder = encoder
         self.searchers = searchers
-        self.fused = fused
+        self.fused = dict(fused or {})
         size, window = batching.max_batch, batching.window_s
         self._towers = {
             Modality.TEXT: MicroBatcher(self._embed_texts, size, window, name="encode-text",
@@ -84,8 +85,9 @@ class QueryPipeline:
         self._searches = {modality: MicroBatcher(self._search_vectors(searcher), size, window,
                                                  name=f"search-{modality.value}")
                           for modality, searcher in searchers.items()}
-        self._fused_search = None if fused is None else \
-            MicroBatcher(self._search_vectors(fused), size, window, name=f"search-{FUSED}")
+        self._fused_searches = {modality: MicroBatcher(self._search_vectors(searcher), size, window,
+                                                       name=f"search-{modality.value}{FUSED}")
+                                for modality, searcher in self.fused.items()}
 
     def embed(self, tower: Modality, pending: Pending, background: bool = False) -> Future[Embedded]:
         """Queue a text (TEXT) or prepared pixels (IMAGE) for its tower's next batch; a `background`
@@ -95,10 +97,9 @@ class QueryPipeline:
     def search(self, vector: np.ndarray, target: Modality, k: int, allowed: Allowed | None = None,
                fusion: Fusion | None = None) -> Future[Searched]:
         """Queue an embedded vector (float32 (d,)) for the next search of `target`, among `allowed` if
-        given; with `fusion`, of the image items' fused rows."""
+        given; with `fusion`, of the image (video) items' fused rows."""
         if fusion is not None:
-            assert self._fused_search is not None and target is Modality.IMAGE
-            return self._fused_search.submit((fusion.expand(vector[None])[0], k, allowed))
+            return self._fused_searches[target].submit((fusion.expand(vector[None])[0], k, allowed))
         return self._searches[target].submit((vector, k, allowed))
 
     def batch_counts(self) -> dict[str, tuple[int, int]]:
@@ -113,12 +114,11 @@ class QueryPipeline:
     def close(self) -> None:
         for batcher in self._batchers():
             batcher.close()
-        for searcher in [*self.searchers.values(), *([self.fused] if self.fused is not None else [])]:
+        for searcher in [*self.searchers.values(), *self.fused.values()]:
             searcher.close()
 
     def _batchers(self) -> list[MicroBatcher[Any, Any]]:
-        fused = [] if self._fused_search is None else [self._fused_search]
-        return [*self._towers.values(), *self._searches.values(), *fused]
+        return [*self._towers.values(), *self._searches.values(), *self._fused_searches.values()]
 
     def _embed_texts(self, pending: list[Pending]) -> list[Embedded]:
         started = time.perf_counter()
@@ -139,8 +139,7 @@ class QueryPipeline:
             if target is None:
                 continue
             if fused:  # each query with its own weights, all in one product
-                assert self.fused is not None
-                searcher = self.fused
+                searcher = self.fused[target]
                 queries = np.stack([cast(Fusion, pending[row].fusion).expand(vectors[row][None])[0] for row in rows])
             else:
                 searcher, queries = self.searchers[target], vectors[rows]

@@ -178,11 +178,14 @@ class Pager:
                 else hit for hit in hits]
         if scope.fusion is None or not hits:
             return hits
-        ids = np.array([hit.item.id for hit in hits], dtype=np.int64)
-        images = self.collection.stored_vectors(Modality.IMAGE, ids, scope.state)
-        return [replace(hit, fused=scope.fusion.parts(query, image, self.collection.text_vectors(hit.item.id,
-                                                                                                 scope.state)))
-                for hit, image in zip(hits, images, strict=True)]
+        if hits[0].item.modality.timed:  # a video scored by its best segment: that segment's part
+            scored = np.stack([self.collection.scored_vector(hit, scope.state) for hit in hits])
+        else:
+            scored = self.collection.stored_vectors(Modality.IMAGE, np.array([hit.item.id for hit in hits]),
+                                                    scope.state)
+        return [replace(hit, fused=scope.fusion.parts(query, vector, self.collection.text_vectors(hit.item.id,
+                                                                                                  scope.state)))
+                for hit, vector in zip(hits, scored, strict=True)]
 
     def _with_moments(self, query: np.ndarray, hit: Hit, scope: Scope) -> Hit:
         """A video hit with the segment that scores it best, and its MOMENTS best segments with their
@@ -190,7 +193,9 @@ class Pager:
         ids, vectors = self.collection.segment_vectors(hit.item.id, scope.state)
         if not len(ids):
             return hit
-        scores = vectors @ query
+        # Fused, each moment is scored with its video's caption, as the search scored it.
+        scores = vectors @ query if scope.fusion is None else \
+            scope.fusion.scores(query, vectors, self.collection.text_vectors(hit.item.id, scope.state))
         best = np.argsort(-scores, kind="stable")[:MOMENTS]
         spans = [segments.span_of(hit.item.extra, int(ids[row]), hit.item.modality) for row in sorted(best.tolist())]
         moments = tuple((span, float(scores[span.position])) for span in spans if span is not None)

@@ -1,8 +1,9 @@
 """What one search may return: the base items its filter allows (prepared for the base's searcher,
 cached per filter) and the live items, all from one snapshot of the live log.
 
-Also the fused searcher of a fused bundle's image items (clipsearch.index.fusion), which must hold
-its rows as the image searcher holds the images, so that the items a filter allows serve both.
+Also the fused searchers of a fused bundle's image and video items (clipsearch.index.fusion), which
+must hold their rows as the image (video) searcher holds the images (segments), so that the items a
+filter allows serve both.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 
 from clipsearch.errors import BundleError, InvalidQuery
-from clipsearch.index.fusion import Fusion
+from clipsearch.index.fusion import FUSED_MODALITIES, Fusion
 from clipsearch.index.searchers import Allowed, ExactSearcher, Searcher, searcher_for
 from clipsearch.index.topk import TopK
 from clipsearch.modality import Modality
@@ -39,8 +40,8 @@ class Scope:
     live_vectors: np.ndarray
     matched: int
     fusion: Fusion | None = None
-    """Image items are scored by image and texts with these weights (laid out as the bundle's);
-    `live_vectors` are fused rows."""
+    """Image (video) items are scored by image (segment) and texts with these weights (laid out as the
+    bundle's); `live_vectors` are fused rows."""
 
 
 class Scoper:
@@ -55,7 +56,7 @@ class Scoper:
 
     def __call__(self, target: Modality, filter: Filter | None, fusion: Fusion | None = None) -> Scope:
         """What a search of `target` may return under `filter`, from the live log's latest snapshot;
-        with `fusion`, live image items as fused rows."""
+        with `fusion`, live image (video) items as fused rows."""
         state = self.collection.refresh()
         removed = state.removed_of(target)
         base_count = self.collection.base_count(target) - len(removed)
@@ -74,18 +75,23 @@ class Scoper:
         return Scope(state, base, base_count > 0, live_ids, live_vectors, base_count + live_count, fusion)
 
     def fusion_for(self, target: Modality, options: ResultOptions) -> Fusion | None:
-        """The weights a search of `target` fuses an image with its texts by: the query's (laid out as
-        the bundle's), else the bundle's; None for texts and for bundles not fused."""
-        stored = self.collection.bundle.fusion
+        """The weights a search of `target` fuses an image (a video) with its texts by: the query's (laid
+        out as the bundle's), else the bundle's; None for other targets, for videos over an
+        approximate index, and for bundles not fused."""
+        stored, fused = self.collection.bundle.fusion, self.collection.bundle.fused_modalities
         if options.fusion is not None:
-            if target is not Modality.IMAGE:
-                raise InvalidQuery("fusion", "images and their texts are fused in image results only; "
-                                             f"the target is {target.value}")
+            if target not in FUSED_MODALITIES:
+                raise InvalidQuery("fusion", "images and videos are fused with their texts in image and video "
+                                             f"results only; the target is {target.value}")
             if stored is None:
                 raise InvalidQuery("fusion", "this bundle stores no caption or read-text vectors; build it with "
-                                             "--fuse to weigh images with their texts")
+                                             "--fuse to weigh images and videos with their texts")
+            if target not in fused:
+                raise InvalidQuery("fusion", f"this bundle's {target.value} index is approximate, and {target.value}s "
+                                             "are fused with their captions over an exact index only; build it "
+                                             "with a Flat --index-factory to weigh them")
             return options.fusion.laid_out_as(stored)
-        return stored if target is Modality.IMAGE else None
+        return stored if target in fused else None
 
     def _base_allowed(self, target: Modality, filter: Filter | None, removed: np.ndarray) -> tuple[Allowed, int]:
         """The base items of `target` that pass `filter` and are not hidden, prepared for the base's
@@ -137,22 +143,38 @@ def best_per_item(found: TopK) -> TopK:
     return TopK(found.scores[:, :len(ids)][:, first], items[first][None])
 
 
-def fused_searcher(collection: Collection, image: Searcher | None, devices: Sequence[torch.device],
-                   use_gpu: bool) -> Searcher | None:
-    """The image items' fused rows, searched as the image index is: held row for row like the exact
-    index, or the bundle's fused index beside an approximate one (same ids, same kind of index)."""
+def fused_searchers(collection: Collection, searchers: Mapping[Modality, Searcher], devices: Sequence[torch.device],
+                    use_gpu: bool) -> dict[Modality, Searcher]:
+    """The fused rows of a fused bundle's image items and of its videos' segments (Bundle.fused_modalities),
+    each searched as its modality's index is (by target): held row for row like the exact index, or
+    for images the bundle's fused index beside an approximate one (same ids, same kind of index). An
+    empty base has none: a search of it searches the live items alone."""
     bundle = collection.bundle
-    if bundle.fusion is None or image is None:
-        return None
-    if bundle.fused_index is not None:
-        return searcher_for(bundle.fused_index, False, devices, use_gpu)
-    if not isinstance(image, ExactSearcher):
-        raise BundleError("a fused bundle needs its exact image index searched as a resident matrix, and it did "
-                          f"not fit on {', '.join(map(str, devices))}")
-    ids = image.index.row_ids
-    rows = collection.base_fused_rows(bundle.fusion.text_parts, ids, image.index.vectors())
+    made: dict[Modality, Searcher] = {}
+    for modality in bundle.fused_modalities:
+        searcher = searchers.get(modality)
+        if searcher is None or not bundle.indices[modality].ntotal:
+            continue
+        if modality is Modality.IMAGE and bundle.fused_index is not None:
+            made[modality] = searcher_for(bundle.fused_index, False, devices, use_gpu)
+        elif not isinstance(searcher, ExactSearcher):
+            raise BundleError(f"a fused bundle needs its exact {modality.value} index searched as a resident matrix, "
+                              f"and it did not fit on {', '.join(map(str, devices))}")
+        else:
+            row_ids = searcher.index.row_ids
+            made[modality] = _held_fused(collection, searcher, segments.items_of(row_ids) if modality.timed
+                                         else row_ids, devices)
+    return made
+
+
+def _held_fused(collection: Collection, searcher: ExactSearcher, item_ids: np.ndarray,
+                devices: Sequence[torch.device]) -> Searcher:
+    """The exact `searcher`'s rows as fused rows, held as it holds them; `item_ids`: whose texts each row takes."""
+    bundle = collection.bundle
+    assert bundle.fusion is not None
+    rows = collection.base_fused_rows(bundle.fusion.text_parts, item_ids, searcher.index.vectors())
     try:
-        return image.like(rows)
+        return searcher.like(rows)
     except torch.OutOfMemoryError:
-        raise BundleError(f"the fused rows of {len(ids)} images ({rows.nbytes / 2**30:.1f} GiB in fp32) do not "
+        raise BundleError(f"{len(item_ids)} fused rows ({rows.nbytes / 2**30:.1f} GiB in fp32) do not "
                           f"fit on {', '.join(map(str, devices))}") from None

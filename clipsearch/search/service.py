@@ -29,7 +29,7 @@ from clipsearch.search.pipeline import QueryPipeline
 from clipsearch.search.query import QueryVector, ResultOptions, Term, check_grouping, check_k, check_options
 from clipsearch.search.ranking import WordSearch
 from clipsearch.search.results import Answer, with_ocr_matches
-from clipsearch.search.scope import Scoper, fused_searcher
+from clipsearch.search.scope import Scoper, fused_searchers
 from clipsearch.search.sounds import SoundQueries
 from clipsearch.search.uploads import UploadDecoder
 from clipsearch.search.vectors import VectorSearch
@@ -64,7 +64,7 @@ class SearchService:
                                             self.devices, use_gpu, bundle.stores.get(modality),
                                             bundle.manifest.modalities[modality].index.params.get("rerank", 1))
                      for modality, index in bundle.indices.items()}
-        fused = fused_searcher(self.collection, searchers.get(Modality.IMAGE), self.devices, use_gpu)
+        fused = fused_searchers(self.collection, searchers, self.devices, use_gpu)
         self.pipeline = QueryPipeline(encoder, searchers, batching, fused)
         self.uploads = UploadDecoder(encoder.prepare_image, encoder.image_size, limits.max_pixels,
                                      limits.decode_timeout_s)

@@ -39,6 +39,7 @@ from clipsearch.errors import (
     ModelLoadError,
     VideoDecodeError,
 )
+from clipsearch.index.fusion import FUSED_MODALITIES
 from clipsearch.modality import Modality
 from clipsearch.model.ocr import TextReader, reader_for
 from clipsearch.search.query import check_text
@@ -282,7 +283,7 @@ class CollectionWriter:
         hash_of = item.content_hash if text is UNCHANGED else _sha256(text.encode())
         edited = NewItem(key, item.modality, item.uri, new_text, new_metadata, hash_of, vector)
         fusion = self.service.fusion
-        if fusion is not None and item.modality is Modality.IMAGE:
+        if fusion is not None and item.modality in FUSED_MODALITIES:
             # The vector of a text that did not change stays; only a changed one is embedded again.
             unchanged = {part: vector for part, vector in self.service.collection.text_vectors(item_id).items()
                          if part_text(part, item.text, item.extra) == part_text(part, new_text, new_metadata)}
@@ -309,7 +310,8 @@ class CollectionWriter:
         return deleted
 
     def _embed_item_texts(self, texts: list[str]) -> list[np.ndarray]:
-        """An image's texts (caption, read text) embedded for a fused bundle, behind every query."""
+        """An image's texts (caption, read text) or a video's caption, embedded for a fused bundle, behind
+        every query."""
         return self.service.embed_texts(texts, ["caption"] * len(texts), background=True)
 
     def _commit(self, items: list[NewItem], deletes: Sequence[int] = ()) -> list[int]:

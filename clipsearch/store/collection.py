@@ -118,6 +118,13 @@ class Collection:
         held = segments.segment_ids(item_id, len(segments.spans_of(self.item(item_id, state=state).extra, modality)))
         return held, self.bundle.base_vectors(modality, held)
 
+    def scored_vector(self, hit: Hit, state: LiveState | None = None) -> np.ndarray:
+        """The vector a hit was scored by: a video's (or a recording's), its segment's."""
+        if hit.segment is not None:
+            vector: np.ndarray = self.segment_vectors(hit.item.id, state)[1][hit.segment.position]
+            return vector
+        return self.stored_vector(hit.item.id)
+
     def timed_vector(self, item_id: int, state: LiveState | None = None) -> np.ndarray:
         """A video's or a recording's one vector: the mean of its segments', of unit length (what a
         query by the item, or a comparison of two of them, uses)."""
@@ -175,11 +182,11 @@ class Collection:
         return np.asarray(vector, dtype=np.float32)
 
     def text_vectors(self, item_id: int, state: LiveState | None = None) -> dict[str, np.ndarray]:
-        """The vectors a fused bundle holds of an image item's texts, by fusion text part (a text the
-        item lacks has none; clipsearch.index.fusion)."""
+        """The vectors a fused bundle holds of an image item's texts (a video's caption), by fusion text
+        part (a text the item lacks has none; clipsearch.index.fusion)."""
         state = state or self.state
         if item_id in state.items:
-            return state.segment(Modality.IMAGE).text_vectors(item_id)
+            return state.segment(state.items[item_id].modality).text_vectors(item_id)
         if state.is_removed(item_id):
             return {}
         return {part: vector for part, held in self.bundle.texts.items()
@@ -187,7 +194,8 @@ class Collection:
 
     def base_fused_rows(self, text_parts: Sequence[str], image_ids: np.ndarray, image_vectors: np.ndarray
                         ) -> np.ndarray:
-        """The base's image items as fused rows, in the order given (clipsearch.index.fusion.fused_rows)."""
+        """The base's image items as fused rows, in the order given (clipsearch.index.fusion.fused_rows);
+        a video's segments, given with their video's id in `image_ids`, each with its video's texts."""
         texts = {}
         for part in text_parts:
             held = faiss_index.ids_of(self.bundle.texts[part])

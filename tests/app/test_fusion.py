@@ -1,5 +1,5 @@
-"""Fused image search over HTTP: a bundle built with --fuse, its weights at /info, per-query weights,
-what each part adds, and the errors that name the field."""
+"""Fused image (and video) search over HTTP: a bundle built with --fuse, its weights at /info,
+per-query weights, what each part adds, and the errors that name the field."""
 
 from __future__ import annotations
 
@@ -11,8 +11,12 @@ import pytest
 
 from app.settings import Settings
 from clipsearch.client import ClipSearchClient, Query
+from clipsearch.index.fusion import Fusion
+from clipsearch.ingest.build import build
+from tests.support.corpora import tiny_config
 from tests.support.imagefiles import image_bytes, noise_image
 from tests.support.serving import LIMITS, serve
+from tests.support.videos import SCENE_COLOURS, write_scenes
 
 
 @pytest.fixture(scope="module")
@@ -71,3 +75,28 @@ def test_a_bundle_without_caption_vectors_says_to_build_with_fuse(http: httpx.Cl
     response = http.post("/search/text", json={"text": "a", "fusion": {"image": 1, "caption": 1}})
     assert response.status_code == 422 and response.json()["field"] == "fusion"
     assert "--fuse" in response.json()["reason"]
+
+
+@pytest.fixture(scope="module")
+def fused_videos_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    pytest.importorskip("av")
+    root = tmp_path_factory.mktemp("fused-videos")
+    (root / "videos").mkdir()
+    for number, caption in enumerate(("a red kite", "the blue sea", None)):
+        write_scenes(root / "videos" / f"clip{number}.mp4", [(SCENE_COLOURS[number], 1.0), (SCENE_COLOURS[3], 1.0)])
+        if caption is not None:
+            (root / "videos" / f"clip{number}.txt").write_text(caption)
+    build(tiny_config(root / "bundle", videos=root / "videos", fuse=Fusion(0.7, 0.3)))
+    with serve(Settings(bundle_path=root / "bundle", device="cpu", **LIMITS)) as url:  # type: ignore[arg-type]
+        yield url
+
+
+def test_a_video_result_says_what_its_best_segment_and_its_caption_add(fused_videos_url: str) -> None:
+    with ClipSearchClient(fused_videos_url) as client:
+        result = client.search_text("the blue sea", target="video", k=3, fusion={"image": 0, "caption": 1})
+        best = result.results[0]
+        assert best.caption == "the blue sea" and best.score == pytest.approx(1.0, abs=1e-5)
+        assert best.segment is not None and best.fused == pytest.approx({"image": 0.0, "caption": 1.0}, abs=1e-5)
+        for hit in client.search_text("a kite", target="video", k=3).results:
+            assert hit.fused is not None and sum(hit.fused.values()) == pytest.approx(hit.score, abs=1e-5)
+            assert set(hit.fused) == ({"image", "caption"} if hit.caption else {"image"})

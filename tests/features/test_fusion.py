@@ -227,7 +227,7 @@ def test_live_images_are_fused_and_a_new_caption_reembeds_only_the_caption(servi
 def test_fusion_is_refused_for_text_results_and_for_bundles_without_captions(service: SearchService,
                                                                             bundle: Bundle,
                                                                             encoder: ClipEncoder) -> None:
-    with pytest.raises(InvalidQuery, match="image results only"):
+    with pytest.raises(InvalidQuery, match="image and video results only"):
         service.fusion_for(Modality.TEXT, ResultOptions(fusion=DEFAULT))
     plain = SearchService(encoder, bundle)
     try:

@@ -74,3 +74,13 @@ def test_rows_by_id_place_each_held_vector_at_its_items_row() -> None:
     ids = np.array([7, 3, 9, 5])
     rows = fused_rows_by_id(["ocr"], ids, images, {"ocr": (np.array([5, 9]), read)})
     assert rows[:, 32:] == pytest.approx(np.stack([images[0], images[1], read[1], read[0]]))
+
+
+def test_rows_sharing_their_texts_score_as_their_fused_rows_and_sum_their_parts() -> None:
+    segments, (caption, query) = unit_vectors(3, 8, seed=5), unit_vectors(2, 8, seed=6)
+    fusion = Fusion(0.5, 0.3, 0.2)
+    for texts in ({"caption": caption}, {}):  # a video with its caption, and one without
+        shared = {part: TextVectors(np.tile(vector, (3, 1)), np.ones(3, bool)) for part, vector in texts.items()}
+        expected = fused_rows(fusion.text_parts, segments, shared) @ fusion.expand(query[None])[0]
+        assert fusion.scores(query, segments, texts) == pytest.approx(expected, abs=1e-6)
+        assert [sum(fusion.parts(query, row, texts).values()) for row in segments] == pytest.approx(expected, abs=1e-6)

@@ -11,7 +11,7 @@ import numpy as np
 
 from clipsearch.errors import BundleError, BundleFileMissing, ChecksumMismatch, InvalidQuery, ManifestInvalid
 from clipsearch.index import faiss_index, ondisk
-from clipsearch.index.fusion import Fusion
+from clipsearch.index.fusion import FUSED_MODALITIES, Fusion
 from clipsearch.modality import Modality
 from clipsearch.store.bundle.layout import FUSED_FILE, on_disk_file_names, text_part_file_name
 from clipsearch.store.items import ITEMS_FILE, ItemStore
@@ -63,6 +63,16 @@ class Bundle:
         """The bundle's default fusion weights, over the text parts it stores; None when not fused."""
         weights = self.manifest.fusion
         return None if weights is None else Fusion.of(weights)
+
+    @property
+    def fused_modalities(self) -> frozenset[Modality]:
+        """The items a fused bundle searches by their fused rows (clipsearch.index.fusion): its images, and
+        its videos unless their index is approximate (one has no fused twin); none when not fused."""
+        if self.fusion is None:
+            return frozenset()
+        video = self.manifest.modalities.get(Modality.VIDEO)
+        return frozenset(modality for modality in FUSED_MODALITIES
+                         if modality is Modality.IMAGE or video is None or video.index.exact)
 
     def close(self) -> None:
         self.items.close()

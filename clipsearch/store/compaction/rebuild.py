@@ -14,7 +14,7 @@ import numpy as np
 from clipsearch.config import CompactionPolicy
 from clipsearch.errors import CannotCompact, IndexSettingsInvalid
 from clipsearch.index import faiss_index, ondisk
-from clipsearch.index.fusion import fused_rows_by_id
+from clipsearch.index.fusion import FUSED_MODALITIES, fused_rows_by_id
 from clipsearch.index.spec import EXACT_FACTORY, RECALL_QUERIES, default_factory
 from clipsearch.modality import Modality
 from clipsearch.store import segments
@@ -91,6 +91,17 @@ class Rebuild:
         removed = self.state.removed_of(modality)
         return segments.of_items(removed, held) if modality.timed else removed
 
+    def _live_texts(self, modality: Modality, part: str, dim: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ids and vectors of the snapshot's live items of `modality` that have a text of `part`
+        (a video's once, from its first segment's row)."""
+        segment = self.state.segment(modality)
+        live = segment.texts.get(part)
+        if live is None:
+            return np.zeros(0, np.int64), np.zeros((0, dim), np.float32)
+        rows = live.present & (segments.positions_of(segment.ids) == 0) if modality.timed else live.present
+        ids = segments.items_of(segment.ids[rows]) if modality.timed else segment.ids[rows]
+        return ids, live.vectors[rows]
+
     def _new_on_disk_base(self, modality: Modality) -> NewBase:
         """An on-disk index's new base: its stored rows not hidden, and the live ones, read a block
         at a time from its fp16 store."""
@@ -105,20 +116,19 @@ class Rebuild:
 
     def fused(self, images: NewBase | None, content: dict[Modality, ModalityContent]) -> FusedContent:
         """A fused bundle's text vectors as of the snapshot (for each part, the base's less those of
-        hidden items, and those of live images with that text), and its fused index over the new
-        image base: refilled with no training as the image index was, else built again."""
+        hidden items, and those of live images and videos with that text), and its fused index over
+        the new image base: refilled with no training as the image index was, else built again."""
         fusion = self.bundle.fusion
         assert fusion is not None
-        segment = self.state.segment(Modality.IMAGE)
         texts, held = {}, {}
+        hidden = np.concatenate([self.state.removed_of(modality) for modality in FUSED_MODALITIES])
         for part in fusion.text_parts:
             base = self.bundle.texts[part]
-            kept = np.setdiff1d(faiss_index.ids_of(base), self.state.removed_of(Modality.IMAGE), assume_unique=True)
-            live = segment.texts.get(part)
-            live_ids = segment.ids[live.present] if live is not None else np.zeros(0, np.int64)
-            live_vectors = live.vectors[live.present] if live is not None else np.zeros((0, base.d), np.float32)
-            ids = np.concatenate([kept, live_ids])
-            vectors = np.concatenate([faiss_index.reconstruct_many(base, kept), live_vectors])
+            kept = np.setdiff1d(faiss_index.ids_of(base), hidden)
+            live_ids, live_vectors = zip(*(self._live_texts(modality, part, base.d) for modality in FUSED_MODALITIES),
+                                         strict=True)
+            ids = np.concatenate([kept, *live_ids])
+            vectors = np.concatenate([faiss_index.reconstruct_many(base, kept), *live_vectors])
             order = np.argsort(ids, kind="stable")
             ids, vectors = ids[order], np.ascontiguousarray(vectors[order])
             held[part] = ids, vectors

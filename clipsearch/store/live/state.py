@@ -13,13 +13,13 @@ from typing import Any
 
 import numpy as np
 
-from clipsearch.index.fusion import TEXT_PARTS, TextVectors, fused_rows
+from clipsearch.index.fusion import FUSED_MODALITIES, TEXT_PARTS, TextVectors, fused_rows
 from clipsearch.modality import Modality
 from clipsearch.store import keywords
 from clipsearch.store.filters import Filter
 from clipsearch.store.fused_texts import part_text
 from clipsearch.store.items import Item, items_in_memory
-from clipsearch.store.segments import count_items, items_of, segment_ids, spans_of
+from clipsearch.store.segments import SEGMENT_BITS, count_items, items_of, segment_ids, spans_of
 
 
 @dataclass(frozen=True)
@@ -35,15 +35,16 @@ class NewItem:
     vector: np.ndarray
     """A video's: its segments' vectors, float32 (m, d), by position (clipsearch.store.segments)."""
     text_vectors: dict[str, np.ndarray] = field(default_factory=dict)
-    """In a fused bundle, an image's vectors of its caption and read text, by fusion text part
-    (clipsearch.index.fusion); a text it lacks has none."""
+    """In a fused bundle, an image's vectors of its caption and read text (a video's of its caption),
+    by fusion text part (clipsearch.index.fusion); a text it lacks has none."""
 
 
 def with_text_vectors(items: Sequence[NewItem], text_parts: Sequence[str],
                       embed_texts: Callable[[list[str]], Sequence[np.ndarray]]) -> list[NewItem]:
-    """`items` with every image given the vector of each of its texts of `text_parts` it has no vector
-    for yet, all embedded in one call: what a fused bundle stores for each (clipsearch.index.fusion)."""
-    wanting = [(number, part, text) for number, item in enumerate(items) if item.modality is Modality.IMAGE
+    """`items` with every image (and video) given the vector of each of its texts of `text_parts` it has
+    no vector for yet, all embedded in one call: what a fused bundle stores for each
+    (clipsearch.index.fusion)."""
+    wanting = [(number, part, text) for number, item in enumerate(items) if item.modality in FUSED_MODALITIES
                for part in text_parts
                if part not in item.text_vectors and (text := part_text(part, item.text, item.extra))]
     vectors = embed_texts([text for _, _, text in wanting]) if wanting else []
@@ -58,11 +59,13 @@ def with_text_vectors(items: Sequence[NewItem], text_parts: Sequence[str],
 class Segment:
     """The live items of one modality: ids (int64 (m,), ascending) and their vectors (float32 (m, d)),
     and for images in a fused bundle the vectors of their texts, by fusion text part. A video's
-    segments are rows of their own, under their segment ids (clipsearch.store.segments)."""
+    segments are rows of their own, under their segment ids (clipsearch.store.segments), each with
+    its video's texts (`timed`)."""
 
     ids: np.ndarray
     vectors: np.ndarray
     texts: dict[str, TextVectors] = field(default_factory=dict)
+    timed: bool = False
 
     def fused_rows(self, text_parts: Sequence[str]) -> np.ndarray:
         """These items as fused rows (clipsearch.index.fusion.fused_rows), (m, (1 + texts) d)."""
@@ -71,9 +74,10 @@ class Segment:
         return fused_rows(text_parts, self.vectors, self.texts)
 
     def text_vectors(self, item_id: int) -> dict[str, np.ndarray]:
-        """The vectors of a live image's texts, by part (empty for an item not here)."""
-        row = int(np.searchsorted(self.ids, item_id))
-        if row >= len(self.ids) or self.ids[row] != item_id:
+        """The vectors of a live image's (or video's) texts, by part (empty for an item not here)."""
+        row_id = item_id << SEGMENT_BITS if self.timed else item_id  # a video's texts are on each of its rows
+        row = int(np.searchsorted(self.ids, row_id))
+        if row >= len(self.ids) or self.ids[row] != row_id:
             return {}
         return {part: vector for part, texts in self.texts.items() if (vector := texts.row(row)) is not None}
 
@@ -109,7 +113,8 @@ class LiveState:
                    for segment in self.segments.values())
 
     def segment(self, modality: Modality) -> Segment:
-        return self.segments.get(modality) or Segment(np.zeros(0, np.int64), np.zeros((0, 0), np.float32))
+        return self.segments.get(modality) or Segment(np.zeros(0, np.int64), np.zeros((0, 0), np.float32),
+                                                      timed=modality.timed)
 
     def removed_of(self, modality: Modality) -> np.ndarray:
         return self.removed.get(modality, np.zeros(0, np.int64))
@@ -168,7 +173,8 @@ def replay(since: LiveState | None, generation: int, removed_rows: list[Any], it
         vectors.update({int(item_id): rows for item_id, rows in zip(owners[firsts], np.split(rows_of.vectors,
                                                                                           firsts[1:]), strict=True)})
     texts: dict[int, dict[str, np.ndarray]] = {} if since is None else {
-        int(item_id): held for segment in since.segments.values() for item_id in segment.ids
+        int(item_id): held for segment in since.segments.values()
+        for item_id in (np.unique(items_of(segment.ids)) if segment.timed else segment.ids)
         if (held := segment.text_vectors(int(item_id)))}
     # Replay in the order written: a drop after a write removes the item, a write after a drop restores it.
     events = sorted([(row[7], 1, row) for row in item_rows] + [(row[1], 0, row) for row in dropped_rows],
@@ -194,7 +200,7 @@ def replay(since: LiveState | None, generation: int, removed_rows: list[Any], it
         ids = np.array(sorted(item_id for item_id, item in items.items() if item.modality is modality),
                        dtype=np.int64)
         if modality.timed:
-            segments[modality] = _timed_segment(ids, vectors, dim)
+            segments[modality] = _timed_segment(ids, vectors, texts, dim)
             continue
         stacked = np.stack([vectors[int(item_id)] for item_id in ids]) if len(ids) else \
             np.zeros((0, dim), np.float32)
@@ -202,20 +208,22 @@ def replay(since: LiveState | None, generation: int, removed_rows: list[Any], it
     return LiveState(generation, removed, segments, items)
 
 
-def _timed_segment(item_ids: np.ndarray, vectors: dict[int, np.ndarray], dim: int) -> Segment:
+def _timed_segment(item_ids: np.ndarray, vectors: dict[int, np.ndarray], texts: dict[int, dict[str, np.ndarray]],
+                   dim: int) -> Segment:
     """The live videos (or sounds) `item_ids` (ascending) as rows of their segments, under segment ids
-    (ascending too)."""
+    (ascending too), each row with its item's text vectors."""
     if not len(item_ids):
-        return Segment(np.zeros(0, np.int64), np.zeros((0, dim), np.float32))
+        return Segment(np.zeros(0, np.int64), np.zeros((0, dim), np.float32), timed=True)
     held = [vectors[int(item_id)] for item_id in item_ids]
     ids = np.concatenate([segment_ids(int(item_id), len(rows)) for item_id, rows in zip(item_ids, held, strict=True)])
-    return Segment(ids, np.concatenate(held).astype(np.float32, copy=False))
+    stacked = np.concatenate(held).astype(np.float32, copy=False)
+    return Segment(ids, stacked, _text_vectors(items_of(ids), stacked, texts), timed=True)
 
 
 def _text_vectors(ids: np.ndarray, vectors: np.ndarray, texts: dict[int, dict[str, np.ndarray]]
                   ) -> dict[str, TextVectors]:
-    """The segment's text vectors by part; only parts some item has (any bundle not fused: none, and
-    no matrix of zeros)."""
+    """The segment's text vectors by part, a row for each of `ids` (item ids: a video's once per
+    segment); only parts some item has (any bundle not fused: none, and no matrix of zeros)."""
     made = {}
     for part in TEXT_PARTS:
         present = np.array([part in texts.get(int(item_id), {}) for item_id in ids], dtype=bool)

@@ -40,14 +40,15 @@ def test_an_empty_snapshot_has_empty_segments_of_the_right_width() -> None:
     assert LiveState(generation=-1).segment(Modality.TEXT).ids.dtype == np.int64
 
 
-def test_only_images_get_the_vectors_of_the_texts_they_have_in_one_call() -> None:
+def test_only_images_and_videos_get_the_vectors_of_the_texts_they_have_in_one_call() -> None:
     vector = unit_vectors(1, DIM)[0]
     kept = np.full(DIM, 0.25, np.float32)
     read = {"ocr_text": "SALEONLY", "ocr": {"engine": "e", "lines": [{"text": "SALEONLY", "spaced": "SALE ONLY"}]}}
     items = [NewItem("a", Modality.IMAGE, "a", "a cat", read, "ha", vector),
              NewItem("b", Modality.IMAGE, "b", None, {}, "hb", vector),
              NewItem("c", Modality.TEXT, "c", "a text", read, "hc", vector),
-             NewItem("d", Modality.IMAGE, "d", "kept", {}, "hd", vector, {"caption": kept})]
+             NewItem("d", Modality.IMAGE, "d", "kept", {}, "hd", vector, {"caption": kept}),
+             NewItem("e", Modality.VIDEO, "e", "a film", {}, "he", vector[None])]
     calls: list[list[str]] = []
 
     def embed(texts: list[str]) -> list[np.ndarray]:
@@ -55,9 +56,10 @@ def test_only_images_get_the_vectors_of_the_texts_they_have_in_one_call() -> Non
         return [np.full(DIM, 0.5, np.float32) for _ in texts]
 
     made = with_text_vectors(items, ("caption", "ocr"), embed)
-    assert calls == [["a cat", "SALE ONLY"]]  # the read text as its spaced lines say it
+    assert calls == [["a cat", "SALE ONLY", "a film"]]  # the read text as its spaced lines say it
     assert set(made[0].text_vectors) == {"caption", "ocr"} and made[1].text_vectors == {} == made[2].text_vectors
     assert made[3].text_vectors["caption"] is kept  # a vector already held is not embedded again
+    assert set(made[4].text_vectors) == {"caption"}
     assert with_text_vectors(items, ("caption",), embed)[0].text_vectors.keys() == {"caption"}
 
 
@@ -82,13 +84,13 @@ def test_members_finds_the_candidates_among_sorted_ids() -> None:
 
 
 def video_row(item_id: int, generation: int, segments: int, modality: str = "video",
-              dim: int = DIM) -> tuple[object, ...]:
+              dim: int = DIM, caption: np.ndarray | None = None) -> tuple[object, ...]:
     """A live video's row (or a sound's, with `modality` 'audio'): its segments' vectors in one blob,
-    their spans (one second each) in its metadata."""
+    their spans (one second each) in its metadata, and its caption's vector when given."""
     vectors = unit_vectors(segments, dim, seed=100 + item_id)
     extra = {modality: {"segments": [[float(second), float(second + 1)] for second in range(segments)]}}
     return (item_id, modality, f"uri{item_id}", None, json.dumps(extra), f"h{item_id}", vectors.tobytes(),
-            generation, None, None)
+            generation, None if caption is None else caption.astype(np.float32).tobytes(), None)
 
 
 def test_a_live_sounds_windows_are_rows_of_the_audio_models_size_beside_videos_of_the_image_models() -> None:
@@ -113,3 +115,20 @@ def test_a_live_videos_segments_are_rows_of_their_own_and_a_newer_snapshot_keeps
     np.testing.assert_array_equal(videos.vectors[:3], unit_vectors(3, DIM, seed=105))
     np.testing.assert_array_equal(videos.vectors[3:], unit_vectors(1, DIM, seed=112))
     assert newer.changes == 3  # two videos and a text, whatever their segments
+
+
+def test_a_live_videos_caption_is_on_each_of_its_segments_rows_and_a_newer_snapshot_keeps_it() -> None:
+    from clipsearch.store.segments import segment_ids
+
+    caption, other = unit_vectors(2, DIM, seed=60)
+    older = replay(None, 2, [], [video_row(5, 1, 3, caption=caption), video_row(8, 2, 2)], [], DIM)
+    newer = replay(older, 3, [], [video_row(12, 3, 1, caption=other)], [], DIM)
+    videos = newer.segment(Modality.VIDEO)
+    assert videos.ids.tolist() == [*segment_ids(5, 3), *segment_ids(8, 2), *segment_ids(12, 1)]
+    assert set(videos.text_vectors(5)) == {"caption"} and videos.text_vectors(8) == {}
+    np.testing.assert_array_equal(videos.text_vectors(12)["caption"], other)
+    rows = videos.fused_rows(("caption",))
+    for row in range(3):  # each segment of video 5 beside its caption; video 8's segments beside themselves
+        np.testing.assert_array_equal(rows[row], np.concatenate([videos.vectors[row], caption]))
+    np.testing.assert_array_equal(rows[3], np.concatenate([videos.vectors[3], videos.vectors[3]]))
+    assert replay(newer, 4, [], [], [(5, 4)], DIM).segment(Modality.VIDEO).text_vectors(5) == {}
