@@ -280,4 +280,5 @@ def test_a_composed_query_finds_the_moment_and_explains_each_terms_share_of_its_
     assert best["uri"].endswith("four.mp4") and best["segment"]["start_s"] == 4.0
     assert sum(best["shares"]) == pytest.approx(best["score"], abs=1e-5)
     fused = http.post("/search/text", json={"text": "x", "target": "video", "fusion": {"image": 1.0}})
-    assert fused.status_code == 422 and "the target is video" in fused.json()["reason"]
+    assert fused.status_code == 422 and fused.json()["field"] == "fusion"  # a bundle built without --fuse
+    assert "--fuse to weigh images and videos" in fused.json()["reason"]

@@ -241,6 +241,15 @@ def test_smoke_the_fusion_bench_measures_every_configuration() -> None:
     assert last["configuration"].startswith("hybrid") and 0 <= last["R@1"] <= last["R@5"] <= last["R@10"] <= 1
 
 
+def test_smoke_the_fusion_bench_measures_videos_by_their_best_shot_and_caption() -> None:
+    pytest.importorskip("av")
+    figures = run_bench("bench.fusion", "--scenes", "12", "--validation", "8", "--videos", "--captions", "colour")
+    assert figures["sets"]["items"] == "videos" and figures["sets"]["test_queries"] == 36
+    assert 12 <= figures["test videos"]["segments"] <= 24  # two shots each, one where they look alike
+    last = figures["test text → video"]
+    assert last["configuration"].startswith("hybrid") and 0 <= last["R@1"] <= last["R@5"] <= last["R@10"] <= 1
+
+
 def test_smoke_the_scale_bench_builds_serves_and_extrapolates_an_on_disk_index(tmp_path: Path) -> None:
     by_name = run_bench("bench.scale", "--count", "20000", "--dim", "32", "--factory", "IVF16,PQ8", "--clusters", "64",
                         "--queries", "100", "--repeats", "5", "--work", str(tmp_path))
