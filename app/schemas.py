@@ -62,10 +62,9 @@ class ResultOptionsModel(BaseModel):
         "in `duplicates`."))
 
     fusion: dict[str, Any] | None = Field(None, description=(
-        "Weigh an image result's picture, caption and read text: {'image': 0.6, 'caption': 0.2, 'ocr': 0.2} "
-        "(a video result's: its best segment under 'image', and its caption); normalised to sum to 1, a part "
-        "left out weighs 0; default: the weights the bundle was built with (--fuse). Only for fused bundles, "
-        "only the parts they store, and for videos only over an exact video index."),
+        "Weigh an image's picture, caption and read text {'image': 0.6, 'caption': 0.2, 'ocr': 0.2} (a video's best "
+        "segment and caption), normalised to sum to 1, a part left out weighing 0; default: the bundle's (--fuse). "
+        "Only for fused bundles, the parts they store, and videos over an exact index."),
         examples=[{"image": 0.6, "caption": 0.4}])
 
     min_score: float | None = Field(None, allow_inf_nan=False, description=(
@@ -379,9 +378,8 @@ class InfoResponse(BaseModel):
     compactions: list[dict[str, Any]] = Field(default_factory=list, description="The compactions that folded live "
                                               "changes into the base served, oldest first.")
     fusion: dict[str, float] | None = Field(None, description="The default weights of image, caption and read "
-                                                              "text (ocr) in image and video searches, for a "
-                                                              "bundle built with --fuse; the parts named are those "
-                                                              "it stores.")
+                                                              "text (ocr) in image and video searches (--fuse); "
+                                                              "the parts named are those it stores.")
     keyword_fields: list[str] = Field(default_factory=list, description="Metadata fields searched by keyword besides "
                                                                         "captions and texts.")
     ocr: dict[str, Any] | None = Field(None, description="For a bundle built with --ocr: the engine that read its "
