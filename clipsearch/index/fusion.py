@@ -117,19 +117,22 @@ class Fusion:
     def scores(self, query: np.ndarray, images: np.ndarray, texts: Mapping[str, np.ndarray]) -> np.ndarray:
         """The fused scores (float32 (m,)) of rows `images` (m, d) that share the texts `texts`: a video's
         segments, with its caption."""
-        standing_in = sum(self.weight(part) for part in self.text_parts if part not in texts)
-        added = sum(self.weight(part) * float(query @ texts[part]) for part in self.text_parts if part in texts)
-        scores: np.ndarray = ((self.image + standing_in) * (images @ query) + added).astype(np.float32)
+        image_weight, added = self._shares(query, texts)
+        scores: np.ndarray = (image_weight * (images @ query) + sum(added.values())).astype(np.float32)
         return scores
 
     def parts(self, query: np.ndarray, image: np.ndarray, texts: Mapping[str, np.ndarray]) -> dict[str, float]:
         """What each vector adds to an item's fused score (they sum to it): the image takes the share
         of each text the item lacks; a text weighed 0 is left out."""
-        image_cosine = float(query @ image)
+        image_weight, added = self._shares(query, texts)
+        return {"image": image_weight * float(query @ image), **added}
+
+    def _shares(self, query: np.ndarray, texts: Mapping[str, np.ndarray]) -> tuple[float, dict[str, float]]:
+        """The image's weight (its own, and that of each text the item lacks), and what each of the
+        item's texts weighed above 0 adds."""
         added = {part: self.weight(part) * float(query @ texts[part])
                  for part in self.text_parts if part in texts and self.weight(part) > 0}
-        standing_in = sum(self.weight(part) for part in self.text_parts if part not in texts)
-        return {"image": (self.image + standing_in) * image_cosine, **added}
+        return self.image + sum(self.weight(part) for part in self.text_parts if part not in texts), added
 
 
 @dataclass(frozen=True)

@@ -176,31 +176,34 @@ class Pager:
         and each video item's best moments."""
         hits = [self._with_moments(query, hit, scope) if hit.item.modality.timed and hit.segment is None
                 else hit for hit in hits]
-        if scope.fusion is None or not hits:
+        wanting = [hit for hit in hits if hit.fused is None]  # a video's parts came with its moments
+        if scope.fusion is None or not wanting:
             return hits
-        if hits[0].item.modality.timed:  # a video scored by its best segment: that segment's part
-            scored = np.stack([self.collection.scored_vector(hit, scope.state) for hit in hits])
+        if wanting[0].item.modality.timed:  # each moment of a video (group_by segments): its segment's part
+            scored = np.stack([self.collection.scored_vector(hit, scope.state) for hit in wanting])
         else:
-            scored = self.collection.stored_vectors(Modality.IMAGE, np.array([hit.item.id for hit in hits]),
+            scored = self.collection.stored_vectors(Modality.IMAGE, np.array([hit.item.id for hit in wanting]),
                                                     scope.state)
-        return [replace(hit, fused=scope.fusion.parts(query, vector, self.collection.text_vectors(hit.item.id,
-                                                                                                  scope.state)))
-                for hit, vector in zip(hits, scored, strict=True)]
+        parts = iter([scope.fusion.parts(query, vector, self.collection.text_vectors(hit.item.id, scope.state))
+                      for hit, vector in zip(wanting, scored, strict=True)])
+        return [replace(hit, fused=next(parts)) if hit.fused is None else hit for hit in hits]
 
     def _with_moments(self, query: np.ndarray, hit: Hit, scope: Scope) -> Hit:
         """A video hit with the segment that scores it best, and its MOMENTS best segments with their
-        scores, in time order (the strip a page shows under the video)."""
+        scores, in time order (the strip a page shows under the video); fused, what that segment and
+        the video's caption add (its segments and texts read once for both)."""
         ids, vectors = self.collection.segment_vectors(hit.item.id, scope.state)
         if not len(ids):
             return hit
+        texts = {} if scope.fusion is None else self.collection.text_vectors(hit.item.id, scope.state)
         # Fused, each moment is scored with its video's caption, as the search scored it.
-        scores = vectors @ query if scope.fusion is None else \
-            scope.fusion.scores(query, vectors, self.collection.text_vectors(hit.item.id, scope.state))
+        scores = vectors @ query if scope.fusion is None else scope.fusion.scores(query, vectors, texts)
         best = np.argsort(-scores, kind="stable")[:MOMENTS]
         spans = [segments.span_of(hit.item.extra, int(ids[row]), hit.item.modality) for row in sorted(best.tolist())]
         moments = tuple((span, float(scores[span.position])) for span in spans if span is not None)
         best_span = segments.span_of(hit.item.extra, int(ids[best[0]]), hit.item.modality)
-        return replace(hit, segment=best_span, moments=moments)
+        fused = None if scope.fusion is None else scope.fusion.parts(query, vectors[best[0]], texts)
+        return replace(hit, segment=best_span, moments=moments, fused=fused)
 
     def _collapse(self, hits: list[Hit], target: Modality, threshold: float, scope: Scope) -> list[list[int]]:
         ids = np.array([hit.item.id for hit in hits], dtype=np.int64)
